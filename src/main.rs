@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(alipay_sidecar::cli::main());
+}

@@ -1,0 +1,159 @@
+//! Verifying a received `Signature` header against configured Alipay public keys (spec §2, §3).
+
+use std::collections::BTreeMap;
+
+use super::content::sha256_hex;
+use super::header::{parse_signature_header, ALGORITHM};
+use super::keys::PublicKey;
+
+/// Why a signature was not accepted. Each variant is a different fix, so they stay distinct
+/// (an unknown key version is a configuration problem, not a forgery).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// No `Signature` header at all.
+    #[error("no Signature header: the message is unsigned")]
+    MissingHeader,
+    /// The header could not be split into its fields.
+    #[error("malformed Signature header: {reason}")]
+    Malformed {
+        /// What was wrong.
+        reason: String,
+    },
+    /// Anything but RSA256.
+    #[error("unsupported signature algorithm {algorithm:?}: only RSA256 is accepted")]
+    UnsupportedAlgorithm {
+        /// As received.
+        algorithm: String,
+    },
+    /// The header names a key version with no configured key.
+    #[error("keyVersion {key_version:?} has no configured Alipay public key (configured: {}); add it under [keys] alipay_public_keys", configured.join(", "))]
+    UnknownKeyVersion {
+        /// As received.
+        key_version: String,
+        /// What is configured.
+        configured: Vec<String>,
+    },
+    /// The signature value is not percent-encoded standard base64.
+    #[error("bad signature encoding: {reason}")]
+    BadEncoding {
+        /// What was wrong.
+        reason: String,
+    },
+    /// Decoded signature length differs from the key size.
+    #[error("signature is {actual} bytes, but the key needs exactly {expected}")]
+    WrongLength {
+        /// Key size in bytes.
+        expected: usize,
+        /// Decoded length.
+        actual: usize,
+    },
+    /// The cryptographic check failed: tampered content, different content on the two sides
+    /// (path, client id, time, body bytes) or the wrong key.
+    #[error("signature mismatch with keyVersion {key_version} (content sha256 {content_sha256}): the signed bytes differ from what was checked, or the wrong key signed")]
+    Mismatch {
+        /// SHA-256 of the content that was checked, for comparing with the other side.
+        content_sha256: String,
+        /// The key version used.
+        key_version: String,
+    },
+}
+
+impl VerifyError {
+    /// A fixed, low-cardinality label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::MissingHeader => "missing_header",
+            VerifyError::Malformed { .. } => "malformed",
+            VerifyError::UnsupportedAlgorithm { .. } => "unsupported_algorithm",
+            VerifyError::UnknownKeyVersion { .. } => "unknown_key_version",
+            VerifyError::BadEncoding { .. } => "bad_encoding",
+            VerifyError::WrongLength { .. } => "wrong_length",
+            VerifyError::Mismatch { .. } => "mismatch",
+        }
+    }
+}
+
+/// What a successful verification used, for the `X-Alipay-Sidecar-*` headers and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The key version that verified.
+    pub key_version: String,
+    /// Its fingerprint.
+    pub fingerprint: String,
+}
+
+/// Alipay's public keys by `keyVersion`, so a key rotation (two versions live at once) needs
+/// no restart and no guessing.
+#[derive(Debug, Clone, Default)]
+pub struct Verifier {
+    keys: BTreeMap<String, PublicKey>,
+    any_version: Option<PublicKey>,
+}
+
+impl Verifier {
+    /// Keys bound to explicit versions. A header's `keyVersion` must name one of them; a header
+    /// without `keyVersion` uses the only key, or the latest version (the gateway's documented
+    /// default) when there are several.
+    pub fn new(keys: impl IntoIterator<Item = (String, PublicKey)>) -> Self {
+        Self { keys: keys.into_iter().collect(), any_version: None }
+    }
+
+    /// One key that answers for whatever `keyVersion` the header names: for the offline
+    /// `verify` tool when the user did not say which version a key is.
+    pub fn any_version(key: PublicKey) -> Self {
+        Self { keys: BTreeMap::new(), any_version: Some(key) }
+    }
+
+    /// The configured versions and keys, in version order.
+    pub fn versions(&self) -> impl Iterator<Item = (&str, &PublicKey)> {
+        self.keys.iter().map(|(v, k)| (v.as_str(), k))
+    }
+
+    fn select(&self, version: Option<&str>) -> Result<(String, &PublicKey), VerifyError> {
+        if let Some(key) = &self.any_version {
+            return Ok((version.unwrap_or("1").to_string(), key));
+        }
+        match version {
+            Some(v) => self.keys.get(v).map(|k| (v.to_string(), k)).ok_or_else(|| VerifyError::UnknownKeyVersion {
+                key_version: v.to_string(),
+                configured: self.keys.keys().cloned().collect(),
+            }),
+            None => self
+                .keys
+                .iter()
+                .max_by(|a, b| version_order(a.0, b.0))
+                .map(|(v, k)| (v.clone(), k))
+                .ok_or_else(|| VerifyError::UnknownKeyVersion { key_version: String::new(), configured: Vec::new() }),
+        }
+    }
+
+    /// Parses the header tolerantly and verifies strictly: RSA256 only, strict base64, length
+    /// equal to the key size, PKCS#1 v1.5 with SHA-256 only.
+    pub fn verify(&self, content: &[u8], signature_header: &str) -> Result<Verified, VerifyError> {
+        let header = parse_signature_header(signature_header)?;
+        if let Some(alg) = &header.algorithm {
+            if !alg.eq_ignore_ascii_case(ALGORITHM) {
+                return Err(VerifyError::UnsupportedAlgorithm { algorithm: alg.chars().take(32).collect() });
+            }
+        }
+        let (key_version, key) = self.select(header.key_version.as_deref())?;
+        let signature = header.signature_bytes()?;
+        let expected = key.bits() / 8;
+        if signature.len() != expected {
+            return Err(VerifyError::WrongLength { expected, actual: signature.len() });
+        }
+        if key.verify_raw(content, &signature) {
+            Ok(Verified { key_version, fingerprint: key.fingerprint().to_string() })
+        } else {
+            Err(VerifyError::Mismatch { content_sha256: sha256_hex(content), key_version })
+        }
+    }
+}
+
+/// Numeric versions compare as numbers ("10" > "9"), others as text.
+fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    }
+}
