@@ -27,5 +27,6 @@ pub mod outbound;
 pub mod protocol;
 pub mod reload;
 pub mod server;
+pub mod state;
 pub mod tools;
 pub mod upstream;

@@ -1,0 +1,108 @@
+//! The admin listener (separate from traffic): `GET /metrics`, `GET /healthz`,
+//! `GET /readyz`, `POST /admin/reload`; and the `healthcheck` subcommand that container
+//! runtimes call (distroless images have no curl).
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::reload::Reloader;
+use crate::state::SidecarState;
+
+/// The admin HTTP app.
+pub struct Admin {
+    state: Arc<SidecarState>,
+    reloader: Arc<Reloader>,
+}
+
+impl Admin {
+    /// Serves the given state; reloads go through `reloader`.
+    pub fn new(state: Arc<SidecarState>, reloader: Arc<Reloader>) -> Self {
+        Self { state, reloader }
+    }
+}
+
+fn reply(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
+    let body = body.into();
+    Response::builder()
+        .status(status)
+        .header("Content-Type", content_type)
+        .header("Content-Length", body.len())
+        .header("Cache-Control", "no-store")
+        .body(body)
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let _ = session.drain_request_body().await;
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/metrics") => reply(200, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render()),
+            ("GET", "/healthz") => reply(200, "text/plain", "ok\n"),
+            ("GET", "/readyz") => {
+                if self.state.is_ready() {
+                    reply(200, "text/plain", "ready\n")
+                } else {
+                    reply(503, "text/plain", "shutting down\n")
+                }
+            }
+            ("POST", "/admin/reload") => match self.reloader.reload("admin endpoint").await {
+                Ok(r) => reply(200, "application/json", serde_json::json!({"reloaded": true, "changed": r.changed, "keys": r.keys}).to_string()),
+                Err(e) => reply(500, "application/json", serde_json::json!({"reloaded": false, "error": e.to_string(), "note": "the previous keys stay in use"}).to_string()),
+            },
+            (_, "/metrics" | "/healthz" | "/readyz" | "/admin/reload") => reply(405, "text/plain", "method not allowed\n"),
+            _ => reply(404, "text/plain", "not found: try /metrics, /healthz, /readyz, POST /admin/reload\n"),
+        }
+    }
+}
+
+/// `alipay-sidecar healthcheck [--url]`: exit 0 when the URL answers 200, else 1.
+pub fn healthcheck(url: &str) -> i32 {
+    match probe(url) {
+        Ok(200) => 0,
+        Ok(status) => {
+            eprintln!("{url} answered {status}");
+            1
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            1
+        }
+    }
+}
+
+/// True when `url` answers 200; for callers that poll readiness themselves.
+pub fn healthcheck_quiet(url: &str) -> bool {
+    matches!(probe(url), Ok(200))
+}
+
+fn probe(url: &str) -> Result<u16, String> {
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs are supported (the admin listener is plain HTTP)")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("no address for {authority}"))?;
+    let timeout = Duration::from_secs(3);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).map_err(|e| format!("no answer: {e}"))?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("not an HTTP answer: {line:?}"))
+}

@@ -1,0 +1,132 @@
+//! Errors the sidecar itself produces, in Alipay's result envelope.
+//!
+//! Apps already handle `{"result":{"resultStatus", "resultCode", "resultMessage"}}`; using the
+//! same shape means their existing retry/inquiry logic works unchanged (spec §9):
+//! `U` = outcome unknown, retry with the same request id or inquire; `F` = definite refusal,
+//! fix the request or the configuration. Every code is listed in the README.
+
+use bytes::Bytes;
+
+/// `resultStatus` of a sidecar error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Outcome unknown: the request may or may not have reached Alipay.
+    U,
+    /// Refused: retrying the identical request will not help.
+    F,
+}
+
+/// Every error the sidecar answers with on its own behalf. A closed set: metrics label
+/// `alipay_sidecar_errors_total{code}` with these codes only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarError {
+    /// Only POST is forwarded (all AMS APIs are POST).
+    MethodNotAllowed,
+    /// The path is outside `allowed_path_prefixes`, or not an origin-form path.
+    PathNotAllowed,
+    /// The body exceeds `max_body_bytes`.
+    BodyTooLarge,
+    /// The request could not be read (malformed framing, client went away).
+    BadRequest,
+    /// Connecting to the gateway failed (DNS, refused, reset before sending).
+    GatewayUnreachable,
+    /// No complete answer from the gateway within `request_timeout`.
+    GatewayTimeout,
+    /// The gateway's TLS certificate is not trusted (or TLS failed).
+    GatewayTlsError,
+    /// The gateway's answer broke off or was not valid HTTP.
+    GatewayProtocolError,
+    /// The gateway's answer exceeds the response size limit.
+    GatewayResponseTooLarge,
+    /// A 200 response whose signature does not verify, or with only one of the two headers.
+    ResponseSignatureInvalid,
+    /// A 200 response without a signature that is not an `F` rejection.
+    ResponseUnsigned,
+    /// Signing failed (the merchant key could not sign).
+    SigningFailed,
+    /// Inbound: the notification's signature or client id did not verify.
+    NotificationUnverified,
+    /// Inbound: the notification's Request-Time is outside `max_request_time_skew`.
+    NotificationStale,
+    /// Inbound: the app is down, timed out or answered 5xx; Alipay should re-send.
+    AppUnavailable,
+    /// The sidecar is shutting down.
+    ShuttingDown,
+}
+
+impl SidecarError {
+    /// The `resultCode`, also the metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            SidecarError::MethodNotAllowed => "SIDECAR_METHOD_NOT_ALLOWED",
+            SidecarError::PathNotAllowed => "SIDECAR_PATH_NOT_ALLOWED",
+            SidecarError::BodyTooLarge => "SIDECAR_BODY_TOO_LARGE",
+            SidecarError::BadRequest => "SIDECAR_BAD_REQUEST",
+            SidecarError::GatewayUnreachable => "SIDECAR_GATEWAY_UNREACHABLE",
+            SidecarError::GatewayTimeout => "SIDECAR_GATEWAY_TIMEOUT",
+            SidecarError::GatewayTlsError => "SIDECAR_GATEWAY_TLS_ERROR",
+            SidecarError::GatewayProtocolError => "SIDECAR_GATEWAY_PROTOCOL_ERROR",
+            SidecarError::GatewayResponseTooLarge => "SIDECAR_GATEWAY_RESPONSE_TOO_LARGE",
+            SidecarError::ResponseSignatureInvalid => "SIDECAR_RESPONSE_SIGNATURE_INVALID",
+            SidecarError::ResponseUnsigned => "SIDECAR_RESPONSE_UNSIGNED",
+            SidecarError::SigningFailed => "SIDECAR_SIGNING_FAILED",
+            SidecarError::NotificationUnverified => "SIDECAR_NOTIFICATION_UNVERIFIED",
+            SidecarError::NotificationStale => "SIDECAR_NOTIFICATION_STALE",
+            SidecarError::AppUnavailable => "SIDECAR_APP_UNAVAILABLE",
+            SidecarError::ShuttingDown => "SIDECAR_SHUTTING_DOWN",
+        }
+    }
+
+    /// `U` where the request may have reached Alipay (or a retry can succeed), `F` otherwise.
+    pub fn status(self) -> Status {
+        match self {
+            SidecarError::GatewayUnreachable
+            | SidecarError::GatewayTimeout
+            | SidecarError::GatewayProtocolError
+            | SidecarError::GatewayResponseTooLarge
+            | SidecarError::AppUnavailable
+            | SidecarError::ShuttingDown => Status::U,
+            _ => Status::F,
+        }
+    }
+
+    /// The HTTP status the sidecar answers with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            SidecarError::MethodNotAllowed => 405,
+            SidecarError::PathNotAllowed => 403,
+            SidecarError::BodyTooLarge => 413,
+            SidecarError::BadRequest => 400,
+            SidecarError::GatewayTimeout => 504,
+            SidecarError::NotificationUnverified | SidecarError::NotificationStale => 401,
+            SidecarError::AppUnavailable | SidecarError::ShuttingDown => 503,
+            SidecarError::SigningFailed => 500,
+            _ => 502,
+        }
+    }
+
+    /// The JSON body: Alipay's envelope with this code and a message saying what to do.
+    pub fn body(self, message: &str) -> Bytes {
+        let status = match self.status() {
+            Status::U => "U",
+            Status::F => "F",
+        };
+        let v = serde_json::json!({"result": {"resultStatus": status, "resultCode": self.code(), "resultMessage": message}});
+        Bytes::from(v.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_alipays_envelope() {
+        let b = SidecarError::GatewayTimeout.body("no answer in 15s");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["result"]["resultStatus"], "U");
+        assert_eq!(v["result"]["resultCode"], "SIDECAR_GATEWAY_TIMEOUT");
+        assert_eq!(v["result"]["resultMessage"], "no answer in 15s");
+        assert_eq!(SidecarError::PathNotAllowed.status(), Status::F);
+    }
+}

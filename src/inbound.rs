@@ -1,0 +1,746 @@
+//! Inbound: Alipay's payment notification → verified → the app → Alipay gets the app's answer.
+//!
+//! Alipay POSTs notifications (payment result, refund, capture, …) to the merchant's notify
+//! URL and re-sends them until it gets a SUCCESS acknowledgement. Only a verified
+//! notification proves a payment, so the sidecar verifies it (spec §6) before the app sees a
+//! byte, and never acknowledges on the app's behalf.
+//!
+//! Design. As in [`crate::outbound`], the whole exchange runs inside `request_filter`, which
+//! answers Alipay itself and returns `Ok(true)`; pingora's upstream phases are never entered:
+//! - the body must be read whole and verified before anything is forwarded, and pingora
+//!   replays a body read in a hook only through its 64 KiB retry buffer;
+//! - the app's answer is read whole before Alipay sees it, so an app failure becomes a clean
+//!   503 with a JSON envelope instead of a half-relayed answer.
+//!
+//! The app is reached through [`crate::upstream::Upstream`] (pingora's pooled connector,
+//! plain HTTP: the app runs next to the sidecar). The `logging` hook records the metrics and
+//! one info line per notification; refusals are also logged at warn with the reason and the
+//! SHA-256 of the checked content (never the body above debug level).
+//!
+//! Why 503 when the app is down, slow or answers 5xx: Alipay re-sends a notification until it
+//! is acknowledged. Answering non-2xx keeps it in Alipay's retry queue, so the next re-send
+//! reaches the recovered app and nothing is lost; the sidecar keeps no queue of its own.
+//!
+//! What shadow mode trades off: notifications that fail verification still reach the app
+//! (marked `X-Alipay-Sidecar-Verified: false`), so the sidecar can be put in front of an app
+//! that verifies by itself and its verdicts compared with the app's before enforcing — at the
+//! price of no protection from the sidecar during that time.
+//!
+//! Byte-exactness: the body is read once; those bytes are verified and those same bytes are
+//! forwarded; the app's answer body is relayed as received.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::{Acknowledge, Config, InboundConfig, InboundMode};
+use crate::envelope::SidecarError;
+use crate::keyset::KeySet;
+use crate::metrics::{self, BodyKind, Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
+use crate::outbound::{read_body, write_error, BodyError, KEY_VERSION_HEADER, VERIFIED_HEADER};
+use crate::protocol::{
+    content_to_sign, format_iso8601, parse_request_time, sha256_hex, sign_content, PrivateKey,
+    SignError, Verified,
+};
+use crate::state::SidecarState;
+use crate::upstream::Upstream;
+
+/// The acknowledgement Alipay waits for (spec §6), byte-exact.
+const ACK_BODY: &str =
+    r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"}}"#;
+
+/// Largest app answer relayed to Alipay (an acknowledgement is ~80 bytes).
+const MAX_APP_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Request headers never copied to the app: hop-by-hop, framing (recomputed), `Host`
+/// (the app's), and `Expect` (answered here; forwarding it crashes pingora 0.9's client).
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "host",
+    "content-length",
+];
+
+/// App answer headers not relayed to Alipay: hop-by-hop and framing (recomputed).
+const NOT_RETURNED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// Marker prefix of the sidecar's own headers; incoming ones are dropped so none can be forged.
+const SIDECAR_PREFIX: &str = "x-alipay-sidecar-";
+
+/// The inbound notification verifier (one per `[inbound]` listener).
+pub struct Inbound {
+    state: Arc<SidecarState>,
+    cfg: InboundConfig,
+    client_id: String,
+    upstream: Upstream,
+}
+
+/// Per-notification facts for the log line and metrics.
+pub struct NotifyCtx {
+    start: Instant,
+    outcome: Outcome,
+    status: u16,
+    error: Option<&'static str>,
+    reason: Option<&'static str>,
+    key_version: Option<String>,
+    content_sha256: Option<String>,
+    app: Option<Duration>,
+    app_status: Option<u16>,
+    request_bytes: usize,
+    response_bytes: usize,
+    detail: Option<String>,
+}
+
+/// Why a notification was not accepted: the metric label, the error code and what to do.
+struct Refusal {
+    result: VerificationResult,
+    error: SidecarError,
+    message: String,
+}
+
+impl Refusal {
+    fn unverified(result: VerificationResult, message: String) -> Self {
+        Self {
+            result,
+            error: SidecarError::NotificationUnverified,
+            message,
+        }
+    }
+
+    fn stale(result: VerificationResult, message: String) -> Self {
+        Self {
+            result,
+            error: SidecarError::NotificationStale,
+            message,
+        }
+    }
+}
+
+/// What the app is told about the notification it receives.
+enum Marker {
+    Verified(String),
+    Unverified,
+}
+
+impl Inbound {
+    /// `config` supplies the client id notifications must be addressed to.
+    pub fn new(state: Arc<SidecarState>, config: &Config, cfg: InboundConfig) -> Self {
+        let app = &cfg.forward_to;
+        let upstream = Upstream::new(&app.host, app.port, false, None, cfg.forward_timeout);
+        Self {
+            state,
+            client_id: config.client_id.clone(),
+            cfg,
+            upstream,
+        }
+    }
+
+    async fn handle(&self, session: &mut Session, ctx: &mut NotifyCtx) -> pingora::Result<()> {
+        let req = session.req_header().clone();
+        if req.method != http::Method::POST {
+            return refuse(
+                session,
+                ctx,
+                SidecarError::MethodNotAllowed,
+                "only POST is accepted: Alipay POSTs every notification".into(),
+            )
+            .await;
+        }
+        let Some(target) = std::str::from_utf8(req.raw_path())
+            .ok()
+            .filter(|t| t.starts_with('/'))
+            .map(str::to_string)
+        else {
+            return refuse(
+                session,
+                ctx,
+                SidecarError::BadRequest,
+                "the request target is not a UTF-8 origin-form path".into(),
+            )
+            .await;
+        };
+        let declared = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if let Some(n) = declared.filter(|n| *n > self.cfg.max_body_bytes) {
+            let msg = format!(
+                "the body is {n} bytes; the limit is {} ([inbound] max_body_bytes)",
+                self.cfg.max_body_bytes
+            );
+            return refuse(session, ctx, SidecarError::BodyTooLarge, msg).await;
+        }
+        if req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        {
+            session.write_continue_response().await?;
+        }
+        let body = match read_body(session, self.cfg.max_body_bytes).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => {
+                let msg = format!(
+                    "the body exceeds {} bytes ([inbound] max_body_bytes)",
+                    self.cfg.max_body_bytes
+                );
+                return refuse(session, ctx, SidecarError::BodyTooLarge, msg).await;
+            }
+            Err(BodyError::Read(e)) => return Err(e),
+        };
+        ctx.request_bytes = body.len();
+        metrics::metrics().observe_body_size(Direction::Inbound, BodyKind::Request, body.len());
+
+        let keys = self.state.keys();
+        let marker = match self.check(&keys, &req, &target, &body, ctx) {
+            Ok(v) => {
+                ctx.outcome = Outcome::Verified;
+                ctx.key_version = Some(v.key_version.clone());
+                Marker::Verified(v.key_version)
+            }
+            Err(r) => {
+                metrics::metrics().record_verification(Direction::Inbound, r.result);
+                ctx.reason = Some(r.result.as_str());
+                tracing::warn!(reason = r.result.as_str(), content_sha256 = ctx.content_sha256.as_deref(), shadow = self.shadow(), error = %r.message, "notification did not verify");
+                if !self.shadow() {
+                    return refuse(session, ctx, r.error, r.message).await;
+                }
+                ctx.outcome = Outcome::ShadowForwarded;
+                ctx.detail = Some(r.message);
+                Marker::Unverified
+            }
+        };
+        self.forward(session, ctx, &keys, &req, &target, body, marker)
+            .await
+    }
+
+    fn shadow(&self) -> bool {
+        self.cfg.mode == InboundMode::Shadow
+    }
+
+    /// Verifies the notification: headers present, addressed to us, signed by Alipay over
+    /// `POST <target>\n<client-id>.<Request-Time>.<body>`, and (when configured) fresh. The
+    /// signature is checked before the time, so a stale verdict is only given to a genuine
+    /// (signed) time. Records the observed skew whenever the time parses.
+    fn check(
+        &self,
+        keys: &KeySet,
+        req: &RequestHeader,
+        target: &str,
+        body: &[u8],
+        ctx: &mut NotifyCtx,
+    ) -> Result<Verified, Refusal> {
+        let client_id = request_header(req, "client-id");
+        let time = request_header(req, "request-time");
+        let signature = request_header(req, "signature").filter(|s| !s.trim().is_empty());
+        let now = now_millis();
+        let parsed_time = time.and_then(parse_request_time);
+        if let Some(t) = parsed_time {
+            metrics::metrics().observe_notification_skew_ms(now.saturating_sub(t));
+        }
+        let content = content_to_sign(
+            "POST",
+            target,
+            client_id.unwrap_or(""),
+            time.unwrap_or(""),
+            body,
+        );
+        ctx.content_sha256 = Some(sha256_hex(&content));
+
+        let missing = [
+            ("Signature", signature.is_none()),
+            ("client-id", client_id.is_none()),
+            ("Request-Time", time.is_none()),
+        ];
+        if let Some((name, _)) = missing.iter().find(|(_, absent)| *absent) {
+            let msg = format!("the notification has no {name} header; Alipay signs every notification, so this one is not from Alipay (or a proxy in front dropped the header)");
+            return Err(Refusal::unverified(
+                VerificationResult::Invalid("missing_header"),
+                msg,
+            ));
+        }
+        let received = client_id.unwrap_or("");
+        if received != self.client_id {
+            let msg = format!(
+                "the notification is addressed to client-id {:?}, not to the configured client_id {:?}; a notification for another merchant is refused",
+                truncate(received, 64),
+                self.client_id
+            );
+            return Err(Refusal::unverified(VerificationResult::WrongClientId, msg));
+        }
+        let verify_start = Instant::now();
+        let verdict = keys.alipay.verify(&content, signature.unwrap_or(""));
+        metrics::metrics().observe_verify(Direction::Inbound, verify_start.elapsed());
+        let verified = verdict.map_err(|e| {
+            let msg = format!(
+                "the notification's signature did not verify over POST {}: {e}",
+                truncate(target, 120)
+            );
+            Refusal::unverified((&e).into(), msg)
+        })?;
+        self.check_freshness(time.unwrap_or(""), parsed_time, now)?;
+        metrics::metrics().record_verification(Direction::Inbound, VerificationResult::Valid);
+        Ok(verified)
+    }
+
+    /// The optional replay window (`max_request_time_skew`).
+    fn check_freshness(&self, time: &str, parsed: Option<i64>, now: i64) -> Result<(), Refusal> {
+        let Some(window) = self.cfg.max_request_time_skew else {
+            return Ok(());
+        };
+        let Some(t) = parsed else {
+            let msg = format!(
+                "Request-Time {:?} is not a time the sidecar can read (epoch millis or ISO-8601), so its freshness cannot be checked while [inbound] max_request_time_skew is set",
+                truncate(time, 64)
+            );
+            return Err(Refusal::stale(
+                VerificationResult::UnparseableRequestTime,
+                msg,
+            ));
+        };
+        let skew = Duration::from_millis(now.abs_diff(t));
+        if skew > window {
+            let msg = format!(
+                "Request-Time {time:?} is {} away from the sidecar's clock, more than [inbound] max_request_time_skew = {}; refused as a possible replay",
+                humantime::format_duration(Duration::from_secs(skew.as_secs())),
+                humantime::format_duration(window)
+            );
+            return Err(Refusal::stale(VerificationResult::StaleRequestTime, msg));
+        }
+        Ok(())
+    }
+
+    /// Sends the notification to the app and answers Alipay from the app's answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut NotifyCtx,
+        keys: &KeySet,
+        req: &RequestHeader,
+        target: &str,
+        body: Bytes,
+        marker: Marker,
+    ) -> pingora::Result<()> {
+        let app_req = self.app_request(req, target, &marker, body.len())?;
+        let response = match self
+            .upstream
+            .exchange(
+                &app_req,
+                &body,
+                MAX_APP_RESPONSE_BYTES,
+                self.cfg.forward_timeout,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, app = %self.cfg.forward_to.url(), "the app did not take the notification; answering 503 so that Alipay re-sends it");
+                let msg =
+                    format!("the app did not take the notification ({e}); Alipay will re-send it");
+                return refuse(session, ctx, SidecarError::AppUnavailable, msg).await;
+            }
+        };
+        let status = response.header.status.as_u16();
+        ctx.app = Some(response.elapsed);
+        ctx.app_status = Some(status);
+        metrics::metrics().observe_upstream(
+            Direction::Inbound,
+            INBOUND_API_LABEL,
+            response.elapsed,
+        );
+        metrics::metrics().observe_body_size(
+            Direction::Inbound,
+            BodyKind::Response,
+            response.body.len(),
+        );
+        if status >= 500 {
+            tracing::debug!(status, body = %String::from_utf8_lossy(&response.body), "the app's 5xx answer");
+            let msg = format!("the app answered HTTP {status}; the notification is not acknowledged, so Alipay will re-send it");
+            return refuse(session, ctx, SidecarError::AppUnavailable, msg).await;
+        }
+        let success = (200..300).contains(&status);
+        let mut out;
+        let answer;
+        if success && self.cfg.acknowledge == Acknowledge::Sidecar {
+            out = ResponseHeader::build(200, Some(5))?;
+            out.insert_header("Content-Type", "application/json; charset=UTF-8")?;
+            answer = Bytes::from_static(ACK_BODY.as_bytes());
+        } else {
+            out = relayed_header(&response.header)?;
+            answer = response.body;
+        }
+        if success && self.cfg.sign_acknowledgements {
+            self.sign_answer(&mut out, keys, target, &answer)?;
+        }
+        out.set_content_length(answer.len())?;
+        ctx.status = out.status.as_u16();
+        ctx.response_bytes = answer.len();
+        session.write_response_header(Box::new(out), false).await?;
+        session.write_response_body(Some(answer), true).await?;
+        Ok(())
+    }
+
+    /// The request to the app: same headers (minus hop-by-hop and any `X-Alipay-Sidecar-*`),
+    /// the sidecar's markers, the app's Host, the mapped path with the query kept.
+    fn app_request(
+        &self,
+        received: &RequestHeader,
+        target: &str,
+        marker: &Marker,
+        len: usize,
+    ) -> pingora::Result<RequestHeader> {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let mapped = self
+            .cfg
+            .path_map
+            .get(path)
+            .map(String::as_str)
+            .unwrap_or(path);
+        let mut app_target = format!("{}{}", self.cfg.forward_to.base_path, mapped);
+        if let Some(q) = query {
+            app_target.push('?');
+            app_target.push_str(q);
+        }
+        let mut req = RequestHeader::build(
+            "POST",
+            app_target.as_bytes(),
+            Some(received.headers.len() + 4),
+        )?;
+        let connection_tokens = connection_tokens(&received.headers);
+        for (name, value) in header_list(
+            received.case_header_iter().map(|(n, v)| (n.as_slice(), v)),
+            &received.headers,
+        ) {
+            let lower = String::from_utf8_lossy(&name).to_ascii_lowercase();
+            if NOT_FORWARDED.contains(&lower.as_str())
+                || lower.starts_with(SIDECAR_PREFIX)
+                || connection_tokens.contains(&lower)
+            {
+                continue;
+            }
+            req.append_header(name, value)?;
+        }
+        let app = &self.cfg.forward_to;
+        let authority = if app.host.contains(':') {
+            format!("[{}]:{}", app.host, app.port)
+        } else {
+            format!("{}:{}", app.host, app.port)
+        };
+        req.insert_header("Host", authority)?;
+        req.insert_header("Content-Length", len.to_string())?;
+        match marker {
+            Marker::Verified(v) => {
+                req.insert_header(VERIFIED_HEADER, "true")?;
+                req.insert_header(KEY_VERSION_HEADER, v.as_str())?;
+            }
+            Marker::Unverified => req.insert_header(VERIFIED_HEADER, "false")?,
+        }
+        Ok(req)
+    }
+
+    /// Adds `client-id`, `response-time` and `signature` to an acknowledgement. A signing
+    /// failure leaves it unsigned (Alipay does not require the signature, spec §6, while an
+    /// error would make Alipay re-deliver a notification the app already took).
+    fn sign_answer(
+        &self,
+        out: &mut ResponseHeader,
+        keys: &KeySet,
+        target: &str,
+        body: &[u8],
+    ) -> pingora::Result<()> {
+        let sign_start = Instant::now();
+        match ack_signature_headers(
+            &keys.merchant,
+            &keys.merchant_key_version,
+            &self.client_id,
+            target,
+            &format_iso8601(now_millis()),
+            body,
+        ) {
+            Ok(headers) => {
+                metrics::metrics().observe_sign(sign_start.elapsed());
+                for (name, value) in headers {
+                    out.insert_header(name, value)?;
+                }
+            }
+            Err(e) => {
+                metrics::metrics().record_error(SidecarError::SigningFailed.code());
+                tracing::error!(error = %e, "signing the acknowledgement failed; sent unsigned");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The headers that sign an acknowledgement the legacy Java SDK way (spec §6, vector ACK-01):
+/// `client-id`, `response-time` and `signature` over
+/// `POST <notify target>\n<client_id>.<response_time>.<body>` with the merchant key.
+pub(crate) fn ack_signature_headers(
+    merchant: &PrivateKey,
+    key_version: &str,
+    client_id: &str,
+    notify_target: &str,
+    response_time: &str,
+    body: &[u8],
+) -> Result<[(&'static str, String); 3], SignError> {
+    let content = content_to_sign("POST", notify_target, client_id, response_time, body);
+    let signature = sign_content(merchant, key_version, &content)?;
+    Ok([
+        ("client-id", client_id.to_string()),
+        ("response-time", response_time.to_string()),
+        ("signature", signature),
+    ])
+}
+
+/// The app's status and headers for Alipay, minus hop-by-hop and framing.
+fn relayed_header(app: &ResponseHeader) -> pingora::Result<ResponseHeader> {
+    let mut out = ResponseHeader::build(app.status, Some(app.headers.len() + 3))?;
+    let connection_tokens = connection_tokens(&app.headers);
+    for (name, value) in header_list(
+        app.case_header_iter().map(|(n, v)| (n.as_slice(), v)),
+        &app.headers,
+    ) {
+        let lower = String::from_utf8_lossy(&name).to_ascii_lowercase();
+        if NOT_RETURNED.contains(&lower.as_str()) || connection_tokens.contains(&lower) {
+            continue;
+        }
+        out.append_header(name, value)?;
+    }
+    Ok(out)
+}
+
+/// Headers with their names as received (case kept) when pingora recorded the case, else as
+/// lowercase names.
+fn header_list<'a>(
+    case: impl Iterator<Item = (&'a [u8], &'a http::HeaderValue)>,
+    map: &http::HeaderMap,
+) -> Vec<(Bytes, http::HeaderValue)> {
+    let cased: Vec<(Bytes, http::HeaderValue)> = case
+        .map(|(n, v)| (Bytes::copy_from_slice(n), v.clone()))
+        .collect();
+    if cased.len() == map.len() {
+        return cased;
+    }
+    map.iter()
+        .map(|(n, v)| (Bytes::copy_from_slice(n.as_str().as_bytes()), v.clone()))
+        .collect()
+}
+
+/// Header names listed in `Connection` (hop-by-hop by declaration, RFC 9110 §7.6.1).
+fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// A request header's value by (case-insensitive) name, when it is text.
+fn request_header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
+        .get(name)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+async fn refuse(
+    session: &mut Session,
+    ctx: &mut NotifyCtx,
+    error: SidecarError,
+    message: String,
+) -> pingora::Result<()> {
+    ctx.status = error.http_status();
+    ctx.error = Some(error.code());
+    ctx.outcome = if matches!(error.status(), crate::envelope::Status::U) {
+        Outcome::Error
+    } else {
+        Outcome::Rejected
+    };
+    ctx.detail = Some(message.clone());
+    metrics::metrics().record_error(error.code());
+    write_error(session, error, &message).await
+}
+
+#[async_trait]
+impl ProxyHttp for Inbound {
+    type CTX = NotifyCtx;
+
+    fn new_ctx(&self) -> NotifyCtx {
+        NotifyCtx {
+            start: Instant::now(),
+            outcome: Outcome::Error,
+            status: 0,
+            error: None,
+            reason: None,
+            key_version: None,
+            content_sha256: None,
+            app: None,
+            app_status: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            detail: None,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut NotifyCtx,
+    ) -> pingora::Result<bool> {
+        ctx.start = Instant::now();
+        let _tracked = self.state.track();
+        let _gauge = metrics::metrics().in_flight(Direction::Inbound);
+        self.handle(session, ctx).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut NotifyCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        // never reached: request_filter answers every notification itself (see the module doc)
+        Err(pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            "inbound notifications are answered in request_filter",
+        ))
+    }
+
+    async fn logging(
+        &self,
+        _session: &mut Session,
+        e: Option<&pingora::Error>,
+        ctx: &mut NotifyCtx,
+    ) {
+        let status = if ctx.status == 0 { 499 } else { ctx.status };
+        metrics::metrics().record_request(
+            Direction::Inbound,
+            INBOUND_API_LABEL,
+            ctx.outcome,
+            status,
+            ctx.start.elapsed(),
+        );
+        tracing::info!(
+            direction = "inbound",
+            api = INBOUND_API_LABEL,
+            status,
+            outcome = ctx.outcome.as_str(),
+            error_code = ctx.error,
+            reason = ctx.reason,
+            detail = ctx.detail.as_deref(),
+            key_version = ctx.key_version.as_deref(),
+            content_sha256 = ctx.content_sha256.as_deref(),
+            app_status = ctx.app_status,
+            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+            app_ms = ctx.app.map(|d| d.as_secs_f64() * 1000.0),
+            request_bytes = ctx.request_bytes,
+            response_bytes = ctx.response_bytes,
+            connection_error = e.map(|e| e.to_string()),
+            "notification"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vectors() -> serde_json::Value {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ams-public.json");
+        serde_json::from_str(&std::fs::read_to_string(path).expect("vectors file"))
+            .expect("vectors json")
+    }
+
+    #[test]
+    fn ack_signature_reproduces_ack_01() {
+        let all = vectors();
+        let v = all["vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == "ACK-01")
+            .expect("ACK-01");
+        let input = |f: &str| v["inputs"][f].as_str().unwrap().to_string();
+        assert_eq!(input("body"), ACK_BODY);
+        let merchant = PrivateKey::from_text(
+            all["keys"]["merchant"]["private_pkcs8_pem"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let headers = ack_signature_headers(
+            &merchant,
+            &input("key_version"),
+            &input("client_id"),
+            &input("uri"),
+            &input("time"),
+            ACK_BODY.as_bytes(),
+        )
+        .unwrap();
+        let expected = &v["expected_response_headers"];
+        for (name, value) in &headers {
+            assert_eq!(
+                expected[*name].as_str(),
+                Some(value.as_str()),
+                "header {name}"
+            );
+        }
+        assert_eq!(
+            headers[2].1,
+            v["expected_signature_header"].as_str().unwrap()
+        );
+    }
+
+    #[test]
+    fn connection_tokens_are_hop_by_hop() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close, X-Trace"),
+        );
+        assert_eq!(
+            connection_tokens(&h),
+            vec!["close".to_string(), "x-trace".to_string()]
+        );
+    }
+}

@@ -1,0 +1,489 @@
+//! The immutable set of loaded keys, and the preflight that catches the classic key mix-ups.
+//!
+//! Why one immutable value: every request signs and verifies with one snapshot of the keys
+//! (swapped atomically by [`crate::reload`]), so a reload can never mix an old merchant key
+//! with a new Alipay key inside one request. Why the preflight lives here: a reload must
+//! refuse exactly what `check-config` refuses, so both call [`KeySet::load`], which reads and
+//! parses every key file and then runs [`preflight`]; any [`Severity::Error`] finding keeps the
+//! old key set serving.
+//!
+//! The mistakes the preflight catches are the ones behind most "signature verify fail" tickets:
+//! the merchant's own public key configured where Alipay's belongs, a `SANDBOX_` client id
+//! against live-only settings (or the reverse), and PKCS#1 keys where Alipay's tooling expects
+//! PKCS#8.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, InboundMode, Origin};
+use crate::protocol::{KeyEncoding, KeyError, PrivateKey, PublicKey, Verifier};
+
+/// Everything needed to sign and verify, loaded and checked together. Cheap to clone (keys are
+/// reference-counted); hold it in an `Arc`/`ArcSwap` for hot reload.
+#[derive(Clone, Debug)]
+pub struct KeySet {
+    /// The merchant's client id (signed into every message).
+    pub client_id: String,
+    /// The merchant private key that signs outgoing requests (and acknowledgements).
+    pub merchant: PrivateKey,
+    /// `keyVersion` written into outgoing `Signature` headers.
+    pub merchant_key_version: String,
+    /// Alipay's public keys by `keyVersion`.
+    pub alipay: Verifier,
+    /// The files the keys came from (for logs, metrics and the reload watcher).
+    pub sources: KeySources,
+    /// Non-fatal preflight findings, to log once when the set goes live.
+    pub warnings: Vec<Finding>,
+}
+
+/// Which file each key was read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySources {
+    /// The merchant private key file.
+    pub merchant_private_key: PathBuf,
+    /// Alipay public key files by `keyVersion`.
+    pub alipay_public_keys: BTreeMap<String, PathBuf>,
+}
+
+impl KeySources {
+    /// Every key file, so a watcher knows which folders to watch.
+    pub fn files(&self) -> Vec<&Path> {
+        std::iter::once(self.merchant_private_key.as_path())
+            .chain(self.alipay_public_keys.values().map(PathBuf::as_path))
+            .collect()
+    }
+}
+
+/// How bad a preflight finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Works, but likely to bite (e.g. interoperability with Alipay's SDKs).
+    Warning,
+    /// Cannot work as configured: the key set is refused.
+    Error,
+}
+
+/// One problem found by [`preflight`], with what to change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// Error (refuses the key set) or warning.
+    pub severity: Severity,
+    /// What is wrong, where, and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.severity {
+            Severity::Error => write!(f, "error: {}", self.message),
+            Severity::Warning => write!(f, "warning: {}", self.message),
+        }
+    }
+}
+
+/// A key set that cannot be used; the message names the file, the config line that points at
+/// it, and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum KeySetError {
+    /// The key file could not be read.
+    #[error("{location}: cannot read the {role} file {}: {reason}", path.display())]
+    Unreadable {
+        /// Config file and line (or environment variable) naming the file, and the key.
+        location: String,
+        /// "merchant private key" / "Alipay public key (keyVersion N)".
+        role: String,
+        /// The key file.
+        path: PathBuf,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+    /// The file was read but does not hold a usable key for its slot.
+    #[error("{location}: the {role} file {} is not usable: {source}", path.display())]
+    BadKey {
+        /// Config file and line (or environment variable) naming the file, and the key.
+        location: String,
+        /// Which key slot.
+        role: String,
+        /// The key file.
+        path: PathBuf,
+        /// The parser's verdict (missing, empty, truncated, wrong kind, too small …).
+        source: KeyError,
+    },
+    /// The keys loaded but the preflight found errors.
+    #[error("the keys are not usable as configured:\n{}", findings.iter().map(|f| format!("  - {f}")).collect::<Vec<_>>().join("\n"))]
+    Preflight {
+        /// The error findings (warnings are not included).
+        findings: Vec<Finding>,
+    },
+}
+
+fn location(config: &Config, key: &str) -> String {
+    match config.origin(key) {
+        Origin::File { path, line } => format!("{}:{line}: `{key}`", path.display()),
+        Origin::Env { path, var } => {
+            format!("{}: environment variable {var}: `{key}`", path.display())
+        }
+        Origin::Default { path } => format!("{}: `{key}`", path.display()),
+    }
+}
+
+fn read_key_file(
+    config: &Config,
+    key: &str,
+    role: &str,
+    path: &Path,
+) -> Result<String, KeySetError> {
+    let unreadable = |reason: String| KeySetError::Unreadable {
+        location: location(config, key),
+        role: role.to_string(),
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        unreadable(match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "the file does not exist; check the path (relative paths are resolved against \
+                 the config file's folder{})",
+                config
+                    .path
+                    .parent()
+                    .map(|p| format!(", {}", p.display()))
+                    .unwrap_or_default()
+            ),
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied; give the user the sidecar runs as read access to the file"
+                    .to_string()
+            }
+            std::io::ErrorKind::IsADirectory => {
+                "it is a folder; point the setting at the key file inside it".to_string()
+            }
+            _ => format!("{e}; check the path and the file's permissions"),
+        })
+    })?;
+    String::from_utf8(bytes).map_err(|_| {
+        unreadable(
+            "the file is not text (a binary DER key?); convert it to PEM, e.g. \
+             `openssl pkey -inform DER -in key.der -out key.pem` (public key: add -pubin)"
+                .to_string(),
+        )
+    })
+}
+
+impl KeySet {
+    /// Reads and parses every key file named by `config`, runs [`preflight`], and refuses the
+    /// set when any finding is an error (warnings are kept in [`KeySet::warnings`]). Reload and
+    /// start-up both go through here, so a bad key never goes live.
+    pub fn load(config: &Config) -> Result<KeySet, KeySetError> {
+        let mut keys = Self::load_unchecked(config)?;
+        let findings = preflight(config, &keys);
+        let (errors, warnings): (Vec<Finding>, Vec<Finding>) = findings
+            .into_iter()
+            .partition(|f| f.severity == Severity::Error);
+        if !errors.is_empty() {
+            return Err(KeySetError::Preflight { findings: errors });
+        }
+        keys.warnings = warnings;
+        Ok(keys)
+    }
+
+    /// Loads the keys without the preflight, for `check-config`, which reports every finding
+    /// itself.
+    pub(crate) fn load_unchecked(config: &Config) -> Result<KeySet, KeySetError> {
+        let k = &config.keys;
+        let key = "keys.merchant_private_key";
+        let role = "merchant private key";
+        let text = read_key_file(config, key, role, &k.merchant_private_key)?;
+        let merchant = PrivateKey::from_text(&text).map_err(|source| KeySetError::BadKey {
+            location: location(config, key),
+            role: role.to_string(),
+            path: k.merchant_private_key.clone(),
+            source,
+        })?;
+        let mut alipay = Vec::new();
+        for (version, path) in &k.alipay_public_keys {
+            let key = format!("keys.alipay_public_keys.{version}");
+            let role = format!("Alipay public key (keyVersion {version})");
+            let text = read_key_file(config, &key, &role, path)?;
+            let public = PublicKey::from_text(&text).map_err(|source| KeySetError::BadKey {
+                location: location(config, &key),
+                role: role.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            alipay.push((version.clone(), public));
+        }
+        Ok(KeySet {
+            client_id: config.client_id.clone(),
+            merchant,
+            merchant_key_version: k.merchant_key_version.clone(),
+            alipay: Verifier::new(alipay),
+            sources: KeySources {
+                merchant_private_key: k.merchant_private_key.clone(),
+                alipay_public_keys: k.alipay_public_keys.clone(),
+            },
+            warnings: Vec::new(),
+        })
+    }
+}
+
+fn is_pkcs1(encoding: KeyEncoding) -> bool {
+    matches!(encoding, KeyEncoding::Pkcs1Pem | KeyEncoding::Pkcs1Base64)
+}
+
+/// Checks the loaded keys against each other and the settings for the classic mistakes, each
+/// with what to change. Pure (no I/O), so `check-config`, start-up and reload agree.
+pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let error = |message: String| Finding {
+        severity: Severity::Error,
+        message,
+    };
+    let warning = |message: String| Finding {
+        severity: Severity::Warning,
+        message,
+    };
+
+    // 1. The merchant's own public key configured as Alipay's.
+    let own = keys.merchant.public_key();
+    for (version, public) in keys.alipay.versions() {
+        if *public == own {
+            out.push(error(format!(
+                "{}: this \"Alipay\" public key is the public half of your own merchant private \
+                 key ({}): you configured your own public key as Alipay's; download Alipay's \
+                 public key from the dashboard and put that file here",
+                location(config, &format!("keys.alipay_public_keys.{version}")),
+                own.fingerprint()
+            )));
+        }
+    }
+
+    // 2. The same Alipay key under two versions.
+    let versions: Vec<(&str, &PublicKey)> = keys.alipay.versions().collect();
+    for (i, (v1, k1)) in versions.iter().enumerate() {
+        for (v2, k2) in versions.iter().skip(i + 1) {
+            if k1 == k2 {
+                out.push(warning(format!(
+                    "`keys.alipay_public_keys` versions {v1} and {v2} hold the same key ({}); \
+                     during a rotation the new version should hold Alipay's new key — check \
+                     that you downloaded the right file for version {v2}",
+                    k1.fingerprint()
+                )));
+            }
+        }
+    }
+
+    // 3. PKCS#1 merchant key.
+    if is_pkcs1(keys.merchant.encoding()) {
+        out.push(warning(format!(
+            "{}: the merchant private key is {}; the sidecar accepts it, but Alipay's SDKs \
+             (Java, Go, .NET) and dashboard tooling use PKCS#8, so a copy shared with them will \
+             not load. Convert it: `openssl pkcs8 -topk8 -nocrypt -in {} -out \
+             merchant_private_key.pkcs8.pem` (the key itself, and its public half, stay the same)",
+            location(config, "keys.merchant_private_key"),
+            keys.merchant.encoding(),
+            keys.sources.merchant_private_key.display()
+        )));
+    }
+
+    // 4. SANDBOX_ client id against live settings, and the reverse.
+    let sandbox = config.client_id.starts_with("SANDBOX_");
+    if let Some(o) = &config.outbound {
+        let has_sandbox_prefix = o
+            .allowed_path_prefixes
+            .iter()
+            .any(|p| p.starts_with("/ams/sandbox/"));
+        let only_sandbox = o
+            .allowed_path_prefixes
+            .iter()
+            .all(|p| p.starts_with("/ams/sandbox/"));
+        if !sandbox && o.sandbox_path_rewrite {
+            out.push(error(format!(
+                "{}: `sandbox_path_rewrite = true` with the live client id \"{}\": the rewrite \
+                 only applies to SANDBOX_ client ids, so this mixes sandbox and live settings. \
+                 Remove sandbox_path_rewrite for live traffic, or use your SANDBOX_ client id \
+                 (and sandbox keys) for sandbox testing",
+                location(config, "outbound.sandbox_path_rewrite"),
+                config.client_id
+            )));
+        }
+        if !sandbox && only_sandbox {
+            out.push(error(format!(
+                "{}: only sandbox paths (/ams/sandbox/…) are allowed, but the client id \"{}\" \
+                 is a live one (it does not start with SANDBOX_): every live call would be \
+                 refused, and Alipay rejects sandbox paths for live client ids. Allow \
+                 \"/ams/api/\", or use your SANDBOX_ client id",
+                location(config, "outbound.allowed_path_prefixes"),
+                config.client_id
+            )));
+        }
+        if sandbox && !has_sandbox_prefix && !o.sandbox_path_rewrite {
+            out.push(error(format!(
+                "{}: the client id \"{}\" is a sandbox one, and sandbox calls must go to \
+                 /ams/sandbox/api/…, but no /ams/sandbox/ path is allowed and \
+                 sandbox_path_rewrite is off. Add \"/ams/sandbox/api/\" to \
+                 allowed_path_prefixes, or set `sandbox_path_rewrite = true` to rewrite \
+                 /ams/api/ paths as the SDKs do",
+                location(config, "outbound.allowed_path_prefixes"),
+                config.client_id
+            )));
+        }
+        if !o.verify_responses {
+            out.push(warning(format!(
+                "{}: `verify_responses = false`: Alipay's responses reach the app unverified, \
+                 so a tampered or forged response would be trusted. Remove the line unless you \
+                 are debugging",
+                location(config, "outbound.verify_responses")
+            )));
+        }
+        if o.allow_remote_clients && !o.listen.ip().is_loopback() {
+            out.push(warning(format!(
+                "{}: the outbound listener accepts remote clients on {}: anyone who can reach \
+                 it can have requests signed with your merchant key. Make sure only your app \
+                 can reach this address",
+                location(config, "outbound.allow_remote_clients"),
+                o.listen
+            )));
+        }
+    }
+    if let Some(i) = &config.inbound {
+        if i.mode == InboundMode::Shadow {
+            out.push(warning(format!(
+                "{}: inbound `mode = \"shadow\"`: notifications that fail verification are still \
+                 forwarded to the app (marked X-Alipay-Sidecar-Verified: false). Switch to \
+                 \"enforce\" once the verification results look right",
+                location(config, "inbound.mode")
+            )));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vectors() -> serde_json::Value {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/ams-public.json"
+        ))
+        .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn setup(extra: &str, merchant: &str, alipay: &str) -> (tempfile::TempDir, Config) {
+        let v = vectors();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("m.pem"),
+            v["keys"]["merchant"][merchant].as_str().unwrap(),
+        )
+        .unwrap();
+        let (who, form) = alipay.split_once('.').unwrap();
+        std::fs::write(
+            dir.path().join("a.pem"),
+            v["keys"][who][form].as_str().unwrap(),
+        )
+        .unwrap();
+        let text = format!(
+            "client_id = \"T_1\"\n[keys]\nmerchant_private_key = \"m.pem\"\nalipay_public_keys = {{ \"1\" = \"a.pem\" }}\n[outbound]\nregion = \"na\"\n{extra}"
+        );
+        let path = dir.path().join("sidecar.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::parse(&text, &path, Vec::new()).unwrap();
+        (dir, config)
+    }
+
+    #[test]
+    fn good_set_loads_and_debug_hides_material() {
+        let (_d, c) = setup("", "private_pkcs8_pem", "alipay.public_spki_pem");
+        let k = KeySet::load(&c).unwrap();
+        assert!(k.warnings.is_empty());
+        let dbg = format!("{k:?}");
+        assert!(dbg.contains("SHA256:") && !dbg.contains("MII"), "{dbg}");
+    }
+
+    #[test]
+    fn own_key_as_alipay_key_is_refused() {
+        let (_d, c) = setup("", "private_pkcs8_pem", "merchant.public_spki_pem");
+        let e = KeySet::load(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("you configured your own public key as Alipay's"),
+            "{e}"
+        );
+        assert!(e.contains("sidecar.toml:4"), "{e}");
+    }
+
+    #[test]
+    fn pkcs1_is_a_warning() {
+        let (_d, c) = setup("", "private_pkcs1_pem", "alipay.public_spki_pem");
+        let k = KeySet::load(&c).unwrap();
+        assert_eq!(k.warnings.len(), 1);
+        assert!(k.warnings[0].message.contains("openssl pkcs8 -topk8"));
+    }
+
+    #[test]
+    fn key_file_problems_name_file_and_line() {
+        let (d, c) = setup("", "private_pkcs8_pem", "alipay.public_spki_pem");
+        std::fs::remove_file(d.path().join("a.pem")).unwrap();
+        let e = KeySet::load(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("sidecar.toml:4") && e.contains("a.pem") && e.contains("does not exist"),
+            "{e}"
+        );
+        std::fs::write(d.path().join("a.pem"), "").unwrap();
+        let e = KeySet::load(&c).unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+        let v = vectors();
+        std::fs::write(
+            d.path().join("a.pem"),
+            v["keys"]["alipay"]["private_pkcs8_pem"].as_str().unwrap(),
+        )
+        .unwrap();
+        let e = KeySet::load(&c).unwrap_err().to_string();
+        assert!(e.contains("PUBLIC key"), "{e}");
+        let pem = v["keys"]["merchant"]["private_pkcs8_pem"].as_str().unwrap();
+        std::fs::write(d.path().join("m.pem"), &pem[..pem.len() / 2]).unwrap();
+        let e = KeySet::load(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("sidecar.toml:3") && e.contains("truncated"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sandbox_mixups() {
+        let (_d, c) = setup(
+            "sandbox_path_rewrite = true\n",
+            "private_pkcs8_pem",
+            "alipay.public_spki_pem",
+        );
+        let e = KeySet::load(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("live client id") && e.contains("sidecar.toml:7"),
+            "{e}"
+        );
+        let (_d, c) = setup(
+            "allowed_path_prefixes = [\"/ams/sandbox/api/\"]\n",
+            "private_pkcs8_pem",
+            "alipay.public_spki_pem",
+        );
+        assert!(KeySet::load(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("live one"));
+        let (_d, mut c) = setup(
+            "allowed_path_prefixes = [\"/ams/api/\"]\n",
+            "private_pkcs8_pem",
+            "alipay.public_spki_pem",
+        );
+        c.client_id = "SANDBOX_1".into();
+        assert!(KeySet::load(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("sandbox one"));
+        c.outbound.as_mut().unwrap().sandbox_path_rewrite = true;
+        assert!(KeySet::load(&c).is_ok());
+    }
+}

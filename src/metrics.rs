@@ -1,0 +1,927 @@
+//! Prometheus metrics for the running sidecar.
+//!
+//! Why this module exists: an operator must be able to see, without reading logs, whether
+//! calls are being signed, whether Alipay's answers and notifications verify, how long the
+//! gateway and the app take, and which keys are live. Everything is in ONE
+//! [`prometheus::Registry`] owned by this module (pingora 0.9 registers nothing of its own),
+//! exposed as text by [`render`] for `GET /metrics` on the admin listener.
+//!
+//! Rules the API enforces so cardinality stays low and nothing from a request leaks into a
+//! label:
+//! - every label value is either a closed enum ([`Direction`], [`Outcome`], …), a
+//!   `&'static str` (API labels from [`api_label`], verification reasons), an HTTP status code,
+//!   or key metadata the operator configured (key version, public-key fingerprint);
+//! - names are `alipay_sidecar_*` in base units (seconds, bytes).
+//!
+//! Counters whose first increment an alert must see (`increase(...) > 0` misses a series
+//! that is born at 1) are created at zero up front: key reloads and every verification
+//! failure reason.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Label for every inbound (notification) request: notify URLs are the merchant's own paths,
+/// so they are never used as a label.
+pub const INBOUND_API_LABEL: &str = "notify";
+
+/// Label for an outbound path that is not in the known AMS API list.
+pub const OTHER_API_LABEL: &str = "other";
+
+/// Whole-request and upstream latency buckets (seconds): sub-millisecond sidecar refusals up
+/// to the 15 s default gateway timeout and a bit beyond.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+    30.0,
+];
+
+/// RSA-2048 sign (≈ 1 ms) and verify (≈ 30–50 µs) buckets: 20 µs … 10 ms.
+const CRYPTO_BUCKETS: &[f64] = &[
+    0.000_02, 0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01,
+];
+
+/// Body sizes (bytes): 256 B … 4 MiB (the default body limit is 1 MiB).
+const BODY_SIZE_BUCKETS: &[f64] = &[
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
+    2_097_152.0,
+    4_194_304.0,
+];
+
+/// Notification `Request-Time` skew (seconds): 1 s … 1 day, so operators can pick a
+/// `max_request_time_skew` from what Alipay's re-sends really look like.
+const SKEW_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 21600.0, 86400.0,
+];
+
+/// Which side of the sidecar a request came through; the first label of most metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// App → sidecar → Alipay gateway (signing proxy).
+    Outbound,
+    /// Alipay → sidecar → app (notification verifier).
+    Inbound,
+}
+
+impl Direction {
+    /// Every direction, for pre-creating series.
+    const ALL: [Direction; 2] = [Direction::Outbound, Direction::Inbound];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// How a request ended, as one closed set shared by both directions so a dashboard can stack
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The signature was checked and valid, and the answer (outbound) or notification
+    /// (inbound) was passed on.
+    Verified,
+    /// Outbound: an unsigned `resultStatus = "F"` response passed through (Alipay does not sign
+    /// rejections of a bad request signature).
+    UnsignedFailure,
+    /// Outbound: a non-200 gateway answer passed through unverified.
+    UnverifiedStatus,
+    /// The sidecar refused by policy: method/path not allowed, body too large, bad or missing
+    /// signature, wrong client id, stale `Request-Time`.
+    Rejected,
+    /// Something failed that was not a policy decision: gateway or app unreachable, timed out,
+    /// answered 5xx, or an internal error.
+    Error,
+    /// Passed on without checking a signature (outbound with `verify_responses = false`).
+    Forwarded,
+    /// Inbound shadow mode: verification failed but the notification was forwarded anyway.
+    ShadowForwarded,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Verified => "verified",
+            Outcome::UnsignedFailure => "unsigned_failure",
+            Outcome::UnverifiedStatus => "unverified_status",
+            Outcome::Rejected => "rejected",
+            Outcome::Error => "error",
+            Outcome::Forwarded => "forwarded",
+            Outcome::ShadowForwarded => "shadow_forwarded",
+        }
+    }
+}
+
+/// Which body a size observation is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BodyKind {
+    /// The body received from the client (app outbound, Alipay inbound).
+    Request,
+    /// The body received from the upstream (gateway outbound, app inbound).
+    Response,
+}
+
+impl BodyKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyKind::Request => "request",
+            BodyKind::Response => "response",
+        }
+    }
+}
+
+/// The role of a loaded key in `alipay_sidecar_key_info`, so a dashboard can show which
+/// merchant key signs and which Alipay key versions verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyRole {
+    /// The merchant private key that signs outbound requests.
+    MerchantPrivate,
+    /// One Alipay public key (one per configured keyVersion).
+    AlipayPublic,
+}
+
+impl KeyRole {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyRole::MerchantPrivate => "merchant_private",
+            KeyRole::AlipayPublic => "alipay_public",
+        }
+    }
+}
+
+/// Result of a key reload attempt (file change, SIGHUP or `POST /admin/reload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReloadResult {
+    /// The new key set passed every check and is now serving.
+    Success,
+    /// Something was wrong; the old key set keeps serving.
+    Failure,
+}
+
+impl ReloadResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+        }
+    }
+}
+
+/// The result of one signature check, for `alipay_sidecar_signature_verifications_total`.
+/// Failure reasons are static strings so request data can never become a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VerificationResult {
+    /// The signature verified.
+    Valid,
+    /// The signature did not verify; pass `VerifyError::reason()` (missing_header, malformed,
+    /// unsupported_algorithm, unknown_key_version, bad_encoding, wrong_length, mismatch).
+    Invalid(&'static str),
+    /// Inbound: the notification's `client-id` is not the configured client id.
+    WrongClientId,
+    /// Inbound: `Request-Time` is outside `max_request_time_skew`.
+    StaleRequestTime,
+    /// Inbound: `Request-Time` could not be parsed while `max_request_time_skew` is on.
+    UnparseableRequestTime,
+    /// Outbound: an unsigned `resultStatus = "F"` response, accepted by policy.
+    UnsignedFailure,
+}
+
+impl VerificationResult {
+    /// Every result with a fixed label, for pre-creating series at zero.
+    const FIXED: [VerificationResult; 12] = [
+        VerificationResult::Valid,
+        VerificationResult::Invalid("missing_header"),
+        VerificationResult::Invalid("malformed"),
+        VerificationResult::Invalid("unsupported_algorithm"),
+        VerificationResult::Invalid("unknown_key_version"),
+        VerificationResult::Invalid("bad_encoding"),
+        VerificationResult::Invalid("wrong_length"),
+        VerificationResult::Invalid("mismatch"),
+        VerificationResult::WrongClientId,
+        VerificationResult::StaleRequestTime,
+        VerificationResult::UnparseableRequestTime,
+        VerificationResult::UnsignedFailure,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerificationResult::Valid => "valid",
+            VerificationResult::Invalid(reason) => reason,
+            VerificationResult::WrongClientId => "wrong_client_id",
+            VerificationResult::StaleRequestTime => "stale_request_time",
+            VerificationResult::UnparseableRequestTime => "unparseable_request_time",
+            VerificationResult::UnsignedFailure => "unsigned_failure",
+        }
+    }
+}
+
+impl From<&crate::protocol::VerifyError> for VerificationResult {
+    fn from(error: &crate::protocol::VerifyError) -> Self {
+        VerificationResult::Invalid(error.reason())
+    }
+}
+
+/// Why the metric set could not be built. Only a programming error in this file (a duplicate
+/// or invalid metric definition) gets here; the unit tests build the set.
+#[derive(Debug, thiserror::Error)]
+#[error("building the Prometheus metric set failed (duplicate or invalid definition in src/metrics.rs; fix the definition): {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+/// Keeps `alipay_sidecar_in_flight_requests{direction}` raised while a request is being
+/// handled, and lowers it on drop, so early returns and panics cannot leak the count.
+#[must_use = "the in-flight gauge goes back down as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct InFlightGuard {
+    gauge: IntGauge,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Every metric of the sidecar, registered in one registry. Use the process-wide instance
+/// from [`metrics()`]; [`Metrics::new`] exists for tests that need an isolated set.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    sign_duration: Histogram,
+    verify_duration: HistogramVec,
+    verifications: IntCounterVec,
+    errors: IntCounterVec,
+    body_size: HistogramVec,
+    in_flight: IntGaugeVec,
+    key_reloads: IntCounterVec,
+    key_info: IntGaugeVec,
+    /// Label sets currently present in `key_info`, so a new set can replace it without a
+    /// moment where no key is shown.
+    key_info_labels: Mutex<Vec<[String; 3]>>,
+    key_last_reload: Gauge,
+    notification_skew: Histogram,
+    gateway_result_status: IntCounterVec,
+}
+
+fn histogram_opts(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(buckets.to_vec())
+}
+
+/// The git commit baked in at build time (`ALIPAY_SIDECAR_GIT_COMMIT`, set by the Dockerfile
+/// or CI), or "unknown".
+fn git_commit() -> &'static str {
+    match option_env!("ALIPAY_SIDECAR_GIT_COMMIT") {
+        Some(commit) if !commit.trim().is_empty() => commit.trim(),
+        _ => "unknown",
+    }
+}
+
+impl Metrics {
+    /// Builds and registers every metric in a fresh registry.
+    pub fn new() -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "alipay_sidecar_requests_total",
+                "Requests handled, by direction, API, outcome and the HTTP status the sidecar answered with.",
+            ),
+            &["direction", "api", "outcome", "status"],
+        )?;
+        let request_duration = HistogramVec::new(
+            histogram_opts(
+                "alipay_sidecar_request_duration_seconds",
+                "Time from receiving a request to finishing the answer, in the sidecar.",
+                LATENCY_BUCKETS,
+            ),
+            &["direction", "api"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            histogram_opts(
+                "alipay_sidecar_upstream_duration_seconds",
+                "Time spent waiting for the upstream (Alipay gateway outbound, the app inbound), including reading its body.",
+                LATENCY_BUCKETS,
+            ),
+            &["direction", "api"],
+        )?;
+        let sign_duration = Histogram::with_opts(histogram_opts(
+            "alipay_sidecar_sign_duration_seconds",
+            "Time to sign one request (RSA-SHA256 with the merchant key).",
+            CRYPTO_BUCKETS,
+        ))?;
+        let verify_duration = HistogramVec::new(
+            histogram_opts(
+                "alipay_sidecar_verify_duration_seconds",
+                "Time to verify one Alipay signature (response outbound, notification inbound).",
+                CRYPTO_BUCKETS,
+            ),
+            &["direction"],
+        )?;
+        let verifications = IntCounterVec::new(
+            Opts::new(
+                "alipay_sidecar_signature_verifications_total",
+                "Alipay signature checks by direction and result (valid or the failure reason).",
+            ),
+            &["direction", "result"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "alipay_sidecar_errors_total",
+                "Errors the sidecar answered itself, by the resultCode it put in the envelope.",
+            ),
+            &["code"],
+        )?;
+        let body_size = HistogramVec::new(
+            histogram_opts(
+                "alipay_sidecar_body_size_bytes",
+                "Size of request and response bodies passing through the sidecar.",
+                BODY_SIZE_BUCKETS,
+            ),
+            &["direction", "kind"],
+        )?;
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "alipay_sidecar_in_flight_requests",
+                "Requests currently being handled.",
+            ),
+            &["direction"],
+        )?;
+        let key_reloads = IntCounterVec::new(
+            Opts::new(
+                "alipay_sidecar_key_reloads_total",
+                "Key reload attempts by result; on failure the previous keys keep serving.",
+            ),
+            &["result"],
+        )?;
+        let key_info = IntGaugeVec::new(
+            Opts::new(
+                "alipay_sidecar_key_info",
+                "Keys currently serving (value 1), by role, key version and public-key fingerprint.",
+            ),
+            &["role", "key_version", "fingerprint"],
+        )?;
+        let key_last_reload = Gauge::with_opts(Opts::new(
+            "alipay_sidecar_key_last_reload_timestamp_seconds",
+            "Unix time at which the serving key set was loaded (start-up or last successful reload).",
+        ))?;
+        let notification_skew = Histogram::with_opts(histogram_opts(
+            "alipay_sidecar_notification_time_skew_seconds",
+            "Absolute difference between a notification's Request-Time and the sidecar's clock.",
+            SKEW_BUCKETS,
+        ))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "alipay_sidecar_build_info",
+                "Always 1; labels carry the version and git commit of the running binary.",
+            ),
+            &["version", "git_commit"],
+        )?;
+        let gateway_result_status = IntCounterVec::new(
+            Opts::new(
+                "alipay_sidecar_gateway_result_status_total",
+                "Gateway answers by API and result.resultStatus (S, F, U, or none when absent or unrecognised).",
+            ),
+            &["api", "result_status"],
+        )?;
+
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(sign_duration.clone()))?;
+        registry.register(Box::new(verify_duration.clone()))?;
+        registry.register(Box::new(verifications.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(body_size.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(key_reloads.clone()))?;
+        registry.register(Box::new(key_info.clone()))?;
+        registry.register(Box::new(key_last_reload.clone()))?;
+        registry.register(Box::new(notification_skew.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+        registry.register(Box::new(gateway_result_status.clone()))?;
+
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), git_commit()])
+            .set(1);
+        for result in [ReloadResult::Success, ReloadResult::Failure] {
+            key_reloads.with_label_values(&[result.as_str()]);
+        }
+        for direction in Direction::ALL {
+            in_flight.with_label_values(&[direction.as_str()]);
+            for result in VerificationResult::FIXED {
+                verifications.with_label_values(&[direction.as_str(), result.as_str()]);
+            }
+        }
+
+        Ok(Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            sign_duration,
+            verify_duration,
+            verifications,
+            errors,
+            body_size,
+            in_flight,
+            key_reloads,
+            key_info,
+            key_info_labels: Mutex::new(Vec::new()),
+            key_last_reload,
+            notification_skew,
+            gateway_result_status,
+        })
+    }
+
+    /// The Prometheus text exposition of this set (what `GET /metrics` serves).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::error!(%error, "encoding metrics failed; serving what was encoded");
+        }
+        out
+    }
+
+    /// Records one finished request: counts it and observes its whole duration in the
+    /// sidecar. `status` is the HTTP status the sidecar answered with; `api` comes from
+    /// [`api_label`] (outbound) or is [`INBOUND_API_LABEL`].
+    pub fn record_request(
+        &self,
+        direction: Direction,
+        api: &'static str,
+        outcome: Outcome,
+        status: u16,
+        duration: Duration,
+    ) {
+        let status = status.to_string();
+        self.requests
+            .with_label_values(&[direction.as_str(), api, outcome.as_str(), status.as_str()])
+            .inc();
+        self.request_duration
+            .with_label_values(&[direction.as_str(), api])
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Observes how long the upstream (gateway outbound, app inbound) took for one exchange.
+    pub fn observe_upstream(&self, direction: Direction, api: &'static str, duration: Duration) {
+        self.upstream_duration
+            .with_label_values(&[direction.as_str(), api])
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Observes the time one signing operation took (requests outbound, acknowledgements
+    /// inbound).
+    pub fn observe_sign(&self, duration: Duration) {
+        self.sign_duration.observe(duration.as_secs_f64());
+    }
+
+    /// Observes the time one signature verification took.
+    pub fn observe_verify(&self, direction: Direction, duration: Duration) {
+        self.verify_duration
+            .with_label_values(&[direction.as_str()])
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Counts one signature check by its result.
+    pub fn record_verification(&self, direction: Direction, result: VerificationResult) {
+        self.verifications
+            .with_label_values(&[direction.as_str(), result.as_str()])
+            .inc();
+    }
+
+    /// Counts one error the sidecar answered itself. `code` is the `SIDECAR_…` resultCode from
+    /// the caller's closed set — never text from a request.
+    pub fn record_error(&self, code: &str) {
+        self.errors.with_label_values(&[code]).inc();
+    }
+
+    /// Observes the size of one body.
+    pub fn observe_body_size(&self, direction: Direction, kind: BodyKind, bytes: usize) {
+        self.body_size
+            .with_label_values(&[direction.as_str(), kind.as_str()])
+            // Precision loss only above 2^53 bytes.
+            .observe(bytes as f64);
+    }
+
+    /// Raises the in-flight gauge until the returned guard is dropped.
+    pub fn in_flight(&self, direction: Direction) -> InFlightGuard {
+        let gauge = self.in_flight.with_label_values(&[direction.as_str()]);
+        gauge.inc();
+        InFlightGuard { gauge }
+    }
+
+    /// Counts one key reload attempt. Call [`Metrics::set_loaded_keys`] as well on success.
+    pub fn record_key_reload(&self, result: ReloadResult) {
+        self.key_reloads.with_label_values(&[result.as_str()]).inc();
+    }
+
+    /// Replaces `alipay_sidecar_key_info` with the keys now serving and sets the last-reload
+    /// timestamp. Call it at start-up and after every successful reload. Items are
+    /// `(role, key_version, fingerprint)`; new series are set before stale ones are removed,
+    /// so a scrape never sees an empty key set.
+    pub fn set_loaded_keys<'a>(
+        &self,
+        keys: impl IntoIterator<Item = (KeyRole, &'a str, &'a str)>,
+        loaded_at: SystemTime,
+    ) {
+        let new: Vec<[String; 3]> = keys
+            .into_iter()
+            .map(|(role, version, fingerprint)| {
+                [
+                    role.as_str().to_owned(),
+                    version.to_owned(),
+                    fingerprint.to_owned(),
+                ]
+            })
+            .collect();
+        // A poisoned lock only means another thread panicked mid-update; the label list is
+        // still usable (worst case a stale series lingers until the next reload).
+        let mut current = self
+            .key_info_labels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for labels in &new {
+            self.key_info
+                .with_label_values(&[&labels[0], &labels[1], &labels[2]])
+                .set(1);
+        }
+        for old in current.iter().filter(|old| !new.contains(old)) {
+            // Err only means the series is already gone.
+            let _ = self
+                .key_info
+                .remove_label_values(&[&old[0], &old[1], &old[2]]);
+        }
+        *current = new;
+        let seconds = loaded_at
+            .duration_since(UNIX_EPOCH)
+            .map(|since| since.as_secs_f64())
+            .unwrap_or(0.0);
+        self.key_last_reload.set(seconds);
+    }
+
+    /// Observes the skew between a notification's `Request-Time` and now, in milliseconds
+    /// (sign ignored), whether or not a skew limit is configured.
+    pub fn observe_notification_skew_ms(&self, skew_ms: i64) {
+        // Precision loss only for skews above 2^53 ms (≈ 285,000 years).
+        self.notification_skew
+            .observe(skew_ms.unsigned_abs() as f64 / 1000.0);
+    }
+
+    /// Counts one gateway answer by its `result.resultStatus` (pass `None` when the body has
+    /// none or is not JSON); anything but `S`, `F`, `U` is recorded as `none`.
+    pub fn record_gateway_result_status(&self, api: &'static str, result_status: Option<&str>) {
+        let status = match result_status {
+            Some("S") => "S",
+            Some("F") => "F",
+            Some("U") => "U",
+            _ => "none",
+        };
+        self.gateway_result_status
+            .with_label_values(&[api, status])
+            .inc();
+    }
+}
+
+/// The process-wide metric set the proxy code records into and `GET /metrics` renders.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        // Only a definition bug in this file can fail; the unit tests build the set.
+        Metrics::new().unwrap_or_else(|error| panic!("{error}"))
+    })
+}
+
+/// Text exposition of the process-wide metric set, for `GET /metrics`.
+pub fn render() -> String {
+    metrics().render()
+}
+
+/// Full paths the SDKs spell irregularly (Appendix B), mapped to the label of the API.
+const IRREGULAR_PATHS: &[(&str, &str)] = &[
+    (
+        "/ams/api//v1/payments/retrievePaymentSession",
+        "payments/retrievePaymentSession",
+    ),
+    (
+        "/ams/sandbox/api//v1/payments/retrievePaymentSession",
+        "payments/retrievePaymentSession",
+    ),
+    (
+        "/ams/api/open/openapiv2_file/v1/business/attachment/submitAttachment",
+        "business/attachment/submitAttachment",
+    ),
+    (
+        "/ams/sandbox/api/open/openapiv2_file/v1/business/attachment/submitAttachment",
+        "business/attachment/submitAttachment",
+    ),
+    (
+        "/ams/v1/aba/funds/createExchange",
+        "aba/funds/createExchange",
+    ),
+];
+
+/// Prefixes of the regular API paths, live and sandbox.
+const API_PREFIXES: &[&str] = &["/ams/api/v1/", "/ams/sandbox/api/v1/"];
+
+/// Known AMS APIs (spec Appendix B), as the path after `/ams/api/v1/`. Sorted by bytes for
+/// binary search (a unit test checks it).
+const KNOWN_APIS: &[&str] = &[
+    "aba/account/inquireAvailableQuota",
+    "aba/accounts/inquiryBalance",
+    "aba/accounts/inquiryStatement",
+    "aba/accounts/inquiryStatementDetail",
+    "aba/accounts/inquiryStatementList",
+    "aba/cards/applyCard",
+    "aba/cards/inquireCard",
+    "aba/cards/inquireCardDetail",
+    "aba/cards/inquireCardSensitiveInfo",
+    "aba/cards/inquireCardTransactionEvent",
+    "aba/cards/inquireCardTransactionLifecycle",
+    "aba/cards/inquireCardTransactionLifecycleDetail",
+    "aba/cards/updateCard",
+    "aba/cards/updateCardStatus",
+    "aba/funds/createDirectPayment",
+    "aba/funds/createDirectRefund",
+    "aba/funds/createExchange",
+    "aba/funds/createQuote",
+    "aba/funds/inquireDirectPayment",
+    "aba/funds/inquireDirectRefund",
+    "aba/funds/inquireExchange",
+    "aba/funds/inquireRate",
+    "accounts/inquireBalance",
+    "authorizations/applyToken",
+    "authorizations/consult",
+    "authorizations/query",
+    "authorizations/revoke",
+    "billing/coupon/create",
+    "billing/coupon/inquireDetails",
+    "billing/coupon/inquireList",
+    "billing/coupon/update",
+    "billing/creditNote/create",
+    "billing/creditNote/inquireDetails",
+    "billing/creditNote/inquireList",
+    "billing/creditNote/void",
+    "billing/customer/create",
+    "billing/customer/createPortalLink",
+    "billing/customer/delete",
+    "billing/customer/inquireDetails",
+    "billing/customer/inquireList",
+    "billing/customer/update",
+    "billing/invoice/confirmPayment",
+    "billing/invoice/create",
+    "billing/invoice/createViewLink",
+    "billing/invoice/export",
+    "billing/invoice/finalize",
+    "billing/invoice/inquireDetails",
+    "billing/invoice/inquireList",
+    "billing/invoice/markUncollectible",
+    "billing/invoice/revise",
+    "billing/invoice/send",
+    "billing/invoice/update",
+    "billing/invoice/void",
+    "billing/price/create",
+    "billing/price/inquireDetails",
+    "billing/price/inquireList",
+    "billing/price/update",
+    "billing/product/create",
+    "billing/product/inquireDetails",
+    "billing/product/inquireList",
+    "billing/product/update",
+    "billing/product/uploadImage",
+    "billing/promotionCode/create",
+    "billing/promotionCode/inquireDetails",
+    "billing/promotionCode/inquireList",
+    "billing/promotionCode/update",
+    "billing/receipt/export",
+    "billing/receipt/inquireDetails",
+    "billing/receipt/inquireList",
+    "billing/receipt/send",
+    "billing/subscription/cancel",
+    "billing/subscription/create",
+    "billing/subscription/inquireDetails",
+    "billing/subscription/inquireList",
+    "billing/subscription/resume",
+    "billing/subscription/update",
+    "business/attachment/submitAttachment",
+    "customs/declare",
+    "customs/inquiryDeclarationRequests",
+    "funds/createPayout",
+    "funds/createTransfer",
+    "merchants/inquiryRegistrationInfo",
+    "merchants/inquiryRegistrationStatus",
+    "merchants/register",
+    "merchants/registration",
+    "merchants/settlementInfo/update",
+    "meter/create",
+    "meter/createSession",
+    "meter/creditGrant/create",
+    "meter/creditGrant/inquireDetails",
+    "meter/creditGrant/inquireList",
+    "meter/creditGrant/updateExpiry",
+    "meter/creditGrant/void",
+    "meter/inquireDetails",
+    "meter/inquireList",
+    "meter/update",
+    "meter/uploadEvent",
+    "payments/acceptDispute",
+    "payments/cancel",
+    "payments/capture",
+    "payments/consult",
+    "payments/createDeviceCertificate",
+    "payments/createPaymentSession",
+    "payments/downloadDisputeEvidence",
+    "payments/fetchNonce",
+    "payments/getCardInfo",
+    "payments/inquire",
+    "payments/inquireExchangeRate",
+    "payments/inquireInstallment",
+    "payments/inquiryPayment",
+    "payments/inquiryRefund",
+    "payments/pay",
+    "payments/refund",
+    "payments/retrievePaymentSession",
+    "payments/settle",
+    "payments/supplyDefenseDocument",
+    "payments/syncArrear",
+    "payments/updateAmount",
+    "payments/uploadInvoiceShippingFile",
+    "payments/verifyAndCompletePayment",
+    "risk/payments/decide",
+    "risk/payments/reportRisk",
+    "risk/payments/sendPaymentResult",
+    "risk/payments/sendRefundResult",
+    "subscriptions/cancel",
+    "subscriptions/change",
+    "subscriptions/create",
+    "subscriptions/inquireSubscription",
+    "subscriptions/inquireSubscriptionList",
+    "subscriptions/inquireSubscriptionPayment",
+    "subscriptions/inquiry",
+    "subscriptions/update",
+    "tax/calculate",
+    "tax/cancelRegistration",
+    "tax/initializeSettings",
+    "tax/inquireCalculation",
+    "tax/inquireRegistrationList",
+    "tax/inquireSettings",
+    "tax/inquireTransactionList",
+    "tax/register",
+    "tax/updateRegistrationPeriod",
+    "tax/updateSettings",
+    "users/initAuthentication",
+    "users/inquiryUserInfo",
+    "users/verifyAuthentication",
+    "vaults/createVaultingSession",
+    "vaults/deleteToken",
+    "vaults/fetchNonce",
+    "vaults/inquireToken",
+    "vaults/inquireVaulting",
+    "vaults/updateToken",
+    "vaults/vaultPaymentMethod",
+];
+
+/// Maps a request path to a low-cardinality API label such as `"payments/pay"`: a known AMS
+/// path (live or sandbox form, query ignored) gives its label from a static list, anything
+/// else gives `"other"`. The result is always a `&'static str` from this module, so request
+/// text can never become a label.
+pub fn api_label(path: &str) -> &'static str {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    let tail = IRREGULAR_PATHS
+        .iter()
+        .find(|(full, _)| *full == path)
+        .map(|(_, tail)| *tail)
+        .or_else(|| {
+            API_PREFIXES
+                .iter()
+                .find_map(|prefix| path.strip_prefix(prefix))
+        });
+    match tail.map(|tail| KNOWN_APIS.binary_search(&tail)) {
+        Some(Ok(index)) => KNOWN_APIS[index],
+        _ => OTHER_API_LABEL,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_api_list_is_sorted_and_unique() {
+        for pair in KNOWN_APIS.windows(2) {
+            assert!(pair[0] < pair[1], "{} !< {}", pair[0], pair[1]);
+        }
+        for (_, tail) in IRREGULAR_PATHS {
+            assert!(
+                KNOWN_APIS.binary_search(tail).is_ok(),
+                "{tail} not in KNOWN_APIS"
+            );
+        }
+    }
+
+    #[test]
+    fn isolated_sets_can_coexist() {
+        let a = Metrics::new().expect("first set");
+        let b = Metrics::new().expect("second set");
+        a.record_error("SIDECAR_TEST");
+        assert!(a
+            .render()
+            .contains("alipay_sidecar_errors_total{code=\"SIDECAR_TEST\"} 1"));
+        assert!(!b.render().contains("SIDECAR_TEST"));
+    }
+
+    #[test]
+    fn in_flight_guard_decrements_on_drop() {
+        let m = Metrics::new().expect("metrics");
+        let line =
+            |n: i64| format!("alipay_sidecar_in_flight_requests{{direction=\"inbound\"}} {n}\n");
+        let first = m.in_flight(Direction::Inbound);
+        let second = m.in_flight(Direction::Inbound);
+        assert!(m.render().contains(&line(2)));
+        drop(first);
+        assert!(m.render().contains(&line(1)));
+        drop(second);
+        assert!(m.render().contains(&line(0)));
+    }
+
+    #[test]
+    fn key_info_is_replaced_not_accumulated() {
+        let m = Metrics::new().expect("metrics");
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        m.set_loaded_keys(
+            [
+                (KeyRole::MerchantPrivate, "1", "SHA256:aa"),
+                (KeyRole::AlipayPublic, "1", "SHA256:bb"),
+            ],
+            at,
+        );
+        m.set_loaded_keys(
+            [
+                (KeyRole::MerchantPrivate, "2", "SHA256:cc"),
+                (KeyRole::AlipayPublic, "1", "SHA256:bb"),
+            ],
+            at + Duration::from_secs(60),
+        );
+        let text = m.render();
+        assert!(!text.contains("SHA256:aa"), "{text}");
+        assert!(text.contains(
+            "alipay_sidecar_key_info{fingerprint=\"SHA256:cc\",key_version=\"2\",role=\"merchant_private\"} 1"
+        ));
+        assert!(text.contains(
+            "alipay_sidecar_key_info{fingerprint=\"SHA256:bb\",key_version=\"1\",role=\"alipay_public\"} 1"
+        ));
+        assert!(text.contains("alipay_sidecar_key_last_reload_timestamp_seconds 1700000060\n"));
+    }
+
+    #[test]
+    fn skew_is_absolute_and_in_seconds() {
+        let m = Metrics::new().expect("metrics");
+        m.observe_notification_skew_ms(-2_500);
+        m.observe_notification_skew_ms(i64::MIN);
+        let text = m.render();
+        assert!(text.contains("alipay_sidecar_notification_time_skew_seconds_bucket{le=\"1\"} 0"));
+        assert!(text.contains("alipay_sidecar_notification_time_skew_seconds_bucket{le=\"5\"} 1"));
+        assert!(text.contains("alipay_sidecar_notification_time_skew_seconds_count 2"));
+    }
+
+    #[test]
+    fn unrecognised_result_status_is_none() {
+        let m = Metrics::new().expect("metrics");
+        m.record_gateway_result_status("payments/pay", Some("S"));
+        m.record_gateway_result_status("payments/pay", Some("<script>"));
+        m.record_gateway_result_status("payments/pay", None);
+        let text = m.render();
+        assert!(text.contains("api=\"payments/pay\",result_status=\"S\"} 1"));
+        assert!(text.contains("api=\"payments/pay\",result_status=\"none\"} 2"));
+        assert!(!text.contains("<script>"));
+    }
+
+    #[test]
+    fn failure_reasons_and_reload_results_exist_at_zero() {
+        let text = Metrics::new().expect("metrics").render();
+        assert!(text.contains(
+            "alipay_sidecar_signature_verifications_total{direction=\"outbound\",result=\"mismatch\"} 0"
+        ));
+        assert!(text.contains(
+            "alipay_sidecar_signature_verifications_total{direction=\"inbound\",result=\"wrong_client_id\"} 0"
+        ));
+        assert!(text.contains("alipay_sidecar_key_reloads_total{result=\"failure\"} 0"));
+        assert!(text.contains("alipay_sidecar_build_info{git_commit="));
+    }
+}

@@ -1,0 +1,193 @@
+//! Hot key reload: re-read the `[keys]` section and the key files, check everything, swap
+//! atomically — or keep the old set and say why.
+//!
+//! Triggers: a change in any folder holding a key file (watched with `notify`; Kubernetes
+//! Secret volumes replace files by swapping a `..data` symlink, which shows up as events in
+//! that folder), `SIGHUP`, and `POST /admin/reload`. Bursts are debounced. A reload loads and
+//! checks the whole set first (parse, ≥ 2048 bits, preflight) and swaps only when all of it
+//! is good; a missing, truncated or wrong key keeps the old set serving and is logged with
+//! the file and the problem and counted as a failed reload. Settings outside `[keys]` need a
+//! restart; a reload that sees them changed says so in the log.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use notify::{RecursiveMode, Watcher};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::config::Config;
+use crate::keyset::KeySet;
+use crate::metrics::{self, KeyRole, ReloadResult};
+use crate::state::SidecarState;
+
+/// Quiet time after the last file event before reloading (a Secret update is a burst).
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Why a reload did not swap.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The config file no longer parses.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// A key failed to load or the preflight found an error.
+    #[error("{0}")]
+    Keys(#[from] crate::keyset::KeySetError),
+    /// The loading task itself failed (a bug; the old keys stay).
+    #[error("the reload task failed: {0}")]
+    Task(String),
+}
+
+/// Performs reloads; shared by the watcher, the signal handler and the admin endpoint.
+pub struct Reloader {
+    state: Arc<SidecarState>,
+    config_path: PathBuf,
+    started_with: Config,
+    lock: Mutex<()>,
+}
+
+/// What a successful reload did.
+#[derive(Debug)]
+pub struct ReloadReport {
+    /// Whether the new set differs from the old one.
+    pub changed: bool,
+    /// `role keyVersion fingerprint` lines of the live set.
+    pub keys: Vec<String>,
+}
+
+impl Reloader {
+    /// `started_with` is the configuration the process started with (to detect changes that
+    /// need a restart).
+    pub fn new(state: Arc<SidecarState>, config_path: PathBuf, started_with: Config) -> Arc<Self> {
+        Arc::new(Self { state, config_path, started_with, lock: Mutex::new(()) })
+    }
+
+    /// The folders to watch: every folder that holds a key file (and the config file's).
+    pub fn watched_dirs(&self) -> BTreeSet<PathBuf> {
+        let mut dirs = BTreeSet::new();
+        let keys = &self.started_with.keys;
+        for file in std::iter::once(&keys.merchant_private_key).chain(keys.alipay_public_keys.values()).chain(std::iter::once(&self.config_path)) {
+            if let Some(dir) = file.parent() {
+                dirs.insert(if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_path_buf() });
+            }
+        }
+        dirs
+    }
+
+    /// Loads and checks everything, then swaps; on any problem keeps the old set.
+    pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, ReloadError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<(Config, KeySet), ReloadError> {
+            let config = Config::load(&path)?;
+            let keys = KeySet::load(&config)?;
+            Ok((config, keys))
+        })
+        .await
+        .unwrap_or_else(|e| Err(ReloadError::Task(e.to_string())));
+        match loaded {
+            Ok((config, keys)) => {
+                let old = self.state.keys();
+                let changed = describe(&old) != describe(&keys);
+                if !same_except_keys(&self.started_with, &config) {
+                    tracing::warn!("the configuration changed outside [keys]; those settings take effect only after a restart");
+                }
+                for w in &keys.warnings {
+                    tracing::warn!(finding = %w.message, "key preflight warning");
+                }
+                publish_key_metrics(&keys);
+                let report = ReloadReport { changed, keys: describe(&keys) };
+                self.state.swap_keys(keys);
+                metrics::metrics().record_key_reload(ReloadResult::Success);
+                tracing::info!(trigger, changed, keys = ?report.keys, "key reload succeeded");
+                Ok(report)
+            }
+            Err(e) => {
+                metrics::metrics().record_key_reload(ReloadResult::Failure);
+                tracing::error!(trigger, error = %e, "key reload failed; the previous keys stay in use");
+                Err(e)
+            }
+        }
+    }
+}
+
+fn same_except_keys(a: &Config, b: &Config) -> bool {
+    let mut b = b.clone();
+    b.keys = a.keys.clone();
+    *a == b
+}
+
+/// `role keyVersion fingerprint` of every key in the set.
+pub fn describe(keys: &KeySet) -> Vec<String> {
+    let mut out = vec![format!("merchant_private {} {}", keys.merchant_key_version, keys.merchant.fingerprint())];
+    out.extend(keys.alipay.versions().map(|(v, k)| format!("alipay_public {v} {}", k.fingerprint())));
+    out
+}
+
+/// Publishes the live key set as `alipay_sidecar_key_info` and the reload timestamp.
+pub fn publish_key_metrics(keys: &KeySet) {
+    let mut items: Vec<(KeyRole, &str, &str)> = vec![(KeyRole::MerchantPrivate, keys.merchant_key_version.as_str(), keys.merchant.fingerprint())];
+    items.extend(keys.alipay.versions().map(|(v, k)| (KeyRole::AlipayPublic, v, k.fingerprint())));
+    metrics::metrics().set_loaded_keys(items, SystemTime::now());
+}
+
+/// The background task: file watcher + SIGHUP → debounced reloads.
+pub struct ReloadTask {
+    reloader: Arc<Reloader>,
+}
+
+impl ReloadTask {
+    /// Wraps a reloader for pingora's background service.
+    pub fn new(reloader: Arc<Reloader>) -> Self {
+        Self { reloader }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReloadTask {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<&'static str>();
+        let file_tx = tx.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = file_tx.send("file change");
+            }
+        });
+        let _watcher = match watcher {
+            Ok(mut w) => {
+                for dir in self.reloader.watched_dirs() {
+                    if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch key folder; use SIGHUP or POST /admin/reload to reload keys");
+                    }
+                }
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "file watching unavailable; use SIGHUP or POST /admin/reload to reload keys");
+                None
+            }
+        };
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        };
+        loop {
+            let trigger = tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(t) = rx.recv() => t,
+                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            };
+            // debounce: wait until the burst is over
+            // (the first trigger names the reload in the log)
+            while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+            let _ = self.reloader.reload(trigger).await;
+        }
+    }
+}

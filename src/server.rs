@@ -1,0 +1,240 @@
+//! `alipay-sidecar run`: one pingora server with three listeners — outbound (signing proxy),
+//! inbound (notification verifier) and admin — plus the key-reload background task.
+//!
+//! Shutdown: pingora stops accepting the moment its shutdown watch returns, and its grace
+//! period is a fixed sleep. The sidecar's own [`ShutdownSignalWatch`] therefore does the
+//! draining before it returns: on SIGTERM or SIGINT it turns readiness to 503 at once, keeps
+//! serving (including new connections) for `shutdown_grace` so load balancers notice, then
+//! waits up to `shutdown_timeout` for in-flight requests to finish, and only then lets pingora
+//! stop the listeners. SIGQUIT keeps pingora's graceful upgrade.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::inbound::Inbound;
+use crate::keyset::KeySet;
+use crate::outbound::Outbound;
+use crate::reload::{publish_key_metrics, ReloadTask, Reloader};
+use crate::state::SidecarState;
+
+/// Entry point of `alipay-sidecar run`; returns the process exit code (0 after a graceful
+/// shutdown, 1 when the configuration or keys are unusable, 2 when the config file cannot
+/// be read or parsed).
+pub fn run(config_path: &Path) -> i32 {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    crate::logging::init(&config.log);
+    let keys = match KeySet::load(&config) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start: keys are unusable");
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    match build(config, keys) {
+        Ok(server) => {
+            server.server.run(RunArgs { shutdown_signal: Box::new(server.drain) });
+            tracing::info!("stopped");
+            0
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// A server ready to run, with the watch that drains it.
+pub struct Built {
+    /// The pingora server with all services added.
+    pub server: Server,
+    /// The shutdown watch to pass to `Server::run`.
+    pub drain: DrainOnSignal,
+}
+
+/// Start-up failures that are not config or key errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address cannot be bound.
+    #[error("cannot listen on {addr} ([{section}] listen): {source}; pick a free address or stop the process using it")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The config section.
+        section: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The CA bundle could not be built.
+    #[error("cannot use [outbound] ca_file {path}: {message}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Builds the server from a loaded configuration and key set (which already passed preflight).
+pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
+    for w in &keys.warnings {
+        tracing::warn!(finding = %w.message, "key preflight warning");
+    }
+    publish_key_metrics(&keys);
+    let state = SidecarState::new(keys);
+
+    // Fail early with a clear message rather than inside pingora's listener setup.
+    let mut listeners: Vec<(SocketAddr, &'static str)> = vec![(config.admin.listen, "admin")];
+    if let Some(o) = &config.outbound {
+        listeners.push((o.listen, "outbound"));
+    }
+    if let Some(i) = &config.inbound {
+        listeners.push((i.listen, "inbound"));
+    }
+    for (addr, section) in &listeners {
+        std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr: *addr, section, source })?;
+    }
+
+    let mut conf = ServerConf { threads: config.server.threads.max(1), ..Default::default() };
+    conf.grace_period_seconds = Some(0); // the drain happens in DrainOnSignal
+    conf.graceful_shutdown_timeout_seconds = Some(1);
+    let tmp = std::env::temp_dir();
+    conf.upgrade_sock = tmp.join(format!("alipay-sidecar-{}-upgrade.sock", std::process::id())).display().to_string();
+    conf.pid_file = tmp.join(format!("alipay-sidecar-{}.pid", std::process::id())).display().to_string();
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    if let Some(o) = config.outbound.clone() {
+        if !o.listen.ip().is_loopback() {
+            tracing::warn!(listen = %o.listen, "allow_remote_clients = true: the outbound listener accepts non-loopback clients and signs whatever they send; restrict access to it");
+        }
+        if !o.verify_responses {
+            tracing::warn!("verify_responses = false: gateway responses reach the app WITHOUT signature verification");
+        }
+        let ca_bundle = match &o.ca_file {
+            Some(path) => Some(ca_bundle(path)?),
+            None => None,
+        };
+        let listen = o.listen;
+        let gateway = o.gateway.url();
+        let mut svc = pingora::proxy::http_proxy_service_with_name(&conf, Outbound::new(state.clone(), &config, o, ca_bundle), "outbound");
+        svc.add_tcp(&listen.to_string());
+        server.add_service(svc);
+        tracing::info!(%listen, %gateway, "outbound signing proxy");
+    }
+    if let Some(i) = config.inbound.clone() {
+        if matches!(i.mode, crate::config::InboundMode::Shadow) {
+            tracing::warn!("inbound mode = shadow: notifications that FAIL verification are still forwarded to the app (marked X-Alipay-Sidecar-Verified: false)");
+        }
+        let listen = i.listen;
+        let app = i.forward_to.url();
+        let mut svc = pingora::proxy::http_proxy_service_with_name(&conf, Inbound::new(state.clone(), &config, i), "inbound");
+        svc.add_tcp(&listen.to_string());
+        server.add_service(svc);
+        tracing::info!(%listen, forward_to = %app, "inbound notification verifier");
+    }
+
+    let reloader = Reloader::new(state.clone(), config.path.clone(), config.clone());
+    let mut admin = Service::new("admin".to_string(), HttpServer::new_app(Admin::new(state.clone(), reloader.clone())));
+    admin.add_tcp(&config.admin.listen.to_string());
+    server.add_service(admin);
+    server.add_service(background_service("key reload", ReloadTask::new(reloader)));
+    tracing::info!(listen = %config.admin.listen, client_id = %config.client_id, "admin listener; sidecar starting");
+
+    let drain = DrainOnSignal { state, grace: config.server.shutdown_grace, timeout: config.server.shutdown_timeout };
+    Ok(Built { server, drain })
+}
+
+/// System trust roots plus the configured CA file, as one PEM bundle for the connector
+/// (pingora's connector takes one file, and replaces the system roots with it).
+fn ca_bundle(extra: &Path) -> Result<String, StartError> {
+    let err = |message: String| StartError::CaFile { path: extra.to_path_buf(), message };
+    let extra_pem = std::fs::read(extra).map_err(|e| err(e.to_string()))?;
+    let mut reader = std::io::BufReader::new(extra_pem.as_slice());
+    let certs: Vec<_> = rustls_pemfile::certs(&mut reader).collect::<Result<_, _>>().map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in the file".into()));
+    }
+    let mut bundle = Vec::new();
+    // a machine without system roots still works with the configured CA alone
+    if let Ok(roots) = rustls_native_certs::load_native_certs() {
+        for cert in roots {
+            pem_cert(&mut bundle, cert.as_ref());
+        }
+    }
+    for cert in &certs {
+        pem_cert(&mut bundle, cert.as_ref());
+    }
+    let path = std::env::temp_dir().join(format!("alipay-sidecar-{}-ca-bundle.pem", std::process::id()));
+    let mut f = std::fs::File::create(&path).map_err(|e| err(format!("writing {}: {e}", path.display())))?;
+    f.write_all(&bundle).map_err(|e| err(e.to_string()))?;
+    Ok(path.display().to_string())
+}
+
+fn pem_cert(out: &mut Vec<u8>, der: &[u8]) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.extend_from_slice(chunk);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"-----END CERTIFICATE-----\n");
+}
+
+/// Waits for SIGTERM/SIGINT (or SIGQUIT), drains, then tells pingora to stop.
+pub struct DrainOnSignal {
+    state: Arc<SidecarState>,
+    grace: Duration,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainOnSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::quit())) else {
+            tracing::error!("cannot install signal handlers; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+        };
+        self.state.start_draining();
+        tracing::info!(signal = which, grace_s = self.grace.as_secs_f64(), "shutdown: readiness is now 503; still serving during the grace period");
+        tokio::time::sleep(self.grace).await;
+        let start = Instant::now();
+        while self.state.in_flight() > 0 && start.elapsed() < self.timeout {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.state.in_flight();
+        if left > 0 {
+            tracing::warn!(in_flight = left, "shutdown_timeout reached with requests still in flight");
+        } else {
+            tracing::info!("shutdown: all in-flight requests finished");
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}

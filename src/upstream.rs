@@ -1,0 +1,247 @@
+//! One HTTP/1.1 exchange with an upstream (Alipay's gateway, or the app for notifications)
+//! through pingora's own connector: same TLS stack (rustls, certificate and hostname
+//! verification always on), keep-alive connection pool, and no body-size limit of the proxy
+//! hook pipeline (the retry buffer is 64 KiB, too small for a 1 MiB signed body).
+//!
+//! The whole response is read (bounded) before anyone sees a byte of it, because the caller
+//! must verify its signature first. DNS is resolved here (async, cached), because
+//! `HttpPeer::new` resolves synchronously and panics when resolution fails.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
+
+/// How long a resolved gateway address is reused before DNS is asked again.
+const DNS_TTL: Duration = Duration::from_secs(30);
+
+/// Why an exchange failed; each maps to one sidecar error code.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// DNS failed, or the TCP connection could not be made.
+    #[error("cannot connect to {target}: {detail}")]
+    Connect {
+        /// host:port
+        target: String,
+        /// what failed
+        detail: String,
+    },
+    /// TLS handshake or certificate verification failed.
+    #[error("TLS with {target} failed: {detail} (is the gateway's certificate issued by a trusted CA? set [outbound] ca_file for a private CA)")]
+    Tls {
+        /// host:port
+        target: String,
+        /// what failed
+        detail: String,
+    },
+    /// No complete response within the deadline.
+    #[error("no complete response from {target} within {timeout:?}")]
+    Timeout {
+        /// host:port
+        target: String,
+        /// the deadline
+        timeout: Duration,
+    },
+    /// The response broke off or was not HTTP.
+    #[error("the response from {target} broke off or was invalid: {detail}")]
+    Protocol {
+        /// host:port
+        target: String,
+        /// what failed
+        detail: String,
+        /// whether any response bytes had arrived (a request that got no response at all
+        /// on a reused connection can be retried once on a fresh one)
+        response_started: bool,
+    },
+    /// The response body exceeded the limit.
+    #[error("the response from {target} exceeds {limit} bytes")]
+    TooLarge {
+        /// host:port
+        target: String,
+        /// the limit
+        limit: usize,
+    },
+}
+
+/// A complete upstream response.
+pub struct UpstreamResponse {
+    /// Status and headers as received.
+    pub header: ResponseHeader,
+    /// The exact body bytes (de-chunked).
+    pub body: Bytes,
+    /// Time spent waiting for the upstream.
+    pub elapsed: Duration,
+}
+
+/// A pooled client for one upstream host.
+pub struct Upstream {
+    connector: Connector,
+    host: String,
+    port: u16,
+    tls: bool,
+    connect_timeout: Duration,
+    resolved: Mutex<Option<(Vec<SocketAddr>, Instant)>>,
+}
+
+impl Upstream {
+    /// `ca_file`: a PEM bundle to trust (see `server.rs`, which merges it with the system
+    /// roots); `None` = system roots only.
+    pub fn new(host: &str, port: u16, tls: bool, ca_file: Option<String>, connect_timeout: Duration) -> Self {
+        let mut opts = ConnectorOptions::new(64);
+        opts.ca_file = ca_file;
+        Self {
+            connector: Connector::new(Some(opts)),
+            host: host.to_string(),
+            port,
+            tls,
+            connect_timeout,
+            resolved: Mutex::new(None),
+        }
+    }
+
+    /// `host:port` for messages.
+    pub fn target(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    async fn resolve(&self) -> Result<SocketAddr, UpstreamError> {
+        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.port));
+        }
+        let cached = self.resolved.lock().ok().and_then(|g| g.clone());
+        if let Some((addrs, at)) = &cached {
+            if at.elapsed() < DNS_TTL && !addrs.is_empty() {
+                return Ok(addrs[0]);
+            }
+        }
+        match tokio::net::lookup_host((self.host.as_str(), self.port)).await {
+            Ok(addrs) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                let first = addrs.first().copied().ok_or_else(|| UpstreamError::Connect {
+                    target: self.target(),
+                    detail: "DNS returned no address".into(),
+                })?;
+                if let Ok(mut g) = self.resolved.lock() {
+                    *g = Some((addrs, Instant::now()));
+                }
+                Ok(first)
+            }
+            // keep serving on the last known address when DNS hiccups
+            Err(e) => match cached {
+                Some((addrs, _)) if !addrs.is_empty() => Ok(addrs[0]),
+                _ => Err(UpstreamError::Connect { target: self.target(), detail: format!("DNS lookup failed: {e}") }),
+            },
+        }
+    }
+
+    fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, self.tls, self.host.clone());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.connect_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer
+    }
+
+    /// Sends `req` with `body` and returns the whole response, within `timeout`.
+    ///
+    /// A request that fails on a reused keep-alive connection before any response byte
+    /// arrived is retried once on a fresh connection (the gateway closed an idle connection);
+    /// AMS APIs are idempotent on their request ids, and no response means none was produced
+    /// on that connection.
+    pub async fn exchange(&self, req: &RequestHeader, body: &Bytes, max_response: usize, timeout: Duration) -> Result<UpstreamResponse, UpstreamError> {
+        let start = Instant::now();
+        let work = async {
+            let addr = self.resolve().await?;
+            let peer = self.peer(addr);
+            match self.attempt(&peer, req, body, max_response, false).await {
+                Err(UpstreamError::Protocol { response_started: false, .. }) => self.attempt(&peer, req, body, max_response, true).await,
+                other => other,
+            }
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(Ok((header, body))) => Ok(UpstreamResponse { header, body, elapsed: start.elapsed() }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(UpstreamError::Timeout { target: self.target(), timeout }),
+        }
+    }
+
+    async fn attempt(&self, peer: &HttpPeer, req: &RequestHeader, body: &Bytes, max_response: usize, fresh: bool) -> Result<(ResponseHeader, Bytes), UpstreamError> {
+        let (mut session, reused) = if fresh {
+            // bypass the pool: a brand-new connection
+            let (s, _) = self.connector.get_http_session(&self.fresh_peer(peer)).await.map_err(|e| self.connect_error(&e))?;
+            (s, false)
+        } else {
+            self.connector.get_http_session(peer).await.map_err(|e| self.connect_error(&e))?
+        };
+        let proto = |detail: String, started: bool| UpstreamError::Protocol {
+            target: self.target(),
+            detail,
+            // a failure on a fresh connection is never retried
+            response_started: started || !reused,
+        };
+        session.write_request_header(Box::new(req.clone())).await.map_err(|e| proto(e.to_string(), false))?;
+        if !body.is_empty() {
+            session.write_request_body(body.clone(), true).await.map_err(|e| proto(e.to_string(), false))?;
+        }
+        session.finish_request_body().await.map_err(|e| proto(e.to_string(), false))?;
+        // skip interim 1xx answers (we never forward Expect, but be safe)
+        let mut interim = 0;
+        loop {
+            session.read_response_header().await.map_err(|e| proto(e.to_string(), false))?;
+            let status = session.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
+            if (100..200).contains(&status) && status != 101 && interim < 5 {
+                interim += 1;
+                continue;
+            }
+            break;
+        }
+        let header = session
+            .response_header()
+            .cloned()
+            .ok_or_else(|| proto("no response header".into(), true))?;
+        let mut buf = BytesMut::new();
+        loop {
+            match session.read_response_body().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > max_response {
+                        return Err(UpstreamError::TooLarge { target: self.target(), limit: max_response });
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(proto(e.to_string(), true)),
+            }
+        }
+        if session.response_done() {
+            self.connector.release_http_session(session, peer, Some(Duration::from_secs(60))).await;
+        }
+        Ok((header, buf.freeze()))
+    }
+
+    fn fresh_peer(&self, peer: &HttpPeer) -> HttpPeer {
+        // a different group key keeps the pool from handing back the stale connection
+        let mut p = peer.clone();
+        p.group_key = p.group_key.wrapping_add(1);
+        p
+    }
+
+    fn connect_error(&self, e: &pingora::Error) -> UpstreamError {
+        let detail = e.to_string();
+        match e.etype() {
+            ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError | ErrorType::TLSWantX509Lookup => {
+                UpstreamError::Tls { target: self.target(), detail }
+            }
+            ErrorType::ConnectTimedout => UpstreamError::Timeout { target: self.target(), timeout: self.connect_timeout },
+            _ if detail.contains("certificate") || detail.contains("TLS") || detail.contains("tls") => {
+                UpstreamError::Tls { target: self.target(), detail }
+            }
+            _ => UpstreamError::Connect { target: self.target(), detail },
+        }
+    }
+}

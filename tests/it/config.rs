@@ -1,0 +1,391 @@
+//! The config file and key loading through the library: the shipped example, real files in a
+//! temporary folder, environment overrides, and errors that name file, key and line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use alipay_sidecar::config::{
+    known_keys, Acknowledge, Config, InboundMode, LogFormat, RequestTimeFormat,
+};
+use alipay_sidecar::keyset::{preflight, KeySet, Severity};
+
+use crate::support::key;
+
+fn example_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/sidecar.example.toml")
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_example_config_parses_and_documents_every_option() {
+    let text = std::fs::read_to_string(example_path()).expect("example config");
+    let c = Config::parse(&text, &example_path(), Vec::new()).expect("example parses");
+    assert_eq!(
+        c.keys.merchant_private_key,
+        example_path()
+            .parent()
+            .expect("dir")
+            .join("keys/merchant_private_key.pem")
+    );
+    let o = c.outbound.as_ref().expect("outbound");
+    assert_eq!(o.gateway.url(), "https://open-sea-global.alipay.com");
+    assert!(c.inbound.is_some());
+    for key in known_keys() {
+        let name = key.rsplit('.').next().expect("name");
+        let written = text.lines().any(|l| {
+            let l = l.trim_start_matches('#').trim_start();
+            l.starts_with(&format!("{name} =")) || l.starts_with(&format!("{name}="))
+        });
+        assert!(written, "config/sidecar.example.toml does not show `{key}`");
+    }
+    // Every commented-out alternative is valid too.
+    let uncommented = text
+        .replace("gateway = \"https://open-sea-global.alipay.com\"", "")
+        .replace("# region = \"sea\"", "region = \"sea\"")
+        .replace("# max_request_time_skew", "max_request_time_skew")
+        .replace("# format = \"json\"", "format = \"json\"")
+        .replace("# ca_file", "ca_file");
+    let c = Config::parse(&uncommented, &example_path(), Vec::new()).expect("alternatives parse");
+    assert_eq!(c.log.format, Some(LogFormat::Json));
+    assert_eq!(
+        c.inbound.expect("inbound").max_request_time_skew,
+        Some(Duration::from_secs(600))
+    );
+    assert!(c.outbound.expect("outbound").ca_file.is_some());
+}
+
+#[test]
+fn defaults_match_the_documented_schema() {
+    let text = "client_id = \"T_1\"\n[keys]\nmerchant_private_key = \"m.pem\"\nalipay_public_keys = { \"1\" = \"a.pem\" }\n[outbound]\nregion = \"eu\"\n[inbound]\nforward_to = \"http://127.0.0.1:3000\"\n";
+    let c = Config::parse(text, Path::new("/srv/sidecar.toml"), Vec::new()).expect("parses");
+    let o = c.outbound.as_ref().expect("outbound");
+    assert_eq!(o.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(o.gateway.url(), "https://open-de-global.alipay.com");
+    assert_eq!(o.allowed_path_prefixes, ["/ams/api/", "/ams/sandbox/api/"]);
+    assert_eq!(o.max_body_bytes, 1_048_576);
+    assert_eq!(o.request_time_format, RequestTimeFormat::EpochMillis);
+    assert_eq!(o.agent_token, None);
+    assert!(!o.sandbox_path_rewrite && o.verify_responses && !o.allow_remote_clients);
+    assert_eq!(
+        (o.connect_timeout, o.request_timeout),
+        (Duration::from_secs(5), Duration::from_secs(15))
+    );
+    let i = c.inbound.as_ref().expect("inbound");
+    assert_eq!(i.listen.to_string(), "0.0.0.0:8081");
+    assert_eq!(
+        (
+            i.forward_to.host.as_str(),
+            i.forward_to.port,
+            i.forward_to.base_path.as_str()
+        ),
+        ("127.0.0.1", 3000, "")
+    );
+    assert_eq!(i.max_body_bytes, 1_048_576);
+    assert_eq!(i.forward_timeout, Duration::from_secs(10));
+    assert_eq!(i.max_request_time_skew, None);
+    assert_eq!(
+        (i.acknowledge, i.mode, i.sign_acknowledgements),
+        (Acknowledge::App, InboundMode::Enforce, false)
+    );
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!((c.log.format, c.log.level.as_str()), (None, "info"));
+    assert_eq!(c.server.threads, 2);
+    assert_eq!(
+        (c.server.shutdown_grace, c.server.shutdown_timeout),
+        (Duration::from_secs(5), Duration::from_secs(30))
+    );
+    assert_eq!(c.keys.merchant_key_version, "1");
+    assert_eq!(c.keys.alipay_public_keys["1"], Path::new("/srv/a.pem"));
+}
+
+/// A folder with the vectors' keys and a config; returns (dir, config path).
+fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("merchant.pem"),
+        key("merchant", "private_pkcs8_pem"),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("alipay.pem"),
+        key("alipay", "public_spki_pem"),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("alipay.b64"),
+        key("alipay", "public_spki_der_b64"),
+    )
+    .expect("write");
+    let path = dir.path().join("sidecar.toml");
+    std::fs::write(&path, text).expect("write config");
+    (dir, path)
+}
+
+const GOOD: &str = "client_id = \"T_111222333\"\n\
+[keys]\n\
+merchant_private_key = \"merchant.pem\"\n\
+merchant_key_version = \"2\"\n\
+alipay_public_keys = { \"1\" = \"alipay.pem\", \"2\" = \"alipay.b64\" }\n\
+[outbound]\n\
+region = \"sea\"\n";
+
+#[test]
+fn load_reads_files_and_keyset_loads_every_key() {
+    let (dir, path) = write_config(GOOD);
+    let c = Config::load(&path).expect("loads");
+    assert_eq!(c.keys.merchant_private_key, dir.path().join("merchant.pem"));
+    let keys = KeySet::load(&c).expect("keys load");
+    assert_eq!(keys.merchant_key_version, "2");
+    assert_eq!(
+        keys.alipay.versions().map(|(v, _)| v).collect::<Vec<_>>(),
+        ["1", "2"]
+    );
+    // Same key under two versions: a warning, not an error.
+    assert!(
+        keys.warnings
+            .iter()
+            .any(|w| w.severity == Severity::Warning && w.message.contains("same key")),
+        "{:?}",
+        keys.warnings
+    );
+    // The preflight is pure and repeatable.
+    assert_eq!(preflight(&c, &keys), keys.warnings);
+}
+
+#[test]
+fn load_errors_name_file_key_and_line() {
+    let (_dir, path) = write_config(&GOOD.replace(
+        "region = \"sea\"",
+        "region = \"sea\"\nrequest_timeout = \"15 s\"\nconect_timeout = \"5s\"",
+    ));
+    let e = Config::load(&path).expect_err("typo").to_string();
+    assert!(
+        e.contains(&format!("{}:9:", path.display()))
+            && e.contains("`outbound.conect_timeout`")
+            && e.contains("unknown field"),
+        "{e}"
+    );
+
+    let (_dir, path) = write_config(&GOOD.replace(
+        "region = \"sea\"",
+        "region = \"sea\"\nrequest_timeout = \"fifteen\"",
+    ));
+    let e = Config::load(&path).expect_err("duration").to_string();
+    assert!(
+        e.contains(&format!("{}:8:", path.display()))
+            && e.contains("`outbound.request_timeout`")
+            && e.contains("not a duration"),
+        "{e}"
+    );
+
+    let (_dir, path) = write_config(&GOOD.replace(
+        "region = \"sea\"",
+        "region = \"sea\"\nca_file = \"missing-ca.pem\"",
+    ));
+    let e = Config::load(&path).expect_err("ca").to_string();
+    assert!(
+        e.contains(&format!("{}:8", path.display()))
+            && e.contains("outbound.ca_file")
+            && e.contains("missing-ca.pem"),
+        "{e}"
+    );
+
+    let (dir, path) = write_config(GOOD);
+    std::fs::remove_file(dir.path().join("merchant.pem")).expect("rm");
+    let c = Config::load(&path).expect("config itself is fine");
+    let e = KeySet::load(&c).expect_err("missing key").to_string();
+    assert!(
+        e.contains(&format!("{}:3", path.display()))
+            && e.contains("keys.merchant_private_key")
+            && e.contains("merchant.pem")
+            && e.contains("does not exist"),
+        "{e}"
+    );
+}
+
+#[test]
+fn key_problems_are_named() {
+    let cases: [(&str, String, &str); 4] = [
+        ("empty", String::new(), "empty"),
+        (
+            "truncated",
+            key("alipay", "public_spki_pem")[..200].to_string(),
+            "truncated",
+        ),
+        (
+            "not a key",
+            "hello, I am not a key".to_string(),
+            "not a readable RSA key",
+        ),
+        (
+            "private in public slot",
+            key("alipay", "private_pkcs8_pem"),
+            "PUBLIC key",
+        ),
+    ];
+    for (what, content, needle) in cases {
+        let (dir, path) = write_config(GOOD);
+        std::fs::write(dir.path().join("alipay.pem"), content).expect("write");
+        let c = Config::load(&path).expect("config");
+        let e = KeySet::load(&c).expect_err(what).to_string();
+        assert!(
+            e.contains(":5") && e.contains("keys.alipay_public_keys.1") && e.contains(needle),
+            "{what}: {e}"
+        );
+    }
+    let (dir, path) = write_config(GOOD);
+    std::fs::write(
+        dir.path().join("merchant.pem"),
+        key("merchant", "public_spki_pem"),
+    )
+    .expect("write");
+    let e = KeySet::load(&Config::load(&path).expect("config"))
+        .expect_err("public in private slot")
+        .to_string();
+    assert!(
+        e.contains("keys.merchant_private_key") && e.contains("PRIVATE key"),
+        "{e}"
+    );
+}
+
+#[test]
+fn env_overrides_single_values_and_rejects_typos() {
+    let (dir, path) = write_config(GOOD);
+    let text = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(
+        dir.path().join("other.pem"),
+        key("merchant", "private_pkcs1_pem"),
+    )
+    .expect("write");
+    let c = Config::parse(
+        &text,
+        &path,
+        env(&[
+            ("ALIPAY_SIDECAR_KEYS_MERCHANT_PRIVATE_KEY", "other.pem"),
+            ("ALIPAY_SIDECAR_OUTBOUND_GATEWAY", "https://127.0.0.1:8443"),
+            ("ALIPAY_SIDECAR_OUTBOUND_MAX_BODY_BYTES", "2048"),
+            ("ALIPAY_SIDECAR_SERVER_SHUTDOWN_GRACE", "1s"),
+            ("ALIPAY_SIDECAR_INBOUND_FORWARD_TO", "http://127.0.0.1:3000"),
+        ]),
+    )
+    .expect("overrides apply");
+    assert_eq!(
+        c.keys.merchant_private_key,
+        dir.path().join("other.pem"),
+        "resolved against the config folder"
+    );
+    let o = c.outbound.as_ref().expect("outbound");
+    assert_eq!(
+        o.gateway.url(),
+        "https://127.0.0.1:8443",
+        "the env gateway replaces the file's region"
+    );
+    assert_eq!(o.max_body_bytes, 2048);
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(1));
+    assert!(
+        c.inbound.is_some(),
+        "a section created from the environment"
+    );
+    let keys = KeySet::load(&c).expect("keys");
+    assert!(
+        keys.warnings.iter().any(|w| w.message.contains("PKCS#1")),
+        "{:?}",
+        keys.warnings
+    );
+    let e = KeySet::load(
+        &Config::parse(
+            &text,
+            &path,
+            env(&[("ALIPAY_SIDECAR_KEYS_MERCHANT_PRIVATE_KEY", "gone.pem")]),
+        )
+        .expect("config"),
+    )
+    .expect_err("missing")
+    .to_string();
+    assert!(
+        e.contains("environment variable ALIPAY_SIDECAR_KEYS_MERCHANT_PRIVATE_KEY")
+            && e.contains("gone.pem"),
+        "{e}"
+    );
+
+    let e = Config::parse(&text, &path, env(&[("ALIPAY_SIDECAR_SEVER_THREADS", "4")]))
+        .expect_err("typo")
+        .to_string();
+    assert!(
+        e.contains("ALIPAY_SIDECAR_SEVER_THREADS") && e.contains("ALIPAY_SIDECAR_SERVER_THREADS"),
+        "{e}"
+    );
+    let e = Config::parse(
+        &text,
+        &path,
+        env(&[("ALIPAY_SIDECAR_OUTBOUND_MAX_BODY_BYTES", "big")]),
+    )
+    .expect_err("type")
+    .to_string();
+    assert!(
+        e.contains("ALIPAY_SIDECAR_OUTBOUND_MAX_BODY_BYTES")
+            && e.contains("outbound.max_body_bytes"),
+        "{e}"
+    );
+    Config::parse(
+        &text,
+        &path,
+        env(&[
+            ("ALIPAY_SIDECAR_CONFIG", "/elsewhere.toml"),
+            ("PATH", "/bin"),
+        ]),
+    )
+    .expect("reserved and foreign variables are ignored");
+}
+
+#[test]
+fn listen_rules_and_sections() {
+    let base = GOOD.to_string();
+    let e = Config::parse(
+        &format!("{base}listen = \"0.0.0.0:8080\"\n"),
+        Path::new("/x/s.toml"),
+        Vec::new(),
+    )
+    .expect_err("oracle")
+    .to_string();
+    assert!(
+        e.contains("/x/s.toml:8:")
+            && e.contains("signing oracle")
+            && e.contains("allow_remote_clients = true"),
+        "{e}"
+    );
+    let c = Config::parse(
+        &format!("{base}listen = \"0.0.0.0:8080\"\nallow_remote_clients = true\n"),
+        Path::new("/x/s.toml"),
+        Vec::new(),
+    )
+    .expect("opt-in");
+    assert!(c.outbound.expect("outbound").allow_remote_clients);
+    let e = Config::parse(
+        &base.replace("[outbound]\nregion = \"sea\"\n", ""),
+        Path::new("/x/s.toml"),
+        Vec::new(),
+    )
+    .expect_err("nothing to do")
+    .to_string();
+    assert!(e.contains("[outbound]") && e.contains("[inbound]"), "{e}");
+    let e = Config::parse(
+        &base.replace("region = \"sea\"", "gateway = \"http://127.0.0.1:8443\""),
+        Path::new("/x/s.toml"),
+        Vec::new(),
+    )
+    .expect_err("http")
+    .to_string();
+    assert!(
+        e.contains("/x/s.toml:7:")
+            && e.contains("`outbound.gateway`")
+            && e.contains("TLS is mandatory"),
+        "{e}"
+    );
+}

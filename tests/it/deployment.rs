@@ -1,0 +1,638 @@
+//! The deployment artifacts (Dockerfile, Kubernetes examples, Grafana dashboard, alert rules)
+//! keep the properties the issue asks for, and only use metric names the code exposes. There
+//! is no Docker engine or cluster here, so these are static checks of the files.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::metrics::{one_of_each, sample_names};
+
+fn repo_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(repo_file(relative))
+        .unwrap_or_else(|e| panic!("cannot read {relative}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Dockerfile
+
+/// One Dockerfile instruction, continuation lines joined.
+#[derive(Debug)]
+struct Instruction {
+    keyword: String,
+    args: String,
+}
+
+/// Instructions grouped by build stage (a new stage starts at each FROM).
+fn dockerfile_stages(text: &str) -> Vec<Vec<Instruction>> {
+    let mut logical = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+            continue;
+        }
+        if let Some(head) = trimmed.strip_suffix('\\') {
+            current.push_str(head);
+            current.push(' ');
+        } else {
+            current.push_str(trimmed);
+            logical.push(std::mem::take(&mut current));
+        }
+    }
+    assert!(
+        current.is_empty(),
+        "Dockerfile ends inside a continued line"
+    );
+    let mut stages: Vec<Vec<Instruction>> = Vec::new();
+    for line in logical.iter().filter(|l| !l.trim().is_empty()) {
+        let (keyword, args) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let instruction = Instruction {
+            keyword: keyword.to_ascii_uppercase(),
+            args: args.trim().to_owned(),
+        };
+        if instruction.keyword == "FROM" {
+            stages.push(Vec::new());
+        }
+        stages
+            .last_mut()
+            .expect("instructions before the first FROM")
+            .push(instruction);
+    }
+    stages
+}
+
+fn args_of<'a>(stage: &'a [Instruction], keyword: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    stage
+        .iter()
+        .filter(move |i| i.keyword == keyword)
+        .map(|i| i.args.as_str())
+}
+
+/// Splits `FROM [--platform=…] image[:tag][@digest] [AS name]` into (image, tag, digest).
+fn from_image(args: &str) -> (String, Option<String>, Option<String>) {
+    let reference = args
+        .split_whitespace()
+        .find(|word| !word.starts_with("--"))
+        .expect("FROM names an image");
+    let (rest, digest) = match reference.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest.to_owned())),
+        None => (reference, None),
+    };
+    // A ':' after the last '/' separates the tag (a ':' before it is a registry port).
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    match rest[last_slash..].split_once(':') {
+        Some((name, tag)) => (
+            format!("{}{}", &rest[..last_slash], name),
+            Some(tag.to_owned()),
+            digest,
+        ),
+        None => (rest.to_owned(), None, digest),
+    }
+}
+
+/// The JSON array of an exec-form instruction (`["a", "b"]`), after any `--options`.
+fn exec_form(args: &str) -> Vec<String> {
+    let start = args
+        .find('[')
+        .unwrap_or_else(|| panic!("not exec form: {args}"));
+    serde_json::from_str(&args[start..]).unwrap_or_else(|e| panic!("bad exec form {args}: {e}"))
+}
+
+#[test]
+fn dockerfile_is_multi_stage_pinned_non_root_and_healthchecked() {
+    let stages = dockerfile_stages(&read("Dockerfile"));
+    assert!(
+        stages.len() >= 2,
+        "expected a build stage and a runtime stage"
+    );
+    let stage_names: Vec<String> = stages
+        .iter()
+        .filter_map(|s| s[0].args.split_whitespace().last().map(str::to_owned))
+        .collect();
+
+    for stage in &stages {
+        let (image, tag, digest) = from_image(&stage[0].args);
+        if stage_names.contains(&image) && tag.is_none() {
+            continue; // FROM an earlier stage
+        }
+        let tag = tag.unwrap_or_default();
+        assert!(
+            digest.is_some() || (!tag.is_empty() && tag != "latest"),
+            "FROM {image} is not pinned to an exact tag or digest"
+        );
+    }
+
+    let build = &stages[0];
+    let (build_image, build_tag, _) = from_image(&build[0].args);
+    assert!(build_image.ends_with("rust"), "build stage: {build_image}");
+    let version = build_tag.unwrap_or_default();
+    let numbers: Vec<&str> = version.split('-').next().unwrap_or("").split('.').collect();
+    assert!(
+        numbers.len() == 3 && numbers.iter().all(|n| n.parse::<u32>().is_ok()),
+        "the Rust image must be pinned to an exact x.y.z version, not {version}"
+    );
+    let runs: Vec<&str> = args_of(build, "RUN").collect();
+    assert!(
+        runs.iter()
+            .any(|r| r.contains("apt-get install") && r.split_whitespace().any(|w| w == "cmake")),
+        "the build stage must install cmake (pingora needs it): {runs:?}"
+    );
+    assert!(
+        runs.iter().any(|r| r.contains("cargo build")
+            && r.contains("--release")
+            && r.contains("--locked")),
+        "the build must be `cargo build --release --locked`: {runs:?}"
+    );
+
+    let runtime = stages.last().expect("a final stage");
+    let (image, tag, _) = from_image(&runtime[0].args);
+    assert_eq!(image, "gcr.io/distroless/cc-debian12");
+    assert!(tag.unwrap_or_default().contains("nonroot"));
+    assert!(
+        args_of(runtime, "RUN").next().is_none(),
+        "the runtime stage has no shell: RUN cannot work there"
+    );
+
+    let user = args_of(runtime, "USER")
+        .last()
+        .expect("the final stage sets USER");
+    let uid = user.split(':').next().unwrap_or_default();
+    assert!(
+        !uid.is_empty() && uid != "root" && uid != "0",
+        "final USER must not be root: {user}"
+    );
+
+    let exposed: BTreeSet<&str> = args_of(runtime, "EXPOSE")
+        .flat_map(str::split_whitespace)
+        .map(|p| p.split('/').next().unwrap_or(p))
+        .collect();
+    for port in ["8080", "8081", "9090"] {
+        assert!(exposed.contains(port), "EXPOSE lacks {port}: {exposed:?}");
+    }
+
+    let binary = "/usr/local/bin/alipay-sidecar";
+    let healthcheck = args_of(runtime, "HEALTHCHECK")
+        .last()
+        .expect("the final stage has a HEALTHCHECK");
+    let command = healthcheck
+        .split_once("CMD")
+        .map(|(_, cmd)| exec_form(cmd))
+        .expect("HEALTHCHECK CMD in exec form");
+    assert_eq!(command.first().map(String::as_str), Some(binary));
+    assert!(command.iter().any(|a| a == "healthcheck"), "{command:?}");
+
+    assert!(
+        args_of(runtime, "COPY").any(|c| c.contains("--from=") && c.ends_with(binary)),
+        "the binary is copied from the build stage to {binary}"
+    );
+    let mut argv = exec_form(args_of(runtime, "ENTRYPOINT").last().expect("ENTRYPOINT"));
+    if let Some(cmd) = args_of(runtime, "CMD").last() {
+        argv.extend(exec_form(cmd));
+    }
+    assert_eq!(
+        argv,
+        [
+            binary,
+            "run",
+            "--config",
+            "/etc/alipay-sidecar/sidecar.toml"
+        ]
+    );
+}
+
+#[test]
+fn dockerignore_keeps_build_output_and_secrets_out_of_the_context() {
+    let ignored: BTreeSet<String> = read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_end_matches('/').to_owned())
+        .collect();
+    for entry in ["target", ".git", "tests", "*.pem"] {
+        assert!(ignored.contains(entry), ".dockerignore lacks {entry}");
+    }
+    // What the Dockerfile copies must stay in the context.
+    for needed in ["src", "Cargo.toml", "Cargo.lock", "benches"] {
+        assert!(!ignored.contains(needed), ".dockerignore drops {needed}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dashboard and alerts use only metric names the code exposes
+
+/// Every `alipay_sidecar_*` identifier in a text.
+fn referenced_metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("alipay_sidecar_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+fn assert_names_exist(file: &str, text: &str) -> BTreeSet<String> {
+    let exposed = sample_names(&one_of_each());
+    let referenced = referenced_metric_names(text);
+    assert!(
+        !referenced.is_empty(),
+        "{file} uses no alipay_sidecar_* metric"
+    );
+    let unknown: Vec<&String> = referenced.difference(&exposed).collect();
+    assert!(
+        unknown.is_empty(),
+        "{file} uses metric names the code does not expose: {unknown:?}\nexposed: {exposed:?}"
+    );
+    referenced
+}
+
+#[test]
+fn the_extraction_catches_a_drifted_name() {
+    let exposed = sample_names(&one_of_each());
+    let drifted = referenced_metric_names(r#"rate(alipay_sidecar_request_total[5m])"#);
+    assert!(!drifted.is_subset(&exposed));
+}
+
+#[test]
+fn dashboard_parses_and_uses_only_exposed_metrics() {
+    let text = read("config/grafana/alipay-sidecar.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    assert_eq!(dashboard["uid"], "alipay-sidecar");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut ids = BTreeSet::new();
+    for panel in panels {
+        let id = panel["id"].as_u64().expect("panel id");
+        assert!(ids.insert(id), "duplicate panel id {id}");
+        if panel["type"] != "row" {
+            let targets = panel["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "panel {} has no query", panel["title"]);
+            for target in targets {
+                assert!(target["expr"].as_str().is_some_and(|e| !e.is_empty()));
+            }
+        }
+    }
+    let used = assert_names_exist("alipay-sidecar.json", &text);
+    for required in [
+        "alipay_sidecar_requests_total",
+        "alipay_sidecar_errors_total",
+        "alipay_sidecar_request_duration_seconds_bucket",
+        "alipay_sidecar_upstream_duration_seconds_bucket",
+        "alipay_sidecar_signature_verifications_total",
+        "alipay_sidecar_key_reloads_total",
+        "alipay_sidecar_notification_time_skew_seconds_bucket",
+        "alipay_sidecar_in_flight_requests",
+        "alipay_sidecar_build_info",
+    ] {
+        assert!(
+            used.contains(required),
+            "dashboard does not show {required}"
+        );
+    }
+    assert!(text.contains("histogram_quantile("));
+}
+
+#[test]
+fn alert_rules_parse_and_use_only_exposed_metrics() {
+    let text = read("config/prometheus/alerts.yml");
+    let rules: Value = serde_yaml::from_str(&text).expect("alerts.yml is YAML");
+    let mut names = Vec::new();
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = rule["alert"].as_str().expect("alert name").to_owned();
+            assert!(
+                rule["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+                "{name}"
+            );
+            assert!(
+                rule["labels"]["severity"].as_str().is_some(),
+                "{name} severity"
+            );
+            assert!(
+                rule["annotations"]["summary"].as_str().is_some(),
+                "{name} summary"
+            );
+            names.push(name);
+        }
+    }
+    let unique: BTreeSet<&String> = names.iter().collect();
+    assert_eq!(
+        unique.len(),
+        names.len(),
+        "duplicate alert names: {names:?}"
+    );
+
+    let used = assert_names_exist("alerts.yml", &text);
+    for required in [
+        "alipay_sidecar_signature_verifications_total",
+        "alipay_sidecar_key_reloads_total",
+        "alipay_sidecar_errors_total",
+        "alipay_sidecar_key_last_reload_timestamp_seconds",
+    ] {
+        assert!(used.contains(required), "no alert on {required}");
+    }
+    assert!(text.contains("SIDECAR_GATEWAY_"), "no gateway error alert");
+    assert!(text.contains("up{"), "no sidecar-down alert");
+}
+
+// ---------------------------------------------------------------------------------------
+// Kubernetes examples
+
+fn yaml_documents(relative: &str) -> Vec<Value> {
+    let text = read(relative);
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{relative}: {e}")))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn kubernetes_objects() -> Vec<(String, Value)> {
+    let dir = repo_file("config/kubernetes");
+    let mut objects = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("config/kubernetes exists") {
+        let path = entry.expect("directory entry").path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            let file = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            for doc in yaml_documents(&format!("config/kubernetes/{file}")) {
+                objects.push((file.clone(), doc));
+            }
+        }
+    }
+    objects
+}
+
+fn object<'a>(objects: &'a [(String, Value)], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = objects
+        .iter()
+        .filter(|(_, o)| o["kind"] == kind)
+        .map(|(_, o)| o)
+        .collect();
+    assert_eq!(found.len(), 1, "expected exactly one {kind}");
+    found[0]
+}
+
+fn sidecar_toml(objects: &[(String, Value)]) -> toml::Table {
+    let config_map = object(objects, "ConfigMap");
+    config_map["data"]["sidecar.toml"]
+        .as_str()
+        .expect("ConfigMap has sidecar.toml")
+        .parse()
+        .expect("sidecar.toml is TOML")
+}
+
+fn port_of(listen: &str) -> u16 {
+    listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {listen}"))
+}
+
+#[test]
+fn services_expose_only_the_inbound_port() {
+    let objects = kubernetes_objects();
+    let services: Vec<&(String, Value)> = objects
+        .iter()
+        .filter(|(_, o)| o["kind"] == "Service")
+        .collect();
+    assert!(!services.is_empty(), "no Service in config/kubernetes");
+    let inbound = port_of(
+        sidecar_toml(&objects)["inbound"]["listen"]
+            .as_str()
+            .expect("[inbound] listen"),
+    );
+    assert_eq!(inbound, 8081);
+    for (file, service) in services {
+        let ports = service["spec"]["ports"].as_sequence().expect("ports");
+        assert_eq!(
+            ports.len(),
+            1,
+            "{file}: only the inbound port may be exposed"
+        );
+        assert_eq!(ports[0]["port"].as_u64(), Some(8081), "{file}");
+        let target = &ports[0]["targetPort"];
+        assert!(
+            target.as_u64() == Some(8081) || target == "inbound",
+            "{file}: targetPort {target:?}"
+        );
+    }
+}
+
+#[test]
+fn deployment_runs_a_hardened_native_sidecar_with_probes_and_secret_keys() {
+    let objects = kubernetes_objects();
+    let deployment = object(&objects, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let config = sidecar_toml(&objects);
+
+    let sidecar = pod["initContainers"]
+        .as_sequence()
+        .expect("initContainers")
+        .iter()
+        .find(|c| c["name"] == "alipay-sidecar")
+        .expect("an initContainer named alipay-sidecar");
+    assert_eq!(sidecar["restartPolicy"], "Always", "native sidecar");
+    assert!(
+        !pod["containers"]
+            .as_sequence()
+            .expect("containers")
+            .is_empty(),
+        "the app container"
+    );
+
+    // Probes on the admin port, which must then listen beyond loopback.
+    let admin_listen = config["admin"]["listen"].as_str().expect("[admin] listen");
+    assert!(
+        admin_listen.starts_with("0.0.0.0:"),
+        "kubelet cannot probe {admin_listen}"
+    );
+    let admin_port = port_of(admin_listen);
+    let named_ports: Vec<(String, u64)> = sidecar["ports"]
+        .as_sequence()
+        .expect("sidecar ports")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["containerPort"].as_u64().expect("containerPort"),
+            )
+        })
+        .collect();
+    let resolve = |port: &Value| -> u64 {
+        port.as_u64().unwrap_or_else(|| {
+            let name = port.as_str().expect("probe port");
+            named_ports
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, p)| *p)
+                .unwrap_or_else(|| panic!("probe port {name} is not declared"))
+        })
+    };
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = &sidecar[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        assert_eq!(resolve(&get["port"]), u64::from(admin_port), "{probe}");
+    }
+    assert!(
+        named_ports.iter().all(|(_, p)| *p != 8080),
+        "the loopback-only outbound port must not be declared"
+    );
+    let outbound = config["outbound"]["listen"]
+        .as_str()
+        .expect("[outbound] listen");
+    assert!(
+        outbound.starts_with("127.0.0.1:"),
+        "outbound must stay on loopback"
+    );
+    assert_eq!(
+        config["inbound"]["forward_to"].as_str(),
+        Some("http://127.0.0.1:3000")
+    );
+
+    // Security context: pod-level settings count for the container too.
+    let setting = |key: &str| {
+        let own = &sidecar["securityContext"][key];
+        if own.is_null() {
+            pod["securityContext"][key].clone()
+        } else {
+            own.clone()
+        }
+    };
+    assert_eq!(setting("runAsNonRoot"), Value::Bool(true));
+    assert_eq!(setting("readOnlyRootFilesystem"), Value::Bool(true));
+    assert_eq!(setting("allowPrivilegeEscalation"), Value::Bool(false));
+    let dropped = sidecar["securityContext"]["capabilities"]["drop"]
+        .as_sequence()
+        .expect("capabilities.drop");
+    assert!(dropped.iter().any(|c| c == "ALL"));
+    if let Some(uid) = setting("runAsUser").as_u64() {
+        assert_ne!(uid, 0);
+    }
+
+    // Keys come from a Secret, read-only, at the documented path; config from the ConfigMap.
+    let volumes = pod["volumes"].as_sequence().expect("volumes");
+    let mounts = sidecar["volumeMounts"].as_sequence().expect("volumeMounts");
+    let mount_at = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("nothing mounted at {path}"))
+    };
+    let volume = |name: &Value| {
+        volumes
+            .iter()
+            .find(|v| &v["name"] == name)
+            .unwrap_or_else(|| panic!("no volume {name:?}"))
+    };
+    let keys_mount = mount_at("/etc/alipay-sidecar/keys");
+    assert_eq!(keys_mount["readOnly"], Value::Bool(true));
+    assert!(
+        keys_mount["subPath"].is_null(),
+        "subPath mounts never see Secret updates"
+    );
+    let keys_volume = volume(&keys_mount["name"]);
+    assert_eq!(keys_volume["secret"]["secretName"], "alipay-sidecar-keys");
+    let config_volume = volume(&mount_at("/etc/alipay-sidecar")["name"]);
+    let config_map = object(&objects, "ConfigMap");
+    assert_eq!(
+        config_volume["configMap"]["name"],
+        config_map["metadata"]["name"]
+    );
+
+    // The key files the config names are the ones the example Secret provides.
+    let secret = object(&objects, "Secret");
+    assert_eq!(secret["metadata"]["name"], "alipay-sidecar-keys");
+    let provided: BTreeSet<String> = secret["stringData"]
+        .as_mapping()
+        .expect("stringData")
+        .keys()
+        .filter_map(|k| k.as_str().map(|k| format!("/etc/alipay-sidecar/keys/{k}")))
+        .collect();
+    let keys = &config["keys"];
+    let mut wanted = vec![keys["merchant_private_key"].as_str().expect("merchant key")];
+    wanted.extend(
+        keys["alipay_public_keys"]
+            .as_table()
+            .expect("alipay_public_keys")
+            .values()
+            .filter_map(|v| v.as_str()),
+    );
+    for path in wanted {
+        assert!(
+            provided.contains(path),
+            "{path} is not in the example Secret"
+        );
+    }
+    for value in secret["stringData"]
+        .as_mapping()
+        .expect("stringData")
+        .values()
+    {
+        assert!(
+            value.as_str().is_some_and(|v| v.contains("PLACEHOLDER")),
+            "the example Secret must hold placeholders only"
+        );
+    }
+
+    // Termination grace covers shutdown_grace + shutdown_timeout.
+    let seconds = |key: &str| {
+        humantime::parse_duration(config["server"][key].as_str().expect(key))
+            .expect(key)
+            .as_secs()
+    };
+    let budget = seconds("shutdown_grace") + seconds("shutdown_timeout");
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        grace > budget,
+        "{grace} s does not cover the sidecar's {budget} s"
+    );
+
+    // Scrape annotations point at the admin port.
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(
+        annotations["prometheus.io/port"].as_str(),
+        Some(admin_port.to_string().as_str())
+    );
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+}
+
+#[test]
+fn prometheus_operator_scrapes_the_admin_port() {
+    let objects = kubernetes_objects();
+    let monitor = objects
+        .iter()
+        .map(|(_, o)| o)
+        .find(|o| o["kind"] == "PodMonitor" || o["kind"] == "ServiceMonitor")
+        .expect("a PodMonitor or ServiceMonitor");
+    let endpoints = if monitor["kind"] == "PodMonitor" {
+        &monitor["spec"]["podMetricsEndpoints"]
+    } else {
+        &monitor["spec"]["endpoints"]
+    };
+    let endpoint = &endpoints.as_sequence().expect("endpoints")[0];
+    assert_eq!(endpoint["port"], "admin");
+    assert_eq!(endpoint["path"], "/metrics");
+    let deployment = object(&objects, "Deployment");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("matchLabels")
+    {
+        assert_eq!(&pod_labels[key], value, "selector does not match the pod");
+    }
+}

@@ -1,0 +1,11 @@
+//! All integration tests in one binary (one link of pingora instead of one per file).
+mod cli;
+mod config;
+mod deployment;
+mod inbound;
+mod metrics;
+mod outbound;
+mod properties;
+mod support;
+mod vectors;
+mod mock_gateway;
