@@ -23,17 +23,33 @@ fn body(len: usize) -> Vec<u8> {
 
 fn protocol(c: &mut Criterion) {
     let keys = keys_file();
-    let pem = keys["keys"]["merchant"]["private_pkcs8_pem"].as_str().unwrap();
+    let pem = keys["keys"]["merchant"]["private_pkcs8_pem"]
+        .as_str()
+        .unwrap();
     let key = PrivateKey::from_text(pem).unwrap();
     let verifier = Verifier::new([("1".to_string(), key.public_key())]);
     let mut g = c.benchmark_group("protocol");
     for size in [1024usize, 64 * 1024] {
         let body = body(size);
-        let content = content_to_sign("POST", "/ams/api/v1/payments/pay", "T_111222333", "1714538096000", &body);
+        let content = content_to_sign(
+            "POST",
+            "/ams/api/v1/payments/pay",
+            "T_111222333",
+            "1714538096000",
+            &body,
+        );
         let header = sign_content(&key, "1", &content).unwrap();
         g.throughput(Throughput::Elements(1));
         g.bench_with_input(BenchmarkId::new("content", size), &body, |b, body| {
-            b.iter(|| content_to_sign("POST", "/ams/api/v1/payments/pay", "T_111222333", "1714538096000", black_box(body)))
+            b.iter(|| {
+                content_to_sign(
+                    "POST",
+                    "/ams/api/v1/payments/pay",
+                    "T_111222333",
+                    "1714538096000",
+                    black_box(body),
+                )
+            })
         });
         g.bench_with_input(BenchmarkId::new("sign", size), &content, |b, content| {
             b.iter(|| sign_content(&key, "1", black_box(content)).unwrap())
@@ -47,10 +63,20 @@ fn protocol(c: &mut Criterion) {
 
 fn engines(c: &mut Criterion) {
     let keys = keys_file();
-    let der_b64 = keys["keys"]["merchant"]["private_pkcs8_der_b64"].as_str().unwrap();
+    let der_b64 = keys["keys"]["merchant"]["private_pkcs8_der_b64"]
+        .as_str()
+        .unwrap();
     use base64::Engine as _;
-    let pkcs8 = base64::engine::general_purpose::STANDARD.decode(der_b64).unwrap();
-    let content = content_to_sign("POST", "/ams/api/v1/payments/pay", "T_111222333", "1714538096000", &body(1024));
+    let pkcs8 = base64::engine::general_purpose::STANDARD
+        .decode(der_b64)
+        .unwrap();
+    let content = content_to_sign(
+        "POST",
+        "/ams/api/v1/payments/pay",
+        "T_111222333",
+        "1714538096000",
+        &body(1024),
+    );
 
     let mut g = c.benchmark_group("engine_sign_1KiB");
     g.throughput(Throughput::Elements(1));
@@ -58,13 +84,33 @@ fn engines(c: &mut Criterion) {
         let pair = ring::signature::RsaKeyPair::from_pkcs8(&pkcs8).unwrap();
         let rng = ring::rand::SystemRandom::new();
         let mut sig = vec![0; pair.public().modulus_len()];
-        g.bench_function("ring", |b| b.iter(|| pair.sign(&ring::signature::RSA_PKCS1_SHA256, &rng, black_box(&content), &mut sig).unwrap()));
+        g.bench_function("ring", |b| {
+            b.iter(|| {
+                pair.sign(
+                    &ring::signature::RSA_PKCS1_SHA256,
+                    &rng,
+                    black_box(&content),
+                    &mut sig,
+                )
+                .unwrap()
+            })
+        });
     }
     {
         let pair = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&pkcs8).unwrap();
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let mut sig = vec![0; pair.public_modulus_len()];
-        g.bench_function("aws-lc-rs", |b| b.iter(|| pair.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &rng, black_box(&content), &mut sig).unwrap()));
+        g.bench_function("aws-lc-rs", |b| {
+            b.iter(|| {
+                pair.sign(
+                    &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                    &rng,
+                    black_box(&content),
+                    &mut sig,
+                )
+                .unwrap()
+            })
+        });
     }
     {
         use rsa::pkcs8::DecodePrivateKey;

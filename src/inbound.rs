@@ -137,6 +137,14 @@ impl Refusal {
     }
 }
 
+/// A notification as received: what is verified and what is forwarded.
+struct Incoming {
+    req: RequestHeader,
+    /// The request target as received (path and query): the `<URI>` of the signed content.
+    target: String,
+    body: Bytes,
+}
+
 /// What the app is told about the notification it receives.
 enum Marker {
     Verified(String),
@@ -157,64 +165,11 @@ impl Inbound {
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut NotifyCtx) -> pingora::Result<()> {
-        let req = session.req_header().clone();
-        if req.method != http::Method::POST {
-            return refuse(
-                session,
-                ctx,
-                SidecarError::MethodNotAllowed,
-                "only POST is accepted: Alipay POSTs every notification".into(),
-            )
-            .await;
-        }
-        let Some(target) = std::str::from_utf8(req.raw_path())
-            .ok()
-            .filter(|t| t.starts_with('/'))
-            .map(str::to_string)
-        else {
-            return refuse(
-                session,
-                ctx,
-                SidecarError::BadRequest,
-                "the request target is not a UTF-8 origin-form path".into(),
-            )
-            .await;
+        let Some(n) = self.receive(session, ctx).await? else {
+            return Ok(());
         };
-        let declared = req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok());
-        if let Some(n) = declared.filter(|n| *n > self.cfg.max_body_bytes) {
-            let msg = format!(
-                "the body is {n} bytes; the limit is {} ([inbound] max_body_bytes)",
-                self.cfg.max_body_bytes
-            );
-            return refuse(session, ctx, SidecarError::BodyTooLarge, msg).await;
-        }
-        if req
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-        {
-            session.write_continue_response().await?;
-        }
-        let body = match read_body(session, self.cfg.max_body_bytes).await {
-            Ok(b) => b,
-            Err(BodyError::TooLarge) => {
-                let msg = format!(
-                    "the body exceeds {} bytes ([inbound] max_body_bytes)",
-                    self.cfg.max_body_bytes
-                );
-                return refuse(session, ctx, SidecarError::BodyTooLarge, msg).await;
-            }
-            Err(BodyError::Read(e)) => return Err(e),
-        };
-        ctx.request_bytes = body.len();
-        metrics::metrics().observe_body_size(Direction::Inbound, BodyKind::Request, body.len());
-
         let keys = self.state.keys();
-        let marker = match self.check(&keys, &req, &target, &body, ctx) {
+        let marker = match self.check(&keys, &n, ctx) {
             Ok(v) => {
                 ctx.outcome = Outcome::Verified;
                 ctx.key_version = Some(v.key_version.clone());
@@ -232,8 +187,70 @@ impl Inbound {
                 Marker::Unverified
             }
         };
-        self.forward(session, ctx, &keys, &req, &target, body, marker)
-            .await
+        self.forward(session, ctx, &keys, &n, marker).await
+    }
+
+    /// Reads the notification: POST only, origin-form target, body whole and bounded, `Expect`
+    /// answered here. `None` when it was refused (the answer is already written).
+    async fn receive(
+        &self,
+        session: &mut Session,
+        ctx: &mut NotifyCtx,
+    ) -> pingora::Result<Option<Incoming>> {
+        let req = session.req_header().clone();
+        if req.method != http::Method::POST {
+            let msg = "only POST is accepted: Alipay POSTs every notification".to_string();
+            return refuse(session, ctx, SidecarError::MethodNotAllowed, msg)
+                .await
+                .map(|_| None);
+        }
+        let Some(target) = std::str::from_utf8(req.raw_path())
+            .ok()
+            .filter(|t| t.starts_with('/'))
+            .map(str::to_string)
+        else {
+            let msg = "the request target is not a UTF-8 origin-form path".to_string();
+            return refuse(session, ctx, SidecarError::BadRequest, msg)
+                .await
+                .map(|_| None);
+        };
+        let declared = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if let Some(n) = declared.filter(|n| *n > self.cfg.max_body_bytes) {
+            let msg = format!(
+                "the body is {n} bytes; the limit is {} ([inbound] max_body_bytes)",
+                self.cfg.max_body_bytes
+            );
+            return refuse(session, ctx, SidecarError::BodyTooLarge, msg)
+                .await
+                .map(|_| None);
+        }
+        if req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        {
+            session.write_continue_response().await?;
+        }
+        let body = match read_body(session, self.cfg.max_body_bytes).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => {
+                let msg = format!(
+                    "the body exceeds {} bytes ([inbound] max_body_bytes)",
+                    self.cfg.max_body_bytes
+                );
+                return refuse(session, ctx, SidecarError::BodyTooLarge, msg)
+                    .await
+                    .map(|_| None);
+            }
+            Err(BodyError::Read(e)) => return Err(e),
+        };
+        ctx.request_bytes = body.len();
+        metrics::metrics().observe_body_size(Direction::Inbound, BodyKind::Request, body.len());
+        Ok(Some(Incoming { req, target, body }))
     }
 
     fn shadow(&self) -> bool {
@@ -244,14 +261,8 @@ impl Inbound {
     /// `POST <target>\n<client-id>.<Request-Time>.<body>`, and (when configured) fresh. The
     /// signature is checked before the time, so a stale verdict is only given to a genuine
     /// (signed) time. Records the observed skew whenever the time parses.
-    fn check(
-        &self,
-        keys: &KeySet,
-        req: &RequestHeader,
-        target: &str,
-        body: &[u8],
-        ctx: &mut NotifyCtx,
-    ) -> Result<Verified, Refusal> {
+    fn check(&self, keys: &KeySet, n: &Incoming, ctx: &mut NotifyCtx) -> Result<Verified, Refusal> {
+        let (req, target) = (&n.req, n.target.as_str());
         let client_id = request_header(req, "client-id");
         let time = request_header(req, "request-time");
         let signature = request_header(req, "signature").filter(|s| !s.trim().is_empty());
@@ -265,7 +276,7 @@ impl Inbound {
             target,
             client_id.unwrap_or(""),
             time.unwrap_or(""),
-            body,
+            &n.body,
         );
         ctx.content_sha256 = Some(sha256_hex(&content));
 
@@ -333,23 +344,20 @@ impl Inbound {
     }
 
     /// Sends the notification to the app and answers Alipay from the app's answer.
-    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         session: &mut Session,
         ctx: &mut NotifyCtx,
         keys: &KeySet,
-        req: &RequestHeader,
-        target: &str,
-        body: Bytes,
+        n: &Incoming,
         marker: Marker,
     ) -> pingora::Result<()> {
-        let app_req = self.app_request(req, target, &marker, body.len())?;
+        let app_req = self.app_request(&n.req, &n.target, &marker, n.body.len())?;
         let response = match self
             .upstream
             .exchange(
                 &app_req,
-                &body,
+                &n.body,
                 MAX_APP_RESPONSE_BYTES,
                 self.cfg.forward_timeout,
             )
@@ -393,7 +401,7 @@ impl Inbound {
             answer = response.body;
         }
         if success && self.cfg.sign_acknowledgements {
-            self.sign_answer(&mut out, keys, target, &answer)?;
+            self.sign_answer(&mut out, keys, &n.target, &answer)?;
         }
         out.set_content_length(answer.len())?;
         ctx.status = out.status.as_u16();

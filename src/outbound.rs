@@ -31,7 +31,9 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::config::{Config, OutboundConfig, RequestTimeFormat};
 use crate::envelope::SidecarError;
 use crate::metrics::{self, BodyKind, Direction, Outcome, VerificationResult};
-use crate::protocol::{content_to_sign, format_epoch_millis, format_iso8601, sha256_hex, sign_content};
+use crate::protocol::{
+    content_to_sign, format_epoch_millis, format_iso8601, sha256_hex, sign_content,
+};
 use crate::state::SidecarState;
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -66,7 +68,16 @@ const NOT_FORWARDED: &[&str] = &[
 ];
 
 /// Response headers not copied to the app: hop-by-hop and framing (recomputed).
-const NOT_RETURNED: &[&str] = &["connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "te", "trailer", "upgrade"];
+const NOT_RETURNED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
 
 /// The outbound signing proxy.
 pub struct Outbound {
@@ -94,27 +105,60 @@ pub struct RequestCtx {
 impl Outbound {
     /// `ca_bundle` is the PEM file the connector trusts (system roots plus `ca_file`), built
     /// once at start-up by the server.
-    pub fn new(state: Arc<SidecarState>, config: &Config, cfg: OutboundConfig, ca_bundle: Option<String>) -> Self {
-        let upstream = Upstream::new(&cfg.gateway.host, cfg.gateway.port, true, ca_bundle, cfg.connect_timeout);
-        Self { state, client_id: config.client_id.clone(), cfg, upstream, app_signature_replaced: AtomicBool::new(false) }
+    pub fn new(
+        state: Arc<SidecarState>,
+        config: &Config,
+        cfg: OutboundConfig,
+        ca_bundle: Option<String>,
+    ) -> Self {
+        let upstream = Upstream::new(
+            &cfg.gateway.host,
+            cfg.gateway.port,
+            true,
+            ca_bundle,
+            cfg.connect_timeout,
+        );
+        Self {
+            state,
+            client_id: config.client_id.clone(),
+            cfg,
+            upstream,
+            app_signature_replaced: AtomicBool::new(false),
+        }
     }
 
     fn path_allowed(&self, path: &str) -> bool {
         // reject dot segments: "/ams/api/../x" must not escape the allowed prefixes
-        let dot_segment = path.split('/').any(|s| s == "." || s == ".." || s.eq_ignore_ascii_case("%2e") || s.eq_ignore_ascii_case("%2e%2e"));
-        !dot_segment && self.cfg.allowed_path_prefixes.iter().any(|p| path.starts_with(p.as_str()))
+        let dot_segment = path.split('/').any(|s| {
+            s == "."
+                || s == ".."
+                || s.eq_ignore_ascii_case("%2e")
+                || s.eq_ignore_ascii_case("%2e%2e")
+        });
+        !dot_segment
+            && self
+                .cfg
+                .allowed_path_prefixes
+                .iter()
+                .any(|p| path.starts_with(p.as_str()))
     }
 
     /// The path that is signed and sent: as received, or with the SDKs' sandbox rewrite.
     fn signed_target(&self, target: &str) -> String {
-        if self.cfg.sandbox_path_rewrite && self.client_id.starts_with("SANDBOX_") && target.starts_with("/ams/api/") {
+        if self.cfg.sandbox_path_rewrite
+            && self.client_id.starts_with("SANDBOX_")
+            && target.starts_with("/ams/api/")
+        {
             return target.replacen("/ams/api/", "/ams/sandbox/api/", 1);
         }
         target.to_string()
     }
 
     fn request_time(&self) -> String {
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         match self.cfg.request_time_format {
             RequestTimeFormat::EpochMillis => format_epoch_millis(ms),
             RequestTimeFormat::Iso8601 => format_iso8601(ms),
@@ -124,25 +168,60 @@ impl Outbound {
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<()> {
         let req = session.req_header();
         if req.method != http::Method::POST {
-            return self.refuse(session, ctx, SidecarError::MethodNotAllowed, "only POST is forwarded: every AMS API is a POST".into()).await;
+            return self
+                .refuse(
+                    session,
+                    ctx,
+                    SidecarError::MethodNotAllowed,
+                    "only POST is forwarded: every AMS API is a POST".into(),
+                )
+                .await;
         }
         let raw = req.raw_path();
         let Ok(target) = std::str::from_utf8(raw).map(str::to_string) else {
-            return self.refuse(session, ctx, SidecarError::PathNotAllowed, "the request path is not valid UTF-8".into()).await;
+            return self
+                .refuse(
+                    session,
+                    ctx,
+                    SidecarError::PathNotAllowed,
+                    "the request path is not valid UTF-8".into(),
+                )
+                .await;
         };
         let path_only = target.split('?').next().unwrap_or("");
         ctx.api = metrics::api_label(path_only);
         if !target.starts_with('/') || !self.path_allowed(path_only) {
-            let msg = format!("path {:?} is not allowed; allowed prefixes: {}", truncate(&target, 120), self.cfg.allowed_path_prefixes.join(", "));
-            return self.refuse(session, ctx, SidecarError::PathNotAllowed, msg).await;
+            let msg = format!(
+                "path {:?} is not allowed; allowed prefixes: {}",
+                truncate(&target, 120),
+                self.cfg.allowed_path_prefixes.join(", ")
+            );
+            return self
+                .refuse(session, ctx, SidecarError::PathNotAllowed, msg)
+                .await;
         }
-        let declared = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<usize>().ok());
+        let declared = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
         if declared.is_some_and(|n| n > self.cfg.max_body_bytes) {
-            let msg = format!("the body is {} bytes; the limit is {} (max_body_bytes)", declared.unwrap_or(0), self.cfg.max_body_bytes);
-            return self.refuse(session, ctx, SidecarError::BodyTooLarge, msg).await;
+            let msg = format!(
+                "the body is {} bytes; the limit is {} (max_body_bytes)",
+                declared.unwrap_or(0),
+                self.cfg.max_body_bytes
+            );
+            return self
+                .refuse(session, ctx, SidecarError::BodyTooLarge, msg)
+                .await;
         }
-        let expects_continue = req.headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        let app_signed = ["signature", "client-id", "request-time"].iter().any(|h| req.headers.contains_key(*h));
+        let expects_continue = req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let app_signed = ["signature", "client-id", "request-time"]
+            .iter()
+            .any(|h| req.headers.contains_key(*h));
         if expects_continue {
             session.write_continue_response().await?;
         }
@@ -151,8 +230,13 @@ impl Outbound {
         let body = match read_body(session, self.cfg.max_body_bytes).await {
             Ok(b) => b,
             Err(BodyError::TooLarge) => {
-                let msg = format!("the body exceeds {} bytes (max_body_bytes)", self.cfg.max_body_bytes);
-                return self.refuse(session, ctx, SidecarError::BodyTooLarge, msg).await;
+                let msg = format!(
+                    "the body exceeds {} bytes (max_body_bytes)",
+                    self.cfg.max_body_bytes
+                );
+                return self
+                    .refuse(session, ctx, SidecarError::BodyTooLarge, msg)
+                    .await;
             }
             Err(BodyError::Read(e)) => return Err(e),
         };
@@ -170,15 +254,34 @@ impl Outbound {
         let sign_start = Instant::now();
         let signature = match sign_content(&keys.merchant, &keys.merchant_key_version, &content) {
             Ok(s) => s,
-            Err(e) => return self.refuse(session, ctx, SidecarError::SigningFailed, e.to_string()).await,
+            Err(e) => {
+                return self
+                    .refuse(session, ctx, SidecarError::SigningFailed, e.to_string())
+                    .await
+            }
         };
         metrics::metrics().observe_sign(sign_start.elapsed());
         tracing::debug!(content_sha256 = %sha256_hex(&content), path = %signed_target, request_time = %time, "signed request");
 
-        let upstream_req = self.upstream_request(session.req_header(), &signed_target, &time, &signature, body.len())?;
+        let upstream_req = self.upstream_request(
+            session.req_header(),
+            &signed_target,
+            &time,
+            &signature,
+            body.len(),
+        )?;
 
         // 3. forward the same bytes, read the whole answer
-        let response = match self.upstream.exchange(&upstream_req, &body, MAX_RESPONSE_BYTES, self.cfg.request_timeout).await {
+        let response = match self
+            .upstream
+            .exchange(
+                &upstream_req,
+                &body,
+                MAX_RESPONSE_BYTES,
+                self.cfg.request_timeout,
+            )
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 let code = match &e {
@@ -195,7 +298,11 @@ impl Outbound {
         ctx.gateway = Some(response.elapsed);
         ctx.response_bytes = response.body.len();
         metrics::metrics().observe_upstream(Direction::Outbound, ctx.api, response.elapsed);
-        metrics::metrics().observe_body_size(Direction::Outbound, BodyKind::Response, response.body.len());
+        metrics::metrics().observe_body_size(
+            Direction::Outbound,
+            BodyKind::Response,
+            response.body.len(),
+        );
 
         // 4. verify before the app sees a byte
         let status = response.header.status.as_u16();
@@ -216,47 +323,79 @@ impl Outbound {
             let rtime = header_str(&response.header, "response-time");
             match (sig, rtime) {
                 (Some(sig), Some(rtime)) => {
-                    let content = content_to_sign("POST", &signed_target, &self.client_id, &rtime, &response.body);
+                    let content = content_to_sign(
+                        "POST",
+                        &signed_target,
+                        &self.client_id,
+                        &rtime,
+                        &response.body,
+                    );
                     let verify_start = Instant::now();
                     let verdict = keys.alipay.verify(&content, &sig);
                     metrics::metrics().observe_verify(Direction::Outbound, verify_start.elapsed());
                     match verdict {
                         Ok(v) => {
-                            metrics::metrics().record_verification(Direction::Outbound, VerificationResult::Valid);
+                            metrics::metrics().record_verification(
+                                Direction::Outbound,
+                                VerificationResult::Valid,
+                            );
                             ctx.outcome = Outcome::Verified;
                             ctx.key_version = Some(v.key_version.clone());
                             marker = ("true", Some(v.key_version));
                         }
                         Err(e) => {
-                            metrics::metrics().record_verification(Direction::Outbound, (&e).into());
+                            metrics::metrics()
+                                .record_verification(Direction::Outbound, (&e).into());
                             tracing::warn!(reason = e.reason(), error = %e, "gateway response signature did not verify; withheld from the app");
                             let msg = format!("Alipay's response did not verify and was withheld: {e}. Inquire the outcome (e.g. inquiryPayment) before retrying");
-                            return self.refuse(session, ctx, SidecarError::ResponseSignatureInvalid, msg).await;
+                            return self
+                                .refuse(session, ctx, SidecarError::ResponseSignatureInvalid, msg)
+                                .await;
                         }
                     }
                 }
                 (None, None) if result_status.as_deref() == Some("F") => {
                     // Alipay does not sign rejections of a bad request signature (spec §5)
-                    metrics::metrics().record_verification(Direction::Outbound, VerificationResult::UnsignedFailure);
+                    metrics::metrics().record_verification(
+                        Direction::Outbound,
+                        VerificationResult::UnsignedFailure,
+                    );
                     ctx.outcome = Outcome::UnsignedFailure;
                     marker = ("unsigned-failure", None);
                 }
                 (None, None) => {
-                    metrics::metrics().record_verification(Direction::Outbound, VerificationResult::Invalid("missing_header"));
+                    metrics::metrics().record_verification(
+                        Direction::Outbound,
+                        VerificationResult::Invalid("missing_header"),
+                    );
                     let msg = "Alipay's response is unsigned and is not a rejection (resultStatus F); it was withheld. Inquire the outcome before retrying".to_string();
-                    return self.refuse(session, ctx, SidecarError::ResponseUnsigned, msg).await;
+                    return self
+                        .refuse(session, ctx, SidecarError::ResponseUnsigned, msg)
+                        .await;
                 }
                 (s, _) => {
-                    metrics::metrics().record_verification(Direction::Outbound, VerificationResult::Invalid("malformed"));
-                    let missing = if s.is_some() { "response-time" } else { "signature" };
+                    metrics::metrics().record_verification(
+                        Direction::Outbound,
+                        VerificationResult::Invalid("malformed"),
+                    );
+                    let missing = if s.is_some() {
+                        "response-time"
+                    } else {
+                        "signature"
+                    };
                     let msg = format!("Alipay's response carries only one of the signature headers ({missing} is missing); it was withheld. Inquire the outcome before retrying");
-                    return self.refuse(session, ctx, SidecarError::ResponseSignatureInvalid, msg).await;
+                    return self
+                        .refuse(session, ctx, SidecarError::ResponseSignatureInvalid, msg)
+                        .await;
                 }
             }
         }
 
         // 5. hand the exact bytes to the app
-        let mut out = ResponseHeader::build(response.header.status, Some(response.header.headers.len() + 3))?;
+        let mut out = ResponseHeader::build(
+            response.header.status,
+            Some(response.header.headers.len() + 3),
+        )?;
         for (name, value) in response.header.headers.iter() {
             let n = name.as_str();
             if NOT_RETURNED.contains(&n) || n.starts_with("x-alipay-sidecar-") {
@@ -271,23 +410,39 @@ impl Outbound {
         out.set_content_length(response.body.len())?;
         ctx.status = status;
         session.write_response_header(Box::new(out), false).await?;
-        session.write_response_body(Some(response.body), true).await?;
+        session
+            .write_response_body(Some(response.body), true)
+            .await?;
         Ok(())
     }
 
-    fn upstream_request(&self, app: &RequestHeader, target: &str, time: &str, signature: &str, len: usize) -> pingora::Result<RequestHeader> {
+    fn upstream_request(
+        &self,
+        app: &RequestHeader,
+        target: &str,
+        time: &str,
+        signature: &str,
+        len: usize,
+    ) -> pingora::Result<RequestHeader> {
         let mut req = RequestHeader::build("POST", target.as_bytes(), Some(app.headers.len() + 6))?;
         let mut has_content_type = false;
         for (name, value) in app.headers.iter() {
             let n = name.as_str();
-            if NOT_FORWARDED.contains(&n) || n.starts_with("x-alipay-sidecar-") || (n == "agent-token" && self.cfg.agent_token.is_some()) {
+            if NOT_FORWARDED.contains(&n)
+                || n.starts_with("x-alipay-sidecar-")
+                || (n == "agent-token" && self.cfg.agent_token.is_some())
+            {
                 continue;
             }
             has_content_type |= n == "content-type";
             req.append_header(name.clone(), value.clone())?;
         }
         let g = &self.cfg.gateway;
-        let authority = if g.port == 443 { g.host.clone() } else { format!("{}:{}", g.host, g.port) };
+        let authority = if g.port == 443 {
+            g.host.clone()
+        } else {
+            format!("{}:{}", g.host, g.port)
+        };
         req.insert_header("Host", authority)?;
         if !has_content_type {
             req.insert_header("Content-Type", "application/json; charset=UTF-8")?;
@@ -300,15 +455,28 @@ impl Outbound {
             req.insert_header("Agent-Token", token.as_str())?;
         }
         if !app.headers.contains_key("user-agent") {
-            req.insert_header("User-Agent", concat!("alipay-sidecar/", env!("CARGO_PKG_VERSION")))?;
+            req.insert_header(
+                "User-Agent",
+                concat!("alipay-sidecar/", env!("CARGO_PKG_VERSION")),
+            )?;
         }
         Ok(req)
     }
 
-    async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, error: SidecarError, message: String) -> pingora::Result<()> {
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: SidecarError,
+        message: String,
+    ) -> pingora::Result<()> {
         ctx.status = error.http_status();
         ctx.error = Some(error.code());
-        ctx.outcome = if matches!(error.status(), crate::envelope::Status::U) { Outcome::Error } else { Outcome::Rejected };
+        ctx.outcome = if matches!(error.status(), crate::envelope::Status::U) {
+            Outcome::Error
+        } else {
+            Outcome::Rejected
+        };
         ctx.detail = Some(message.clone());
         metrics::metrics().record_error(error.code());
         write_error(session, error, &message).await
@@ -316,7 +484,11 @@ impl Outbound {
 }
 
 /// Writes a sidecar error in Alipay's envelope.
-pub(crate) async fn write_error(session: &mut Session, error: SidecarError, message: &str) -> pingora::Result<()> {
+pub(crate) async fn write_error(
+    session: &mut Session,
+    error: SidecarError,
+    message: &str,
+) -> pingora::Result<()> {
     let body = error.body(message);
     let mut resp = ResponseHeader::build(error.http_status(), Some(4))?;
     resp.insert_header("Content-Type", "application/json; charset=UTF-8")?;
@@ -348,13 +520,19 @@ pub(crate) async fn read_body(session: &mut Session, limit: usize) -> Result<Byt
 }
 
 pub(crate) fn header_str(h: &ResponseHeader, name: &str) -> Option<String> {
-    h.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    h.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// `result.resultStatus` of a JSON body, if any (read-only: the body is never re-serialised).
 pub(crate) fn result_status(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v.get("result")?.get("resultStatus")?.as_str().map(str::to_string)
+    v.get("result")?
+        .get("resultStatus")?
+        .as_str()
+        .map(str::to_string)
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -380,7 +558,11 @@ impl ProxyHttp for Outbound {
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
         ctx.start = Instant::now();
         let _tracked = self.state.track();
         let _gauge = metrics::metrics().in_flight(Direction::Outbound);
@@ -388,14 +570,32 @@ impl ProxyHttp for Outbound {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
         // never reached: request_filter answers every request itself (see the module doc)
-        Err(pingora::Error::explain(pingora::ErrorType::InternalError, "outbound requests are answered in request_filter"))
+        Err(pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            "outbound requests are answered in request_filter",
+        ))
     }
 
-    async fn logging(&self, _session: &mut Session, e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+    async fn logging(
+        &self,
+        _session: &mut Session,
+        e: Option<&pingora::Error>,
+        ctx: &mut RequestCtx,
+    ) {
         let status = if ctx.status == 0 { 499 } else { ctx.status };
-        metrics::metrics().record_request(Direction::Outbound, ctx.api, ctx.outcome, status, ctx.start.elapsed());
+        metrics::metrics().record_request(
+            Direction::Outbound,
+            ctx.api,
+            ctx.outcome,
+            status,
+            ctx.start.elapsed(),
+        );
         tracing::info!(
             direction = "outbound",
             api = ctx.api,

@@ -63,32 +63,55 @@ impl Reloader {
     /// `started_with` is the configuration the process started with (to detect changes that
     /// need a restart).
     pub fn new(state: Arc<SidecarState>, config_path: PathBuf, started_with: Config) -> Arc<Self> {
-        Arc::new(Self { state, config_path, started_with, lock: Mutex::new(()) })
+        Arc::new(Self {
+            state,
+            config_path,
+            started_with,
+            lock: Mutex::new(()),
+        })
     }
 
     /// The folders to watch: every folder that holds a key file (and the config file's).
     pub fn watched_dirs(&self) -> BTreeSet<PathBuf> {
         let mut dirs = BTreeSet::new();
         let keys = &self.started_with.keys;
-        for file in std::iter::once(&keys.merchant_private_key).chain(keys.alipay_public_keys.values()).chain(std::iter::once(&self.config_path)) {
+        for file in std::iter::once(&keys.merchant_private_key)
+            .chain(keys.alipay_public_keys.values())
+            .chain(std::iter::once(&self.config_path))
+        {
             if let Some(dir) = file.parent() {
-                dirs.insert(if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_path_buf() });
+                dirs.insert(if dir.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    dir.to_path_buf()
+                });
             }
         }
         dirs
+    }
+
+    /// The file names whose change means "reload": the key files and the config file.
+    pub fn watched_names(&self) -> BTreeSet<std::ffi::OsString> {
+        let keys = &self.started_with.keys;
+        std::iter::once(&keys.merchant_private_key)
+            .chain(keys.alipay_public_keys.values())
+            .chain(std::iter::once(&self.config_path))
+            .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+            .collect()
     }
 
     /// Loads and checks everything, then swaps; on any problem keeps the old set.
     pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.lock.lock().await;
         let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || -> Result<(Config, KeySet), ReloadError> {
-            let config = Config::load(&path)?;
-            let keys = KeySet::load(&config)?;
-            Ok((config, keys))
-        })
-        .await
-        .unwrap_or_else(|e| Err(ReloadError::Task(e.to_string())));
+        let loaded =
+            tokio::task::spawn_blocking(move || -> Result<(Config, KeySet), ReloadError> {
+                let config = Config::load(&path)?;
+                let keys = KeySet::load(&config)?;
+                Ok((config, keys))
+            })
+            .await
+            .unwrap_or_else(|e| Err(ReloadError::Task(e.to_string())));
         match loaded {
             Ok((config, keys)) => {
                 let old = self.state.keys();
@@ -100,7 +123,10 @@ impl Reloader {
                     tracing::warn!(finding = %w.message, "key preflight warning");
                 }
                 publish_key_metrics(&keys);
-                let report = ReloadReport { changed, keys: describe(&keys) };
+                let report = ReloadReport {
+                    changed,
+                    keys: describe(&keys),
+                };
                 self.state.swap_keys(keys);
                 metrics::metrics().record_key_reload(ReloadResult::Success);
                 tracing::info!(trigger, changed, keys = ?report.keys, "key reload succeeded");
@@ -115,6 +141,25 @@ impl Reloader {
     }
 }
 
+/// Only writes, creations, removals and renames of a watched file name, or of a `..`-prefixed
+/// entry (Kubernetes swaps the `..data` symlink of a Secret volume), trigger a reload. Reads
+/// (the reload itself opens the files) and unrelated files in the same folder (logs) do not,
+/// or a reload would trigger the next one.
+fn is_relevant(event: &notify::Event, names: &BTreeSet<std::ffi::OsString>) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, MetadataKind, ModifyKind};
+    let kind_ok = match event.kind {
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        _ => false,
+    };
+    kind_ok
+        && event.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| names.contains(n) || n.to_string_lossy().starts_with(".."))
+        })
+}
+
 fn same_except_keys(a: &Config, b: &Config) -> bool {
     let mut b = b.clone();
     b.keys = a.keys.clone();
@@ -123,15 +168,31 @@ fn same_except_keys(a: &Config, b: &Config) -> bool {
 
 /// `role keyVersion fingerprint` of every key in the set.
 pub fn describe(keys: &KeySet) -> Vec<String> {
-    let mut out = vec![format!("merchant_private {} {}", keys.merchant_key_version, keys.merchant.fingerprint())];
-    out.extend(keys.alipay.versions().map(|(v, k)| format!("alipay_public {v} {}", k.fingerprint())));
+    let mut out = vec![format!(
+        "merchant_private {} {}",
+        keys.merchant_key_version,
+        keys.merchant.fingerprint()
+    )];
+    out.extend(
+        keys.alipay
+            .versions()
+            .map(|(v, k)| format!("alipay_public {v} {}", k.fingerprint())),
+    );
     out
 }
 
 /// Publishes the live key set as `alipay_sidecar_key_info` and the reload timestamp.
 pub fn publish_key_metrics(keys: &KeySet) {
-    let mut items: Vec<(KeyRole, &str, &str)> = vec![(KeyRole::MerchantPrivate, keys.merchant_key_version.as_str(), keys.merchant.fingerprint())];
-    items.extend(keys.alipay.versions().map(|(v, k)| (KeyRole::AlipayPublic, v, k.fingerprint())));
+    let mut items: Vec<(KeyRole, &str, &str)> = vec![(
+        KeyRole::MerchantPrivate,
+        keys.merchant_key_version.as_str(),
+        keys.merchant.fingerprint(),
+    )];
+    items.extend(
+        keys.alipay
+            .versions()
+            .map(|(v, k)| (KeyRole::AlipayPublic, v, k.fingerprint())),
+    );
     metrics::metrics().set_loaded_keys(items, SystemTime::now());
 }
 
@@ -152,9 +213,12 @@ impl BackgroundService for ReloadTask {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = mpsc::unbounded_channel::<&'static str>();
         let file_tx = tx.clone();
+        let names = self.reloader.watched_names();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = file_tx.send("file change");
+            if let Ok(event) = event {
+                if is_relevant(&event, &names) {
+                    let _ = file_tx.send("file change");
+                }
             }
         });
         let _watcher = match watcher {

@@ -51,7 +51,9 @@ pub fn run(config_path: &Path) -> i32 {
     };
     match build(config, keys) {
         Ok(server) => {
-            server.server.run(RunArgs { shutdown_signal: Box::new(server.drain) });
+            server.server.run(RunArgs {
+                shutdown_signal: Box::new(server.drain),
+            });
             tracing::info!("stopped");
             0
         }
@@ -111,15 +113,31 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         listeners.push((i.listen, "inbound"));
     }
     for (addr, section) in &listeners {
-        std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr: *addr, section, source })?;
+        std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
+            addr: *addr,
+            section,
+            source,
+        })?;
     }
 
-    let mut conf = ServerConf { threads: config.server.threads.max(1), ..Default::default() };
+    let mut conf = ServerConf {
+        threads: config.server.threads.max(1),
+        ..Default::default()
+    };
     conf.grace_period_seconds = Some(0); // the drain happens in DrainOnSignal
     conf.graceful_shutdown_timeout_seconds = Some(1);
     let tmp = std::env::temp_dir();
-    conf.upgrade_sock = tmp.join(format!("alipay-sidecar-{}-upgrade.sock", std::process::id())).display().to_string();
-    conf.pid_file = tmp.join(format!("alipay-sidecar-{}.pid", std::process::id())).display().to_string();
+    conf.upgrade_sock = tmp
+        .join(format!(
+            "alipay-sidecar-{}-upgrade.sock",
+            std::process::id()
+        ))
+        .display()
+        .to_string();
+    conf.pid_file = tmp
+        .join(format!("alipay-sidecar-{}.pid", std::process::id()))
+        .display()
+        .to_string();
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let conf = server.configuration.clone();
@@ -137,7 +155,11 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         };
         let listen = o.listen;
         let gateway = o.gateway.url();
-        let mut svc = pingora::proxy::http_proxy_service_with_name(&conf, Outbound::new(state.clone(), &config, o, ca_bundle), "outbound");
+        let mut svc = pingora::proxy::http_proxy_service_with_name(
+            &conf,
+            Outbound::new(state.clone(), &config, o, ca_bundle),
+            "outbound",
+        );
         svc.add_tcp(&listen.to_string());
         server.add_service(svc);
         tracing::info!(%listen, %gateway, "outbound signing proxy");
@@ -148,30 +170,46 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         }
         let listen = i.listen;
         let app = i.forward_to.url();
-        let mut svc = pingora::proxy::http_proxy_service_with_name(&conf, Inbound::new(state.clone(), &config, i), "inbound");
+        let mut svc = pingora::proxy::http_proxy_service_with_name(
+            &conf,
+            Inbound::new(state.clone(), &config, i),
+            "inbound",
+        );
         svc.add_tcp(&listen.to_string());
         server.add_service(svc);
         tracing::info!(%listen, forward_to = %app, "inbound notification verifier");
     }
 
     let reloader = Reloader::new(state.clone(), config.path.clone(), config.clone());
-    let mut admin = Service::new("admin".to_string(), HttpServer::new_app(Admin::new(state.clone(), reloader.clone())));
+    let mut admin = Service::new(
+        "admin".to_string(),
+        HttpServer::new_app(Admin::new(state.clone(), reloader.clone())),
+    );
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
     server.add_service(background_service("key reload", ReloadTask::new(reloader)));
     tracing::info!(listen = %config.admin.listen, client_id = %config.client_id, "admin listener; sidecar starting");
 
-    let drain = DrainOnSignal { state, grace: config.server.shutdown_grace, timeout: config.server.shutdown_timeout };
+    let drain = DrainOnSignal {
+        state,
+        grace: config.server.shutdown_grace,
+        timeout: config.server.shutdown_timeout,
+    };
     Ok(Built { server, drain })
 }
 
 /// System trust roots plus the configured CA file, as one PEM bundle for the connector
 /// (pingora's connector takes one file, and replaces the system roots with it).
 fn ca_bundle(extra: &Path) -> Result<String, StartError> {
-    let err = |message: String| StartError::CaFile { path: extra.to_path_buf(), message };
+    let err = |message: String| StartError::CaFile {
+        path: extra.to_path_buf(),
+        message,
+    };
     let extra_pem = std::fs::read(extra).map_err(|e| err(e.to_string()))?;
     let mut reader = std::io::BufReader::new(extra_pem.as_slice());
-    let certs: Vec<_> = rustls_pemfile::certs(&mut reader).collect::<Result<_, _>>().map_err(|e| err(e.to_string()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut reader)
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(e.to_string()))?;
     if certs.is_empty() {
         return Err(err("no PEM certificate in the file".into()));
     }
@@ -185,8 +223,12 @@ fn ca_bundle(extra: &Path) -> Result<String, StartError> {
     for cert in &certs {
         pem_cert(&mut bundle, cert.as_ref());
     }
-    let path = std::env::temp_dir().join(format!("alipay-sidecar-{}-ca-bundle.pem", std::process::id()));
-    let mut f = std::fs::File::create(&path).map_err(|e| err(format!("writing {}: {e}", path.display())))?;
+    let path = std::env::temp_dir().join(format!(
+        "alipay-sidecar-{}-ca-bundle.pem",
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&path)
+        .map_err(|e| err(format!("writing {}: {e}", path.display())))?;
     f.write_all(&bundle).map_err(|e| err(e.to_string()))?;
     Ok(path.display().to_string())
 }
@@ -213,7 +255,11 @@ pub struct DrainOnSignal {
 impl ShutdownSignalWatch for DrainOnSignal {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::quit())) else {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
@@ -223,7 +269,11 @@ impl ShutdownSignalWatch for DrainOnSignal {
             _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
         };
         self.state.start_draining();
-        tracing::info!(signal = which, grace_s = self.grace.as_secs_f64(), "shutdown: readiness is now 503; still serving during the grace period");
+        tracing::info!(
+            signal = which,
+            grace_s = self.grace.as_secs_f64(),
+            "shutdown: readiness is now 503; still serving during the grace period"
+        );
         tokio::time::sleep(self.grace).await;
         let start = Instant::now();
         while self.state.in_flight() > 0 && start.elapsed() < self.timeout {
@@ -231,7 +281,10 @@ impl ShutdownSignalWatch for DrainOnSignal {
         }
         let left = self.state.in_flight();
         if left > 0 {
-            tracing::warn!(in_flight = left, "shutdown_timeout reached with requests still in flight");
+            tracing::warn!(
+                in_flight = left,
+                "shutdown_timeout reached with requests still in flight"
+            );
         } else {
             tracing::info!("shutdown: all in-flight requests finished");
         }

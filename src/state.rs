@@ -18,7 +18,11 @@ pub struct SidecarState {
 impl SidecarState {
     /// Starts serving with a key set that already passed loading and preflight.
     pub fn new(keys: KeySet) -> Arc<Self> {
-        Arc::new(Self { keys: ArcSwap::from_pointee(keys), draining: AtomicBool::new(false), in_flight: AtomicUsize::new(0) })
+        Arc::new(Self {
+            keys: ArcSwap::from_pointee(keys),
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+        })
     }
 
     /// The current key set. A request loads it once (lock-free) and uses that snapshot from

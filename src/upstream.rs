@@ -92,7 +92,13 @@ pub struct Upstream {
 impl Upstream {
     /// `ca_file`: a PEM bundle to trust (see `server.rs`, which merges it with the system
     /// roots); `None` = system roots only.
-    pub fn new(host: &str, port: u16, tls: bool, ca_file: Option<String>, connect_timeout: Duration) -> Self {
+    pub fn new(
+        host: &str,
+        port: u16,
+        tls: bool,
+        ca_file: Option<String>,
+        connect_timeout: Duration,
+    ) -> Self {
         let mut opts = ConnectorOptions::new(64);
         opts.ca_file = ca_file;
         Self {
@@ -123,10 +129,13 @@ impl Upstream {
         match tokio::net::lookup_host((self.host.as_str(), self.port)).await {
             Ok(addrs) => {
                 let addrs: Vec<SocketAddr> = addrs.collect();
-                let first = addrs.first().copied().ok_or_else(|| UpstreamError::Connect {
-                    target: self.target(),
-                    detail: "DNS returned no address".into(),
-                })?;
+                let first = addrs
+                    .first()
+                    .copied()
+                    .ok_or_else(|| UpstreamError::Connect {
+                        target: self.target(),
+                        detail: "DNS returned no address".into(),
+                    })?;
                 if let Ok(mut g) = self.resolved.lock() {
                     *g = Some((addrs, Instant::now()));
                 }
@@ -135,7 +144,10 @@ impl Upstream {
             // keep serving on the last known address when DNS hiccups
             Err(e) => match cached {
                 Some((addrs, _)) if !addrs.is_empty() => Ok(addrs[0]),
-                _ => Err(UpstreamError::Connect { target: self.target(), detail: format!("DNS lookup failed: {e}") }),
+                _ => Err(UpstreamError::Connect {
+                    target: self.target(),
+                    detail: format!("DNS lookup failed: {e}"),
+                }),
             },
         }
     }
@@ -154,30 +166,60 @@ impl Upstream {
     /// arrived is retried once on a fresh connection (the gateway closed an idle connection);
     /// AMS APIs are idempotent on their request ids, and no response means none was produced
     /// on that connection.
-    pub async fn exchange(&self, req: &RequestHeader, body: &Bytes, max_response: usize, timeout: Duration) -> Result<UpstreamResponse, UpstreamError> {
+    pub async fn exchange(
+        &self,
+        req: &RequestHeader,
+        body: &Bytes,
+        max_response: usize,
+        timeout: Duration,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let start = Instant::now();
         let work = async {
             let addr = self.resolve().await?;
             let peer = self.peer(addr);
             match self.attempt(&peer, req, body, max_response, false).await {
-                Err(UpstreamError::Protocol { response_started: false, .. }) => self.attempt(&peer, req, body, max_response, true).await,
+                Err(UpstreamError::Protocol {
+                    response_started: false,
+                    ..
+                }) => self.attempt(&peer, req, body, max_response, true).await,
                 other => other,
             }
         };
         match tokio::time::timeout(timeout, work).await {
-            Ok(Ok((header, body))) => Ok(UpstreamResponse { header, body, elapsed: start.elapsed() }),
+            Ok(Ok((header, body))) => Ok(UpstreamResponse {
+                header,
+                body,
+                elapsed: start.elapsed(),
+            }),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(UpstreamError::Timeout { target: self.target(), timeout }),
+            Err(_) => Err(UpstreamError::Timeout {
+                target: self.target(),
+                timeout,
+            }),
         }
     }
 
-    async fn attempt(&self, peer: &HttpPeer, req: &RequestHeader, body: &Bytes, max_response: usize, fresh: bool) -> Result<(ResponseHeader, Bytes), UpstreamError> {
+    async fn attempt(
+        &self,
+        peer: &HttpPeer,
+        req: &RequestHeader,
+        body: &Bytes,
+        max_response: usize,
+        fresh: bool,
+    ) -> Result<(ResponseHeader, Bytes), UpstreamError> {
         let (mut session, reused) = if fresh {
             // bypass the pool: a brand-new connection
-            let (s, _) = self.connector.get_http_session(&self.fresh_peer(peer)).await.map_err(|e| self.connect_error(&e))?;
+            let (s, _) = self
+                .connector
+                .get_http_session(&self.fresh_peer(peer))
+                .await
+                .map_err(|e| self.connect_error(&e))?;
             (s, false)
         } else {
-            self.connector.get_http_session(peer).await.map_err(|e| self.connect_error(&e))?
+            self.connector
+                .get_http_session(peer)
+                .await
+                .map_err(|e| self.connect_error(&e))?
         };
         let proto = |detail: String, started: bool| UpstreamError::Protocol {
             target: self.target(),
@@ -185,16 +227,31 @@ impl Upstream {
             // a failure on a fresh connection is never retried
             response_started: started || !reused,
         };
-        session.write_request_header(Box::new(req.clone())).await.map_err(|e| proto(e.to_string(), false))?;
+        session
+            .write_request_header(Box::new(req.clone()))
+            .await
+            .map_err(|e| proto(e.to_string(), false))?;
         if !body.is_empty() {
-            session.write_request_body(body.clone(), true).await.map_err(|e| proto(e.to_string(), false))?;
+            session
+                .write_request_body(body.clone(), true)
+                .await
+                .map_err(|e| proto(e.to_string(), false))?;
         }
-        session.finish_request_body().await.map_err(|e| proto(e.to_string(), false))?;
+        session
+            .finish_request_body()
+            .await
+            .map_err(|e| proto(e.to_string(), false))?;
         // skip interim 1xx answers (we never forward Expect, but be safe)
         let mut interim = 0;
         loop {
-            session.read_response_header().await.map_err(|e| proto(e.to_string(), false))?;
-            let status = session.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
+            session
+                .read_response_header()
+                .await
+                .map_err(|e| proto(e.to_string(), false))?;
+            let status = session
+                .response_header()
+                .map(|h| h.status.as_u16())
+                .unwrap_or(0);
             if (100..200).contains(&status) && status != 101 && interim < 5 {
                 interim += 1;
                 continue;
@@ -210,7 +267,10 @@ impl Upstream {
             match session.read_response_body().await {
                 Ok(Some(chunk)) => {
                     if buf.len() + chunk.len() > max_response {
-                        return Err(UpstreamError::TooLarge { target: self.target(), limit: max_response });
+                        return Err(UpstreamError::TooLarge {
+                            target: self.target(),
+                            limit: max_response,
+                        });
                     }
                     buf.extend_from_slice(&chunk);
                 }
@@ -219,7 +279,9 @@ impl Upstream {
             }
         }
         if session.response_done() {
-            self.connector.release_http_session(session, peer, Some(Duration::from_secs(60))).await;
+            self.connector
+                .release_http_session(session, peer, Some(Duration::from_secs(60)))
+                .await;
         }
         Ok((header, buf.freeze()))
     }
@@ -234,14 +296,30 @@ impl Upstream {
     fn connect_error(&self, e: &pingora::Error) -> UpstreamError {
         let detail = e.to_string();
         match e.etype() {
-            ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError | ErrorType::TLSWantX509Lookup => {
-                UpstreamError::Tls { target: self.target(), detail }
+            ErrorType::TLSHandshakeFailure
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError
+            | ErrorType::TLSWantX509Lookup => UpstreamError::Tls {
+                target: self.target(),
+                detail,
+            },
+            ErrorType::ConnectTimedout => UpstreamError::Timeout {
+                target: self.target(),
+                timeout: self.connect_timeout,
+            },
+            _ if detail.contains("certificate")
+                || detail.contains("TLS")
+                || detail.contains("tls") =>
+            {
+                UpstreamError::Tls {
+                    target: self.target(),
+                    detail,
+                }
             }
-            ErrorType::ConnectTimedout => UpstreamError::Timeout { target: self.target(), timeout: self.connect_timeout },
-            _ if detail.contains("certificate") || detail.contains("TLS") || detail.contains("tls") => {
-                UpstreamError::Tls { target: self.target(), detail }
-            }
-            _ => UpstreamError::Connect { target: self.target(), detail },
+            _ => UpstreamError::Connect {
+                target: self.target(),
+                detail,
+            },
         }
     }
 }

@@ -130,7 +130,7 @@ pub struct MockGatewayConfig {
     /// The merchant public key Alipay would hold: SPKI or PKCS#1 PEM, or one-line base64 DER.
     pub merchant_public_key: String,
     /// The gateway's "Alipay" private key (PEM or base64 DER); `None` generates an RSA-2048
-    /// key at start (slow in debug builds: pass a key in tests).
+    /// key pair at start (published by [`MockGateway::alipay_public_key_pem`]).
     pub alipay_private_key: Option<String>,
     /// `keyVersion` announced in response and notification signatures.
     pub alipay_key_version: String,

@@ -5,8 +5,16 @@
 /// The body is taken as bytes, never as text: a proxy must sign exactly what it forwards, so
 /// nothing is trimmed, re-encoded or canonicalised (a body that is not UTF-8 is still signed
 /// as its bytes).
-pub fn content_to_sign(method: &str, uri: &str, client_id: &str, time: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(method.len() + uri.len() + client_id.len() + time.len() + body.len() + 4);
+pub fn content_to_sign(
+    method: &str,
+    uri: &str,
+    client_id: &str,
+    time: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        method.len() + uri.len() + client_id.len() + time.len() + body.len() + 4,
+    );
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(uri.as_bytes());

@@ -6,7 +6,9 @@
 //! library for TLS and signatures. Everything ring-specific lives in this file.
 
 use ring::rand::SystemRandom;
-use ring::signature::{RsaKeyPair, UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256};
+use ring::signature::{
+    RsaKeyPair, UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256,
+};
 
 /// A parsed private key, ready to sign (parsed once at load/reload, never per request).
 pub(crate) struct EngineSigner {
@@ -18,7 +20,10 @@ impl EngineSigner {
     /// `pkcs1_der` is an `RSAPrivateKey` (PKCS#1) DER document.
     pub(crate) fn from_pkcs1_der(pkcs1_der: &[u8]) -> Result<Self, String> {
         let pair = RsaKeyPair::from_der(pkcs1_der).map_err(|e| e.to_string())?;
-        Ok(Self { pair, rng: SystemRandom::new() })
+        Ok(Self {
+            pair,
+            rng: SystemRandom::new(),
+        })
     }
 
     pub(crate) fn sign(&self, content: &[u8]) -> Result<Vec<u8>, String> {
@@ -39,7 +44,9 @@ pub(crate) struct EngineVerifier {
 impl EngineVerifier {
     /// `pkcs1_der` is an `RSAPublicKey` (PKCS#1) DER document.
     pub(crate) fn from_pkcs1_der(pkcs1_der: Vec<u8>) -> Self {
-        Self { key: UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, pkcs1_der) }
+        Self {
+            key: UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, pkcs1_der),
+        }
     }
 
     pub(crate) fn verify(&self, content: &[u8], signature: &[u8]) -> bool {

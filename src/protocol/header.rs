@@ -11,13 +11,20 @@ pub const ALGORITHM: &str = "RSA256";
 /// Form-encoding as Java's `URLEncoder`, Python's `quote_plus`, PHP's `urlencode` and Go's
 /// `QueryEscape` do it: everything outside `[A-Za-z0-9-_.*]` becomes `%XX` with uppercase hex.
 /// For base64 text only `+ / =` change.
-const FORM: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'*');
+const FORM: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'*');
 
 /// Builds `algorithm=RSA256,keyVersion=<n>,signature=<enc>` byte-exactly as every SDK does:
 /// that order, no spaces, standard base64 with padding, uppercase percent escapes.
 pub fn format_signature_header(key_version: &str, signature: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(signature);
-    format!("algorithm={ALGORITHM},keyVersion={key_version},signature={}", utf8_percent_encode(&b64, FORM))
+    format!(
+        "algorithm={ALGORITHM},keyVersion={key_version},signature={}",
+        utf8_percent_encode(&b64, FORM)
+    )
 }
 
 /// A received `Signature` header split into its fields, before any cryptographic check.
@@ -42,7 +49,11 @@ impl SignatureHeader {
         let decoded: Vec<u8> = percent_encoding::percent_decode_str(&self.signature).collect();
         base64::engine::general_purpose::STANDARD
             .decode(&decoded)
-            .map_err(|e| VerifyError::BadEncoding { reason: format!("the signature value is not valid standard base64 after percent-decoding ({e})") })
+            .map_err(|e| VerifyError::BadEncoding {
+                reason: format!(
+                    "the signature value is not valid standard base64 after percent-decoding ({e})"
+                ),
+            })
     }
 }
 
@@ -63,7 +74,12 @@ pub fn parse_signature_header(value: &str) -> Result<SignatureHeader, VerifyErro
             continue;
         }
         let Some((name, val)) = item.split_once('=') else {
-            return Err(VerifyError::Malformed { reason: format!("item {:?} has no '='; expected name=value pairs such as keyVersion=1", truncate(item)) });
+            return Err(VerifyError::Malformed {
+                reason: format!(
+                    "item {:?} has no '='; expected name=value pairs such as keyVersion=1",
+                    truncate(item)
+                ),
+            });
         };
         let slot = match name.trim() {
             "algorithm" => &mut algorithm,
@@ -72,19 +88,36 @@ pub fn parse_signature_header(value: &str) -> Result<SignatureHeader, VerifyErro
             _ => continue,
         };
         if slot.is_some() {
-            return Err(VerifyError::Malformed { reason: format!("field {:?} appears twice", name.trim()) });
+            return Err(VerifyError::Malformed {
+                reason: format!("field {:?} appears twice", name.trim()),
+            });
         }
         *slot = Some(val.trim().to_string());
     }
     let signature = match signature {
         Some(s) if !s.is_empty() => s,
-        Some(_) => return Err(VerifyError::Malformed { reason: "the signature field is empty".into() }),
-        None => return Err(VerifyError::Malformed { reason: "no signature= field; expected algorithm=RSA256,keyVersion=N,signature=...".into() }),
+        Some(_) => {
+            return Err(VerifyError::Malformed {
+                reason: "the signature field is empty".into(),
+            })
+        }
+        None => {
+            return Err(VerifyError::Malformed {
+                reason: "no signature= field; expected algorithm=RSA256,keyVersion=N,signature=..."
+                    .into(),
+            })
+        }
     };
     if matches!(&key_version, Some(v) if v.is_empty()) {
-        return Err(VerifyError::Malformed { reason: "the keyVersion field is empty".into() });
+        return Err(VerifyError::Malformed {
+            reason: "the keyVersion field is empty".into(),
+        });
     }
-    Ok(SignatureHeader { algorithm, key_version, signature })
+    Ok(SignatureHeader {
+        algorithm,
+        key_version,
+        signature,
+    })
 }
 
 fn truncate(s: &str) -> String {
@@ -106,7 +139,8 @@ mod tests {
 
     #[test]
     fn parse_tolerates_spaces_order_and_lowercase_escapes() {
-        let h = parse_signature_header(" signature=%2fw%3d%3d , keyVersion=2, algorithm=rsa256 ").unwrap();
+        let h = parse_signature_header(" signature=%2fw%3d%3d , keyVersion=2, algorithm=rsa256 ")
+            .unwrap();
         assert_eq!(h.key_version.as_deref(), Some("2"));
         assert_eq!(h.algorithm.as_deref(), Some("rsa256"));
         assert_eq!(h.signature_bytes().unwrap(), vec![0xff]);
@@ -126,17 +160,35 @@ mod tests {
             if bad == "/w==" {
                 assert_eq!(r.unwrap(), vec![0xff]);
             } else {
-                assert!(matches!(r, Err(VerifyError::BadEncoding { .. })), "{bad}: {r:?}");
+                assert!(
+                    matches!(r, Err(VerifyError::BadEncoding { .. })),
+                    "{bad}: {r:?}"
+                );
             }
         }
     }
 
     #[test]
     fn malformed_inputs_are_named() {
-        assert!(matches!(parse_signature_header(""), Err(VerifyError::MissingHeader)));
-        assert!(matches!(parse_signature_header("algorithm=RSA256,keyVersion=1"), Err(VerifyError::Malformed { .. })));
-        assert!(matches!(parse_signature_header("garbage"), Err(VerifyError::Malformed { .. })));
-        assert!(matches!(parse_signature_header("signature=a,signature=b"), Err(VerifyError::Malformed { .. })));
-        assert!(matches!(parse_signature_header("signature="), Err(VerifyError::Malformed { .. })));
+        assert!(matches!(
+            parse_signature_header(""),
+            Err(VerifyError::MissingHeader)
+        ));
+        assert!(matches!(
+            parse_signature_header("algorithm=RSA256,keyVersion=1"),
+            Err(VerifyError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_signature_header("garbage"),
+            Err(VerifyError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_signature_header("signature=a,signature=b"),
+            Err(VerifyError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_signature_header("signature="),
+            Err(VerifyError::Malformed { .. })
+        ));
     }
 }

@@ -13,8 +13,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey, EncodeRsaPrivateKey, EncodeRsaPublicKey};
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::pkcs1::{
+    DecodeRsaPrivateKey, DecodeRsaPublicKey, EncodeRsaPrivateKey, EncodeRsaPublicKey,
+};
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use rsa::traits::PublicKeyParts;
 
 use super::content::hex;
@@ -59,7 +63,9 @@ impl fmt::Display for KeyEncoding {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     /// Nothing but whitespace.
-    #[error("the key is empty; put a PEM key or the one-line base64 key from the Alipay dashboard here")]
+    #[error(
+        "the key is empty; put a PEM key or the one-line base64 key from the Alipay dashboard here"
+    )]
     Empty,
     /// PEM armour that is not a supported key type.
     #[error("unsupported PEM block '{label}'; expected PRIVATE KEY, RSA PRIVATE KEY, PUBLIC KEY or RSA PUBLIC KEY")]
@@ -117,19 +123,24 @@ fn decode_text(text: &str) -> Result<Decoded, KeyError> {
         return Err(KeyError::Empty);
     }
     if let Some(rest) = text.strip_prefix("-----BEGIN ") {
-        let (label, rest) = rest
-            .split_once("-----")
-            .ok_or_else(|| KeyError::NotAKey { detail: "PEM header line is not closed with -----".into() })?;
+        let (label, rest) = rest.split_once("-----").ok_or_else(|| KeyError::NotAKey {
+            detail: "PEM header line is not closed with -----".into(),
+        })?;
         let end = format!("-----END {label}-----");
         let body = rest
             .split_once(end.as_str())
             .map(|(b, _)| b)
-            .ok_or_else(|| KeyError::NotAKey { detail: format!("no '{end}' line: the PEM text is truncated") })?;
+            .ok_or_else(|| KeyError::NotAKey {
+                detail: format!("no '{end}' line: the PEM text is truncated"),
+            })?;
         if body.contains(':') {
             return Err(KeyError::Encrypted);
         }
         let der = b64(body)?;
-        return Ok(Decoded::Pem { label: label.to_string(), der });
+        return Ok(Decoded::Pem {
+            label: label.to_string(),
+            der,
+        });
     }
     Ok(Decoded::Bare(b64(text)?))
 }
@@ -138,8 +149,13 @@ fn b64(text: &str) -> Result<Vec<u8>, KeyError> {
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     base64::engine::general_purpose::STANDARD
         .decode(compact.as_bytes())
-        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(compact.trim_end_matches('=').as_bytes()))
-        .map_err(|e| KeyError::NotAKey { detail: format!("not PEM and not base64: {e}") })
+        .or_else(|_| {
+            base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(compact.trim_end_matches('=').as_bytes())
+        })
+        .map_err(|e| KeyError::NotAKey {
+            detail: format!("not PEM and not base64: {e}"),
+        })
 }
 
 fn check_bits(bits: usize) -> Result<(), KeyError> {
@@ -150,11 +166,16 @@ fn check_bits(bits: usize) -> Result<(), KeyError> {
 }
 
 fn fingerprint_of(spki_der: &[u8]) -> String {
-    format!("SHA256:{}", hex(ring::digest::digest(&ring::digest::SHA256, spki_der).as_ref()))
+    format!(
+        "SHA256:{}",
+        hex(ring::digest::digest(&ring::digest::SHA256, spki_der).as_ref())
+    )
 }
 
 fn not_a_key(e: impl fmt::Display) -> KeyError {
-    KeyError::NotAKey { detail: e.to_string() }
+    KeyError::NotAKey {
+        detail: e.to_string(),
+    }
 }
 
 /// The merchant's private key, parsed once and ready to sign on the hot path.
@@ -172,10 +193,21 @@ impl PrivateKey {
     pub fn from_text(text: &str) -> Result<Self, KeyError> {
         let (key, encoding) = match decode_text(text)? {
             Decoded::Pem { label, der } => match label.as_str() {
-                "PRIVATE KEY" => (rsa::PrivateKey::from_pkcs8_der(&der).map_err(not_a_key)?, KeyEncoding::Pkcs8Pem),
-                "RSA PRIVATE KEY" => (rsa::PrivateKey::from_pkcs1_der(&der).map_err(not_a_key)?, KeyEncoding::Pkcs1Pem),
+                "PRIVATE KEY" => (
+                    rsa::PrivateKey::from_pkcs8_der(&der).map_err(not_a_key)?,
+                    KeyEncoding::Pkcs8Pem,
+                ),
+                "RSA PRIVATE KEY" => (
+                    rsa::PrivateKey::from_pkcs1_der(&der).map_err(not_a_key)?,
+                    KeyEncoding::Pkcs1Pem,
+                ),
                 "ENCRYPTED PRIVATE KEY" => return Err(KeyError::Encrypted),
-                "PUBLIC KEY" | "RSA PUBLIC KEY" => return Err(KeyError::WrongKind { expected: THE_PRIVATE, found: A_PUBLIC }),
+                "PUBLIC KEY" | "RSA PUBLIC KEY" => {
+                    return Err(KeyError::WrongKind {
+                        expected: THE_PRIVATE,
+                        found: A_PUBLIC,
+                    })
+                }
                 _ => return Err(KeyError::UnsupportedPem { label }),
             },
             Decoded::Bare(der) => {
@@ -183,10 +215,18 @@ impl PrivateKey {
                     (k, KeyEncoding::Pkcs8Base64)
                 } else if let Ok(k) = rsa::PrivateKey::from_pkcs1_der(&der) {
                     (k, KeyEncoding::Pkcs1Base64)
-                } else if rsa::PublicKey::from_public_key_der(&der).is_ok() || rsa::PublicKey::from_pkcs1_der(&der).is_ok() {
-                    return Err(KeyError::WrongKind { expected: THE_PRIVATE, found: A_PUBLIC });
+                } else if rsa::PublicKey::from_public_key_der(&der).is_ok()
+                    || rsa::PublicKey::from_pkcs1_der(&der).is_ok()
+                {
+                    return Err(KeyError::WrongKind {
+                        expected: THE_PRIVATE,
+                        found: A_PUBLIC,
+                    });
                 } else {
-                    return Err(KeyError::NotAKey { detail: "base64 decodes, but not to a PKCS#8 or PKCS#1 RSA private key".into() });
+                    return Err(KeyError::NotAKey {
+                        detail: "base64 decodes, but not to a PKCS#8 or PKCS#1 RSA private key"
+                            .into(),
+                    });
                 }
             }
         };
@@ -196,9 +236,14 @@ impl PrivateKey {
     fn from_rsa(key: &rsa::PrivateKey, encoding: KeyEncoding) -> Result<Self, KeyError> {
         check_bits(key.size() * 8)?;
         let pkcs1 = key.to_pkcs1_der().map_err(not_a_key)?;
-        let signer = EngineSigner::from_pkcs1_der(pkcs1.as_bytes()).map_err(|detail| KeyError::Inconsistent { detail })?;
+        let signer = EngineSigner::from_pkcs1_der(pkcs1.as_bytes())
+            .map_err(|detail| KeyError::Inconsistent { detail })?;
         let public = PublicKey::from_rsa(&key.to_public_key(), encoding)?;
-        Ok(Self(Arc::new(PrivateInner { signer, public, encoding })))
+        Ok(Self(Arc::new(PrivateInner {
+            signer,
+            public,
+            encoding,
+        })))
     }
 
     /// The form the key was loaded from.
@@ -252,10 +297,19 @@ impl PublicKey {
     pub fn from_text(text: &str) -> Result<Self, KeyError> {
         let (key, encoding) = match decode_text(text)? {
             Decoded::Pem { label, der } => match label.as_str() {
-                "PUBLIC KEY" => (rsa::PublicKey::from_public_key_der(&der).map_err(not_a_key)?, KeyEncoding::SpkiPem),
-                "RSA PUBLIC KEY" => (rsa::PublicKey::from_pkcs1_der(&der).map_err(not_a_key)?, KeyEncoding::Pkcs1Pem),
+                "PUBLIC KEY" => (
+                    rsa::PublicKey::from_public_key_der(&der).map_err(not_a_key)?,
+                    KeyEncoding::SpkiPem,
+                ),
+                "RSA PUBLIC KEY" => (
+                    rsa::PublicKey::from_pkcs1_der(&der).map_err(not_a_key)?,
+                    KeyEncoding::Pkcs1Pem,
+                ),
                 "PRIVATE KEY" | "RSA PRIVATE KEY" | "ENCRYPTED PRIVATE KEY" => {
-                    return Err(KeyError::WrongKind { expected: THE_PUBLIC, found: A_PRIVATE })
+                    return Err(KeyError::WrongKind {
+                        expected: THE_PUBLIC,
+                        found: A_PRIVATE,
+                    })
                 }
                 _ => return Err(KeyError::UnsupportedPem { label }),
             },
@@ -264,10 +318,18 @@ impl PublicKey {
                     (k, KeyEncoding::SpkiBase64)
                 } else if let Ok(k) = rsa::PublicKey::from_pkcs1_der(&der) {
                     (k, KeyEncoding::Pkcs1Base64)
-                } else if rsa::PrivateKey::from_pkcs8_der(&der).is_ok() || rsa::PrivateKey::from_pkcs1_der(&der).is_ok() {
-                    return Err(KeyError::WrongKind { expected: THE_PUBLIC, found: A_PRIVATE });
+                } else if rsa::PrivateKey::from_pkcs8_der(&der).is_ok()
+                    || rsa::PrivateKey::from_pkcs1_der(&der).is_ok()
+                {
+                    return Err(KeyError::WrongKind {
+                        expected: THE_PUBLIC,
+                        found: A_PRIVATE,
+                    });
                 } else {
-                    return Err(KeyError::NotAKey { detail: "base64 decodes, but not to an SPKI or PKCS#1 RSA public key".into() });
+                    return Err(KeyError::NotAKey {
+                        detail: "base64 decodes, but not to an SPKI or PKCS#1 RSA public key"
+                            .into(),
+                    });
                 }
             }
         };
@@ -277,7 +339,11 @@ impl PublicKey {
     fn from_rsa(key: &rsa::PublicKey, encoding: KeyEncoding) -> Result<Self, KeyError> {
         let bits = key.size() * 8;
         check_bits(bits)?;
-        let spki_der = key.to_public_key_der().map_err(not_a_key)?.as_bytes().to_vec();
+        let spki_der = key
+            .to_public_key_der()
+            .map_err(not_a_key)?
+            .as_bytes()
+            .to_vec();
         let pkcs1 = key.to_pkcs1_der().map_err(not_a_key)?.as_bytes().to_vec();
         Ok(Self(Arc::new(PublicInner {
             verifier: EngineVerifier::from_pkcs1_der(pkcs1),
@@ -366,16 +432,27 @@ impl fmt::Debug for GeneratedKeyPair {
 
 /// Generates a new RSA-2048 pair from the operating system's randomness.
 pub fn generate_keypair() -> Result<GeneratedKeyPair, KeyError> {
-    let key = rsa::PrivateKey::new(&mut getrandom::SysRng, MIN_BITS).map_err(|e| KeyError::Generate(e.to_string()))?;
-    let private_der = key.to_pkcs8_der().map_err(|e| KeyError::Generate(e.to_string()))?;
-    let private_pkcs8_pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::Generate(e.to_string()))?.to_string();
+    let key = rsa::PrivateKey::new(&mut getrandom::SysRng, MIN_BITS)
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    let private_der = key
+        .to_pkcs8_der()
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    let private_pkcs8_pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| KeyError::Generate(e.to_string()))?
+        .to_string();
     let public = key.to_public_key();
-    let public_spki_pem = public.to_public_key_pem(LineEnding::LF).map_err(|e| KeyError::Generate(e.to_string()))?;
-    let spki = public.to_public_key_der().map_err(|e| KeyError::Generate(e.to_string()))?;
+    let public_spki_pem = public
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    let spki = public
+        .to_public_key_der()
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
     Ok(GeneratedKeyPair {
         private_pkcs8_pem,
         public_spki_pem,
-        private_pkcs8_base64: base64::engine::general_purpose::STANDARD.encode(private_der.as_bytes()),
+        private_pkcs8_base64: base64::engine::general_purpose::STANDARD
+            .encode(private_der.as_bytes()),
         public_spki_base64: base64::engine::general_purpose::STANDARD.encode(spki.as_bytes()),
         fingerprint: fingerprint_of(spki.as_bytes()),
     })

@@ -37,7 +37,11 @@ pub struct SignError(String);
 /// Signs `content` with the merchant key and returns the complete `Signature` header value.
 ///
 /// `key_version` only goes into the header; it is not part of the signed bytes (spec §3).
-pub fn sign_content(key: &PrivateKey, key_version: &str, content: &[u8]) -> Result<String, SignError> {
+pub fn sign_content(
+    key: &PrivateKey,
+    key_version: &str,
+    content: &[u8],
+) -> Result<String, SignError> {
     let signature = key.sign(content)?;
     Ok(format_signature_header(key_version, &signature))
 }

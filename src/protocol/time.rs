@@ -18,7 +18,9 @@ pub fn parse_request_time(value: &str) -> Option<i64> {
         return Some(t.timestamp_millis());
     }
     // PHP's DATE_ISO8601: offset without colon, e.g. 2024-05-01T12:34:56+0800.
-    DateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f%z").ok().map(|t| t.timestamp_millis())
+    DateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 /// Epoch milliseconds as decimal text: what the Java and Go SDKs (the most recently
@@ -45,10 +47,23 @@ mod tests {
         assert_eq!(parse_request_time("2024-05-01T12:34:56+08:00"), Some(base));
         assert_eq!(parse_request_time("2024-05-01T12:34:56+0800"), Some(base));
         assert_eq!(parse_request_time("2024-05-01T04:34:56Z"), Some(base));
-        assert_eq!(parse_request_time("2024-05-01T04:34:56.1234567Z"), Some(base + 123));
-        assert_eq!(parse_request_time("2024-05-01T10:04:56.253+05:30"), Some(base + 253));
+        assert_eq!(
+            parse_request_time("2024-05-01T04:34:56.1234567Z"),
+            Some(base + 123)
+        );
+        assert_eq!(
+            parse_request_time("2024-05-01T10:04:56.253+05:30"),
+            Some(base + 253)
+        );
         assert_eq!(parse_request_time("2024-05-01T04:34:56+00:00"), Some(base));
-        for bad in ["", "yesterday", "2024-05-01", "12:00", "2024-13-01T00:00:00Z", "99999999999999999999"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2024-05-01",
+            "12:00",
+            "2024-13-01T00:00:00Z",
+            "99999999999999999999",
+        ] {
             assert_eq!(parse_request_time(bad), None, "{bad}");
         }
     }
@@ -56,6 +71,9 @@ mod tests {
     #[test]
     fn formats() {
         assert_eq!(format_epoch_millis(1_714_538_096_000), "1714538096000");
-        assert_eq!(format_iso8601(1_714_538_096_999), "2024-05-01T04:34:56+00:00");
+        assert_eq!(
+            format_iso8601(1_714_538_096_999),
+            "2024-05-01T04:34:56+00:00"
+        );
     }
 }

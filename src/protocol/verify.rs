@@ -95,13 +95,19 @@ impl Verifier {
     /// without `keyVersion` uses the only key, or the latest version (the gateway's documented
     /// default) when there are several.
     pub fn new(keys: impl IntoIterator<Item = (String, PublicKey)>) -> Self {
-        Self { keys: keys.into_iter().collect(), any_version: None }
+        Self {
+            keys: keys.into_iter().collect(),
+            any_version: None,
+        }
     }
 
     /// One key that answers for whatever `keyVersion` the header names: for the offline
     /// `verify` tool when the user did not say which version a key is.
     pub fn any_version(key: PublicKey) -> Self {
-        Self { keys: BTreeMap::new(), any_version: Some(key) }
+        Self {
+            keys: BTreeMap::new(),
+            any_version: Some(key),
+        }
     }
 
     /// The configured versions and keys, in version order.
@@ -114,16 +120,21 @@ impl Verifier {
             return Ok((version.unwrap_or("1").to_string(), key));
         }
         match version {
-            Some(v) => self.keys.get(v).map(|k| (v.to_string(), k)).ok_or_else(|| VerifyError::UnknownKeyVersion {
-                key_version: v.to_string(),
-                configured: self.keys.keys().cloned().collect(),
+            Some(v) => self.keys.get(v).map(|k| (v.to_string(), k)).ok_or_else(|| {
+                VerifyError::UnknownKeyVersion {
+                    key_version: v.to_string(),
+                    configured: self.keys.keys().cloned().collect(),
+                }
             }),
             None => self
                 .keys
                 .iter()
                 .max_by(|a, b| version_order(a.0, b.0))
                 .map(|(v, k)| (v.clone(), k))
-                .ok_or_else(|| VerifyError::UnknownKeyVersion { key_version: String::new(), configured: Vec::new() }),
+                .ok_or_else(|| VerifyError::UnknownKeyVersion {
+                    key_version: String::new(),
+                    configured: Vec::new(),
+                }),
         }
     }
 
@@ -133,19 +144,30 @@ impl Verifier {
         let header = parse_signature_header(signature_header)?;
         if let Some(alg) = &header.algorithm {
             if !alg.eq_ignore_ascii_case(ALGORITHM) {
-                return Err(VerifyError::UnsupportedAlgorithm { algorithm: alg.chars().take(32).collect() });
+                return Err(VerifyError::UnsupportedAlgorithm {
+                    algorithm: alg.chars().take(32).collect(),
+                });
             }
         }
         let (key_version, key) = self.select(header.key_version.as_deref())?;
         let signature = header.signature_bytes()?;
         let expected = key.bits() / 8;
         if signature.len() != expected {
-            return Err(VerifyError::WrongLength { expected, actual: signature.len() });
+            return Err(VerifyError::WrongLength {
+                expected,
+                actual: signature.len(),
+            });
         }
         if key.verify_raw(content, &signature) {
-            Ok(Verified { key_version, fingerprint: key.fingerprint().to_string() })
+            Ok(Verified {
+                key_version,
+                fingerprint: key.fingerprint().to_string(),
+            })
         } else {
-            Err(VerifyError::Mismatch { content_sha256: sha256_hex(content), key_version })
+            Err(VerifyError::Mismatch {
+                content_sha256: sha256_hex(content),
+                key_version,
+            })
         }
     }
 }

@@ -806,3 +806,94 @@ fn path_map_base_path_and_query_reach_the_app() {
     assert_eq!(s.post(&stripped, &[]).status, 401);
     assert_eq!(app.received().len(), 2);
 }
+
+/// The whole loop with real parts: a pay through the sidecar's outbound proxy to the fake
+/// gateway (TLS), whose signed PAYMENT_RESULT notification comes back through the sidecar's
+/// inbound verifier to the app. The app is failing at first: the gateway must see a non-2xx
+/// and re-send, and the re-send must reach the app byte-identical and verified.
+#[test]
+fn gateway_notification_end_to_end_with_a_resend() {
+    use alipay_sidecar::mock_gateway::{MockGateway, MockGatewayConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::start(Behaviour::Status(500, "app not ready"));
+    let mut cfg = MockGatewayConfig::new(crate::support::key("merchant", "public_spki_pem"));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.tls = Some(dir.path().to_path_buf());
+    cfg.notify_backoff = vec![
+        Duration::from_millis(0),
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+    ];
+    let gw = crate::outbound::rt()
+        .block_on(MockGateway::start(cfg))
+        .unwrap();
+    crate::support::write_vector_keys(dir.path());
+    std::fs::write(dir.path().join("gw_alipay.pem"), gw.alipay_public_key_pem()).unwrap();
+    let (out_port, in_port, admin_port) = (free_port(), free_port(), free_port());
+    let toml = format!(
+        r#"client_id = "T_111222333"
+[keys]
+merchant_private_key = "merchant_private_key.pem"
+alipay_public_keys = {{ "1" = "gw_alipay.pem" }}
+[outbound]
+listen = "127.0.0.1:{out_port}"
+gateway = "https://127.0.0.1:{}"
+ca_file = {:?}
+[inbound]
+listen = "127.0.0.1:{in_port}"
+forward_to = "{}"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+"#,
+        gw.local_addr().port(),
+        gw.ca_file().unwrap().display().to_string(),
+        app.url()
+    );
+    let sidecar = Sidecar::start(dir.path(), &toml, admin_port);
+    let pay = format!(
+        r#"{{"paymentRequestId":"pay_e2e_notify","paymentAmount":{{"currency":"HKD","value":"100"}},"paymentNotifyUrl":"http://127.0.0.1:{in_port}/alipay/notify?src=ams"}}"#
+    );
+    let r = crate::support::request(
+        std::net::SocketAddr::from(([127, 0, 0, 1], out_port)),
+        "POST",
+        "/ams/api/v1/payments/pay",
+        &[],
+        pay.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", sidecar.logs());
+    assert_eq!(r.header("x-alipay-sidecar-verified"), Some("true"));
+
+    // the first attempt hits the failing app: Alipay (the gateway) gets a non-2xx
+    let first = wait_received(&app, 1);
+    assert_eq!(first[0].target, "/alipay/notify?src=ams");
+    app.set(Behaviour::Ack);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !gw.notifications().iter().any(|a| a.acknowledged) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never acknowledged: {:?}\n{}",
+            gw.notifications(),
+            sidecar.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let attempts = gw.notifications();
+    assert!(
+        attempts[0].status == Some(503),
+        "first attempt must be refused with 503: {attempts:?}"
+    );
+    assert_eq!(attempts.iter().filter(|a| a.acknowledged).count(), 1);
+    let got = app.received();
+    // every delivery the app saw was verified, and they are all the same bytes
+    assert!(got.len() >= 2);
+    for g in &got {
+        assert_eq!(g.one("x-alipay-sidecar-verified"), Some("true"));
+        assert_eq!(g.body, got[0].body);
+    }
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["notifyType"], "PAYMENT_RESULT");
+    assert_eq!(body["paymentRequestId"], "pay_e2e_notify");
+}

@@ -19,7 +19,7 @@ const PAY: &str = "/ams/api/v1/payments/pay";
 
 fn config() -> MockGatewayConfig {
     let mut cfg = MockGatewayConfig::new(key("merchant", "public_spki_pem"));
-    // The vectors' test-only "alipay" key: no slow key generation in debug builds.
+    // The vectors' test-only "alipay" key, so responses verify with the published key too.
     cfg.alipay_private_key = Some(key("alipay", "private_pkcs8_pem"));
     cfg.notify_backoff = vec![Duration::ZERO, Duration::from_millis(10)];
     cfg
@@ -1079,4 +1079,32 @@ fn cli_flags_parse() {
         Cli::try_parse_from(["x"]).is_err(),
         "--merchant-public-key is required"
     );
+}
+
+#[tokio::test]
+async fn generated_alipay_key_signs_responses() {
+    let mut cfg = config();
+    cfg.alipay_private_key = None;
+    cfg.alipay_key_version = "7".into();
+    let gateway = MockGateway::start(cfg).await.unwrap();
+    let pem = gateway.alipay_public_key_pem();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+    assert_ne!(pem.trim(), key("alipay", "public_spki_pem").trim());
+    let c = Client { gateway, tls: None };
+    let resp = c.call(PAY, &pay_body("k-1", "1", "")).await;
+    let sig = resp.header("signature").unwrap();
+    assert!(
+        sig.starts_with("algorithm=RSA256,keyVersion=7,signature="),
+        "{sig}"
+    );
+    let content = content_to_sign(
+        "POST",
+        PAY,
+        CLIENT_ID,
+        resp.header("response-time").unwrap(),
+        &resp.body,
+    );
+    let verifier = Verifier::new([("7".to_string(), PublicKey::from_text(&pem).unwrap())]);
+    verifier.verify(&content, sig).unwrap();
+    c.gateway.shutdown().await;
 }

@@ -13,9 +13,15 @@ use crate::support::{free_port, key, raw_request, request, write_vector_keys, Re
 const CLIENT_ID: &str = "T_111222333";
 const PAY: &str = "/ams/api/v1/payments/pay";
 
-fn rt() -> &'static tokio::runtime::Runtime {
+pub(crate) fn rt() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap())
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
 }
 
 /// A fake gateway (TLS, its CA written into `dir`) and a sidecar in front of it.
@@ -33,11 +39,20 @@ fn start_gateway(dir: &Path, fault: Option<Fault>) -> MockGateway {
     cfg.expected_client_id = Some(CLIENT_ID.into());
     cfg.fault = fault;
     cfg.notify_backoff = vec![];
-    rt().block_on(MockGateway::start(cfg)).expect("mock gateway")
+    rt().block_on(MockGateway::start(cfg))
+        .expect("mock gateway")
 }
 
-fn sidecar_toml(gw_port: u16, ca: Option<&Path>, out_port: u16, admin_port: u16, extra: &str) -> String {
-    let ca = ca.map(|p| format!("ca_file = {:?}\n", p.display().to_string())).unwrap_or_default();
+fn sidecar_toml(
+    gw_port: u16,
+    ca: Option<&Path>,
+    out_port: u16,
+    admin_port: u16,
+    extra: &str,
+) -> String {
+    let ca = ca
+        .map(|p| format!("ca_file = {:?}\n", p.display().to_string()))
+        .unwrap_or_default();
     format!(
         r#"client_id = "{CLIENT_ID}"
 [keys]
@@ -62,12 +77,31 @@ fn setup_with(fault: Option<Fault>, extra: &str, trust_ca: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let gw = start_gateway(dir.path(), fault);
     write_vector_keys(dir.path());
-    std::fs::write(dir.path().join("gw_alipay_public_key.pem"), gw.alipay_public_key_pem()).unwrap();
+    std::fs::write(
+        dir.path().join("gw_alipay_public_key.pem"),
+        gw.alipay_public_key_pem(),
+    )
+    .unwrap();
     let (out_port, admin_port) = (free_port(), free_port());
-    let ca = if trust_ca { gw.ca_file().map(Path::to_path_buf) } else { None };
-    let toml = sidecar_toml(gw.local_addr().port(), ca.as_deref(), out_port, admin_port, extra);
+    let ca = if trust_ca {
+        gw.ca_file().map(Path::to_path_buf)
+    } else {
+        None
+    };
+    let toml = sidecar_toml(
+        gw.local_addr().port(),
+        ca.as_deref(),
+        out_port,
+        admin_port,
+        extra,
+    );
     let sidecar = Sidecar::start(dir.path(), &toml, admin_port);
-    Setup { gw, sidecar, outbound: SocketAddr::from(([127, 0, 0, 1], out_port)), _dir: dir }
+    Setup {
+        gw,
+        sidecar,
+        outbound: SocketAddr::from(([127, 0, 0, 1], out_port)),
+        _dir: dir,
+    }
 }
 
 fn setup() -> Setup {
@@ -75,40 +109,83 @@ fn setup() -> Setup {
 }
 
 fn pay_body(id: &str, extra: &str) -> String {
-    format!(r#"{{"paymentRequestId":"{id}","paymentAmount":{{"currency":"HKD","value":"5800"}},"order":{{"orderDescription":"珍珠奶茶 🧋"}}{extra}}}"#)
+    format!(
+        r#"{{"paymentRequestId":"{id}","paymentAmount":{{"currency":"HKD","value":"5800"}},"order":{{"orderDescription":"珍珠奶茶 🧋"}}{extra}}}"#
+    )
 }
 
 fn post(s: &Setup, path: &str, body: &[u8]) -> Response {
-    request(s.outbound, "POST", path, &[("Content-Type", "application/json; charset=UTF-8")], body).unwrap()
+    request(
+        s.outbound,
+        "POST",
+        path,
+        &[("Content-Type", "application/json; charset=UTF-8")],
+        body,
+    )
+    .unwrap()
 }
 
 fn result_code(r: &Response) -> (String, String) {
     let v = r.json();
-    (v["result"]["resultStatus"].as_str().unwrap_or("").to_string(), v["result"]["resultCode"].as_str().unwrap_or("").to_string())
+    (
+        v["result"]["resultStatus"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+        v["result"]["resultCode"].as_str().unwrap_or("").to_string(),
+    )
 }
 
 /// The last request the gateway received on `path`.
 fn received_body(s: &Setup, path: &str) -> Vec<u8> {
-    s.gw.received().into_iter().rev().find(|r| r.target == path).map(|r| r.body).unwrap_or_else(|| panic!("gateway got no request on {path}"))
+    s.gw.received()
+        .into_iter()
+        .rev()
+        .find(|r| r.target == path)
+        .map(|r| r.body)
+        .unwrap_or_else(|| panic!("gateway got no request on {path}"))
 }
 
 #[test]
 fn pay_then_inquiry_verified_end_to_end() {
     let s = setup();
     let r = post(&s, PAY, pay_body("pay_e2e_1", "").as_bytes());
-    assert_eq!(r.status, 200, "{}\n{}", String::from_utf8_lossy(&r.body), s.sidecar.logs());
+    assert_eq!(
+        r.status,
+        200,
+        "{}\n{}",
+        String::from_utf8_lossy(&r.body),
+        s.sidecar.logs()
+    );
     assert_eq!(r.header("x-alipay-sidecar-verified"), Some("true"));
     assert_eq!(r.header("x-alipay-sidecar-key-version"), Some("1"));
     assert_eq!(result_code(&r), ("S".into(), "SUCCESS".into()));
     let payment_id = r.json()["paymentId"].as_str().unwrap().to_string();
     // the gateway verified the sidecar's signature independently (rsa crate) and saw our client id
-    let got = s.gw.received().into_iter().find(|r| r.target == PAY).unwrap();
+    let got =
+        s.gw.received()
+            .into_iter()
+            .find(|r| r.target == PAY)
+            .unwrap();
     assert_eq!(got.header("client-id"), Some(CLIENT_ID));
     let sig = got.header("signature").unwrap();
-    assert!(sig.starts_with("algorithm=RSA256,keyVersion=1,signature="), "{sig}");
-    assert!(got.header("request-time").unwrap().bytes().all(|b| b.is_ascii_digit()), "epoch millis by default");
+    assert!(
+        sig.starts_with("algorithm=RSA256,keyVersion=1,signature="),
+        "{sig}"
+    );
+    assert!(
+        got.header("request-time")
+            .unwrap()
+            .bytes()
+            .all(|b| b.is_ascii_digit()),
+        "epoch millis by default"
+    );
 
-    let q = post(&s, "/ams/api/v1/payments/inquiryPayment", format!(r#"{{"paymentId":"{payment_id}"}}"#).as_bytes());
+    let q = post(
+        &s,
+        "/ams/api/v1/payments/inquiryPayment",
+        format!(r#"{{"paymentId":"{payment_id}"}}"#).as_bytes(),
+    );
     assert_eq!(q.status, 200);
     assert_eq!(q.header("x-alipay-sidecar-verified"), Some("true"));
     assert_eq!(q.json()["paymentRequestId"], "pay_e2e_1");
@@ -126,12 +203,17 @@ fn bodies_reach_the_gateway_byte_exact() {
     // 1 KiB and 1 MiB (at the default limit)
     for (i, size) in [1024usize, 1024 * 1024].into_iter().enumerate() {
         let head = pay_body(&format!("pay_big_{i}"), ",\"pad\":\"");
-        let mut body = head[..head.len() - 1].as_bytes().to_vec(); // drop the final '}'
+        let mut body = head.as_bytes()[..head.len() - 1].to_vec(); // drop the final '}'
         body.resize(size - 2, b'x');
         body.extend_from_slice(b"\"}");
         assert_eq!(body.len(), size);
         let r = post(&s, PAY, &body);
-        assert_eq!(r.status, 200, "{size}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "{size}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.header("x-alipay-sidecar-verified"), Some("true"));
         assert_eq!(received_body(&s, PAY), body, "{size}");
     }
@@ -149,18 +231,42 @@ fn bodies_reach_the_gateway_byte_exact() {
     let r = raw_request(s.outbound, &raw).unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(received_body(&s, PAY), body.as_bytes());
-    let got = s.gw.received().into_iter().rev().find(|r| r.target == PAY).unwrap();
-    assert_eq!(got.header("expect"), None, "Expect is answered by the sidecar, never forwarded");
+    let got =
+        s.gw.received()
+            .into_iter()
+            .rev()
+            .find(|r| r.target == PAY)
+            .unwrap();
+    assert_eq!(
+        got.header("expect"),
+        None,
+        "Expect is answered by the sidecar, never forwarded"
+    );
 }
 
 #[test]
 fn app_sent_signature_headers_are_replaced() {
     let s = setup();
     let body = pay_body("pay_replaced", "");
-    let r = request(s.outbound, "POST", PAY, &[("Signature", "algorithm=RSA256,keyVersion=1,signature=Zm9v"), ("Client-Id", "SOMEONE_ELSE"), ("Request-Time", "1")], body.as_bytes()).unwrap();
+    let r = request(
+        s.outbound,
+        "POST",
+        PAY,
+        &[
+            ("Signature", "algorithm=RSA256,keyVersion=1,signature=Zm9v"),
+            ("Client-Id", "SOMEONE_ELSE"),
+            ("Request-Time", "1"),
+        ],
+        body.as_bytes(),
+    )
+    .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-alipay-sidecar-verified"), Some("true"));
-    let got = s.gw.received().into_iter().find(|r| r.target == PAY).unwrap();
+    let got =
+        s.gw.received()
+            .into_iter()
+            .find(|r| r.target == PAY)
+            .unwrap();
     assert_eq!(got.header("client-id"), Some(CLIENT_ID));
     assert_ne!(got.header("request-time"), Some("1"));
     assert!(!got.header("signature").unwrap().ends_with("Zm9v"));
@@ -171,17 +277,33 @@ fn refusals_never_reach_the_gateway() {
     let s = setup_with(None, "max_body_bytes = 1024", true);
     let r = request(s.outbound, "GET", PAY, &[], b"").unwrap();
     assert_eq!(r.status, 405);
-    assert_eq!(result_code(&r), ("F".into(), "SIDECAR_METHOD_NOT_ALLOWED".into()));
-    for path in ["/admin/secret", "/ams/api/../../etc", "/ams/apix/v1/payments/pay"] {
+    assert_eq!(
+        result_code(&r),
+        ("F".into(), "SIDECAR_METHOD_NOT_ALLOWED".into())
+    );
+    for path in [
+        "/admin/secret",
+        "/ams/api/../../etc",
+        "/ams/apix/v1/payments/pay",
+    ] {
         let r = post(&s, path, b"{}");
         assert_eq!(r.status, 403, "{path}");
-        assert_eq!(result_code(&r), ("F".into(), "SIDECAR_PATH_NOT_ALLOWED".into()));
+        assert_eq!(
+            result_code(&r),
+            ("F".into(), "SIDECAR_PATH_NOT_ALLOWED".into())
+        );
     }
     let r = post(&s, PAY, &vec![b'x'; 1025]);
     assert_eq!(r.status, 413);
-    assert_eq!(result_code(&r), ("F".into(), "SIDECAR_BODY_TOO_LARGE".into()));
+    assert_eq!(
+        result_code(&r),
+        ("F".into(), "SIDECAR_BODY_TOO_LARGE".into())
+    );
     // chunked over the limit (no Content-Length to check up front)
-    let mut raw = format!("POST {PAY} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
+    let mut raw = format!(
+        "POST {PAY} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
     for _ in 0..3 {
         raw.extend_from_slice(b"200\r\n");
         raw.extend_from_slice(&[b'y'; 0x200]);
@@ -189,7 +311,11 @@ fn refusals_never_reach_the_gateway() {
     }
     raw.extend_from_slice(b"0\r\n\r\n");
     assert_eq!(raw_request(s.outbound, &raw).unwrap().status, 413);
-    assert!(s.gw.received().is_empty(), "nothing was forwarded: {:?}", s.gw.received().len());
+    assert!(
+        s.gw.received().is_empty(),
+        "nothing was forwarded: {:?}",
+        s.gw.received().len()
+    );
 }
 
 #[test]
@@ -205,16 +331,32 @@ fn response_policy_branches() {
         ("http_status:500", 500, "unverified-status", ""),
     ];
     for (i, (fault, status, marker, result_status)) in cases.iter().enumerate() {
-        let body = pay_body(&format!("pay_policy_{i}"), &format!(",\"mockFault\":\"{fault}\""));
+        let body = pay_body(
+            &format!("pay_policy_{i}"),
+            &format!(",\"mockFault\":\"{fault}\""),
+        );
         let r = post(&s, PAY, body.as_bytes());
-        assert_eq!(r.status, *status, "{fault}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            *status,
+            "{fault}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         if marker.starts_with("SIDECAR_") {
-            assert_eq!(result_code(&r), ((*result_status).into(), (*marker).into()), "{fault}");
+            assert_eq!(
+                result_code(&r),
+                ((*result_status).into(), (*marker).into()),
+                "{fault}"
+            );
             assert_eq!(r.header("x-alipay-sidecar-verified"), None, "{fault}");
             // the unverified body is withheld
             assert!(r.json().get("paymentId").is_none(), "{fault}: body leaked");
         } else {
-            assert_eq!(r.header("x-alipay-sidecar-verified"), Some(*marker), "{fault}");
+            assert_eq!(
+                r.header("x-alipay-sidecar-verified"),
+                Some(*marker),
+                "{fault}"
+            );
             if !result_status.is_empty() {
                 assert_eq!(result_code(&r).0, *result_status, "{fault}");
             }
@@ -227,32 +369,83 @@ fn unknown_response_key_version_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let gw = start_gateway(dir.path(), None);
     write_vector_keys(dir.path());
-    std::fs::write(dir.path().join("gw_alipay_public_key.pem"), gw.alipay_public_key_pem()).unwrap();
+    std::fs::write(
+        dir.path().join("gw_alipay_public_key.pem"),
+        gw.alipay_public_key_pem(),
+    )
+    .unwrap();
     let (out_port, admin_port) = (free_port(), free_port());
     // the gateway signs with keyVersion 1; the sidecar only knows version 2
-    let toml = sidecar_toml(gw.local_addr().port(), gw.ca_file(), out_port, admin_port, "").replace(r#""1" = "gw_alipay_public_key.pem""#, r#""2" = "gw_alipay_public_key.pem""#);
+    let toml = sidecar_toml(
+        gw.local_addr().port(),
+        gw.ca_file(),
+        out_port,
+        admin_port,
+        "",
+    )
+    .replace(
+        r#""1" = "gw_alipay_public_key.pem""#,
+        r#""2" = "gw_alipay_public_key.pem""#,
+    );
     let _sidecar = Sidecar::start(dir.path(), &toml, admin_port);
-    let r = request(SocketAddr::from(([127, 0, 0, 1], out_port)), "POST", PAY, &[], pay_body("pay_kv", "").as_bytes()).unwrap();
+    let r = request(
+        SocketAddr::from(([127, 0, 0, 1], out_port)),
+        "POST",
+        PAY,
+        &[],
+        pay_body("pay_kv", "").as_bytes(),
+    )
+    .unwrap();
     assert_eq!(r.status, 502);
-    let msg = r.json()["result"]["resultMessage"].as_str().unwrap().to_string();
+    let msg = r.json()["result"]["resultMessage"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(msg.contains("keyVersion \"1\""), "{msg}");
 }
 
 #[test]
 fn gateway_failures_become_u_errors() {
     let s = setup();
-    for (fault, status, code) in [("delay:5000", 504, "SIDECAR_GATEWAY_TIMEOUT"), ("reset_mid_body", 502, "SIDECAR_GATEWAY_PROTOCOL_ERROR"), ("drop", 502, "SIDECAR_GATEWAY_PROTOCOL_ERROR")] {
-        let body = pay_body(&format!("pay_{code}"), &format!(",\"mockFault\":\"{fault}\""));
+    for (fault, status, code) in [
+        ("delay:5000", 504, "SIDECAR_GATEWAY_TIMEOUT"),
+        ("reset_mid_body", 502, "SIDECAR_GATEWAY_PROTOCOL_ERROR"),
+        ("drop", 502, "SIDECAR_GATEWAY_PROTOCOL_ERROR"),
+    ] {
+        let body = pay_body(
+            &format!("pay_{code}"),
+            &format!(",\"mockFault\":\"{fault}\""),
+        );
         let r = post(&s, PAY, body.as_bytes());
-        assert_eq!(r.status, status, "{fault}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            status,
+            "{fault}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(result_code(&r), ("U".into(), code.into()), "{fault}");
     }
     // the gateway goes away entirely
-    let Setup { gw, sidecar, outbound, _dir } = s;
+    let Setup {
+        gw,
+        sidecar,
+        outbound,
+        _dir,
+    } = s;
     rt().block_on(gw.shutdown());
-    let r = request(outbound, "POST", PAY, &[], pay_body("pay_down", "").as_bytes()).unwrap();
+    let r = request(
+        outbound,
+        "POST",
+        PAY,
+        &[],
+        pay_body("pay_down", "").as_bytes(),
+    )
+    .unwrap();
     assert_eq!(r.status, 502, "{}", sidecar.logs());
-    assert_eq!(result_code(&r), ("U".into(), "SIDECAR_GATEWAY_UNREACHABLE".into()));
+    assert_eq!(
+        result_code(&r),
+        ("U".into(), "SIDECAR_GATEWAY_UNREACHABLE".into())
+    );
 }
 
 #[test]
@@ -261,8 +454,16 @@ fn untrusted_gateway_certificate_is_a_clear_error() {
     let r = post(&s, PAY, pay_body("pay_tls", "").as_bytes());
     assert_eq!(r.status, 502);
     let (status, code) = result_code(&r);
-    assert_eq!((status.as_str(), code.as_str()), ("F", "SIDECAR_GATEWAY_TLS_ERROR"), "{}", String::from_utf8_lossy(&r.body));
-    assert!(r.json()["result"]["resultMessage"].as_str().unwrap().contains("ca_file"));
+    assert_eq!(
+        (status.as_str(), code.as_str()),
+        ("F", "SIDECAR_GATEWAY_TLS_ERROR"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(r.json()["result"]["resultMessage"]
+        .as_str()
+        .unwrap()
+        .contains("ca_file"));
     assert!(s.gw.received().is_empty());
 }
 
@@ -296,16 +497,35 @@ fn sandbox_rewrite_and_iso_time_when_configured() {
     cfg.notify_backoff = vec![];
     let gw = rt().block_on(MockGateway::start(cfg)).unwrap();
     write_vector_keys(dir.path());
-    std::fs::write(dir.path().join("gw_alipay_public_key.pem"), gw.alipay_public_key_pem()).unwrap();
+    std::fs::write(
+        dir.path().join("gw_alipay_public_key.pem"),
+        gw.alipay_public_key_pem(),
+    )
+    .unwrap();
     let (out_port, admin_port) = (free_port(), free_port());
-    let toml = sidecar_toml(gw.local_addr().port(), gw.ca_file(), out_port, admin_port, "sandbox_path_rewrite = true\nrequest_time_format = \"iso8601\"")
-        .replace(CLIENT_ID, "SANDBOX_5YBZ1A2C3D4E5F01");
+    let toml = sidecar_toml(
+        gw.local_addr().port(),
+        gw.ca_file(),
+        out_port,
+        admin_port,
+        "sandbox_path_rewrite = true\nrequest_time_format = \"iso8601\"",
+    )
+    .replace(CLIENT_ID, "SANDBOX_5YBZ1A2C3D4E5F01");
     let _sidecar = Sidecar::start(dir.path(), &toml, admin_port);
-    let r = request(SocketAddr::from(([127, 0, 0, 1], out_port)), "POST", PAY, &[], pay_body("pay_sandbox", "").as_bytes()).unwrap();
+    let r = request(
+        SocketAddr::from(([127, 0, 0, 1], out_port)),
+        "POST",
+        PAY,
+        &[],
+        pay_body("pay_sandbox", "").as_bytes(),
+    )
+    .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-alipay-sidecar-verified"), Some("true"));
     let got = gw.received().into_iter().next().unwrap();
     assert_eq!(got.target, "/ams/sandbox/api/v1/payments/pay");
-    assert!(alipay_sidecar::protocol::parse_request_time(got.header("request-time").unwrap()).is_some());
+    assert!(
+        alipay_sidecar::protocol::parse_request_time(got.header("request-time").unwrap()).is_some()
+    );
     assert!(got.header("request-time").unwrap().contains('T'));
 }

@@ -2,7 +2,9 @@
 
 use std::sync::OnceLock;
 
-use alipay_sidecar::protocol::{content_to_sign, parse_signature_header, sign_content, PrivateKey, Verifier};
+use alipay_sidecar::protocol::{
+    content_to_sign, parse_signature_header, sign_content, PrivateKey, Verifier,
+};
 use proptest::prelude::*;
 
 use crate::support::key;

@@ -8,22 +8,31 @@ use serde_json::Value;
 /// The vectors file copied from the shared spec (data, not code).
 pub fn vectors_file() -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/ams-public.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("vectors file")).expect("vectors json")
+    serde_json::from_str(&std::fs::read_to_string(path).expect("vectors file"))
+        .expect("vectors json")
 }
 
 /// All vectors.
 pub fn vectors() -> Vec<Value> {
-    vectors_file()["vectors"].as_array().expect("vectors array").clone()
+    vectors_file()["vectors"]
+        .as_array()
+        .expect("vectors array")
+        .clone()
 }
 
 /// One key text from `keys.<who>.<form>`, e.g. `key("merchant", "private_pkcs8_pem")`.
 pub fn key(who: &str, form: &str) -> String {
-    vectors_file()["keys"][who][form].as_str().unwrap_or_else(|| panic!("no key {who}.{form}")).to_string()
+    vectors_file()["keys"][who][form]
+        .as_str()
+        .unwrap_or_else(|| panic!("no key {who}.{form}"))
+        .to_string()
 }
 
 /// `inputs.<field>` as a string.
 pub fn input<'a>(v: &'a Value, field: &str) -> &'a str {
-    v["inputs"][field].as_str().unwrap_or_else(|| panic!("{}: no inputs.{field}", v["id"]))
+    v["inputs"][field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}: no inputs.{field}", v["id"]))
 }
 
 /// The `alipay-sidecar` binary built for this test run.
@@ -39,15 +48,30 @@ use std::time::{Duration, Instant};
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Writes the vectors' merchant private key and Alipay public key into `dir` and returns
 /// `(merchant_private_key.pem, alipay_public_key.pem)` file names.
 pub fn write_vector_keys(dir: &Path) -> (String, String) {
-    std::fs::write(dir.join("merchant_private_key.pem"), key("merchant", "private_pkcs8_pem")).unwrap();
-    std::fs::write(dir.join("alipay_public_key.pem"), key("alipay", "public_spki_pem")).unwrap();
-    ("merchant_private_key.pem".into(), "alipay_public_key.pem".into())
+    std::fs::write(
+        dir.join("merchant_private_key.pem"),
+        key("merchant", "private_pkcs8_pem"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("alipay_public_key.pem"),
+        key("alipay", "public_spki_pem"),
+    )
+    .unwrap();
+    (
+        "merchant_private_key.pem".into(),
+        "alipay_public_key.pem".into(),
+    )
 }
 
 /// A running `alipay-sidecar run` process; killed on drop.
@@ -69,18 +93,33 @@ impl Sidecar {
     }
 
     /// As [`Sidecar::start`], with extra environment variables.
-    pub fn start_with_env(dir: &Path, toml: &str, admin_port: u16, env: &[(&str, &str)]) -> Sidecar {
+    pub fn start_with_env(
+        dir: &Path,
+        toml: &str,
+        admin_port: u16,
+        env: &[(&str, &str)],
+    ) -> Sidecar {
         let config_path = dir.join("sidecar.toml");
         std::fs::write(&config_path, toml).unwrap();
         let log_path = dir.join(format!("sidecar-{admin_port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(bin());
-        cmd.arg("run").arg("--config").arg(&config_path).stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log)).stdin(Stdio::null());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start sidecar");
-        let mut s = Sidecar { child: Some(child), admin: SocketAddr::from(([127, 0, 0, 1], admin_port)), log_path, config_path };
+        let mut s = Sidecar {
+            child: Some(child),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            log_path,
+            config_path,
+        };
         s.wait_ready();
         s
     }
@@ -89,7 +128,10 @@ impl Sidecar {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("sidecar exited with {status} before becoming ready:\n{}", self.logs());
+                panic!(
+                    "sidecar exited with {status} before becoming ready:\n{}",
+                    self.logs()
+                );
             }
             if let Ok(r) = request(self.admin, "GET", "/readyz", &[], b"") {
                 if r.status == 200 {
@@ -113,7 +155,12 @@ impl Sidecar {
 
     /// Sends a signal by name (`TERM`, `HUP`, …) with the `kill` command.
     pub fn signal(&self, name: &str) {
-        let ok = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap().success();
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill -{name} failed");
     }
 
@@ -153,18 +200,36 @@ pub struct Response {
 impl Response {
     /// First header value by (lowercase) name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 }
 
 /// Sends one request with `Content-Length` over a new connection and reads the response.
-pub fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
-    let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len()).into_bytes();
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut raw = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    )
+    .into_bytes();
     for (n, v) in headers {
         raw.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
     }
@@ -191,14 +256,24 @@ pub fn read_response(s: &mut dyn Read) -> std::io::Result<Response> {
         }
         let n = s.read(&mut tmp)?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before response head"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before response head",
+            ));
         }
         buf.extend_from_slice(&tmp[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
     let mut rest = buf[head_end + 4..].to_vec();
     if status == 100 {
         // interim answer: the real one follows
@@ -210,7 +285,10 @@ pub fn read_response(s: &mut dyn Read) -> std::io::Result<Response> {
         while rest.len() < len {
             let n = s.read(&mut tmp)?;
             if n == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "body shorter than Content-Length"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "body shorter than Content-Length",
+                ));
             }
             rest.extend_from_slice(&tmp[..n]);
         }
@@ -232,14 +310,28 @@ pub fn read_response(s: &mut dyn Read) -> std::io::Result<Response> {
         s.read_to_end(&mut rest)?;
         rest
     };
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let Some(i) = data.windows(2).position(|w| w == b"\r\n") else { return out };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..i]).split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        let Some(i) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&data[..i])
+                .split(';')
+                .next()
+                .unwrap()
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
         if size == 0 {
             return out;
         }
