@@ -116,7 +116,7 @@ impl Reloader {
             Ok((config, keys)) => {
                 let old = self.state.keys();
                 let changed = describe(&old) != describe(&keys);
-                if !same_except_keys(&self.started_with, &config) {
+                if self.started_with.differs_outside_keys(&config) {
                     tracing::warn!("the configuration changed outside [keys]; those settings take effect only after a restart");
                 }
                 for w in &keys.warnings {
@@ -158,12 +158,6 @@ fn is_relevant(event: &notify::Event, names: &BTreeSet<std::ffi::OsString>) -> b
             p.file_name()
                 .is_some_and(|n| names.contains(n) || n.to_string_lossy().starts_with(".."))
         })
-}
-
-fn same_except_keys(a: &Config, b: &Config) -> bool {
-    let mut b = b.clone();
-    b.keys = a.keys.clone();
-    *a == b
 }
 
 /// `role keyVersion fingerprint` of every key in the set.

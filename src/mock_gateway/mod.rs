@@ -321,6 +321,9 @@ impl ReceivedRequest {
 /// How many received requests [`MockGateway::received`] keeps (oldest dropped first), so a
 /// long-running gateway does not grow without bound.
 pub const RECEIVED_LOG_LIMIT: usize = 256;
+/// Total body bytes the received-request log keeps (oldest entries dropped first; the
+/// newest entry is always kept).
+const RECEIVED_LOG_BYTES: usize = 32 * 1024 * 1024;
 
 /// Why the gateway could not start; each message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -397,10 +400,13 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn record_request(&self, request: ReceivedRequest) {
         if let Ok(mut log) = self.received.lock() {
-            if log.len() >= RECEIVED_LOG_LIMIT {
-                log.pop_front();
-            }
             log.push_back(request);
+            let mut bytes: usize = log.iter().map(|r| r.body.len()).sum();
+            while log.len() > 1 && (log.len() > RECEIVED_LOG_LIMIT || bytes > RECEIVED_LOG_BYTES) {
+                if let Some(old) = log.pop_front() {
+                    bytes -= old.body.len();
+                }
+            }
         }
     }
 }
@@ -594,7 +600,8 @@ impl MockGateway {
             .unwrap_or_default()
     }
 
-    /// The last [`RECEIVED_LOG_LIMIT`] requests received, oldest first.
+    /// The last requests received, oldest first (at most [`RECEIVED_LOG_LIMIT`], and fewer
+    /// when their bodies exceed 32 MiB together).
     pub fn received(&self) -> Vec<ReceivedRequest> {
         self.shared
             .received
@@ -649,8 +656,8 @@ pub struct MockGatewayArgs {
     /// request signatures.
     #[arg(long, value_name = "FILE")]
     pub merchant_public_key: PathBuf,
-    /// The gateway's "Alipay" private key file; when absent a key pair is generated and its
-    /// public half written to OUT_DIR/alipay_public_key.pem.
+    /// The gateway's "Alipay" private key file; when absent a key pair is generated. The
+    /// public half is always written to OUT_DIR/alipay_public_key.pem.
     #[arg(long, value_name = "FILE")]
     pub alipay_private_key: Option<PathBuf>,
     /// keyVersion announced in response and notification signatures.
@@ -691,7 +698,11 @@ fn read_key_file(what: &str, path: &Path) -> Result<String, String> {
 /// Entry point of `alipay-sidecar mock-gateway`; runs until Ctrl-C (or SIGTERM) and returns
 /// the process exit code (0 stopped cleanly, 1 could not start, 2 bad input).
 pub fn cli_main(args: MockGatewayArgs) -> i32 {
+    use std::io::IsTerminal as _;
+    // Logs go to stderr so stdout carries only the start-up summary.
     let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
