@@ -30,7 +30,7 @@
 //! forwarded; the app's answer body is relayed as received.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -40,9 +40,11 @@ use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{Acknowledge, Config, InboundConfig, InboundMode};
 use crate::envelope::SidecarError;
+use crate::exchange::{
+    self, header_text, now_millis, truncate, Received, Record, KEY_VERSION_HEADER, VERIFIED_HEADER,
+};
 use crate::keyset::KeySet;
 use crate::metrics::{self, BodyKind, Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
-use crate::outbound::{read_body, write_error, BodyError, KEY_VERSION_HEADER, VERIFIED_HEADER};
 use crate::protocol::{
     content_to_sign, format_iso8601, parse_request_time, sha256_hex, sign_content, PrivateKey,
     SignError, Verified,
@@ -57,59 +59,12 @@ const ACK_BODY: &str =
 /// Largest app answer relayed to Alipay (an acknowledgement is ~80 bytes).
 const MAX_APP_RESPONSE_BYTES: usize = 1024 * 1024;
 
-/// Request headers never copied to the app: hop-by-hop, framing (recomputed), `Host`
-/// (the app's), and `Expect` (answered here; forwarding it crashes pingora 0.9's client).
-const NOT_FORWARDED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "expect",
-    "host",
-    "content-length",
-];
-
-/// App answer headers not relayed to Alipay: hop-by-hop and framing (recomputed).
-const NOT_RETURNED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-];
-
-/// Marker prefix of the sidecar's own headers; incoming ones are dropped so none can be forged.
-const SIDECAR_PREFIX: &str = "x-alipay-sidecar-";
-
 /// The inbound notification verifier (one per `[inbound]` listener).
 pub struct Inbound {
     state: Arc<SidecarState>,
     cfg: InboundConfig,
     client_id: String,
     upstream: Upstream,
-}
-
-/// Per-notification facts for the log line and metrics.
-pub struct NotifyCtx {
-    start: Instant,
-    outcome: Outcome,
-    status: u16,
-    error: Option<&'static str>,
-    reason: Option<&'static str>,
-    key_version: Option<String>,
-    content_sha256: Option<String>,
-    app: Option<Duration>,
-    app_status: Option<u16>,
-    request_bytes: usize,
-    response_bytes: usize,
-    detail: Option<String>,
 }
 
 /// Why a notification was not accepted: the metric label, the error code and what to do.
@@ -137,14 +92,6 @@ impl Refusal {
     }
 }
 
-/// A notification as received: what is verified and what is forwarded.
-struct Incoming {
-    req: RequestHeader,
-    /// The request target as received (path and query): the `<URI>` of the signed content.
-    target: String,
-    body: Bytes,
-}
-
 /// What the app is told about the notification it receives.
 enum Marker {
     Verified(String),
@@ -164,8 +111,11 @@ impl Inbound {
         }
     }
 
-    async fn handle(&self, session: &mut Session, ctx: &mut NotifyCtx) -> pingora::Result<()> {
-        let Some(n) = self.receive(session, ctx).await? else {
+    async fn handle(&self, session: &mut Session, ctx: &mut Record) -> pingora::Result<()> {
+        let limit = self.cfg.max_body_bytes;
+        let Some(n) =
+            exchange::receive(session, ctx, limit, "[inbound] max_body_bytes", |_| Ok(())).await?
+        else {
             return Ok(());
         };
         let keys = self.state.keys();
@@ -180,7 +130,7 @@ impl Inbound {
                 ctx.reason = Some(r.result.as_str());
                 tracing::warn!(reason = r.result.as_str(), content_sha256 = ctx.content_sha256.as_deref(), shadow = self.shadow(), error = %r.message, "notification did not verify");
                 if !self.shadow() {
-                    return refuse(session, ctx, r.error, r.message).await;
+                    return ctx.refuse(session, r.error, r.message).await;
                 }
                 ctx.outcome = Outcome::ShadowForwarded;
                 ctx.detail = Some(r.message);
@@ -188,69 +138,6 @@ impl Inbound {
             }
         };
         self.forward(session, ctx, &keys, &n, marker).await
-    }
-
-    /// Reads the notification: POST only, origin-form target, body whole and bounded, `Expect`
-    /// answered here. `None` when it was refused (the answer is already written).
-    async fn receive(
-        &self,
-        session: &mut Session,
-        ctx: &mut NotifyCtx,
-    ) -> pingora::Result<Option<Incoming>> {
-        let req = session.req_header().clone();
-        if req.method != http::Method::POST {
-            let msg = "only POST is accepted: Alipay POSTs every notification".to_string();
-            return refuse(session, ctx, SidecarError::MethodNotAllowed, msg)
-                .await
-                .map(|_| None);
-        }
-        let Some(target) = std::str::from_utf8(req.raw_path())
-            .ok()
-            .filter(|t| t.starts_with('/'))
-            .map(str::to_string)
-        else {
-            let msg = "the request target is not a UTF-8 origin-form path".to_string();
-            return refuse(session, ctx, SidecarError::BadRequest, msg)
-                .await
-                .map(|_| None);
-        };
-        let declared = req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok());
-        if let Some(n) = declared.filter(|n| *n > self.cfg.max_body_bytes) {
-            let msg = format!(
-                "the body is {n} bytes; the limit is {} ([inbound] max_body_bytes)",
-                self.cfg.max_body_bytes
-            );
-            return refuse(session, ctx, SidecarError::BodyTooLarge, msg)
-                .await
-                .map(|_| None);
-        }
-        if req
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-        {
-            session.write_continue_response().await?;
-        }
-        let body = match read_body(session, self.cfg.max_body_bytes).await {
-            Ok(b) => b,
-            Err(BodyError::TooLarge) => {
-                let msg = format!(
-                    "the body exceeds {} bytes ([inbound] max_body_bytes)",
-                    self.cfg.max_body_bytes
-                );
-                return refuse(session, ctx, SidecarError::BodyTooLarge, msg)
-                    .await
-                    .map(|_| None);
-            }
-            Err(BodyError::Read(e)) => return Err(e),
-        };
-        ctx.request_bytes = body.len();
-        metrics::metrics().observe_body_size(Direction::Inbound, BodyKind::Request, body.len());
-        Ok(Some(Incoming { req, target, body }))
     }
 
     fn shadow(&self) -> bool {
@@ -261,11 +148,11 @@ impl Inbound {
     /// `POST <target>\n<client-id>.<Request-Time>.<body>`, and (when configured) fresh. The
     /// signature is checked before the time, so a stale verdict is only given to a genuine
     /// (signed) time. Records the observed skew whenever the time parses.
-    fn check(&self, keys: &KeySet, n: &Incoming, ctx: &mut NotifyCtx) -> Result<Verified, Refusal> {
-        let (req, target) = (&n.req, n.target.as_str());
-        let client_id = request_header(req, "client-id");
-        let time = request_header(req, "request-time");
-        let signature = request_header(req, "signature").filter(|s| !s.trim().is_empty());
+    fn check(&self, keys: &KeySet, n: &Received, ctx: &mut Record) -> Result<Verified, Refusal> {
+        let (req, target) = (&n.header, n.target.as_str());
+        let client_id = header_text(&req.headers, "client-id");
+        let time = header_text(&req.headers, "request-time");
+        let signature = header_text(&req.headers, "signature").filter(|s| !s.trim().is_empty());
         let now = now_millis();
         let parsed_time = time.and_then(parse_request_time);
         if let Some(t) = parsed_time {
@@ -347,12 +234,12 @@ impl Inbound {
     async fn forward(
         &self,
         session: &mut Session,
-        ctx: &mut NotifyCtx,
+        ctx: &mut Record,
         keys: &KeySet,
-        n: &Incoming,
+        n: &Received,
         marker: Marker,
     ) -> pingora::Result<()> {
-        let app_req = self.app_request(&n.req, &n.target, &marker, n.body.len())?;
+        let app_req = self.app_request(&n.header, &n.target, &marker, n.body.len())?;
         let response = match self
             .upstream
             .exchange(
@@ -368,12 +255,12 @@ impl Inbound {
                 tracing::warn!(error = %e, app = %self.cfg.forward_to.url(), "the app did not take the notification; answering 503 so that Alipay re-sends it");
                 let msg =
                     format!("the app did not take the notification ({e}); Alipay will re-send it");
-                return refuse(session, ctx, SidecarError::AppUnavailable, msg).await;
+                return ctx.refuse(session, SidecarError::AppUnavailable, msg).await;
             }
         };
         let status = response.header.status.as_u16();
-        ctx.app = Some(response.elapsed);
-        ctx.app_status = Some(status);
+        ctx.upstream = Some(response.elapsed);
+        ctx.upstream_status = Some(status);
         metrics::metrics().observe_upstream(
             Direction::Inbound,
             INBOUND_API_LABEL,
@@ -387,7 +274,7 @@ impl Inbound {
         if status >= 500 {
             tracing::debug!(status, body = %String::from_utf8_lossy(&response.body), "the app's 5xx answer");
             let msg = format!("the app answered HTTP {status}; the notification is not acknowledged, so Alipay will re-send it");
-            return refuse(session, ctx, SidecarError::AppUnavailable, msg).await;
+            return ctx.refuse(session, SidecarError::AppUnavailable, msg).await;
         }
         let success = (200..300).contains(&status);
         let mut out;
@@ -397,7 +284,7 @@ impl Inbound {
             out.insert_header("Content-Type", "application/json; charset=UTF-8")?;
             answer = Bytes::from_static(ACK_BODY.as_bytes());
         } else {
-            out = relayed_header(&response.header)?;
+            out = exchange::relayed_response_header(&response.header)?;
             answer = response.body;
         }
         if success && self.cfg.sign_acknowledgements {
@@ -440,27 +327,9 @@ impl Inbound {
             app_target.as_bytes(),
             Some(received.headers.len() + 4),
         )?;
-        let connection_tokens = connection_tokens(&received.headers);
-        for (name, value) in header_list(
-            received.case_header_iter().map(|(n, v)| (n.as_slice(), v)),
-            &received.headers,
-        ) {
-            let lower = String::from_utf8_lossy(&name).to_ascii_lowercase();
-            if NOT_FORWARDED.contains(&lower.as_str())
-                || lower.starts_with(SIDECAR_PREFIX)
-                || connection_tokens.contains(&lower)
-            {
-                continue;
-            }
-            req.append_header(name, value)?;
-        }
+        exchange::forward_request_headers(received, &mut req, &[])?;
         let app = &self.cfg.forward_to;
-        let authority = if app.host.contains(':') {
-            format!("[{}]:{}", app.host, app.port)
-        } else {
-            format!("{}:{}", app.host, app.port)
-        };
-        req.insert_header("Host", authority)?;
+        req.insert_header("Host", exchange::authority(&app.host, app.port, 80))?;
         req.insert_header("Content-Length", len.to_string())?;
         match marker {
             Marker::Verified(v) => {
@@ -526,125 +395,29 @@ pub(crate) fn ack_signature_headers(
     ])
 }
 
-/// The app's status and headers for Alipay, minus hop-by-hop and framing.
-fn relayed_header(app: &ResponseHeader) -> pingora::Result<ResponseHeader> {
-    let mut out = ResponseHeader::build(app.status, Some(app.headers.len() + 3))?;
-    let connection_tokens = connection_tokens(&app.headers);
-    for (name, value) in header_list(
-        app.case_header_iter().map(|(n, v)| (n.as_slice(), v)),
-        &app.headers,
-    ) {
-        let lower = String::from_utf8_lossy(&name).to_ascii_lowercase();
-        if NOT_RETURNED.contains(&lower.as_str()) || connection_tokens.contains(&lower) {
-            continue;
-        }
-        out.append_header(name, value)?;
-    }
-    Ok(out)
-}
-
-/// Headers with their names as received (case kept) when pingora recorded the case, else as
-/// lowercase names.
-fn header_list<'a>(
-    case: impl Iterator<Item = (&'a [u8], &'a http::HeaderValue)>,
-    map: &http::HeaderMap,
-) -> Vec<(Bytes, http::HeaderValue)> {
-    let cased: Vec<(Bytes, http::HeaderValue)> = case
-        .map(|(n, v)| (Bytes::copy_from_slice(n), v.clone()))
-        .collect();
-    if cased.len() == map.len() {
-        return cased;
-    }
-    map.iter()
-        .map(|(n, v)| (Bytes::copy_from_slice(n.as_str().as_bytes()), v.clone()))
-        .collect()
-}
-
-/// Header names listed in `Connection` (hop-by-hop by declaration, RFC 9110 §7.6.1).
-fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
-}
-
-/// A request header's value by (case-insensitive) name, when it is text.
-fn request_header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers
-        .get(name)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
-}
-
-async fn refuse(
-    session: &mut Session,
-    ctx: &mut NotifyCtx,
-    error: SidecarError,
-    message: String,
-) -> pingora::Result<()> {
-    ctx.status = error.http_status();
-    ctx.error = Some(error.code());
-    ctx.outcome = if matches!(error.status(), crate::envelope::Status::U) {
-        Outcome::Error
-    } else {
-        Outcome::Rejected
-    };
-    ctx.detail = Some(message.clone());
-    metrics::metrics().record_error(error.code());
-    write_error(session, error, &message).await
-}
-
 #[async_trait]
 impl ProxyHttp for Inbound {
-    type CTX = NotifyCtx;
+    type CTX = Record;
 
-    fn new_ctx(&self) -> NotifyCtx {
-        NotifyCtx {
-            start: Instant::now(),
-            outcome: Outcome::Error,
-            status: 0,
-            error: None,
-            reason: None,
-            key_version: None,
-            content_sha256: None,
-            app: None,
-            app_status: None,
-            request_bytes: 0,
-            response_bytes: 0,
-            detail: None,
-        }
+    fn new_ctx(&self) -> Record {
+        Record::new(Direction::Inbound, INBOUND_API_LABEL)
     }
 
     async fn request_filter(
         &self,
         session: &mut Session,
-        ctx: &mut NotifyCtx,
+        rec: &mut Record,
     ) -> pingora::Result<bool> {
-        ctx.start = Instant::now();
         let _tracked = self.state.track();
         let _gauge = metrics::metrics().in_flight(Direction::Inbound);
-        self.handle(session, ctx).await?;
+        self.handle(session, rec).await?;
         Ok(true)
     }
 
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut NotifyCtx,
+        _rec: &mut Record,
     ) -> pingora::Result<Box<HttpPeer>> {
         // never reached: request_filter answers every notification itself (see the module doc)
         Err(pingora::Error::explain(
@@ -653,38 +426,8 @@ impl ProxyHttp for Inbound {
         ))
     }
 
-    async fn logging(
-        &self,
-        _session: &mut Session,
-        e: Option<&pingora::Error>,
-        ctx: &mut NotifyCtx,
-    ) {
-        let status = if ctx.status == 0 { 499 } else { ctx.status };
-        metrics::metrics().record_request(
-            Direction::Inbound,
-            INBOUND_API_LABEL,
-            ctx.outcome,
-            status,
-            ctx.start.elapsed(),
-        );
-        tracing::info!(
-            direction = "inbound",
-            api = INBOUND_API_LABEL,
-            status,
-            outcome = ctx.outcome.as_str(),
-            error_code = ctx.error,
-            reason = ctx.reason,
-            detail = ctx.detail.as_deref(),
-            key_version = ctx.key_version.as_deref(),
-            content_sha256 = ctx.content_sha256.as_deref(),
-            app_status = ctx.app_status,
-            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
-            app_ms = ctx.app.map(|d| d.as_secs_f64() * 1000.0),
-            request_bytes = ctx.request_bytes,
-            response_bytes = ctx.response_bytes,
-            connection_error = e.map(|e| e.to_string()),
-            "notification"
-        );
+    async fn logging(&self, _session: &mut Session, e: Option<&pingora::Error>, rec: &mut Record) {
+        rec.finish(e);
     }
 }
 
@@ -736,19 +479,6 @@ mod tests {
         assert_eq!(
             headers[2].1,
             v["expected_signature_header"].as_str().unwrap()
-        );
-    }
-
-    #[test]
-    fn connection_tokens_are_hop_by_hop() {
-        let mut h = http::HeaderMap::new();
-        h.insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close, X-Trace"),
-        );
-        assert_eq!(
-            connection_tokens(&h),
-            vec!["close".to_string(), "x-trace".to_string()]
         );
     }
 }

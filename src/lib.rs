@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod envelope;
+pub mod exchange;
 pub mod inbound;
 pub mod keyset;
 pub mod logging;
