@@ -50,8 +50,6 @@ pub enum SidecarError {
     NotificationStale,
     /// Inbound: the app is down, timed out or answered 5xx; Alipay should re-send.
     AppUnavailable,
-    /// The sidecar is shutting down.
-    ShuttingDown,
 }
 
 impl SidecarError {
@@ -73,7 +71,6 @@ impl SidecarError {
             SidecarError::NotificationUnverified => "SIDECAR_NOTIFICATION_UNVERIFIED",
             SidecarError::NotificationStale => "SIDECAR_NOTIFICATION_STALE",
             SidecarError::AppUnavailable => "SIDECAR_APP_UNAVAILABLE",
-            SidecarError::ShuttingDown => "SIDECAR_SHUTTING_DOWN",
         }
     }
 
@@ -84,8 +81,7 @@ impl SidecarError {
             | SidecarError::GatewayTimeout
             | SidecarError::GatewayProtocolError
             | SidecarError::GatewayResponseTooLarge
-            | SidecarError::AppUnavailable
-            | SidecarError::ShuttingDown => Status::U,
+            | SidecarError::AppUnavailable => Status::U,
             _ => Status::F,
         }
     }
@@ -99,7 +95,7 @@ impl SidecarError {
             SidecarError::BadRequest => 400,
             SidecarError::GatewayTimeout => 504,
             SidecarError::NotificationUnverified | SidecarError::NotificationStale => 401,
-            SidecarError::AppUnavailable | SidecarError::ShuttingDown => 503,
+            SidecarError::AppUnavailable => 503,
             SidecarError::SigningFailed => 500,
             _ => 502,
         }

@@ -6,6 +6,7 @@ mod inbound;
 mod metrics;
 mod mock_gateway;
 mod outbound;
+mod production;
 mod properties;
 mod support;
 mod vectors;

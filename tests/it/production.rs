@@ -12,12 +12,14 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use alipay_sidecar::mock_gateway::{MockGateway, MockGatewayConfig, ReceivedRequest};
-use alipay_sidecar::protocol::{content_to_sign, generate_keypair, PrivateKey, PublicKey, Verifier};
+use alipay_sidecar::protocol::{
+    content_to_sign, generate_keypair, PrivateKey, PublicKey, Verifier,
+};
 use tempfile::TempDir;
 
 use crate::support::{bin, free_port, key, request, write_vector_keys, Response, Sidecar};
@@ -37,7 +39,13 @@ const JSON_LOGS: &str = "[log]\nformat = \"json\"\n";
 
 fn rt() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap())
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
 }
 
 // ---------------------------------------------------------------- gateway + sidecar rig
@@ -54,7 +62,12 @@ struct Rig {
 impl Rig {
     /// `prepare` lays out the key files (and anything else) in the folder before the sidecar
     /// starts; `keys` is the `[keys]` body; `tail` holds further sections.
-    fn start(keys: &str, tail: &str, gateway: impl FnOnce(&mut MockGatewayConfig), prepare: impl FnOnce(&Path)) -> Rig {
+    fn start(
+        keys: &str,
+        tail: &str,
+        gateway: impl FnOnce(&mut MockGatewayConfig),
+        prepare: impl FnOnce(&Path),
+    ) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = MockGatewayConfig::new(key("merchant", "public_spki_pem"));
         cfg.listen = "127.0.0.1:0".parse().unwrap();
@@ -64,15 +77,23 @@ impl Rig {
         cfg.expected_client_id = Some(CLIENT_ID.into());
         cfg.notify_backoff = vec![];
         gateway(&mut cfg);
-        let gw = rt().block_on(MockGateway::start(cfg)).expect("mock gateway");
+        let gw = rt()
+            .block_on(MockGateway::start(cfg))
+            .expect("mock gateway");
         assert_eq!(
-            PublicKey::from_text(&gw.alipay_public_key_pem()).unwrap().fingerprint(),
+            PublicKey::from_text(&gw.alipay_public_key_pem())
+                .unwrap()
+                .fingerprint(),
             alipay_fingerprint(),
             "the gateway must sign with the vectors' Alipay key"
         );
         prepare(dir.path());
         let (out_port, admin_port) = (free_port(), free_port());
-        let ca = gw.ca_file().expect("TLS gateway writes its CA").display().to_string();
+        let ca = gw
+            .ca_file()
+            .expect("TLS gateway writes its CA")
+            .display()
+            .to_string();
         let toml = format!(
             r#"client_id = "{CLIENT_ID}"
 [keys]
@@ -89,14 +110,24 @@ listen = "127.0.0.1:{admin_port}"
             gw_port = gw.local_addr().port()
         );
         let sidecar = Sidecar::start(dir.path(), &toml, admin_port);
-        Rig { gw, sidecar, outbound: SocketAddr::from(([127, 0, 0, 1], out_port)), dir }
+        Rig {
+            gw,
+            sidecar,
+            outbound: SocketAddr::from(([127, 0, 0, 1], out_port)),
+            dir,
+        }
     }
 
     /// Vector keys next to the config file, JSON logs.
     fn flat() -> Rig {
-        Self::start(FLAT_KEYS, JSON_LOGS, |_| {}, |d| {
-            write_vector_keys(d);
-        })
+        Self::start(
+            FLAT_KEYS,
+            JSON_LOGS,
+            |_| {},
+            |d| {
+                write_vector_keys(d);
+            },
+        )
     }
 
     fn pay(&self, id: &str, extra: &str) -> Response {
@@ -117,12 +148,19 @@ listen = "127.0.0.1:{admin_port}"
     }
 
     fn ready_status(&self) -> u16 {
-        request(self.sidecar.admin, "GET", "/readyz", &[], b"").unwrap().status
+        request(self.sidecar.admin, "GET", "/readyz", &[], b"")
+            .unwrap()
+            .status
     }
 
     /// The last request the gateway received on the pay path.
     fn last_pay(&self) -> ReceivedRequest {
-        self.gw.received().into_iter().rev().find(|r| r.target == PAY).expect("the gateway received a pay")
+        self.gw
+            .received()
+            .into_iter()
+            .rev()
+            .find(|r| r.target == PAY)
+            .expect("the gateway received a pay")
     }
 }
 
@@ -133,18 +171,30 @@ fn eventually<T>(sidecar: &Sidecar, what: &str, mut check: impl FnMut() -> Optio
             return v;
         }
         if start.elapsed() > DEADLINE {
-            panic!("{what}: not within {DEADLINE:?}\n--- sidecar logs ---\n{}", sidecar.logs());
+            panic!(
+                "{what}: not within {DEADLINE:?}\n--- sidecar logs ---\n{}",
+                sidecar.logs()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn pay_body(id: &str, extra: &str) -> String {
-    format!(r#"{{"paymentRequestId":"{id}","paymentAmount":{{"currency":"HKD","value":"5800"}},"order":{{"orderDescription":"珍珠奶茶 🧋"}}{extra}}}"#)
+    format!(
+        r#"{{"paymentRequestId":"{id}","paymentAmount":{{"currency":"HKD","value":"5800"}},"order":{{"orderDescription":"珍珠奶茶 🧋"}}{extra}}}"#
+    )
 }
 
 fn pay(outbound: SocketAddr, id: &str, extra: &str) -> Response {
-    request(outbound, "POST", PAY, &[("Content-Type", "application/json; charset=UTF-8")], pay_body(id, extra).as_bytes()).unwrap()
+    request(
+        outbound,
+        "POST",
+        PAY,
+        &[("Content-Type", "application/json; charset=UTF-8")],
+        pay_body(id, extra).as_bytes(),
+    )
+    .unwrap()
 }
 
 /// 200 with a verified Alipay response.
@@ -164,19 +214,33 @@ fn assert_verified_ok(r: &Response, what: &str, sidecar: &Sidecar) {
 }
 
 fn merchant_fingerprint() -> String {
-    PrivateKey::from_text(&key("merchant", "private_pkcs8_pem")).unwrap().fingerprint().to_string()
+    PrivateKey::from_text(&key("merchant", "private_pkcs8_pem"))
+        .unwrap()
+        .fingerprint()
+        .to_string()
 }
 
 fn alipay_fingerprint() -> String {
-    PublicKey::from_text(&key("alipay", "public_spki_pem")).unwrap().fingerprint().to_string()
+    PublicKey::from_text(&key("alipay", "public_spki_pem"))
+        .unwrap()
+        .fingerprint()
+        .to_string()
 }
 
 /// Whether the request's Signature header verifies (keyVersion 1) with `public_pem`,
 /// recomputing the content to sign from what the gateway received on the wire.
 fn signed_with(req: &ReceivedRequest, public_pem: &str) -> bool {
-    let content = content_to_sign(&req.method, &req.target, req.header("client-id").unwrap_or(""), req.header("request-time").unwrap_or(""), &req.body);
+    let content = content_to_sign(
+        &req.method,
+        &req.target,
+        req.header("client-id").unwrap_or(""),
+        req.header("request-time").unwrap_or(""),
+        &req.body,
+    );
     let verifier = Verifier::new([("1".to_string(), PublicKey::from_text(public_pem).unwrap())]);
-    verifier.verify(&content, req.header("signature").unwrap_or("")).is_ok()
+    verifier
+        .verify(&content, req.header("signature").unwrap_or(""))
+        .is_ok()
 }
 
 /// A truncated PEM: the first half of the text (no END line, base64 cut mid-way).
@@ -205,14 +269,28 @@ impl Metrics {
         let samples = text
             .lines()
             .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-            .map(|l| parse_sample(l).unwrap_or_else(|| panic!("not a Prometheus sample line: {l:?}")))
+            .map(|l| {
+                parse_sample(l).unwrap_or_else(|| panic!("not a Prometheus sample line: {l:?}"))
+            })
             .collect();
-        Metrics { text: text.to_string(), samples }
+        Metrics {
+            text: text.to_string(),
+            samples,
+        }
     }
 
     /// Samples of `name` whose labels include all of `labels`.
-    fn matching<'a>(&'a self, name: &'a str, labels: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples.iter().filter(move |s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+    fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
     }
 
     /// Sum over the matching samples (0 when there is none).
@@ -228,16 +306,29 @@ impl Metrics {
     fn key_info(&self) -> BTreeSet<(String, String, String)> {
         self.matching("alipay_sidecar_key_info", &[])
             .filter(|s| s.value == 1.0)
-            .map(|s| (s.labels["role"].clone(), s.labels["key_version"].clone(), s.labels["fingerprint"].clone()))
+            .map(|s| {
+                (
+                    s.labels["role"].clone(),
+                    s.labels["key_version"].clone(),
+                    s.labels["fingerprint"].clone(),
+                )
+            })
             .collect()
     }
 
     fn merchant_fingerprint(&self) -> Option<String> {
-        self.key_info().into_iter().find(|(role, _, _)| role == "merchant_private").map(|(_, _, fp)| fp)
+        self.key_info()
+            .into_iter()
+            .find(|(role, _, _)| role == "merchant_private")
+            .map(|(_, _, fp)| fp)
     }
 
     fn alipay_keys(&self) -> BTreeSet<(String, String)> {
-        self.key_info().into_iter().filter(|(role, _, _)| role == "alipay_public").map(|(_, v, fp)| (v, fp)).collect()
+        self.key_info()
+            .into_iter()
+            .filter(|(role, _, _)| role == "alipay_public")
+            .map(|(_, v, fp)| (v, fp))
+            .collect()
     }
 }
 
@@ -296,7 +387,11 @@ fn parse_sample(line: &str) -> Option<Sample> {
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse().ok()?,
     };
-    Some(Sample { name, labels, value })
+    Some(Sample {
+        name,
+        labels,
+        value,
+    })
 }
 
 fn scrape(admin: SocketAddr) -> Metrics {
@@ -330,39 +425,94 @@ fn admin_endpoints_metrics_and_healthcheck_subcommand() {
     assert_eq!(h.status, 200, "/healthz");
     assert_eq!(get("/readyz").status, 200, "/readyz");
     assert_eq!(get("/no/such/path").status, 404);
-    assert_eq!(request(admin, "POST", "/healthz", &[], b"").unwrap().status, 405);
-    assert_eq!(request(admin, "GET", "/admin/reload", &[], b"").unwrap().status, 405, "reload is POST only");
+    assert_eq!(
+        request(admin, "POST", "/healthz", &[], b"").unwrap().status,
+        405
+    );
+    assert_eq!(
+        request(admin, "GET", "/admin/reload", &[], b"")
+            .unwrap()
+            .status,
+        405,
+        "reload is POST only"
+    );
 
     let m = rig.scrape();
     let build: Vec<&Sample> = m.matching("alipay_sidecar_build_info", &[]).collect();
     assert_eq!(build.len(), 1, "{}", m.text);
-    assert_eq!(build[0].labels.get("version").map(String::as_str), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        build[0].labels.get("version").map(String::as_str),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
     assert!(build[0].labels.contains_key("git_commit"));
     assert_eq!(build[0].value, 1.0);
     let expected: BTreeSet<_> = [
-        ("merchant_private".to_string(), "1".to_string(), merchant_fingerprint()),
-        ("alipay_public".to_string(), "1".to_string(), alipay_fingerprint()),
+        (
+            "merchant_private".to_string(),
+            "1".to_string(),
+            merchant_fingerprint(),
+        ),
+        (
+            "alipay_public".to_string(),
+            "1".to_string(),
+            alipay_fingerprint(),
+        ),
     ]
     .into();
     assert_eq!(m.key_info(), expected, "{}", m.text);
-    assert!(m.sum("alipay_sidecar_key_last_reload_timestamp_seconds", &[]) > 1.6e9, "keys loaded at start-up are stamped");
+    assert!(
+        m.sum("alipay_sidecar_key_last_reload_timestamp_seconds", &[]) > 1.6e9,
+        "keys loaded at start-up are stamped"
+    );
     let pay_labels = [("direction", "outbound"), ("api", "payments/pay")];
-    assert_eq!(m.sum("alipay_sidecar_requests_total", &pay_labels), 0.0, "no traffic yet");
+    assert_eq!(
+        m.sum("alipay_sidecar_requests_total", &pay_labels),
+        0.0,
+        "no traffic yet"
+    );
 
     let r = rig.pay("pay_admin_1", "");
     assert_verified_ok(&r, "pay", &rig.sidecar);
     // the request is counted in the logging phase, right after the answer: poll
     let m = rig.eventually("requests_total for the pay", || {
         let m = rig.scrape();
-        (m.sum("alipay_sidecar_requests_total", &[("direction", "outbound"), ("api", "payments/pay"), ("outcome", "verified"), ("status", "200")]) == 1.0).then_some(m)
+        (m.sum(
+            "alipay_sidecar_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("api", "payments/pay"),
+                ("outcome", "verified"),
+                ("status", "200"),
+            ],
+        ) == 1.0)
+            .then_some(m)
     });
-    assert_eq!(m.sum("alipay_sidecar_requests_total", &pay_labels), 1.0, "{}", m.text);
-    assert!(m.sum("alipay_sidecar_request_duration_seconds_count", &pay_labels) >= 1.0, "{}", m.text);
+    assert_eq!(
+        m.sum("alipay_sidecar_requests_total", &pay_labels),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert!(
+        m.sum("alipay_sidecar_request_duration_seconds_count", &pay_labels) >= 1.0,
+        "{}",
+        m.text
+    );
 
     // the container HEALTHCHECK
-    let healthcheck = |url: &str| Command::new(bin()).args(["healthcheck", "--url", url]).output().unwrap();
+    let healthcheck = |url: &str| {
+        Command::new(bin())
+            .args(["healthcheck", "--url", url])
+            .output()
+            .unwrap()
+    };
     let ok = healthcheck(&format!("http://{admin}/readyz"));
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let closed = healthcheck(&format!("http://127.0.0.1:{}/readyz", free_port()));
     assert_eq!(closed.status.code(), Some(1), "a closed port is unhealthy");
     assert!(!closed.stderr.is_empty(), "says why");
@@ -394,47 +544,86 @@ fn kubernetes_secret_symlink_swap_reloads_without_restart() {
     const KEYS: &str = r#"merchant_private_key = "keys/merchant_private_key.pem"
 merchant_key_version = 1
 alipay_public_keys = { "1" = "keys/alipay_public_key.pem" }"#;
-    let rig = Rig::start(KEYS, JSON_LOGS, |_| {}, |d| {
-        let keys = d.join("keys");
-        std::fs::create_dir(&keys).unwrap();
-        write_generation(&keys, "..2026_a", &key("merchant", "private_pkcs8_pem"), &key("alipay", "public_spki_pem"));
-        std::os::unix::fs::symlink("..2026_a", keys.join("..data")).unwrap();
-        for file in [MERCHANT_KEY_FILE, ALIPAY_KEY_FILE] {
-            std::os::unix::fs::symlink(format!("..data/{file}"), keys.join(file)).unwrap();
-        }
-    });
+    let rig = Rig::start(
+        KEYS,
+        JSON_LOGS,
+        |_| {},
+        |d| {
+            let keys = d.join("keys");
+            std::fs::create_dir(&keys).unwrap();
+            write_generation(
+                &keys,
+                "..2026_a",
+                &key("merchant", "private_pkcs8_pem"),
+                &key("alipay", "public_spki_pem"),
+            );
+            std::os::unix::fs::symlink("..2026_a", keys.join("..data")).unwrap();
+            for file in [MERCHANT_KEY_FILE, ALIPAY_KEY_FILE] {
+                std::os::unix::fs::symlink(format!("..data/{file}"), keys.join(file)).unwrap();
+            }
+        },
+    );
     let keys = rig.dir.path().join("keys");
     let m = rig.scrape();
     assert_eq!(m.merchant_fingerprint(), Some(merchant_fingerprint()));
     let successes = m.reloads("success");
     let r = rig.pay("pay_k8s_before", "");
     assert_verified_ok(&r, "before the swap", &rig.sidecar);
-    assert!(signed_with(&rig.last_pay(), &key("merchant", "public_spki_pem")));
+    assert!(signed_with(
+        &rig.last_pay(),
+        &key("merchant", "public_spki_pem")
+    ));
 
     // rotate the merchant key
     let new = generate_keypair().unwrap();
-    swap_generation(&keys, "..2026_b", "..2026_a", &new.private_pkcs8_pem, &key("alipay", "public_spki_pem"));
-    let new_fp = PrivateKey::from_text(&new.private_pkcs8_pem).unwrap().fingerprint().to_string();
+    swap_generation(
+        &keys,
+        "..2026_b",
+        "..2026_a",
+        &new.private_pkcs8_pem,
+        &key("alipay", "public_spki_pem"),
+    );
+    let new_fp = PrivateKey::from_text(&new.private_pkcs8_pem)
+        .unwrap()
+        .fingerprint()
+        .to_string();
     let m = rig.eventually("the swapped-in merchant key goes live", || {
         let m = rig.scrape();
         (m.merchant_fingerprint().as_deref() == Some(new_fp.as_str())).then_some(m)
     });
     assert!(m.reloads("success") > successes, "{}", m.text);
-    assert_eq!(m.alipay_keys(), [("1".to_string(), alipay_fingerprint())].into());
+    assert_eq!(
+        m.alipay_keys(),
+        [("1".to_string(), alipay_fingerprint())].into()
+    );
     assert_eq!(rig.ready_status(), 200);
     // the same process now signs with the new key (the fake gateway only knows the old one,
     // so check the signature on the wire ourselves)
     let _ = rig.pay("pay_k8s_rotated", "");
     let got = rig.last_pay();
-    assert!(signed_with(&got, &new.public_spki_pem), "signed with the new key after the swap");
+    assert!(
+        signed_with(&got, &new.public_spki_pem),
+        "signed with the new key after the swap"
+    );
     assert!(!signed_with(&got, &key("merchant", "public_spki_pem")));
 
     // swap back to the key the gateway knows: traffic is verified end to end again
-    swap_generation(&keys, "..2026_c", "..2026_b", &key("merchant", "private_pkcs8_pem"), &key("alipay", "public_spki_pem"));
-    rig.eventually("the original merchant key is back", || (rig.scrape().merchant_fingerprint() == Some(merchant_fingerprint())).then_some(()));
+    swap_generation(
+        &keys,
+        "..2026_c",
+        "..2026_b",
+        &key("merchant", "private_pkcs8_pem"),
+        &key("alipay", "public_spki_pem"),
+    );
+    rig.eventually("the original merchant key is back", || {
+        (rig.scrape().merchant_fingerprint() == Some(merchant_fingerprint())).then_some(())
+    });
     let r = rig.pay("pay_k8s_after", "");
     assert_verified_ok(&r, "after swapping back", &rig.sidecar);
-    assert!(rig.last_pay().verified, "the gateway verified the request signature");
+    assert!(
+        rig.last_pay().verified,
+        "the gateway verified the request signature"
+    );
     assert!(rig.sidecar.logs().contains("key reload succeeded"));
 }
 
@@ -449,48 +638,93 @@ fn a_broken_key_never_replaces_a_working_one() {
     assert_eq!(live.len(), 2);
 
     let broken: [(&str, &Path, String); 4] = [
-        ("truncated Alipay key", &alipay_file, truncated(&key("alipay", "public_spki_pem"))),
-        ("garbage Alipay key", &alipay_file, "this is not a key\n".to_string()),
-        ("private key in the Alipay public key slot", &alipay_file, key("alipay", "private_pkcs8_pem")),
-        ("truncated merchant key", &merchant_file, truncated(&key("merchant", "private_pkcs8_pem"))),
+        (
+            "truncated Alipay key",
+            &alipay_file,
+            truncated(&key("alipay", "public_spki_pem")),
+        ),
+        (
+            "garbage Alipay key",
+            &alipay_file,
+            "this is not a key\n".to_string(),
+        ),
+        (
+            "private key in the Alipay public key slot",
+            &alipay_file,
+            key("alipay", "private_pkcs8_pem"),
+        ),
+        (
+            "truncated merchant key",
+            &merchant_file,
+            truncated(&key("merchant", "private_pkcs8_pem")),
+        ),
     ];
     for (i, (what, file, text)) in broken.iter().enumerate() {
         let failures = rig.scrape().reloads("failure");
         std::fs::write(file, text).unwrap();
         // the file watcher notices and fails the reload
-        let m = rig.eventually(&format!("{what}: a failed reload from the file watcher"), || {
-            let m = rig.scrape();
-            (m.reloads("failure") > failures).then_some(m)
-        });
+        let m = rig.eventually(
+            &format!("{what}: a failed reload from the file watcher"),
+            || {
+                let m = rig.scrape();
+                (m.reloads("failure") > failures).then_some(m)
+            },
+        );
         assert_eq!(m.key_info(), live, "{what}: the old keys stay live");
         assert_eq!(rig.ready_status(), 200, "{what}: still ready");
         let r = rig.pay(&format!("pay_broken_{i}"), "");
         assert_verified_ok(&r, what, &rig.sidecar);
-        assert!(rig.last_pay().verified, "{what}: still signed with the working merchant key");
+        assert!(
+            rig.last_pay().verified,
+            "{what}: still signed with the working merchant key"
+        );
 
         // the admin endpoint says what is wrong, and where
         let r = rig.reload();
-        assert_eq!(r.status, 500, "{what}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            500,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         let body = r.json();
         assert_eq!(body["reloaded"], false);
         let error = body["error"].as_str().unwrap_or_default();
         let name = file.file_name().unwrap().to_str().unwrap();
-        assert!(error.contains(name), "{what}: the error names the file: {error}");
+        assert!(
+            error.contains(name),
+            "{what}: the error names the file: {error}"
+        );
         assert_eq!(rig.scrape().key_info(), live);
 
         // fixed: the admin reload succeeds
-        let good = if *file == alipay_file { key("alipay", "public_spki_pem") } else { key("merchant", "private_pkcs8_pem") };
+        let good = if *file == alipay_file {
+            key("alipay", "public_spki_pem")
+        } else {
+            key("merchant", "private_pkcs8_pem")
+        };
         std::fs::write(file, good).unwrap();
         let r = rig.reload();
-        assert_eq!(r.status, 200, "{what} fixed: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "{what} fixed: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.json()["reloaded"], true);
         assert_eq!(rig.scrape().key_info(), live);
     }
     // the log says which file and that the old keys stay
     let logs = rig.sidecar.logs();
-    let failed: Vec<&str> = logs.lines().filter(|l| l.contains("key reload failed")).collect();
+    let failed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("key reload failed"))
+        .collect();
     assert!(failed.iter().any(|l| l.contains(ALIPAY_KEY_FILE)), "{logs}");
-    assert!(failed.iter().any(|l| l.contains(MERCHANT_KEY_FILE)), "{logs}");
+    assert!(
+        failed.iter().any(|l| l.contains(MERCHANT_KEY_FILE)),
+        "{logs}"
+    );
 }
 
 #[test]
@@ -501,10 +735,17 @@ fn a_missing_key_file_fails_the_reload_and_keeps_serving() {
     let r = rig.reload();
     assert_eq!(r.status, 500);
     let error = r.json()["error"].as_str().unwrap_or_default().to_string();
-    assert!(error.contains(ALIPAY_KEY_FILE) && error.contains("does not exist"), "{error}");
+    assert!(
+        error.contains(ALIPAY_KEY_FILE) && error.contains("does not exist"),
+        "{error}"
+    );
     assert_eq!(rig.scrape().key_info(), live);
     assert_eq!(rig.ready_status(), 200);
-    assert_verified_ok(&rig.pay("pay_missing", ""), "with the key file gone", &rig.sidecar);
+    assert_verified_ok(
+        &rig.pay("pay_missing", ""),
+        "with the key file gone",
+        &rig.sidecar,
+    );
 }
 
 // ---------------------------------------------------------------- 4. SIGHUP
@@ -513,11 +754,16 @@ fn a_missing_key_file_fails_the_reload_and_keeps_serving() {
 fn sighup_reloads_an_added_alipay_key_version() {
     // The config file lives in conf/ (not watched) behind a symlink in the watched folder,
     // so editing it produces no watched event: only the SIGHUP can bring version 2 live.
-    let rig = Rig::start(FLAT_KEYS, JSON_LOGS, |_| {}, |d| {
-        write_vector_keys(d);
-        std::fs::create_dir(d.join("conf")).unwrap();
-        std::os::unix::fs::symlink("conf/sidecar.toml", d.join("sidecar.toml")).unwrap();
-    });
+    let rig = Rig::start(
+        FLAT_KEYS,
+        JSON_LOGS,
+        |_| {},
+        |d| {
+            write_vector_keys(d);
+            std::fs::create_dir(d.join("conf")).unwrap();
+            std::os::unix::fs::symlink("conf/sidecar.toml", d.join("sidecar.toml")).unwrap();
+        },
+    );
     let conf = rig.dir.path().join("conf");
     let v2 = generate_keypair().unwrap();
     std::fs::write(conf.join("alipay_public_key_v2.pem"), &v2.public_spki_pem).unwrap();
@@ -528,15 +774,30 @@ fn sighup_reloads_an_added_alipay_key_version() {
     );
     assert_ne!(edited, toml);
     std::fs::write(conf.join("sidecar.toml"), edited).unwrap();
-    assert_eq!(rig.scrape().alipay_keys().len(), 1, "nothing reloaded the edit yet");
+    assert_eq!(
+        rig.scrape().alipay_keys().len(),
+        1,
+        "nothing reloaded the edit yet"
+    );
 
     rig.sidecar.signal("HUP");
-    let v2_fp = PublicKey::from_text(&v2.public_spki_pem).unwrap().fingerprint().to_string();
-    let expected: BTreeSet<_> = [("1".to_string(), alipay_fingerprint()), ("2".to_string(), v2_fp)].into();
-    rig.eventually("keyVersion 2 goes live after SIGHUP", || (rig.scrape().alipay_keys() == expected).then_some(()));
+    let v2_fp = PublicKey::from_text(&v2.public_spki_pem)
+        .unwrap()
+        .fingerprint()
+        .to_string();
+    let expected: BTreeSet<_> = [
+        ("1".to_string(), alipay_fingerprint()),
+        ("2".to_string(), v2_fp),
+    ]
+    .into();
+    rig.eventually("keyVersion 2 goes live after SIGHUP", || {
+        (rig.scrape().alipay_keys() == expected).then_some(())
+    });
     let logs = rig.sidecar.logs();
     assert!(
-        logs.lines().any(|l| l.contains("key reload succeeded") && l.contains("\"trigger\":\"SIGHUP\"") && l.contains("alipay_public 2")),
+        logs.lines().any(|l| l.contains("key reload succeeded")
+            && l.contains("\"trigger\":\"SIGHUP\"")
+            && l.contains("alipay_public 2")),
         "the reload is logged as SIGHUP-triggered:\n{logs}"
     );
     // still the same process, still serving
@@ -556,29 +817,53 @@ fn hundred_reloads_alternating_good_and_bad_keys_under_traffic_fail_no_request()
         ("truncated", Some(truncated(&good))),
         ("empty", Some(String::new())),
         ("missing", None),
-        ("private key in the public slot", Some(key("alipay", "private_pkcs8_pem"))),
-        ("the merchant's own public key (preflight)", Some(key("merchant", "public_spki_pem"))),
+        (
+            "private key in the public slot",
+            Some(key("alipay", "private_pkcs8_pem")),
+        ),
+        (
+            "the merchant's own public key (preflight)",
+            Some(key("merchant", "public_spki_pem")),
+        ),
     ];
     let live = rig.scrape().key_info();
     let before = rig.scrape();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let outbound = rig.outbound;
-    let client = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut results = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let r = pay(outbound, &format!("pay_traffic_{i}"), "");
-                results.push((i, r.status, r.header("x-alipay-sidecar-verified").map(str::to_string), r.body));
-                i += 1;
-            }
-            results
+    let done = Arc::new(AtomicUsize::new(0));
+    // two clients paying in a loop for the whole run
+    let clients: Vec<_> = (0..2)
+        .map(|c| {
+            let (stop, done, outbound) = (stop.clone(), done.clone(), rig.outbound);
+            std::thread::spawn(move || {
+                let mut results = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let id = format!("pay_traffic_{c}_{i}");
+                    let body = pay_body(&id, "");
+                    match request(outbound, "POST", PAY, &[], body.as_bytes()) {
+                        Ok(r) => results.push((
+                            id,
+                            r.status,
+                            r.header("x-alipay-sidecar-verified").map(str::to_string),
+                            r.body,
+                        )),
+                        Err(e) => results.push((id, 0, None, e.to_string().into_bytes())),
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                    i += 1;
+                }
+                results
+            })
+        })
+        .collect();
+    // at least `n` more requests completed than `since`
+    let wait_for_traffic = |since: usize, n: usize| {
+        rig.eventually("client requests complete", || {
+            (done.load(Ordering::SeqCst) >= since + n).then_some(())
         })
     };
-    // the client is running before the first reload
-    rig.eventually("the client's first request", || (rig.gw.received().iter().any(|r| r.target == PAY)).then_some(()));
+    wait_for_traffic(0, 1);
 
     let (mut ok, mut refused) = (0, 0);
     for n in 0..100 {
@@ -597,19 +882,32 @@ fn hundred_reloads_alternating_good_and_bad_keys_under_traffic_fail_no_request()
         match (n % 2, r.status) {
             (0, 200) => ok += 1,
             (1, 500) => refused += 1,
-            (_, s) => panic!("reload {n} ({what}): {s} {}\n{}", String::from_utf8_lossy(&r.body), rig.sidecar.logs()),
+            (_, s) => panic!(
+                "reload {n} ({what}): {s} {}\n{}",
+                String::from_utf8_lossy(&r.body),
+                rig.sidecar.logs()
+            ),
         }
+        // requests run against every state (two finish after this reload returned, so at
+        // least one of them started after it)
+        wait_for_traffic(done.load(Ordering::SeqCst), 2);
     }
     std::fs::write(&alipay_file, &good).unwrap();
     stop.store(true, Ordering::SeqCst);
-    let results = client.join().unwrap();
+    let results: Vec<_> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
 
     assert_eq!((ok, refused), (50, 50));
-    assert!(!results.is_empty());
-    let failed: Vec<_> = results.iter().filter(|(_, status, verified, _)| !(*status == 200 && verified.as_deref() == Some("true"))).collect();
+    assert!(results.len() >= 200, "{} requests", results.len());
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(_, status, verified, _)| !(*status == 200 && verified.as_deref() == Some("true")))
+        .collect();
     assert!(
         failed.is_empty(),
-        "{} of {} requests failed during reloads, e.g. #{} {} {:?} {}",
+        "{} of {} requests failed during reloads, e.g. {} {} {:?} {}",
         failed.len(),
         results.len(),
         failed[0].0,
@@ -618,14 +916,34 @@ fn hundred_reloads_alternating_good_and_bad_keys_under_traffic_fail_no_request()
         String::from_utf8_lossy(&failed[0].3)
     );
     // every request reaching the gateway carried a valid signature
-    let unverified = rig.gw.received().into_iter().filter(|r| !r.verified).count();
+    let unverified = rig
+        .gw
+        .received()
+        .into_iter()
+        .filter(|r| !r.verified)
+        .count();
     assert_eq!(unverified, 0, "requests the gateway could not verify");
     let after = rig.scrape();
     assert_eq!(after.key_info(), live, "only the good key was ever live");
     // the file watcher adds reloads of its own; the admin ones are counted at least
-    assert!(after.reloads("success") - before.reloads("success") >= 50.0, "{}", after.text);
-    assert!(after.reloads("failure") - before.reloads("failure") >= 50.0, "{}", after.text);
-    assert!(after.sum("alipay_sidecar_requests_total", &[("direction", "outbound"), ("outcome", "error")]) == 0.0, "{}", after.text);
+    assert!(
+        after.reloads("success") - before.reloads("success") >= 50.0,
+        "{}",
+        after.text
+    );
+    assert!(
+        after.reloads("failure") - before.reloads("failure") >= 50.0,
+        "{}",
+        after.text
+    );
+    assert!(
+        after.sum(
+            "alipay_sidecar_requests_total",
+            &[("direction", "outbound"), ("outcome", "error")]
+        ) == 0.0,
+        "{}",
+        after.text
+    );
     assert_eq!(rig.ready_status(), 200);
 }
 
@@ -633,26 +951,49 @@ fn hundred_reloads_alternating_good_and_bad_keys_under_traffic_fail_no_request()
 
 #[test]
 fn sigterm_drains_a_slow_in_flight_request_then_exits_zero() {
-    let mut rig = Rig::start(FLAT_KEYS, &format!("{JSON_LOGS}[server]\nshutdown_grace = \"1s\"\nshutdown_timeout = \"10s\"\n"), |_| {}, |d| {
-        write_vector_keys(d);
-    });
+    let mut rig = Rig::start(
+        FLAT_KEYS,
+        &format!("{JSON_LOGS}[server]\nshutdown_grace = \"1s\"\nshutdown_timeout = \"10s\"\n"),
+        |_| {},
+        |d| {
+            write_vector_keys(d);
+        },
+    );
     let outbound = rig.outbound;
-    let slow = std::thread::spawn(move || pay(outbound, "pay_slow", r#","mockFault":"delay:1500""#));
-    let in_flight = |rig: &Rig| rig.scrape().sum("alipay_sidecar_in_flight_requests", &[("direction", "outbound")]);
-    rig.eventually("the slow request is in flight", || (in_flight(&rig) >= 1.0).then_some(()));
+    let slow =
+        std::thread::spawn(move || pay(outbound, "pay_slow", r#","mockFault":"delay:1500""#));
+    let in_flight = |rig: &Rig| {
+        rig.scrape().sum(
+            "alipay_sidecar_in_flight_requests",
+            &[("direction", "outbound")],
+        )
+    };
+    rig.eventually("the slow request is in flight", || {
+        (in_flight(&rig) >= 1.0).then_some(())
+    });
 
     rig.sidecar.signal("TERM");
     // readiness turns 503 while the process still answers (a response proves it is alive)
-    rig.eventually("/readyz turns 503 during the drain", || match request(rig.sidecar.admin, "GET", "/readyz", &[], b"") {
-        Ok(r) if r.status == 503 => Some(()),
-        Ok(_) => None,
-        Err(e) => panic!("the admin listener stopped before readiness turned 503: {e}\n{}", rig.sidecar.logs()),
+    rig.eventually("/readyz turns 503 during the drain", || {
+        match request(rig.sidecar.admin, "GET", "/readyz", &[], b"") {
+            Ok(r) if r.status == 503 => Some(()),
+            Ok(_) => None,
+            Err(e) => panic!(
+                "the admin listener stopped before readiness turned 503: {e}\n{}",
+                rig.sidecar.logs()
+            ),
+        }
     });
     let r = slow.join().unwrap();
     assert_verified_ok(&r, "the slow in-flight request", &rig.sidecar);
     assert_eq!(r.json()["paymentRequestId"], "pay_slow");
     let code = rig.sidecar.wait_exit(DEADLINE);
-    assert_eq!(code, Some(0), "exit code after a graceful shutdown\n{}", rig.sidecar.logs());
+    assert_eq!(
+        code,
+        Some(0),
+        "exit code after a graceful shutdown\n{}",
+        rig.sidecar.logs()
+    );
     let logs = rig.sidecar.logs();
     assert!(logs.contains("all in-flight requests finished"), "{logs}");
 }
@@ -679,7 +1020,11 @@ fn start_ack_app() -> u16 {
                     }
                 };
                 let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
                 while buf.len() < head_end + len {
                     match s.read(&mut tmp) {
                         Ok(0) | Err(_) => return,
@@ -697,7 +1042,10 @@ fn start_ack_app() -> u16 {
 /// `n` windows of `width` characters spread over `text`.
 fn windows(text: &str, width: usize, n: usize) -> Vec<&str> {
     assert!(text.len() > width && text.is_ascii());
-    (0..n).map(|i| (text.len() - width) * i / (n - 1)).map(|at| &text[at..at + width]).collect()
+    (0..n)
+        .map(|i| (text.len() - width) * i / (n - 1))
+        .map(|at| &text[at..at + width])
+        .collect()
 }
 
 #[test]
@@ -706,28 +1054,54 @@ fn debug_logs_never_contain_key_material_or_signatures() {
     let tail = format!(
         "[log]\nformat = \"json\"\nlevel = \"debug\"\n[inbound]\nlisten = \"127.0.0.1:{in_port}\"\nforward_to = \"http://127.0.0.1:{app_port}\"\n"
     );
-    let rig = Rig::start(FLAT_KEYS, &tail, |g| g.notify_backoff = vec![Duration::ZERO], |d| {
-        write_vector_keys(d);
-    });
+    let rig = Rig::start(
+        FLAT_KEYS,
+        &tail,
+        |g| g.notify_backoff = vec![Duration::ZERO],
+        |d| {
+            write_vector_keys(d);
+        },
+    );
 
     assert_verified_ok(&rig.pay("pay_logs_1", ""), "pay", &rig.sidecar);
     let tampered = rig.pay("pay_logs_2", r#","mockFault":"tampered""#);
     assert_eq!(tampered.status, 502, "a tampered response is refused");
     let notify_url = format!(r#","paymentNotifyUrl":"http://127.0.0.1:{in_port}/alipay/notify""#);
-    assert_verified_ok(&rig.pay("pay_logs_3", &notify_url), "pay with a notification", &rig.sidecar);
+    assert_verified_ok(
+        &rig.pay("pay_logs_3", &notify_url),
+        "pay with a notification",
+        &rig.sidecar,
+    );
     rt().block_on(rig.gw.notifications_settled());
     let attempts = rig.gw.notifications();
-    assert!(attempts.iter().any(|a| a.acknowledged), "the notification went through the inbound listener: {attempts:?}\n{}", rig.sidecar.logs());
+    assert!(
+        attempts.iter().any(|a| a.acknowledged),
+        "the notification went through the inbound listener: {attempts:?}\n{}",
+        rig.sidecar.logs()
+    );
     // wait for the request lines (written after the answers)
     rig.eventually("request log lines of both directions", || {
         let logs = rig.sidecar.logs();
-        (logs.matches("\"direction\":\"outbound\"").count() >= 3 && logs.contains("\"direction\":\"inbound\"")).then_some(())
+        (logs.matches("\"direction\":\"outbound\"").count() >= 3
+            && logs.contains("\"direction\":\"inbound\""))
+        .then_some(())
     });
 
     let logs = rig.sidecar.logs();
-    let json_lines: Vec<serde_json::Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    assert!(json_lines.iter().any(|v| v["direction"] == "outbound" && v["api"] == "payments/pay"), "{logs}");
-    assert!(json_lines.iter().any(|v| v["level"] == "DEBUG"), "debug logging is on: {logs}");
+    let json_lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        json_lines
+            .iter()
+            .any(|v| v["direction"] == "outbound" && v["api"] == "payments/pay"),
+        "{logs}"
+    );
+    assert!(
+        json_lines.iter().any(|v| v["level"] == "DEBUG"),
+        "debug logging is on: {logs}"
+    );
 
     // no private key material, in any form
     for form in ["private_pkcs8_der_b64", "private_pkcs1_der_b64"] {
@@ -737,11 +1111,17 @@ fn debug_logs_never_contain_key_material_or_signatures() {
         }
     }
     for form in ["private_pkcs8_pem", "private_pkcs1_pem"] {
-        for line in key("merchant", form).lines().filter(|l| l.len() >= 40 && !l.starts_with("-----")) {
+        for line in key("merchant", form)
+            .lines()
+            .filter(|l| l.len() >= 40 && !l.starts_with("-----"))
+        {
             assert!(!logs.contains(line), "a {form} line is in the logs");
         }
     }
-    assert!(!logs.contains("PRIVATE KEY-----"), "a PEM private key is in the logs");
+    assert!(
+        !logs.contains("PRIVATE KEY-----"),
+        "a PEM private key is in the logs"
+    );
 
     // no Signature header value, neither as sent nor decoded
     let received = rig.gw.received();
@@ -750,9 +1130,21 @@ fn debug_logs_never_contain_key_material_or_signatures() {
         let header = req.header("signature").expect("signed");
         let value = header.split_once("signature=").expect("signature= part").1;
         assert!(value.len() > 60, "{header}");
-        assert!(!logs.contains(value), "a full Signature value is in the logs");
-        assert!(!logs.contains(&value[..60]), "the start of a Signature value is in the logs");
-        let decoded = percent_encoding::percent_decode_str(value).decode_utf8().unwrap().to_string();
-        assert!(!logs.contains(&decoded[..60]), "a decoded Signature value is in the logs");
+        assert!(
+            !logs.contains(value),
+            "a full Signature value is in the logs"
+        );
+        assert!(
+            !logs.contains(&value[..60]),
+            "the start of a Signature value is in the logs"
+        );
+        let decoded = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .unwrap()
+            .to_string();
+        assert!(
+            !logs.contains(&decoded[..60]),
+            "a decoded Signature value is in the logs"
+        );
     }
 }
