@@ -9,11 +9,11 @@
 # measures the sidecar's request signing (its dominant cost) and proxying; response
 # verification (~60 µs with ring, see `cargo bench`) is not in this figure.
 #
-# usage: scripts/load.sh [SECONDS=10] [CONNECTIONS=4] [SIDECAR_THREADS=1]
+# usage: [FEATURES=aws-lc] scripts/load.sh [SECONDS=10] [CONNECTIONS=4] [SIDECAR_THREADS=1]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}; conns=${2:-4}; threads=${3:-1}
-cargo build --release --quiet --bin alipay-sidecar --example load
+cargo build --release --quiet --bin alipay-sidecar --example load ${FEATURES:+--features "$FEATURES"}
 bin=target/release/alipay-sidecar
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
@@ -43,5 +43,5 @@ shutdown_grace = "1s"
 TOML
 "$bin" run --config "$dir/sidecar.toml" >"$dir/sidecar.log" 2>&1 &
 for _ in $(seq 100); do "$bin" healthcheck --url "http://127.0.0.1:$admin/readyz" 2>/dev/null && break; sleep 0.1; done
-echo "sidecar threads=$threads, $conns connections, ${secs}s, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "engine=${FEATURES:-ring} sidecar threads=$threads, $conns connections, ${secs}s, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 target/release/examples/load "127.0.0.1:$out" /ams/api/v1/payments/consult "$secs" "$conns"

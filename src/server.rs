@@ -188,7 +188,7 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
     server.add_service(background_service("key reload", ReloadTask::new(reloader)));
-    tracing::info!(listen = %config.admin.listen, client_id = %config.client_id, "admin listener; sidecar starting");
+    tracing::info!(listen = %config.admin.listen, client_id = %config.client_id, engine = crate::protocol::ENGINE, "admin listener; sidecar starting");
 
     let drain = DrainOnSignal {
         state,

@@ -236,7 +236,7 @@ impl PrivateKey {
     fn from_rsa(key: &rsa::PrivateKey, encoding: KeyEncoding) -> Result<Self, KeyError> {
         check_bits(key.size() * 8)?;
         let pkcs1 = key.to_pkcs1_der().map_err(not_a_key)?;
-        let signer = EngineSigner::from_pkcs1_der(pkcs1.as_bytes())
+        let signer = EngineSigner::from_pkcs1_der(pkcs1.as_bytes(), key.size())
             .map_err(|detail| KeyError::Inconsistent { detail })?;
         let public = PublicKey::from_rsa(&key.to_public_key(), encoding)?;
         Ok(Self(Arc::new(PrivateInner {

@@ -23,6 +23,10 @@ mod time;
 mod verify;
 
 pub use content::{content_to_sign, sha256_hex};
+
+/// The RSA engine this build signs and verifies with (`ring`, or `aws-lc-rs` with the
+/// `aws-lc` feature), so logs and `check-config` can say which one runs.
+pub const ENGINE: &str = engine::ENGINE;
 pub use header::{format_signature_header, parse_signature_header, SignatureHeader, ALGORITHM};
 pub use keys::{generate_keypair, GeneratedKeyPair, KeyEncoding, KeyError, PrivateKey, PublicKey};
 pub use time::{format_epoch_millis, format_iso8601, parse_request_time};
