@@ -1598,52 +1598,30 @@ struct Url {
     path: String,
 }
 
-/// A deliberately small URL parser for `scheme://host[:port][/path]` (no user info).
+/// `scheme://host[:port][/path]` parsed with `http::Uri` (no user info), host lowercased and
+/// IPv6 brackets removed (they are added back where a `Host` header is written).
 fn parse_url(s: &str) -> Result<Url, String> {
-    let s = s.trim();
-    let (scheme, rest) = s
-        .split_once("://")
-        .ok_or_else(|| "missing scheme, e.g. https://".to_string())?;
-    let scheme = scheme.to_ascii_lowercase();
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    if authority.contains('@') {
+    let uri: http::Uri = s.trim().parse().map_err(|e| format!("{e}"))?;
+    let scheme = uri
+        .scheme_str()
+        .ok_or_else(|| "missing scheme, e.g. https://".to_string())?
+        .to_ascii_lowercase();
+    let authority = uri.authority().ok_or_else(|| "no host".to_string())?;
+    if authority.as_str().contains('@') {
         return Err("user names or passwords in the URL are not supported".into());
     }
-    let (host, port) = if let Some(stripped) = authority.strip_prefix('[') {
-        let (host, after) = stripped
-            .split_once(']')
-            .ok_or_else(|| "unclosed '[' in the host".to_string())?;
-        let port = match after {
-            "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or_else(|| "bad text after ']'".to_string())?,
-            ),
-        };
-        (host, port)
-    } else {
-        match authority.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     if host.is_empty() {
         return Err("no host".into());
     }
-    if !host
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '_'))
-    {
-        return Err(format!("\"{host}\" is not a valid host name"));
-    }
-    let port = match port {
-        None => None,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 => Some(n),
-            _ => return Err(format!("\"{p}\" is not a port number")),
-        },
+    let port = match authority.port_u16() {
+        Some(0) => return Err("port 0 is not a port number".into()),
+        p => p,
     };
+    let path = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("");
     Ok(Url {
         scheme,
         host: host.to_ascii_lowercase(),

@@ -98,8 +98,9 @@ pub enum StartError {
 
 /// Builds the server from a loaded configuration and key set (which already passed preflight).
 pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
+    // preflight warnings: remote clients allowed, verify_responses = false, shadow mode, …
     for w in &keys.warnings {
-        tracing::warn!(finding = %w.message, "key preflight warning");
+        tracing::warn!(finding = %w.message, "preflight warning");
     }
     publish_key_metrics(&keys);
     let state = SidecarState::new(keys);
@@ -143,12 +144,6 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
     let conf = server.configuration.clone();
 
     if let Some(o) = config.outbound.clone() {
-        if !o.listen.ip().is_loopback() {
-            tracing::warn!(listen = %o.listen, "allow_remote_clients = true: the outbound listener accepts non-loopback clients and signs whatever they send; restrict access to it");
-        }
-        if !o.verify_responses {
-            tracing::warn!("verify_responses = false: gateway responses reach the app WITHOUT signature verification");
-        }
         let ca_bundle = match &o.ca_file {
             Some(path) => Some(ca_bundle(path)?),
             None => None,
@@ -165,9 +160,6 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         tracing::info!(%listen, %gateway, "outbound signing proxy");
     }
     if let Some(i) = config.inbound.clone() {
-        if matches!(i.mode, crate::config::InboundMode::Shadow) {
-            tracing::warn!("inbound mode = shadow: notifications that FAIL verification are still forwarded to the app (marked X-Alipay-Sidecar-Verified: false)");
-        }
         let listen = i.listen;
         let app = i.forward_to.url();
         let mut svc = pingora::proxy::http_proxy_service_with_name(

@@ -636,3 +636,37 @@ fn prometheus_operator_scrapes_the_admin_port() {
         assert_eq!(&pod_labels[key], value, "selector does not match the pod");
     }
 }
+
+/// The ConfigMap's `sidecar.toml` and the shipped example config are real configurations of
+/// this version: an option renamed in the code must not leave the examples behind.
+#[test]
+fn example_configs_parse_with_the_current_schema() {
+    use alipay_sidecar::config::Config;
+    let configmap = yaml_documents("config/kubernetes/configmap.yaml")
+        .into_iter()
+        .find_map(|doc| doc["data"]["sidecar.toml"].as_str().map(str::to_string))
+        .expect("configmap.yaml has data.sidecar.toml");
+    let path = repo_file("config/kubernetes/sidecar.toml");
+    let cfg = Config::parse(&configmap, &path, Vec::new())
+        .unwrap_or_else(|e| panic!("configmap sidecar.toml: {e}"));
+    assert!(
+        cfg.outbound
+            .as_ref()
+            .is_some_and(|o| o.listen.ip().is_loopback()),
+        "the signer stays on loopback in the pod"
+    );
+    assert_eq!(cfg.inbound.as_ref().map(|i| i.listen.port()), Some(8081));
+    assert_eq!(cfg.admin.listen.port(), 9090);
+    assert!(cfg
+        .keys
+        .merchant_private_key
+        .starts_with("/etc/alipay-sidecar/keys"));
+
+    let example = read("config/sidecar.example.toml");
+    Config::parse(
+        &example,
+        &repo_file("config/sidecar.example.toml"),
+        Vec::new(),
+    )
+    .unwrap_or_else(|e| panic!("sidecar.example.toml: {e}"));
+}
