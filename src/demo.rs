@@ -80,10 +80,14 @@ pub fn run(args: DemoArgs) -> i32 {
             return 1;
         }
     };
+    let args_ephemeral = args.ephemeral_ports;
     match rt.block_on(demo(args)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("demo failed: {e}");
+            if !args_ephemeral {
+                eprintln!("hint: the demo uses ports 8080, 8081, 9090, 8443 and 3000; if one is taken, run `alipay-sidecar demo --ephemeral-ports`");
+            }
             1
         }
     }

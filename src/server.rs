@@ -6,7 +6,8 @@
 //! draining before it returns: on SIGTERM or SIGINT it turns readiness to 503 at once, keeps
 //! serving (including new connections) for `shutdown_grace` so load balancers notice, then
 //! waits up to `shutdown_timeout` for in-flight requests to finish, and only then lets pingora
-//! stop the listeners. SIGQUIT keeps pingora's graceful upgrade.
+//! stop the listeners. SIGQUIT does the same (pingora's socket hand-over on SIGQUIT needs an
+//! `--upgrade` process this binary does not offer).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -236,7 +237,7 @@ fn pem_cert(out: &mut Vec<u8>, der: &[u8]) {
     out.extend_from_slice(b"-----END CERTIFICATE-----\n");
 }
 
-/// Waits for SIGTERM/SIGINT (or SIGQUIT), drains, then tells pingora to stop.
+/// Waits for SIGTERM, SIGINT or SIGQUIT, drains, then tells pingora to stop.
 pub struct DrainOnSignal {
     state: Arc<SidecarState>,
     grace: Duration,
@@ -255,10 +256,12 @@ impl ShutdownSignalWatch for DrainOnSignal {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
+        // SIGQUIT drains too: pingora's socket hand-over to a new process (`--upgrade`) is
+        // not offered by this binary, so an "upgrade" would hand the sockets to nobody.
         let which = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
-            _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+            _ = quit.recv() => "SIGQUIT",
         };
         self.state.start_draining();
         tracing::info!(
