@@ -240,21 +240,10 @@ pub fn forward_request_headers(
     to: &mut RequestHeader,
     also_drop: &[&str],
 ) -> pingora::Result<()> {
-    let dropped = connection_tokens(&from.headers);
-    for (name, value) in cased_headers(
-        from.case_header_iter().map(|(n, v)| (n.as_slice(), v)),
-        &from.headers,
-    ) {
-        let lower = String::from_utf8_lossy(&name).to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str())
-            || lower == "host"
-            || lower == "expect"
-            || lower.starts_with(SIDECAR_PREFIX)
-            || also_drop.contains(&lower.as_str())
-            || dropped.contains(&lower)
-        {
-            continue;
-        }
+    let cased = from.case_header_iter().map(|(n, v)| (n.as_slice(), v));
+    for (name, value) in end_to_end_headers(cased, &from.headers, |h| {
+        h == "host" || h == "expect" || also_drop.contains(&h)
+    }) {
         to.append_header(name, value)?;
     }
     Ok(())
@@ -264,21 +253,31 @@ pub fn forward_request_headers(
 /// `X-Alipay-Sidecar-*` the upstream sent.
 pub fn relayed_response_header(from: &ResponseHeader) -> pingora::Result<ResponseHeader> {
     let mut out = ResponseHeader::build(from.status, Some(from.headers.len() + 3))?;
-    let dropped = connection_tokens(&from.headers);
-    for (name, value) in cased_headers(
-        from.case_header_iter().map(|(n, v)| (n.as_slice(), v)),
-        &from.headers,
-    ) {
-        let lower = String::from_utf8_lossy(&name).to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str())
-            || lower.starts_with(SIDECAR_PREFIX)
-            || dropped.contains(&lower)
-        {
-            continue;
-        }
+    let cased = from.case_header_iter().map(|(n, v)| (n.as_slice(), v));
+    for (name, value) in end_to_end_headers(cased, &from.headers, |_| false) {
         out.append_header(name, value)?;
     }
     Ok(out)
+}
+
+/// The headers that may cross a hop: not hop-by-hop or framing, not named by `Connection`,
+/// not the sidecar's own markers, and not `drop(lowercase name)`.
+fn end_to_end_headers<'a>(
+    case: impl Iterator<Item = (&'a [u8], &'a http::HeaderValue)>,
+    map: &http::HeaderMap,
+    drop: impl Fn(&str) -> bool,
+) -> Vec<(Bytes, http::HeaderValue)> {
+    let named_by_connection = connection_tokens(map);
+    cased_headers(case, map)
+        .into_iter()
+        .filter(|(name, _)| {
+            let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+            !(HOP_BY_HOP.contains(&lower.as_str())
+                || lower.starts_with(SIDECAR_PREFIX)
+                || named_by_connection.contains(&lower)
+                || drop(&lower))
+        })
+        .collect()
 }
 
 /// Headers with their names as received (case kept) when pingora recorded the case, else
