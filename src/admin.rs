@@ -3,7 +3,7 @@
 //! runtimes call (distroless images have no curl).
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,12 +19,31 @@ use crate::state::SidecarState;
 pub struct Admin {
     state: Arc<SidecarState>,
     reloader: Arc<Reloader>,
+    listeners: Vec<(&'static str, SocketAddr)>,
 }
 
 impl Admin {
-    /// Serves the given state; reloads go through `reloader`.
-    pub fn new(state: Arc<SidecarState>, reloader: Arc<Reloader>) -> Self {
-        Self { state, reloader }
+    /// Serves the given state; reloads go through `reloader`. `listeners` are the traffic
+    /// listeners (name, address) that readiness checks are accepting connections.
+    pub fn new(
+        state: Arc<SidecarState>,
+        reloader: Arc<Reloader>,
+        listeners: Vec<(&'static str, SocketAddr)>,
+    ) -> Self {
+        Self {
+            state,
+            reloader,
+            listeners,
+        }
+    }
+
+    /// Ready = keys loaded (the process only starts with a usable key set, and a failed
+    /// reload keeps it), not draining, and every traffic listener accepting connections.
+    async fn readiness(&self) -> Result<(), String> {
+        if !self.state.is_ready() {
+            return Err("shutting down".into());
+        }
+        listeners_accepting(&self.listeners).await
     }
 }
 
@@ -48,13 +67,10 @@ impl ServeHttp for Admin {
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => reply(200, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render()),
             ("GET", "/healthz") => reply(200, "text/plain", "ok\n"),
-            ("GET", "/readyz") => {
-                if self.state.is_ready() {
-                    reply(200, "text/plain", "ready\n")
-                } else {
-                    reply(503, "text/plain", "shutting down\n")
-                }
-            }
+            ("GET", "/readyz") => match self.readiness().await {
+                Ok(()) => reply(200, "text/plain", "ready\n"),
+                Err(why) => reply(503, "text/plain", format!("not ready: {why}\n")),
+            },
             ("POST", "/admin/reload") => match self.reloader.reload("admin endpoint").await {
                 Ok(r) => reply(200, "application/json", serde_json::json!({"reloaded": true, "changed": r.changed, "keys": r.keys}).to_string()),
                 Err(e) => reply(500, "application/json", serde_json::json!({"reloaded": false, "error": e.to_string(), "note": "the previous keys stay in use"}).to_string()),
@@ -63,6 +79,37 @@ impl ServeHttp for Admin {
             _ => reply(404, "text/plain", "not found: try /metrics, /healthz, /readyz, POST /admin/reload\n"),
         }
     }
+}
+
+/// Connects to each listener (a wildcard address on loopback); the first that does not
+/// accept within 500 ms is named in the error.
+async fn listeners_accepting(listeners: &[(&'static str, SocketAddr)]) -> Result<(), String> {
+    for (name, addr) in listeners {
+        let target = if addr.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+        } else {
+            *addr
+        };
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(target),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "the {name} listener on {addr} is not accepting connections: {e}"
+                ))
+            }
+            Err(_) => {
+                return Err(format!(
+                    "the {name} listener on {addr} did not accept a connection within 500 ms"
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `alipay-sidecar healthcheck [--url]`: exit 0 when the URL answers 200, else 1.
@@ -121,4 +168,26 @@ fn probe(url: &str) -> Result<u16, String> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("not an HTTP answer: {line:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readiness_names_a_listener_that_is_down() {
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        let down_addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        }; // closed again: nothing listens there now
+        assert_eq!(listeners_accepting(&[("outbound", up_addr)]).await, Ok(()));
+        let wildcard = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), up_addr.port());
+        assert_eq!(listeners_accepting(&[("inbound", wildcard)]).await, Ok(()));
+        let err = listeners_accepting(&[("outbound", up_addr), ("inbound", down_addr)])
+            .await
+            .unwrap_err();
+        assert!(err.contains("inbound listener"), "{err}");
+    }
 }

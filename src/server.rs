@@ -174,10 +174,13 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
     }
 
     let reloader = Reloader::new(state.clone(), config.path.clone(), config.clone());
-    let mut admin = Service::new(
-        "admin".to_string(),
-        HttpServer::new_app(Admin::new(state.clone(), reloader.clone())),
-    );
+    let traffic: Vec<(&'static str, SocketAddr)> = listeners
+        .iter()
+        .filter(|(_, name)| *name != "admin")
+        .map(|(addr, name)| (*name, *addr))
+        .collect();
+    let admin_app = Admin::new(state.clone(), reloader.clone(), traffic);
+    let mut admin = Service::new("admin".to_string(), HttpServer::new_app(admin_app));
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
     server.add_service(background_service("key reload", ReloadTask::new(reloader)));
