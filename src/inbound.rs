@@ -408,8 +408,7 @@ impl ProxyHttp for Inbound {
         session: &mut Session,
         rec: &mut Record,
     ) -> pingora::Result<bool> {
-        let _tracked = self.state.track();
-        let _gauge = metrics::metrics().in_flight(Direction::Inbound);
+        let _in_flight = self.state.track(Direction::Inbound);
         self.handle(session, rec).await?;
         Ok(true)
     }

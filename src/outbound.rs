@@ -52,6 +52,9 @@ pub struct Outbound {
     client_id: String,
     upstream: Upstream,
     app_signature_replaced: AtomicBool,
+    /// App headers the sidecar sets itself (built once: `REPLACED`, plus `agent-token` when
+    /// one is configured).
+    not_forwarded: Vec<&'static str>,
 }
 
 /// What the app is told about the gateway's answer.
@@ -76,12 +79,17 @@ impl Outbound {
             ca_bundle,
             cfg.connect_timeout,
         );
+        let mut not_forwarded = REPLACED.to_vec();
+        if cfg.agent_token.is_some() {
+            not_forwarded.push("agent-token");
+        }
         Self {
             state,
             client_id: config.client_id.clone(),
             cfg,
             upstream,
             app_signature_replaced: AtomicBool::new(false),
+            not_forwarded,
         }
     }
 
@@ -329,12 +337,7 @@ impl Outbound {
         len: usize,
     ) -> pingora::Result<RequestHeader> {
         let mut req = RequestHeader::build("POST", target.as_bytes(), Some(app.headers.len() + 6))?;
-        let agent_token: &[&str] = if self.cfg.agent_token.is_some() {
-            &["agent-token"]
-        } else {
-            &[]
-        };
-        exchange::forward_request_headers(app, &mut req, &[REPLACED, agent_token].concat())?;
+        exchange::forward_request_headers(app, &mut req, &self.not_forwarded)?;
         req.insert_header(
             "Host",
             exchange::authority(&self.cfg.gateway.host, self.cfg.gateway.port, 443),
@@ -372,8 +375,7 @@ impl ProxyHttp for Outbound {
         session: &mut Session,
         rec: &mut Record,
     ) -> pingora::Result<bool> {
-        let _tracked = self.state.track();
-        let _gauge = metrics::metrics().in_flight(Direction::Outbound);
+        let _in_flight = self.state.track(Direction::Outbound);
         self.handle(session, rec).await?;
         Ok(true)
     }

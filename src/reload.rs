@@ -71,33 +71,39 @@ impl Reloader {
         })
     }
 
-    /// The folders to watch: every folder that holds a key file (and the config file's).
-    pub fn watched_dirs(&self) -> BTreeSet<PathBuf> {
-        let mut dirs = BTreeSet::new();
-        let keys = &self.started_with.keys;
-        for file in std::iter::once(&keys.merchant_private_key)
-            .chain(keys.alipay_public_keys.values())
-            .chain(std::iter::once(&self.config_path))
-        {
-            if let Some(dir) = file.parent() {
-                dirs.insert(if dir.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    dir.to_path_buf()
-                });
-            }
-        }
-        dirs
+    /// The files whose change means "reload": the live set's key files and the config file.
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let keys = self.state.keys();
+        let mut files: Vec<PathBuf> = keys
+            .sources
+            .files()
+            .into_iter()
+            .map(PathBuf::from)
+            .collect();
+        files.push(self.config_path.clone());
+        files
     }
 
-    /// The file names whose change means "reload": the key files and the config file.
-    pub fn watched_names(&self) -> BTreeSet<std::ffi::OsString> {
-        let keys = &self.started_with.keys;
-        std::iter::once(&keys.merchant_private_key)
-            .chain(keys.alipay_public_keys.values())
-            .chain(std::iter::once(&self.config_path))
-            .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
-            .collect()
+    /// The folders to watch (those of the watched files) and the file names in them that
+    /// count (see [`is_relevant`]).
+    pub fn watched(&self) -> (BTreeSet<PathBuf>, BTreeSet<std::ffi::OsString>) {
+        let files = self.watched_files();
+        let dirs = files
+            .iter()
+            .filter_map(|f| f.parent())
+            .map(|d| {
+                if d.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    d.to_path_buf()
+                }
+            })
+            .collect();
+        let names = files
+            .iter()
+            .filter_map(|f| f.file_name().map(|n| n.to_os_string()))
+            .collect();
+        (dirs, names)
     }
 
     /// Loads and checks everything, then swaps; on any problem keeps the old set.
@@ -161,7 +167,7 @@ fn is_relevant(event: &notify::Event, names: &BTreeSet<std::ffi::OsString>) -> b
 }
 
 /// `role keyVersion fingerprint` of every key in the set.
-pub fn describe(keys: &KeySet) -> Vec<String> {
+fn describe(keys: &KeySet) -> Vec<String> {
     let mut out = vec![format!(
         "merchant_private {} {}",
         keys.merchant_key_version,
@@ -207,7 +213,7 @@ impl BackgroundService for ReloadTask {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = mpsc::unbounded_channel::<&'static str>();
         let file_tx = tx.clone();
-        let names = self.reloader.watched_names();
+        let (dirs, names) = self.reloader.watched();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event {
                 if is_relevant(&event, &names) {
@@ -217,7 +223,7 @@ impl BackgroundService for ReloadTask {
         });
         let _watcher = match watcher {
             Ok(mut w) => {
-                for dir in self.reloader.watched_dirs() {
+                for dir in dirs {
                     if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
                         tracing::warn!(dir = %dir.display(), error = %e, "cannot watch key folder; use SIGHUP or POST /admin/reload to reload keys");
                     }

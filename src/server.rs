@@ -9,9 +9,8 @@
 //! stop the listeners. SIGQUIT does the same (pingora's socket hand-over on SIGQUIT needs an
 //! `--upgrade` process this binary does not offer).
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,28 +73,12 @@ pub struct Built {
     pub drain: DrainOnSignal,
 }
 
-/// Start-up failures that are not config or key errors.
+/// Why the server could not start once the configuration and keys loaded: a listener address
+/// that cannot be bound, or an unusable `ca_file`. Both are reported against the config key
+/// (file and line) that has to change.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A listener address cannot be bound.
-    #[error("cannot listen on {addr} ([{section}] listen): {source}; pick a free address or stop the process using it")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The config section.
-        section: &'static str,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The CA bundle could not be built.
-    #[error("cannot use [outbound] ca_file {path}: {message}")]
-    CaFile {
-        /// The file.
-        path: PathBuf,
-        /// What failed.
-        message: String,
-    },
-}
+#[error("{0}")]
+pub struct StartError(#[from] crate::config::ConfigError);
 
 /// Builds the server from a loaded configuration and key set (which already passed preflight).
 pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
@@ -115,10 +98,11 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         listeners.push((i.listen, "inbound"));
     }
     for (addr, section) in &listeners {
-        std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
-            addr: *addr,
-            section,
-            source,
+        std::net::TcpListener::bind(addr).map_err(|e| {
+            config.error_at(
+                &format!("{section}.listen"),
+                format!("cannot listen on {addr}: {e}; pick a free address or stop the process using it"),
+            )
         })?;
     }
 
@@ -146,7 +130,12 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
 
     if let Some(o) = config.outbound.clone() {
         let ca_bundle = match &o.ca_file {
-            Some(path) => Some(ca_bundle(path)?),
+            Some(path) => Some(ca_bundle(path).map_err(|m| {
+                config.error_at(
+                    "outbound.ca_file",
+                    format!("cannot use {}: {m}", path.display()),
+                )
+            })?),
             None => None,
         };
         let listen = o.listen;
@@ -196,18 +185,16 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
 
 /// System trust roots plus the configured CA file, as one PEM bundle for the connector
 /// (pingora's connector takes one file, and replaces the system roots with it).
-fn ca_bundle(extra: &Path) -> Result<String, StartError> {
-    let err = |message: String| StartError::CaFile {
-        path: extra.to_path_buf(),
-        message,
-    };
-    let extra_pem = std::fs::read(extra).map_err(|e| err(e.to_string()))?;
+fn ca_bundle(extra: &Path) -> Result<String, String> {
+    let extra_pem = std::fs::read(extra).map_err(|e| e.to_string())?;
     let mut reader = std::io::BufReader::new(extra_pem.as_slice());
     let certs: Vec<_> = rustls_pemfile::certs(&mut reader)
         .collect::<Result<_, _>>()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     if certs.is_empty() {
-        return Err(err("no PEM certificate in the file".into()));
+        return Err("the file holds no PEM certificate; put the CA certificate \
+                    (-----BEGIN CERTIFICATE-----) that issued the gateway's certificate there"
+            .into());
     }
     let mut bundle = Vec::new();
     // a machine without system roots still works with the configured CA alone
@@ -223,9 +210,13 @@ fn ca_bundle(extra: &Path) -> Result<String, StartError> {
         "alipay-sidecar-{}-ca-bundle.pem",
         std::process::id()
     ));
-    let mut f = std::fs::File::create(&path)
-        .map_err(|e| err(format!("writing {}: {e}", path.display())))?;
-    f.write_all(&bundle).map_err(|e| err(e.to_string()))?;
+    std::fs::write(&path, &bundle).map_err(|e| {
+        format!(
+            "writing the merged CA bundle {}: {e} (with a read-only root filesystem, mount a \
+             writable /tmp, e.g. an emptyDir)",
+            path.display()
+        )
+    })?;
     Ok(path.display().to_string())
 }
 

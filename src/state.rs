@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::keyset::KeySet;
+use crate::metrics::{self, Direction, InFlightGuard};
 
 /// Shared by the outbound, inbound and admin services and the reload task.
 pub struct SidecarState {
@@ -51,18 +52,25 @@ impl SidecarState {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Counts one request as in flight until the guard drops.
-    pub fn track(self: &Arc<Self>) -> InFlight {
+    /// Counts one request as in flight — for the shutdown drain and for the
+    /// `alipay_sidecar_in_flight_requests{direction}` gauge — until the guard drops.
+    pub fn track(self: &Arc<Self>, direction: Direction) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(self.clone())
+        InFlight {
+            state: self.clone(),
+            _gauge: metrics::metrics().in_flight(direction),
+        }
     }
 }
 
-/// Decrements the in-flight count on drop, whatever path the request took.
-pub struct InFlight(Arc<SidecarState>);
+/// Decrements the in-flight count (and the gauge) on drop, whatever path the request took.
+pub struct InFlight {
+    state: Arc<SidecarState>,
+    _gauge: InFlightGuard,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }

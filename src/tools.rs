@@ -527,30 +527,26 @@ pub fn keygen(args: &KeygenArgs, out: &mut dyn Write, err: &mut dyn Write) -> i3
     EXIT_OK
 }
 
+/// Reports an error that makes the configuration unusable; the `check-config` exit code.
+fn not_usable(err: &mut dyn Write, e: &dyn std::fmt::Display) -> i32 {
+    let _ = writeln!(err, "error: {e}");
+    let _ = writeln!(
+        err,
+        "NOT USABLE: fix the error above and run check-config again"
+    );
+    EXIT_INVALID
+}
+
 /// `alipay-sidecar check-config`: loads the config and every key, runs the preflight and
 /// prints a summary; exit 0 when the sidecar could start with it.
 pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let config = match Config::load(&args.config) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            let _ = writeln!(
-                err,
-                "NOT USABLE: fix the error above and run check-config again"
-            );
-            return EXIT_INVALID;
-        }
+        Err(e) => return not_usable(err, &e),
     };
     let keys = match KeySet::load_unchecked(&config) {
         Ok(k) => k,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            let _ = writeln!(
-                err,
-                "NOT USABLE: fix the error above and run check-config again"
-            );
-            return EXIT_INVALID;
-        }
+        Err(e) => return not_usable(err, &e),
     };
     let findings = preflight(&config, &keys);
 

@@ -86,7 +86,10 @@ pub struct Upstream {
     port: u16,
     tls: bool,
     connect_timeout: Duration,
-    resolved: Mutex<Option<(Vec<SocketAddr>, Instant)>>,
+    /// The address when `host` is an IP literal (no DNS at all).
+    literal: Option<SocketAddr>,
+    /// The last resolved address and when; refreshed after [`DNS_TTL`].
+    resolved: Mutex<Option<(SocketAddr, Instant)>>,
 }
 
 impl Upstream {
@@ -107,48 +110,47 @@ impl Upstream {
             port,
             tls,
             connect_timeout,
+            literal: host
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, port)),
             resolved: Mutex::new(None),
         }
     }
 
     /// `host:port` for messages.
-    pub fn target(&self) -> String {
+    fn target(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
 
     async fn resolve(&self) -> Result<SocketAddr, UpstreamError> {
-        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
-            return Ok(SocketAddr::new(ip, self.port));
+        if let Some(addr) = self.literal {
+            return Ok(addr);
         }
-        let cached = self.resolved.lock().ok().and_then(|g| g.clone());
-        if let Some((addrs, at)) = &cached {
-            if at.elapsed() < DNS_TTL && !addrs.is_empty() {
-                return Ok(addrs[0]);
+        let cached = self.resolved.lock().ok().and_then(|g| *g);
+        if let Some((addr, at)) = cached {
+            if at.elapsed() < DNS_TTL {
+                return Ok(addr);
             }
         }
         match tokio::net::lookup_host((self.host.as_str(), self.port)).await {
-            Ok(addrs) => {
-                let addrs: Vec<SocketAddr> = addrs.collect();
-                let first = addrs
-                    .first()
-                    .copied()
-                    .ok_or_else(|| UpstreamError::Connect {
-                        target: self.target(),
-                        detail: "DNS returned no address".into(),
-                    })?;
+            Ok(mut addrs) => {
+                let first = addrs.next().ok_or_else(|| UpstreamError::Connect {
+                    target: self.target(),
+                    detail: "DNS returned no address".into(),
+                })?;
                 if let Ok(mut g) = self.resolved.lock() {
-                    *g = Some((addrs, Instant::now()));
+                    *g = Some((first, Instant::now()));
                 }
                 Ok(first)
             }
             // keep serving on the last known address when DNS hiccups
-            Err(e) => match cached {
-                Some((addrs, _)) if !addrs.is_empty() => Ok(addrs[0]),
-                _ => Err(UpstreamError::Connect {
+            Err(e) => cached
+                .map(|(addr, _)| addr)
+                .ok_or_else(|| UpstreamError::Connect {
                     target: self.target(),
                     detail: format!("DNS lookup failed: {e}"),
                 }),
-            },
         }
     }
 

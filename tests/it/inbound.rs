@@ -826,7 +826,7 @@ fn gateway_notification_end_to_end_with_a_resend() {
         Duration::from_millis(300),
         Duration::from_millis(300),
     ];
-    let gw = crate::outbound::rt()
+    let gw = crate::support::rt()
         .block_on(MockGateway::start(cfg))
         .unwrap();
     crate::support::write_vector_keys(dir.path());

@@ -3,26 +3,16 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::OnceLock;
 
-use alipay_sidecar::mock_gateway::{Fault, MockGateway, MockGatewayConfig};
+use alipay_sidecar::mock_gateway::{MockGateway, MockGatewayConfig};
 use tempfile::TempDir;
 
-use crate::support::{free_port, key, raw_request, request, write_vector_keys, Response, Sidecar};
+use crate::support::{
+    free_port, key, raw_request, request, rt, write_vector_keys, Response, Sidecar,
+};
 
 const CLIENT_ID: &str = "T_111222333";
 const PAY: &str = "/ams/api/v1/payments/pay";
-
-pub(crate) fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
 
 /// A fake gateway (TLS, its CA written into `dir`) and a sidecar in front of it.
 struct Setup {
@@ -30,17 +20,6 @@ struct Setup {
     sidecar: Sidecar,
     outbound: SocketAddr,
     _dir: TempDir,
-}
-
-fn start_gateway(dir: &Path, fault: Option<Fault>) -> MockGateway {
-    let mut cfg = MockGatewayConfig::new(key("merchant", "public_spki_pem"));
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.tls = Some(dir.to_path_buf());
-    cfg.expected_client_id = Some(CLIENT_ID.into());
-    cfg.fault = fault;
-    cfg.notify_backoff = vec![];
-    rt().block_on(MockGateway::start(cfg))
-        .expect("mock gateway")
 }
 
 fn sidecar_toml(
@@ -73,9 +52,25 @@ format = "json"
     )
 }
 
-fn setup_with(fault: Option<Fault>, extra: &str, trust_ca: bool) -> Setup {
+/// A fake gateway (TLS, its CA written into the folder) and a sidecar in front of it:
+/// `extra` adds `[outbound]` lines, `gateway` adjusts the gateway, `edit` the sidecar's
+/// config text.
+fn setup_custom(
+    extra: &str,
+    trust_ca: bool,
+    gateway: impl FnOnce(&mut MockGatewayConfig),
+    edit: impl FnOnce(String) -> String,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_gateway(dir.path(), fault);
+    let mut cfg = MockGatewayConfig::new(key("merchant", "public_spki_pem"));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.tls = Some(dir.path().to_path_buf());
+    cfg.expected_client_id = Some(CLIENT_ID.into());
+    cfg.notify_backoff = vec![];
+    gateway(&mut cfg);
+    let gw = rt()
+        .block_on(MockGateway::start(cfg))
+        .expect("mock gateway");
     write_vector_keys(dir.path());
     std::fs::write(
         dir.path().join("gw_alipay_public_key.pem"),
@@ -88,13 +83,13 @@ fn setup_with(fault: Option<Fault>, extra: &str, trust_ca: bool) -> Setup {
     } else {
         None
     };
-    let toml = sidecar_toml(
+    let toml = edit(sidecar_toml(
         gw.local_addr().port(),
         ca.as_deref(),
         out_port,
         admin_port,
         extra,
-    );
+    ));
     let sidecar = Sidecar::start(dir.path(), &toml, admin_port);
     Setup {
         gw,
@@ -104,8 +99,12 @@ fn setup_with(fault: Option<Fault>, extra: &str, trust_ca: bool) -> Setup {
     }
 }
 
+fn setup_with(extra: &str, trust_ca: bool) -> Setup {
+    setup_custom(extra, trust_ca, |_| {}, |toml| toml)
+}
+
 fn setup() -> Setup {
-    setup_with(None, "", true)
+    setup_with("", true)
 }
 
 fn pay_body(id: &str, extra: &str) -> String {
@@ -274,7 +273,7 @@ fn app_sent_signature_headers_are_replaced() {
 
 #[test]
 fn refusals_never_reach_the_gateway() {
-    let s = setup_with(None, "max_body_bytes = 1024", true);
+    let s = setup_with("max_body_bytes = 1024", true);
     let r = request(s.outbound, "GET", PAY, &[], b"").unwrap();
     assert_eq!(r.status, 405);
     assert_eq!(
@@ -366,36 +365,19 @@ fn response_policy_branches() {
 
 #[test]
 fn unknown_response_key_version_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = start_gateway(dir.path(), None);
-    write_vector_keys(dir.path());
-    std::fs::write(
-        dir.path().join("gw_alipay_public_key.pem"),
-        gw.alipay_public_key_pem(),
-    )
-    .unwrap();
-    let (out_port, admin_port) = (free_port(), free_port());
     // the gateway signs with keyVersion 1; the sidecar only knows version 2
-    let toml = sidecar_toml(
-        gw.local_addr().port(),
-        gw.ca_file(),
-        out_port,
-        admin_port,
+    let s = setup_custom(
         "",
-    )
-    .replace(
-        r#""1" = "gw_alipay_public_key.pem""#,
-        r#""2" = "gw_alipay_public_key.pem""#,
+        true,
+        |_| {},
+        |toml| {
+            toml.replace(
+                r#""1" = "gw_alipay_public_key.pem""#,
+                r#""2" = "gw_alipay_public_key.pem""#,
+            )
+        },
     );
-    let _sidecar = Sidecar::start(dir.path(), &toml, admin_port);
-    let r = request(
-        SocketAddr::from(([127, 0, 0, 1], out_port)),
-        "POST",
-        PAY,
-        &[],
-        pay_body("pay_kv", "").as_bytes(),
-    )
-    .unwrap();
+    let r = post(&s, PAY, pay_body("pay_kv", "").as_bytes());
     assert_eq!(r.status, 502);
     let msg = r.json()["result"]["resultMessage"]
         .as_str()
@@ -450,7 +432,7 @@ fn gateway_failures_become_u_errors() {
 
 #[test]
 fn untrusted_gateway_certificate_is_a_clear_error() {
-    let s = setup_with(None, "", false);
+    let s = setup_with("", false);
     let r = post(&s, PAY, pay_body("pay_tls", "").as_bytes());
     assert_eq!(r.status, 502);
     let (status, code) = result_code(&r);
@@ -490,39 +472,17 @@ fn concurrent_requests_get_their_own_responses() {
 
 #[test]
 fn sandbox_rewrite_and_iso_time_when_configured() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = MockGatewayConfig::new(key("merchant", "public_spki_pem"));
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.tls = Some(dir.path().to_path_buf());
-    cfg.notify_backoff = vec![];
-    let gw = rt().block_on(MockGateway::start(cfg)).unwrap();
-    write_vector_keys(dir.path());
-    std::fs::write(
-        dir.path().join("gw_alipay_public_key.pem"),
-        gw.alipay_public_key_pem(),
-    )
-    .unwrap();
-    let (out_port, admin_port) = (free_port(), free_port());
-    let toml = sidecar_toml(
-        gw.local_addr().port(),
-        gw.ca_file(),
-        out_port,
-        admin_port,
-        "sandbox_path_rewrite = true\nrequest_time_format = \"iso8601\"",
-    )
-    .replace(CLIENT_ID, "SANDBOX_5YBZ1A2C3D4E5F01");
-    let _sidecar = Sidecar::start(dir.path(), &toml, admin_port);
-    let r = request(
-        SocketAddr::from(([127, 0, 0, 1], out_port)),
-        "POST",
-        PAY,
-        &[],
-        pay_body("pay_sandbox", "").as_bytes(),
-    )
-    .unwrap();
+    let extra = "sandbox_path_rewrite = true\nrequest_time_format = \"iso8601\"";
+    let s = setup_custom(
+        extra,
+        true,
+        |gw| gw.expected_client_id = None,
+        |toml| toml.replace(CLIENT_ID, "SANDBOX_5YBZ1A2C3D4E5F01"),
+    );
+    let r = post(&s, PAY, pay_body("pay_sandbox", "").as_bytes());
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-alipay-sidecar-verified"), Some("true"));
-    let got = gw.received().into_iter().next().unwrap();
+    let got = s.gw.received().into_iter().next().unwrap();
     assert_eq!(got.target, "/ams/sandbox/api/v1/payments/pay");
     assert!(
         alipay_sidecar::protocol::parse_request_time(got.header("request-time").unwrap()).is_some()

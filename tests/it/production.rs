@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alipay_sidecar::mock_gateway::{MockGateway, MockGatewayConfig, ReceivedRequest};
@@ -22,7 +22,7 @@ use alipay_sidecar::protocol::{
 };
 use tempfile::TempDir;
 
-use crate::support::{bin, free_port, key, request, write_vector_keys, Response, Sidecar};
+use crate::support::{bin, free_port, key, request, rt, write_vector_keys, Response, Sidecar};
 
 const CLIENT_ID: &str = "T_111222333";
 const PAY: &str = "/ams/api/v1/payments/pay";
@@ -36,17 +36,6 @@ const FLAT_KEYS: &str = r#"merchant_private_key = "merchant_private_key.pem"
 merchant_key_version = 1
 alipay_public_keys = { "1" = "alipay_public_key.pem" }"#;
 const JSON_LOGS: &str = "[log]\nformat = \"json\"\n";
-
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
 
 // ---------------------------------------------------------------- gateway + sidecar rig
 

@@ -339,3 +339,15 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[i + 2 + size + 2..];
     }
 }
+
+/// One tokio runtime for every in-process server the tests start (fake gateways).
+pub fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
