@@ -147,6 +147,11 @@ pub struct OutboundConfig {
     pub verify_responses: bool,
     /// Allow a non-loopback `listen` address (the listener signs anything it is sent).
     pub allow_remote_clients: bool,
+    /// Host names (besides loopback addresses and `localhost`) the app may put in `Host`
+    /// on a loopback listener; anything else is refused as DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Connections open at once on the outbound listener (default 256).
+    pub max_connections: usize,
 }
 
 /// An HTTPS Alipay gateway (TLS is mandatory: the scheme is not stored because it is always
@@ -207,6 +212,8 @@ pub struct InboundConfig {
     pub sign_acknowledgements: bool,
     /// Enforce (default) or only record verification results.
     pub mode: InboundMode,
+    /// Connections open at once on the inbound listener (default 1024).
+    pub max_connections: usize,
 }
 
 /// The app behind the inbound listener (plain HTTP: it runs next to the sidecar).
@@ -257,6 +264,8 @@ pub enum InboundMode {
 pub struct AdminConfig {
     /// Default `127.0.0.1:9090`.
     pub listen: SocketAddr,
+    /// Connections open at once on the admin listener (default 64).
+    pub max_connections: usize,
 }
 
 /// `[log]`.
@@ -287,6 +296,12 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Then wait at most this long for in-flight requests (default 30 s).
     pub shutdown_timeout: Duration,
+    /// Largest request head on every listener (default 32 KiB); more gets 431.
+    pub max_header_bytes: usize,
+    /// The whole request head must arrive within this (default 10 s).
+    pub header_read_timeout: Duration,
+    /// The whole request body must arrive within this (default 30 s).
+    pub body_read_timeout: Duration,
 }
 
 /// Where a configuration value came from, so later errors (e.g. a key file that cannot be
@@ -613,6 +628,8 @@ const KNOWN_KEYS: &[KnownKey] = &[
     k("outbound", "request_timeout", Kind::Duration),
     k("outbound", "verify_responses", Kind::Bool),
     k("outbound", "allow_remote_clients", Kind::Bool),
+    k("outbound", "allowed_hosts", Kind::List),
+    k("outbound", "max_connections", Kind::Int),
     k("inbound", "listen", Kind::Addr),
     k("inbound", "forward_to", Kind::Url),
     k("inbound", "path_map", Kind::Table),
@@ -622,12 +639,17 @@ const KNOWN_KEYS: &[KnownKey] = &[
     k("inbound", "acknowledge", Kind::Choice(&["app", "sidecar"])),
     k("inbound", "sign_acknowledgements", Kind::Bool),
     k("inbound", "mode", Kind::Choice(&["enforce", "shadow"])),
+    k("inbound", "max_connections", Kind::Int),
     k("admin", "listen", Kind::Addr),
+    k("admin", "max_connections", Kind::Int),
     k("log", "format", Kind::Choice(&["json", "text"])),
     k("log", "level", Kind::Str),
     k("server", "threads", Kind::Int),
     k("server", "shutdown_grace", Kind::Duration),
     k("server", "shutdown_timeout", Kind::Duration),
+    k("server", "max_header_bytes", Kind::Int),
+    k("server", "header_read_timeout", Kind::Duration),
+    k("server", "body_read_timeout", Kind::Duration),
 ];
 
 impl KnownKey {
@@ -711,6 +733,8 @@ struct RawOutbound {
     request_timeout: Option<Spanned<String>>,
     verify_responses: Option<bool>,
     allow_remote_clients: Option<bool>,
+    allowed_hosts: Option<Vec<Spanned<String>>>,
+    max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -725,12 +749,14 @@ struct RawInbound {
     acknowledge: Option<Acknowledge>,
     sign_acknowledgements: Option<bool>,
     mode: Option<InboundMode>,
+    max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -740,12 +766,15 @@ struct RawLog {
     level: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
     threads: Option<Spanned<i64>>,
     shutdown_grace: Option<Spanned<String>>,
     shutdown_timeout: Option<Spanned<String>>,
+    max_header_bytes: Option<Spanned<i64>>,
+    header_read_timeout: Option<Spanned<String>>,
+    body_read_timeout: Option<Spanned<String>>,
 }
 
 /// `merchant_key_version = 1` or `= "1"`.
@@ -1186,12 +1215,13 @@ impl<'a> Ctx<'a> {
             }));
         }
 
+        let (admin_listen, admin_max) = match raw.admin {
+            Some(a) => (a.listen, a.max_connections),
+            None => (None, None),
+        };
         let admin = AdminConfig {
-            listen: self.addr(
-                raw.admin.and_then(|a| a.listen),
-                "admin.listen",
-                "127.0.0.1:9090",
-            )?,
+            listen: self.addr(admin_listen, "admin.listen", "127.0.0.1:9090")?,
+            max_connections: self.positive(admin_max, "admin.max_connections", 64)?,
         };
 
         let log = match raw.log {
@@ -1225,26 +1255,62 @@ impl<'a> Ctx<'a> {
             }
         };
 
-        let server = match raw.server {
-            None => ServerConfig {
-                threads: 2,
-                shutdown_grace: Duration::from_secs(5),
-                shutdown_timeout: Duration::from_secs(30),
-            },
-            Some(s) => ServerConfig {
-                threads: self.positive(s.threads, "server.threads", 2)?,
-                shutdown_grace: self.duration(
-                    s.shutdown_grace,
-                    "server.shutdown_grace",
-                    Duration::from_secs(5),
-                )?,
-                shutdown_timeout: self.duration(
-                    s.shutdown_timeout,
-                    "server.shutdown_timeout",
-                    Duration::from_secs(30),
-                )?,
-            },
+        let s = raw.server.unwrap_or_default();
+        let threads_span = s.threads.as_ref().map(Spanned::span);
+        let header_bytes_span = s.max_header_bytes.as_ref().map(Spanned::span);
+        let server = ServerConfig {
+            threads: self.positive(s.threads, "server.threads", 2)?,
+            shutdown_grace: self.duration(
+                s.shutdown_grace,
+                "server.shutdown_grace",
+                Duration::from_secs(5),
+            )?,
+            shutdown_timeout: self.duration(
+                s.shutdown_timeout,
+                "server.shutdown_timeout",
+                Duration::from_secs(30),
+            )?,
+            max_header_bytes: self.positive(
+                s.max_header_bytes,
+                "server.max_header_bytes",
+                32 * 1024,
+            )?,
+            header_read_timeout: self.duration(
+                s.header_read_timeout,
+                "server.header_read_timeout",
+                Duration::from_secs(10),
+            )?,
+            body_read_timeout: self.duration(
+                s.body_read_timeout,
+                "server.body_read_timeout",
+                Duration::from_secs(30),
+            )?,
         };
+        let max_threads = max_threads();
+        if server.threads > max_threads {
+            return Err(self.error_span(
+                threads_span,
+                Some("server.threads"),
+                format!(
+                    "{} worker threads per listener is more than this machine can use (at most \
+                     4 per core, {max_threads} here); each listener runs its own pool, so a few \
+                     threads are enough — remove the line for the default of 2",
+                    server.threads
+                ),
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&server.max_header_bytes) {
+            return Err(self.error_span(
+                header_bytes_span,
+                Some("server.max_header_bytes"),
+                format!(
+                    "{} is outside 1024..=1048576; AMS requests carry a few hundred bytes of \
+                     headers, so the default of 32768 is ample",
+                    server.max_header_bytes
+                ),
+            ));
+        }
+        self.distinct_listeners(&outbound, &inbound, &admin)?;
 
         Ok(Config {
             path: self.path.to_path_buf(),
@@ -1259,8 +1325,65 @@ impl<'a> Ctx<'a> {
         })
     }
 
+    /// Two listeners cannot share an address (the second bind would fail at start, or on
+    /// some systems both would bind and split the traffic).
+    fn distinct_listeners(
+        &self,
+        outbound: &Option<OutboundConfig>,
+        inbound: &Option<InboundConfig>,
+        admin: &AdminConfig,
+    ) -> Result<(), ConfigError> {
+        let mut seen: Vec<(SocketAddr, &str)> = vec![(admin.listen, "admin.listen")];
+        if let Some(o) = outbound {
+            seen.push((o.listen, "outbound.listen"));
+        }
+        if let Some(i) = inbound {
+            seen.push((i.listen, "inbound.listen"));
+        }
+        for (i, (addr, key)) in seen.iter().enumerate() {
+            if addr.port() == 0 {
+                continue; // an ephemeral port never collides
+            }
+            let clash = seen[..i].iter().find(|(other, _)| {
+                other.port() == addr.port()
+                    && (other.ip() == addr.ip()
+                        || other.ip().is_unspecified()
+                        || addr.ip().is_unspecified())
+            });
+            if let Some((_, other_key)) = clash {
+                return Err(self.error_span(
+                    None,
+                    Some(key),
+                    format!(
+                        "{addr} is also used by `{other_key}`; every listener needs its own \
+                         address (port)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn key_version(&self, v: &str, span: Range<usize>, key: &str) -> Result<String, ConfigError> {
         let v = v.trim();
+        if v.len() > 1 && v.starts_with('0') && v.bytes().all(|b| b.is_ascii_digit()) {
+            return self.err(
+                span,
+                key,
+                format!(
+                    "\"{}\" is not written the canonical way: key versions are plain numbers \
+                     without leading zeros (write \"{}\"); \"01\" and \"1\" would otherwise be \
+                     two different versions of the same key",
+                    v,
+                    v.trim_start_matches('0').to_string()
+                        + if v.trim_start_matches('0').is_empty() {
+                            "0"
+                        } else {
+                            ""
+                        }
+                ),
+            );
+        }
         if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
             return self.err(
                 span,
@@ -1404,6 +1527,38 @@ impl<'a> Ctx<'a> {
             }
         };
 
+        let mut allowed_hosts = Vec::new();
+        for h in raw.allowed_hosts.unwrap_or_default() {
+            let host = h.get_ref().trim().to_ascii_lowercase();
+            if host.is_empty()
+                || host.contains(['/', ':', ' ', '@'])
+                || host.chars().any(|c| c.is_control())
+            {
+                return self.err(
+                    h.span(),
+                    "outbound.allowed_hosts",
+                    format!(
+                        "{:?} is not a host name; list bare names such as \"alipay-sidecar\" (no \
+                         scheme, port or path)",
+                        crate::exchange::echo(h.get_ref())
+                    ),
+                );
+            }
+            allowed_hosts.push(host);
+        }
+        if let Some(token) = raw.agent_token.as_ref() {
+            if token.chars().any(|c| c.is_control()) {
+                return Err(self.error_span(
+                    None,
+                    Some("outbound.agent_token"),
+                    "the agent token contains control characters (a line break?), which cannot \
+                     go into an HTTP header and could inject headers; copy the token again \
+                     without the trailing newline"
+                        .to_string(),
+                ));
+            }
+        }
+
         // The SANDBOX_ / live consistency checks live in keyset::preflight, with the other
         // "classic mistake" checks.
         let sandbox_path_rewrite = raw.sandbox_path_rewrite.unwrap_or(false);
@@ -1440,6 +1595,8 @@ impl<'a> Ctx<'a> {
             )?,
             verify_responses: raw.verify_responses.unwrap_or(true),
             allow_remote_clients,
+            allowed_hosts,
+            max_connections: self.positive(raw.max_connections, "outbound.max_connections", 256)?,
         })
     }
 
@@ -1474,9 +1631,9 @@ impl<'a> Ctx<'a> {
                 g.span(),
                 key,
                 format!(
-                    "the gateway URL has a path (\"{}\"); write only scheme and host (and port): \
-                     the path of each call comes from the app's request",
-                    url.path
+                    "the gateway URL has a path or query (\"{}\"); write only scheme and host \
+                     (and port): the path of each call comes from the app's request",
+                    crate::exchange::echo(&url.path)
                 ),
             );
         }
@@ -1566,8 +1723,15 @@ impl<'a> Ctx<'a> {
             acknowledge: raw.acknowledge.unwrap_or(Acknowledge::App),
             sign_acknowledgements: raw.sign_acknowledgements.unwrap_or(false),
             mode: raw.mode.unwrap_or(InboundMode::Enforce),
+            max_connections: self.positive(raw.max_connections, "inbound.max_connections", 1024)?,
         })
     }
+}
+
+/// The most worker threads per listener that make sense here: 4 per core, at most 256.
+fn max_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores * 4).min(256)
 }
 
 /// Finds the dotted key whose key or value span contains `pos`.
@@ -1601,6 +1765,12 @@ struct Url {
 /// `scheme://host[:port][/path]` parsed with `http::Uri` (no user info), host lowercased and
 /// IPv6 brackets removed (they are added back where a `Host` header is written).
 fn parse_url(s: &str) -> Result<Url, String> {
+    if s.contains('#') {
+        return Err("a #fragment has no meaning here; remove it".into());
+    }
+    if s.chars().any(|c| c.is_control()) {
+        return Err("it contains control characters".into());
+    }
     let uri: http::Uri = s.trim().parse().map_err(|e| format!("{e}"))?;
     let scheme = uri
         .scheme_str()
@@ -1617,9 +1787,23 @@ fn parse_url(s: &str) -> Result<Url, String> {
     if host.is_empty() {
         return Err("no host".into());
     }
-    let port = match authority.port_u16() {
-        Some(0) => return Err("port 0 is not a port number".into()),
-        p => p,
+    // `http` reads an out-of-range port as no port at all (then 443 would be used silently)
+    let raw_port = authority
+        .as_str()
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.contains(']'));
+    let port = match raw_port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                return Err(format!(
+                    "port {} is not a port number (1-65535)",
+                    crate::exchange::echo(p)
+                ))
+            }
+        },
     };
     let path = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("");
     Ok(Url {

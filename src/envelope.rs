@@ -50,9 +50,43 @@ pub enum SidecarError {
     NotificationStale,
     /// Inbound: the app is down, timed out or answered 5xx; Alipay should re-send.
     AppUnavailable,
+    /// The request head exceeds `[server] max_header_bytes`; the connection is closed.
+    HeadersTooLarge,
+    /// The request head or body did not arrive within `[server] header_read_timeout` /
+    /// `body_read_timeout`; nothing was forwarded.
+    RequestTimeout,
+    /// Outbound: the request carries `Origin` or `Sec-Fetch-*`, so a browser sent it (a web
+    /// page must never drive the signer).
+    BrowserRequestRefused,
+    /// Outbound: the `Host` header names neither a loopback address nor an `allowed_hosts`
+    /// entry (DNS rebinding).
+    HostNotAllowed,
 }
 
 impl SidecarError {
+    /// Every code, for documentation checks and pre-created metric series.
+    pub const ALL: [SidecarError; 19] = [
+        SidecarError::MethodNotAllowed,
+        SidecarError::PathNotAllowed,
+        SidecarError::BodyTooLarge,
+        SidecarError::BadRequest,
+        SidecarError::GatewayUnreachable,
+        SidecarError::GatewayTimeout,
+        SidecarError::GatewayTlsError,
+        SidecarError::GatewayProtocolError,
+        SidecarError::GatewayResponseTooLarge,
+        SidecarError::ResponseSignatureInvalid,
+        SidecarError::ResponseUnsigned,
+        SidecarError::SigningFailed,
+        SidecarError::NotificationUnverified,
+        SidecarError::NotificationStale,
+        SidecarError::AppUnavailable,
+        SidecarError::HeadersTooLarge,
+        SidecarError::RequestTimeout,
+        SidecarError::BrowserRequestRefused,
+        SidecarError::HostNotAllowed,
+    ];
+
     /// The `resultCode`, also the metric label.
     pub fn code(self) -> &'static str {
         match self {
@@ -71,6 +105,10 @@ impl SidecarError {
             SidecarError::NotificationUnverified => "SIDECAR_NOTIFICATION_UNVERIFIED",
             SidecarError::NotificationStale => "SIDECAR_NOTIFICATION_STALE",
             SidecarError::AppUnavailable => "SIDECAR_APP_UNAVAILABLE",
+            SidecarError::HeadersTooLarge => "SIDECAR_HEADERS_TOO_LARGE",
+            SidecarError::RequestTimeout => "SIDECAR_REQUEST_TIMEOUT",
+            SidecarError::BrowserRequestRefused => "SIDECAR_BROWSER_REQUEST_REFUSED",
+            SidecarError::HostNotAllowed => "SIDECAR_HOST_NOT_ALLOWED",
         }
     }
 
@@ -90,7 +128,11 @@ impl SidecarError {
     pub fn http_status(self) -> u16 {
         match self {
             SidecarError::MethodNotAllowed => 405,
-            SidecarError::PathNotAllowed => 403,
+            SidecarError::PathNotAllowed
+            | SidecarError::BrowserRequestRefused
+            | SidecarError::HostNotAllowed => 403,
+            SidecarError::HeadersTooLarge => 431,
+            SidecarError::RequestTimeout => 408,
             SidecarError::BodyTooLarge => 413,
             SidecarError::BadRequest => 400,
             SidecarError::GatewayTimeout => 504,
@@ -115,6 +157,15 @@ impl SidecarError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_code_is_documented_in_the_readme() {
+        let readme = include_str!("../README.md");
+        for e in SidecarError::ALL {
+            let row = format!("| `{}` | {} |", e.code(), e.http_status());
+            assert!(readme.contains(&row), "README has no row {row}");
+        }
+    }
 
     #[test]
     fn body_is_alipays_envelope() {

@@ -14,6 +14,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
 use crate::envelope::{SidecarError, Status};
+use crate::logging::Throttle;
 use crate::metrics::{self, BodyKind, Direction, Outcome};
 
 /// Header the sidecar adds to what it hands on, saying what was checked.
@@ -110,14 +111,20 @@ impl Record {
     ) -> pingora::Result<()> {
         self.status = error.http_status();
         self.error = Some(error.code());
-        self.outcome = if error.status() == Status::U {
-            Outcome::Error
-        } else {
-            Outcome::Rejected
+        self.outcome = match error {
+            // the client's own request was unreadable: not a delivery failure
+            SidecarError::BadRequest
+            | SidecarError::RequestTimeout
+            | SidecarError::HeadersTooLarge => Outcome::BadRequest,
+            _ if error.status() == Status::U => Outcome::Error,
+            _ => Outcome::Rejected,
         };
         metrics::metrics().record_error(error.code());
         let body = error.body(&message);
-        self.detail = Some(message);
+        // a detail recorded earlier (the real cause) wins over the message sent to the client
+        if self.detail.is_none() {
+            self.detail = Some(message);
+        }
         let mut resp = ResponseHeader::build(error.http_status(), Some(4))?;
         resp.insert_header("Content-Type", "application/json; charset=UTF-8")?;
         resp.insert_header(ERROR_HEADER, error.code())?;
@@ -158,16 +165,30 @@ impl Record {
     }
 }
 
-/// Reads one request: POST only, an origin-form UTF-8 target that `check_target` accepts
-/// (checked before the body is read), the body whole and at most `limit` bytes (`limit_key`
-/// names the setting in messages), `Expect: 100-continue` answered here. `None` when it was
-/// refused; the answer is then already written.
+/// How a listener reads request bodies.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyPolicy {
+    /// Largest body accepted.
+    pub max_bytes: usize,
+    /// The setting that sets `max_bytes`, named in messages (`[inbound] max_body_bytes`).
+    pub limit_key: &'static str,
+    /// The whole body must arrive within this (`[server] body_read_timeout`).
+    pub timeout: Duration,
+}
+
+/// Malformed or slow bodies, logged at most once per second per direction.
+static BAD_BODY_LOG: [Throttle; 2] = [Throttle::new(), Throttle::new()];
+
+/// Reads one request: POST only, an origin-form UTF-8 target, then `check` on the head
+/// (target and headers, before the body is read), the body whole within `policy` (size and
+/// deadline), `Expect: 100-continue` answered here. A malformed, truncated or too slow body
+/// is answered `400`/`408` in the envelope and counted as `bad_request`, never as a
+/// delivery failure. `None` when it was refused; the answer is then already written.
 pub async fn receive(
     session: &mut Session,
     rec: &mut Record,
-    limit: usize,
-    limit_key: &str,
-    check_target: impl FnOnce(&str) -> Result<(), (SidecarError, String)>,
+    policy: BodyPolicy,
+    check: impl FnOnce(&RequestHeader, &str) -> Result<(), (SidecarError, String)>,
 ) -> pingora::Result<Option<Received>> {
     let header = session.req_header().clone();
     if header.method != http::Method::POST {
@@ -177,6 +198,18 @@ pub async fn receive(
             .refuse(session, SidecarError::MethodNotAllowed, msg)
             .await
             .map(|_| None);
+    }
+    if let pingora::protocols::http::ServerSession::H1(h1) = &*session.downstream_session {
+        if framing_conflict(&h1.get_headers_raw_bytes()) {
+            let msg = "the request has both Content-Length and Transfer-Encoding; one framing \
+                       per request (a request that two parsers could read differently is \
+                       refused)"
+                .to_string();
+            return rec
+                .refuse(session, SidecarError::BadRequest, msg)
+                .await
+                .map(|_| None);
+        }
     }
     let Some(target) = std::str::from_utf8(header.raw_path())
         .ok()
@@ -190,16 +223,20 @@ pub async fn receive(
             .await
             .map(|_| None);
     };
-    if let Err((error, msg)) = check_target(&target) {
+    if let Err((error, msg)) = check(&header, &target) {
         return rec.refuse(session, error, msg).await.map(|_| None);
     }
+    let limit = policy.max_bytes;
     let declared = header
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
     if let Some(n) = declared.filter(|n| *n > limit) {
-        let msg = format!("the body is {n} bytes; the limit is {limit} ({limit_key})");
+        let msg = format!(
+            "the body is {n} bytes; the limit is {limit} ({})",
+            policy.limit_key
+        );
         return rec
             .refuse(session, SidecarError::BodyTooLarge, msg)
             .await
@@ -212,24 +249,98 @@ pub async fn receive(
     {
         session.write_continue_response().await?;
     }
-    let mut body = BytesMut::new();
-    while let Some(chunk) = session.read_request_body().await? {
-        if body.len() + chunk.len() > limit {
-            let msg = format!("the body exceeds {limit} bytes ({limit_key})");
+    let read = read_body(session, limit, policy.limit_key);
+    let body = match tokio::time::timeout(policy.timeout, read).await {
+        Ok(Ok(Ok(body))) => body,
+        Ok(Ok(Err((error, msg)))) => {
+            return rec.refuse(session, error, msg).await.map(|_| None);
+        }
+        Ok(Err(e)) => {
+            let msg = format!(
+                "the request body could not be read: {}; send a complete body framed by \
+                 Content-Length or valid chunked encoding",
+                echo(&e.to_string())
+            );
+            rec.detail = Some(msg.clone());
+            bad_body_log(rec.direction, "malformed or truncated request body");
             return rec
-                .refuse(session, SidecarError::BodyTooLarge, msg)
+                .refuse(session, SidecarError::BadRequest, msg)
                 .await
                 .map(|_| None);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Err(_) => {
+            let msg = format!(
+                "the request body did not arrive within {} ([server] body_read_timeout); \
+                 nothing was forwarded",
+                humantime::format_duration(policy.timeout)
+            );
+            bad_body_log(rec.direction, "request body too slow");
+            return rec
+                .refuse(session, SidecarError::RequestTimeout, msg)
+                .await
+                .map(|_| None);
+        }
+    };
     rec.request_bytes = body.len();
     metrics::metrics().observe_body_size(rec.direction, BodyKind::Request, body.len());
     Ok(Some(Received {
         header,
         target,
-        body: body.freeze(),
+        body,
     }))
+}
+
+/// Whether a raw request head names both `Content-Length` and `Transfer-Encoding`. pingora
+/// accepts that (it drops `Content-Length`, as RFC 9112 §6.3 allows); the sidecar refuses it,
+/// because such a request is the classic smuggling shape and no SDK sends one.
+fn framing_conflict(head: &[u8]) -> bool {
+    let has = |name: &[u8]| {
+        head.split(|b| *b == b'\n').skip(1).any(|line| {
+            line.len() > name.len()
+                && line[..name.len()].eq_ignore_ascii_case(name)
+                && line[name.len()..].trim_ascii_start().starts_with(b":")
+        })
+    };
+    has(b"content-length") && has(b"transfer-encoding")
+}
+
+/// The body, whole and bounded; the inner `Err` is a refusal (too large), the outer one a
+/// framing or connection error.
+async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    limit_key: &str,
+) -> pingora::Result<Result<Bytes, (SidecarError, String)>> {
+    // One body usually arrives in one piece: keep that piece without a copy.
+    let mut first: Option<Bytes> = None;
+    let mut body = BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        let so_far = first.as_ref().map_or(0, Bytes::len) + body.len();
+        if so_far + chunk.len() > limit {
+            let msg = format!("the body exceeds {limit} bytes ({limit_key})");
+            return Ok(Err((SidecarError::BodyTooLarge, msg)));
+        }
+        match first.take() {
+            None if body.is_empty() => first = Some(chunk),
+            Some(f) => {
+                body.extend_from_slice(&f);
+                body.extend_from_slice(&chunk);
+            }
+            None => body.extend_from_slice(&chunk),
+        }
+    }
+    Ok(Ok(first.unwrap_or_else(|| body.freeze())))
+}
+
+fn bad_body_log(direction: Direction, what: &str) {
+    let i = usize::from(direction == Direction::Inbound);
+    if let Some(count) = BAD_BODY_LOG[i].hit() {
+        tracing::warn!(
+            direction = direction.as_str(),
+            count,
+            "{what}: answered 400/408 (logged at most once per second, with the count since the last line)"
+        );
+    }
 }
 
 /// Copies request headers to the next hop: drops hop-by-hop and framing headers, those the
@@ -347,14 +458,24 @@ pub fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
-/// At most `n` characters of `s`, for echoing received text in messages.
-pub fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
-}
+pub use crate::protocol::echo;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_framings_are_a_conflict() {
+        assert!(framing_conflict(
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\ntransfer-encoding: chunked\r\n\r\n"
+        ));
+        assert!(!framing_conflict(
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"
+        ));
+        assert!(!framing_conflict(
+            b"POST / HTTP/1.1\r\nX-Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+    }
 
     #[test]
     fn connection_tokens_are_hop_by_hop() {

@@ -41,7 +41,7 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::config::{Acknowledge, Config, InboundConfig, InboundMode};
 use crate::envelope::SidecarError;
 use crate::exchange::{
-    self, header_text, now_millis, truncate, Received, Record, KEY_VERSION_HEADER, VERIFIED_HEADER,
+    self, echo, header_text, now_millis, Received, Record, KEY_VERSION_HEADER, VERIFIED_HEADER,
 };
 use crate::keyset::KeySet;
 use crate::metrics::{self, BodyKind, Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
@@ -65,6 +65,7 @@ pub struct Inbound {
     cfg: InboundConfig,
     client_id: String,
     upstream: Upstream,
+    body_policy: exchange::BodyPolicy,
 }
 
 /// Why a notification was not accepted: the metric label, the error code and what to do.
@@ -106,15 +107,18 @@ impl Inbound {
         Self {
             state,
             client_id: config.client_id.clone(),
+            body_policy: exchange::BodyPolicy {
+                max_bytes: cfg.max_body_bytes,
+                limit_key: "[inbound] max_body_bytes",
+                timeout: config.server.body_read_timeout,
+            },
             cfg,
             upstream,
         }
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut Record) -> pingora::Result<()> {
-        let limit = self.cfg.max_body_bytes;
-        let Some(n) =
-            exchange::receive(session, ctx, limit, "[inbound] max_body_bytes", |_| Ok(())).await?
+        let Some(n) = exchange::receive(session, ctx, self.body_policy, |_, _| Ok(())).await?
         else {
             return Ok(());
         };
@@ -150,6 +154,17 @@ impl Inbound {
     /// (signed) time. Records the observed skew whenever the time parses.
     fn check(&self, keys: &KeySet, n: &Received, ctx: &mut Record) -> Result<Verified, Refusal> {
         let (req, target) = (&n.header, n.target.as_str());
+        // One value each: a second copy could be read by the app instead of the one verified.
+        if let Some(name) = ["client-id", "request-time", "signature"]
+            .into_iter()
+            .find(|h| req.headers.get_all(*h).iter().count() > 1)
+        {
+            let msg = format!("the notification has more than one {name} header; Alipay sends each signed header once, so this one was altered on the way and is refused");
+            return Err(Refusal::unverified(
+                VerificationResult::Invalid("duplicate_header"),
+                msg,
+            ));
+        }
         let client_id = header_text(&req.headers, "client-id");
         let time = header_text(&req.headers, "request-time");
         let signature = header_text(&req.headers, "signature").filter(|s| !s.trim().is_empty());
@@ -183,7 +198,7 @@ impl Inbound {
         if received != self.client_id {
             let msg = format!(
                 "the notification is addressed to client-id {:?}, not to the configured client_id {:?}; a notification for another merchant is refused",
-                truncate(received, 64),
+                echo(received),
                 self.client_id
             );
             return Err(Refusal::unverified(VerificationResult::WrongClientId, msg));
@@ -194,7 +209,7 @@ impl Inbound {
         let verified = verdict.map_err(|e| {
             let msg = format!(
                 "the notification's signature did not verify over POST {}: {e}",
-                truncate(target, 120)
+                echo(target)
             );
             Refusal::unverified((&e).into(), msg)
         })?;
@@ -211,7 +226,7 @@ impl Inbound {
         let Some(t) = parsed else {
             let msg = format!(
                 "Request-Time {:?} is not a time the sidecar can read (epoch millis or ISO-8601), so its freshness cannot be checked while [inbound] max_request_time_skew is set",
-                truncate(time, 64)
+                echo(time)
             );
             return Err(Refusal::stale(
                 VerificationResult::UnparseableRequestTime,
@@ -221,7 +236,8 @@ impl Inbound {
         let skew = Duration::from_millis(now.abs_diff(t));
         if skew > window {
             let msg = format!(
-                "Request-Time {time:?} is {} away from the sidecar's clock, more than [inbound] max_request_time_skew = {}; refused as a possible replay",
+                "Request-Time \"{}\" is {} away from the sidecar's clock, more than [inbound] max_request_time_skew = {}; refused as a possible replay",
+                echo(time),
                 humantime::format_duration(Duration::from_secs(skew.as_secs())),
                 humantime::format_duration(window)
             );
@@ -253,8 +269,12 @@ impl Inbound {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, app = %self.cfg.forward_to.url(), "the app did not take the notification; answering 503 so that Alipay re-sends it");
-                let msg =
-                    format!("the app did not take the notification ({e}); Alipay will re-send it");
+                // Alipay (and whoever else reaches this port) learns nothing of the app's
+                // address or the connector's error; the log line above has them.
+                ctx.detail = Some(e.to_string());
+                let msg = "the app is unavailable; the notification was not acknowledged, so \
+                           Alipay will re-send it"
+                    .to_string();
                 return ctx.refuse(session, SidecarError::AppUnavailable, msg).await;
             }
         };

@@ -128,6 +128,71 @@ fn location(config: &Config, key: &str) -> String {
     }
 }
 
+/// Largest key file read: a PEM RSA-4096 private key is about 3.3 KiB.
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// Why a bounded file read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Opening or reading failed.
+    #[error("{0}; check the path and the file's permissions")]
+    Io(std::io::Error),
+    /// Not a regular file (a FIFO, device, socket or folder).
+    #[error("it is {0}, not a regular file; point the setting at the file itself")]
+    NotRegular(&'static str),
+    /// Larger than a file of this kind can be.
+    #[error("it is larger than {0} bytes, so it is not a key or certificate file; check the path")]
+    TooLarge(u64),
+}
+
+/// Reads a small configuration file (key, certificate) safely: opened non-blocking so a FIFO
+/// cannot hang the caller (a reload holds its lock while reading), refused unless it is a
+/// regular file (after symlinks), and never more than `max` bytes (`/dev/zero` cannot
+/// exhaust memory).
+pub fn read_file(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::IsADirectory => FileError::NotRegular("a folder"),
+            _ => FileError::Io(e),
+        })?;
+    let meta = file.metadata().map_err(FileError::Io)?;
+    let t = meta.file_type();
+    if !t.is_file() {
+        return Err(FileError::NotRegular(if t.is_dir() {
+            "a folder"
+        } else if t.is_fifo() {
+            "a named pipe (FIFO)"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else {
+            "a special file"
+        }));
+    }
+    if meta.len() > max {
+        return Err(FileError::TooLarge(max));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(FileError::Io)?;
+    if bytes.len() as u64 > max {
+        return Err(FileError::TooLarge(max));
+    }
+    Ok(bytes)
+}
+
+/// [`read_file`] with the error as text, for callers that only report it.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    read_file(path, max).map_err(|e| e.to_string())
+}
+
 fn read_key_file(
     config: &Config,
     key: &str,
@@ -140,9 +205,9 @@ fn read_key_file(
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| {
-        unreadable(match e.kind() {
-            std::io::ErrorKind::NotFound => format!(
+    let bytes = read_file(path, MAX_KEY_FILE_BYTES).map_err(|e| {
+        unreadable(match e {
+            FileError::Io(e) if e.kind() == std::io::ErrorKind::NotFound => format!(
                 "the file does not exist; check the path (relative paths are resolved against \
                  the config file's folder{})",
                 config
@@ -151,14 +216,11 @@ fn read_key_file(
                     .map(|p| format!(", {}", p.display()))
                     .unwrap_or_default()
             ),
-            std::io::ErrorKind::PermissionDenied => {
+            FileError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 "permission denied; give the user the sidecar runs as read access to the file"
                     .to_string()
             }
-            std::io::ErrorKind::IsADirectory => {
-                "it is a folder; point the setting at the key file inside it".to_string()
-            }
-            _ => format!("{e}; check the path and the file's permissions"),
+            other => other.to_string(),
         })
     })?;
     String::from_utf8(bytes).map_err(|_| {
@@ -345,6 +407,25 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
                 o.listen
             )));
         }
+    }
+    if let Some(o) = &config.outbound {
+        if o.allowed_path_prefixes.iter().any(|p| p == "/") {
+            out.push(warning(format!(
+                "{}: `allowed_path_prefixes` contains \"/\", so the signer signs a request to any \
+                 path the app (or anything that reaches the listener) sends; list the AMS \
+                 prefixes instead, e.g. [\"/ams/api/\", \"/ams/sandbox/api/\"]",
+                location(config, "outbound.allowed_path_prefixes")
+            )));
+        }
+    }
+    if !config.admin.listen.ip().is_loopback() {
+        out.push(warning(format!(
+            "{}: the admin listener is on {}, a non-loopback address: /admin/reload and \
+             /metrics have no authentication, so restrict who can reach the port (e.g. a \
+             Kubernetes NetworkPolicy), or listen on 127.0.0.1",
+            location(config, "admin.listen"),
+            config.admin.listen
+        )));
     }
     if let Some(i) = &config.inbound {
         if i.mode == InboundMode::Shadow {

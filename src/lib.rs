@@ -21,6 +21,7 @@ pub mod envelope;
 pub mod exchange;
 pub mod inbound;
 pub mod keyset;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod mock_gateway;

@@ -5,8 +5,18 @@
 //! What is never logged: key material, `Signature` header values, bodies at info level.
 //! Request lines carry direction, api, status, outcome, durations and sizes; the content
 //! SHA-256 appears with verification failures so two sides can compare.
+//!
+//! `Signature` values are kept out at every level, also from pingora's own trace output
+//! (which prints whole header maps): every line goes through [`Redacting`], which replaces
+//! the value after any `signature=` with `<redacted>` before it is written. pingora's
+//! per-connection "Fail to proxy" errors are off by default (`pingora_proxy=off`): each
+//! request already has the sidecar's own log line, and connections closed for breaking a
+//! limit are logged at most once per second with a count ([`Throttle`]). `RUST_LOG`
+//! replaces the default filter, redaction stays.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
 
@@ -15,10 +25,7 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global subscriber once; later calls are no-ops.
 pub fn init(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!(
-            "{},pingora_core=warn,pingora_proxy=warn",
-            cfg.level
-        ))
+        EnvFilter::new(format!("{},pingora_core=warn,pingora_proxy=off", cfg.level))
     });
     let json = match cfg.format {
         Some(LogFormat::Json) => true,
@@ -27,7 +34,7 @@ pub fn init(cfg: &LogConfig) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(|| Redacting(std::io::stdout()))
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal());
     let _ = if json {
@@ -35,4 +42,126 @@ pub fn init(cfg: &LogConfig) {
     } else {
         builder.try_init()
     };
+}
+
+/// A writer that removes `Signature` values from each formatted line (tracing's fmt layer
+/// writes one event per `write` call) before passing it on.
+pub struct Redacting<W>(pub W);
+
+impl<W: Write> Write for Redacting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let redacted = redact_signatures(buf);
+        self.0.write_all(&redacted)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// `buf` with the value after every (case-insensitive) `signature=` replaced by
+/// `<redacted>`: the `signature=` field of a `Signature` header is the only secret-like value
+/// a header dump can carry. A value is base64 (or percent-encoded base64).
+pub fn redact_signatures(buf: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const NEEDLE: &[u8] = b"signature=";
+    let is_value =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'%' | b'-' | b'_');
+    let find = |from: usize| {
+        buf[from..]
+            .windows(NEEDLE.len())
+            .position(|w| w.eq_ignore_ascii_case(NEEDLE))
+            .map(|p| p + from)
+    };
+    let Some(mut at) = find(0) else {
+        return std::borrow::Cow::Borrowed(buf);
+    };
+    let mut out = Vec::with_capacity(buf.len());
+    let mut copied = 0;
+    loop {
+        let value_start = at + NEEDLE.len();
+        let mut end = value_start;
+        while end < buf.len() && is_value(buf[end]) {
+            end += 1;
+        }
+        out.extend_from_slice(&buf[copied..value_start]);
+        if end > value_start {
+            out.extend_from_slice(b"<redacted>");
+        }
+        copied = end;
+        match find(end) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    out.extend_from_slice(&buf[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Lets a log line through at most once per second, counting the events in between, so a
+/// flood of bad connections or requests cannot flood the logs.
+#[derive(Debug)]
+pub struct Throttle {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Throttle {
+    /// A throttle that lets the first event through.
+    pub const fn new() -> Self {
+        Self {
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Counts one event; `Some(n)` (the events since the last line, this one included) when
+    /// a line should be written now.
+    pub fn hit(&self) -> Option<u64> {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        g.1 += 1;
+        if g.0.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return None;
+        }
+        g.0 = Some(Instant::now());
+        Some(std::mem::take(&mut g.1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_values_are_redacted() {
+        let line = br#"{"signature": "algorithm=RSA256,keyVersion=1,signature=ab%2Bc/d=="} Signature=XYZ end"#;
+        let out = redact_signatures(line);
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains("ab%2Bc") && !text.contains("XYZ"), "{text}");
+        assert!(
+            text.contains("signature=<redacted>\"}") && text.contains("Signature=<redacted> end")
+        );
+        assert!(matches!(
+            redact_signatures(b"no secrets"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn throttle_lets_one_line_a_second_through_with_a_count() {
+        let t = Throttle::new();
+        assert_eq!(t.hit(), Some(1));
+        assert_eq!(t.hit(), None);
+        assert_eq!(t.hit(), None);
+        t.state.lock().unwrap().0 = Some(Instant::now() - Duration::from_secs(2));
+        assert_eq!(
+            t.hit(),
+            Some(3),
+            "the suppressed events are counted in the next line"
+        );
+    }
 }

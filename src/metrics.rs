@@ -107,6 +107,9 @@ pub enum Outcome {
     Forwarded,
     /// Inbound shadow mode: verification failed but the notification was forwarded anyway.
     ShadowForwarded,
+    /// The request itself was unreadable (malformed or truncated framing, body too slow): a
+    /// client problem, not a delivery failure, so alerts on `error` do not fire for it.
+    BadRequest,
 }
 
 impl Outcome {
@@ -120,6 +123,7 @@ impl Outcome {
             Outcome::Error => "error",
             Outcome::Forwarded => "forwarded",
             Outcome::ShadowForwarded => "shadow_forwarded",
+            Outcome::BadRequest => "bad_request",
         }
     }
 }
@@ -203,9 +207,10 @@ pub enum VerificationResult {
 
 impl VerificationResult {
     /// Every result with a fixed label, for pre-creating series at zero.
-    const FIXED: [VerificationResult; 12] = [
+    const FIXED: [VerificationResult; 13] = [
         VerificationResult::Valid,
         VerificationResult::Invalid("missing_header"),
+        VerificationResult::Invalid("duplicate_header"),
         VerificationResult::Invalid("malformed"),
         VerificationResult::Invalid("unsupported_algorithm"),
         VerificationResult::Invalid("unknown_key_version"),
@@ -279,6 +284,9 @@ pub struct Metrics {
     key_last_reload: Gauge,
     notification_skew: Histogram,
     gateway_result_status: IntCounterVec,
+    connections_refused: IntCounterVec,
+    open_connections: IntGaugeVec,
+    connections_closed: IntCounterVec,
 }
 
 fn histogram_opts(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
@@ -400,6 +408,27 @@ impl Metrics {
             ),
             &["api", "result_status"],
         )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "alipay_sidecar_connections_refused_total",
+                "Connections closed at once, unread, because the listener already had max_connections open.",
+            ),
+            &["listener"],
+        )?;
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "alipay_sidecar_open_connections",
+                "Client connections currently open, by listener.",
+            ),
+            &["listener"],
+        )?;
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "alipay_sidecar_connections_closed_total",
+                "Connections the sidecar closed because the client broke a limit: header_too_large (max_header_bytes), header_timeout (header_read_timeout).",
+            ),
+            &["listener", "reason"],
+        )?;
 
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -416,6 +445,9 @@ impl Metrics {
         registry.register(Box::new(notification_skew.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(gateway_result_status.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(open_connections.clone()))?;
+        registry.register(Box::new(connections_closed.clone()))?;
 
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), git_commit()])
@@ -447,6 +479,9 @@ impl Metrics {
             key_last_reload,
             notification_skew,
             gateway_result_status,
+            connections_refused,
+            open_connections,
+            connections_closed,
         })
     }
 
@@ -457,6 +492,36 @@ impl Metrics {
             tracing::error!(%error, "encoding metrics failed; serving what was encoded");
         }
         out
+    }
+
+    /// Creates the connection series of `listener` at zero, so dashboards show them before
+    /// the first refusal.
+    pub fn register_listener(&self, listener: &str) {
+        self.connections_refused.with_label_values(&[listener]);
+        self.open_connections.with_label_values(&[listener]);
+        for reason in ["header_too_large", "header_timeout"] {
+            self.connections_closed
+                .with_label_values(&[listener, reason]);
+        }
+    }
+
+    /// A connection closed unread because `listener` is at `max_connections`.
+    pub fn record_connection_refused(&self, listener: &str) {
+        self.connections_refused
+            .with_label_values(&[listener])
+            .inc();
+    }
+
+    /// The gauge of open connections on `listener`.
+    pub fn open_connections(&self, listener: &str) -> IntGauge {
+        self.open_connections.with_label_values(&[listener])
+    }
+
+    /// A connection closed because its client broke a limit (`reason` is a fixed label).
+    pub fn record_connection_closed(&self, listener: &str, reason: &'static str) {
+        self.connections_closed
+            .with_label_values(&[listener, reason])
+            .inc();
     }
 
     /// Records one finished request: counts it and observes its whole duration in the

@@ -55,6 +55,7 @@ pub struct Outbound {
     /// App headers the sidecar sets itself (built once: `REPLACED`, plus `agent-token` when
     /// one is configured).
     not_forwarded: Vec<&'static str>,
+    body_policy: exchange::BodyPolicy,
 }
 
 /// What the app is told about the gateway's answer.
@@ -79,6 +80,7 @@ impl Outbound {
             ca_bundle,
             cfg.connect_timeout,
         );
+        let cfg_max_body = cfg.max_body_bytes;
         let mut not_forwarded = REPLACED.to_vec();
         if cfg.agent_token.is_some() {
             not_forwarded.push("agent-token");
@@ -90,33 +92,49 @@ impl Outbound {
             upstream,
             app_signature_replaced: AtomicBool::new(false),
             not_forwarded,
+            body_policy: exchange::BodyPolicy {
+                max_bytes: cfg_max_body,
+                limit_key: "[outbound] max_body_bytes",
+                timeout: config.server.body_read_timeout,
+            },
         }
     }
 
-    /// Allowed prefixes only, and no dot segments ("/ams/api/../x" must not escape them).
-    fn check_target(&self, target: &str) -> Result<(), (SidecarError, String)> {
-        let path = target.split('?').next().unwrap_or("");
-        let dot_segment = path.split('/').any(|s| {
-            s == "."
-                || s == ".."
-                || s.eq_ignore_ascii_case("%2e")
-                || s.eq_ignore_ascii_case("%2e%2e")
-        });
-        if !dot_segment
-            && self
-                .cfg
-                .allowed_path_prefixes
-                .iter()
-                .any(|p| path.starts_with(p.as_str()))
+    /// The request head before the body is read: not from a browser, addressed to this
+    /// sidecar (DNS rebinding), and a target inside the allowed prefixes.
+    fn check_head(
+        &self,
+        header: &RequestHeader,
+        target: &str,
+    ) -> Result<(), (SidecarError, String)> {
+        if let Some(name) = ["origin", "sec-fetch-site", "sec-fetch-mode"]
+            .into_iter()
+            .find(|h| header.headers.contains_key(*h))
         {
-            return Ok(());
+            let msg = format!(
+                "the request carries a {name} header, so a web browser sent it; the signing \
+                 proxy only takes calls from the app's server-side SDK (a web page must never \
+                 get requests signed with the merchant key)"
+            );
+            return Err((SidecarError::BrowserRequestRefused, msg));
         }
-        let msg = format!(
-            "path {:?} is not allowed; allowed prefixes: {}",
-            exchange::truncate(target, 120),
-            self.cfg.allowed_path_prefixes.join(", ")
-        );
-        Err((SidecarError::PathNotAllowed, msg))
+        if self.cfg.listen.ip().is_loopback() {
+            if let Some(host) = header.headers.get(http::header::HOST) {
+                let text = String::from_utf8_lossy(host.as_bytes());
+                if !host_allowed(&text, &self.cfg.allowed_hosts) {
+                    let msg = format!(
+                        "Host \"{}\" is neither a loopback address, localhost nor listed in \
+                         [outbound] allowed_hosts; a page that re-binds its DNS name to \
+                         127.0.0.1 must not reach the signer. Use http://127.0.0.1:<port> as the \
+                         gateway URL, or add the name the app uses to allowed_hosts",
+                        exchange::echo(&text)
+                    );
+                    return Err((SidecarError::HostNotAllowed, msg));
+                }
+            }
+        }
+        target_allowed(target, &self.cfg.allowed_path_prefixes)
+            .map_err(|msg| (SidecarError::PathNotAllowed, msg))
     }
 
     /// The path that is signed and sent: as received, or with the SDKs' sandbox rewrite.
@@ -142,14 +160,8 @@ impl Outbound {
         if let Ok(path) = std::str::from_utf8(session.req_header().raw_path()) {
             rec.api = metrics::api_label(path.split('?').next().unwrap_or(""));
         }
-        let Some(req) = exchange::receive(
-            session,
-            rec,
-            self.cfg.max_body_bytes,
-            "[outbound] max_body_bytes",
-            |t| self.check_target(t),
-        )
-        .await?
+        let Some(req) =
+            exchange::receive(session, rec, self.body_policy, |h, t| self.check_head(h, t)).await?
         else {
             return Ok(());
         };
@@ -235,8 +247,11 @@ impl Outbound {
         session.write_response_body(Some(response.body), true).await
     }
 
-    /// The response policy (spec §5): signed and valid → verified; unsigned `F` rejection →
-    /// passed, marked; non-200 → passed, marked; anything else → refused, body withheld.
+    /// The response policy (spec §5, fail closed): a signed answer is verified whatever its
+    /// status; an unsigned one passes (marked) only when it cannot be mistaken for a success —
+    /// a 4xx/5xx status, or a 200 whose `resultStatus` is `F` (Alipay does not sign
+    /// rejections of a bad request signature). Every other unsigned answer (1xx-3xx) is
+    /// withheld: a 201/302 with `"S"` must not reach the app as if it were Alipay's.
     fn verify(
         &self,
         keys: &KeySet,
@@ -246,16 +261,10 @@ impl Outbound {
     ) -> Result<Verdict, (SidecarError, String)> {
         let m = metrics::metrics();
         let status = response.header.status.as_u16();
-        if status != 200 {
-            // nothing signed to check
-            rec.outcome = Outcome::UnverifiedStatus;
-            return Ok(Verdict {
-                marker: "unverified-status",
-                key_version: None,
-            });
-        }
         let result_status = exchange::result_status(&response.body);
-        m.record_gateway_result_status(rec.api, result_status.as_deref());
+        if status == 200 {
+            m.record_gateway_result_status(rec.api, result_status.as_deref());
+        }
         if !self.cfg.verify_responses {
             rec.outcome = Outcome::Forwarded;
             return Ok(Verdict {
@@ -268,8 +277,15 @@ impl Outbound {
         let inquire = "Inquire the outcome (e.g. inquiryPayment) before retrying";
         let (sig, time) = match (sig, time) {
             (Some(sig), Some(time)) => (sig, time),
-            (None, None) if result_status.as_deref() == Some("F") => {
-                // Alipay does not sign rejections of a bad request signature
+            (None, None) if status >= 400 => {
+                // an HTTP error carries no result to trust
+                rec.outcome = Outcome::UnverifiedStatus;
+                return Ok(Verdict {
+                    marker: "unverified-status",
+                    key_version: None,
+                });
+            }
+            (None, None) if status == 200 && result_status.as_deref() == Some("F") => {
                 m.record_verification(Direction::Outbound, VerificationResult::UnsignedFailure);
                 rec.outcome = Outcome::UnsignedFailure;
                 return Ok(Verdict {
@@ -283,7 +299,7 @@ impl Outbound {
                     VerificationResult::Invalid("missing_header"),
                 );
                 rec.reason = Some("missing_header");
-                let msg = format!("Alipay's response is unsigned and is not a rejection (resultStatus F); it was withheld. {inquire}");
+                let msg = format!("Alipay's answer (HTTP {status}) is unsigned and is not a rejection (a 200 with resultStatus F, or a 4xx/5xx status); it was withheld. {inquire}");
                 return Err((SidecarError::ResponseUnsigned, msg));
             }
             (s, _) => {
@@ -362,6 +378,69 @@ impl Outbound {
     }
 }
 
+/// The outbound target check (pure): the path (the part before `?`) must not hold a dot
+/// segment in any spelling (`.`, `..`, `%2e`, `.%2E`, …), an encoded slash or backslash
+/// (`%2f`, `%5c`), a raw backslash, a `;` path parameter or a `#`, and must lie inside one
+/// of `prefixes` by whole segments (`/a/b` allows `/a/b` and `/a/b/c`, never `/a/bc`). The
+/// bytes that are signed and sent stay exactly those received; this only decides.
+pub fn target_allowed(target: &str, prefixes: &[String]) -> Result<(), String> {
+    let path = target.split('?').next().unwrap_or("");
+    let lower = path.to_ascii_lowercase();
+    let problem = if path.contains('\\') || lower.contains("%5c") {
+        Some("a backslash")
+    } else if lower.contains("%2f") {
+        Some("an encoded slash (%2F)")
+    } else if path.contains(';') {
+        Some("a ';' path parameter")
+    } else if path.contains('#') {
+        Some("a '#'")
+    } else if lower
+        .split('/')
+        .any(|seg| matches!(seg.replace("%2e", ".").as_str(), "." | ".."))
+    {
+        Some("a dot segment (. or .., also percent-encoded)")
+    } else {
+        None
+    };
+    let inside = |p: &String| {
+        path.starts_with(p.as_str())
+            && (p.ends_with('/') || path.len() == p.len() || path[p.len()..].starts_with('/'))
+    };
+    match problem {
+        None if prefixes.iter().any(inside) => Ok(()),
+        None => Err(format!(
+            "path \"{}\" is not allowed; allowed prefixes (whole path segments): {}",
+            exchange::echo(path),
+            prefixes.join(", ")
+        )),
+        Some(what) => Err(format!(
+            "path \"{}\" holds {what}, which the gateway could resolve outside the allowed \
+             prefixes; send the plain path",
+            exchange::echo(path)
+        )),
+    }
+}
+
+/// Whether a `Host` header value names this sidecar on a loopback listener: a loopback IP
+/// (`127.0.0.1`, `[::1]`, with or without port), `localhost`, or an `allowed_hosts` entry.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || allowed.contains(&name) {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[async_trait]
 impl ProxyHttp for Outbound {
     type CTX = Record;
@@ -394,5 +473,64 @@ impl ProxyHttp for Outbound {
 
     async fn logging(&self, _session: &mut Session, e: Option<&pingora::Error>, rec: &mut Record) {
         rec.finish(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefixes(p: &[&str]) -> Vec<String> {
+        p.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn paths_are_matched_by_segment_and_spelling_tricks_refused() {
+        let p = prefixes(&["/ams/api/v1/payments/inquiryPayment"]);
+        assert!(target_allowed("/ams/api/v1/payments/inquiryPayment", &p).is_ok());
+        assert!(target_allowed("/ams/api/v1/payments/inquiryPayment?x=1", &p).is_ok());
+        assert!(target_allowed("/ams/api/v1/payments/inquiryPayment/sub", &p).is_ok());
+        for bad in [
+            "/ams/api/v1/payments/inquiryPaymentRefund",
+            "/ams/api/v1/payments/inquiryPayment/.%2e/refund",
+            "/ams/api/v1/payments/inquiryPayment/%2e./refund",
+            "/ams/api/v1/payments/inquiryPayment/%2E%2E/refund",
+            "/ams/api/v1/payments/inquiryPayment/..%2frefund",
+            "/ams/api/v1/payments/inquiryPayment/..;/refund",
+            "/ams/api/v1/payments/inquiryPayment\\..\\refund",
+            "/ams/api/v1/payments/inquiryPayment/%5c..",
+            "/ams/api/v1/payments/inquiryPayment/./x",
+            "/ams/api/v1/payments/inquiryPayment/../refund",
+        ] {
+            assert!(target_allowed(bad, &p).is_err(), "{bad} must be refused");
+        }
+        let p = prefixes(&["/ams/api/"]);
+        assert!(target_allowed("/ams/api/v1/payments/pay", &p).is_ok());
+        assert!(target_allowed("/ams/apix/v1", &p).is_err());
+    }
+
+    #[test]
+    fn hosts_must_be_loopback_localhost_or_listed() {
+        let allowed = prefixes(&["alipay-sidecar"]);
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "alipay-sidecar:8080",
+            "127.1.2.3",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "10.0.0.1",
+            "localhost.evil.example",
+            "[2001:db8::1]:80",
+        ] {
+            assert!(!host_allowed(bad, &allowed), "{bad}");
+        }
     }
 }

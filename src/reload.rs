@@ -161,8 +161,12 @@ fn is_relevant(event: &notify::Event, names: &BTreeSet<std::ffi::OsString>) -> b
     };
     kind_ok
         && event.paths.iter().any(|p| {
-            p.file_name()
-                .is_some_and(|n| names.contains(n) || n.to_string_lossy().starts_with(".."))
+            p.file_name().is_some_and(|n| {
+                // `..data` of a Secret volume is a symlink to a folder; a configured name
+                // counts only while it is (or links to) a regular file, or is gone
+                n.to_string_lossy().starts_with("..")
+                    || (names.contains(n) && std::fs::metadata(p).map_or(true, |m| m.is_file()))
+            })
         })
 }
 

@@ -25,6 +25,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::inbound::Inbound;
 use crate::keyset::KeySet;
+use crate::limits::{Limited, ListenerLimits};
 use crate::outbound::Outbound;
 use crate::reload::{publish_key_metrics, ReloadTask, Reloader};
 use crate::state::SidecarState;
@@ -33,6 +34,7 @@ use crate::state::SidecarState;
 /// shutdown, 1 when the configuration or keys are unusable, 2 when the config file cannot
 /// be read or parsed).
 pub fn run(config_path: &Path) -> i32 {
+    crate::limits::return_freed_buffers();
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -51,9 +53,15 @@ pub fn run(config_path: &Path) -> i32 {
     };
     match build(config, keys) {
         Ok(server) => {
-            server.server.run(RunArgs {
-                shutdown_signal: Box::new(server.drain),
+            let Built {
+                server,
+                drain,
+                private_dir,
+            } = server;
+            server.run(RunArgs {
+                shutdown_signal: Box::new(drain),
             });
+            drop(private_dir); // the merged CA bundle goes with it
             tracing::info!("stopped");
             0
         }
@@ -71,6 +79,9 @@ pub struct Built {
     pub server: Server,
     /// The shutdown watch to pass to `Server::run`.
     pub drain: DrainOnSignal,
+    /// The process's private folder (mode 0700, random name, removed on drop) holding the
+    /// merged CA bundle, when one is needed; keep it until the server stopped.
+    pub private_dir: Option<tempfile::TempDir>,
 }
 
 /// Why the server could not start once the configuration and keys loaded: a listener address
@@ -127,39 +138,54 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let conf = server.configuration.clone();
+    let limits = |max_connections: usize| ListenerLimits {
+        max_connections,
+        max_header_bytes: config.server.max_header_bytes,
+        header_read_timeout: config.server.header_read_timeout,
+    };
 
+    let mut private_dir = None;
     if let Some(o) = config.outbound.clone() {
         let ca_bundle = match &o.ca_file {
-            Some(path) => Some(ca_bundle(path).map_err(|m| {
-                config.error_at(
-                    "outbound.ca_file",
-                    format!("cannot use {}: {m}", path.display()),
-                )
-            })?),
+            Some(path) => {
+                let written = ca_bundle(path).and_then(|pem| write_private(&pem));
+                let (dir, file) = written.map_err(|m| {
+                    config.error_at(
+                        "outbound.ca_file",
+                        format!("cannot use {}: {m}", path.display()),
+                    )
+                })?;
+                let file = file.display().to_string();
+                private_dir = Some(dir);
+                Some(file)
+            }
             None => None,
         };
         let listen = o.listen;
         let gateway = o.gateway.url();
-        let mut svc = pingora::proxy::http_proxy_service_with_name(
-            &conf,
-            Outbound::new(state.clone(), &config, o, ca_bundle),
-            "outbound",
+        let max = o.max_connections;
+        let proxy =
+            pingora::proxy::http_proxy(&conf, Outbound::new(state.clone(), &config, o, ca_bundle));
+        let mut svc = Service::new(
+            "outbound".to_string(),
+            Limited::new(proxy, "outbound", limits(max)),
         );
         svc.add_tcp(&listen.to_string());
         server.add_service(svc);
-        tracing::info!(%listen, %gateway, "outbound signing proxy");
+        tracing::info!(%listen, %gateway, max_connections = max, "outbound signing proxy");
     }
     if let Some(i) = config.inbound.clone() {
         let listen = i.listen;
         let app = i.forward_to.url();
-        let mut svc = pingora::proxy::http_proxy_service_with_name(
-            &conf,
-            Inbound::new(state.clone(), &config, i),
-            "inbound",
+        let max = i.max_connections;
+        let proxy = pingora::proxy::http_proxy(&conf, Inbound::new(state.clone(), &config, i));
+        let mut svc = Service::new(
+            "inbound".to_string(),
+            Limited::new(proxy, "inbound", limits(max)),
         );
         svc.add_tcp(&listen.to_string());
         server.add_service(svc);
-        tracing::info!(%listen, forward_to = %app, "inbound notification verifier");
+        tracing::info!(%listen, forward_to = %app, max_connections = max, "inbound notification verifier");
     }
 
     let reloader = Reloader::new(state.clone(), config.path.clone(), config.clone());
@@ -169,7 +195,14 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         .map(|(addr, name)| (*name, *addr))
         .collect();
     let admin_app = Admin::new(state.clone(), reloader.clone(), traffic);
-    let mut admin = Service::new("admin".to_string(), HttpServer::new_app(admin_app));
+    let mut admin = Service::new(
+        "admin".to_string(),
+        Limited::new(
+            HttpServer::new_app(admin_app),
+            "admin",
+            limits(config.admin.max_connections),
+        ),
+    );
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
     server.add_service(background_service("key reload", ReloadTask::new(reloader)));
@@ -180,13 +213,18 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         grace: config.server.shutdown_grace,
         timeout: config.server.shutdown_timeout,
     };
-    Ok(Built { server, drain })
+    Ok(Built {
+        server,
+        drain,
+        private_dir,
+    })
 }
 
 /// System trust roots plus the configured CA file, as one PEM bundle for the connector
-/// (pingora's connector takes one file, and replaces the system roots with it).
-fn ca_bundle(extra: &Path) -> Result<String, String> {
-    let extra_pem = std::fs::read(extra).map_err(|e| e.to_string())?;
+/// (pingora's connector takes one file, and replaces the system roots with it). `check-config`
+/// runs the same checks. The CA file is read like a key file: a regular file of bounded size.
+pub fn ca_bundle(extra: &Path) -> Result<Vec<u8>, String> {
+    let extra_pem = crate::keyset::read_bounded(extra, MAX_CA_FILE_BYTES)?;
     let mut reader = std::io::BufReader::new(extra_pem.as_slice());
     let certs: Vec<_> = rustls_pemfile::certs(&mut reader)
         .collect::<Result<_, _>>()
@@ -206,18 +244,32 @@ fn ca_bundle(extra: &Path) -> Result<String, String> {
     for cert in &certs {
         pem_cert(&mut bundle, cert.as_ref());
     }
-    let path = std::env::temp_dir().join(format!(
-        "alipay-sidecar-{}-ca-bundle.pem",
-        std::process::id()
-    ));
-    std::fs::write(&path, &bundle).map_err(|e| {
-        format!(
-            "writing the merged CA bundle {}: {e} (with a read-only root filesystem, mount a \
-             writable /tmp, e.g. an emptyDir)",
-            path.display()
-        )
-    })?;
-    Ok(path.display().to_string())
+    Ok(bundle)
+}
+
+/// Largest `ca_file` read (a CA bundle of a few hundred certificates).
+const MAX_CA_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Writes `bundle` into a new private folder (mode 0700, unpredictable name, removed when the
+/// returned handle drops), because pingora's connector reads its trust roots from a path.
+fn write_private(bundle: &[u8]) -> Result<(tempfile::TempDir, std::path::PathBuf), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("alipay-sidecar-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .map_err(|e| {
+            format!(
+                "creating a private folder for the merged CA bundle in {}: {e} (with a \
+                 read-only root filesystem, mount a writable /tmp, e.g. an emptyDir, or set \
+                 TMPDIR)",
+                std::env::temp_dir().display()
+            )
+        })?;
+    let path = dir.path().join("ca-bundle.pem");
+    std::fs::write(&path, bundle)
+        .map_err(|e| format!("writing the merged CA bundle {}: {e}", path.display()))?;
+    Ok((dir, path))
 }
 
 fn pem_cert(out: &mut Vec<u8>, der: &[u8]) {

@@ -548,6 +548,15 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
         Ok(k) => k,
         Err(e) => return not_usable(err, &e),
     };
+    if let Some(path) = config.outbound.as_ref().and_then(|o| o.ca_file.as_ref()) {
+        if let Err(m) = crate::server::ca_bundle(path) {
+            let e = config.error_at(
+                "outbound.ca_file",
+                format!("cannot use {}: {m}", path.display()),
+            );
+            return not_usable(err, &e);
+        }
+    }
     let findings = preflight(&config, &keys);
 
     let _ = writeln!(out, "config: {}", config.path.display());

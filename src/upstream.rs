@@ -21,6 +21,12 @@ use pingora::ErrorType;
 /// How long a resolved gateway address is reused before DNS is asked again.
 const DNS_TTL: Duration = Duration::from_secs(30);
 
+/// How long an idle pooled connection is kept: well under the keep-alive of common front
+/// ends (nginx 75 s, most load balancers 60 s), so the pool drops a connection before the
+/// other side does and reuse seldom meets one that is being closed. pingora also watches
+/// every idle pooled connection and evicts it as soon as the peer closes it.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Why an exchange failed; each maps to one sidecar error code.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -55,9 +61,9 @@ pub enum UpstreamError {
         target: String,
         /// what failed
         detail: String,
-        /// whether any response bytes had arrived (a request that got no response at all
-        /// on a reused connection can be retried once on a fresh one)
-        response_started: bool,
+        /// whether the request may have reached the upstream: false only when writing the
+        /// request head failed on a reused connection, the one case retried (once, fresh)
+        maybe_delivered: bool,
     },
     /// The response body exceeded the limit.
     #[error("the response from {target} exceeds {limit} bytes")]
@@ -158,16 +164,18 @@ impl Upstream {
         let mut peer = HttpPeer::new(addr, self.tls, self.host.clone());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.total_connection_timeout = Some(self.connect_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
         peer
     }
 
     /// Sends `req` with `body` and returns the whole response, within `timeout`.
     ///
-    /// A request that fails on a reused keep-alive connection before any response byte
-    /// arrived is retried once on a fresh connection (the gateway closed an idle connection);
-    /// AMS APIs are idempotent on their request ids, and no response means none was produced
-    /// on that connection.
+    /// Never sends a request twice unless the first copy provably did not leave: only a
+    /// failure to write the request head on a reused keep-alive connection (the other side
+    /// had closed it) is retried, once, on a fresh connection. A request that was written
+    /// and then got no answer is *not* retried — the gateway may have acted on it (a pay) —
+    /// and becomes `Protocol` (`SIDECAR_GATEWAY_PROTOCOL_ERROR`, status U: inquire). Stale
+    /// connections are kept rare by pool hygiene instead ([`POOL_IDLE_TIMEOUT`]).
     pub async fn exchange(
         &self,
         req: &RequestHeader,
@@ -181,7 +189,7 @@ impl Upstream {
             let peer = self.peer(addr);
             match self.attempt(&peer, req, body, max_response, false).await {
                 Err(UpstreamError::Protocol {
-                    response_started: false,
+                    maybe_delivered: false,
                     ..
                 }) => self.attempt(&peer, req, body, max_response, true).await,
                 other => other,
@@ -223,33 +231,37 @@ impl Upstream {
                 .await
                 .map_err(|e| self.connect_error(&e))?
         };
-        let proto = |detail: String, started: bool| UpstreamError::Protocol {
+        let proto = |detail: String| UpstreamError::Protocol {
             target: self.target(),
             detail,
-            // a failure on a fresh connection is never retried
-            response_started: started || !reused,
+            maybe_delivered: true,
         };
         session
             .write_request_header(Box::new(req.clone()))
             .await
-            .map_err(|e| proto(e.to_string(), false))?;
+            .map_err(|e| UpstreamError::Protocol {
+                target: self.target(),
+                detail: e.to_string(),
+                // nothing left on a connection the other side had closed: safe to retry
+                maybe_delivered: !reused,
+            })?;
         if !body.is_empty() {
             session
                 .write_request_body(body.clone(), true)
                 .await
-                .map_err(|e| proto(e.to_string(), false))?;
+                .map_err(|e| proto(e.to_string()))?;
         }
         session
             .finish_request_body()
             .await
-            .map_err(|e| proto(e.to_string(), false))?;
+            .map_err(|e| proto(e.to_string()))?;
         // skip interim 1xx answers (we never forward Expect, but be safe)
         let mut interim = 0;
         loop {
             session
                 .read_response_header()
                 .await
-                .map_err(|e| proto(e.to_string(), false))?;
+                .map_err(|e| proto(e.to_string()))?;
             let status = session
                 .response_header()
                 .map(|h| h.status.as_u16())
@@ -263,7 +275,7 @@ impl Upstream {
         let header = session
             .response_header()
             .cloned()
-            .ok_or_else(|| proto("no response header".into(), true))?;
+            .ok_or_else(|| proto("no response header".into()))?;
         let mut buf = BytesMut::new();
         loop {
             match session.read_response_body().await {
@@ -277,12 +289,12 @@ impl Upstream {
                     buf.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(proto(e.to_string(), true)),
+                Err(e) => return Err(proto(e.to_string())),
             }
         }
         if session.response_done() {
             self.connector
-                .release_http_session(session, peer, Some(Duration::from_secs(60)))
+                .release_http_session(session, peer, Some(POOL_IDLE_TIMEOUT))
                 .await;
         }
         Ok((header, buf.freeze()))

@@ -210,11 +210,20 @@ pub enum Fault {
     NoNotify,
     /// `notify_tampered`: the notification's signature is over other bytes.
     NotifyTampered,
+    /// `status:<code>` / `unsigned_status:<code>`: the normal answer (signed, or without
+    /// signature headers) with another HTTP status (200-599), e.g. a 201 or a 302 carrying
+    /// `resultStatus: "S"`, for the sidecar's response policy.
+    Status {
+        /// The HTTP status.
+        code: u16,
+        /// Whether the answer keeps its signature headers.
+        signed: bool,
+    },
 }
 
 /// The accepted spellings, for error messages and `--help`.
-const FAULT_KINDS: &str = "delay:<ms>, drop, reset_mid_body, http_status:<400-599>, unsigned, \
-     tampered, invalid_signature, unknown_exception, signed_failure, no_notify, notify_tampered";
+const FAULT_KINDS: &str = "delay:<ms>, drop, reset_mid_body, http_status:<400-599>, \
+     status:<200-599>, unsigned_status:<200-599>, unsigned, tampered, invalid_signature, unknown_exception, signed_failure, no_notify, notify_tampered";
 
 impl FromStr for Fault {
     type Err = String;
@@ -238,6 +247,18 @@ impl FromStr for Fault {
                     "`{s}`: the status must be a number from 400 to 599"
                 )),
             };
+        }
+        for (prefix, signed) in [("status:", true), ("unsigned_status:", false)] {
+            if let Some(code) = s.strip_prefix(prefix) {
+                return match code.trim().parse::<u16>() {
+                    Ok(c) if (200..=599).contains(&c) && c != 204 && c != 304 => {
+                        Ok(Fault::Status { code: c, signed })
+                    }
+                    _ => Err(format!(
+                        "`{s}`: the status must be a number from 200 to 599 that carries a body"
+                    )),
+                };
+            }
         }
         Ok(match s {
             "drop" => Fault::Drop,
@@ -268,6 +289,11 @@ impl fmt::Display for Fault {
             Fault::SignedFailure => f.write_str("signed_failure"),
             Fault::NoNotify => f.write_str("no_notify"),
             Fault::NotifyTampered => f.write_str("notify_tampered"),
+            Fault::Status { code, signed: true } => write!(f, "status:{code}"),
+            Fault::Status {
+                code,
+                signed: false,
+            } => write!(f, "unsigned_status:{code}"),
         }
     }
 }

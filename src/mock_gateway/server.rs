@@ -312,7 +312,7 @@ pub(crate) async fn handle(
     let mut headers = Vec::new();
     if let Some(client_id) = client_id {
         match fault {
-            Some(Fault::Unsigned) => {}
+            Some(Fault::Unsigned) | Some(Fault::Status { signed: false, .. }) => {}
             _ => {
                 let time = response_time();
                 let signed_body: Vec<u8> = if fault == Some(Fault::Tampered) {
@@ -360,6 +360,9 @@ pub(crate) async fn handle(
         MockBody::Full(Some(body))
     };
     let mut resp = Response::new(mock_body);
+    if let Some(Fault::Status { code, .. }) = fault {
+        *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+    }
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
     for (name, value) in headers {

@@ -76,8 +76,8 @@ pub fn parse_signature_header(value: &str) -> Result<SignatureHeader, VerifyErro
         let Some((name, val)) = item.split_once('=') else {
             return Err(VerifyError::Malformed {
                 reason: format!(
-                    "item {:?} has no '='; expected name=value pairs such as keyVersion=1",
-                    truncate(item)
+                    "item \"{}\" has no '='; expected name=value pairs such as keyVersion=1",
+                    super::echo(item)
                 ),
             });
         };
@@ -89,7 +89,7 @@ pub fn parse_signature_header(value: &str) -> Result<SignatureHeader, VerifyErro
         };
         if slot.is_some() {
             return Err(VerifyError::Malformed {
-                reason: format!("field {:?} appears twice", name.trim()),
+                reason: format!("field \"{}\" appears twice", name.trim()),
             });
         }
         *slot = Some(val.trim().to_string());
@@ -118,10 +118,6 @@ pub fn parse_signature_header(value: &str) -> Result<SignatureHeader, VerifyErro
         key_version,
         signature,
     })
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(40).collect()
 }
 
 #[cfg(test)]

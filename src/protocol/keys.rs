@@ -27,6 +27,8 @@ use super::SignError;
 
 /// Smallest modulus accepted. Alipay issues RSA-2048; anything smaller is breakable.
 const MIN_BITS: usize = 2048;
+/// The largest private key the signing engines (ring; aws-lc-rs) sign with.
+const MAX_SIGNING_BITS: usize = 4096;
 
 /// Which textual form a key was loaded from; `check-config` uses it to flag the PKCS#1 vs
 /// PKCS#8 confusion that breaks the Java/Go/.NET SDKs.
@@ -96,6 +98,12 @@ pub enum KeyError {
         /// Modulus size.
         bits: usize,
     },
+    /// Larger than the signing engine supports.
+    #[error("the RSA private key has {bits} bits; the sidecar signs with keys of 2048 to 4096 bits (Alipay uses RSA-2048); generate a new pair with `alipay-sidecar keygen`")]
+    TooLarge {
+        /// Modulus size.
+        bits: usize,
+    },
     /// The RSA engine refused the parsed key (inconsistent private key parameters).
     #[error("the private key is inconsistent and cannot sign ({detail})")]
     Inconsistent {
@@ -131,7 +139,10 @@ fn decode_text(text: &str) -> Result<Decoded, KeyError> {
             .split_once(end.as_str())
             .map(|(b, _)| b)
             .ok_or_else(|| KeyError::NotAKey {
-                detail: format!("no '{end}' line: the PEM text is truncated"),
+                detail: format!(
+                    "no '-----END {}-----' line: the PEM text is truncated",
+                    super::echo(label)
+                ),
             })?;
         if body.contains(':') {
             return Err(KeyError::Encrypted);
@@ -208,7 +219,11 @@ impl PrivateKey {
                         found: A_PUBLIC,
                     })
                 }
-                _ => return Err(KeyError::UnsupportedPem { label }),
+                _ => {
+                    return Err(KeyError::UnsupportedPem {
+                        label: super::echo(&label),
+                    })
+                }
             },
             Decoded::Bare(der) => {
                 if let Ok(k) = rsa::PrivateKey::from_pkcs8_der(&der) {
@@ -235,6 +250,11 @@ impl PrivateKey {
 
     fn from_rsa(key: &rsa::PrivateKey, encoding: KeyEncoding) -> Result<Self, KeyError> {
         check_bits(key.size() * 8)?;
+        if key.size() * 8 > MAX_SIGNING_BITS {
+            return Err(KeyError::TooLarge {
+                bits: key.size() * 8,
+            });
+        }
         let pkcs1 = key.to_pkcs1_der().map_err(not_a_key)?;
         let signer = EngineSigner::from_pkcs1_der(pkcs1.as_bytes(), key.size())
             .map_err(|detail| KeyError::Inconsistent { detail })?;
@@ -311,7 +331,11 @@ impl PublicKey {
                         found: A_PRIVATE,
                     })
                 }
-                _ => return Err(KeyError::UnsupportedPem { label }),
+                _ => {
+                    return Err(KeyError::UnsupportedPem {
+                        label: super::echo(&label),
+                    })
+                }
             },
             Decoded::Bare(der) => {
                 if let Ok(k) = rsa::PublicKey::from_public_key_der(&der) {

@@ -32,6 +32,29 @@ pub use keys::{generate_keypair, GeneratedKeyPair, KeyEncoding, KeyError, Privat
 pub use time::{format_epoch_millis, format_iso8601, parse_request_time};
 pub use verify::{Verified, Verifier, VerifyError};
 
+/// Received text made safe to echo in an error, a response or a log line: at most
+/// [`ECHO_CHARS`] characters, control and non-ASCII characters escaped, an ellipsis when cut.
+/// Everything the protocol puts from its input into a message goes through here, so a 1 MB
+/// `keyVersion` or PEM label cannot become a 1 MB answer or log line.
+pub fn echo(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == ECHO_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_ascii_graphic() || c == ' ' {
+            out.push(c);
+        } else {
+            out.extend(c.escape_default());
+        }
+    }
+    out
+}
+
+/// How many characters of received text [`echo`] keeps.
+pub const ECHO_CHARS: usize = 64;
+
 /// Signing failed inside the crypto engine. With a key that loaded this does not happen in
 /// practice; it exists so no panic is reachable from the signing path.
 #[derive(Debug, thiserror::Error)]

@@ -20,13 +20,13 @@ pub enum VerifyError {
         reason: String,
     },
     /// Anything but RSA256.
-    #[error("unsupported signature algorithm {algorithm:?}: only RSA256 is accepted")]
+    #[error("unsupported signature algorithm \"{algorithm}\": only RSA256 is accepted")]
     UnsupportedAlgorithm {
         /// As received.
         algorithm: String,
     },
     /// The header names a key version with no configured key.
-    #[error("keyVersion {key_version:?} has no configured Alipay public key (configured: {}); add it under [keys] alipay_public_keys", configured.join(", "))]
+    #[error("keyVersion \"{key_version}\" has no configured Alipay public key (configured: {}); add it under [keys] alipay_public_keys", configured.join(", "))]
     UnknownKeyVersion {
         /// As received.
         key_version: String,
@@ -122,7 +122,7 @@ impl Verifier {
         match version {
             Some(v) => self.keys.get(v).map(|k| (v.to_string(), k)).ok_or_else(|| {
                 VerifyError::UnknownKeyVersion {
-                    key_version: v.to_string(),
+                    key_version: super::echo(v),
                     configured: self.keys.keys().cloned().collect(),
                 }
             }),
@@ -145,7 +145,7 @@ impl Verifier {
         if let Some(alg) = &header.algorithm {
             if !alg.eq_ignore_ascii_case(ALGORITHM) {
                 return Err(VerifyError::UnsupportedAlgorithm {
-                    algorithm: alg.chars().take(32).collect(),
+                    algorithm: super::echo(alg),
                 });
             }
         }

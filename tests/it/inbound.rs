@@ -28,7 +28,7 @@ const APP_ACK: &str = r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","r
 
 /// How the app stand-in answers.
 #[derive(Clone, Debug)]
-enum Behaviour {
+pub(crate) enum Behaviour {
     /// 200 with [`APP_ACK`] and an `X-App` header.
     Ack,
     /// This status and body.
@@ -39,7 +39,7 @@ enum Behaviour {
 
 /// One request the app received.
 #[derive(Clone, Debug)]
-struct Received {
+pub(crate) struct Received {
     method: String,
     target: String,
     /// Names as received on the wire.
@@ -70,14 +70,14 @@ impl Received {
 }
 
 /// A plain HTTP/1.1 server that records every request and answers per [`Behaviour`].
-struct App {
+pub(crate) struct App {
     port: u16,
     received: Arc<Mutex<Vec<Received>>>,
     behaviour: Arc<Mutex<Behaviour>>,
 }
 
 impl App {
-    fn start(behaviour: Behaviour) -> App {
+    pub(crate) fn start(behaviour: Behaviour) -> App {
         Self::serve(TcpListener::bind("127.0.0.1:0").unwrap(), behaviour)
     }
 
@@ -101,11 +101,11 @@ impl App {
         app
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 
@@ -179,16 +179,16 @@ fn read_request(s: &mut TcpStream) -> Option<Received> {
 
 // ---------------------------------------------------------------- the sidecar
 
-struct Setup {
-    sidecar: Sidecar,
-    inbound: SocketAddr,
+pub(crate) struct Setup {
+    pub(crate) sidecar: Sidecar,
+    pub(crate) inbound: SocketAddr,
     _dir: TempDir,
 }
 
 const DEFAULT_KEYS: &str = "merchant_private_key = \"merchant_private_key.pem\"\nalipay_public_keys = { \"1\" = \"alipay_public_key.pem\" }\n";
 
 /// Starts the binary with `[inbound]` forwarding to `forward_to` plus `extra` lines.
-fn start(forward_to: &str, extra: &str) -> Setup {
+pub(crate) fn start(forward_to: &str, extra: &str) -> Setup {
     start_with(DEFAULT_KEYS, forward_to, extra, |_| {})
 }
 
@@ -214,7 +214,7 @@ fn start_with(
 }
 
 impl Setup {
-    fn post(&self, n: &Notification, extra: &[(&str, &str)]) -> Response {
+    pub(crate) fn post(&self, n: &Notification, extra: &[(&str, &str)]) -> Response {
         let mut headers: Vec<(&str, &str)> = n
             .headers
             .iter()
@@ -224,7 +224,7 @@ impl Setup {
         request(self.inbound, "POST", &n.uri, &headers, &n.body).unwrap()
     }
 
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         String::from_utf8(
             request(self.sidecar.admin, "GET", "/metrics", &[], b"")
                 .unwrap()
@@ -233,7 +233,24 @@ impl Setup {
         .unwrap()
     }
 
-    fn metric(&self, sample: &str) -> f64 {
+    /// `sample` once it reaches `want` (request metrics are recorded just after the answer
+    /// is written), or its value after 10 s.
+    pub(crate) fn metric_reaching(&self, sample: &str, want: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.metrics().lines().find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse::<f64>().ok())
+            });
+            match v {
+                Some(v) if v >= want || Instant::now() > deadline => return v,
+                None if Instant::now() > deadline => return self.metric(sample),
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    pub(crate) fn metric(&self, sample: &str) -> f64 {
         let text = self.metrics();
         text.lines()
             .find_map(|l| {
@@ -247,10 +264,10 @@ impl Setup {
 // ---------------------------------------------------------------- notifications
 
 #[derive(Clone)]
-struct Notification {
-    uri: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Notification {
+    pub(crate) uri: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 fn now_ms() -> i64 {
@@ -294,7 +311,7 @@ fn alipay_key() -> PrivateKey {
 }
 
 /// A fresh notification signed now by the (test) Alipay key under keyVersion 1.
-fn fresh(id: &str) -> Notification {
+pub(crate) fn fresh(id: &str) -> Notification {
     signed(
         &alipay_key(),
         "1",
@@ -359,7 +376,7 @@ fn assert_delivered_verified(got: &Received, n: &Notification, version: &str) {
 }
 
 /// Waits (generously) until the app has received `n` requests.
-fn wait_received(app: &App, n: usize) -> Vec<Received> {
+pub(crate) fn wait_received(app: &App, n: usize) -> Vec<Received> {
     let start = Instant::now();
     while app.received().len() < n && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(20));
@@ -620,7 +637,12 @@ fn slow_app_times_out_into_503() {
         (status.as_str(), code.as_str()),
         ("U", "SIDECAR_APP_UNAVAILABLE")
     );
-    assert!(message.contains("within"), "{message}");
+    // Alipay (and anyone who can reach the port) learns nothing about the app's address
+    assert!(message.contains("app is unavailable"), "{message}");
+    assert!(
+        !message.contains("127.0.0.1") && !message.contains(&app.url()),
+        "{message}"
+    );
 }
 
 #[test]
@@ -896,4 +918,151 @@ listen = "127.0.0.1:{admin_port}"
     let body: Value = serde_json::from_slice(&got[0].body).unwrap();
     assert_eq!(body["notifyType"], "PAYMENT_RESULT");
     assert_eq!(body["paymentRequestId"], "pay_e2e_notify");
+}
+
+// ---------------------------------------------------------------- hardening (issue 8)
+
+#[test]
+fn duplicate_signed_headers_are_refused_and_never_reach_the_app() {
+    let app = App::start(Behaviour::Ack);
+    let s = start(&app.url(), "");
+    let n = fresh("dup_headers");
+    let header = |name: &str| {
+        n.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    for name in ["client-id", "Request-Time", "Signature"] {
+        // a second copy of the same name, with the same or another value
+        for second in [header(name), "other".to_string()] {
+            let r = s.post(&n, &[(name, &second)]);
+            assert_eq!(
+                r.status,
+                401,
+                "{name}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            let (status, code, message) = result(&r);
+            assert_eq!(
+                (status.as_str(), code.as_str()),
+                ("F", "SIDECAR_NOTIFICATION_UNVERIFIED")
+            );
+            assert!(message.contains("more than one"), "{message}");
+        }
+    }
+    assert!(app.received().is_empty(), "nothing reached the app");
+    assert_eq!(
+        s.metric(r#"alipay_sidecar_signature_verifications_total{direction="inbound",result="duplicate_header"}"#),
+        6.0
+    );
+    // the single verified value of each is what the app gets
+    let r = s.post(&n, &[]);
+    assert_eq!(r.status, 200, "{}", s.sidecar.logs());
+    let got = wait_received(&app, 1);
+    for name in ["client-id", "request-time", "signature"] {
+        let copies = got[0]
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .count();
+        assert_eq!(copies, 1, "{name} forwarded once");
+    }
+}
+
+#[test]
+fn echoed_values_are_truncated_and_escaped() {
+    let app = App::start(Behaviour::Ack);
+    let s = start(&app.url(), "");
+    let mut n = fresh("echo");
+    let huge = "9".repeat(20_000); // under max_header_bytes (32 KiB)
+    for (k, v) in n.headers.iter_mut() {
+        if k == "Signature" {
+            *v = format!("algorithm=RSA256,keyVersion={huge},signature=AAAA");
+        }
+    }
+    let r = s.post(&n, &[]);
+    assert_eq!(r.status, 401);
+    assert!(
+        r.body.len() < 1024,
+        "the 401 body is {} bytes",
+        r.body.len()
+    );
+    let (_, code, message) = result(&r);
+    assert_eq!(code, "SIDECAR_NOTIFICATION_UNVERIFIED");
+    assert!(
+        message.contains(&"9".repeat(64)) && !message.contains(&"9".repeat(65)),
+        "{message}"
+    );
+    let logs = s.sidecar.logs();
+    assert!(
+        !logs.contains(&"9".repeat(65)),
+        "an untruncated keyVersion was logged"
+    );
+    assert!(logs.len() < 64 * 1024, "logs are {} bytes", logs.len());
+}
+
+#[test]
+fn malformed_chunked_bodies_are_bad_requests_not_delivery_failures() {
+    let app = App::start(Behaviour::Ack);
+    let s = start(&app.url(), "");
+    let n = fresh("bad_chunks");
+    let mut head = format!(
+        "POST {NOTIFY} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n"
+    );
+    for (k, v) in &n.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    for bad in [
+        "zz\r\nhello\r\n0\r\n\r\n",
+        "5\r\nhelloXX0\r\n\r\n",
+        "ffffffffffffffffffff\r\n",
+    ] {
+        let r = raw_request(s.inbound, format!("{head}{bad}").as_bytes()).unwrap();
+        assert_eq!(
+            r.status,
+            400,
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let (status, code, _) = result(&r);
+        assert_eq!(
+            (status.as_str(), code.as_str()),
+            ("F", "SIDECAR_BAD_REQUEST")
+        );
+    }
+    // truncated: the client sends half a chunk and closes its side
+    {
+        use std::io::Write;
+        let mut c = std::net::TcpStream::connect(s.inbound).unwrap();
+        c.write_all(format!("{head}10\r\nhalf").as_bytes()).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let r = crate::support::read_response(&mut c).unwrap();
+        assert_eq!(r.status, 400);
+    }
+    assert!(app.received().is_empty());
+    assert_eq!(
+        s.metric_reaching(r#"alipay_sidecar_requests_total{api="notify",direction="inbound",outcome="bad_request",status="400"}"#, 4.0),
+        4.0
+    );
+    let text = s.metrics();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("alipay_sidecar_requests_total")
+                && l.contains("outcome=\"error\"")),
+        "bad input counted as an error:\n{text}"
+    );
+    let logs = s.sidecar.logs();
+    let warn_lines = logs
+        .lines()
+        .filter(|l| l.contains("malformed or truncated request body"))
+        .count();
+    assert!(
+        warn_lines <= 2,
+        "throttled to once per second, got {warn_lines}:\n{logs}"
+    );
+    assert!(!logs.contains("\"level\":\"ERROR\""), "{logs}");
 }

@@ -3,6 +3,7 @@ mod cli;
 mod config;
 mod deployment;
 mod inbound;
+mod limits;
 mod metrics;
 mod mock_gateway;
 mod outbound;

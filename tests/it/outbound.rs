@@ -220,7 +220,7 @@ fn bodies_reach_the_gateway_byte_exact() {
     // chunked from the app, with Expect: 100-continue (what curl sends for large bodies)
     let body = pay_body("pay_chunked", "");
     let (a, b) = body.as_bytes().split_at(body.len() / 2);
-    let mut raw = format!("POST {PAY} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n").into_bytes();
+    let mut raw = format!("POST {PAY} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n").into_bytes();
     for part in [a, b] {
         raw.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
         raw.extend_from_slice(part);
@@ -300,7 +300,7 @@ fn refusals_never_reach_the_gateway() {
     );
     // chunked over the limit (no Content-Length to check up front)
     let mut raw = format!(
-        "POST {PAY} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "POST {PAY} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     .into_bytes();
     for _ in 0..3 {
@@ -451,7 +451,14 @@ fn untrusted_gateway_certificate_is_a_clear_error() {
 
 #[test]
 fn concurrent_requests_get_their_own_responses() {
-    let s = setup();
+    // the fake gateway signs with the `rsa` crate, slow in a debug build: 24 at once on a
+    // busy 2-core machine can take longer than the 2 s the other tests allow
+    let s = setup_custom(
+        "",
+        true,
+        |_| {},
+        |toml| toml.replace("request_timeout = \"2s\"", "request_timeout = \"30s\""),
+    );
     let handles: Vec<_> = (0..24)
         .map(|i| {
             let addr = s.outbound;
@@ -488,4 +495,154 @@ fn sandbox_rewrite_and_iso_time_when_configured() {
         alipay_sidecar::protocol::parse_request_time(got.header("request-time").unwrap()).is_some()
     );
     assert!(got.header("request-time").unwrap().contains('T'));
+}
+
+// ---------------------------------------------------------------- hardening (issue 8)
+
+#[test]
+fn path_tricks_and_partial_segments_are_refused_before_signing() {
+    let s = setup_with(
+        r#"allowed_path_prefixes = ["/ams/api/v1/payments/inquiryPayment"]"#,
+        true,
+    );
+    let base = "/ams/api/v1/payments/inquiryPayment";
+    for bad in [
+        format!("{base}/.%2e/refund"),
+        format!("{base}/%2e./refund"),
+        format!("{base}/%2E%2E/refund"),
+        format!("{base}/..%2f..%2frefund"),
+        format!("{base}/..;/refund"),
+        format!("{base}\\..\\refund"),
+        format!("{base}/%5c../refund"),
+        format!("{base}/./x"),
+        "/ams/api/v1/payments/inquiryPaymentRefund".to_string(),
+    ] {
+        let r = post(&s, &bad, b"{}");
+        assert_eq!(r.status, 403, "{bad}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            result_code(&r),
+            ("F".into(), "SIDECAR_PATH_NOT_ALLOWED".into()),
+            "{bad}"
+        );
+    }
+    assert!(s.gw.received().is_empty(), "nothing was signed or sent");
+    // the allowed path itself, with a query, is sent byte-exact
+    let target = format!("{base}?trace=1");
+    let r = post(&s, &target, br#"{"paymentRequestId":"nope"}"#);
+    assert_ne!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(s.gw.received()[0].target, target);
+}
+
+#[test]
+fn unsigned_answers_pass_only_as_http_errors_or_f_rejections() {
+    let s = setup();
+    for code in [201, 202, 206, 299, 302] {
+        let body = pay_body(
+            &format!("pay_unsigned_{code}"),
+            &format!(",\"mockFault\":\"unsigned_status:{code}\""),
+        );
+        let r = post(&s, PAY, body.as_bytes());
+        assert_eq!(
+            r.status,
+            502,
+            "{code}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(
+            result_code(&r),
+            ("F".into(), "SIDECAR_RESPONSE_UNSIGNED".into()),
+            "{code}"
+        );
+        assert!(
+            r.json().get("paymentId").is_none(),
+            "{code}: the body leaked"
+        );
+    }
+    // an unsigned 4xx passes, marked
+    let body = pay_body("pay_unsigned_404", ",\"mockFault\":\"unsigned_status:404\"");
+    let r = post(&s, PAY, body.as_bytes());
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.header("x-alipay-sidecar-verified"),
+        Some("unverified-status")
+    );
+    // a signed non-200 is verified like a 200
+    let body = pay_body("pay_signed_201", ",\"mockFault\":\"status:201\"");
+    let r = post(&s, PAY, body.as_bytes());
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-alipay-sidecar-verified"), Some("true"));
+}
+
+#[test]
+fn browsers_and_rebound_hosts_cannot_drive_the_signer() {
+    let s = setup_with(r#"allowed_hosts = ["alipay-sidecar"]"#, true);
+    let body = pay_body("pay_browser", "");
+    for (name, value) in [
+        ("Origin", "https://evil.example"),
+        ("Origin", "null"),
+        ("Sec-Fetch-Site", "cross-site"),
+        ("Sec-Fetch-Mode", "no-cors"),
+    ] {
+        let r = request(
+            s.outbound,
+            "POST",
+            PAY,
+            &[("Content-Type", "text/plain"), (name, value)],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 403, "{name}");
+        assert_eq!(
+            result_code(&r),
+            ("F".into(), "SIDECAR_BROWSER_REQUEST_REFUSED".into())
+        );
+    }
+    let with_host = |host: &str| {
+        let raw = format!(
+            "POST {PAY} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        raw_request(s.outbound, raw.as_bytes()).unwrap()
+    };
+    for host in [
+        "evil.example",
+        "evil.example:8080",
+        "localhost.evil.example",
+        "10.1.2.3",
+    ] {
+        let r = with_host(host);
+        assert_eq!(r.status, 403, "{host}");
+        assert_eq!(
+            result_code(&r),
+            ("F".into(), "SIDECAR_HOST_NOT_ALLOWED".into()),
+            "{host}"
+        );
+    }
+    assert!(s.gw.received().is_empty(), "nothing was signed");
+    for host in ["localhost:8080", "[::1]", "alipay-sidecar:8080"] {
+        assert_eq!(with_host(host).status, 200, "{host}");
+    }
+}
+
+#[test]
+fn a_request_the_gateway_read_is_never_sent_twice() {
+    let s = setup();
+    // warm the pool: the next request goes out on a reused connection
+    assert_eq!(
+        post(&s, PAY, pay_body("pay_warm", "").as_bytes()).status,
+        200
+    );
+    let body = pay_body("pay_read_then_closed", ",\"mockFault\":\"drop\"");
+    let r = post(&s, PAY, body.as_bytes());
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        result_code(&r),
+        ("U".into(), "SIDECAR_GATEWAY_PROTOCOL_ERROR".into())
+    );
+    let copies =
+        s.gw.received()
+            .into_iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains("pay_read_then_closed"))
+            .count();
+    assert_eq!(copies, 1, "the gateway got the pay {copies} times");
 }
