@@ -123,8 +123,11 @@ pub struct KeysConfig {
 /// `[outbound]`: the signing proxy between the app and Alipay.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboundConfig {
-    /// Where the app sends its AMS calls (default `127.0.0.1:8080`).
-    pub listen: SocketAddr,
+    /// Where the app sends its AMS calls over plain HTTP (default `127.0.0.1:8080`); `None`
+    /// when only `tls_listen` is set.
+    pub listen: Option<SocketAddr>,
+    /// The HTTPS listener for SDKs that only speak HTTPS (Java, Python, PHP, .NET).
+    pub tls: Option<OutboundTls>,
     /// The Alipay gateway, always HTTPS.
     pub gateway: Gateway,
     /// Request paths the proxy forwards; anything else is refused.
@@ -152,6 +155,30 @@ pub struct OutboundConfig {
     pub allowed_hosts: Vec<String>,
     /// Connections open at once on the outbound listener (default 256).
     pub max_connections: usize,
+}
+
+/// `[outbound] tls_listen` and its certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundTls {
+    /// The HTTPS listener's address (the Python SDK always connects to port 443).
+    pub listen: SocketAddr,
+    /// `(tls_cert, tls_key)` PEM files to serve; `None` = a certificate generated at start,
+    /// in memory, for localhost, 127.0.0.1, ::1 and `names`.
+    pub files: Option<(PathBuf, PathBuf)>,
+    /// Extra names for the generated certificate.
+    pub names: Vec<String>,
+    /// Where to write the generated certificate's CA (public part), for apps that verify.
+    pub ca_out: Option<PathBuf>,
+}
+
+impl OutboundConfig {
+    /// Every outbound listener address (plain, TLS).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listen
+            .into_iter()
+            .chain(self.tls.as_ref().map(|t| t.listen))
+            .collect()
+    }
 }
 
 /// An HTTPS Alipay gateway (TLS is mandatory: the scheme is not stored because it is always
@@ -612,6 +639,11 @@ const KNOWN_KEYS: &[KnownKey] = &[
     k("keys", "merchant_key_version", Kind::KeyVersion),
     k("keys", "alipay_public_keys", Kind::Table),
     k("outbound", "listen", Kind::Addr),
+    k("outbound", "tls_listen", Kind::Addr),
+    k("outbound", "tls_cert", Kind::Path),
+    k("outbound", "tls_key", Kind::Path),
+    k("outbound", "tls_names", Kind::List),
+    k("outbound", "tls_ca_out", Kind::Path),
     k("outbound", "gateway", Kind::Url),
     k("outbound", "region", Kind::Choice(&["na", "sea", "eu"])),
     k("outbound", "allowed_path_prefixes", Kind::List),
@@ -721,6 +753,11 @@ struct RawKeys {
 #[serde(deny_unknown_fields)]
 struct RawOutbound {
     listen: Option<Spanned<String>>,
+    tls_listen: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    tls_names: Option<Vec<Spanned<String>>>,
+    tls_ca_out: Option<Spanned<String>>,
     gateway: Option<Spanned<String>>,
     region: Option<Spanned<String>>,
     allowed_path_prefixes: Option<Spanned<Vec<Spanned<String>>>>,
@@ -1335,7 +1372,12 @@ impl<'a> Ctx<'a> {
     ) -> Result<(), ConfigError> {
         let mut seen: Vec<(SocketAddr, &str)> = vec![(admin.listen, "admin.listen")];
         if let Some(o) = outbound {
-            seen.push((o.listen, "outbound.listen"));
+            if let Some(l) = o.listen {
+                seen.push((l, "outbound.listen"));
+            }
+            if let Some(t) = &o.tls {
+                seen.push((t.listen, "outbound.tls_listen"));
+            }
         }
         if let Some(i) = inbound {
             seen.push((i.listen, "inbound.listen"));
@@ -1436,13 +1478,30 @@ impl<'a> Ctx<'a> {
     }
 
     fn build_outbound(&self, raw: RawOutbound) -> Result<OutboundConfig, ConfigError> {
-        let listen_span = raw.listen.as_ref().map(Spanned::span);
-        let listen = self.addr(raw.listen, "outbound.listen", "127.0.0.1:8080")?;
         let allow_remote_clients = raw.allow_remote_clients.unwrap_or(false);
-        if !listen.ip().is_loopback() && !allow_remote_clients {
+        let tls = self.build_outbound_tls(&raw)?;
+        let listen_span = raw.listen.as_ref().map(Spanned::span);
+        let listen = match (raw.listen, &tls) {
+            // only HTTPS when tls_listen is set and listen is left out
+            (None, Some(_)) => None,
+            (l, _) => Some(self.addr(l, "outbound.listen", "127.0.0.1:8080")?),
+        };
+        let tls_span = raw.tls_listen.as_ref().map(Spanned::span);
+        for (addr, span, key) in [
+            (listen, listen_span, "outbound.listen"),
+            (
+                tls.as_ref().map(|t| t.listen),
+                tls_span,
+                "outbound.tls_listen",
+            ),
+        ] {
+            let Some(listen) = addr else { continue };
+            if listen.ip().is_loopback() || allow_remote_clients {
+                continue;
+            }
             return Err(self.error_span(
-                listen_span,
-                Some("outbound.listen"),
+                span,
+                Some(key),
                 format!(
                     "{listen} is not a loopback address: anything that can reach it can get \
                      requests signed with your merchant key (a signing oracle). Listen on \
@@ -1570,6 +1629,7 @@ impl<'a> Ctx<'a> {
 
         Ok(OutboundConfig {
             listen,
+            tls,
             gateway,
             allowed_path_prefixes,
             max_body_bytes: self.positive(
@@ -1598,6 +1658,78 @@ impl<'a> Ctx<'a> {
             allowed_hosts,
             max_connections: self.positive(raw.max_connections, "outbound.max_connections", 256)?,
         })
+    }
+
+    /// `tls_listen` and what goes with it: `tls_cert` and `tls_key` together or not at all;
+    /// `tls_names` and `tls_ca_out` only for the generated certificate.
+    fn build_outbound_tls(&self, raw: &RawOutbound) -> Result<Option<OutboundTls>, ConfigError> {
+        let Some(l) = raw.tls_listen.clone() else {
+            for (v, key) in [
+                (&raw.tls_cert, "outbound.tls_cert"),
+                (&raw.tls_key, "outbound.tls_key"),
+                (&raw.tls_ca_out, "outbound.tls_ca_out"),
+            ] {
+                if let Some(v) = v {
+                    return self.err(
+                        v.span(),
+                        key,
+                        "this only applies to the HTTPS listener; set `tls_listen` (e.g. \
+                         \"127.0.0.1:443\") or remove the line",
+                    );
+                }
+            }
+            return Ok(None);
+        };
+        let listen = self.addr(Some(l), "outbound.tls_listen", "127.0.0.1:443")?;
+        let files = match (&raw.tls_cert, &raw.tls_key) {
+            (Some(c), Some(k)) => Some((
+                self.path_value(c, "outbound.tls_cert")?,
+                self.path_value(k, "outbound.tls_key")?,
+            )),
+            (None, None) => None,
+            (Some(v), None) | (None, Some(v)) => {
+                return self.err(
+                    v.span(),
+                    "outbound.tls_cert",
+                    "set both `tls_cert` and `tls_key` (the certificate chain and its private \
+                     key, PEM), or neither to have the sidecar generate a certificate at start",
+                )
+            }
+        };
+        let mut names = Vec::new();
+        for n in raw.tls_names.clone().unwrap_or_default() {
+            let name = n.get_ref().trim().to_ascii_lowercase();
+            if name.is_empty() || name.contains(['/', ':', ' ', '@']) {
+                return self.err(
+                    n.span(),
+                    "outbound.tls_names",
+                    format!(
+                        "\"{}\" is not a host name for the certificate; list bare names such as \
+                         \"alipay-sidecar\"",
+                        crate::exchange::echo(n.get_ref())
+                    ),
+                );
+            }
+            names.push(name);
+        }
+        let ca_out = match &raw.tls_ca_out {
+            Some(p) if files.is_some() => {
+                return self.err(
+                    p.span(),
+                    "outbound.tls_ca_out",
+                    "tls_ca_out writes the CA of the *generated* certificate; with tls_cert \
+                     and tls_key configured, give apps your own CA instead and remove the line",
+                )
+            }
+            Some(p) => Some(self.path_value(p, "outbound.tls_ca_out")?),
+            None => None,
+        };
+        Ok(Some(OutboundTls {
+            listen,
+            files,
+            names,
+            ca_out,
+        }))
     }
 
     fn gateway(&self, g: &Spanned<String>) -> Result<Gateway, ConfigError> {
@@ -1848,7 +1980,7 @@ region = "sea"
         assert_eq!(c.keys.merchant_key_version, "1");
         let o = c.outbound.clone().unwrap();
         assert_eq!(o.gateway.url(), "https://open-sea-global.alipay.com");
-        assert_eq!(o.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(o.listen, Some("127.0.0.1:8080".parse().unwrap()));
         assert_eq!(o.max_body_bytes, 1 << 20);
         assert_eq!(o.request_timeout, Duration::from_secs(15));
         assert!(o.verify_responses);

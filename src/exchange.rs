@@ -213,11 +213,11 @@ pub async fn receive(
     }
     let Some(target) = std::str::from_utf8(header.raw_path())
         .ok()
-        .filter(|t| t.starts_with('/'))
-        .map(str::to_string)
+        .and_then(origin_form)
     else {
-        let msg =
-            "the request target is not a UTF-8 origin-form path (it must start with /)".to_string();
+        let msg = "the request target is neither an origin-form path (/ams/api/...) nor an \
+                   absolute http(s) URL with one"
+            .to_string();
         return rec
             .refuse(session, SidecarError::BadRequest, msg)
             .await
@@ -288,6 +288,35 @@ pub async fn receive(
         target,
         body,
     }))
+}
+
+/// The origin-form target (path and query) of a request target: itself when it starts with
+/// `/`, or the path and query of an absolute-form `http(s)://host[:port]/path?q` (what the
+/// Python SDK writes, RFC 9112 §3.2.2). The authority never chooses the upstream; it is
+/// logged once, at info, so an operator sees which clients use the form.
+pub fn origin_form(raw: &str) -> Option<String> {
+    if raw.starts_with('/') {
+        return Some(raw.to_string());
+    }
+    let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return None;
+    }
+    let uri: http::Uri = raw.parse().ok()?;
+    let authority = uri.authority()?;
+    let target = uri.path_and_query()?.as_str();
+    if !target.starts_with('/') {
+        return None;
+    }
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(
+            authority = %echo(authority.as_str()),
+            "a client sends absolute-form request targets (e.g. the Python SDK); the path and \
+             query are signed and sent, the authority is ignored (logged once)"
+        );
+    }
+    Some(target.to_string())
 }
 
 /// Whether a raw request head names both `Content-Length` and `Transfer-Encoding`. pingora
@@ -463,6 +492,25 @@ pub use crate::protocol::echo;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absolute_form_targets_become_origin_form() {
+        assert_eq!(
+            origin_form("/ams/api/x?y=1").as_deref(),
+            Some("/ams/api/x?y=1")
+        );
+        assert_eq!(
+            origin_form("https://127.0.0.1/ams/api/v1/payments/pay").as_deref(),
+            Some("/ams/api/v1/payments/pay")
+        );
+        assert_eq!(
+            origin_form("HTTP://evil.example:8443/ams/api/a?q=%2F").as_deref(),
+            Some("/ams/api/a?q=%2F")
+        );
+        assert_eq!(origin_form("*"), None);
+        assert_eq!(origin_form("ftp://x/ams"), None);
+        assert_eq!(origin_form("127.0.0.1:443"), None);
+    }
 
     #[test]
     fn both_framings_are_a_conflict() {

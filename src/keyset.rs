@@ -398,13 +398,24 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
                 location(config, "outbound.verify_responses")
             )));
         }
-        if o.allow_remote_clients && !o.listen.ip().is_loopback() {
+        for listen in o.listen_addrs() {
+            if o.allow_remote_clients && !listen.ip().is_loopback() {
+                out.push(warning(format!(
+                    "{}: the outbound listener accepts remote clients on {listen}: anyone who \
+                     can reach it can have requests signed with your merchant key. Make sure \
+                     only your app can reach this address",
+                    location(config, "outbound.allow_remote_clients"),
+                )));
+            }
+        }
+        if o.sandbox_path_rewrite {
             out.push(warning(format!(
-                "{}: the outbound listener accepts remote clients on {}: anyone who can reach \
-                 it can have requests signed with your merchant key. Make sure only your app \
-                 can reach this address",
-                location(config, "outbound.allow_remote_clients"),
-                o.listen
+                "{}: `sandbox_path_rewrite = true`: the gateway answers for the rewritten path \
+                 (/ams/sandbox/api/...), so an app whose SDK verifies responses itself checks \
+                 them against the path it sent and rejects every answer, although the call was \
+                 processed (retrying with a new request id could pay twice). Use it only for \
+                 apps that do not verify responses, or let the SDK send sandbox paths itself",
+                location(config, "outbound.sandbox_path_rewrite")
             )));
         }
     }

@@ -52,6 +52,7 @@ use tokio::time::{Instant, Sleep};
 use crate::envelope::SidecarError;
 use crate::logging::Throttle;
 use crate::metrics;
+use crate::tls::ListenerTls;
 
 /// Makes freed connection buffers go back to the system (glibc only; a no-op elsewhere).
 ///
@@ -85,6 +86,8 @@ pub struct ListenerLimits {
 pub struct Limited<A> {
     inner: Arc<A>,
     shared: Arc<Shared>,
+    /// Set for an HTTPS listener: the handshake happens here, within `header_read_timeout`.
+    tls: Option<Arc<ListenerTls>>,
 }
 
 /// What the wrapper and every stream of one listener share.
@@ -100,9 +103,21 @@ struct Shared {
 impl<A> Limited<A> {
     /// Wraps `inner`, the app of the listener called `listener` (a metric label).
     pub fn new(inner: A, listener: &'static str, limits: ListenerLimits) -> Self {
+        Self::shared(Arc::new(inner), listener, limits, None)
+    }
+
+    /// Wraps an app shared with another listener (the plain and the HTTPS outbound listener
+    /// serve one proxy); with `tls`, connections are TLS-terminated here first.
+    pub fn shared(
+        inner: Arc<A>,
+        listener: &'static str,
+        limits: ListenerLimits,
+        tls: Option<Arc<ListenerTls>>,
+    ) -> Self {
         metrics::metrics().register_listener(listener);
         Self {
-            inner: Arc::new(inner),
+            tls,
+            inner,
             shared: Arc::new(Shared {
                 listener,
                 gauge: metrics::metrics().open_connections(listener),
@@ -188,6 +203,35 @@ where
             }
             drop(stream); // closed at once, unread
             return None;
+        };
+        let stream = match &self.tls {
+            None => stream,
+            Some(tls) => {
+                let handshake = tls.acceptor().accept(stream);
+                match tokio::time::timeout(self.shared.limits.header_read_timeout, handshake).await
+                {
+                    Ok(Ok(tls_stream)) => Box::new(TlsConn(tls_stream)) as Stream,
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        // a TCP probe (readiness, a load balancer) that never spoke TLS
+                        tracing::debug!(
+                            listener = self.shared.listener,
+                            "connection closed before the TLS handshake"
+                        );
+                        return None;
+                    }
+                    Ok(Err(e)) => {
+                        if let Some(count) = self.shared.closed_log.hit() {
+                            tracing::warn!(listener = self.shared.listener, error = %e, failed = count, "TLS handshakes failed (logged at most once per second)");
+                        }
+                        return None;
+                    }
+                    Err(_) => {
+                        metrics::metrics()
+                            .record_connection_closed(self.shared.listener, "header_timeout");
+                        return None;
+                    }
+                }
+            }
         };
         let limited = HeadLimited::new(stream, self.shared.clone());
         // The connection is not handed back for reuse: pingora's HTTP/1 loop keeps it for
@@ -515,6 +559,77 @@ impl GetSocketDigest for HeadLimited {
 
 #[async_trait]
 impl Peek for HeadLimited {}
+
+/// A TLS-terminated connection as pingora's stream type (HTTP/1.1 only: no ALPN `h2`).
+struct TlsConn(tokio_rustls::server::TlsStream<Stream>);
+
+impl fmt::Debug for TlsConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsConn")
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for TlsConn {
+    async fn shutdown(&mut self) {
+        let _ = tokio::io::AsyncWriteExt::shutdown(self).await;
+    }
+}
+
+impl UniqueID for TlsConn {
+    fn id(&self) -> UniqueIDType {
+        self.0.get_ref().0.id()
+    }
+}
+
+impl Ssl for TlsConn {}
+
+impl GetTimingDigest for TlsConn {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.0.get_ref().0.get_timing_digest()
+    }
+}
+
+impl GetProxyDigest for TlsConn {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for TlsConn {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.0.get_ref().0.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for TlsConn {}
 
 #[cfg(test)]
 mod tests {

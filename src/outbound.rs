@@ -45,6 +45,11 @@ const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 /// which the sidecar always sets itself.
 const REPLACED: &[&str] = &["client-id", "request-time", "signature"];
 
+/// App headers the sidecar sets itself besides those: `Accept-Encoding` (the sidecar asks for
+/// `identity`, so what it verifies is what was signed) and the Go SDK's `Key-Version`
+/// (signing metadata, set to the sidecar's own key version when the app sent one).
+const ALSO_REPLACED: &[&str] = &["accept-encoding", "key-version"];
+
 /// The outbound signing proxy.
 pub struct Outbound {
     state: Arc<SidecarState>,
@@ -56,12 +61,16 @@ pub struct Outbound {
     /// one is configured).
     not_forwarded: Vec<&'static str>,
     body_policy: exchange::BodyPolicy,
+    /// Every outbound listener is on loopback: then `Host` must name this sidecar.
+    loopback_only: bool,
 }
 
 /// What the app is told about the gateway's answer.
 struct Verdict {
     marker: &'static str,
     key_version: Option<String>,
+    /// The signature verified over the decoded body (the answer came `Content-Encoding`d).
+    over_decoded: bool,
 }
 
 impl Outbound {
@@ -81,7 +90,9 @@ impl Outbound {
             cfg.connect_timeout,
         );
         let cfg_max_body = cfg.max_body_bytes;
+        let loopback_only = cfg.listen_addrs().iter().all(|a| a.ip().is_loopback());
         let mut not_forwarded = REPLACED.to_vec();
+        not_forwarded.extend_from_slice(ALSO_REPLACED);
         if cfg.agent_token.is_some() {
             not_forwarded.push("agent-token");
         }
@@ -97,6 +108,7 @@ impl Outbound {
                 limit_key: "[outbound] max_body_bytes",
                 timeout: config.server.body_read_timeout,
             },
+            loopback_only,
         }
     }
 
@@ -118,7 +130,7 @@ impl Outbound {
             );
             return Err((SidecarError::BrowserRequestRefused, msg));
         }
-        if self.cfg.listen.ip().is_loopback() {
+        if self.loopback_only {
             if let Some(host) = header.headers.get(http::header::HOST) {
                 let text = String::from_utf8_lossy(host.as_bytes());
                 if !host_allowed(&text, &self.cfg.allowed_hosts) {
@@ -157,7 +169,10 @@ impl Outbound {
     }
 
     async fn handle(&self, session: &mut Session, rec: &mut Record) -> pingora::Result<()> {
-        if let Ok(path) = std::str::from_utf8(session.req_header().raw_path()) {
+        if let Some(path) = std::str::from_utf8(session.req_header().raw_path())
+            .ok()
+            .and_then(exchange::origin_form)
+        {
             rec.api = metrics::api_label(path.split('?').next().unwrap_or(""));
         }
         let Some(req) =
@@ -194,6 +209,7 @@ impl Outbound {
             &signed_target,
             &time,
             &signature,
+            &keys.merchant_key_version,
             req.body.len(),
         )?;
         let response = match self
@@ -228,23 +244,44 @@ impl Outbound {
             response.body.len(),
         );
 
+        // a compressed answer (a front end that ignored `Accept-Encoding: identity`): the
+        // signature may cover the bytes as received or the decoded ones
+        let decoded = match exchange::header_text(&response.header.headers, "content-encoding") {
+            Some(enc) if !enc.trim().eq_ignore_ascii_case("identity") => {
+                crate::encoding::decode(enc, &response.body, MAX_RESPONSE_BYTES)
+                    .map_err(|e| tracing::warn!(encoding = %exchange::echo(enc), error = %e, "could not decode the gateway's answer; verifying the bytes as received"))
+                    .ok()
+            }
+            _ => None,
+        };
+
         // verify before the app sees a byte
-        let verdict = match self.verify(&keys, &signed_target, &response, rec) {
+        let verdict = match self.verify(&keys, &signed_target, &response, decoded.as_ref(), rec) {
             Ok(v) => v,
             Err((error, msg)) => return rec.refuse(session, error, msg).await,
         };
 
-        // hand the exact bytes to the app
+        // hand the exact bytes to the app (decoded when the answer was compressed)
         let mut out = exchange::relayed_response_header(&response.header)?;
+        let body = match decoded {
+            Some(d) if verdict.marker == "true" => {
+                out.remove_header("content-encoding");
+                d
+            }
+            _ => response.body,
+        };
         out.insert_header(VERIFIED_HEADER, verdict.marker)?;
         if let Some(v) = verdict.key_version {
             out.insert_header(KEY_VERSION_HEADER, v)?;
         }
-        out.set_content_length(response.body.len())?;
+        out.set_content_length(body.len())?;
         rec.status = response.header.status.as_u16();
-        rec.response_bytes = response.body.len();
+        rec.response_bytes = body.len();
+        if verdict.over_decoded {
+            tracing::debug!("the gateway's answer verified over its decoded body");
+        }
         session.write_response_header(Box::new(out), false).await?;
-        session.write_response_body(Some(response.body), true).await
+        session.write_response_body(Some(body), true).await
     }
 
     /// The response policy (spec §5, fail closed): a signed answer is verified whatever its
@@ -257,11 +294,12 @@ impl Outbound {
         keys: &KeySet,
         signed_target: &str,
         response: &UpstreamResponse,
+        decoded: Option<&bytes::Bytes>,
         rec: &mut Record,
     ) -> Result<Verdict, (SidecarError, String)> {
         let m = metrics::metrics();
         let status = response.header.status.as_u16();
-        let result_status = exchange::result_status(&response.body);
+        let result_status = exchange::result_status(decoded.unwrap_or(&response.body));
         if status == 200 {
             m.record_gateway_result_status(rec.api, result_status.as_deref());
         }
@@ -270,6 +308,7 @@ impl Outbound {
             return Ok(Verdict {
                 marker: "disabled",
                 key_version: None,
+                over_decoded: false,
             });
         }
         let sig = exchange::header_text(&response.header.headers, "signature");
@@ -283,6 +322,7 @@ impl Outbound {
                 return Ok(Verdict {
                     marker: "unverified-status",
                     key_version: None,
+                    over_decoded: false,
                 });
             }
             (None, None) if status == 200 && result_status.as_deref() == Some("F") => {
@@ -291,6 +331,7 @@ impl Outbound {
                 return Ok(Verdict {
                     marker: "unsigned-failure",
                     key_version: None,
+                    over_decoded: false,
                 });
             }
             (None, None) => {
@@ -319,7 +360,15 @@ impl Outbound {
         };
         let content = content_to_sign("POST", signed_target, &self.client_id, time, &response.body);
         let verify_start = Instant::now();
-        let verdict = keys.alipay.verify(&content, sig);
+        let mut verdict = keys.alipay.verify(&content, sig);
+        let mut over_decoded = false;
+        if let (Err(_), Some(d)) = (&verdict, decoded) {
+            let alt = content_to_sign("POST", signed_target, &self.client_id, time, d);
+            if let Ok(v) = keys.alipay.verify(&alt, sig) {
+                verdict = Ok(v);
+                over_decoded = true;
+            }
+        }
         m.observe_verify(Direction::Outbound, verify_start.elapsed());
         match verdict {
             Ok(v) => {
@@ -329,6 +378,7 @@ impl Outbound {
                 Ok(Verdict {
                     marker: "true",
                     key_version: Some(v.key_version),
+                    over_decoded,
                 })
             }
             Err(e) => {
@@ -350,6 +400,7 @@ impl Outbound {
         target: &str,
         time: &str,
         signature: &str,
+        key_version: &str,
         len: usize,
     ) -> pingora::Result<RequestHeader> {
         let mut req = RequestHeader::build("POST", target.as_bytes(), Some(app.headers.len() + 6))?;
@@ -365,6 +416,11 @@ impl Outbound {
         req.insert_header("Client-Id", self.client_id.as_str())?;
         req.insert_header("Request-Time", time)?;
         req.insert_header("Signature", signature)?;
+        // compressed answers would have to be decoded before they can be verified
+        req.insert_header("Accept-Encoding", "identity")?;
+        if app.headers.contains_key("key-version") {
+            req.insert_header("Key-Version", key_version)?;
+        }
         if let Some(token) = &self.cfg.agent_token {
             req.insert_header("Agent-Token", token.as_str())?;
         }

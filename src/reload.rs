@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::keyset::KeySet;
 use crate::metrics::{self, KeyRole, ReloadResult};
 use crate::state::SidecarState;
+use crate::tls::{Identity, ListenerTls};
 
 /// Quiet time after the last file event before reloading (a Secret update is a burst).
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -37,6 +38,9 @@ pub enum ReloadError {
     /// A key failed to load or the preflight found an error.
     #[error("{0}")]
     Keys(#[from] crate::keyset::KeySetError),
+    /// The HTTPS listener's `tls_cert`/`tls_key` failed to load (the old certificate stays).
+    #[error("the HTTPS listener's certificate: {0}")]
+    Tls(String),
     /// The loading task itself failed (a bug; the old keys stay).
     #[error("the reload task failed: {0}")]
     Task(String),
@@ -48,7 +52,12 @@ pub struct Reloader {
     config_path: PathBuf,
     started_with: Config,
     lock: Mutex<()>,
+    /// The HTTPS listener's certificate files, re-read with the keys.
+    tls: Option<TlsFiles>,
 }
+
+/// The outbound HTTPS listener's live certificate and the files it comes from.
+pub type TlsFiles = (Arc<ListenerTls>, PathBuf, PathBuf);
 
 /// What a successful reload did.
 #[derive(Debug)]
@@ -62,12 +71,19 @@ pub struct ReloadReport {
 impl Reloader {
     /// `started_with` is the configuration the process started with (to detect changes that
     /// need a restart).
-    pub fn new(state: Arc<SidecarState>, config_path: PathBuf, started_with: Config) -> Arc<Self> {
+    /// `tls`: the HTTPS listener's certificate files, when configured (re-read on every reload).
+    pub fn new(
+        state: Arc<SidecarState>,
+        config_path: PathBuf,
+        started_with: Config,
+        tls: Option<TlsFiles>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             state,
             config_path,
             started_with,
             lock: Mutex::new(()),
+            tls,
         })
     }
 
@@ -81,6 +97,9 @@ impl Reloader {
             .map(PathBuf::from)
             .collect();
         files.push(self.config_path.clone());
+        if let Some((_, cert, key)) = &self.tls {
+            files.extend([cert.clone(), key.clone()]);
+        }
         files
     }
 
@@ -110,16 +129,28 @@ impl Reloader {
     pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.lock.lock().await;
         let path = self.config_path.clone();
-        let loaded =
-            tokio::task::spawn_blocking(move || -> Result<(Config, KeySet), ReloadError> {
+        let tls_files = self.tls.as_ref().map(|(_, c, k)| (c.clone(), k.clone()));
+        let loaded = tokio::task::spawn_blocking(
+            move || -> Result<(Config, KeySet, Option<Identity>), ReloadError> {
                 let config = Config::load(&path)?;
                 let keys = KeySet::load(&config)?;
-                Ok((config, keys))
-            })
-            .await
-            .unwrap_or_else(|e| Err(ReloadError::Task(e.to_string())));
+                let identity = match tls_files {
+                    Some((cert, key)) => {
+                        Some(crate::tls::from_files(&cert, &key).map_err(ReloadError::Tls)?)
+                    }
+                    None => None,
+                };
+                Ok((config, keys, identity))
+            },
+        )
+        .await
+        .unwrap_or_else(|e| Err(ReloadError::Task(e.to_string())));
         match loaded {
-            Ok((config, keys)) => {
+            Ok((config, keys, identity)) => {
+                if let (Some((live, _, _)), Some(identity)) = (&self.tls, identity) {
+                    live.swap(&identity);
+                    tracing::info!(certificate_sha256 = %identity.fingerprint, "HTTPS listener certificate reloaded");
+                }
                 let old = self.state.keys();
                 let changed = describe(&old) != describe(&keys);
                 if self.started_with.differs_outside_keys(&config) {

@@ -29,6 +29,7 @@ use crate::limits::{Limited, ListenerLimits};
 use crate::outbound::Outbound;
 use crate::reload::{publish_key_metrics, ReloadTask, Reloader};
 use crate::state::SidecarState;
+use crate::tls::ListenerTls;
 
 /// Entry point of `alipay-sidecar run`; returns the process exit code (0 after a graceful
 /// shutdown, 1 when the configuration or keys are unusable, 2 when the config file cannot
@@ -103,7 +104,12 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
     // Fail early with a clear message rather than inside pingora's listener setup.
     let mut listeners: Vec<(SocketAddr, &'static str)> = vec![(config.admin.listen, "admin")];
     if let Some(o) = &config.outbound {
-        listeners.push((o.listen, "outbound"));
+        if let Some(l) = o.listen {
+            listeners.push((l, "outbound"));
+        }
+        if let Some(t) = &o.tls {
+            listeners.push((t.listen, "outbound_tls"));
+        }
     }
     if let Some(i) = &config.inbound {
         listeners.push((i.listen, "inbound"));
@@ -111,7 +117,10 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
     for (addr, section) in &listeners {
         std::net::TcpListener::bind(addr).map_err(|e| {
             config.error_at(
-                &format!("{section}.listen"),
+                &match *section {
+                    "outbound_tls" => "outbound.tls_listen".to_string(),
+                    s => format!("{s}.listen"),
+                },
                 format!("cannot listen on {addr}: {e}; pick a free address or stop the process using it"),
             )
         })?;
@@ -145,6 +154,7 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
     };
 
     let mut private_dir = None;
+    let mut reload_tls = None;
     if let Some(o) = config.outbound.clone() {
         let ca_bundle = match &o.ca_file {
             Some(path) => {
@@ -161,18 +171,50 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
             }
             None => None,
         };
-        let listen = o.listen;
         let gateway = o.gateway.url();
         let max = o.max_connections;
-        let proxy =
-            pingora::proxy::http_proxy(&conf, Outbound::new(state.clone(), &config, o, ca_bundle));
-        let mut svc = Service::new(
-            "outbound".to_string(),
-            Limited::new(proxy, "outbound", limits(max)),
-        );
-        svc.add_tcp(&listen.to_string());
-        server.add_service(svc);
-        tracing::info!(%listen, %gateway, max_connections = max, "outbound signing proxy");
+        let (plain, tls_cfg) = (o.listen, o.tls.clone());
+        // one proxy (one gateway pool) behind both listeners
+        let proxy = Arc::new(pingora::proxy::http_proxy(
+            &conf,
+            Outbound::new(state.clone(), &config, o, ca_bundle),
+        ));
+        if let Some(listen) = plain {
+            let mut svc = Service::new(
+                "outbound".to_string(),
+                Limited::shared(proxy.clone(), "outbound", limits(max), None),
+            );
+            svc.add_tcp(&listen.to_string());
+            server.add_service(svc);
+            tracing::info!(%listen, %gateway, max_connections = max, "outbound signing proxy (http)");
+        }
+        if let Some(t) = tls_cfg {
+            let identity = outbound_identity(&t).map_err(|m| {
+                let key = if t.files.is_some() {
+                    "outbound.tls_cert"
+                } else {
+                    "outbound.tls_listen"
+                };
+                config.error_at(key, m)
+            })?;
+            let listener_tls = ListenerTls::new(&identity);
+            if let Some((cert, key)) = &t.files {
+                reload_tls = Some((listener_tls.clone(), cert.clone(), key.clone()));
+            }
+            let mut svc = Service::new(
+                "outbound_tls".to_string(),
+                Limited::shared(proxy, "outbound_tls", limits(max), Some(listener_tls)),
+            );
+            svc.add_tcp(&t.listen.to_string());
+            server.add_service(svc);
+            tracing::info!(
+                listen = %t.listen,
+                %gateway,
+                certificate_sha256 = %identity.fingerprint,
+                certificate = if t.files.is_some() { "configured" } else { "generated at start (in memory)" },
+                "outbound signing proxy (https)"
+            );
+        }
     }
     if let Some(i) = config.inbound.clone() {
         let listen = i.listen;
@@ -188,7 +230,12 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         tracing::info!(%listen, forward_to = %app, max_connections = max, "inbound notification verifier");
     }
 
-    let reloader = Reloader::new(state.clone(), config.path.clone(), config.clone());
+    let reloader = Reloader::new(
+        state.clone(),
+        config.path.clone(),
+        config.clone(),
+        reload_tls,
+    );
     let traffic: Vec<(&'static str, SocketAddr)> = listeners
         .iter()
         .filter(|(_, name)| *name != "admin")
@@ -218,6 +265,25 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         drain,
         private_dir,
     })
+}
+
+/// The HTTPS outbound listener's certificate: the configured files, or one generated now
+/// whose CA certificate goes to `tls_ca_out` when set.
+pub fn outbound_identity(t: &crate::config::OutboundTls) -> Result<crate::tls::Identity, String> {
+    if let Some((cert, key)) = &t.files {
+        return crate::tls::from_files(cert, key);
+    }
+    let identity = crate::tls::generate("alipay-sidecar", &t.names)?;
+    if let (Some(path), Some(ca)) = (&t.ca_out, &identity.ca_pem) {
+        std::fs::write(path, ca).map_err(|e| {
+            format!(
+                "writing the generated CA certificate to {} (tls_ca_out): {e}; pick a \
+                 writable path",
+                path.display()
+            )
+        })?;
+    }
+    Ok(identity)
 }
 
 /// System trust roots plus the configured CA file, as one PEM bundle for the connector

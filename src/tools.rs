@@ -557,6 +557,24 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
             return not_usable(err, &e);
         }
     }
+    let tls_line = match config.outbound.as_ref().and_then(|o| o.tls.as_ref()) {
+        None => None,
+        Some(t) => match &t.files {
+            Some((cert, key)) => match crate::tls::from_files(cert, key) {
+                Ok(id) => Some(format!(
+                    "https listener certificate: {} (SHA-256 {})",
+                    cert.display(),
+                    id.fingerprint
+                )),
+                Err(m) => return not_usable(err, &config.error_at("outbound.tls_cert", m)),
+            },
+            None => Some(
+                "https listener certificate: generated at start, in memory (its SHA-256 is \
+                 logged by `run`)"
+                    .to_string(),
+            ),
+        },
+    };
     let findings = preflight(&config, &keys);
 
     let _ = writeln!(out, "config: {}", config.path.display());
@@ -571,7 +589,12 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
             let _ = writeln!(
                 out,
                 "outbound: listening on {} -> gateway {} (allowed paths: {}; response verification {})",
-                o.listen,
+                o.listen_addrs()
+                    .iter()
+                    .zip(o.listen.map_or(vec!["https"], |_| vec!["http", "https"]))
+                    .map(|(a, scheme)| format!("{scheme}://{a}"))
+                    .collect::<Vec<_>>()
+                    .join(" and "),
                 o.gateway.url(),
                 o.allowed_path_prefixes.join(" "),
                 if o.verify_responses { "on" } else { "OFF" }
@@ -601,6 +624,9 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
         None => {
             let _ = writeln!(out, "inbound: off (no [inbound] section)");
         }
+    }
+    if let Some(line) = tls_line {
+        let _ = writeln!(out, "{line}");
     }
     let _ = writeln!(out, "admin: listening on {}", config.admin.listen);
     let _ = writeln!(

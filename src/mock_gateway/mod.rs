@@ -210,6 +210,9 @@ pub enum Fault {
     NoNotify,
     /// `notify_tampered`: the notification's signature is over other bytes.
     NotifyTampered,
+    /// `gzip`: the signed answer, gzip-compressed with `Content-Encoding: gzip` (signature over
+    /// the uncompressed body), as a front end that compresses whatever the client asked for.
+    Gzip,
     /// `status:<code>` / `unsigned_status:<code>`: the normal answer (signed, or without
     /// signature headers) with another HTTP status (200-599), e.g. a 201 or a 302 carrying
     /// `resultStatus: "S"`, for the sidecar's response policy.
@@ -223,7 +226,7 @@ pub enum Fault {
 
 /// The accepted spellings, for error messages and `--help`.
 const FAULT_KINDS: &str = "delay:<ms>, drop, reset_mid_body, http_status:<400-599>, \
-     status:<200-599>, unsigned_status:<200-599>, unsigned, tampered, invalid_signature, unknown_exception, signed_failure, no_notify, notify_tampered";
+     status:<200-599>, unsigned_status:<200-599>, gzip, unsigned, tampered, invalid_signature, unknown_exception, signed_failure, no_notify, notify_tampered";
 
 impl FromStr for Fault {
     type Err = String;
@@ -262,6 +265,7 @@ impl FromStr for Fault {
         }
         Ok(match s {
             "drop" => Fault::Drop,
+            "gzip" => Fault::Gzip,
             "reset_mid_body" => Fault::ResetMidBody,
             "unsigned" => Fault::Unsigned,
             "tampered" => Fault::Tampered,
@@ -280,6 +284,7 @@ impl fmt::Display for Fault {
         match self {
             Fault::Delay(d) => write!(f, "delay:{}", d.as_millis()),
             Fault::Drop => f.write_str("drop"),
+            Fault::Gzip => f.write_str("gzip"),
             Fault::ResetMidBody => f.write_str("reset_mid_body"),
             Fault::HttpStatus(c) => write!(f, "http_status:{c}"),
             Fault::Unsigned => f.write_str("unsigned"),

@@ -348,6 +348,15 @@ pub(crate) async fn handle(
         }
     }
 
+    let body = if fault == Some(Fault::Gzip) {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let _ = gz.write_all(&body);
+        headers.push(("content-encoding", "gzip".to_string()));
+        gz.finish().unwrap_or(body)
+    } else {
+        body
+    };
     let total = body.len();
     let body = Bytes::from(body);
     let mock_body = if reset {

@@ -50,14 +50,22 @@ fn the_example_config_parses_and_documents_every_option() {
         .replace("# region = \"sea\"", "region = \"sea\"")
         .replace("# max_request_time_skew", "max_request_time_skew")
         .replace("# format = \"json\"", "format = \"json\"")
-        .replace("# ca_file", "ca_file");
+        .replace("# ca_file", "ca_file")
+        .replace("# tls_listen", "tls_listen")
+        .replace("# tls_names", "tls_names")
+        .replace("# tls_ca_out", "tls_ca_out");
     let c = Config::parse(&uncommented, &example_path(), Vec::new()).expect("alternatives parse");
     assert_eq!(c.log.format, Some(LogFormat::Json));
     assert_eq!(
         c.inbound.expect("inbound").max_request_time_skew,
         Some(Duration::from_secs(600))
     );
-    assert!(c.outbound.expect("outbound").ca_file.is_some());
+    let o = c.outbound.expect("outbound");
+    assert!(o.ca_file.is_some());
+    let tls = o.tls.expect("tls_listen");
+    assert_eq!(tls.listen.to_string(), "127.0.0.1:443");
+    assert_eq!(tls.names, ["alipay-sidecar"]);
+    assert!(tls.files.is_none() && tls.ca_out.is_some());
 }
 
 #[test]
@@ -65,7 +73,11 @@ fn defaults_match_the_documented_schema() {
     let text = "client_id = \"T_1\"\n[keys]\nmerchant_private_key = \"m.pem\"\nalipay_public_keys = { \"1\" = \"a.pem\" }\n[outbound]\nregion = \"eu\"\n[inbound]\nforward_to = \"http://127.0.0.1:3000\"\n";
     let c = Config::parse(text, Path::new("/srv/sidecar.toml"), Vec::new()).expect("parses");
     let o = c.outbound.as_ref().expect("outbound");
-    assert_eq!(o.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(
+        o.listen.map(|l| l.to_string()).as_deref(),
+        Some("127.0.0.1:8080")
+    );
+    assert!(o.tls.is_none());
     assert_eq!(o.gateway.url(), "https://open-de-global.alipay.com");
     assert_eq!(o.allowed_path_prefixes, ["/ams/api/", "/ams/sandbox/api/"]);
     assert_eq!(o.max_body_bytes, 1_048_576);

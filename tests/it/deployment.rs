@@ -652,7 +652,7 @@ fn example_configs_parse_with_the_current_schema() {
     assert!(
         cfg.outbound
             .as_ref()
-            .is_some_and(|o| o.listen.ip().is_loopback()),
+            .is_some_and(|o| o.listen_addrs().iter().all(|a| a.ip().is_loopback())),
         "the signer stays on loopback in the pod"
     );
     assert_eq!(cfg.inbound.as_ref().map(|i| i.listen.port()), Some(8081));

@@ -9,5 +9,7 @@ mod mock_gateway;
 mod outbound;
 mod production;
 mod properties;
+mod python_sdk;
+mod sdk_compat;
 mod support;
 mod vectors;

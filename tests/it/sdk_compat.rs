@@ -1,0 +1,289 @@
+//! Legacy SDKs unchanged (issue 9), through the REAL binary and the fake gateway: the HTTPS
+//! outbound listener (generated and configured certificates, reload), absolute-form request
+//! targets, a gateway that compresses its signed answers, and the Go SDK's header set.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alipay_sidecar::mock_gateway::{MockGateway, MockGatewayConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
+
+use crate::support::{
+    free_port, key, raw_request, request, rt, write_vector_keys, Response, Sidecar,
+};
+
+const CLIENT_ID: &str = "T_111222333";
+const PAY: &str = "/ams/api/v1/payments/pay";
+
+struct Rig {
+    gw: MockGateway,
+    sidecar: Sidecar,
+    dir: tempfile::TempDir,
+}
+
+/// The fake gateway (signing with the vector Alipay key, which the sidecar trusts) and a
+/// sidecar whose `[outbound]` section gets `outbound` (listen lines) on top of the gateway.
+fn rig(outbound: &str) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    write_vector_keys(dir.path());
+    let mut cfg = MockGatewayConfig::new(key("merchant", "public_spki_pem"));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.tls = Some(dir.path().to_path_buf());
+    cfg.expected_client_id = Some(CLIENT_ID.into());
+    cfg.alipay_private_key = Some(key("alipay", "private_pkcs8_pem"));
+    cfg.notify_backoff = vec![];
+    let gw = rt()
+        .block_on(MockGateway::start(cfg))
+        .expect("mock gateway");
+    let admin = free_port();
+    let toml = format!(
+        "client_id = \"{CLIENT_ID}\"\n[keys]\nmerchant_private_key = \"merchant_private_key.pem\"\nalipay_public_keys = {{ \"1\" = \"alipay_public_key.pem\" }}\n[outbound]\ngateway = \"https://127.0.0.1:{}\"\nca_file = {:?}\nrequest_timeout = \"20s\"\n{outbound}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        gw.local_addr().port(),
+        gw.ca_file().unwrap().display().to_string()
+    );
+    let sidecar = Sidecar::start(dir.path(), &toml, admin);
+    Rig { gw, sidecar, dir }
+}
+
+fn pay_body(id: &str, extra: &str) -> String {
+    format!(
+        r#"{{"paymentRequestId":"{id}","paymentAmount":{{"currency":"HKD","value":"100"}}{extra}}}"#
+    )
+}
+
+fn raw_pay(target: &str, body: &str, extra_headers: &str) -> String {
+    format!(
+        "POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json; charset=UTF-8\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// One request over TLS, trusting `ca_pem`; the answer and the leaf certificate served.
+fn tls_request(addr: SocketAddr, ca_pem: &str, raw: &str) -> (Response, Vec<u8>) {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    rt().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        let leaf: Vec<u8> = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        tls.write_all(raw.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), tls.read_to_end(&mut answer)).await;
+        let r = crate::support::read_response(&mut std::io::Cursor::new(answer)).unwrap();
+        (r, leaf)
+    })
+}
+
+/// A CA and a leaf for 127.0.0.1 it signed: (CA PEM, leaf PEM, leaf key PEM).
+fn ca_and_leaf(cn: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+}
+
+fn fingerprint_in_logs(logs: &str, der: &[u8]) -> bool {
+    logs.contains(&alipay_sidecar::tls::fingerprint(der))
+}
+
+fn assert_verified(r: &Response) {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-alipay-sidecar-verified"), Some("true"));
+}
+
+#[test]
+fn https_listener_with_a_generated_certificate_and_absolute_form_targets() {
+    let tls_port = free_port();
+    let r = rig(&format!(
+        "tls_listen = \"127.0.0.1:{tls_port}\"\ntls_names = [\"alipay-sidecar\"]\ntls_ca_out = \"local-ca.pem\""
+    ));
+    let tls = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let ca = std::fs::read_to_string(r.dir.path().join("local-ca.pem")).expect("tls_ca_out");
+    assert!(ca.contains("BEGIN CERTIFICATE") && !ca.contains("PRIVATE"));
+    // what the Python SDK writes: HTTPS to the listener, absolute-form request line
+    let body = pay_body("tls_abs", "");
+    let (resp, leaf) = tls_request(
+        tls,
+        &ca,
+        &raw_pay("https://127.0.0.1/ams/api/v1/payments/pay", &body, ""),
+    );
+    assert_verified(&resp);
+    assert!(
+        fingerprint_in_logs(&r.sidecar.logs(), &leaf),
+        "run logs the served certificate's SHA-256"
+    );
+    let got = r.gw.received();
+    assert_eq!(
+        got.last().unwrap().target,
+        PAY,
+        "the path is signed and sent, not the authority"
+    );
+    assert!(got.last().unwrap().verified);
+    // origin-form works on the TLS listener too
+    let (resp, _) = tls_request(tls, &ca, &raw_pay(PAY, &pay_body("tls_origin", ""), ""));
+    assert_verified(&resp);
+    // no plain listener when only tls_listen is set
+    assert!(!r.sidecar.logs().contains("outbound signing proxy (http)"));
+    // a disallowed path in absolute form is refused like any other
+    let (resp, _) = tls_request(
+        tls,
+        &ca,
+        &raw_pay(
+            "https://127.0.0.1/ams/api/v1/payments/pay/..%2f..%2fx",
+            &body,
+            "",
+        ),
+    );
+    assert_eq!(resp.status, 403, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(
+        resp.header("x-alipay-sidecar-error"),
+        Some("SIDECAR_PATH_NOT_ALLOWED")
+    );
+    // the TLS listener keeps the loopback Host rule
+    let (resp, _) = tls_request(
+        tls,
+        &ca,
+        &raw_pay(PAY, &body, "").replace("Host: 127.0.0.1", "Host: evil.example"),
+    );
+    assert_eq!(resp.status, 403);
+}
+
+#[test]
+fn https_listener_with_configured_certificate_reloads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca1, cert1, key1) = ca_and_leaf("first");
+    let write = |dir: &Path, cert: &str, key: &str| {
+        std::fs::write(dir.join("tls.crt"), cert).unwrap();
+        std::fs::write(dir.join("tls.key"), key).unwrap();
+    };
+    let tls_port = free_port();
+    let plain_port = free_port();
+    // the rig writes its own folder; point the certificate paths at ours
+    write(dir.path(), &cert1, &key1);
+    let r = rig(&format!(
+        "listen = \"127.0.0.1:{plain_port}\"\ntls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert = {:?}\ntls_key = {:?}",
+        dir.path().join("tls.crt").display().to_string(),
+        dir.path().join("tls.key").display().to_string()
+    ));
+    let tls = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let (resp, leaf) = tls_request(tls, &ca1, &raw_pay(PAY, &pay_body("cfg_1", ""), ""));
+    assert_verified(&resp);
+    assert!(fingerprint_in_logs(&r.sidecar.logs(), &leaf));
+    // both listeners at once, one policy
+    let plain = SocketAddr::from(([127, 0, 0, 1], plain_port));
+    assert_verified(
+        &raw_request(
+            plain,
+            raw_pay(PAY, &pay_body("cfg_plain", ""), "").as_bytes(),
+        )
+        .unwrap(),
+    );
+
+    // a new certificate on disk: reload serves it to new connections
+    let (ca2, cert2, key2) = ca_and_leaf("second");
+    write(dir.path(), &cert2, &key2);
+    let reload = request(r.sidecar.admin, "POST", "/admin/reload", &[], b"").unwrap();
+    assert_eq!(
+        reload.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reload.body)
+    );
+    let (resp, leaf2) = tls_request(tls, &ca2, &raw_pay(PAY, &pay_body("cfg_2", ""), ""));
+    assert_verified(&resp);
+    assert_ne!(leaf, leaf2);
+    let pem2 = rustls_pemfile::certs(&mut cert2.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(leaf2, pem2.to_vec());
+
+    // a broken certificate file keeps the good one serving
+    std::fs::write(dir.path().join("tls.crt"), "not a certificate").unwrap();
+    let reload = request(r.sidecar.admin, "POST", "/admin/reload", &[], b"").unwrap();
+    assert_eq!(reload.status, 500);
+    let (resp, leaf3) = tls_request(tls, &ca2, &raw_pay(PAY, &pay_body("cfg_3", ""), ""));
+    assert_verified(&resp);
+    assert_eq!(leaf3, leaf2);
+}
+
+#[test]
+fn compressed_signed_answers_are_verified_and_relayed_decoded() {
+    let plain_port = free_port();
+    let r = rig(&format!("listen = \"127.0.0.1:{plain_port}\""));
+    let plain = SocketAddr::from(([127, 0, 0, 1], plain_port));
+    let body = pay_body("gzip_1", ",\"mockFault\":\"gzip\"");
+    let resp = raw_request(
+        plain,
+        raw_pay(PAY, &body, "Accept-Encoding: gzip\r\n").as_bytes(),
+    )
+    .unwrap();
+    assert_verified(&resp);
+    assert_eq!(resp.header("content-encoding"), None, "relayed decoded");
+    assert_eq!(resp.json()["paymentRequestId"], "gzip_1");
+    // the app's Accept-Encoding never reaches the gateway
+    let sent = r.gw.received().into_iter().last().unwrap();
+    let ae: Vec<_> = sent
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("accept-encoding"))
+        .collect();
+    assert_eq!(ae.len(), 1);
+    assert_eq!(ae[0].1, "identity");
+}
+
+#[test]
+fn the_go_sdk_header_set_goes_through() {
+    let plain_port = free_port();
+    let r = rig(&format!("listen = \"127.0.0.1:{plain_port}\""));
+    let plain = SocketAddr::from(([127, 0, 0, 1], plain_port));
+    // what global-open-sdk-go's transport writes (its own signature headers included)
+    let body = pay_body("go_sdk", "");
+    let raw = format!(
+        "POST {PAY} HTTP/1.1\r\nHost: 127.0.0.1:{plain_port}\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\nAccept-Encoding: gzip\r\nAgent-Token: \r\nClient-Id: SDK_CLIENT\r\nContent-Type: application/json; charset=UTF-8\r\nContent-Type: application/json\r\nKey-Version: 7\r\nRequest-Time: 1714538096000\r\nSignature: algorithm=RSA256,keyVersion=7,signature=c2RrJ3Mgb3du\r\n\r\n{body}",
+        body.len()
+    );
+    let resp = raw_request(plain, raw.as_bytes()).unwrap();
+    assert_verified(&resp);
+    let sent = r.gw.received().into_iter().last().unwrap();
+    assert!(
+        sent.verified,
+        "the gateway verified the sidecar's signature"
+    );
+    let get = |name: &str| -> Vec<String> {
+        sent.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(
+        get("key-version"),
+        ["1"],
+        "Key-Version matches the sidecar's own signature"
+    );
+    assert_eq!(get("accept-encoding"), ["identity"]);
+    assert_eq!(get("client-id"), [CLIENT_ID]);
+    assert!(get("signature")[0].contains("keyVersion=1,"));
+}
