@@ -1,10 +1,12 @@
 //! All integration tests in one binary (one link of pingora instead of one per file).
 mod cli;
 mod config;
+mod demo;
 mod deployment;
 mod inbound;
 mod metrics;
 mod mock_gateway;
+mod operator;
 mod outbound;
 mod production;
 mod properties;
