@@ -223,16 +223,33 @@ pub fn main() -> i32 {
                 Shell::Zsh => clap_complete::Shell::Zsh,
                 Shell::Fish => clap_complete::Shell::Fish,
             };
-            clap_complete::generate(shell, &mut cmd, "alipay-sidecar", &mut stdout.lock());
-            0
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "alipay-sidecar", &mut script);
+            write_out(&script, "the completion script")
         }
-        Command::Man => match clap_mangen::Man::new(command()).render(&mut stdout.lock()) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("error: cannot write the manual page: {e}");
-                1
+        Command::Man => {
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(command()).render(&mut page) {
+                Ok(()) => write_out(&page, "the manual page"),
+                Err(e) => {
+                    eprintln!("error: cannot render the manual page: {e}");
+                    1
+                }
             }
-        },
+        }
+    }
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) is not an error.
+fn write_out(bytes: &[u8], what: &str) -> i32 {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("error: cannot write {what}: {e}");
+            1
+        }
     }
 }
 
