@@ -264,6 +264,7 @@ fn is_placeholder_client_id(id: &str) -> bool {
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
+    // Words long enough not to occur by chance in a real (random alphanumeric) id.
     [
         "REPLACE",
         "YOURCLIENTID",
@@ -271,8 +272,7 @@ fn is_placeholder_client_id(id: &str) -> bool {
         "PLACEHOLDER",
         "EXAMPLE",
         "FIXME",
-        "TODO",
-        "XXXX",
+        "XXXXXX",
     ]
     .iter()
     .any(|word| squeezed.contains(word))

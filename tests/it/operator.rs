@@ -42,7 +42,8 @@ struct Setup {
 
 impl Setup {
     fn new(client_id: &str, extra_outbound: &str) -> Setup {
-        let dir = tempfile::tempdir().expect("tempdir");
+        // Under /tmp (world-traversable), so a check run as another uid reaches the config.
+        let dir = tempfile::tempdir_in("/tmp").expect("tempdir");
         let private = dir.path().join("merchant_private_key.pem");
         std::fs::write(&private, key("merchant", "private_pkcs8_pem")).expect("write");
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).expect("chmod");
