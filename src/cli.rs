@@ -78,7 +78,7 @@ pub struct HealthcheckArgs {
     /// ALIPAY_SIDECAR_ADMIN_LISTEN override).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Give up after this long (connect + answer), e.g. 500ms or 3s.
+    /// Give up when connecting, or then the answer, takes longer than this, e.g. 500ms or 3s.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     timeout: Duration,
 }

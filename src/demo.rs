@@ -2,11 +2,19 @@
 //!
 //! It generates throw-away merchant keys, starts the fake Alipay gateway over TLS (with its
 //! own CA, which the sidecar trusts through `ca_file`), a tiny notification receiver standing
-//! in for the merchant app, and the real sidecar (`alipay-sidecar run`, as a child process, so
-//! Ctrl-C drains it exactly like an operator's SIGINT). Then it runs one pay → inquiry round
-//! trip through the sidecar, printing the signed headers that went out and the verification
-//! result that came back, and waits for the gateway's signed PAYMENT_RESULT notification to
-//! pass the sidecar's inbound verifier and reach the receiver.
+//! in for the merchant app, and the real sidecar (`alipay-sidecar run`, as a child process).
+//! Then it runs one pay → inquiry round trip through the sidecar and waits for the gateway's
+//! signed PAYMENT_RESULT notification to pass the sidecar's inbound verifier and reach the
+//! receiver. Every exchange is shown as it happens, the user's own curl requests included:
+//! `[gateway]` lines (the headers the sidecar signed, notifications sent), `[sidecar]` lines
+//! (the sidecar's JSON log, piped through the demo: each exchange's verdict) and `[app]` lines
+//! (notifications delivered).
+//!
+//! Cleaning up is the point of the signal handling: SIGTERM, SIGHUP and SIGINT (and the death
+//! of the demo's parent, through `PR_SET_PDEATHSIG` on Linux) stop the sidecar and remove the
+//! temp folder holding the throw-away private key. The sidecar child has its own
+//! `PR_SET_PDEATHSIG`, so it stops even when the demo is killed with SIGKILL; the folder left
+//! then is removed by the next demo.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
