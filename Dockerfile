@@ -1,58 +1,100 @@
 # alipay-sidecar container image.
 #
 #   docker build --build-arg GIT_COMMIT="$(git rev-parse HEAD)" -t alipay-sidecar .
-#   docker run --stop-timeout 40 \
+#
+# The sidecar's outbound listener is for the app next to it: run it in the app's network
+# namespace (Kubernetes: the same pod, config/kubernetes/; Docker: `--network container:<app>`
+# or config/docker-compose.yaml, `network_mode: service:app`). A plain
+# `docker run -p 8080:8080` cannot work: the outbound listener binds 127.0.0.1 on purpose (it
+# is a signing oracle).
+#
+#   docker run --stop-timeout 40 --network container:my-app \
 #     -v "$PWD/sidecar.toml:/etc/alipay-sidecar/sidecar.toml:ro" \
-#     -v "$PWD/keys:/etc/alipay-sidecar/keys:ro" \
-#     -p 8081:8081 alipay-sidecar
+#     -v "$PWD/keys:/etc/alipay-sidecar/keys:ro" alipay-sidecar
+#
+# Key files: the image runs as uid:gid 65532:65532, so mounted key files must be readable by
+# it. `keygen` writes the private key 0600 owned by you, which that uid cannot read. Before
+# mounting: `sudo chown 65532:65532 keys/*.pem && sudo chmod 0400 keys/merchant_private_key.pem`
+# (or `sudo chgrp 65532` with mode 0440); check-config says this when it cannot read a key.
 #
 # Paths inside the image:
 #   /usr/local/bin/alipay-sidecar       the binary (ENTRYPOINT)
-#   /etc/alipay-sidecar/sidecar.toml    configuration (mount it; read by the default CMD)
+#   /etc/alipay-sidecar/sidecar.toml    configuration (mount it; read by the default CMD and
+#                                       the HEALTHCHECK)
 #   /etc/alipay-sidecar/keys/           merchant private key and Alipay public key(s) (mount
 #                                       read-only; point [keys] in sidecar.toml at them)
-# Ports: 8080 outbound (app -> Alipay; binds loopback by default, right in a pod where the app
-# shares the network namespace), 8081 inbound (Alipay notifications), 9090 admin (/metrics,
-# /healthz, /readyz; set [admin] listen = "0.0.0.0:9090" when probed or scraped from outside).
+#   /usr/share/doc/alipay-sidecar/sidecar.example.toml
+#                                       the example config, every option explained (config
+#                                       errors refer to it): `docker run --rm --entrypoint
+#                                       "" ...` has no shell, so copy it out with
+#                                       `docker create` + `docker cp`, or read it in the repo
+# Ports: 8080 outbound (app -> Alipay; binds loopback by default), 8081 inbound (Alipay
+# notifications), 9090 admin (/metrics, /healthz, /readyz; set [admin] listen = "0.0.0.0:9090"
+# when probed or scraped from outside).
 # Shutdown can take shutdown_grace + shutdown_timeout (5 s + 30 s by default): give
 # `docker stop` / the orchestrator more than that (Docker's default is only 10 s).
-#
-# Base images are pinned by exact tag. CI should additionally pin them by digest
-# (image:tag@sha256:...) and let a bot (Renovate/Dependabot) bump the digests; digests cannot
-# be looked up on the offline machine this file was written on.
 
 # ---- build stage -----------------------------------------------------------------------
+# Pinned by exact tag (the toolchain version is what matters for reproducible builds).
 FROM rust:1.95.0-bookworm AS build
 
-# pingora-core builds a bundled zlib with cmake, whatever TLS backend is chosen.
+# pingora-core builds a bundled zlib with cmake, whatever TLS backend is chosen; gcc (for
+# ring, zstd and zlib-ng) is in the rust image already.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends cmake \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
+
+# 1. Dependencies only, in their own layer: with placeholder sources, so that a change under
+#    src/ reuses this layer instead of rebuilding every crate (Cargo.toml / Cargo.lock
+#    changes rebuild it).
 COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/signature.rs \
+    && cargo build --release --locked --bin alipay-sidecar \
+    && rm -rf src benches \
+        target/release/alipay-sidecar* \
+        target/release/deps/alipay_sidecar-* target/release/deps/libalipay_sidecar-* \
+        target/release/.fingerprint/alipay-sidecar-*
+
+# 2. The sidecar itself.
 COPY src ./src
 # Cargo.toml declares the `signature` bench target; cargo wants its source present.
 COPY benches ./benches
 
-# Baked into alipay_sidecar_build_info{git_commit}; "unknown" when not given.
+# Baked into `--version` and alipay_sidecar_build_info{git_commit}; "unknown" when not given.
 ARG GIT_COMMIT=unknown
-RUN ALIPAY_SIDECAR_GIT_COMMIT="${GIT_COMMIT}" cargo build --release --locked --bin alipay-sidecar
+RUN touch src/main.rs src/lib.rs \
+    && ALIPAY_SIDECAR_GIT_COMMIT="${GIT_COMMIT}" cargo build --release --locked --bin alipay-sidecar
 
 # ---- runtime stage ---------------------------------------------------------------------
 # glibc + libgcc only, no shell, no package manager; the :nonroot tag runs as uid 65532.
-FROM gcr.io/distroless/cc-debian12:nonroot
+# Pinned by digest, so a rebuild gets the bytes that were tested. The digest was not looked
+# up from the registry (this file was written offline); before relying on it, and to update
+# it (e.g. monthly, for Debian security fixes), run
+#   docker buildx imagetools inspect gcr.io/distroless/cc-debian12:nonroot
+# (or `crane digest gcr.io/distroless/cc-debian12:nonroot`) and paste the index digest here,
+# or let Renovate/Dependabot (docker ecosystem) bump it.
+FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 
 COPY --from=build /src/target/release/alipay-sidecar /usr/local/bin/alipay-sidecar
+# Config errors point here: every option, commented.
+COPY config/sidecar.example.toml /usr/share/doc/alipay-sidecar/sidecar.example.toml
 
 # Numeric uid:gid so Kubernetes' runAsNonRoot can check it without an /etc/passwd lookup.
 USER 65532:65532
 
 EXPOSE 8080 8081 9090
 
-# Distroless has no curl: the binary itself calls /readyz on the admin listener.
+# Distroless has no curl: the binary itself calls /readyz, on the admin address of the same
+# config file the default CMD runs (`[admin] listen`, or ALIPAY_SIDECAR_ADMIN_LISTEN). With a
+# config elsewhere, override it: --health-cmd '/usr/local/bin/alipay-sidecar healthcheck
+# --config /path/sidecar.toml' (or --url http://127.0.0.1:PORT/readyz).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["/usr/local/bin/alipay-sidecar", "healthcheck"]
+    CMD ["/usr/local/bin/alipay-sidecar", "healthcheck", "--config", "/etc/alipay-sidecar/sidecar.toml", "--timeout", "2s"]
 
 # ENTRYPOINT + CMD rather than one ENTRYPOINT, so `docker run IMAGE check-config --config ...`
 # and the other subcommands work with the same image.

@@ -112,9 +112,9 @@ async fn listeners_accepting(listeners: &[(&'static str, SocketAddr)]) -> Result
     Ok(())
 }
 
-/// `alipay-sidecar healthcheck [--url]`: exit 0 when the URL answers 200, else 1.
-pub fn healthcheck(url: &str) -> i32 {
-    match probe(url) {
+/// `alipay-sidecar healthcheck`: exit 0 when the URL answers 200 within `timeout`, else 1.
+pub fn healthcheck(url: &str, timeout: Duration) -> i32 {
+    match probe(url, timeout) {
         Ok(200) => 0,
         Ok(status) => {
             eprintln!("{url} answered {status}");
@@ -129,10 +129,10 @@ pub fn healthcheck(url: &str) -> i32 {
 
 /// True when `url` answers 200; for callers that poll readiness themselves.
 pub fn healthcheck_quiet(url: &str) -> bool {
-    matches!(probe(url), Ok(200))
+    matches!(probe(url, Duration::from_secs(3)), Ok(200))
 }
 
-fn probe(url: &str) -> Result<u16, String> {
+fn probe(url: &str, timeout: Duration) -> Result<u16, String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or("only http:// URLs are supported (the admin listener is plain HTTP)")?;
@@ -145,7 +145,6 @@ fn probe(url: &str) -> Result<u16, String> {
         .map_err(|e| format!("cannot resolve {authority}: {e}"))?
         .next()
         .ok_or_else(|| format!("no address for {authority}"))?;
-    let timeout = Duration::from_secs(3);
     let mut stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect: {e}"))?;
     stream
@@ -154,11 +153,11 @@ fn probe(url: &str) -> Result<u16, String> {
     stream
         .set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
+    // One write: a server may answer (and close) after the first segment it reads.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut head = [0u8; 64];
     let n = stream
         .read(&mut head)

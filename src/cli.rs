@@ -5,49 +5,160 @@
 //! [`crate::demo`] and the container health probe in [`crate::admin`].
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::tools::{self, ConfigArgs, KeygenArgs, SignArgs, VerifyArgs};
+
+/// The exit-code rule of `run` and `check-config`, shown in `--help` and the README.
+pub const EXIT_CODES_HELP: &str = "\
+Exit status (run and check-config):
+  0  success: check-config found the configuration usable (warnings allowed); run stopped
+     cleanly after SIGTERM/SIGINT/SIGQUIT
+  1  runtime failure: the configuration is valid but the sidecar could not start or keep
+     running (an address already in use, a file it must write, …)
+  2  usage, configuration or key error: nothing was started; the message names the file, the
+     line and what to change (the same errors check-config reports)";
+
+const RUN_HELP: &str = "\
+Every option above can also be set by the ALIPAY_SIDECAR_* environment variable shown next to
+it, and every key of the config file by ALIPAY_SIDECAR_<SECTION>_<KEY> (e.g.
+ALIPAY_SIDECAR_OUTBOUND_GATEWAY, ALIPAY_SIDECAR_CLIENT_ID); an ALIPAY_SIDECAR_* variable that
+names no option is an error. Command-line options win over the config file.";
 
 /// alipay-sidecar: signs Alipay Global (AMS / Antom) API calls on the way out and verifies
 /// Alipay's responses and payment notifications, so the app never holds the merchant key.
 #[derive(Parser, Debug)]
-#[command(name = "alipay-sidecar", version, propagate_version = true)]
+#[command(
+    name = "alipay-sidecar",
+    version,
+    propagate_version = true,
+    after_help = EXIT_CODES_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// Log line format for `run --log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    /// One JSON object per line (for log collectors).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Options of `alipay-sidecar run`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = format!("{RUN_HELP}\n\n{EXIT_CODES_HELP}"))]
+pub struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Log filter, overriding `[log] level`: error, warn, info, debug, trace, or a tracing
+    /// filter such as `alipay_sidecar=debug,info` (RUST_LOG still wins when set).
+    #[arg(long, value_name = "FILTER", env = "ALIPAY_SIDECAR_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Log line format, overriding `[log] format` [default: json when stdout is not a
+    /// terminal, text otherwise].
+    #[arg(long, value_name = "FORMAT", env = "ALIPAY_SIDECAR_LOG_FORMAT")]
+    log_format: Option<LogFormatArg>,
+}
+
+/// Options of `alipay-sidecar healthcheck`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HealthcheckArgs {
+    /// The readiness URL to call [default: /readyz on the config's `[admin] listen` with
+    /// --config, else http://127.0.0.1:9090/readyz].
+    #[arg(long, conflicts_with = "config")]
+    url: Option<String>,
+    /// Take the admin address from this config file's `[admin] listen` (and its
+    /// ALIPAY_SIDECAR_ADMIN_LISTEN override).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Give up when connecting, or then the answer, takes longer than this, e.g. 500ms or 3s.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e}; write a duration such as 500ms or 3s"))?;
+    if d.is_zero() {
+        return Err("the timeout must be more than 0".into());
+    }
+    Ok(d)
+}
+
+/// Shells `completions` writes scripts for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// bash (e.g. > /etc/bash_completion.d/alipay-sidecar)
+    Bash,
+    /// zsh (e.g. > "${fpath[1]}/_alipay-sidecar")
+    Zsh,
+    /// fish (e.g. > ~/.config/fish/completions/alipay-sidecar.fish)
+    Fish,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the sidecar (outbound signing proxy, inbound notification verifier, admin listener).
-    Run(ConfigArgs),
+    Run(RunArgs),
     /// Sign a request offline and print its Client-Id, Request-Time and Signature headers.
     Sign(SignArgs),
     /// Check a captured signature (notification, response or request) offline.
     #[command(after_help = tools::VERIFY_HELP)]
     Verify(VerifyArgs),
-    /// Generate a new RSA-2048 merchant key pair (PEM and the dashboard's one-line base64).
+    /// Generate a new RSA merchant key pair (PEM and the dashboard's one-line base64).
     Keygen(KeygenArgs),
     /// Load the config and every key, catch the classic key mix-ups, print a summary.
+    #[command(after_help = EXIT_CODES_HELP)]
     CheckConfig(ConfigArgs),
     /// Run a fake Alipay gateway that verifies and signs like the real one (tests, demos).
     MockGateway(crate::mock_gateway::MockGatewayArgs),
     /// Start a throw-away fake gateway and sidecar and show a signed round trip.
     Demo(crate::demo::DemoArgs),
     /// Exit 0 when the sidecar's readiness endpoint answers 200 (container HEALTHCHECK).
-    Healthcheck {
-        /// The readiness URL to call.
-        #[arg(long, default_value = "http://127.0.0.1:9090/readyz")]
-        url: String,
+    Healthcheck(HealthcheckArgs),
+    /// Print a shell completion script, e.g. `alipay-sidecar completions bash >
+    /// /etc/bash_completion.d/alipay-sidecar`.
+    Completions {
+        /// The shell to write the script for.
+        shell: Shell,
     },
+    /// Print the manual page (roff), e.g. `alipay-sidecar man > alipay-sidecar.1 && man
+    /// ./alipay-sidecar.1`.
+    Man,
+}
+
+/// The version line: the crate version, plus the git commit when the build was stamped with
+/// `ALIPAY_SIDECAR_GIT_COMMIT` (the Dockerfile and CI do).
+pub fn version() -> String {
+    match option_env!("ALIPAY_SIDECAR_GIT_COMMIT").map(str::trim) {
+        Some(commit) if !commit.is_empty() && commit != "unknown" => {
+            format!("{} (git {commit})", env!("CARGO_PKG_VERSION"))
+        }
+        _ => env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// The clap command, with the version line of this build (for completions and the man page
+/// too).
+fn command() -> clap::Command {
+    let version: &'static str = Box::leak(version().into_boxed_str());
+    Cli::command().version(version)
 }
 
 /// Parses the process arguments and runs the chosen subcommand; returns the exit code
-/// (2 for usage errors, as for the tools).
+/// (2 for usage errors, see [`EXIT_CODES_HELP`]).
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let cli = match command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -57,7 +168,22 @@ pub fn main() -> i32 {
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     match cli.command {
-        Command::Run(args) => crate::server::run(&args.config),
+        Command::Run(args) => {
+            // The command-line options go through the same override path as the environment
+            // (validated and reported like any other ALIPAY_SIDECAR_* value). Setting them here
+            // is sound: no other thread exists yet.
+            if let Some(level) = &args.log_level {
+                std::env::set_var("ALIPAY_SIDECAR_LOG_LEVEL", level);
+            }
+            if let Some(format) = args.log_format {
+                let name = match format {
+                    LogFormatArg::Json => "json",
+                    LogFormatArg::Text => "text",
+                };
+                std::env::set_var("ALIPAY_SIDECAR_LOG_FORMAT", name);
+            }
+            crate::server::run(&args.config.config)
+        }
         Command::Sign(args) => {
             let stdin = std::io::stdin();
             if args.body_file.is_none() && stdin.is_terminal() {
@@ -89,17 +215,92 @@ pub fn main() -> i32 {
         }
         Command::MockGateway(args) => crate::mock_gateway::cli_main(args),
         Command::Demo(args) => crate::demo::run(args),
-        Command::Healthcheck { url } => crate::admin::healthcheck(&url),
+        Command::Healthcheck(args) => healthcheck(&args),
+        Command::Completions { shell } => {
+            let mut cmd = command();
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "alipay-sidecar", &mut script);
+            write_out(&script, "the completion script")
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(command()).render(&mut page) {
+                Ok(()) => write_out(&page, "the manual page"),
+                Err(e) => {
+                    eprintln!("error: cannot render the manual page: {e}");
+                    1
+                }
+            }
+        }
     }
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) is not an error.
+fn write_out(bytes: &[u8], what: &str) -> i32 {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("error: cannot write {what}: {e}");
+            1
+        }
+    }
+}
+
+fn healthcheck(args: &HealthcheckArgs) -> i32 {
+    let url = match (&args.url, &args.config) {
+        (Some(url), _) => url.clone(),
+        (None, Some(path)) => match crate::config::Config::load(path) {
+            Ok(config) => readyz_url(config.admin.listen),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return tools::EXIT_USAGE;
+            }
+        },
+        (None, None) => "http://127.0.0.1:9090/readyz".to_string(),
+    };
+    crate::admin::healthcheck(&url, args.timeout)
+}
+
+/// `/readyz` on the admin listener; a wildcard listen address is probed on loopback.
+fn readyz_url(listen: std::net::SocketAddr) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}/readyz", SocketAddr::new(ip, listen.port()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    #[test]
+    fn wildcard_admin_addresses_are_probed_on_loopback() {
+        assert_eq!(
+            readyz_url("0.0.0.0:9091".parse().unwrap()),
+            "http://127.0.0.1:9091/readyz"
+        );
+        assert_eq!(
+            readyz_url("[::]:9090".parse().unwrap()),
+            "http://[::1]:9090/readyz"
+        );
+        assert_eq!(
+            readyz_url("10.0.0.5:9090".parse().unwrap()),
+            "http://10.0.0.5:9090/readyz"
+        );
     }
 }

@@ -517,7 +517,7 @@ impl Config {
         };
         let doc = DeTable::parse(text).map_err(|e| {
             let msg = format!(
-                "not valid TOML: {}; fix the syntax (see config/sidecar.example.toml)",
+                "not valid TOML: {}; fix the syntax (see {EXAMPLE_CONFIG_HINT})",
                 e.message()
             );
             ctx.error_span(e.span(), None, msg)
@@ -709,6 +709,43 @@ pub fn known_keys() -> Vec<String> {
 
 fn known(dotted: &str) -> Option<&'static KnownKey> {
     KNOWN_KEYS.iter().find(|k| k.dotted() == dotted)
+}
+
+/// Where the documented example config is, in the repository and in the container image.
+const EXAMPLE_CONFIG_HINT: &str = "config/sidecar.example.toml, or \
+     /usr/share/doc/alipay-sidecar/sidecar.example.toml in the container image";
+
+/// " Did you mean `x`?" for an unknown key `field` found at dotted path `at` (its table is
+/// everything before the last dot): the closest known key by Damerau-Levenshtein distance
+/// (`strsim`, already in the tree through clap), preferring the same table and naming the
+/// right table when the key belongs elsewhere.
+fn did_you_mean(at: Option<&str>, field: &str) -> Option<String> {
+    let table = at
+        .and_then(|dotted| dotted.rsplit_once('.'))
+        .map_or("", |(table, _)| table);
+    let (distance, best) = KNOWN_KEYS
+        .iter()
+        .map(|k| {
+            let d = strsim::damerau_levenshtein(field, k.key);
+            (d + usize::from(k.section != table), k)
+        })
+        .min_by_key(|(d, _)| *d)?;
+    if distance > (field.chars().count() / 3).max(2) {
+        return None;
+    }
+    Some(if best.section == table {
+        format!(" did you mean `{}`? Otherwise", best.key)
+    } else if best.section.is_empty() {
+        format!(
+            " did you mean `{}` (at the top of the file, before any [section])? Otherwise",
+            best.key
+        )
+    } else {
+        format!(
+            " did you mean `{}` in the [{}] section? Otherwise",
+            best.key, best.section
+        )
+    })
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -954,8 +991,12 @@ impl<'a> Ctx<'a> {
             });
         }
         let advice = if message.starts_with("unknown field") {
-            " — remove it or fix the spelling (every option is listed and explained in config/sidecar.example.toml)"
-                .to_string()
+            let suggestion = message
+                .split('`')
+                .nth(1)
+                .and_then(|field| did_you_mean(key.as_deref(), field))
+                .unwrap_or_default();
+            format!(" —{suggestion} remove it or fix the spelling (every option is listed and explained in {EXAMPLE_CONFIG_HINT})")
         } else if message.starts_with("missing field") {
             match key.as_deref().and_then(known) {
                 Some(k) => format!(" — this option is required; set it to {}", k.kind.hint()),

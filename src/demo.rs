@@ -2,15 +2,24 @@
 //!
 //! It generates throw-away merchant keys, starts the fake Alipay gateway over TLS (with its
 //! own CA, which the sidecar trusts through `ca_file`), a tiny notification receiver standing
-//! in for the merchant app, and the real sidecar (`alipay-sidecar run`, as a child process, so
-//! Ctrl-C drains it exactly like an operator's SIGINT). Then it runs one pay → inquiry round
-//! trip through the sidecar, printing the signed headers that went out and the verification
-//! result that came back, and waits for the gateway's signed PAYMENT_RESULT notification to
-//! pass the sidecar's inbound verifier and reach the receiver.
+//! in for the merchant app, and the real sidecar (`alipay-sidecar run`, as a child process).
+//! Then it runs one pay → inquiry round trip through the sidecar and waits for the gateway's
+//! signed PAYMENT_RESULT notification to pass the sidecar's inbound verifier and reach the
+//! receiver. Every exchange is shown as it happens, the user's own curl requests included:
+//! `[gateway]` lines (the headers the sidecar signed, notifications sent), `[sidecar]` lines
+//! (the sidecar's JSON log, piped through the demo: each exchange's verdict) and `[app]` lines
+//! (notifications delivered).
+//!
+//! Cleaning up is the point of the signal handling: SIGTERM, SIGHUP and SIGINT (and the death
+//! of the demo's parent, through `PR_SET_PDEATHSIG` on Linux) stop the sidecar and remove the
+//! temp folder holding the throw-away private key. The sidecar child has its own
+//! `PR_SET_PDEATHSIG`, so it stops even when the demo is killed with SIGKILL; the folder left
+//! then is removed by the next demo.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +29,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::mock_gateway::{MockGateway, MockGatewayConfig};
+use crate::mock_gateway::{MockGateway, MockGatewayConfig, ReceivedRequest};
 
 /// Options of `alipay-sidecar demo`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -67,8 +76,13 @@ impl Ports {
     }
 }
 
-/// Entry point of `alipay-sidecar demo`; returns the process exit code.
+/// Entry point of `alipay-sidecar demo`; returns the process exit code: 0 when the sample
+/// traffic verified (and, without `--once`, when a signal stopped it afterwards), 1 when it
+/// failed, 128 + the signal number when a signal interrupted it before it completed.
 pub fn run(args: DemoArgs) -> i32 {
+    // The demo is a foreground toy: when whoever started it goes away (an IDE, a test
+    // harness, a terminal), it stops too, and cleans up like on SIGTERM.
+    die_with_parent(libc::SIGTERM);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -80,31 +94,153 @@ pub fn run(args: DemoArgs) -> i32 {
             return 1;
         }
     };
-    let args_ephemeral = args.ephemeral_ports;
-    match rt.block_on(demo(args)) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("demo failed: {e}");
-            if !args_ephemeral {
-                eprintln!("hint: the demo uses ports 8080, 8081, 9090, 8443 and 3000; if one is taken, run `alipay-sidecar demo --ephemeral-ports`");
-            }
-            1
-        }
+    rt.block_on(demo(args))
+}
+
+/// Asks the kernel to send `signal` to this process when its parent dies (Linux); elsewhere a
+/// no-op.
+fn die_with_parent(signal: i32) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a process attribute.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong);
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = signal;
 }
 
 type DemoResult<T> = Result<T, String>;
 
-async fn demo(args: DemoArgs) -> DemoResult<()> {
-    let dir = std::env::temp_dir().join(format!("alipay-sidecar-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let result = demo_in(&dir, &args).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+/// The signals that stop the demo (and with it every child and the temp folder).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
 }
 
-async fn demo_in(dir: &Path, args: &DemoArgs) -> DemoResult<()> {
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for one; returns its name and number.
+    async fn recv(&mut self) -> (&'static str, i32) {
+        tokio::select! {
+            _ = self.term.recv() => ("SIGTERM", libc::SIGTERM),
+            _ = self.hup.recv() => ("SIGHUP", libc::SIGHUP),
+            _ = self.int.recv() => ("SIGINT", libc::SIGINT),
+        }
+    }
+}
+
+const DIR_PREFIX: &str = "alipay-sidecar-demo-";
+
+async fn demo(args: DemoArgs) -> i32 {
+    // Signal handlers first: from here on SIGTERM/SIGHUP/SIGINT clean up instead of killing
+    // the demo and orphaning its sidecar.
+    let mut signals = match StopSignals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("demo: cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
+    remove_stale_folders();
+    let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}", std::process::id()));
+    if let Err(e) = create_private_dir(&dir) {
+        eprintln!("demo failed: creating {}: {e}", dir.display());
+        return 1;
+    }
+    let traffic_done = Arc::new(AtomicBool::new(false));
+    let code = tokio::select! {
+        result = demo_in(&dir, &args, traffic_done.clone()) => match result {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("demo failed: {e}");
+                1
+            }
+        },
+        (name, number) = signals.recv() => {
+            println!("== {name}: stopping the sidecar and removing {}", dir.display());
+            if traffic_done.load(Ordering::SeqCst) && !args.once { 0 } else { 128 + number }
+        }
+    };
+    // demo_in has been dropped here: its Sidecar stopped the child process (SIGTERM, then
+    // SIGKILL), the gateway and receiver tasks end with the runtime.
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("== stopped");
+    code
+}
+
+/// Creates the demo's folder (it holds a private key), readable by this user only.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?; // a folder of an earlier process with the same pid
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
+/// Removes the folders of earlier demos whose process is gone (killed with SIGKILL, the one
+/// signal the demo cannot clean up after; its sidecar died with it through PR_SET_PDEATHSIG).
+fn remove_stale_folders() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Fails, naming the port and what uses it, when one of the demo's fixed ports is taken.
+fn check_ports_free(ports: &Ports) -> DemoResult<()> {
+    for (port, what) in [
+        (ports.outbound, "sidecar outbound"),
+        (ports.inbound, "sidecar inbound"),
+        (ports.admin, "sidecar admin"),
+        (ports.gateway, "fake Alipay gateway"),
+        (ports.app, "demo app receiver"),
+    ] {
+        if let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
+            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "is busy: something already listens on it (an earlier demo or sidecar still \
+                 running? `ss -ltnp 'sport = :PORT'` shows which process)"
+                    .replace("PORT", &port.to_string())
+            } else {
+                format!("cannot be used: {e}")
+            };
+            return Err(format!(
+                "port {port} (the {what}) {why}; stop that process, or run `alipay-sidecar demo \
+                 --ephemeral-ports` to use free ports"
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn demo_in(dir: &Path, args: &DemoArgs, traffic_done: Arc<AtomicBool>) -> DemoResult<()> {
     let ports = Ports::pick(args.ephemeral_ports).map_err(|e| e.to_string())?;
+    if !args.ephemeral_ports {
+        check_ports_free(&ports)?;
+    }
     println!(
         "== alipay-sidecar demo (throw-away keys in {})",
         dir.display()
@@ -118,20 +254,24 @@ async fn demo_in(dir: &Path, args: &DemoArgs) -> DemoResult<()> {
     )?;
     println!("   merchant key pair generated: {}", merchant.fingerprint);
 
-    // 2. the fake gateway, over TLS
+    // 2. the fake gateway, over TLS. A sandbox client id, so the sandbox paths
+    //    (/ams/sandbox/api/…), as Alipay requires for SANDBOX_ ids.
     let client_id = "SANDBOX_DEMO0000000001";
     let mut gw_cfg = MockGatewayConfig::new(merchant.public_spki_pem.clone());
     gw_cfg.listen = SocketAddr::from(([127, 0, 0, 1], ports.gateway));
     gw_cfg.tls = Some(dir.to_path_buf());
     gw_cfg.expected_client_id = Some(client_id.to_string());
+    // The first notification a second after the pay: after the inquiry, as with Alipay.
     gw_cfg.notify_backoff = vec![
-        Duration::from_millis(0),
+        Duration::from_secs(1),
         Duration::from_millis(500),
         Duration::from_secs(2),
     ];
-    let gw = MockGateway::start(gw_cfg)
-        .await
-        .map_err(|e| format!("fake gateway: {e}"))?;
+    let gw = Arc::new(
+        MockGateway::start(gw_cfg)
+            .await
+            .map_err(|e| format!("fake gateway: {e}"))?,
+    );
     std::fs::write(
         dir.join("alipay_public_key.pem"),
         gw.alipay_public_key_pem(),
@@ -147,11 +287,17 @@ async fn demo_in(dir: &Path, args: &DemoArgs) -> DemoResult<()> {
     let app_addr = SocketAddr::from(([127, 0, 0, 1], ports.app));
     let receiver = start_receiver(app_addr, received.clone()).await?;
 
-    // 4. the sidecar itself
+    // 4. the sidecar itself, its JSON log piped through the demo to show each exchange
     let config_path = dir.join("sidecar.toml");
     std::fs::write(&config_path, demo_config(client_id, &ports, &ca)).map_err(|e| e.to_string())?;
-    let mut child = Sidecar::spawn(&config_path, &dir.join("sidecar.log"))?;
+    let exchanges = Arc::new(AtomicUsize::new(0));
+    let mut child = Sidecar::spawn(&config_path, &dir.join("sidecar.log"), exchanges.clone())?;
     wait_ready(&mut child, ports.admin).await?;
+    let view = Arc::new(GatewayView {
+        gw: gw.clone(),
+        seen: Mutex::default(),
+    });
+    let watcher = tokio::spawn(view.clone().watch());
 
     let out = format!("http://127.0.0.1:{}", ports.outbound);
     let inbound = format!("http://127.0.0.1:{}", ports.inbound);
@@ -161,7 +307,10 @@ async fn demo_in(dir: &Path, args: &DemoArgs) -> DemoResult<()> {
         gw.base_url(),
         ca.display()
     );
-    println!("     sidecar outbound     {out}   (point your app's gateway URL here)");
+    println!(
+        "     sidecar outbound     {out}   (pid {}; point your app's gateway URL here)",
+        child.pid()
+    );
     println!(
         "     sidecar inbound      {inbound}   (register {inbound}/alipay/notify as notify URL)"
     );
@@ -170,31 +319,115 @@ async fn demo_in(dir: &Path, args: &DemoArgs) -> DemoResult<()> {
         ports.admin
     );
     println!("     demo app receiver    http://{app_addr}   (gets verified notifications)");
-    println!("   try it yourself:");
-    println!("     curl -s {out}/ams/api/v1/payments/pay -H 'Content-Type: application/json' \\");
-    println!("       -d '{{\"paymentRequestId\":\"curl-1\",\"paymentAmount\":{{\"currency\":\"USD\",\"value\":\"100\"}},\"paymentNotifyUrl\":\"{inbound}/alipay/notify\"}}' -i");
-    println!("     curl -s {out}/ams/api/v1/payments/inquiryPayment -d '{{\"paymentRequestId\":\"curl-1\"}}' -i");
+    println!("   client id {client_id}: a sandbox id, so the paths are /ams/sandbox/api/…");
     println!(
-        "     curl -s http://127.0.0.1:{}/metrics | grep alipay_sidecar_requests_total",
-        ports.admin
+        "   lines starting with [gateway], [sidecar] and [app] show each exchange as it happens"
     );
 
-    let traffic = sample_traffic(&out, &inbound, &gw, &received).await;
+    let traffic = sample_traffic(&out, &inbound, &view, &received, &exchanges).await;
     if let Err(e) = &traffic {
         eprintln!(
-            "   sample traffic failed: {e}\n   sidecar log: {}",
-            dir.join("sidecar.log").display()
+            "   sample traffic failed: {e}\n   the sidecar's last log lines:\n{}",
+            tail(&child.log, 20)
         );
     }
     if traffic.is_ok() && !args.once {
-        println!("== running; Ctrl-C stops everything");
-        let _ = tokio::signal::ctrl_c().await;
+        traffic_done.store(true, Ordering::SeqCst);
+        let pay = format!("{out}/ams/sandbox/api/v1/payments/pay");
+        let inquiry = format!("{out}/ams/sandbox/api/v1/payments/inquiryPayment");
+        println!("   try it yourself (the [gateway]/[sidecar]/[app] lines show what happens):");
+        println!("     curl -s {pay} -H 'Content-Type: application/json' \\");
+        println!("       -d '{{\"paymentRequestId\":\"curl-1\",\"paymentAmount\":{{\"currency\":\"USD\",\"value\":\"100\"}},\"paymentNotifyUrl\":\"{inbound}/alipay/notify\"}}' -i");
+        println!("     curl -s {inquiry} -H 'Content-Type: application/json' \\");
+        println!("       -d '{{\"paymentRequestId\":\"curl-1\"}}' -i");
+        println!(
+            "     curl -s http://127.0.0.1:{}/metrics | grep alipay_sidecar_requests_total",
+            ports.admin
+        );
+        println!("== running; Ctrl-C (or SIGTERM/SIGHUP) stops everything");
+        std::future::pending::<()>().await;
     }
+    watcher.abort();
+    let _ = watcher.await;
+    drop(view);
     child.stop();
     receiver.abort();
-    gw.shutdown().await;
-    println!("== stopped");
+    if let Ok(gw) = Arc::try_unwrap(gw) {
+        gw.shutdown().await;
+    }
     traffic
+}
+
+/// The last `n` lines of a file, indented (the folder is removed when the demo ends, so the
+/// lines are shown rather than the path).
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("     {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Prints each request the fake gateway receives (the headers the sidecar signed onto it and
+/// whether the gateway could verify them) and each notification it delivers, once each:
+/// polled in the background, and right after each scripted request so the output keeps its
+/// order.
+struct GatewayView {
+    gw: Arc<MockGateway>,
+    seen: Mutex<(Option<ReceivedRequest>, usize)>,
+}
+
+impl GatewayView {
+    fn print_new(&self) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        let all = self.gw.received();
+        let start = match &seen.0 {
+            Some(last) => all.iter().rposition(|r| r == last).map_or(0, |i| i + 1),
+            None => 0,
+        };
+        for r in &all[start..] {
+            let signature = r.header("signature").unwrap_or("(none)");
+            println!(
+                "   [gateway] received {} {} as signed by the sidecar ({}):\n               client-id: {}\n               request-time: {}\n               signature: {}",
+                r.method,
+                r.target,
+                if r.verified { "signature valid" } else { "signature INVALID" },
+                r.header("client-id").unwrap_or("(none)"),
+                r.header("request-time").unwrap_or("(none)"),
+                shorten_to(signature, 72),
+            );
+        }
+        if let Some(last) = all.last() {
+            seen.0 = Some(last.clone());
+        }
+        let sent = self.gw.notifications();
+        for n in sent.iter().skip(seen.1) {
+            println!(
+                "   [gateway] sent the signed PAYMENT_RESULT notification for {} to {} (attempt {}): {}",
+                n.payment_request_id,
+                n.url,
+                n.attempt,
+                match (n.status, &n.error) {
+                    (Some(status), _) if n.acknowledged => format!("answered {status}, acknowledged"),
+                    (Some(status), _) => format!("answered {status}, not acknowledged (it re-sends)"),
+                    (None, Some(e)) => format!("no answer: {e}"),
+                    (None, None) => "no answer".to_string(),
+                }
+            );
+        }
+        seen.1 = seen.1.max(sent.len());
+    }
+
+    async fn watch(self: Arc<Self>) {
+        loop {
+            self.print_new();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 fn demo_config(client_id: &str, p: &Ports, ca: &Path) -> String {
@@ -209,14 +442,17 @@ alipay_public_keys = {{ "1" = "alipay_public_key.pem" }}
 listen = "127.0.0.1:{}"
 gateway = "https://127.0.0.1:{}"
 ca_file = {:?}
+# a SANDBOX_ client id calls the sandbox paths only
+allowed_path_prefixes = ["/ams/sandbox/api/"]
 [inbound]
 listen = "127.0.0.1:{}"
 forward_to = "http://127.0.0.1:{}"
 [admin]
 listen = "127.0.0.1:{}"
 [log]
-format = "text"
-level = "warn"
+# JSON, read by the demo to show each exchange
+format = "json"
+level = "info"
 [server]
 shutdown_grace = "1s"
 shutdown_timeout = "5s"
@@ -230,21 +466,34 @@ shutdown_timeout = "5s"
     )
 }
 
+/// Waits (up to 5 s) until the sidecar has logged `n` outbound exchanges, so its `[sidecar]`
+/// line is printed before the answer the app got.
+async fn wait_exchanges(exchanges: &AtomicUsize, n: usize) {
+    let start = Instant::now();
+    while exchanges.load(Ordering::SeqCst) < n && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn sample_traffic(
     out: &str,
     inbound: &str,
-    gw: &MockGateway,
+    view: &GatewayView,
     received: &Mutex<Vec<(String, String)>>,
+    exchanges: &AtomicUsize,
 ) -> DemoResult<()> {
     let id = format!("demo-{}", std::process::id());
     let pay = format!(
         r#"{{"productCode":"CASHIER_PAYMENT","paymentRequestId":"{id}","order":{{"referenceOrderId":"order-{id}","orderDescription":"珍珠奶茶 🧋","orderAmount":{{"currency":"HKD","value":"5800"}}}},"paymentAmount":{{"currency":"HKD","value":"5800"}},"paymentMethod":{{"paymentMethodType":"ALIPAY_HK"}},"paymentNotifyUrl":"{inbound}/alipay/notify"}}"#
     );
+    let before = exchanges.load(Ordering::SeqCst);
     println!("== 1. pay: the app sends a plain, unsigned request to the sidecar");
-    let (status, verified, body) = post(&format!("{out}/ams/api/v1/payments/pay"), pay).await?;
-    show_outgoing(gw, "/ams/api/v1/payments/pay");
+    let (status, verified, body) =
+        post(&format!("{out}/ams/sandbox/api/v1/payments/pay"), pay).await?;
+    view.print_new();
+    wait_exchanges(exchanges, before + 1).await;
     println!(
-        "   <- {status}, X-Alipay-Sidecar-Verified: {verified}\n      {}",
+        "   <- the app got {status}, X-Alipay-Sidecar-Verified: {verified}\n      {}",
         shorten(&body)
     );
     if status != 200 || verified != "true" {
@@ -254,13 +503,14 @@ async fn sample_traffic(
     }
     println!("== 2. inquiryPayment");
     let (status, verified, body) = post(
-        &format!("{out}/ams/api/v1/payments/inquiryPayment"),
+        &format!("{out}/ams/sandbox/api/v1/payments/inquiryPayment"),
         format!(r#"{{"paymentRequestId":"{id}"}}"#),
     )
     .await?;
-    show_outgoing(gw, "/ams/api/v1/payments/inquiryPayment");
+    view.print_new();
+    wait_exchanges(exchanges, before + 2).await;
     println!(
-        "   <- {status}, X-Alipay-Sidecar-Verified: {verified}\n      {}",
+        "   <- the app got {status}, X-Alipay-Sidecar-Verified: {verified}\n      {}",
         shorten(&body)
     );
     if status != 200 || verified != "true" {
@@ -271,17 +521,19 @@ async fn sample_traffic(
     println!("== 3. the gateway's signed PAYMENT_RESULT notification, through the sidecar's inbound verifier");
     let start = Instant::now();
     loop {
-        if let Some((verified, body)) = received.lock().ok().and_then(|r| r.first().cloned()) {
-            println!(
-                "   app received it with X-Alipay-Sidecar-Verified: {verified}\n      {}",
-                shorten(&body)
-            );
+        if let Some((verified, _)) = received.lock().ok().and_then(|r| r.first().cloned()) {
+            view.print_new();
+            if verified != "true" {
+                return Err(format!(
+                    "the notification reached the app with X-Alipay-Sidecar-Verified: {verified}"
+                ));
+            }
             break;
         }
         if start.elapsed() > Duration::from_secs(10) {
             return Err(format!(
                 "no notification reached the app in 10s; gateway attempts: {:?}",
-                gw.notifications()
+                view.gw.notifications()
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -290,24 +542,13 @@ async fn sample_traffic(
     Ok(())
 }
 
-fn show_outgoing(gw: &MockGateway, path: &str) {
-    if let Some(r) = gw.received().into_iter().rev().find(|r| r.target == path) {
-        println!("   -> the sidecar signed and sent to the gateway:");
-        for h in ["client-id", "request-time", "signature"] {
-            let v = r.header(h).unwrap_or("-");
-            let v = if h == "signature" {
-                format!("{}…", &v[..v.len().min(60)])
-            } else {
-                v.to_string()
-            };
-            println!("        {h}: {v}");
-        }
-    }
+fn shorten(s: &str) -> String {
+    shorten_to(s, 200)
 }
 
-fn shorten(s: &str) -> String {
-    if s.chars().count() > 200 {
-        format!("{}…", s.chars().take(200).collect::<String>())
+fn shorten_to(s: &str, n: usize) -> String {
+    if s.chars().count() > n {
+        format!("{}…", s.chars().take(n).collect::<String>())
     } else {
         s.to_string()
     }
@@ -353,6 +594,7 @@ async fn start_receiver(
                 let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                     let received = received.clone();
                     async move {
+                        let path = req.uri().path().to_string();
                         let verified = req
                             .headers()
                             .get("x-alipay-sidecar-verified")
@@ -365,8 +607,13 @@ async fn start_receiver(
                             .await
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
+                        let body = String::from_utf8_lossy(&body).to_string();
+                        println!(
+                            "   [app] notification delivered to POST {path}, X-Alipay-Sidecar-Verified: {verified}\n         {}",
+                            shorten(&body)
+                        );
                         if let Ok(mut r) = received.lock() {
-                            r.push((verified, String::from_utf8_lossy(&body).to_string()));
+                            r.push((verified, body));
                         }
                         let ack = r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"}}"#;
                         Ok::<_, std::convert::Infallible>(
@@ -397,50 +644,147 @@ fn write_private(path: &Path, pem: &str) -> DemoResult<()> {
     f.write_all(pem.as_bytes()).map_err(|e| e.to_string())
 }
 
-/// The sidecar child process; stopped (SIGTERM, then kill) on `stop` or drop.
+/// One `[sidecar]` line for a JSON log line of the sidecar: each exchange (direction, API,
+/// status, verification outcome) and each warning or error; `None` for the rest.
+fn sidecar_event(line: &str) -> Option<(bool, String)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let field = |name: &str| match &v[name] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Null => None,
+        other => Some(other.to_string()),
+    };
+    let message = field("message").unwrap_or_default();
+    if message == "request" {
+        let mut text = format!(
+            "{} {}: answered {}, {}",
+            field("direction").unwrap_or_default(),
+            field("api").unwrap_or_default(),
+            field("status").unwrap_or_default(),
+            match field("outcome").as_deref() {
+                Some("verified") => "signature verified".to_string(),
+                Some(other) => format!("outcome {other}"),
+                None => "no outcome".to_string(),
+            }
+        );
+        if let Some(version) = field("key_version") {
+            text.push_str(&format!(" (Alipay keyVersion {version})"));
+        }
+        if let Some(code) = field("error_code") {
+            text.push_str(&format!(", {code}"));
+        }
+        if let Some(ms) = v["duration_ms"].as_f64() {
+            text.push_str(&format!(", {ms:.1} ms"));
+        }
+        return Some((true, text));
+    }
+    let level = field("level").unwrap_or_default();
+    if level == "WARN" || level == "ERROR" {
+        let error = field("error").map(|e| format!(": {e}")).unwrap_or_default();
+        return Some((false, format!("{level} {message}{error}")));
+    }
+    None
+}
+
+/// The sidecar child process; stopped (SIGTERM, then kill) on `stop` or drop. Its stdout (the
+/// JSON log) is copied to the log file by a thread that also prints the `[sidecar]` lines.
 struct Sidecar {
     child: Option<Child>,
     log: PathBuf,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Sidecar {
-    fn spawn(config: &Path, log: &Path) -> DemoResult<Sidecar> {
+    fn spawn(config: &Path, log: &Path, exchanges: Arc<AtomicUsize>) -> DemoResult<Sidecar> {
+        use std::os::unix::process::CommandExt;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let file = std::fs::File::create(log).map_err(|e| e.to_string())?;
         let err = file.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg("run")
             .arg("--config")
             .arg(config)
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::from(err))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err));
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: getpid has no preconditions.
+            let parent = unsafe { libc::getpid() };
+            // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+            // system calls (prctl, getppid), allocating nothing.
+            unsafe {
+                command.pre_exec(move || {
+                    // The sidecar gets SIGTERM (and drains) when the demo dies, even by SIGKILL.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+                    if libc::getppid() != parent {
+                        // the demo died between fork and prctl
+                        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| format!("starting the sidecar: {e}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("the sidecar has no stdout pipe")?;
+        let reader = std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let mut file = file;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(file, "{line}");
+                if let Some((exchange, text)) = sidecar_event(&line) {
+                    println!("   [sidecar] {text}");
+                    if exchange && text.starts_with("outbound") {
+                        exchanges.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
         Ok(Sidecar {
             child: Some(child),
             log: log.to_path_buf(),
+            reader: Some(reader),
         })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if let Ok(None) = child.try_wait() {
-                let _ = Command::new("kill")
-                    .arg("-TERM")
-                    .arg(child.id().to_string())
-                    .stderr(Stdio::null())
-                    .status();
+                if let Ok(pid) = i32::try_from(child.id()) {
+                    // SAFETY: signalling our own child, which has not been reaped yet.
+                    unsafe {
+                        libc::kill(pid, libc::SIGTERM);
+                    }
+                }
             }
             let start = Instant::now();
+            let mut exited = false;
             while start.elapsed() < Duration::from_secs(8) {
                 if let Ok(Some(_)) = child.try_wait() {
-                    return;
+                    exited = true;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            if !exited {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // the pipe is closed now: the reader thread ends
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
         }
     }
 }
@@ -457,8 +801,10 @@ async fn wait_ready(child: &mut Sidecar, admin_port: u16) -> DemoResult<()> {
     while start.elapsed() < Duration::from_secs(20) {
         if let Some(c) = child.child.as_mut() {
             if let Ok(Some(status)) = c.try_wait() {
-                let log = std::fs::read_to_string(&child.log).unwrap_or_default();
-                return Err(format!("the sidecar exited ({status}):\n{log}"));
+                return Err(format!(
+                    "the sidecar exited ({status}):\n{}",
+                    tail(&child.log, 20)
+                ));
             }
         }
         let u = url.clone();
@@ -471,7 +817,7 @@ async fn wait_ready(child: &mut Sidecar, admin_port: u16) -> DemoResult<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(format!(
-        "the sidecar was not ready in 20s; see {}",
-        child.log.display()
+        "the sidecar was not ready in 20s; its last log lines:\n{}",
+        tail(&child.log, 20)
     ))
 }

@@ -35,7 +35,53 @@ pub struct KeySet {
     pub sources: KeySources,
     /// Non-fatal preflight findings, to log once when the set goes live.
     pub warnings: Vec<Finding>,
+    /// How the merchant private key file was protected when it was read, for the preflight's
+    /// "readable by others" warning (`None` off Unix).
+    pub merchant_key_file: Option<FileAccess>,
 }
+
+/// Ownership and mode of a key file, and the group the sidecar runs as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileAccess {
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// The file's group.
+    pub gid: u32,
+    /// The sidecar's effective group.
+    pub process_gid: u32,
+}
+
+impl FileAccess {
+    /// Whether someone besides the sidecar's user (and its own group) can read or change the
+    /// file: any "other" bit, or group bits for a group the sidecar does not run as. Group bits
+    /// for the sidecar's own group are how Kubernetes makes a Secret readable for a non-root
+    /// uid (`fsGroup` + `defaultMode: 0440`), so they are not flagged.
+    pub fn too_open(&self) -> bool {
+        self.mode & 0o007 != 0 || (self.mode & 0o070 != 0 && self.gid != self.process_gid)
+    }
+}
+
+#[cfg(unix)]
+fn file_access(path: &Path) -> Option<FileAccess> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    // SAFETY: getegid has no preconditions and cannot fail.
+    let process_gid = unsafe { libc::getegid() };
+    Some(FileAccess {
+        mode: meta.mode() & 0o7777,
+        gid: meta.gid(),
+        process_gid,
+    })
+}
+
+#[cfg(not(unix))]
+fn file_access(_path: &Path) -> Option<FileAccess> {
+    None
+}
+
+/// The uid:gid of the container image's user (distroless `nonroot`); key files mounted into
+/// the container must be readable by it.
+pub const CONTAINER_UID: u32 = 65532;
 
 /// Which file each key was read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -217,8 +263,7 @@ fn read_key_file(
                     .unwrap_or_default()
             ),
             FileError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                "permission denied; give the user the sidecar runs as read access to the file"
-                    .to_string()
+                permission_denied_hint(path)
             }
             other => other.to_string(),
         })
@@ -230,6 +275,72 @@ fn read_key_file(
                 .to_string(),
         )
     })
+}
+
+/// What to do when a key file cannot be read: who the sidecar runs as, and the ownership and
+/// mode that work (in the container image that is uid/gid 65532).
+fn permission_denied_hint(path: &Path) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let owner = std::fs::metadata(path)
+            .map(|m| {
+                format!(
+                    " (the file is owned by {}:{} with mode {:04o})",
+                    m.uid(),
+                    m.gid(),
+                    m.mode() & 0o7777
+                )
+            })
+            .unwrap_or_default();
+        let container = if uid == CONTAINER_UID {
+            format!(
+                "; in the container image the sidecar is uid:gid {CONTAINER_UID}:{CONTAINER_UID}: \
+                 on the host, `sudo chown {CONTAINER_UID}:{CONTAINER_UID}` the key files with \
+                 mode 0400 (or `chgrp {CONTAINER_UID}` with mode 0440) before mounting them; in \
+                 Kubernetes set fsGroup: {CONTAINER_UID} and defaultMode: 0440 on the Secret \
+                 volume (see config/kubernetes/deployment.yaml)"
+            )
+        } else {
+            format!(
+                "; `chown {uid}` the file (mode 0600), or run the sidecar as its owner (in the \
+                 container image the sidecar is uid:gid {CONTAINER_UID}:{CONTAINER_UID})"
+            )
+        };
+        format!(
+            "permission denied: the sidecar runs as uid {uid}, gid {gid}{owner} and must be \
+             able to read the file (and every folder above it){container}"
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        "permission denied; give the user the sidecar runs as read access to the file".into()
+    }
+}
+
+/// Client ids that are obviously the placeholder of an example config, not a real id.
+fn is_placeholder_client_id(id: &str) -> bool {
+    let upper = id.to_ascii_uppercase();
+    let squeezed: String = upper
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    // Words long enough not to occur by chance in a real (random alphanumeric) id.
+    [
+        "REPLACE",
+        "YOURCLIENTID",
+        "CHANGEME",
+        "PLACEHOLDER",
+        "EXAMPLE",
+        "FIXME",
+        "XXXXXX",
+    ]
+    .iter()
+    .any(|word| squeezed.contains(word))
+        || id.contains(['<', '>', '{', '}', '$'])
 }
 
 impl KeySet {
@@ -285,6 +396,7 @@ impl KeySet {
                 alipay_public_keys: k.alipay_public_keys.clone(),
             },
             warnings: Vec::new(),
+            merchant_key_file: file_access(&k.merchant_private_key),
         })
     }
 }
@@ -305,6 +417,28 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
         severity: Severity::Warning,
         message,
     };
+
+    // 0. The example config's placeholder client id, and a private key others can read.
+    if is_placeholder_client_id(&config.client_id) {
+        out.push(error(format!(
+            "{}: \"{}\" is a placeholder, not a client id: every request would be signed for \
+             a merchant that does not exist. Put the Client ID from the Alipay (Antom) developer \
+             dashboard here (SANDBOX_… for the sandbox), or set ALIPAY_SIDECAR_CLIENT_ID",
+            location(config, "client_id"),
+            config.client_id
+        )));
+    }
+    if let Some(access) = keys.merchant_key_file.filter(FileAccess::too_open) {
+        let path = keys.sources.merchant_private_key.display();
+        out.push(warning(format!(
+            "{}: the merchant private key file {path} has mode {:04o}: it is readable by \
+             users other than the sidecar's (as ssh would say: UNPROTECTED PRIVATE KEY FILE). \
+             Anyone who can read it can sign payments as you. Run `chmod 600 {path}` (or 0440 \
+             with the file's group set to the sidecar's group, as Kubernetes' fsGroup does)",
+            location(config, "keys.merchant_private_key"),
+            access.mode
+        )));
+    }
 
     // 1. The merchant's own public key configured as Alipay's.
     let own = keys.merchant.public_key();
@@ -390,6 +524,23 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
                 config.client_id
             )));
         }
+        let live_prefixes: Vec<&str> = o
+            .allowed_path_prefixes
+            .iter()
+            .map(String::as_str)
+            .filter(|p| p.starts_with("/ams/api"))
+            .collect();
+        if sandbox && !o.sandbox_path_rewrite && !live_prefixes.is_empty() {
+            out.push(warning(format!(
+                "{}: the client id \"{}\" is a sandbox one, but live paths ({}) are allowed: \
+                 Alipay answers SANDBOX_ client ids only on /ams/sandbox/api/…, so a call to a \
+                 live path fails at the gateway. Allow only [\"/ams/sandbox/api/\"], or set \
+                 `sandbox_path_rewrite = true` to rewrite /ams/api/ paths as the SDKs do",
+                location(config, "outbound.allowed_path_prefixes"),
+                config.client_id,
+                live_prefixes.join(", ")
+            )));
+        }
         if !o.verify_responses {
             out.push(warning(format!(
                 "{}: `verify_responses = false`: Alipay's responses reach the app unverified, \
@@ -455,6 +606,41 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn placeholders_are_recognised() {
+        for id in [
+            "REPLACE_WITH_YOUR_CLIENT_ID",
+            "your-client-id",
+            "<client id>",
+            "${CLIENT_ID}",
+            "CHANGE_ME",
+            "SANDBOX_XXXXXXXXXX",
+        ] {
+            assert!(is_placeholder_client_id(id), "{id}");
+        }
+        for id in [
+            "SANDBOX_5YBZ2Q2ZAB7C01234",
+            "T_111222333",
+            "2188120000000001",
+        ] {
+            assert!(!is_placeholder_client_id(id), "{id}");
+        }
+    }
+
+    #[test]
+    fn open_modes() {
+        let access = |mode, gid| FileAccess {
+            mode,
+            gid,
+            process_gid: 7,
+        };
+        assert!(!access(0o600, 0).too_open());
+        assert!(!access(0o400, 0).too_open());
+        assert!(access(0o644, 7).too_open(), "others can read");
+        assert!(access(0o640, 0).too_open(), "another group can read");
+        assert!(!access(0o440, 7).too_open(), "the sidecar's own group");
+    }
+
     fn vectors() -> serde_json::Value {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -472,6 +658,12 @@ mod tests {
             v["keys"]["merchant"][merchant].as_str().unwrap(),
         )
         .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(dir.path().join("m.pem"), private).unwrap();
+        }
         let (who, form) = alipay.split_once('.').unwrap();
         std::fs::write(
             dir.path().join("a.pem"),

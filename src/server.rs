@@ -31,27 +31,28 @@ use crate::reload::{publish_key_metrics, ReloadTask, Reloader};
 use crate::state::SidecarState;
 use crate::tls::ListenerTls;
 
-/// Entry point of `alipay-sidecar run`; returns the process exit code (0 after a graceful
-/// shutdown, 1 when the configuration or keys are unusable, 2 when the config file cannot
-/// be read or parsed).
+/// Entry point of `alipay-sidecar run`; returns the process exit code (see
+/// [`crate::cli::EXIT_CODES_HELP`]): 0 after a graceful shutdown, 2 when the config file or the
+/// keys are unusable (nothing was started), 1 when a valid configuration could not be started
+/// (e.g. an address in use). Each error is printed once, as plain text on stderr: nothing is
+/// running yet that a log collector would follow.
 pub fn run(config_path: &Path) -> i32 {
     crate::limits::return_freed_buffers();
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return 2;
+            return crate::tools::EXIT_USAGE;
         }
     };
-    crate::logging::init(&config.log);
     let keys = match KeySet::load(&config) {
         Ok(k) => k,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start: keys are unusable");
             eprintln!("error: {e}");
-            return 1;
+            return crate::tools::EXIT_USAGE;
         }
     };
+    crate::logging::init(&config.log);
     match build(config, keys) {
         Ok(server) => {
             let Built {
@@ -64,12 +65,11 @@ pub fn run(config_path: &Path) -> i32 {
             });
             drop(private_dir); // the merged CA bundle goes with it
             tracing::info!("stopped");
-            0
+            crate::tools::EXIT_OK
         }
         Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            eprintln!("error: {e}");
-            1
+            eprintln!("error: cannot start: {e}");
+            crate::tools::EXIT_INVALID
         }
     }
 }

@@ -13,18 +13,18 @@ use crate::config::{Acknowledge, Config, InboundMode};
 use crate::keyset::{preflight, KeySet, Severity};
 use crate::protocol::{
     content_to_sign, generate_keypair, parse_signature_header, sha256_hex, sign_content,
-    PrivateKey, PublicKey, Verifier, VerifyError,
+    GeneratedKeyPair, PrivateKey, PublicKey, Verifier, VerifyError,
 };
 
 /// Default config path (the container image mounts config and keys under
 /// `/etc/alipay-sidecar/`).
 pub const DEFAULT_CONFIG: &str = "/etc/alipay-sidecar/sidecar.toml";
 
-/// Exit code: success / signature valid / config usable.
+/// Exit code: success / signature valid / config usable / clean shutdown.
 pub const EXIT_OK: i32 = 0;
-/// Exit code: signature invalid / config not usable.
+/// Exit code: signature invalid (`verify`); runtime failure with a valid configuration (`run`).
 pub const EXIT_INVALID: i32 = 1;
-/// Exit code: usage error or a key that cannot be loaded.
+/// Exit code: usage error, or a config or key that cannot be used (every command).
 pub const EXIT_USAGE: i32 = 2;
 
 /// Extra help for `verify`: how to check a captured notification or response offline.
@@ -106,6 +106,10 @@ pub struct KeygenArgs {
     /// overwritten).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// RSA modulus size. Alipay accepts 2048 (what its own tools generate); larger keys sign
+    /// several times slower.
+    #[arg(long, default_value = "2048", value_parser = ["2048", "3072", "4096"])]
+    pub bits: String,
 }
 
 /// Options of the commands that read the config file (`check-config`, `run`).
@@ -463,7 +467,33 @@ fn write_new(path: &Path, contents: &str, private: bool) -> std::io::Result<()> 
     f.sync_all()
 }
 
-/// `alipay-sidecar keygen`: a new RSA-2048 merchant key pair, never overwriting a file.
+/// A new key pair of `bits` bits (2048 through the library's own generator).
+fn generate_pair(bits: usize) -> Result<GeneratedKeyPair, String> {
+    use base64::Engine as _;
+    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+    if bits == 2048 {
+        return generate_keypair().map_err(|e| e.to_string());
+    }
+    let key = rsa::PrivateKey::new(&mut getrandom::SysRng, bits).map_err(|e| e.to_string())?;
+    let der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| e.to_string())?
+        .to_string();
+    // Parse it back: the same checks and fingerprint as any key the sidecar loads.
+    let public = PrivateKey::from_text(&pem)
+        .map_err(|e| e.to_string())?
+        .public_key();
+    Ok(GeneratedKeyPair {
+        private_pkcs8_pem: pem,
+        public_spki_pem: public.to_spki_pem(),
+        private_pkcs8_base64: base64::engine::general_purpose::STANDARD.encode(der.as_bytes()),
+        public_spki_base64: public.to_spki_base64(),
+        fingerprint: public.fingerprint().to_string(),
+    })
+}
+
+/// `alipay-sidecar keygen`: a new RSA merchant key pair, never overwriting a file.
 pub fn keygen(args: &KeygenArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let dir = &args.out;
     let existing: Vec<String> = KEYGEN_FILES
@@ -485,7 +515,8 @@ pub fn keygen(args: &KeygenArgs, out: &mut dyn Write, err: &mut dyn Write) -> i3
         let _ = writeln!(err, "error: cannot create folder {}: {e}", dir.display());
         return EXIT_USAGE;
     }
-    let pair = match generate_keypair() {
+    let bits: usize = args.bits.parse().unwrap_or(2048);
+    let pair = match generate_pair(bits) {
         Ok(p) => p,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
@@ -518,7 +549,7 @@ pub fn keygen(args: &KeygenArgs, out: &mut dyn Write, err: &mut dyn Write) -> i3
     for ((_, _, what), path) in KEYGEN_FILES.iter().zip(written.iter()) {
         let _ = writeln!(out, "wrote {} ({what})", path.display());
     }
-    let _ = writeln!(out, "fingerprint: {}", pair.fingerprint);
+    let _ = writeln!(out, "fingerprint: {} (RSA-{bits})", pair.fingerprint);
     let _ = writeln!(
         out,
         "next: upload merchant_public_key.base64.txt in the Alipay dashboard, download Alipay's \
@@ -527,14 +558,15 @@ pub fn keygen(args: &KeygenArgs, out: &mut dyn Write, err: &mut dyn Write) -> i3
     EXIT_OK
 }
 
-/// Reports an error that makes the configuration unusable; the `check-config` exit code.
+/// Reports an error that makes the configuration unusable; the `check-config` exit code
+/// (2, as `run` exits for the same error).
 fn not_usable(err: &mut dyn Write, e: &dyn std::fmt::Display) -> i32 {
     let _ = writeln!(err, "error: {e}");
     let _ = writeln!(
         err,
         "NOT USABLE: fix the error above and run check-config again"
     );
-    EXIT_INVALID
+    EXIT_USAGE
 }
 
 /// `alipay-sidecar check-config`: loads the config and every key, runs the preflight and
@@ -661,7 +693,7 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
             err,
             "NOT USABLE: fix the errors above and run check-config again"
         );
-        EXIT_INVALID
+        EXIT_USAGE
     } else {
         let warnings = findings.len();
         let _ = writeln!(

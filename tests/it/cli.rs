@@ -745,7 +745,7 @@ fn check_config_refuses_the_merchant_public_key_as_alipays() {
         &["check-config", "--config", &path.display().to_string()],
         b"",
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
         err.contains("you configured your own public key as Alipay's"),
@@ -763,7 +763,12 @@ fn check_config_reports_config_errors_with_file_key_and_line() {
     let cases: [(&str, &[&str]); 3] = [
         (
             "verfy_responses = false\n",
-            &[":9:", "`inbound.verfy_responses`", "unknown field"],
+            &[
+                ":9:",
+                "`inbound.verfy_responses`",
+                "unknown field",
+                "did you mean `verify_responses` in the [outbound] section?",
+            ],
         ),
         (
             "forward_timeout = \"ten seconds\"\n",
@@ -785,7 +790,7 @@ fn check_config_reports_config_errors_with_file_key_and_line() {
             &["check-config", "--config", &path.display().to_string()],
             b"",
         );
-        assert_eq!(out.status.code(), Some(1), "{extra}");
+        assert_eq!(out.status.code(), Some(2), "{extra}");
         let err = text(&out.stderr);
         assert!(
             err.contains(&path.display().to_string()),
@@ -802,7 +807,7 @@ fn check_config_reports_config_errors_with_file_key_and_line() {
         &["check-config", "--config", &path.display().to_string()],
         b"",
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
         err.contains("sidecar.toml:4")
@@ -820,7 +825,7 @@ fn check_config_reports_config_errors_with_file_key_and_line() {
         ],
         b"",
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("nope.toml"));
 }
 
@@ -848,7 +853,7 @@ fn check_config_applies_env_overrides_and_refuses_unknown_variables() {
         b"",
         &[("ALIPAY_SIDECAR_OUTBOUND_GATEWY", "https://x")],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
         err.contains("ALIPAY_SIDECAR_OUTBOUND_GATEWY")
@@ -864,7 +869,7 @@ fn check_config_applies_env_overrides_and_refuses_unknown_variables() {
             "http://open-sea-global.alipay.com",
         )],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
         err.contains("environment variable ALIPAY_SIDECAR_OUTBOUND_GATEWAY")

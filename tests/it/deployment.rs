@@ -151,10 +151,35 @@ fn dockerfile_is_multi_stage_pinned_non_root_and_healthchecked() {
         "the build must be `cargo build --release --locked`: {runs:?}"
     );
 
+    // Dependencies are built in their own layer, before the sources are copied.
+    let build_steps: Vec<&Instruction> = build.iter().collect();
+    let first_src_copy = build_steps
+        .iter()
+        .position(|i| i.keyword == "COPY" && i.args.starts_with("src"))
+        .expect("COPY src");
+    assert!(
+        build_steps[..first_src_copy]
+            .iter()
+            .any(|i| i.keyword == "RUN" && i.args.contains("cargo build")),
+        "a dependency-only `cargo build` must come before COPY src"
+    );
+
     let runtime = stages.last().expect("a final stage");
-    let (image, tag, _) = from_image(&runtime[0].args);
+    let (image, tag, digest) = from_image(&runtime[0].args);
     assert_eq!(image, "gcr.io/distroless/cc-debian12");
     assert!(tag.unwrap_or_default().contains("nonroot"));
+    let digest = digest.expect("the runtime image is pinned by digest");
+    assert!(
+        digest
+            .strip_prefix("sha256:")
+            .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())),
+        "not a sha256 digest: {digest}"
+    );
+    assert!(
+        args_of(runtime, "COPY").any(|c| c.starts_with("config/sidecar.example.toml")
+            && c.ends_with("/usr/share/doc/alipay-sidecar/sidecar.example.toml")),
+        "the example config the error messages cite ships in the image"
+    );
     assert!(
         args_of(runtime, "RUN").next().is_none(),
         "the runtime stage has no shell: RUN cannot work there"
@@ -187,6 +212,16 @@ fn dockerfile_is_multi_stage_pinned_non_root_and_healthchecked() {
         .expect("HEALTHCHECK CMD in exec form");
     assert_eq!(command.first().map(String::as_str), Some(binary));
     assert!(command.iter().any(|a| a == "healthcheck"), "{command:?}");
+    // The admin address comes from the config the default CMD runs, not a fixed port.
+    let config_arg = command
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| command.get(i + 1));
+    assert_eq!(
+        config_arg.map(String::as_str),
+        Some("/etc/alipay-sidecar/sidecar.toml"),
+        "{command:?}"
+    );
 
     assert!(
         args_of(runtime, "COPY").any(|c| c.contains("--from=") && c.ends_with(binary)),
@@ -222,6 +257,11 @@ fn dockerignore_keeps_build_output_and_secrets_out_of_the_context() {
     for needed in ["src", "Cargo.toml", "Cargo.lock", "benches"] {
         assert!(!ignored.contains(needed), ".dockerignore drops {needed}");
     }
+    // config/ stays out, except the example config the image ships.
+    assert!(
+        ignored.contains("!config/sidecar.example.toml"),
+        ".dockerignore must re-include config/sidecar.example.toml"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -422,10 +462,13 @@ fn services_expose_only_the_inbound_port() {
             "{file}: only the inbound port may be exposed"
         );
         assert_eq!(ports[0]["port"].as_u64(), Some(8081), "{file}");
+        // A number: the inbound port is declared on the native-sidecar init container, whose
+        // named ports Services resolve only from Kubernetes 1.32 on.
         let target = &ports[0]["targetPort"];
-        assert!(
-            target.as_u64() == Some(8081) || target == "inbound",
-            "{file}: targetPort {target:?}"
+        assert_eq!(
+            target.as_u64(),
+            Some(u64::from(inbound)),
+            "{file}: targetPort must be the number {inbound}, not {target:?}"
         );
     }
 }
@@ -669,4 +712,97 @@ fn example_configs_parse_with_the_current_schema() {
         Vec::new(),
     )
     .unwrap_or_else(|e| panic!("sidecar.example.toml: {e}"));
+}
+
+/// `config/docker-compose.yaml`: the sidecar shares the app's network namespace (so the
+/// loopback-only outbound listener is reachable by the app and nothing else), mounts the
+/// config and keys read-only where the image expects them, is built from this repository's
+/// Dockerfile, and gets time to drain.
+#[test]
+fn compose_file_runs_the_sidecar_in_the_apps_network_namespace() {
+    let docs = yaml_documents("config/docker-compose.yaml");
+    assert_eq!(docs.len(), 1, "one compose document");
+    let services = docs[0]["services"]
+        .as_mapping()
+        .expect("services is a mapping");
+    let sidecar = services
+        .iter()
+        .find(|(_, s)| {
+            s["build"]["dockerfile"] == "Dockerfile" || s["image"] == "alipay-sidecar:local"
+        })
+        .map(|(_, s)| s)
+        .expect("a service built from the Dockerfile");
+    let mode = sidecar["network_mode"].as_str().expect("network_mode");
+    let app_name = mode
+        .strip_prefix("service:")
+        .unwrap_or_else(|| panic!("network_mode {mode:?} must be service:<app>"));
+    let app = &docs[0]["services"][app_name];
+    assert!(
+        app.is_mapping(),
+        "network_mode names a defined service: {app_name}"
+    );
+    assert!(
+        sidecar["ports"].is_null(),
+        "a service in another's network namespace cannot publish ports"
+    );
+
+    // The build context is the repository root, where the Dockerfile is.
+    let context = sidecar["build"]["context"].as_str().expect("build context");
+    let root = repo_file("config").join(context);
+    assert!(
+        root.join(
+            sidecar["build"]["dockerfile"]
+                .as_str()
+                .unwrap_or("Dockerfile")
+        )
+        .is_file(),
+        "build context {context} (relative to config/) holds the Dockerfile"
+    );
+
+    // The app publishes the inbound port only, never the signing proxy.
+    let published: Vec<String> = app["ports"]
+        .as_sequence()
+        .expect("the app publishes the inbound port")
+        .iter()
+        .map(|p| {
+            p.as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("{p:?}"))
+        })
+        .collect();
+    assert!(
+        published.iter().any(|p| p.ends_with(":8081")),
+        "{published:?}"
+    );
+    assert!(
+        !published.iter().any(|p| p.contains("8080")),
+        "the outbound listener must not be published: {published:?}"
+    );
+
+    // Config and keys where the image's CMD and [keys] expect them, read-only.
+    let volumes: Vec<&str> = sidecar["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for target in [
+        "/etc/alipay-sidecar/sidecar.toml",
+        "/etc/alipay-sidecar/keys",
+    ] {
+        let volume = volumes
+            .iter()
+            .find(|v| v.split(':').nth(1) == Some(target))
+            .unwrap_or_else(|| panic!("nothing mounted at {target}: {volumes:?}"));
+        assert!(volume.ends_with(":ro"), "{volume} must be read-only");
+    }
+
+    let grace = sidecar["stop_grace_period"]
+        .as_str()
+        .expect("stop_grace_period");
+    let grace = humantime::parse_duration(grace).expect("a duration");
+    assert!(
+        grace >= std::time::Duration::from_secs(35),
+        "stop_grace_period {grace:?} < shutdown_grace + shutdown_timeout"
+    );
 }

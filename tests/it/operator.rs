@@ -1,0 +1,516 @@
+//! An operator's first deploy, with the real binary: the exit-code rule of `run` and
+//! `check-config`, the key-file permission and placeholder checks, shell completions, the man
+//! page, `healthcheck --config/--timeout`, `keygen --bits` and `run --log-format`.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use crate::support::{bin, free_port, key};
+
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("ALIPAY_SIDECAR_") || name == "RUST_LOG" {
+            cmd.env_remove(&*name);
+        }
+    }
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    command(args).output().expect("run alipay-sidecar")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A folder with the vectors' keys (private key mode 0600) and a sidecar.toml on free ports.
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    admin_port: u16,
+}
+
+impl Setup {
+    fn new(client_id: &str, extra_outbound: &str) -> Setup {
+        // Under /tmp (world-traversable), so a check run as another uid reaches the config.
+        let dir = tempfile::tempdir_in("/tmp").expect("tempdir");
+        let private = dir.path().join("merchant_private_key.pem");
+        std::fs::write(&private, key("merchant", "private_pkcs8_pem")).expect("write");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::write(
+            dir.path().join("alipay_public_key.pem"),
+            key("alipay", "public_spki_pem"),
+        )
+        .expect("write");
+        let admin_port = free_port();
+        let text = format!(
+            "client_id = \"{client_id}\"\n\
+             [keys]\n\
+             merchant_private_key = \"merchant_private_key.pem\"\n\
+             alipay_public_keys = {{ \"1\" = \"alipay_public_key.pem\" }}\n\
+             [outbound]\n\
+             listen = \"127.0.0.1:{}\"\n\
+             gateway = \"https://open-sea-global.alipay.com\"\n\
+             {extra_outbound}\
+             [admin]\n\
+             listen = \"127.0.0.1:{admin_port}\"\n",
+            free_port()
+        );
+        let config = dir.path().join("sidecar.toml");
+        std::fs::write(&config, text).expect("write config");
+        Setup {
+            dir,
+            config,
+            admin_port,
+        }
+    }
+
+    fn path(&self) -> String {
+        self.config.display().to_string()
+    }
+
+    fn private_key(&self) -> PathBuf {
+        self.dir.path().join("merchant_private_key.pem")
+    }
+
+    fn check(&self) -> Output {
+        run(&["check-config", "--config", &self.path()])
+    }
+}
+
+fn occurrences(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[test]
+fn config_and_key_errors_exit_2_from_run_and_check_config_printed_once() {
+    // A config error.
+    let s = Setup::new("T_111222333", "verfy_responses = false\n");
+    for command in ["run", "check-config"] {
+        let out = run(&[command, "--config", &s.path()]);
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{command}: {all}");
+        assert_eq!(
+            occurrences(&all, "unknown field `verfy_responses`"),
+            1,
+            "{command} prints the error once: {all}"
+        );
+        assert!(
+            all.contains("did you mean `verify_responses`?"),
+            "{command}: {all}"
+        );
+        assert!(!all.contains("\\n"), "no escaped JSON log line: {all}");
+    }
+    // A key error: the private key file is gone.
+    let s = Setup::new("T_111222333", "");
+    std::fs::remove_file(s.private_key()).expect("rm");
+    for command in ["run", "check-config"] {
+        let out = run(&[command, "--config", &s.path()]);
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{command}: {all}");
+        assert_eq!(occurrences(&all, "does not exist"), 1, "{command}: {all}");
+    }
+    // A preflight error: the merchant's own public key configured as Alipay's.
+    let s = Setup::new("T_111222333", "");
+    std::fs::write(
+        s.dir.path().join("alipay_public_key.pem"),
+        key("merchant", "public_spki_pem"),
+    )
+    .expect("write");
+    for command in ["run", "check-config"] {
+        let out = run(&[command, "--config", &s.path()]);
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{command}: {all}");
+        assert_eq!(
+            occurrences(&all, "you configured your own public key as Alipay's"),
+            1,
+            "{command}: {all}"
+        );
+    }
+    // A usage error.
+    let out = run(&["run", "--no-such-option"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_valid_config_that_cannot_start_exits_1_and_a_good_one_0() {
+    let s = Setup::new("T_111222333", "");
+    let out = s.check();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The admin port is taken: the configuration is fine, starting it is not.
+    let _busy = TcpListener::bind(("127.0.0.1", s.admin_port)).expect("hold the admin port");
+    let out = run(&["run", "--config", &s.path()]);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains(&format!("127.0.0.1:{}", s.admin_port)) && all.contains("admin.listen"),
+        "{all}"
+    );
+    let errors = text(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .count();
+    assert_eq!(errors, 1, "the error is printed once: {all}");
+}
+
+#[test]
+fn help_documents_the_exit_codes_and_the_environment_variables() {
+    let out = run(&["run", "--help"]);
+    let help = text(&out.stdout);
+    for needle in [
+        "--log-level",
+        "--log-format",
+        "[env: ALIPAY_SIDECAR_CONFIG=",
+        "[env: ALIPAY_SIDECAR_LOG_LEVEL=",
+        "ALIPAY_SIDECAR_<SECTION>_<KEY>",
+        "Exit status",
+        "2  usage, configuration or key error",
+        "1  runtime failure",
+    ] {
+        assert!(
+            help.contains(needle),
+            "run --help lacks {needle:?}:\n{help}"
+        );
+    }
+    let help = text(&run(&["check-config", "--help"]).stdout);
+    assert!(help.contains("Exit status"), "{help}");
+}
+
+#[test]
+fn run_log_options_override_the_config() {
+    let s = Setup::new("T_111222333", "");
+    std::fs::remove_file(s.private_key()).expect("rm"); // stops right after the config loaded
+    let out = run(&["run", "--config", &s.path(), "--log-format", "xml"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown format");
+    assert!(text(&out.stderr).contains("json"), "{}", text(&out.stderr));
+    let s2 = Setup::new("T_111222333", "");
+    // --log-format json: the running sidecar writes JSON lines.
+    let log = s2.dir.path().join("run.log");
+    let file = std::fs::File::create(&log).expect("log");
+    let mut child = command(&[
+        "run",
+        "--config",
+        &s2.path(),
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
+    ])
+    .stdout(Stdio::from(file.try_clone().expect("clone")))
+    .stderr(Stdio::from(file))
+    .spawn()
+    .expect("start");
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], s2.admin_port));
+    let ready = wait_until(|| {
+        crate::support::request(admin, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200)
+    });
+    // SAFETY: signalling the child this test started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().expect("wait");
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ready, "not ready: {logs}");
+    assert_eq!(status.code(), Some(0), "clean stop after SIGTERM: {logs}");
+    let first = logs.lines().next().unwrap_or_default();
+    let parsed: serde_json::Value =
+        serde_json::from_str(first).unwrap_or_else(|e| panic!("not JSON ({e}): {logs}"));
+    assert!(parsed["level"].is_string(), "{first}");
+}
+
+/// Polls `f` until it is true or a generous deadline passes.
+fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(60) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn a_private_key_others_can_read_is_warned_about_like_ssh_does() {
+    let s = Setup::new("T_111222333", "");
+    let out = s.check();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("UNPROTECTED"), "0600 is fine: {err}");
+
+    std::fs::set_permissions(s.private_key(), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let out = s.check();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "a warning, not an error: {err}");
+    let private = s.private_key().display().to_string();
+    for needle in [
+        "warning:",
+        "mode 0644",
+        "UNPROTECTED PRIVATE KEY FILE",
+        &format!("chmod 600 {private}"),
+        "sidecar.toml:3",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?}: {err}");
+    }
+    assert!(text(&out.stdout).contains("1 warning(s)"));
+
+    // `run` logs the same warning when it starts.
+    let log = s.dir.path().join("run.log");
+    let file = std::fs::File::create(&log).expect("log");
+    let mut child = command(&["run", "--config", &s.path(), "--log-format", "json"])
+        .stdout(Stdio::from(file.try_clone().expect("clone")))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("start");
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], s.admin_port));
+    let ready = wait_until(|| {
+        crate::support::request(admin, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ready, "{logs}");
+    assert!(logs.contains("UNPROTECTED PRIVATE KEY FILE"), "{logs}");
+}
+
+#[test]
+fn placeholder_client_ids_are_refused() {
+    // The Kubernetes ConfigMap's placeholder, as shipped.
+    let s = Setup::new("REPLACE_WITH_YOUR_CLIENT_ID", "");
+    for command in ["check-config", "run"] {
+        let out = run(&[command, "--config", &s.path()]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {err}");
+        assert!(
+            err.contains("\"REPLACE_WITH_YOUR_CLIENT_ID\" is a placeholder")
+                && err.contains("sidecar.toml:1")
+                && err.contains("ALIPAY_SIDECAR_CLIENT_ID"),
+            "{command}: {err}"
+        );
+    }
+    // The environment override fixes it without editing the file.
+    let out = command(&["check-config", "--config", &s.path()])
+        .env("ALIPAY_SIDECAR_CLIENT_ID", "2188120000000001")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_sandbox_client_id_with_live_paths_is_warned_about() {
+    let s = Setup::new("SANDBOX_5YBZ2Q2ZAB7C01234", "");
+    let out = s.check();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning:")
+            && err.contains("is a sandbox one, but live paths (/ams/api/) are allowed"),
+        "{err}"
+    );
+    let s = Setup::new(
+        "SANDBOX_5YBZ2Q2ZAB7C01234",
+        "allowed_path_prefixes = [\"/ams/sandbox/api/\"]\n",
+    );
+    let out = s.check();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("live paths"), "{err}");
+}
+
+/// An unreadable key file says who the sidecar runs as and the ownership and mode the
+/// container image (uid 65532) needs. As root (where every file is readable) the check runs
+/// as another uid; otherwise the key is made unreadable.
+#[test]
+fn an_unreadable_key_names_the_uid_and_the_containers_ownership() {
+    let s = Setup::new("T_111222333", "");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = command(&["check-config", "--config", &s.path()]);
+    if root {
+        use std::os::unix::process::CommandExt;
+        for p in [s.dir.path(), s.config.as_path()] {
+            let mode = if p.is_dir() { 0o755 } else { 0o644 };
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+        std::fs::set_permissions(
+            s.dir.path().join("alipay_public_key.pem"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+        cmd.uid(65534).gid(65534);
+    } else {
+        std::fs::set_permissions(s.private_key(), std::fs::Permissions::from_mode(0o000))
+            .expect("chmod");
+    }
+    let out = cmd.output().expect("run");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in [
+        "permission denied",
+        "merchant_private_key.pem",
+        "the sidecar runs as uid",
+        "uid:gid 65532:65532",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?}: {err}");
+    }
+    if root {
+        assert!(
+            err.contains("uid 65534") && err.contains("owned by 0:0 with mode 0600"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_and_a_man_page() {
+    for (shell, marker) in [
+        ("bash", "complete -F _alipay__sidecar"),
+        ("zsh", "#compdef alipay-sidecar"),
+        ("fish", "complete -c alipay-sidecar"),
+    ] {
+        let out = run(&["completions", shell]);
+        let script = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out.stderr));
+        assert!(script.contains(marker), "{shell}: {script}");
+        for word in ["check-config", "healthcheck", "log-level", "bits"] {
+            assert!(script.contains(word), "{shell} completes {word}");
+        }
+    }
+    let out = run(&["completions", "powershell"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = run(&["man"]);
+    let page = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(page.contains(".TH alipay-sidecar 1"), "{page}");
+    assert!(page.contains("check\\-config"), "{page}");
+
+    let version = text(&run(&["--version"]).stdout);
+    assert!(
+        version.starts_with(&format!("alipay-sidecar {}", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    match option_env!("ALIPAY_SIDECAR_GIT_COMMIT") {
+        Some(commit) if !commit.trim().is_empty() && commit.trim() != "unknown" => {
+            assert!(version.contains(commit.trim()), "{version}")
+        }
+        _ => assert!(!version.contains("git"), "{version}"),
+    }
+}
+
+/// Answers every connection with `answer`, or (`None`) accepts and stays silent. Serves
+/// every connection, so a stray one from a parallel test cannot take the test's turn.
+fn serve(answer: Option<&'static str>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(mut tcp) = tcp else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf);
+                match answer {
+                    Some(a) => {
+                        let _ = tcp.write_all(a.as_bytes());
+                    }
+                    // hold the connection until the client gives up
+                    None => while tcp.read(&mut buf).is_ok_and(|n| n > 0) {},
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn healthcheck_takes_the_admin_address_from_the_config_and_has_a_timeout() {
+    let port = serve(Some("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+    let s = Setup::new("T_111222333", "");
+    // A wildcard admin address, as in a container: probed on loopback.
+    let text_cfg = std::fs::read_to_string(&s.config).expect("read").replace(
+        &format!("127.0.0.1:{}\"\n", s.admin_port),
+        &format!("0.0.0.0:{port}\"\n"),
+    );
+    std::fs::write(&s.config, text_cfg).expect("write");
+    let out = run(&["healthcheck", "--config", &s.path()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // A listener that never answers: the timeout ends the probe, unhealthy.
+    let port = serve(None);
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let out = run(&["healthcheck", "--url", &url, "--timeout", "300ms"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no answer"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["healthcheck", "--timeout", "soon"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad duration is a usage error"
+    );
+    let out = run(&["healthcheck", "--url", &url, "--config", &s.path()]);
+    assert_eq!(out.status.code(), Some(2), "--url and --config conflict");
+}
+
+#[test]
+fn keygen_bits() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = run(&[
+        "keygen",
+        "--out",
+        &tmp.path().join("k").display().to_string(),
+        "--bits",
+        "1024",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "1024 bits is refused");
+    assert!(!tmp.path().join("k").exists(), "nothing written");
+
+    let dir = tmp.path().join("k3072");
+    let out = run(&[
+        "keygen",
+        "--out",
+        &dir.display().to_string(),
+        "--bits",
+        "3072",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("(RSA-3072)"));
+    // The sidecar's own tools load it as a 3072-bit key.
+    let signed = command(&[
+        "sign",
+        "--private-key",
+        &dir.join("merchant_private_key.pem").display().to_string(),
+        "--client-id",
+        "T_1",
+        "--path",
+        "/ams/api/v1/payments/pay",
+        "--request-time",
+        "1",
+        "--body-file",
+        &dir.join("merchant_public_key.pem").display().to_string(),
+        "--explain",
+    ])
+    .output()
+    .expect("sign");
+    assert_eq!(signed.status.code(), Some(0), "{}", text(&signed.stderr));
+    assert!(
+        text(&signed.stderr).contains("3072-bit"),
+        "{}",
+        text(&signed.stderr)
+    );
+}
