@@ -47,6 +47,9 @@ enum Command {
 /// Parses the process arguments and runs the chosen subcommand; returns the exit code
 /// (2 for usage errors, as for the tools).
 pub fn main() -> i32 {
+    // Before pingora builds any TLS config, so the gateway TLS runs on aws-lc-rs like the
+    // signatures (why and what else stays linked: src/protocol/engine.rs).
+    crate::protocol::install_tls_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -2,6 +2,7 @@
 mod cli;
 mod config;
 mod deployment;
+mod engine;
 mod inbound;
 mod metrics;
 mod mock_gateway;
