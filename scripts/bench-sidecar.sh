@@ -193,11 +193,14 @@ threads = $2
 shutdown_grace = "100ms"
 shutdown_timeout = "1s"
 TOML
-  taskset -c "$3" "$bin" run --config "$1.toml" >"$1.log" 2>&1 &
+  # The log goes to its own folder: the sidecar watches the config's folder for changes,
+  # and a log file there would wake the watcher on every request.
+  mkdir -p logs
+  taskset -c "$3" "$bin" run --config "$1.toml" >"logs/$1.log" 2>&1 &
   pids+=($!)
   sidecar_pid=$!
   for _ in $(seq 200); do "$bin" healthcheck --url "http://127.0.0.1:$admin/readyz" 2>/dev/null && break; sleep 0.05; done
-  "$bin" healthcheck --url "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 || { echo "sidecar did not start: $(tail -5 "$1.log")" >&2; KEEP=1; exit 1; }
+  "$bin" healthcheck --url "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 || { echo "sidecar did not start: $(tail -5 "logs/$1.log")" >&2; KEEP=1; exit 1; }
   out_url="http://127.0.0.1:$out"
   in_url="http://127.0.0.1:$in"
 }
@@ -311,9 +314,10 @@ openssl_speed() {
   echo "openssl speed rsa2048 (CPU 0): sign $sign_us µs, verify $verify_us µs"
 }
 
-echo "== bench-sidecar: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs" \
-  "$(grep -qw avx512ifma /proc/cpuinfo && echo '(AVX-512 IFMA)'), load average $(cut -d' ' -f1-3 /proc/loadavg)," \
-  "${secs}s per phase, $("$bin" --version)"
+cpu_kind="family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs) model $(grep -m1 '^model[[:space:]]*:' /proc/cpuinfo | cut -d: -f2 | xargs)"
+ifma=$(grep -qw avx512ifma /proc/cpuinfo && echo "AVX-512 IFMA" || echo "no AVX-512 IFMA")
+echo "== bench-sidecar: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($cpu_kind, $ifma)," \
+  "$(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), ${secs}s per phase, $("$bin" --version)"
 openssl_speed
 sign1=$sign_us; verify1=$verify_us
 

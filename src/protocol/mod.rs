@@ -23,7 +23,7 @@ mod keys;
 mod time;
 mod verify;
 
-pub use content::{content_to_sign, sha256_hex, ContentDigest, ContentHasher};
+pub use content::{content_digest, content_to_sign, sha256_hex, ContentDigest, ContentHasher};
 pub use engine::{install_tls_provider, tls_provider_is_aws_lc};
 
 /// The crypto engine this build signs and verifies with, so logs and `check-config` can say
