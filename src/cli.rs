@@ -155,6 +155,9 @@ fn command() -> clap::Command {
 /// Parses the process arguments and runs the chosen subcommand; returns the exit code
 /// (2 for usage errors, see [`EXIT_CODES_HELP`]).
 pub fn main() -> i32 {
+    // Before pingora builds any TLS config, so the gateway TLS runs on aws-lc-rs like the
+    // signatures (why and what else stays linked: src/protocol/engine.rs).
+    crate::protocol::install_tls_provider();
     let cli = match command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m))

@@ -249,7 +249,7 @@ pub async fn receive(
     {
         session.write_continue_response().await?;
     }
-    let read = read_body(session, limit, policy.limit_key);
+    let read = read_body(session, limit, policy.limit_key, declared.unwrap_or(0));
     let body = match tokio::time::timeout(policy.timeout, read).await {
         Ok(Ok(Ok(body))) => body,
         Ok(Ok(Err((error, msg)))) => {
@@ -339,10 +339,14 @@ async fn read_body(
     session: &mut Session,
     limit: usize,
     limit_key: &str,
+    declared: usize,
 ) -> pingora::Result<Result<Bytes, (SidecarError, String)>> {
-    // One body usually arrives in one piece: keep that piece without a copy.
+    // One body usually arrives in one piece: keep that piece without a copy. Otherwise one
+    // allocation of the announced size (already checked against the limit): growing by
+    // doubling copies the body several times and can leave twice its size reserved.
     let mut first: Option<Bytes> = None;
     let mut body = BytesMut::new();
+    let mut reserve = declared;
     while let Some(chunk) = session.read_request_body().await? {
         let so_far = first.as_ref().map_or(0, Bytes::len) + body.len();
         if so_far + chunk.len() > limit {
@@ -352,6 +356,7 @@ async fn read_body(
         match first.take() {
             None if body.is_empty() => first = Some(chunk),
             Some(f) => {
+                body.reserve(std::mem::take(&mut reserve).max(f.len() + chunk.len()));
                 body.extend_from_slice(&f);
                 body.extend_from_slice(&chunk);
             }

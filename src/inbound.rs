@@ -46,7 +46,7 @@ use crate::exchange::{
 use crate::keyset::KeySet;
 use crate::metrics::{self, BodyKind, Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
 use crate::protocol::{
-    content_to_sign, format_iso8601, parse_request_time, sha256_hex, sign_content, PrivateKey,
+    content_digest, content_to_sign, format_iso8601, parse_request_time, sign_content, PrivateKey,
     SignError, Verified,
 };
 use crate::state::SidecarState;
@@ -173,14 +173,14 @@ impl Inbound {
         if let Some(t) = parsed_time {
             metrics::metrics().observe_notification_skew_ms(now.saturating_sub(t));
         }
-        let content = content_to_sign(
+        let digest = content_digest(
             "POST",
             target,
             client_id.unwrap_or(""),
             time.unwrap_or(""),
             &n.body,
         );
-        ctx.content_sha256 = Some(sha256_hex(&content));
+        ctx.content_sha256 = Some(digest.to_hex());
 
         let missing = [
             ("Signature", signature.is_none()),
@@ -204,7 +204,7 @@ impl Inbound {
             return Err(Refusal::unverified(VerificationResult::WrongClientId, msg));
         }
         let verify_start = Instant::now();
-        let verdict = keys.alipay.verify(&content, signature.unwrap_or(""));
+        let verdict = keys.alipay.verify_digest(&digest, signature.unwrap_or(""));
         metrics::metrics().observe_verify(Direction::Inbound, verify_start.elapsed());
         let verified = verdict.map_err(|e| {
             let msg = format!(

@@ -32,9 +32,7 @@ use crate::envelope::SidecarError;
 use crate::exchange::{self, Record, KEY_VERSION_HEADER, VERIFIED_HEADER};
 use crate::keyset::KeySet;
 use crate::metrics::{self, BodyKind, Direction, Outcome, VerificationResult};
-use crate::protocol::{
-    content_to_sign, format_epoch_millis, format_iso8601, sha256_hex, sign_content,
-};
+use crate::protocol::{content_digest, format_epoch_millis, format_iso8601, sign_digest};
 use crate::state::SidecarState;
 use crate::upstream::{Upstream, UpstreamError, UpstreamResponse};
 
@@ -190,9 +188,10 @@ impl Outbound {
         let keys = self.state.keys();
         let signed_target = self.signed_target(&req.target);
         let time = self.request_time();
-        let content = content_to_sign("POST", &signed_target, &self.client_id, &time, &req.body);
+        // the digest of the content to sign, hashed where the bytes lie (no copy of the body)
+        let digest = content_digest("POST", &signed_target, &self.client_id, &time, &req.body);
         let sign_start = Instant::now();
-        let signature = match sign_content(&keys.merchant, &keys.merchant_key_version, &content) {
+        let signature = match sign_digest(&keys.merchant, &keys.merchant_key_version, &digest) {
             Ok(s) => s,
             Err(e) => {
                 return rec
@@ -201,7 +200,7 @@ impl Outbound {
             }
         };
         metrics::metrics().observe_sign(sign_start.elapsed());
-        tracing::debug!(content_sha256 = %sha256_hex(&content), path = %signed_target, request_time = %time, "signed request");
+        tracing::debug!(content_sha256 = %digest.to_hex(), path = %signed_target, request_time = %time, "signed request");
 
         // forward the same bytes, read the whole answer
         let gateway_req = self.gateway_request(
@@ -358,13 +357,13 @@ impl Outbound {
                 return Err((SidecarError::ResponseSignatureInvalid, msg));
             }
         };
-        let content = content_to_sign("POST", signed_target, &self.client_id, time, &response.body);
+        let digest = content_digest("POST", signed_target, &self.client_id, time, &response.body);
         let verify_start = Instant::now();
-        let mut verdict = keys.alipay.verify(&content, sig);
+        let mut verdict = keys.alipay.verify_digest(&digest, sig);
         let mut over_decoded = false;
         if let (Err(_), Some(d)) = (&verdict, decoded) {
-            let alt = content_to_sign("POST", signed_target, &self.client_id, time, d);
-            if let Ok(v) = keys.alipay.verify(&alt, sig) {
+            let alt = content_digest("POST", signed_target, &self.client_id, time, d);
+            if let Ok(v) = keys.alipay.verify_digest(&alt, sig) {
                 verdict = Ok(v);
                 over_decoded = true;
             }
@@ -384,7 +383,7 @@ impl Outbound {
             Err(e) => {
                 m.record_verification(Direction::Outbound, (&e).into());
                 rec.reason = Some(e.reason());
-                rec.content_sha256 = Some(sha256_hex(&content));
+                rec.content_sha256 = Some(digest.to_hex());
                 tracing::warn!(reason = e.reason(), error = %e, "gateway response signature did not verify; withheld from the app");
                 Err((
                     SidecarError::ResponseSignatureInvalid,

@@ -29,7 +29,79 @@ pub fn content_to_sign(
 
 /// Lowercase hex SHA-256, the value two parties compare when a signature does not verify.
 pub fn sha256_hex(data: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+    hex(super::engine::sha256(data).as_bytes())
+}
+
+/// The digest of `content_to_sign(method, uri, client_id, time, body)` without building it:
+/// what signing and verifying need, minus a copy of the body.
+pub fn content_digest(
+    method: &str,
+    uri: &str,
+    client_id: &str,
+    time: &str,
+    body: &[u8],
+) -> ContentDigest {
+    let mut h = ContentHasher::new(method, uri, client_id, time);
+    h.body(body);
+    h.finish()
+}
+
+/// The SHA-256 of the content to sign (spec §1), computed over its pieces where they lie.
+///
+/// Signing and verifying only ever need this digest, so a proxy does not have to copy the
+/// body (up to `max_body_bytes`) into a [`content_to_sign`] buffer first: hash the prefix,
+/// then the body in as many chunks as it arrived in. The result is exactly the digest of
+/// `content_to_sign(method, uri, client_id, time, body)`.
+pub struct ContentHasher(super::engine::EngineHasher);
+
+impl ContentHasher {
+    /// Starts with `<METHOD> <URI>\n<client-id>.<time>.`; feed the body with
+    /// [`ContentHasher::body`].
+    pub fn new(method: &str, uri: &str, client_id: &str, time: &str) -> Self {
+        let mut h = super::engine::EngineHasher::new();
+        h.update(method.as_bytes());
+        h.update(b" ");
+        h.update(uri.as_bytes());
+        h.update(b"\n");
+        h.update(client_id.as_bytes());
+        h.update(b".");
+        h.update(time.as_bytes());
+        h.update(b".");
+        Self(h)
+    }
+
+    /// Appends body bytes (call once per chunk, in order).
+    pub fn body(&mut self, chunk: &[u8]) -> &mut Self {
+        self.0.update(chunk);
+        self
+    }
+
+    /// The digest to sign or verify.
+    pub fn finish(self) -> ContentDigest {
+        ContentDigest(self.0.finish())
+    }
+}
+
+/// The SHA-256 of some content to sign; see [`ContentHasher`].
+#[derive(Clone)]
+pub struct ContentDigest(pub(super) super::engine::EngineDigest);
+
+impl ContentDigest {
+    /// The digest of already assembled content (e.g. from [`content_to_sign`]).
+    pub fn of(content: &[u8]) -> Self {
+        Self(super::engine::sha256(content))
+    }
+
+    /// Lowercase hex, as [`sha256_hex`] of the content.
+    pub fn to_hex(&self) -> String {
+        hex(self.0.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for ContentDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ContentDigest({})", self.to_hex())
+    }
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -40,4 +112,27 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         s.push(DIGITS[(b & 0xf) as usize] as char);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashing_the_pieces_equals_hashing_the_content() {
+        let body = b"{\"a\":1}\n\xff tail";
+        let content = content_to_sign("POST", "/ams/api/v1/x?y=1", "C_1", "1714538096000", body);
+        let mut h = ContentHasher::new("POST", "/ams/api/v1/x?y=1", "C_1", "1714538096000");
+        h.body(&body[..3]).body(&body[3..]).body(b"");
+        assert_eq!(h.finish().to_hex(), sha256_hex(&content));
+        assert_eq!(ContentDigest::of(&content).to_hex(), sha256_hex(&content));
+        assert_eq!(
+            content_digest("POST", "/ams/api/v1/x?y=1", "C_1", "1714538096000", body).to_hex(),
+            sha256_hex(&content)
+        );
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 }

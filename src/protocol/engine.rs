@@ -1,35 +1,94 @@
-//! The RSA engine behind the protocol's key types: ring 0.17 by default, aws-lc-rs with the
-//! `aws-lc` cargo feature. Everything engine-specific lives in this file; the two crates
-//! share one API shape, so the switch is the `use` below.
+//! The crypto engine behind the protocol's key types: **aws-lc-rs** for RSA sign/verify and
+//! SHA-256, and for the gateway's TLS. Everything engine-specific lives in this file.
 //!
-//! Why ring by default: signing is almost the whole CPU cost of the sidecar; ring signs in
-//! constant time, about 3.5× faster than the `rsa` crate, and rustls already brings it in
-//! through pingora, so the default binary carries one crypto library for TLS and signatures.
-//! Why the `aws-lc` option: on CPUs with AVX-512 IFMA (AMD Zen 4/5, recent Xeons) aws-lc-rs
-//! has a faster RSA path and signs about 2× faster than ring (figures and the command in the
-//! README, "Performance"); it is constant-time and blinds as well.
+//! Why aws-lc-rs: signing is almost the whole CPU cost of the sidecar. aws-lc (like OpenSSL)
+//! has an AVX-512 IFMA RSA path, so on CPUs that have it (AMD Zen 4/5, recent Xeons) it signs
+//! about twice as fast as ring, which has none; where IFMA is missing the two were measured
+//! even, so ring is not kept as an alternative engine (it was never the faster one). It is
+//! constant-time and blinds; `rsa` only parses key formats and generates keys.
+//!
+//! Why keys are parsed here once: a verify with an unparsed public key re-parses the DER every
+//! time (≈ 4 µs with aws-lc-rs, a fifth of the verify), so [`EngineVerifier`] keeps aws-lc's
+//! parsed key, built at load/reload.
+//!
+//! Why digests: signing and verifying take the SHA-256 of the content ([`ContentHasher`]), so
+//! the caller can hash `METHOD URI\nCLIENT.TIME.` and the body where they lie, without
+//! copying a body of up to 1 MiB into one "content to sign" buffer first. The signature is
+//! byte-identical to signing the assembled content (PKCS#1 v1.5 is deterministic).
+//!
+//! TLS: [`install_tls_provider`] makes rustls' aws-lc-rs `CryptoProvider` the process default.
+//! pingora 0.9 builds its connector and listener configs with
+//! `builder_with_protocol_versions`, which uses the process default, and only *tries* to
+//! install ring's (`let _ = CryptoProvider::install_default(ring…)` in
+//! `pingora_rustls::install_default_crypto_provider`), so installing ours first makes the
+//! gateway handshakes, certificate checks and record encryption run on aws-lc. ring is still
+//! linked: pingora-rustls depends on it directly (it hashes certificates with
+//! `ring::digest`, and names ring's provider in the install it attempts), and the fake
+//! gateway (`mock_gateway`, tests and demo only) deliberately uses ring through tokio-rustls
+//! and rcgen, so that it shares no crypto code with the sidecar it tests. Neither of those
+//! is on the request path (`cargo tree -e normal -i ring` shows the chains; README,
+//! "Performance").
 
-#[cfg(feature = "aws-lc")]
-use aws_lc_rs as engine;
-#[cfg(not(feature = "aws-lc"))]
-use ring as engine;
-
-use engine::rand::SystemRandom;
-use engine::signature::{
-    RsaKeyPair, UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256,
+use aws_lc_rs::digest::{Context, Digest, SHA256};
+use aws_lc_rs::signature::{
+    ParsedPublicKey, RsaKeyPair, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256,
 };
 
-/// Which engine this build signs with.
-pub(crate) const ENGINE: &str = if cfg!(feature = "aws-lc") {
-    "aws-lc-rs"
-} else {
-    "ring"
-};
+/// Which engine this build signs with, for logs and `check-config`.
+pub(crate) const ENGINE: &str = "aws-lc-rs";
+
+/// Installs the aws-lc-rs rustls `CryptoProvider` as the process default, so the TLS
+/// configs pingora builds later use it instead of ring. Idempotent; returns whether the
+/// process default is now aws-lc-rs (false only if something installed another provider
+/// first, which the caller should log).
+pub fn install_tls_provider() -> bool {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tls_provider_is_aws_lc()
+}
+
+/// Whether the rustls process-default provider is aws-lc-rs's. A `CryptoProvider` carries
+/// no name; its `Debug` form names the implementations (e.g. `secure_random: AwsLcRs`).
+pub fn tls_provider_is_aws_lc() -> bool {
+    rustls::crypto::CryptoProvider::get_default().is_some_and(|installed| {
+        format!("{installed:?}") == format!("{:?}", rustls::crypto::aws_lc_rs::default_provider())
+    })
+}
+
+/// SHA-256 of content to sign, fed in pieces.
+pub(crate) struct EngineHasher(Context);
+
+impl EngineHasher {
+    pub(crate) fn new() -> Self {
+        Self(Context::new(&SHA256))
+    }
+
+    pub(crate) fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub(crate) fn finish(self) -> EngineDigest {
+        EngineDigest(self.0.finish())
+    }
+}
+
+/// A finished SHA-256.
+#[derive(Clone)]
+pub(crate) struct EngineDigest(Digest);
+
+impl EngineDigest {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+}
+
+/// One-shot SHA-256 (fingerprints, `sha256_hex`).
+pub(crate) fn sha256(data: &[u8]) -> EngineDigest {
+    EngineDigest(aws_lc_rs::digest::digest(&SHA256, data))
+}
 
 /// A parsed private key, ready to sign (parsed once at load/reload, never per request).
 pub(crate) struct EngineSigner {
     pair: RsaKeyPair,
-    rng: SystemRandom,
     signature_len: usize,
 }
 
@@ -38,17 +97,23 @@ impl EngineSigner {
     /// `modulus_bytes` long (the signature length).
     pub(crate) fn from_pkcs1_der(pkcs1_der: &[u8], modulus_bytes: usize) -> Result<Self, String> {
         let pair = RsaKeyPair::from_der(pkcs1_der).map_err(|e| e.to_string())?;
+        if pair.public_modulus_len() != modulus_bytes {
+            return Err(format!(
+                "{ENGINE} sees a {}-byte modulus, expected {modulus_bytes}",
+                pair.public_modulus_len()
+            ));
+        }
         Ok(Self {
             pair,
-            rng: SystemRandom::new(),
             signature_len: modulus_bytes,
         })
     }
 
-    pub(crate) fn sign(&self, content: &[u8]) -> Result<Vec<u8>, String> {
+    /// RSASSA-PKCS1-v1_5 over a SHA-256 digest of the content.
+    pub(crate) fn sign_digest(&self, digest: &EngineDigest) -> Result<Vec<u8>, String> {
         let mut sig = vec![0u8; self.signature_len];
         self.pair
-            .sign(&RSA_PKCS1_SHA256, &self.rng, content, &mut sig)
+            .sign_digest(&RSA_PKCS1_SHA256, &digest.0, &mut sig)
             .map_err(|_| format!("{ENGINE} refused to sign"))?;
         Ok(sig)
     }
@@ -57,18 +122,31 @@ impl EngineSigner {
 /// A parsed public key for PKCS#1 v1.5 / SHA-256 verification only (SHA-256 is pinned:
 /// a DigestInfo for another hash never verifies, spec §2).
 pub(crate) struct EngineVerifier {
-    key: UnparsedPublicKey<Vec<u8>>,
+    key: ParsedPublicKey,
 }
 
 impl EngineVerifier {
     /// `pkcs1_der` is an `RSAPublicKey` (PKCS#1) DER document.
-    pub(crate) fn from_pkcs1_der(pkcs1_der: Vec<u8>) -> Self {
-        Self {
-            key: UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, pkcs1_der),
-        }
+    pub(crate) fn from_pkcs1_der(pkcs1_der: &[u8]) -> Result<Self, String> {
+        let key = ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, pkcs1_der)
+            .map_err(|e| format!("{ENGINE} refused the public key: {e}"))?;
+        Ok(Self { key })
     }
 
-    pub(crate) fn verify(&self, content: &[u8], signature: &[u8]) -> bool {
-        self.key.verify(content, signature).is_ok()
+    pub(crate) fn verify_digest(&self, digest: &EngineDigest, signature: &[u8]) -> bool {
+        self.key.verify_digest_sig(&digest.0, signature).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tls_provider_becomes_aws_lc() {
+        assert!(install_tls_provider());
+        // A second install (as pingora attempts with ring's) changes nothing.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        assert!(tls_provider_is_aws_lc());
     }
 }

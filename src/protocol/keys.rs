@@ -22,6 +22,7 @@ use rsa::pkcs8::{
 use rsa::traits::PublicKeyParts;
 
 use super::content::hex;
+use super::content::ContentDigest;
 use super::engine::{EngineSigner, EngineVerifier};
 use super::SignError;
 
@@ -177,10 +178,7 @@ fn check_bits(bits: usize) -> Result<(), KeyError> {
 }
 
 fn fingerprint_of(spki_der: &[u8]) -> String {
-    format!(
-        "SHA256:{}",
-        hex(ring::digest::digest(&ring::digest::SHA256, spki_der).as_ref())
-    )
+    format!("SHA256:{}", hex(super::engine::sha256(spki_der).as_bytes()))
 }
 
 fn not_a_key(e: impl fmt::Display) -> KeyError {
@@ -289,7 +287,13 @@ impl PrivateKey {
 
     /// RSASSA-PKCS1-v1_5 / SHA-256 over `content`; the raw signature bytes.
     pub fn sign(&self, content: &[u8]) -> Result<Vec<u8>, SignError> {
-        self.0.signer.sign(content).map_err(SignError)
+        self.sign_digest(&ContentDigest::of(content))
+    }
+
+    /// Raw PKCS#1 v1.5 / SHA-256 signature over content given by its digest
+    /// ([`super::ContentHasher`]): the same bytes as [`PrivateKey::sign`] of the content.
+    pub fn sign_digest(&self, digest: &ContentDigest) -> Result<Vec<u8>, SignError> {
+        self.0.signer.sign_digest(&digest.0).map_err(SignError)
     }
 }
 
@@ -370,7 +374,7 @@ impl PublicKey {
             .to_vec();
         let pkcs1 = key.to_pkcs1_der().map_err(not_a_key)?.as_bytes().to_vec();
         Ok(Self(Arc::new(PublicInner {
-            verifier: EngineVerifier::from_pkcs1_der(pkcs1),
+            verifier: EngineVerifier::from_pkcs1_der(&pkcs1).map_err(not_a_key)?,
             fingerprint: fingerprint_of(&spki_der),
             spki_der,
             bits,
@@ -396,7 +400,12 @@ impl PublicKey {
     /// Checks a raw PKCS#1 v1.5 / SHA-256 signature. Most callers want [`super::Verifier`],
     /// which also decodes the header and names the failure.
     pub fn verify_raw(&self, content: &[u8], signature: &[u8]) -> bool {
-        self.0.verifier.verify(content, signature)
+        self.verify_raw_digest(&ContentDigest::of(content), signature)
+    }
+
+    /// [`PublicKey::verify_raw`] for content given by its digest ([`super::ContentHasher`]).
+    pub fn verify_raw_digest(&self, digest: &ContentDigest, signature: &[u8]) -> bool {
+        self.0.verifier.verify_digest(&digest.0, signature)
     }
 
     /// SPKI PEM, e.g. to hand the fake gateway's public key to a sidecar config.

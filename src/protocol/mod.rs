@@ -11,9 +11,10 @@
 //! `algorithm=RSA256,keyVersion=<n>,signature=<percent-encoded base64>` (spec §2, §3).
 //!
 //! Keeping this module free of I/O makes it testable against the published vectors and lets
-//! the proxy, the CLI and the reload logic share one implementation. The RSA engine (ring,
-//! the library rustls already brings in through pingora) is hidden in `engine.rs`, so it can
-//! be swapped in one file; `rsa` is used only for key formats, conversion and keygen.
+//! the proxy, the CLI and the reload logic share one implementation. The crypto engine
+//! (aws-lc-rs, also the gateway TLS provider: see `engine.rs` for why and what else is linked)
+//! is hidden in `engine.rs`, so it can be swapped in one file; `rsa` is used only for key
+//! formats, conversion and keygen.
 
 mod content;
 mod engine;
@@ -22,10 +23,11 @@ mod keys;
 mod time;
 mod verify;
 
-pub use content::{content_to_sign, sha256_hex};
+pub use content::{content_digest, content_to_sign, sha256_hex, ContentDigest, ContentHasher};
+pub use engine::{install_tls_provider, tls_provider_is_aws_lc};
 
-/// The RSA engine this build signs and verifies with (`ring`, or `aws-lc-rs` with the
-/// `aws-lc` feature), so logs and `check-config` can say which one runs.
+/// The crypto engine this build signs and verifies with, so logs and `check-config` can say
+/// which one runs.
 pub const ENGINE: &str = engine::ENGINE;
 pub use header::{format_signature_header, parse_signature_header, SignatureHeader, ALGORITHM};
 pub use keys::{generate_keypair, GeneratedKeyPair, KeyEncoding, KeyError, PrivateKey, PublicKey};
@@ -69,6 +71,16 @@ pub fn sign_content(
     key_version: &str,
     content: &[u8],
 ) -> Result<String, SignError> {
-    let signature = key.sign(content)?;
+    sign_digest(key, key_version, &ContentDigest::of(content))
+}
+
+/// [`sign_content`] for content given by its digest ([`ContentHasher`]): the same header,
+/// without assembling the content (a copy of the body) first.
+pub fn sign_digest(
+    key: &PrivateKey,
+    key_version: &str,
+    digest: &ContentDigest,
+) -> Result<String, SignError> {
+    let signature = key.sign_digest(digest)?;
     Ok(format_signature_header(key_version, &signature))
 }

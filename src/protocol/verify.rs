@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::content::sha256_hex;
+use super::content::ContentDigest;
 use super::header::{parse_signature_header, ALGORITHM};
 use super::keys::PublicKey;
 
@@ -141,6 +141,16 @@ impl Verifier {
     /// Parses the header tolerantly and verifies strictly: RSA256 only, strict base64, length
     /// equal to the key size, PKCS#1 v1.5 with SHA-256 only.
     pub fn verify(&self, content: &[u8], signature_header: &str) -> Result<Verified, VerifyError> {
+        self.verify_digest(&ContentDigest::of(content), signature_header)
+    }
+
+    /// [`Verifier::verify`] for content given by its digest ([`super::ContentHasher`]), so
+    /// the caller need not assemble the content (a copy of the body) first.
+    pub fn verify_digest(
+        &self,
+        digest: &ContentDigest,
+        signature_header: &str,
+    ) -> Result<Verified, VerifyError> {
         let header = parse_signature_header(signature_header)?;
         if let Some(alg) = &header.algorithm {
             if !alg.eq_ignore_ascii_case(ALGORITHM) {
@@ -158,14 +168,14 @@ impl Verifier {
                 actual: signature.len(),
             });
         }
-        if key.verify_raw(content, &signature) {
+        if key.verify_raw_digest(digest, &signature) {
             Ok(Verified {
                 key_version,
                 fingerprint: key.fingerprint().to_string(),
             })
         } else {
             Err(VerifyError::Mismatch {
-                content_sha256: sha256_hex(content),
+                content_sha256: digest.to_hex(),
                 key_version,
             })
         }

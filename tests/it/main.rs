@@ -3,6 +3,7 @@ mod cli;
 mod config;
 mod demo;
 mod deployment;
+mod engine;
 mod inbound;
 mod limits;
 mod metrics;
