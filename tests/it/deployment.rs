@@ -806,3 +806,48 @@ fn compose_file_runs_the_sidecar_in_the_apps_network_namespace() {
         "stop_grace_period {grace:?} < shutdown_grace + shutdown_timeout"
     );
 }
+
+#[test]
+fn a_privileged_tls_port_is_bindable_by_the_non_root_sidecar() {
+    let objects = kubernetes_objects();
+    let config = sidecar_toml(&objects);
+    let Some(tls) = config["outbound"]["tls_listen"].as_str() else {
+        return; // no HTTPS listener configured: nothing to bind
+    };
+    let port = port_of(tls);
+    assert!(
+        tls.starts_with("127.0.0.1:"),
+        "the HTTPS signer stays on loopback: {tls}"
+    );
+    if port >= 1024 {
+        return;
+    }
+    let deployment = object(&objects, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let sysctl_ok = pod["securityContext"]["sysctls"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .any(|s| {
+            s["name"] == "net.ipv4.ip_unprivileged_port_start"
+                && s["value"]
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|v| v <= u64::from(port))
+        });
+    let sidecar = pod["initContainers"]
+        .as_sequence()
+        .expect("initContainers")
+        .iter()
+        .find(|c| c["name"] == "alipay-sidecar")
+        .expect("sidecar");
+    let cap_ok = sidecar["securityContext"]["capabilities"]["add"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .any(|c| c == "NET_BIND_SERVICE");
+    assert!(
+        sysctl_ok || cap_ok,
+        "tls_listen = {tls} needs net.ipv4.ip_unprivileged_port_start <= {port} or NET_BIND_SERVICE"
+    );
+}
