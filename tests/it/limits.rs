@@ -4,13 +4,15 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use alipay_sidecar::mock_gateway::{MockGateway, MockGatewayConfig};
+use alipay_sidecar::mock_gateway::MockGateway;
 
 use crate::inbound::{fresh, start, wait_received, App, Behaviour};
-use crate::support::{bin, free_port, key, request, rt, write_vector_keys, Sidecar};
+use crate::support::{
+    bin, free_port, request, run_bounded, vector_gateway, write_vector_keys, Sidecar,
+};
 
 /// `VmRSS` / `VmHWM` of a process, in KiB.
 fn mem_kib(pid: u32, field: &str) -> u64 {
@@ -32,14 +34,7 @@ fn json_code(body: &[u8]) -> String {
 /// A fake gateway signing with the vector Alipay key (so the sidecar, which trusts it,
 /// verifies every answer), and the `[outbound]` lines pointing at it.
 fn gateway(dir: &std::path::Path) -> (MockGateway, String, SocketAddr) {
-    let mut cfg = MockGatewayConfig::new(key("merchant", "public_spki_pem"));
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.tls = Some(dir.to_path_buf());
-    cfg.alipay_private_key = Some(key("alipay", "private_pkcs8_pem"));
-    cfg.notify_backoff = vec![];
-    let gw = rt()
-        .block_on(MockGateway::start(cfg))
-        .expect("mock gateway");
+    let gw = vector_gateway(dir, |_| {});
     let out = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let toml = format!(
         "[outbound]\nlisten = \"{out}\"\ngateway = \"https://127.0.0.1:{}\"\nca_file = {:?}\n",
@@ -289,38 +284,14 @@ fn oversized_and_trickled_heads_get_431_and_408() {
 fn check_config(dir: &std::path::Path, toml: &str) -> (i32, String) {
     let path = dir.join("check.toml");
     std::fs::write(&path, toml).unwrap();
-    let mut child = Command::new(bin())
-        .arg("check-config")
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut out = String::new();
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
-            return (status.code().unwrap_or(-1), out);
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("check-config hung on:\n{toml}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (code, out, err) = run_bounded(
+        Command::new(bin())
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path),
+        Duration::from_secs(30),
+    );
+    (code, out + &err)
 }
 
 const BASE: &str = "client_id = \"T_111222333\"\n[keys]\nmerchant_private_key = \"merchant_private_key.pem\"\nalipay_public_keys = { \"1\" = \"alipay_public_key.pem\" }\n";

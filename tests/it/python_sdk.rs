@@ -6,15 +6,12 @@
 //! environment is missing or port 443 cannot be bound (it needs root or
 //! `net.ipv4.ip_unprivileged_port_start <= 443`).
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use alipay_sidecar::mock_gateway::{MockGateway, MockGatewayConfig};
-
-use crate::support::{free_port, key, rt, write_vector_keys, Sidecar};
+use crate::support::{free_port, key, run_bounded, vector_gateway, write_vector_keys, Sidecar};
 
 const CLIENT_ID: &str = "T_111222333";
 
@@ -62,15 +59,10 @@ fn the_official_python_sdk_works_through_the_sidecar() {
         key("alipay", "public_spki_pem"),
     )
     .unwrap();
-    let mut cfg = MockGatewayConfig::new(key("merchant", "public_spki_pem"));
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.tls = Some(dir.path().to_path_buf());
-    cfg.expected_client_id = Some(CLIENT_ID.into());
-    cfg.alipay_private_key = Some(key("alipay", "private_pkcs8_pem"));
-    cfg.notify_backoff = vec![Duration::from_millis(200), Duration::from_secs(1)];
-    let gw = rt()
-        .block_on(MockGateway::start(cfg))
-        .expect("mock gateway");
+    let gw = vector_gateway(dir.path(), |cfg| {
+        cfg.expected_client_id = Some(CLIENT_ID.into());
+        cfg.notify_backoff = vec![Duration::from_millis(200), Duration::from_secs(1)];
+    });
 
     let (inbound, app, admin) = (free_port(), free_port(), free_port());
     let toml = format!(
@@ -82,58 +74,31 @@ fn the_official_python_sdk_works_through_the_sidecar() {
 
     let run_id = format!("{}", std::process::id());
     let notify = format!("http://127.0.0.1:{inbound}/alipay/notify");
-    let mut child = Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sdk/python/sdk_flow.py"
-        ))
-        .args(["--gateway", "https://127.0.0.1", "--client-id", CLIENT_ID])
-        .arg("--merchant-private-key")
-        .arg(dir.path().join("sdk_merchant.pem"))
-        .arg("--alipay-public-key")
-        .arg(dir.path().join("sdk_alipay_public.pem"))
-        .args([
-            "--notify-url",
-            &notify,
-            "--app-port",
-            &app.to_string(),
-            "--run-id",
-            &run_id,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the SDK script");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(180) {
-            let _ = child.kill();
-            panic!(
-                "the SDK script did not finish in 180 s:\n{}",
-                sidecar.logs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(
-        status.success(),
-        "the SDK flow failed ({status}):\n{out}\n{err}\n--- sidecar:\n{}",
+    let (code, out, err) = run_bounded(
+        Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/sdk/python/sdk_flow.py"
+            ))
+            .args(["--gateway", "https://127.0.0.1", "--client-id", CLIENT_ID])
+            .arg("--merchant-private-key")
+            .arg(dir.path().join("sdk_merchant.pem"))
+            .arg("--alipay-public-key")
+            .arg(dir.path().join("sdk_alipay_public.pem"))
+            .args([
+                "--notify-url",
+                &notify,
+                "--app-port",
+                &app.to_string(),
+                "--run-id",
+                &run_id,
+            ]),
+        Duration::from_secs(180),
+    );
+    assert_eq!(
+        code,
+        0,
+        "the SDK flow failed:\n{out}\n{err}\n--- sidecar:\n{}",
         sidecar.logs()
     );
     let steps: Vec<serde_json::Value> = out

@@ -7,13 +7,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alipay_sidecar::mock_gateway::{MockGateway, MockGatewayConfig};
+use alipay_sidecar::mock_gateway::MockGateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::support::{
-    free_port, key, raw_request, request, rt, write_vector_keys, Response, Sidecar,
+    free_port, raw_request, request, rt, vector_gateway, write_vector_keys, Response, Sidecar,
 };
 
 const CLIENT_ID: &str = "T_111222333";
@@ -30,15 +30,9 @@ struct Rig {
 fn rig(outbound: &str) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     write_vector_keys(dir.path());
-    let mut cfg = MockGatewayConfig::new(key("merchant", "public_spki_pem"));
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.tls = Some(dir.path().to_path_buf());
-    cfg.expected_client_id = Some(CLIENT_ID.into());
-    cfg.alipay_private_key = Some(key("alipay", "private_pkcs8_pem"));
-    cfg.notify_backoff = vec![];
-    let gw = rt()
-        .block_on(MockGateway::start(cfg))
-        .expect("mock gateway");
+    let gw = vector_gateway(dir.path(), |cfg| {
+        cfg.expected_client_id = Some(CLIENT_ID.into())
+    });
     let admin = free_port();
     let toml = format!(
         "client_id = \"{CLIENT_ID}\"\n[keys]\nmerchant_private_key = \"merchant_private_key.pem\"\nalipay_public_keys = {{ \"1\" = \"alipay_public_key.pem\" }}\n[outbound]\ngateway = \"https://127.0.0.1:{}\"\nca_file = {:?}\nrequest_timeout = \"20s\"\n{outbound}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",

@@ -351,3 +351,61 @@ pub fn rt() -> &'static tokio::runtime::Runtime {
             .expect("tokio runtime")
     })
 }
+
+/// A fake gateway (TLS, its CA in `dir`) that signs with the vector Alipay key, so a sidecar
+/// trusting the vector keys verifies every answer; `edit` adjusts its config.
+pub fn vector_gateway(
+    dir: &Path,
+    edit: impl FnOnce(&mut alipay_sidecar::mock_gateway::MockGatewayConfig),
+) -> alipay_sidecar::mock_gateway::MockGateway {
+    let mut cfg =
+        alipay_sidecar::mock_gateway::MockGatewayConfig::new(key("merchant", "public_spki_pem"));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.tls = Some(dir.to_path_buf());
+    cfg.alipay_private_key = Some(key("alipay", "private_pkcs8_pem"));
+    cfg.notify_backoff = vec![];
+    edit(&mut cfg);
+    rt().block_on(alipay_sidecar::mock_gateway::MockGateway::start(cfg))
+        .expect("mock gateway")
+}
+
+/// Runs `cmd` to the end with its output captured, failing the test if it takes longer than
+/// `limit` (a hang is a failure, not a stuck test): (exit code, stdout, stderr).
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> (i32, String, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the command");
+    // drain both pipes while waiting, so a chatty child cannot block on a full pipe
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out_pipe.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status.code().unwrap_or(-1),
+        out.join().unwrap(),
+        err.join().unwrap(),
+    )
+}
