@@ -8,11 +8,17 @@
 //! - [`config`]: the TOML configuration schema, environment overrides and validation.
 //! - [`keyset`]: the immutable set of loaded keys plus the preflight checks that catch
 //!   classic key mix-ups; [`reload`] swaps it atomically at run time.
-//! - [`upstream`], [`outbound`], [`inbound`], [`admin`], [`server`]: the running sidecar.
+//! - [`handler`]: the request-handling core as data in, data out; [`outbound`] and
+//!   [`inbound`] are its two handlers (pure policy, the gateway and the app behind small
+//!   client traits), [`merchant`] selects the merchant a request is for.
+//! - [`adapter`]: the one pingora adapter that reads requests, writes replies and records
+//!   metrics and the log line; [`upstream`] is pingora's connector behind the client traits.
+//! - [`admin`], [`server`]: the running sidecar.
 //! - [`metrics`], [`logging`]: observability.
 //! - [`mock_gateway`]: the fake Alipay gateway used by the demo, the tests and users.
 //! - [`cli`], [`tools`], [`demo`]: the command-line front end.
 
+pub mod adapter;
 pub mod admin;
 pub mod cli;
 pub mod config;
@@ -20,10 +26,12 @@ pub mod demo;
 pub mod encoding;
 pub mod envelope;
 pub mod exchange;
+pub mod handler;
 pub mod inbound;
 pub mod keyset;
 pub mod limits;
 pub mod logging;
+pub mod merchant;
 pub mod metrics;
 pub mod mock_gateway;
 pub mod outbound;

@@ -309,9 +309,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "alipay_sidecar_requests_total",
-                "Requests handled, by direction, API, outcome and the HTTP status the sidecar answered with.",
+                "Requests handled, by direction, merchant, API, outcome and the HTTP status the sidecar answered with.",
             ),
-            &["direction", "api", "outcome", "status"],
+            &["direction", "merchant", "api", "outcome", "status"],
         )?;
         let request_duration = HistogramVec::new(
             histogram_opts(
@@ -319,7 +319,7 @@ impl Metrics {
                 "Time from receiving a request to finishing the answer, in the sidecar.",
                 LATENCY_BUCKETS,
             ),
-            &["direction", "api"],
+            &["direction", "merchant", "api"],
         )?;
         let upstream_duration = HistogramVec::new(
             histogram_opts(
@@ -327,7 +327,7 @@ impl Metrics {
                 "Time spent waiting for the upstream (Alipay gateway outbound, the app inbound), including reading its body.",
                 LATENCY_BUCKETS,
             ),
-            &["direction", "api"],
+            &["direction", "merchant", "api"],
         )?;
         let sign_duration = Histogram::with_opts(histogram_opts(
             "alipay_sidecar_sign_duration_seconds",
@@ -404,9 +404,9 @@ impl Metrics {
         let gateway_result_status = IntCounterVec::new(
             Opts::new(
                 "alipay_sidecar_gateway_result_status_total",
-                "Gateway answers by API and result.resultStatus (S, F, U, or none when absent or unrecognised).",
+                "Gateway answers by merchant, API and result.resultStatus (S, F, U, or none when absent or unrecognised).",
             ),
-            &["api", "result_status"],
+            &["merchant", "api", "result_status"],
         )?;
         let connections_refused = IntCounterVec::new(
             Opts::new(
@@ -525,11 +525,13 @@ impl Metrics {
     }
 
     /// Records one finished request: counts it and observes its whole duration in the
-    /// sidecar. `status` is the HTTP status the sidecar answered with; `api` comes from
-    /// [`api_label`] (outbound) or is [`INBOUND_API_LABEL`].
+    /// sidecar. `status` is the HTTP status the sidecar answered with; `merchant` is a
+    /// configured merchant name (bounded by the config); `api` comes from [`api_label`]
+    /// (outbound) or is [`INBOUND_API_LABEL`].
     pub fn record_request(
         &self,
         direction: Direction,
+        merchant: &str,
         api: &'static str,
         outcome: Outcome,
         status: u16,
@@ -537,17 +539,29 @@ impl Metrics {
     ) {
         let status = status.to_string();
         self.requests
-            .with_label_values(&[direction.as_str(), api, outcome.as_str(), status.as_str()])
+            .with_label_values(&[
+                direction.as_str(),
+                merchant,
+                api,
+                outcome.as_str(),
+                status.as_str(),
+            ])
             .inc();
         self.request_duration
-            .with_label_values(&[direction.as_str(), api])
+            .with_label_values(&[direction.as_str(), merchant, api])
             .observe(duration.as_secs_f64());
     }
 
     /// Observes how long the upstream (gateway outbound, app inbound) took for one exchange.
-    pub fn observe_upstream(&self, direction: Direction, api: &'static str, duration: Duration) {
+    pub fn observe_upstream(
+        &self,
+        direction: Direction,
+        merchant: &str,
+        api: &'static str,
+        duration: Duration,
+    ) {
         self.upstream_duration
-            .with_label_values(&[direction.as_str(), api])
+            .with_label_values(&[direction.as_str(), merchant, api])
             .observe(duration.as_secs_f64());
     }
 
@@ -651,16 +665,26 @@ impl Metrics {
 
     /// Counts one gateway answer by its `result.resultStatus` (pass `None` when the body has
     /// none or is not JSON); anything but `S`, `F`, `U` is recorded as `none`.
-    pub fn record_gateway_result_status(&self, api: &'static str, result_status: Option<&str>) {
-        let status = match result_status {
-            Some("S") => "S",
-            Some("F") => "F",
-            Some("U") => "U",
-            _ => "none",
-        };
+    pub fn record_gateway_result_status(
+        &self,
+        merchant: &str,
+        api: &'static str,
+        result_status: Option<&str>,
+    ) {
         self.gateway_result_status
-            .with_label_values(&[api, status])
+            .with_label_values(&[merchant, api, result_status_label(result_status)])
             .inc();
+    }
+}
+
+/// The label of a gateway answer's `result.resultStatus`: `S`, `F`, `U`, or `none` for
+/// anything else (absent, not JSON, unrecognised), so answer text never becomes a label.
+pub fn result_status_label(result_status: Option<&str>) -> &'static str {
+    match result_status {
+        Some("S") => "S",
+        Some("F") => "F",
+        Some("U") => "U",
+        _ => "none",
     }
 }
 
@@ -968,12 +992,12 @@ mod tests {
     #[test]
     fn unrecognised_result_status_is_none() {
         let m = Metrics::new().expect("metrics");
-        m.record_gateway_result_status("payments/pay", Some("S"));
-        m.record_gateway_result_status("payments/pay", Some("<script>"));
-        m.record_gateway_result_status("payments/pay", None);
+        m.record_gateway_result_status("default", "payments/pay", Some("S"));
+        m.record_gateway_result_status("default", "payments/pay", Some("<script>"));
+        m.record_gateway_result_status("default", "payments/pay", None);
         let text = m.render();
-        assert!(text.contains("api=\"payments/pay\",result_status=\"S\"} 1"));
-        assert!(text.contains("api=\"payments/pay\",result_status=\"none\"} 2"));
+        assert!(text.contains("api=\"payments/pay\",merchant=\"default\",result_status=\"S\"} 1"));
+        assert!(text.contains("api=\"payments/pay\",merchant=\"default\",result_status=\"none\"} 2"));
         assert!(!text.contains("<script>"));
     }
 

@@ -1,43 +1,47 @@
 //! Outbound: the app's plain AMS call → signed → Alipay's gateway → verified → the app.
 //!
-//! Design. The whole gateway exchange runs inside `request_filter`, which then answers the
-//! app itself and returns `Ok(true)`, so pingora's upstream phases are never entered:
+//! [`Outbound`] is the signing proxy's policy as a handler over plain values
+//! ([`crate::handler`]): a [`Request`] in, a [`Reply`] out, the gateway behind the small
+//! [`Gateway`] trait (pingora's connector in production, [`crate::upstream::Upstream`]; an
+//! in-memory fake in the unit tests). The pingora side (reading the request, writing the
+//! reply, metrics, the log line) is [`crate::adapter`].
+//!
+//! Why the whole gateway exchange happens before the app sees anything (and not in
+//! pingora's proxy phases):
 //! - pingora replays a body read in a hook to the upstream only through its retry buffer,
 //!   fixed at 64 KiB, so a 1 MiB signed body cannot travel the normal proxy pipeline;
 //! - by the time pingora's response-body hooks run, the response headers are already on the
 //!   wire, so a response that fails verification could only become a cut connection, never a
 //!   clean 502 with a JSON error — and the app must not see a byte of an unverified answer.
 //!
-//! pingora still provides what it is good at: the listener, HTTP/1.1 parsing and downstream
-//! keep-alive, the upstream connector with its TLS stack and connection pool (see
-//! [`crate::upstream`]), and graceful shutdown. The `logging` hook records one log line and
-//! the metrics per request.
-//!
 //! Byte-exactness: the body is read once into one buffer; those bytes are signed and those
 //! same bytes are sent; the response body is verified as received and those same bytes are
 //! returned. JSON is never re-serialised (the response body is parsed only to read
 //! `result.resultStatus` of an unsigned answer).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use pingora::http::RequestHeader;
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::{Config, OutboundConfig, RequestTimeFormat};
 use crate::envelope::SidecarError;
-use crate::exchange::{self, Record, KEY_VERSION_HEADER, VERIFIED_HEADER};
+use crate::exchange::{self, KEY_VERSION_HEADER, VERIFIED_HEADER};
+use crate::handler::{
+    BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
+};
 use crate::keyset::KeySet;
-use crate::metrics::{self, BodyKind, Direction, Outcome, VerificationResult};
+use crate::merchant::{KeySource, Selected, DEFAULT_MERCHANT};
+use crate::metrics::{self, Direction, Outcome, VerificationResult};
 use crate::protocol::{content_digest, format_epoch_millis, format_iso8601, sign_digest};
 use crate::state::SidecarState;
-use crate::upstream::{Upstream, UpstreamError, UpstreamResponse};
+use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 
 /// Responses larger than this are refused (Alipay's answers are a few KiB).
-const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 
 /// App headers never forwarded to the gateway besides hop-by-hop ones: the signature headers,
 /// which the sidecar always sets itself.
@@ -48,109 +52,149 @@ const REPLACED: &[&str] = &["client-id", "request-time", "signature"];
 /// (signing metadata, set to the sidecar's own key version when the app sent one).
 const ALSO_REPLACED: &[&str] = &["accept-encoding", "key-version"];
 
-/// The outbound signing proxy.
-pub struct Outbound {
-    state: Arc<SidecarState>,
-    cfg: OutboundConfig,
-    client_id: String,
-    upstream: Upstream,
-    app_signature_replaced: AtomicBool,
-    /// App headers the sidecar sets itself (built once: `REPLACED`, plus `agent-token` when
-    /// one is configured).
-    not_forwarded: Vec<&'static str>,
-    body_policy: exchange::BodyPolicy,
+/// The Alipay gateway as the outbound handler needs it: one signed request out, the whole
+/// answer back (bounded by `request.max_response`, within `request.timeout`).
+pub trait Gateway: Send + Sync + 'static {
+    /// Sends the signed request and reads the whole answer.
+    fn send(
+        &self,
+        request: &UpstreamRequest,
+    ) -> impl Future<Output = Result<UpstreamResponse, UpstreamError>> + Send;
+}
+
+/// The outbound policy settings (from `[outbound]` and `[server]`), shared by every merchant.
+#[derive(Debug, Clone)]
+pub struct OutboundPolicy {
+    /// Request paths the proxy forwards (whole segments).
+    pub allowed_path_prefixes: Vec<String>,
+    /// Names besides loopback and `localhost` accepted in `Host` on a loopback listener.
+    pub allowed_hosts: Vec<String>,
     /// Every outbound listener is on loopback: then `Host` must name this sidecar.
-    loopback_only: bool,
+    pub loopback_only: bool,
+    /// Rewrite `/ams/api/` to `/ams/sandbox/api/` for `SANDBOX_` client ids.
+    pub sandbox_path_rewrite: bool,
+    /// Form of the `Request-Time` header the sidecar writes.
+    pub request_time_format: RequestTimeFormat,
+    /// Verify Alipay's response signatures before the app sees them.
+    pub verify_responses: bool,
+    /// Whole-exchange timeout to the gateway.
+    pub request_timeout: Duration,
+    /// How request bodies are read.
+    pub body: BodyPolicy,
+}
+
+impl OutboundPolicy {
+    /// The policy of `[outbound]` in `config`.
+    pub fn from_config(config: &Config, cfg: &OutboundConfig) -> Self {
+        Self {
+            allowed_path_prefixes: cfg.allowed_path_prefixes.clone(),
+            allowed_hosts: cfg.allowed_hosts.clone(),
+            loopback_only: cfg.listen_addrs().iter().all(|a| a.ip().is_loopback()),
+            sandbox_path_rewrite: cfg.sandbox_path_rewrite,
+            request_time_format: cfg.request_time_format,
+            verify_responses: cfg.verify_responses,
+            request_timeout: cfg.request_timeout,
+            body: BodyPolicy {
+                max_bytes: cfg.max_body_bytes,
+                limit_key: "[outbound] max_body_bytes",
+                timeout: config.server.body_read_timeout,
+            },
+        }
+    }
+}
+
+/// One merchant as the outbound handler needs it.
+pub struct OutboundMerchant<G> {
+    name: Arc<str>,
+    client_id: String,
+    agent_token: Option<String>,
+    keys: Arc<dyn KeySource>,
+    gateway: G,
+    /// `Host` of the gateway requests.
+    gateway_authority: String,
+    /// App headers the sidecar sets itself (built once: `REPLACED`, `ALSO_REPLACED`, plus
+    /// `agent-token` when one is configured).
+    not_forwarded: Vec<&'static str>,
+}
+
+impl<G: Gateway> OutboundMerchant<G> {
+    /// A merchant called `name` signing as `client_id` with the keys of `keys`, through
+    /// `gateway` at `gateway_host:gateway_port`.
+    pub fn new(
+        name: &str,
+        client_id: &str,
+        agent_token: Option<String>,
+        keys: Arc<dyn KeySource>,
+        gateway: G,
+        (gateway_host, gateway_port): (&str, u16),
+    ) -> Self {
+        let mut not_forwarded = REPLACED.to_vec();
+        not_forwarded.extend_from_slice(ALSO_REPLACED);
+        if agent_token.is_some() {
+            not_forwarded.push("agent-token");
+        }
+        Self {
+            name: Arc::from(name),
+            client_id: client_id.to_string(),
+            agent_token,
+            keys,
+            gateway,
+            gateway_authority: exchange::authority(gateway_host, gateway_port, 443),
+            not_forwarded,
+        }
+    }
+}
+
+/// The outbound signing handler.
+pub struct Outbound<G> {
+    policy: OutboundPolicy,
+    /// Never empty; today exactly one.
+    merchants: Vec<OutboundMerchant<G>>,
+    app_signature_replaced: AtomicBool,
 }
 
 /// What the app is told about the gateway's answer.
 struct Verdict {
-    marker: &'static str,
+    marker: Marker,
     key_version: Option<String>,
     /// The signature verified over the decoded body (the answer came `Content-Encoding`d).
     over_decoded: bool,
 }
 
-impl Outbound {
-    /// `ca_bundle` is the PEM file the connector trusts (system roots plus `ca_file`), built
-    /// once at start-up by the server.
-    pub fn new(
-        state: Arc<SidecarState>,
-        config: &Config,
-        cfg: OutboundConfig,
-        ca_bundle: Option<String>,
-    ) -> Self {
-        let upstream = Upstream::new(
-            &cfg.gateway.host,
-            cfg.gateway.port,
-            true,
-            ca_bundle,
-            cfg.connect_timeout,
-        );
-        let cfg_max_body = cfg.max_body_bytes;
-        let loopback_only = cfg.listen_addrs().iter().all(|a| a.ip().is_loopback());
-        let mut not_forwarded = REPLACED.to_vec();
-        not_forwarded.extend_from_slice(ALSO_REPLACED);
-        if cfg.agent_token.is_some() {
-            not_forwarded.push("agent-token");
-        }
+impl Verdict {
+    fn unchecked(marker: Marker) -> Self {
         Self {
-            state,
-            client_id: config.client_id.clone(),
-            cfg,
-            upstream,
+            marker,
+            key_version: None,
+            over_decoded: false,
+        }
+    }
+}
+
+impl<G: Gateway> Outbound<G> {
+    /// A handler for one merchant.
+    pub fn new(policy: OutboundPolicy, merchant: OutboundMerchant<G>) -> Self {
+        Self {
+            policy,
+            merchants: vec![merchant],
             app_signature_replaced: AtomicBool::new(false),
-            not_forwarded,
-            body_policy: exchange::BodyPolicy {
-                max_bytes: cfg_max_body,
-                limit_key: "[outbound] max_body_bytes",
-                timeout: config.server.body_read_timeout,
-            },
-            loopback_only,
         }
     }
 
-    /// The request head before the body is read: not from a browser, addressed to this
-    /// sidecar (DNS rebinding), and a target inside the allowed prefixes.
-    fn check_head(
-        &self,
-        header: &RequestHeader,
-        target: &str,
-    ) -> Result<(), (SidecarError, String)> {
-        if let Some(name) = ["origin", "sec-fetch-site", "sec-fetch-mode"]
-            .into_iter()
-            .find(|h| header.headers.contains_key(*h))
-        {
-            let msg = format!(
-                "the request carries a {name} header, so a web browser sent it; the signing \
-                 proxy only takes calls from the app's server-side SDK (a web page must never \
-                 get requests signed with the merchant key)"
-            );
-            return Err((SidecarError::BrowserRequestRefused, msg));
-        }
-        if self.loopback_only {
-            if let Some(host) = header.headers.get(http::header::HOST) {
-                let text = String::from_utf8_lossy(host.as_bytes());
-                if !host_allowed(&text, &self.cfg.allowed_hosts) {
-                    let msg = format!(
-                        "Host \"{}\" is neither a loopback address, localhost nor listed in \
-                         [outbound] allowed_hosts; a page that re-binds its DNS name to \
-                         127.0.0.1 must not reach the signer. Use http://127.0.0.1:<port> as the \
-                         gateway URL, or add the name the app uses to allowed_hosts",
-                        exchange::echo(&text)
-                    );
-                    return Err((SidecarError::HostNotAllowed, msg));
-                }
-            }
-        }
-        target_allowed(target, &self.cfg.allowed_path_prefixes)
-            .map_err(|msg| (SidecarError::PathNotAllowed, msg))
+    /// The merchant a request is for, with its key snapshot: today the single configured
+    /// merchant.
+    pub fn select(&self, _request: &Request) -> Result<Selected<'_, OutboundMerchant<G>>, Refusal> {
+        let merchant = &self.merchants[0];
+        Ok(Selected {
+            merchant,
+            keys: merchant.keys.keys(),
+        })
     }
 
     /// The path that is signed and sent: as received, or with the SDKs' sandbox rewrite.
-    fn signed_target(&self, target: &str) -> String {
-        if self.cfg.sandbox_path_rewrite
-            && self.client_id.starts_with("SANDBOX_")
+    fn signed_target(&self, client_id: &str, target: &str) -> String {
+        if self.policy.sandbox_path_rewrite
+            && client_id.starts_with("SANDBOX_")
             && target.starts_with("/ams/api/")
         {
             return target.replacen("/ams/api/", "/ams/sandbox/api/", 1);
@@ -160,88 +204,68 @@ impl Outbound {
 
     fn request_time(&self) -> String {
         let ms = exchange::now_millis();
-        match self.cfg.request_time_format {
+        match self.policy.request_time_format {
             RequestTimeFormat::EpochMillis => format_epoch_millis(ms),
             RequestTimeFormat::Iso8601 => format_iso8601(ms),
         }
     }
 
-    async fn handle(&self, session: &mut Session, rec: &mut Record) -> pingora::Result<()> {
-        if let Some(path) = std::str::from_utf8(session.req_header().raw_path())
-            .ok()
-            .and_then(exchange::origin_form)
-        {
-            rec.api = metrics::api_label(path.split('?').next().unwrap_or(""));
-        }
-        let Some(req) =
-            exchange::receive(session, rec, self.body_policy, |h, t| self.check_head(h, t)).await?
-        else {
-            return Ok(());
-        };
-        if REPLACED.iter().any(|h| req.header.headers.contains_key(*h))
+    async fn exchange(
+        &self,
+        req: Request,
+        selected: Selected<'_, OutboundMerchant<G>>,
+        report: &mut Report,
+    ) -> Result<(ResponseHeader, Bytes), Stop> {
+        let Selected { merchant, keys } = selected;
+        if REPLACED.iter().any(|h| req.head.headers.contains_key(*h))
             && !self.app_signature_replaced.swap(true, Ordering::Relaxed)
         {
             tracing::info!("the app sent its own Client-Id/Request-Time/Signature headers; the sidecar replaces them (logged once)");
         }
 
         // sign exactly those bytes with one snapshot of the keys
-        let keys = self.state.keys();
-        let signed_target = self.signed_target(&req.target);
+        let signed_target = self.signed_target(&merchant.client_id, &req.target);
         let time = self.request_time();
         // the digest of the content to sign, hashed where the bytes lie (no copy of the body)
-        let digest = content_digest("POST", &signed_target, &self.client_id, &time, &req.body);
+        let digest = content_digest("POST", &signed_target, &merchant.client_id, &time, &req.body);
         let sign_start = Instant::now();
-        let signature = match sign_digest(&keys.merchant, &keys.merchant_key_version, &digest) {
-            Ok(s) => s,
-            Err(e) => {
-                return rec
-                    .refuse(session, SidecarError::SigningFailed, e.to_string())
-                    .await
-            }
-        };
-        metrics::metrics().observe_sign(sign_start.elapsed());
+        let signature = sign_digest(&keys.merchant, &keys.merchant_key_version, &digest)
+            .map_err(|e| Refusal::new(SidecarError::SigningFailed, e.to_string()))?;
+        report.sign_time = Some(sign_start.elapsed());
         tracing::debug!(content_sha256 = %digest.to_hex(), path = %signed_target, request_time = %time, "signed request");
 
         // forward the same bytes, read the whole answer
-        let gateway_req = self.gateway_request(
-            &req.header,
+        let head = self.gateway_request(
+            merchant,
+            &req.head,
             &signed_target,
             &time,
             &signature,
             &keys.merchant_key_version,
             req.body.len(),
         )?;
-        let response = match self
-            .upstream
-            .exchange(
-                &gateway_req,
-                &req.body,
-                MAX_RESPONSE_BYTES,
-                self.cfg.request_timeout,
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                let code = match &e {
-                    UpstreamError::Connect { .. } => SidecarError::GatewayUnreachable,
-                    UpstreamError::Tls { .. } => SidecarError::GatewayTlsError,
-                    UpstreamError::Timeout { .. } => SidecarError::GatewayTimeout,
-                    UpstreamError::Protocol { .. } => SidecarError::GatewayProtocolError,
-                    UpstreamError::TooLarge { .. } => SidecarError::GatewayResponseTooLarge,
-                };
-                tracing::warn!(error = %e, code = code.code(), "gateway exchange failed");
-                return rec.refuse(session, code, e.to_string()).await;
-            }
+        let gateway_req = UpstreamRequest {
+            head,
+            body: req.body,
+            max_response: MAX_RESPONSE_BYTES,
+            timeout: self.policy.request_timeout,
         };
-        rec.upstream = Some(response.elapsed);
-        rec.upstream_status = Some(response.header.status.as_u16());
-        metrics::metrics().observe_upstream(Direction::Outbound, rec.api, response.elapsed);
-        metrics::metrics().observe_body_size(
-            Direction::Outbound,
-            BodyKind::Response,
-            response.body.len(),
-        );
+        let response = merchant.gateway.send(&gateway_req).await.map_err(|e| {
+            let code = match &e {
+                UpstreamError::Connect { .. } => SidecarError::GatewayUnreachable,
+                UpstreamError::Tls { .. } => SidecarError::GatewayTlsError,
+                UpstreamError::Timeout { .. } => SidecarError::GatewayTimeout,
+                UpstreamError::Protocol { .. } => SidecarError::GatewayProtocolError,
+                UpstreamError::TooLarge { .. } => SidecarError::GatewayResponseTooLarge,
+            };
+            tracing::warn!(error = %e, code = code.code(), "gateway exchange failed");
+            Refusal::new(code, e.to_string())
+        })?;
+        report.upstream = Some(UpstreamTiming {
+            elapsed: response.elapsed,
+            status: response.header.status.as_u16(),
+            body_bytes: response.body.len(),
+        });
 
         // a compressed answer (a front end that ignored `Accept-Encoding: identity`): the
         // signature may cover the bytes as received or the decoded ones
@@ -255,32 +279,32 @@ impl Outbound {
         };
 
         // verify before the app sees a byte
-        let verdict = match self.verify(&keys, &signed_target, &response, decoded.as_ref(), rec) {
-            Ok(v) => v,
-            Err((error, msg)) => return rec.refuse(session, error, msg).await,
-        };
+        let verdict = self.verify(
+            &merchant.client_id,
+            &keys,
+            &signed_target,
+            &response,
+            decoded.as_ref(),
+            report,
+        )?;
 
         // hand the exact bytes to the app (decoded when the answer was compressed)
         let mut out = exchange::relayed_response_header(&response.header)?;
         let body = match decoded {
-            Some(d) if verdict.marker == "true" => {
+            Some(d) if verdict.marker == Marker::Verified => {
                 out.remove_header("content-encoding");
                 d
             }
             _ => response.body,
         };
-        out.insert_header(VERIFIED_HEADER, verdict.marker)?;
+        out.insert_header(VERIFIED_HEADER, verdict.marker.as_str())?;
         if let Some(v) = verdict.key_version {
             out.insert_header(KEY_VERSION_HEADER, v)?;
         }
-        out.set_content_length(body.len())?;
-        rec.status = response.header.status.as_u16();
-        rec.response_bytes = body.len();
         if verdict.over_decoded {
             tracing::debug!("the gateway's answer verified over its decoded body");
         }
-        session.write_response_header(Box::new(out), false).await?;
-        session.write_response_body(Some(body), true).await
+        Ok((out, body))
     }
 
     /// The response policy (spec §5, fail closed): a signed answer is verified whatever its
@@ -290,25 +314,22 @@ impl Outbound {
     /// withheld: a 201/302 with `"S"` must not reach the app as if it were Alipay's.
     fn verify(
         &self,
+        client_id: &str,
         keys: &KeySet,
         signed_target: &str,
         response: &UpstreamResponse,
-        decoded: Option<&bytes::Bytes>,
-        rec: &mut Record,
-    ) -> Result<Verdict, (SidecarError, String)> {
-        let m = metrics::metrics();
+        decoded: Option<&Bytes>,
+        report: &mut Report,
+    ) -> Result<Verdict, Refusal> {
         let status = response.header.status.as_u16();
         let result_status = exchange::result_status(decoded.unwrap_or(&response.body));
         if status == 200 {
-            m.record_gateway_result_status(rec.api, result_status.as_deref());
+            report.gateway_result_status =
+                Some(metrics::result_status_label(result_status.as_deref()));
         }
-        if !self.cfg.verify_responses {
-            rec.outcome = Outcome::Forwarded;
-            return Ok(Verdict {
-                marker: "disabled",
-                key_version: None,
-                over_decoded: false,
-            });
+        if !self.policy.verify_responses {
+            report.outcome = Outcome::Forwarded;
+            return Ok(Verdict::unchecked(Marker::Disabled));
         }
         let sig = exchange::header_text(&response.header.headers, "signature");
         let time = exchange::header_text(&response.header.headers, "response-time");
@@ -317,75 +338,58 @@ impl Outbound {
             (Some(sig), Some(time)) => (sig, time),
             (None, None) if status >= 400 => {
                 // an HTTP error carries no result to trust
-                rec.outcome = Outcome::UnverifiedStatus;
-                return Ok(Verdict {
-                    marker: "unverified-status",
-                    key_version: None,
-                    over_decoded: false,
-                });
+                report.outcome = Outcome::UnverifiedStatus;
+                return Ok(Verdict::unchecked(Marker::UnverifiedStatus));
             }
             (None, None) if status == 200 && result_status.as_deref() == Some("F") => {
-                m.record_verification(Direction::Outbound, VerificationResult::UnsignedFailure);
-                rec.outcome = Outcome::UnsignedFailure;
-                return Ok(Verdict {
-                    marker: "unsigned-failure",
-                    key_version: None,
-                    over_decoded: false,
-                });
+                report.verification = Some(VerificationResult::UnsignedFailure);
+                report.outcome = Outcome::UnsignedFailure;
+                return Ok(Verdict::unchecked(Marker::UnsignedFailure));
             }
             (None, None) => {
-                m.record_verification(
-                    Direction::Outbound,
-                    VerificationResult::Invalid("missing_header"),
-                );
-                rec.reason = Some("missing_header");
+                report.verification = Some(VerificationResult::Invalid("missing_header"));
                 let msg = format!("Alipay's answer (HTTP {status}) is unsigned and is not a rejection (a 200 with resultStatus F, or a 4xx/5xx status); it was withheld. {inquire}");
-                return Err((SidecarError::ResponseUnsigned, msg));
+                return Err(Refusal::new(SidecarError::ResponseUnsigned, msg));
             }
             (s, _) => {
-                m.record_verification(
-                    Direction::Outbound,
-                    VerificationResult::Invalid("malformed"),
-                );
-                rec.reason = Some("malformed");
+                report.verification = Some(VerificationResult::Invalid("malformed"));
                 let missing = if s.is_some() {
                     "response-time"
                 } else {
                     "signature"
                 };
                 let msg = format!("Alipay's response carries only one of the signature headers ({missing} is missing); it was withheld. {inquire}");
-                return Err((SidecarError::ResponseSignatureInvalid, msg));
+                return Err(Refusal::new(SidecarError::ResponseSignatureInvalid, msg));
             }
         };
-        let digest = content_digest("POST", signed_target, &self.client_id, time, &response.body);
+        let digest = content_digest("POST", signed_target, client_id, time, &response.body);
         let verify_start = Instant::now();
         let mut verdict = keys.alipay.verify_digest(&digest, sig);
         let mut over_decoded = false;
         if let (Err(_), Some(d)) = (&verdict, decoded) {
-            let alt = content_digest("POST", signed_target, &self.client_id, time, d);
+            let alt = content_digest("POST", signed_target, client_id, time, d);
             if let Ok(v) = keys.alipay.verify_digest(&alt, sig) {
                 verdict = Ok(v);
                 over_decoded = true;
             }
         }
-        m.observe_verify(Direction::Outbound, verify_start.elapsed());
+        report.verify_time = Some(verify_start.elapsed());
         match verdict {
             Ok(v) => {
-                m.record_verification(Direction::Outbound, VerificationResult::Valid);
-                rec.outcome = Outcome::Verified;
-                rec.key_version = Some(v.key_version.clone());
+                report.verification = Some(VerificationResult::Valid);
+                report.outcome = Outcome::Verified;
+                report.key_version = Some(v.key_version.clone());
                 Ok(Verdict {
-                    marker: "true",
+                    marker: Marker::Verified,
                     key_version: Some(v.key_version),
                     over_decoded,
                 })
             }
             Err(e) => {
-                m.record_verification(Direction::Outbound, (&e).into());
-                rec.reason = Some(e.reason());
-                rec.content_sha256 = Some(digest.to_hex());
+                report.verification = Some((&e).into());
+                report.content_sha256 = Some(digest.to_hex());
                 tracing::warn!(reason = e.reason(), error = %e, "gateway response signature did not verify; withheld from the app");
-                Err((
+                Err(Refusal::new(
                     SidecarError::ResponseSignatureInvalid,
                     format!("Alipay's response did not verify and was withheld: {e}. {inquire}"),
                 ))
@@ -393,8 +397,10 @@ impl Outbound {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn gateway_request(
         &self,
+        merchant: &OutboundMerchant<G>,
         app: &RequestHeader,
         target: &str,
         time: &str,
@@ -403,16 +409,13 @@ impl Outbound {
         len: usize,
     ) -> pingora::Result<RequestHeader> {
         let mut req = RequestHeader::build("POST", target.as_bytes(), Some(app.headers.len() + 6))?;
-        exchange::forward_request_headers(app, &mut req, &self.not_forwarded)?;
-        req.insert_header(
-            "Host",
-            exchange::authority(&self.cfg.gateway.host, self.cfg.gateway.port, 443),
-        )?;
+        exchange::forward_request_headers(app, &mut req, &merchant.not_forwarded)?;
+        req.insert_header("Host", merchant.gateway_authority.as_str())?;
         if !app.headers.contains_key("content-type") {
             req.insert_header("Content-Type", "application/json; charset=UTF-8")?;
         }
         req.insert_header("Content-Length", len.to_string())?;
-        req.insert_header("Client-Id", self.client_id.as_str())?;
+        req.insert_header("Client-Id", merchant.client_id.as_str())?;
         req.insert_header("Request-Time", time)?;
         req.insert_header("Signature", signature)?;
         // compressed answers would have to be decoded before they can be verified
@@ -420,7 +423,7 @@ impl Outbound {
         if app.headers.contains_key("key-version") {
             req.insert_header("Key-Version", key_version)?;
         }
-        if let Some(token) = &self.cfg.agent_token {
+        if let Some(token) = &merchant.agent_token {
             req.insert_header("Agent-Token", token.as_str())?;
         }
         if !app.headers.contains_key("user-agent") {
@@ -430,6 +433,100 @@ impl Outbound {
             )?;
         }
         Ok(req)
+    }
+}
+
+impl Outbound<Upstream> {
+    /// The production handler of `[outbound]`: the single merchant of `config` (named
+    /// `default`), its keys from `state`, the gateway through pingora's connector trusting
+    /// `ca_bundle` (system roots plus `ca_file`, built once at start-up by the server).
+    pub fn from_config(
+        state: Arc<SidecarState>,
+        config: &Config,
+        cfg: &OutboundConfig,
+        ca_bundle: Option<String>,
+    ) -> Self {
+        let gateway = &cfg.gateway;
+        let upstream = Upstream::new(
+            &gateway.host,
+            gateway.port,
+            true,
+            ca_bundle,
+            cfg.connect_timeout,
+        );
+        let merchant = OutboundMerchant::new(
+            DEFAULT_MERCHANT,
+            &config.client_id,
+            cfg.agent_token.clone(),
+            state,
+            upstream,
+            (&gateway.host, gateway.port),
+        );
+        Self::new(OutboundPolicy::from_config(config, cfg), merchant)
+    }
+}
+
+impl<G: Gateway> Handler for Outbound<G> {
+    const DIRECTION: Direction = Direction::Outbound;
+
+    fn body_policy(&self) -> BodyPolicy {
+        self.policy.body
+    }
+
+    fn api(&self, target: &str) -> &'static str {
+        metrics::api_label(target.split('?').next().unwrap_or(""))
+    }
+
+    fn unselected_merchant(&self) -> Arc<str> {
+        match self.merchants.as_slice() {
+            [only] => only.name.clone(),
+            _ => Arc::from(DEFAULT_MERCHANT),
+        }
+    }
+
+    /// The request head before the body is read: not from a browser, addressed to this
+    /// sidecar (DNS rebinding), and a target inside the allowed prefixes.
+    fn check_head(&self, header: &RequestHeader, target: &str) -> Result<(), Refusal> {
+        if let Some(name) = ["origin", "sec-fetch-site", "sec-fetch-mode"]
+            .into_iter()
+            .find(|h| header.headers.contains_key(*h))
+        {
+            let msg = format!(
+                "the request carries a {name} header, so a web browser sent it; the signing \
+                 proxy only takes calls from the app's server-side SDK (a web page must never \
+                 get requests signed with the merchant key)"
+            );
+            return Err(Refusal::new(SidecarError::BrowserRequestRefused, msg));
+        }
+        if self.policy.loopback_only {
+            if let Some(host) = header.headers.get(http::header::HOST) {
+                let text = String::from_utf8_lossy(host.as_bytes());
+                if !host_allowed(&text, &self.policy.allowed_hosts) {
+                    let msg = format!(
+                        "Host \"{}\" is neither a loopback address, localhost nor listed in \
+                         [outbound] allowed_hosts; a page that re-binds its DNS name to \
+                         127.0.0.1 must not reach the signer. Use http://127.0.0.1:<port> as the \
+                         gateway URL, or add the name the app uses to allowed_hosts",
+                        exchange::echo(&text)
+                    );
+                    return Err(Refusal::new(SidecarError::HostNotAllowed, msg));
+                }
+            }
+        }
+        target_allowed(target, &self.policy.allowed_path_prefixes)
+            .map_err(|msg| Refusal::new(SidecarError::PathNotAllowed, msg))
+    }
+
+    async fn handle(&self, request: Request) -> Reply {
+        let api = self.api(&request.target);
+        let selected = match self.select(&request) {
+            Ok(s) => s,
+            Err(r) => return Reply::refuse(r, Report::new(self.unselected_merchant(), api)),
+        };
+        let mut report = Report::new(selected.merchant.name.clone(), api);
+        report.request_bytes = Some(request.body.len());
+        let result = self.exchange(request, selected, &mut report).await;
+        Reply::finish(result, report)
     }
 }
 
@@ -494,41 +591,6 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
     }
     name.parse::<std::net::IpAddr>()
         .is_ok_and(|ip| ip.is_loopback())
-}
-
-#[async_trait]
-impl ProxyHttp for Outbound {
-    type CTX = Record;
-
-    fn new_ctx(&self) -> Record {
-        Record::new(Direction::Outbound, metrics::OTHER_API_LABEL)
-    }
-
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        rec: &mut Record,
-    ) -> pingora::Result<bool> {
-        let _in_flight = self.state.track(Direction::Outbound);
-        self.handle(session, rec).await?;
-        Ok(true)
-    }
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _rec: &mut Record,
-    ) -> pingora::Result<Box<HttpPeer>> {
-        // never reached: request_filter answers every request itself (see the module doc)
-        Err(pingora::Error::explain(
-            pingora::ErrorType::InternalError,
-            "outbound requests are answered in request_filter",
-        ))
-    }
-
-    async fn logging(&self, _session: &mut Session, e: Option<&pingora::Error>, rec: &mut Record) {
-        rec.finish(e);
-    }
 }
 
 #[cfg(test)]

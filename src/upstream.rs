@@ -75,7 +75,21 @@ pub enum UpstreamError {
     },
 }
 
+/// One request to an upstream: the head and exact body to send, and the bounds of the answer.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    /// Method, target and headers to send.
+    pub head: RequestHeader,
+    /// The exact body bytes (the ones that were signed or verified).
+    pub body: Bytes,
+    /// Largest answer body read; a larger one is [`UpstreamError::TooLarge`].
+    pub max_response: usize,
+    /// The whole exchange must finish within this.
+    pub timeout: Duration,
+}
+
 /// A complete upstream response.
+#[derive(Debug, Clone)]
 pub struct UpstreamResponse {
     /// Status and headers as received.
     pub header: ResponseHeader,
@@ -335,5 +349,31 @@ impl Upstream {
                 detail,
             },
         }
+    }
+}
+
+/// Production gateway client: pingora's pooled HTTPS connector.
+impl crate::outbound::Gateway for Upstream {
+    async fn send(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        self.exchange(
+            &request.head,
+            &request.body,
+            request.max_response,
+            request.timeout,
+        )
+        .await
+    }
+}
+
+/// Production app client: pingora's pooled plain-HTTP connector.
+impl crate::inbound::App for Upstream {
+    async fn deliver(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        self.exchange(
+            &request.head,
+            &request.body,
+            request.max_response,
+            request.timeout,
+        )
+        .await
     }
 }
