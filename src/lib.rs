@@ -39,6 +39,8 @@ pub mod protocol;
 pub mod reload;
 pub mod server;
 pub mod state;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod tools;
 pub mod upstream;

@@ -596,6 +596,511 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::*;
+    use crate::upstream::UpstreamError;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    const CLIENT: &str = "T_111222333";
+    const PAY: &str = "/ams/api/v1/payments/pay";
+    const BODY: &[u8] = r#"{"paymentRequestId":"p1","note":"\u73cd 珍珠 🧋"}"#.as_bytes();
+
+    fn policy() -> OutboundPolicy {
+        OutboundPolicy {
+            allowed_path_prefixes: vec!["/ams/api/".into()],
+            allowed_hosts: vec!["sidecar.internal".into()],
+            loopback_only: true,
+            sandbox_path_rewrite: true,
+            request_time_format: RequestTimeFormat::EpochMillis,
+            verify_responses: true,
+            request_timeout: Duration::from_secs(15),
+            body: BodyPolicy {
+                max_bytes: 1 << 20,
+                limit_key: "[outbound] max_body_bytes",
+                timeout: Duration::from_secs(10),
+            },
+        }
+    }
+
+    fn outbound_with(
+        policy: OutboundPolicy,
+        client_id: &str,
+        agent_token: Option<&str>,
+        gateway: &Arc<Fake>,
+    ) -> Outbound<Arc<Fake>> {
+        let keys: Arc<dyn KeySource> = Arc::new(keyset(client_id));
+        let merchant = OutboundMerchant::new(
+            DEFAULT_MERCHANT,
+            client_id,
+            agent_token.map(str::to_string),
+            keys,
+            gateway.clone(),
+            ("open-sea-global.alipay.com", 443),
+        );
+        Outbound::new(policy, merchant)
+    }
+
+    fn outbound(gateway: &Arc<Fake>) -> Outbound<Arc<Fake>> {
+        outbound_with(policy(), CLIENT, None, gateway)
+    }
+
+    /// A gateway that answers `status` with `body`, signed by Alipay over the path and
+    /// client id it was sent (keyVersion `version`).
+    fn alipay(status: u16, version: &'static str, body: &'static [u8]) -> Arc<Fake> {
+        Fake::new(move |req| {
+            let target = req.head.uri.path_and_query().expect("target").as_str();
+            let client = header(&req.head.headers, "client-id").expect("client-id");
+            let time = "2024-05-01T12:34:57+08:00";
+            let sig = alipay_signature(version, target, client, time, body);
+            Ok(answer(
+                status,
+                &[
+                    ("Content-Type", "application/json"),
+                    ("response-time", time),
+                    ("signature", &sig),
+                ],
+                body,
+            ))
+        })
+    }
+
+    fn canned(status: u16, headers: &'static [(&'static str, &'static str)], body: &'static [u8]) -> Arc<Fake> {
+        Fake::new(move |_| Ok(answer(status, headers, body)))
+    }
+
+    fn pay(headers: &[(&str, &str)]) -> Request {
+        request(PAY, headers, BODY)
+    }
+
+    fn marker(reply: &Reply) -> Option<&str> {
+        header(&reply.head.headers, VERIFIED_HEADER)
+    }
+
+    fn refused_with(reply: &Reply, error: SidecarError) {
+        assert_eq!(reply.head.status.as_u16(), error.http_status(), "{reply:?}");
+        assert_eq!(result_code(reply).as_deref(), Some(error.code()));
+        assert_eq!(header(&reply.head.headers, "x-alipay-sidecar-error"), Some(error.code()));
+        assert_eq!(reply.report.error, Some(error));
+        assert_eq!(reply.report.status, error.http_status());
+        assert_eq!(marker(reply), None, "a refusal carries no verification marker");
+    }
+
+    // ---------------------------------------------------------------- head checks
+
+    #[test]
+    fn head_refuses_paths_outside_the_prefixes() {
+        let h = outbound(&canned(200, &[], b""));
+        let head = pay(&[]).head;
+        assert!(h.check_head(&head, PAY).is_ok());
+        let r = h.check_head(&head, "/ams/apix/v1/payments/pay").unwrap_err();
+        assert_eq!(r.error, SidecarError::PathNotAllowed);
+        let r = h.check_head(&head, "/ams/api/v1/../admin").unwrap_err();
+        assert_eq!(r.error, SidecarError::PathNotAllowed);
+        assert!(r.message.contains("dot segment"), "{}", r.message);
+    }
+
+    #[test]
+    fn head_refuses_browsers() {
+        let h = outbound(&canned(200, &[], b""));
+        for name in ["Origin", "Sec-Fetch-Site", "Sec-Fetch-Mode"] {
+            let req = pay(&[(name, "x")]);
+            let r = h.check_head(&req.head, PAY).unwrap_err();
+            assert_eq!(r.error, SidecarError::BrowserRequestRefused, "{name}");
+        }
+    }
+
+    #[test]
+    fn head_refuses_foreign_hosts_on_loopback_listeners_only() {
+        let h = outbound(&canned(200, &[], b""));
+        for ok in ["127.0.0.1:8080", "localhost", "sidecar.internal:8080"] {
+            assert!(h.check_head(&pay(&[("Host", ok)]).head, PAY).is_ok(), "{ok}");
+        }
+        let r = h
+            .check_head(&pay(&[("Host", "evil.example")]).head, PAY)
+            .unwrap_err();
+        assert_eq!(r.error, SidecarError::HostNotAllowed);
+        assert!(r.message.contains("evil.example"));
+        let remote = outbound_with(
+            OutboundPolicy {
+                loopback_only: false,
+                ..policy()
+            },
+            CLIENT,
+            None,
+            &canned(200, &[], b""),
+        );
+        assert!(remote
+            .check_head(&pay(&[("Host", "evil.example")]).head, PAY)
+            .is_ok());
+    }
+
+    // ---------------------------------------------------------------- signing
+
+    #[tokio::test]
+    async fn signs_the_exact_bytes_and_sends_them_without_a_copy() {
+        let gw = alipay(200, "1", br#"{"result":{"resultStatus":"S"}}"#);
+        let h = outbound(&gw);
+        let req = pay(&[("Content-Type", "application/json; charset=UTF-8")]);
+        let body_ptr = req.body.as_ptr();
+        let reply = h.handle(req).await;
+        assert_eq!(reply.head.status.as_u16(), 200);
+        let sent = gw.only();
+        assert_eq!(sent.body.as_ptr(), body_ptr, "the body was copied");
+        assert_eq!(&sent.body[..], BODY);
+        assert_eq!(sent.head.uri.path(), PAY);
+        assert_eq!(sent.timeout, Duration::from_secs(15));
+        assert_eq!(sent.max_response, MAX_RESPONSE_BYTES);
+        let hs = &sent.head.headers;
+        assert_eq!(header(hs, "client-id"), Some(CLIENT));
+        assert_eq!(header(hs, "host"), Some("open-sea-global.alipay.com"));
+        assert_eq!(header(hs, "accept-encoding"), Some("identity"));
+        assert_eq!(header(hs, "content-length"), Some(BODY.len().to_string().as_str()));
+        let time = header(hs, "request-time").unwrap();
+        let sig = header(hs, "signature").unwrap();
+        assert!(sig.starts_with("algorithm=RSA256,keyVersion=1,signature="));
+        let content = crate::protocol::content_to_sign("POST", PAY, CLIENT, time, BODY);
+        merchant_public()
+            .verify(&content, sig)
+            .expect("the signature covers POST <path>, client id, time and the exact body");
+        assert!(reply.report.sign_time.is_some());
+        assert_eq!(reply.report.request_bytes, Some(BODY.len()));
+        assert_eq!(&*reply.report.merchant, "default");
+        assert_eq!(reply.report.api, "payments/pay");
+    }
+
+    #[tokio::test]
+    async fn app_signature_headers_are_replaced_and_agent_token_set() {
+        let gw = alipay(200, "1", br#"{"result":{"resultStatus":"S"}}"#);
+        let h = outbound_with(policy(), CLIENT, Some("TOKEN-CFG"), &gw);
+        let req = pay(&[
+            ("Client-Id", "FORGED"),
+            ("Request-Time", "1"),
+            ("Signature", "algorithm=RSA256,keyVersion=9,signature=forged"),
+            ("Key-Version", "9"),
+            ("Accept-Encoding", "gzip"),
+            ("Agent-Token", "TOKEN-APP"),
+            ("X-Alipay-Sidecar-Verified", "true"),
+            ("X-Trace", "kept"),
+        ]);
+        h.handle(req).await;
+        let hs = gw.only().head.headers.clone();
+        let all = |n: &str| hs.get_all(n).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+        assert_eq!(all("client-id"), [CLIENT]);
+        assert_ne!(all("request-time"), ["1"]);
+        assert_eq!(all("request-time").len(), 1);
+        assert_eq!(all("signature").len(), 1);
+        assert!(!all("signature")[0].contains("forged"));
+        assert_eq!(all("key-version"), ["1"], "the app's Key-Version becomes the sidecar's");
+        assert_eq!(all("accept-encoding"), ["identity"]);
+        assert_eq!(all("agent-token"), ["TOKEN-CFG"]);
+        assert!(all("x-alipay-sidecar-verified").is_empty());
+        assert_eq!(all("x-trace"), ["kept"]);
+        assert!(header(&hs, "user-agent").unwrap().starts_with("alipay-sidecar/"));
+
+        // without a configured token the app's own is forwarded, and no Key-Version is added
+        let gw = alipay(200, "1", br#"{"result":{"resultStatus":"S"}}"#);
+        outbound(&gw)
+            .handle(pay(&[("Agent-Token", "TOKEN-APP"), ("User-Agent", "sdk/1")]))
+            .await;
+        let hs = gw.only().head.headers.clone();
+        assert_eq!(header(&hs, "agent-token"), Some("TOKEN-APP"));
+        assert_eq!(header(&hs, "key-version"), None);
+        assert_eq!(header(&hs, "user-agent"), Some("sdk/1"));
+    }
+
+    #[tokio::test]
+    async fn request_time_format_follows_the_policy() {
+        let gw = alipay(200, "1", br#"{}"#);
+        outbound(&gw).handle(pay(&[])).await;
+        let t = header(&gw.only().head.headers, "request-time").unwrap().to_string();
+        assert!(t.len() >= 13 && t.bytes().all(|b| b.is_ascii_digit()), "{t}");
+
+        let gw = alipay(200, "1", br#"{}"#);
+        let iso = OutboundPolicy {
+            request_time_format: RequestTimeFormat::Iso8601,
+            ..policy()
+        };
+        outbound_with(iso, CLIENT, None, &gw).handle(pay(&[])).await;
+        let t = header(&gw.only().head.headers, "request-time").unwrap().to_string();
+        assert!(t.starts_with("20") && t.contains('T'), "{t}");
+        let ms = crate::protocol::parse_request_time(&t).expect("ISO-8601 parses");
+        assert!((exchange::now_millis() - ms).abs() < 60_000);
+    }
+
+    #[tokio::test]
+    async fn sandbox_client_ids_sign_and_send_the_sandbox_path() {
+        // RSP-07: Alipay's answer signed over the rewritten path
+        let id = "RSP-07";
+        let client = input(id, "client_id");
+        let (time, sig) = (input(id, "time"), input(id, "signature_header"));
+        let body: &'static str = Box::leak(input(id, "body").into_boxed_str());
+        let (time, sig): (&'static str, &'static str) =
+            (Box::leak(time.into_boxed_str()), Box::leak(sig.into_boxed_str()));
+        let gw = Fake::new(move |_| {
+            Ok(answer(200, &[("response-time", time), ("signature", sig)], body.as_bytes()))
+        });
+        let h = outbound_with(policy(), &client, None, &gw);
+        let reply = h.handle(pay(&[])).await;
+        let sent = gw.only();
+        assert_eq!(sent.head.uri.path(), "/ams/sandbox/api/v1/payments/pay");
+        let content = crate::protocol::content_to_sign(
+            "POST",
+            "/ams/sandbox/api/v1/payments/pay",
+            &client,
+            header(&sent.head.headers, "request-time").unwrap(),
+            BODY,
+        );
+        merchant_public()
+            .verify(&content, header(&sent.head.headers, "signature").unwrap())
+            .expect("signed over the sandbox path");
+        assert_eq!(marker(&reply), Some("true"), "{reply:?}");
+        assert_eq!(&reply.body[..], body.as_bytes());
+
+        // switched off: the path is sent as received
+        let gw = alipay(200, "1", b"{}");
+        let off = OutboundPolicy {
+            sandbox_path_rewrite: false,
+            ..policy()
+        };
+        outbound_with(off, &client, None, &gw).handle(pay(&[])).await;
+        assert_eq!(gw.only().head.uri.path(), PAY);
+    }
+
+    // ---------------------------------------------------------------- the gateway fails
+
+    #[tokio::test]
+    async fn gateway_failures_become_envelope_errors() {
+        let t = || "gw:443".to_string();
+        let cases: Vec<(UpstreamError, SidecarError)> = vec![
+            (
+                UpstreamError::Connect { target: t(), detail: "refused".into() },
+                SidecarError::GatewayUnreachable,
+            ),
+            (
+                UpstreamError::Tls { target: t(), detail: "unknown issuer".into() },
+                SidecarError::GatewayTlsError,
+            ),
+            (
+                UpstreamError::Timeout { target: t(), timeout: Duration::from_secs(15) },
+                SidecarError::GatewayTimeout,
+            ),
+            (
+                UpstreamError::Protocol { target: t(), detail: "reset".into(), maybe_delivered: true },
+                SidecarError::GatewayProtocolError,
+            ),
+            (
+                UpstreamError::TooLarge { target: t(), limit: 8 },
+                SidecarError::GatewayResponseTooLarge,
+            ),
+        ];
+        for (upstream_error, expected) in cases {
+            let message = upstream_error.to_string();
+            let cell = Mutex::new(Some(upstream_error));
+            let gw = Fake::new(move |_| Err(cell.lock().unwrap().take().expect("one call")));
+            let reply = outbound(&gw).handle(pay(&[])).await;
+            refused_with(&reply, expected);
+            let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            // a TLS failure is a configuration problem (F); the others may have reached
+            // Alipay (U: inquire)
+            let (status, outcome) = match expected {
+                SidecarError::GatewayTlsError => ("F", Outcome::Rejected),
+                _ => ("U", Outcome::Error),
+            };
+            assert_eq!(v["result"]["resultStatus"], status, "{expected:?}");
+            assert_eq!(v["result"]["resultMessage"], message.as_str());
+            assert_eq!(reply.report.outcome, outcome);
+            assert!(reply.report.upstream.is_none());
+        }
+    }
+
+    // ---------------------------------------------------------------- response policy
+
+    #[tokio::test]
+    async fn a_signed_answer_that_verifies_is_relayed_marked() {
+        // RSP-01, the published known-good answer
+        let id = "RSP-01";
+        let body: &'static str = Box::leak(input(id, "body").into_boxed_str());
+        let time: &'static str = Box::leak(input(id, "time").into_boxed_str());
+        let sig: &'static str = Box::leak(input(id, "signature_header").into_boxed_str());
+        let gw = Fake::new(move |_| {
+            Ok(answer(
+                200,
+                &[
+                    ("Content-Type", "application/json"),
+                    ("response-time", time),
+                    ("signature", sig),
+                    ("X-Alipay-Sidecar-Verified", "forged"),
+                    ("Connection", "close"),
+                ],
+                body.as_bytes(),
+            ))
+        });
+        let reply = outbound(&gw).handle(pay(&[])).await;
+        assert_eq!(reply.head.status.as_u16(), 200);
+        assert_eq!(&reply.body[..], body.as_bytes());
+        let all: Vec<_> = reply.head.headers.get_all(VERIFIED_HEADER).iter().collect();
+        assert_eq!(all, ["true"], "the gateway's own marker is dropped");
+        assert_eq!(header(&reply.head.headers, KEY_VERSION_HEADER), Some("1"));
+        assert_eq!(header(&reply.head.headers, "connection"), None);
+        assert_eq!(
+            header(&reply.head.headers, "content-length"),
+            Some(body.len().to_string().as_str())
+        );
+        let r = &reply.report;
+        assert_eq!(r.outcome, Outcome::Verified);
+        assert_eq!(r.verification, Some(VerificationResult::Valid));
+        assert_eq!(r.key_version.as_deref(), Some("1"));
+        assert_eq!(r.gateway_result_status, Some("U"));
+        assert_eq!(r.upstream.map(|u| u.status), Some(200));
+        assert!(r.verify_time.is_some());
+        assert_eq!(r.response_bytes, body.len());
+        assert_eq!(r.error, None);
+    }
+
+    #[tokio::test]
+    async fn a_signed_error_status_is_verified_too() {
+        let reply = outbound(&alipay(500, "1", br#"{"result":{"resultStatus":"U"}}"#))
+            .handle(pay(&[]))
+            .await;
+        assert_eq!(reply.head.status.as_u16(), 500);
+        assert_eq!(marker(&reply), Some("true"));
+        assert_eq!(reply.report.gateway_result_status, None, "only 200 answers are counted");
+    }
+
+    #[tokio::test]
+    async fn a_signature_that_does_not_verify_is_withheld() {
+        let gw = Fake::new(|req| {
+            let target = req.head.uri.path();
+            let sig = alipay_signature("1", target, CLIENT, "t", br#"{"result":{"resultStatus":"S"}}"#);
+            let sig: &'static str = Box::leak(sig.into_boxed_str());
+            Ok(answer(200, &[("response-time", "t"), ("signature", sig)], br#"{"result":{"resultStatus":"F"}}"#))
+        });
+        let reply = outbound(&gw).handle(pay(&[])).await;
+        refused_with(&reply, SidecarError::ResponseSignatureInvalid);
+        assert_eq!(reply.report.verification, Some(VerificationResult::Invalid("mismatch")));
+        assert_eq!(reply.report.reason(), Some("mismatch"));
+        assert_eq!(reply.report.outcome, Outcome::Rejected);
+        assert_eq!(reply.report.content_sha256.as_ref().map(String::len), Some(64));
+        assert!(!reply.body.windows(6).any(|w| w == b"\"F\"}}"), "nothing of the answer leaks");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_key_version_is_refused_by_name() {
+        let reply = outbound(&alipay(200, "7", br#"{"result":{"resultStatus":"S"}}"#))
+            .handle(pay(&[]))
+            .await;
+        refused_with(&reply, SidecarError::ResponseSignatureInvalid);
+        assert_eq!(
+            reply.report.verification,
+            Some(VerificationResult::Invalid("unknown_key_version"))
+        );
+        let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert!(v["result"]["resultMessage"].as_str().unwrap().contains('7'));
+    }
+
+    #[tokio::test]
+    async fn only_one_signature_header_is_malformed() {
+        for headers in [&[("signature", "algorithm=RSA256,keyVersion=1,signature=x")][..], &[("response-time", "t")][..]] {
+            let headers: &'static [(&'static str, &'static str)] = Box::leak(headers.to_vec().into_boxed_slice());
+            let reply = outbound(&canned(200, headers, br#"{"result":{"resultStatus":"S"}}"#))
+                .handle(pay(&[]))
+                .await;
+            refused_with(&reply, SidecarError::ResponseSignatureInvalid);
+            assert_eq!(reply.report.verification, Some(VerificationResult::Invalid("malformed")));
+        }
+    }
+
+    #[tokio::test]
+    async fn unsigned_successes_are_withheld() {
+        for status in [200, 201, 302] {
+            let reply = outbound(&canned(status, &[], br#"{"result":{"resultStatus":"S"}}"#))
+                .handle(pay(&[]))
+                .await;
+            refused_with(&reply, SidecarError::ResponseUnsigned);
+            assert_eq!(
+                reply.report.verification,
+                Some(VerificationResult::Invalid("missing_header")),
+                "{status}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unsigned_http_errors_and_f_rejections_pass_marked() {
+        let reply = outbound(&canned(400, &[], b"bad request")).handle(pay(&[])).await;
+        assert_eq!(reply.head.status.as_u16(), 400);
+        assert_eq!(marker(&reply), Some("unverified-status"));
+        assert_eq!(&reply.body[..], b"bad request");
+        assert_eq!(reply.report.outcome, Outcome::UnverifiedStatus);
+        assert_eq!(reply.report.verification, None);
+
+        let f = br#"{"result":{"resultCode":"INVALID_SIGNATURE","resultStatus":"F"}}"#;
+        let reply = outbound(&canned(200, &[], f)).handle(pay(&[])).await;
+        assert_eq!(reply.head.status.as_u16(), 200);
+        assert_eq!(marker(&reply), Some("unsigned-failure"));
+        assert_eq!(&reply.body[..], f);
+        assert_eq!(reply.report.outcome, Outcome::UnsignedFailure);
+        assert_eq!(reply.report.verification, Some(VerificationResult::UnsignedFailure));
+        assert_eq!(reply.report.reason(), None);
+        assert_eq!(reply.report.gateway_result_status, Some("F"));
+    }
+
+    #[tokio::test]
+    async fn verification_switched_off_forwards_marked_disabled() {
+        let off = OutboundPolicy {
+            verify_responses: false,
+            ..policy()
+        };
+        let reply = outbound_with(off, CLIENT, None, &canned(200, &[], br#"{"result":{"resultStatus":"S"}}"#))
+            .handle(pay(&[]))
+            .await;
+        assert_eq!(reply.head.status.as_u16(), 200);
+        assert_eq!(marker(&reply), Some("disabled"));
+        assert_eq!(reply.report.outcome, Outcome::Forwarded);
+        assert_eq!(reply.report.gateway_result_status, Some("S"));
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_compressed_answer_is_verified_and_handed_over_decoded() {
+        let plain: &'static [u8] = br#"{"result":{"resultStatus":"S"},"x":"zzzzzzzzzzzzzzzzzzzzzzzz"}"#;
+        let zipped: &'static [u8] = Box::leak(gzip(plain).into_boxed_slice());
+        // the signature over the decoded bytes, and over the bytes as received
+        for signed in [plain, zipped] {
+            let gw = Fake::new(move |req| {
+                let sig = alipay_signature("1", req.head.uri.path(), CLIENT, "t", signed);
+                let sig: &'static str = Box::leak(sig.into_boxed_str());
+                Ok(answer(
+                    200,
+                    &[("content-encoding", "gzip"), ("response-time", "t"), ("signature", sig)],
+                    zipped,
+                ))
+            });
+            let reply = outbound(&gw).handle(pay(&[])).await;
+            assert_eq!(marker(&reply), Some("true"), "{reply:?}");
+            assert_eq!(&reply.body[..], plain);
+            assert_eq!(header(&reply.head.headers, "content-encoding"), None);
+            assert_eq!(reply.report.gateway_result_status, Some("S"));
+            assert_eq!(reply.report.upstream.map(|u| u.body_bytes), Some(zipped.len()));
+        }
+        // not decodable: verified over the bytes as received, relayed as received
+        let junk: &'static [u8] = b"not gzip at all";
+        let gw = Fake::new(move |req| {
+            let sig = alipay_signature("1", req.head.uri.path(), CLIENT, "t", junk);
+            let sig: &'static str = Box::leak(sig.into_boxed_str());
+            Ok(answer(200, &[("content-encoding", "gzip"), ("response-time", "t"), ("signature", sig)], junk))
+        });
+        let reply = outbound(&gw).handle(pay(&[])).await;
+        assert_eq!(marker(&reply), Some("true"));
+        assert_eq!(&reply.body[..], junk);
+        assert_eq!(header(&reply.head.headers, "content-encoding"), Some("gzip"));
+    }
+
 
     fn prefixes(p: &[&str]) -> Vec<String> {
         p.iter().map(|s| s.to_string()).collect()
