@@ -103,10 +103,11 @@ impl<H: Handler> Adapter<H> {
         if expect_continue {
             session.write_continue_response().await?;
         }
-        let body = match read_body_within(session, H::DIRECTION, policy, declared.unwrap_or(0)).await {
-            Ok(body) => body,
-            Err(refusal) => return Ok(Err(self.refused(api, refusal))),
-        };
+        let body =
+            match read_body_within(session, H::DIRECTION, policy, declared.unwrap_or(0)).await {
+                Ok(body) => body,
+                Err(refusal) => return Ok(Err(self.refused(api, refusal))),
+            };
         Ok(Ok(Request {
             head,
             target,

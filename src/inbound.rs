@@ -273,10 +273,16 @@ impl<A: App> Inbound<A> {
                 echo(received),
                 merchant.client_id
             );
-            return Err(Rejection::unverified(VerificationResult::WrongClientId, msg));
+            return Err(Rejection::unverified(
+                VerificationResult::WrongClientId,
+                msg,
+            ));
         }
         let verify_start = Instant::now();
-        let verdict = selected.keys.alipay.verify_digest(&digest, signature.unwrap_or(""));
+        let verdict = selected
+            .keys
+            .alipay
+            .verify_digest(&digest, signature.unwrap_or(""));
         report.verify_time = Some(verify_start.elapsed());
         let verified = verdict.map_err(|e| {
             let msg = format!(
@@ -327,7 +333,14 @@ impl<A: App> Inbound<A> {
         report: &mut Report,
     ) -> Result<(ResponseHeader, Bytes), Stop> {
         let merchant = selected.merchant;
-        let head = self.app_request(&merchant.route, &n.head, &n.target, marker, key_version, n.body.len())?;
+        let head = self.app_request(
+            &merchant.route,
+            &n.head,
+            &n.target,
+            marker,
+            key_version,
+            n.body.len(),
+        )?;
         let app_req = UpstreamRequest {
             head,
             body: n.body,
@@ -466,7 +479,6 @@ pub(crate) fn ack_signature_headers(
     ])
 }
 
-
 impl Inbound<Upstream> {
     /// The production handler of `[inbound]`: the single merchant of `config` (named
     /// `default`), its keys from `state`, the app through pingora's plain-HTTP connector.
@@ -536,7 +548,13 @@ impl<A: App> Handler for Inbound<A> {
             }
         };
         let result = self
-            .forward(&selected, request, marker, key_version.as_deref(), &mut report)
+            .forward(
+                &selected,
+                request,
+                marker,
+                key_version.as_deref(),
+                &mut report,
+            )
             .await;
         Reply::finish(result, report)
     }
@@ -545,23 +563,443 @@ impl<A: App> Handler for Inbound<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::*;
+    use crate::upstream::UpstreamError;
 
-    fn vectors() -> serde_json::Value {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ams-public.json");
-        serde_json::from_str(&std::fs::read_to_string(path).expect("vectors file"))
-            .expect("vectors json")
+    const ACK: &[u8] = ACK_BODY.as_bytes();
+
+    fn policy() -> InboundPolicy {
+        InboundPolicy {
+            max_request_time_skew: None,
+            acknowledge: Acknowledge::App,
+            sign_acknowledgements: false,
+            mode: InboundMode::Enforce,
+            forward_timeout: Duration::from_secs(10),
+            body: BodyPolicy {
+                max_bytes: 1 << 20,
+                limit_key: "[inbound] max_body_bytes",
+                timeout: Duration::from_secs(10),
+            },
+        }
+    }
+
+    fn route(path_map: &[(&str, &str)]) -> AppRoute {
+        AppRoute::new(
+            &AppUpstream {
+                host: "127.0.0.1".into(),
+                port: 3000,
+                base_path: String::new(),
+            },
+            path_map
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        )
+    }
+
+    fn inbound_with(policy: InboundPolicy, route: AppRoute, app: &Arc<Fake>) -> Inbound<Arc<Fake>> {
+        let keys: Arc<dyn KeySource> = Arc::new(keyset("T_111222333"));
+        let merchant =
+            InboundMerchant::new(DEFAULT_MERCHANT, "T_111222333", keys, app.clone(), route);
+        Inbound::new(policy, merchant)
+    }
+
+    fn inbound(app: &Arc<Fake>) -> Inbound<Arc<Fake>> {
+        inbound_with(policy(), route(&[]), app)
+    }
+
+    /// An app that answers `status` with `body`.
+    fn app(status: u16, body: &'static [u8]) -> Arc<Fake> {
+        Fake::new(move |_| {
+            Ok(answer(
+                status,
+                &[("Content-Type", "application/json")],
+                body,
+            ))
+        })
+    }
+
+    /// A published notification vector as the request Alipay sends.
+    fn published(id: &str, extra: &[(&str, &str)]) -> Request {
+        let (client, time, sig) = (
+            input(id, "client_id"),
+            input(id, "time"),
+            input(id, "signature_header"),
+        );
+        let mut headers = vec![
+            ("Content-Type", "application/json"),
+            ("client-id", client.as_str()),
+            ("request-time", time.as_str()),
+            ("signature", sig.as_str()),
+        ];
+        headers.extend_from_slice(extra);
+        request(&input(id, "uri"), &headers, input(id, "body").as_bytes())
+    }
+
+    /// A notification to `target` signed now by the vectors' Alipay key, with `time`.
+    fn signed(target: &str, time: &str, body: &[u8]) -> Request {
+        let sig = alipay_signature("1", target, "T_111222333", time, body);
+        request(
+            target,
+            &[
+                ("client-id", "T_111222333"),
+                ("request-time", time),
+                ("signature", &sig),
+            ],
+            body,
+        )
+    }
+
+    fn refused_with(reply: &Reply, error: SidecarError, result: VerificationResult) {
+        assert_eq!(reply.head.status.as_u16(), error.http_status(), "{reply:?}");
+        assert_eq!(result_code(reply).as_deref(), Some(error.code()));
+        assert_eq!(reply.report.error, Some(error));
+        assert_eq!(reply.report.verification, Some(result));
+    }
+
+    #[tokio::test]
+    async fn a_verified_notification_reaches_the_app_byte_exact_and_marked() {
+        let app = app(200, ACK);
+        let req = published(
+            "NTF-01",
+            &[("X-Alipay-Sidecar-Verified", "forged"), ("X-Trace", "t1")],
+        );
+        let (body_ptr, body) = (req.body.as_ptr(), req.body.clone());
+        let reply = inbound(&app).handle(req).await;
+        assert_eq!(reply.head.status.as_u16(), 200);
+        assert_eq!(&reply.body[..], ACK);
+        let sent = app.only();
+        assert_eq!(sent.body.as_ptr(), body_ptr, "the body was copied");
+        assert_eq!(sent.body, body);
+        assert_eq!(sent.head.uri.path(), "/merchant/notify");
+        let hs = &sent.head.headers;
+        let markers: Vec<_> = hs.get_all(VERIFIED_HEADER).iter().collect();
+        assert_eq!(markers, ["true"], "a forged marker is dropped");
+        assert_eq!(header(hs, KEY_VERSION_HEADER), Some("1"));
+        assert_eq!(header(hs, "host"), Some("127.0.0.1:3000"));
+        assert_eq!(header(hs, "x-trace"), Some("t1"));
+        assert!(
+            header(hs, "signature").is_some(),
+            "Alipay's headers reach the app"
+        );
+        let r = &reply.report;
+        assert_eq!(r.outcome, Outcome::Verified);
+        assert_eq!(r.verification, Some(VerificationResult::Valid));
+        assert_eq!(r.key_version.as_deref(), Some("1"));
+        assert_eq!(r.api, INBOUND_API_LABEL);
+        assert_eq!(&*r.merchant, "default");
+        assert!(r.time_skew_ms.is_some() && r.verify_time.is_some());
+        assert_eq!(r.upstream.map(|u| u.status), Some(200));
+        assert_eq!(
+            r.sign_time, None,
+            "acknowledgements are not signed by default"
+        );
+        assert_eq!(
+            r.content_sha256.as_deref(),
+            vector("NTF-01")["content_sha256_utf8"].as_str()
+        );
+    }
+
+    #[tokio::test]
+    async fn every_published_valid_notification_verifies() {
+        for id in ["NTF-01", "NTF-05"] {
+            let reply = inbound(&app(200, ACK)).handle(published(id, &[])).await;
+            assert_eq!(reply.report.outcome, Outcome::Verified, "{id}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_notification_for_another_client_id_is_refused() {
+        let req = signed("/merchant/notify", "2024-05-01T12:35:11+08:00", b"{}");
+        let mut req = req;
+        req.head.insert_header("client-id", "T_OTHER").unwrap();
+        let app = app(200, ACK);
+        let reply = inbound(&app).handle(req).await;
+        refused_with(
+            &reply,
+            SidecarError::NotificationUnverified,
+            VerificationResult::WrongClientId,
+        );
+        assert_eq!(reply.report.outcome, Outcome::Rejected);
+        assert!(app.seen().is_empty());
+    }
+
+    #[tokio::test]
+    async fn missing_duplicate_and_invalid_signatures_are_refused() {
+        let app = app(200, ACK);
+        let h = inbound(&app);
+        for name in ["signature", "client-id", "request-time"] {
+            let mut req = published("NTF-01", &[]);
+            req.head.remove_header(name);
+            let reply = h.handle(req).await;
+            refused_with(
+                &reply,
+                SidecarError::NotificationUnverified,
+                VerificationResult::Invalid("missing_header"),
+            );
+        }
+        // an empty signature is a missing one
+        let mut req = published("NTF-01", &[]);
+        req.head.insert_header("signature", "").unwrap();
+        let reply = h.handle(req).await;
+        assert_eq!(
+            reply.report.verification,
+            Some(VerificationResult::Invalid("missing_header"))
+        );
+
+        for name in ["signature", "client-id", "request-time"] {
+            let mut req = published("NTF-01", &[]);
+            let first = header(&req.head.headers, name).unwrap().to_string();
+            req.head.append_header(name, first).unwrap();
+            let reply = h.handle(req).await;
+            refused_with(
+                &reply,
+                SidecarError::NotificationUnverified,
+                VerificationResult::Invalid("duplicate_header"),
+            );
+        }
+
+        let mut req = published("NTF-01", &[]);
+        req.body = Bytes::from(
+            req.body
+                .iter()
+                .copied()
+                .map(|b| if b == b'8' { b'9' } else { b })
+                .collect::<Vec<_>>(),
+        );
+        let reply = h.handle(req).await;
+        refused_with(
+            &reply,
+            SidecarError::NotificationUnverified,
+            VerificationResult::Invalid("mismatch"),
+        );
+        assert_eq!(reply.report.reason(), Some("mismatch"));
+
+        let mut req = published("NTF-01", &[]);
+        let sig = header(&req.head.headers, "signature")
+            .unwrap()
+            .replace("keyVersion=1", "keyVersion=4");
+        req.head.insert_header("signature", sig).unwrap();
+        let reply = h.handle(req).await;
+        refused_with(
+            &reply,
+            SidecarError::NotificationUnverified,
+            VerificationResult::Invalid("unknown_key_version"),
+        );
+        assert!(app.seen().is_empty(), "nothing unverified reached the app");
+    }
+
+    #[tokio::test]
+    async fn the_skew_window_refuses_stale_and_unreadable_times() {
+        let window = InboundPolicy {
+            max_request_time_skew: Some(Duration::from_secs(300)),
+            ..policy()
+        };
+        let app = app(200, ACK);
+        let h = inbound_with(window, route(&[]), &app);
+        // NTF-01 is from 2019: genuine, but stale
+        let reply = h.handle(published("NTF-01", &[])).await;
+        refused_with(
+            &reply,
+            SidecarError::NotificationStale,
+            VerificationResult::StaleRequestTime,
+        );
+        let reply = h
+            .handle(signed("/merchant/notify", "yesterday", b"{}"))
+            .await;
+        refused_with(
+            &reply,
+            SidecarError::NotificationStale,
+            VerificationResult::UnparseableRequestTime,
+        );
+        assert!(app.seen().is_empty());
+        // a fresh one passes
+        let now = crate::protocol::format_epoch_millis(now_millis() - 60_000);
+        let reply = h.handle(signed("/merchant/notify", &now, b"{}")).await;
+        assert_eq!(reply.report.outcome, Outcome::Verified);
+        let skew = reply.report.time_skew_ms.unwrap();
+        assert!((60_000..120_000).contains(&skew), "{skew}");
+        // without a window the old one passes
+        let reply = inbound(&app).handle(published("NTF-01", &[])).await;
+        assert_eq!(reply.report.outcome, Outcome::Verified);
+    }
+
+    #[tokio::test]
+    async fn path_map_and_base_path_choose_the_apps_path_and_keep_the_query() {
+        let app = app(200, ACK);
+        let mut r = route(&[("/merchant/notify", "/hooks/alipay")]);
+        r.base_path = "/base".into();
+        let h = inbound_with(policy(), r, &app);
+        let reply = h
+            .handle(signed("/merchant/notify?src=ams&v=1", "t", b"{}"))
+            .await;
+        assert_eq!(reply.report.outcome, Outcome::Verified);
+        assert_eq!(
+            app.only().head.uri.to_string(),
+            "/base/hooks/alipay?src=ams&v=1"
+        );
+        // an unmapped path keeps its own
+        let app2 = self::app(200, ACK);
+        let mut r = route(&[("/merchant/notify", "/hooks/alipay")]);
+        r.base_path = "/base".into();
+        inbound_with(policy(), r, &app2)
+            .handle(signed("/other/notify", "t", b"{}"))
+            .await;
+        assert_eq!(app2.only().head.uri.to_string(), "/base/other/notify");
+    }
+
+    #[tokio::test]
+    async fn an_app_that_is_down_slow_or_failing_gets_alipay_to_resend() {
+        let t = || "127.0.0.1:3000".to_string();
+        let errors = [
+            UpstreamError::Connect {
+                target: t(),
+                detail: "connection refused".into(),
+            },
+            UpstreamError::Timeout {
+                target: t(),
+                timeout: Duration::from_secs(10),
+            },
+        ];
+        for e in errors {
+            let text = e.to_string();
+            let cell = std::sync::Mutex::new(Some(e));
+            let app = Fake::new(move |_| Err(cell.lock().unwrap().take().expect("one call")));
+            let reply = inbound(&app).handle(published("NTF-01", &[])).await;
+            assert_eq!(reply.head.status.as_u16(), 503);
+            assert_eq!(
+                result_code(&reply).as_deref(),
+                Some("SIDECAR_APP_UNAVAILABLE")
+            );
+            assert!(
+                !String::from_utf8_lossy(&reply.body).contains("127.0.0.1"),
+                "the app's address leaks"
+            );
+            assert_eq!(reply.report.detail.as_deref(), Some(text.as_str()));
+            assert_eq!(reply.report.outcome, Outcome::Error);
+            assert_eq!(reply.report.verification, Some(VerificationResult::Valid));
+        }
+        for status in [500, 502, 503] {
+            let reply = inbound(&app(status, b"oops"))
+                .handle(published("NTF-01", &[]))
+                .await;
+            assert_eq!(reply.head.status.as_u16(), 503, "{status}");
+            assert_eq!(reply.report.upstream.map(|u| u.status), Some(status));
+            assert!(!String::from_utf8_lossy(&reply.body).contains("oops"));
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_come_from_the_app_or_the_sidecar() {
+        // the app's own answer is relayed, whatever it is (4xx included)
+        let reply = inbound(&app(200, b"OK from app"))
+            .handle(published("NTF-01", &[]))
+            .await;
+        assert_eq!(&reply.body[..], b"OK from app");
+        let reply = inbound(&app(400, b"no"))
+            .handle(published("NTF-01", &[]))
+            .await;
+        assert_eq!(
+            (reply.head.status.as_u16(), &reply.body[..]),
+            (400, &b"no"[..])
+        );
+
+        let sidecar = InboundPolicy {
+            acknowledge: Acknowledge::Sidecar,
+            ..policy()
+        };
+        let reply = inbound_with(sidecar.clone(), route(&[]), &app(204, b""))
+            .handle(published("NTF-01", &[]))
+            .await;
+        assert_eq!(reply.head.status.as_u16(), 200);
+        assert_eq!(&reply.body[..], ACK);
+        assert_eq!(
+            header(&reply.head.headers, "content-type"),
+            Some("application/json; charset=UTF-8")
+        );
+        // not a 2xx: the app's answer, never a SUCCESS the app did not give
+        let reply = inbound_with(sidecar, route(&[]), &app(409, b"busy"))
+            .handle(published("NTF-01", &[]))
+            .await;
+        assert_eq!(
+            (reply.head.status.as_u16(), &reply.body[..]),
+            (409, &b"busy"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn signed_acknowledgements_verify_with_the_merchant_key() {
+        let signing = InboundPolicy {
+            acknowledge: Acknowledge::Sidecar,
+            sign_acknowledgements: true,
+            ..policy()
+        };
+        let reply = inbound_with(signing.clone(), route(&[]), &app(200, b"whatever"))
+            .handle(published("NTF-01", &[]))
+            .await;
+        let hs = &reply.head.headers;
+        assert_eq!(header(hs, "client-id"), Some("T_111222333"));
+        let time = header(hs, "response-time").expect("response-time");
+        let content = content_to_sign("POST", "/merchant/notify", "T_111222333", time, ACK);
+        merchant_public()
+            .verify(&content, header(hs, "signature").expect("signature"))
+            .expect("the acknowledgement is signed over the notify target and its exact body");
+        assert!(reply.report.sign_time.is_some());
+        // a refusal by the app is not signed
+        let reply = inbound_with(signing, route(&[]), &app(400, b"no"))
+            .handle(published("NTF-01", &[]))
+            .await;
+        assert_eq!(header(&reply.head.headers, "signature"), None);
+        assert_eq!(reply.report.sign_time, None);
+    }
+
+    #[tokio::test]
+    async fn shadow_mode_forwards_what_does_not_verify_marked_false() {
+        let shadow = InboundPolicy {
+            mode: InboundMode::Shadow,
+            ..policy()
+        };
+        let app = app(200, ACK);
+        let mut req = published(
+            "NTF-01",
+            &[
+                ("X-Alipay-Sidecar-Verified", "true"),
+                ("X-Alipay-Sidecar-Key-Version", "1"),
+            ],
+        );
+        req.body = Bytes::from_static(b"{\"tampered\":true}");
+        let reply = inbound_with(shadow.clone(), route(&[]), &app)
+            .handle(req)
+            .await;
+        assert_eq!(reply.head.status.as_u16(), 200);
+        assert_eq!(&reply.body[..], ACK);
+        let sent = app.only();
+        let markers: Vec<_> = sent.head.headers.get_all(VERIFIED_HEADER).iter().collect();
+        assert_eq!(markers, ["false"]);
+        assert_eq!(
+            header(&sent.head.headers, KEY_VERSION_HEADER),
+            None,
+            "forged key version dropped"
+        );
+        let r = &reply.report;
+        assert_eq!(r.outcome, Outcome::ShadowForwarded);
+        assert_eq!(
+            r.verification,
+            Some(VerificationResult::Invalid("mismatch"))
+        );
+        assert!(r.detail.as_deref().unwrap().contains("did not verify"));
+        assert_eq!(r.error, None);
+        // a valid one in shadow mode is verified as usual
+        let reply = inbound_with(shadow, route(&[]), &self::app(200, ACK))
+            .handle(published("NTF-01", &[]))
+            .await;
+        assert_eq!(reply.report.outcome, Outcome::Verified);
     }
 
     #[test]
     fn ack_signature_reproduces_ack_01() {
         let all = vectors();
-        let v = all["vectors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["id"] == "ACK-01")
-            .expect("ACK-01");
+        let v = vector("ACK-01");
         let input = |f: &str| v["inputs"][f].as_str().unwrap().to_string();
         assert_eq!(input("body"), ACK_BODY);
         let merchant = PrivateKey::from_text(

@@ -997,7 +997,9 @@ mod tests {
         m.record_gateway_result_status("default", "payments/pay", None);
         let text = m.render();
         assert!(text.contains("api=\"payments/pay\",merchant=\"default\",result_status=\"S\"} 1"));
-        assert!(text.contains("api=\"payments/pay\",merchant=\"default\",result_status=\"none\"} 2"));
+        assert!(
+            text.contains("api=\"payments/pay\",merchant=\"default\",result_status=\"none\"} 2")
+        );
         assert!(!text.contains("<script>"));
     }
 

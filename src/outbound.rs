@@ -227,7 +227,13 @@ impl<G: Gateway> Outbound<G> {
         let signed_target = self.signed_target(&merchant.client_id, &req.target);
         let time = self.request_time();
         // the digest of the content to sign, hashed where the bytes lie (no copy of the body)
-        let digest = content_digest("POST", &signed_target, &merchant.client_id, &time, &req.body);
+        let digest = content_digest(
+            "POST",
+            &signed_target,
+            &merchant.client_id,
+            &time,
+            &req.body,
+        );
         let sign_start = Instant::now();
         let signature = sign_digest(&keys.merchant, &keys.merchant_key_version, &digest)
             .map_err(|e| Refusal::new(SidecarError::SigningFailed, e.to_string()))?;
@@ -664,7 +670,11 @@ mod tests {
         })
     }
 
-    fn canned(status: u16, headers: &'static [(&'static str, &'static str)], body: &'static [u8]) -> Arc<Fake> {
+    fn canned(
+        status: u16,
+        headers: &'static [(&'static str, &'static str)],
+        body: &'static [u8],
+    ) -> Arc<Fake> {
         Fake::new(move |_| Ok(answer(status, headers, body)))
     }
 
@@ -679,10 +689,17 @@ mod tests {
     fn refused_with(reply: &Reply, error: SidecarError) {
         assert_eq!(reply.head.status.as_u16(), error.http_status(), "{reply:?}");
         assert_eq!(result_code(reply).as_deref(), Some(error.code()));
-        assert_eq!(header(&reply.head.headers, "x-alipay-sidecar-error"), Some(error.code()));
+        assert_eq!(
+            header(&reply.head.headers, "x-alipay-sidecar-error"),
+            Some(error.code())
+        );
         assert_eq!(reply.report.error, Some(error));
         assert_eq!(reply.report.status, error.http_status());
-        assert_eq!(marker(reply), None, "a refusal carries no verification marker");
+        assert_eq!(
+            marker(reply),
+            None,
+            "a refusal carries no verification marker"
+        );
     }
 
     // ---------------------------------------------------------------- head checks
@@ -692,7 +709,9 @@ mod tests {
         let h = outbound(&canned(200, &[], b""));
         let head = pay(&[]).head;
         assert!(h.check_head(&head, PAY).is_ok());
-        let r = h.check_head(&head, "/ams/apix/v1/payments/pay").unwrap_err();
+        let r = h
+            .check_head(&head, "/ams/apix/v1/payments/pay")
+            .unwrap_err();
         assert_eq!(r.error, SidecarError::PathNotAllowed);
         let r = h.check_head(&head, "/ams/api/v1/../admin").unwrap_err();
         assert_eq!(r.error, SidecarError::PathNotAllowed);
@@ -713,7 +732,10 @@ mod tests {
     fn head_refuses_foreign_hosts_on_loopback_listeners_only() {
         let h = outbound(&canned(200, &[], b""));
         for ok in ["127.0.0.1:8080", "localhost", "sidecar.internal:8080"] {
-            assert!(h.check_head(&pay(&[("Host", ok)]).head, PAY).is_ok(), "{ok}");
+            assert!(
+                h.check_head(&pay(&[("Host", ok)]).head, PAY).is_ok(),
+                "{ok}"
+            );
         }
         let r = h
             .check_head(&pay(&[("Host", "evil.example")]).head, PAY)
@@ -754,7 +776,10 @@ mod tests {
         assert_eq!(header(hs, "client-id"), Some(CLIENT));
         assert_eq!(header(hs, "host"), Some("open-sea-global.alipay.com"));
         assert_eq!(header(hs, "accept-encoding"), Some("identity"));
-        assert_eq!(header(hs, "content-length"), Some(BODY.len().to_string().as_str()));
+        assert_eq!(
+            header(hs, "content-length"),
+            Some(BODY.len().to_string().as_str())
+        );
         let time = header(hs, "request-time").unwrap();
         let sig = header(hs, "signature").unwrap();
         assert!(sig.starts_with("algorithm=RSA256,keyVersion=1,signature="));
@@ -775,7 +800,10 @@ mod tests {
         let req = pay(&[
             ("Client-Id", "FORGED"),
             ("Request-Time", "1"),
-            ("Signature", "algorithm=RSA256,keyVersion=9,signature=forged"),
+            (
+                "Signature",
+                "algorithm=RSA256,keyVersion=9,signature=forged",
+            ),
             ("Key-Version", "9"),
             ("Accept-Encoding", "gzip"),
             ("Agent-Token", "TOKEN-APP"),
@@ -784,23 +812,37 @@ mod tests {
         ]);
         h.handle(req).await;
         let hs = gw.only().head.headers.clone();
-        let all = |n: &str| hs.get_all(n).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+        let all = |n: &str| {
+            hs.get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(all("client-id"), [CLIENT]);
         assert_ne!(all("request-time"), ["1"]);
         assert_eq!(all("request-time").len(), 1);
         assert_eq!(all("signature").len(), 1);
         assert!(!all("signature")[0].contains("forged"));
-        assert_eq!(all("key-version"), ["1"], "the app's Key-Version becomes the sidecar's");
+        assert_eq!(
+            all("key-version"),
+            ["1"],
+            "the app's Key-Version becomes the sidecar's"
+        );
         assert_eq!(all("accept-encoding"), ["identity"]);
         assert_eq!(all("agent-token"), ["TOKEN-CFG"]);
         assert!(all("x-alipay-sidecar-verified").is_empty());
         assert_eq!(all("x-trace"), ["kept"]);
-        assert!(header(&hs, "user-agent").unwrap().starts_with("alipay-sidecar/"));
+        assert!(header(&hs, "user-agent")
+            .unwrap()
+            .starts_with("alipay-sidecar/"));
 
         // without a configured token the app's own is forwarded, and no Key-Version is added
         let gw = alipay(200, "1", br#"{"result":{"resultStatus":"S"}}"#);
         outbound(&gw)
-            .handle(pay(&[("Agent-Token", "TOKEN-APP"), ("User-Agent", "sdk/1")]))
+            .handle(pay(&[
+                ("Agent-Token", "TOKEN-APP"),
+                ("User-Agent", "sdk/1"),
+            ]))
             .await;
         let hs = gw.only().head.headers.clone();
         assert_eq!(header(&hs, "agent-token"), Some("TOKEN-APP"));
@@ -812,8 +854,13 @@ mod tests {
     async fn request_time_format_follows_the_policy() {
         let gw = alipay(200, "1", br#"{}"#);
         outbound(&gw).handle(pay(&[])).await;
-        let t = header(&gw.only().head.headers, "request-time").unwrap().to_string();
-        assert!(t.len() >= 13 && t.bytes().all(|b| b.is_ascii_digit()), "{t}");
+        let t = header(&gw.only().head.headers, "request-time")
+            .unwrap()
+            .to_string();
+        assert!(
+            t.len() >= 13 && t.bytes().all(|b| b.is_ascii_digit()),
+            "{t}"
+        );
 
         let gw = alipay(200, "1", br#"{}"#);
         let iso = OutboundPolicy {
@@ -821,7 +868,9 @@ mod tests {
             ..policy()
         };
         outbound_with(iso, CLIENT, None, &gw).handle(pay(&[])).await;
-        let t = header(&gw.only().head.headers, "request-time").unwrap().to_string();
+        let t = header(&gw.only().head.headers, "request-time")
+            .unwrap()
+            .to_string();
         assert!(t.starts_with("20") && t.contains('T'), "{t}");
         let ms = crate::protocol::parse_request_time(&t).expect("ISO-8601 parses");
         assert!((exchange::now_millis() - ms).abs() < 60_000);
@@ -834,10 +883,16 @@ mod tests {
         let client = input(id, "client_id");
         let (time, sig) = (input(id, "time"), input(id, "signature_header"));
         let body: &'static str = Box::leak(input(id, "body").into_boxed_str());
-        let (time, sig): (&'static str, &'static str) =
-            (Box::leak(time.into_boxed_str()), Box::leak(sig.into_boxed_str()));
+        let (time, sig): (&'static str, &'static str) = (
+            Box::leak(time.into_boxed_str()),
+            Box::leak(sig.into_boxed_str()),
+        );
         let gw = Fake::new(move |_| {
-            Ok(answer(200, &[("response-time", time), ("signature", sig)], body.as_bytes()))
+            Ok(answer(
+                200,
+                &[("response-time", time), ("signature", sig)],
+                body.as_bytes(),
+            ))
         });
         let h = outbound_with(policy(), &client, None, &gw);
         let reply = h.handle(pay(&[])).await;
@@ -862,7 +917,9 @@ mod tests {
             sandbox_path_rewrite: false,
             ..policy()
         };
-        outbound_with(off, &client, None, &gw).handle(pay(&[])).await;
+        outbound_with(off, &client, None, &gw)
+            .handle(pay(&[]))
+            .await;
         assert_eq!(gw.only().head.uri.path(), PAY);
     }
 
@@ -873,23 +930,39 @@ mod tests {
         let t = || "gw:443".to_string();
         let cases: Vec<(UpstreamError, SidecarError)> = vec![
             (
-                UpstreamError::Connect { target: t(), detail: "refused".into() },
+                UpstreamError::Connect {
+                    target: t(),
+                    detail: "refused".into(),
+                },
                 SidecarError::GatewayUnreachable,
             ),
             (
-                UpstreamError::Tls { target: t(), detail: "unknown issuer".into() },
+                UpstreamError::Tls {
+                    target: t(),
+                    detail: "unknown issuer".into(),
+                },
                 SidecarError::GatewayTlsError,
             ),
             (
-                UpstreamError::Timeout { target: t(), timeout: Duration::from_secs(15) },
+                UpstreamError::Timeout {
+                    target: t(),
+                    timeout: Duration::from_secs(15),
+                },
                 SidecarError::GatewayTimeout,
             ),
             (
-                UpstreamError::Protocol { target: t(), detail: "reset".into(), maybe_delivered: true },
+                UpstreamError::Protocol {
+                    target: t(),
+                    detail: "reset".into(),
+                    maybe_delivered: true,
+                },
                 SidecarError::GatewayProtocolError,
             ),
             (
-                UpstreamError::TooLarge { target: t(), limit: 8 },
+                UpstreamError::TooLarge {
+                    target: t(),
+                    limit: 8,
+                },
                 SidecarError::GatewayResponseTooLarge,
             ),
         ];
@@ -964,24 +1037,46 @@ mod tests {
             .await;
         assert_eq!(reply.head.status.as_u16(), 500);
         assert_eq!(marker(&reply), Some("true"));
-        assert_eq!(reply.report.gateway_result_status, None, "only 200 answers are counted");
+        assert_eq!(
+            reply.report.gateway_result_status, None,
+            "only 200 answers are counted"
+        );
     }
 
     #[tokio::test]
     async fn a_signature_that_does_not_verify_is_withheld() {
         let gw = Fake::new(|req| {
             let target = req.head.uri.path();
-            let sig = alipay_signature("1", target, CLIENT, "t", br#"{"result":{"resultStatus":"S"}}"#);
+            let sig = alipay_signature(
+                "1",
+                target,
+                CLIENT,
+                "t",
+                br#"{"result":{"resultStatus":"S"}}"#,
+            );
             let sig: &'static str = Box::leak(sig.into_boxed_str());
-            Ok(answer(200, &[("response-time", "t"), ("signature", sig)], br#"{"result":{"resultStatus":"F"}}"#))
+            Ok(answer(
+                200,
+                &[("response-time", "t"), ("signature", sig)],
+                br#"{"result":{"resultStatus":"F"}}"#,
+            ))
         });
         let reply = outbound(&gw).handle(pay(&[])).await;
         refused_with(&reply, SidecarError::ResponseSignatureInvalid);
-        assert_eq!(reply.report.verification, Some(VerificationResult::Invalid("mismatch")));
+        assert_eq!(
+            reply.report.verification,
+            Some(VerificationResult::Invalid("mismatch"))
+        );
         assert_eq!(reply.report.reason(), Some("mismatch"));
         assert_eq!(reply.report.outcome, Outcome::Rejected);
-        assert_eq!(reply.report.content_sha256.as_ref().map(String::len), Some(64));
-        assert!(!reply.body.windows(6).any(|w| w == b"\"F\"}}"), "nothing of the answer leaks");
+        assert_eq!(
+            reply.report.content_sha256.as_ref().map(String::len),
+            Some(64)
+        );
+        assert!(
+            !reply.body.windows(6).any(|w| w == b"\"F\"}}"),
+            "nothing of the answer leaks"
+        );
     }
 
     #[tokio::test]
@@ -1000,13 +1095,20 @@ mod tests {
 
     #[tokio::test]
     async fn only_one_signature_header_is_malformed() {
-        for headers in [&[("signature", "algorithm=RSA256,keyVersion=1,signature=x")][..], &[("response-time", "t")][..]] {
-            let headers: &'static [(&'static str, &'static str)] = Box::leak(headers.to_vec().into_boxed_slice());
+        for headers in [
+            &[("signature", "algorithm=RSA256,keyVersion=1,signature=x")][..],
+            &[("response-time", "t")][..],
+        ] {
+            let headers: &'static [(&'static str, &'static str)] =
+                Box::leak(headers.to_vec().into_boxed_slice());
             let reply = outbound(&canned(200, headers, br#"{"result":{"resultStatus":"S"}}"#))
                 .handle(pay(&[]))
                 .await;
             refused_with(&reply, SidecarError::ResponseSignatureInvalid);
-            assert_eq!(reply.report.verification, Some(VerificationResult::Invalid("malformed")));
+            assert_eq!(
+                reply.report.verification,
+                Some(VerificationResult::Invalid("malformed"))
+            );
         }
     }
 
@@ -1027,7 +1129,9 @@ mod tests {
 
     #[tokio::test]
     async fn unsigned_http_errors_and_f_rejections_pass_marked() {
-        let reply = outbound(&canned(400, &[], b"bad request")).handle(pay(&[])).await;
+        let reply = outbound(&canned(400, &[], b"bad request"))
+            .handle(pay(&[]))
+            .await;
         assert_eq!(reply.head.status.as_u16(), 400);
         assert_eq!(marker(&reply), Some("unverified-status"));
         assert_eq!(&reply.body[..], b"bad request");
@@ -1040,7 +1144,10 @@ mod tests {
         assert_eq!(marker(&reply), Some("unsigned-failure"));
         assert_eq!(&reply.body[..], f);
         assert_eq!(reply.report.outcome, Outcome::UnsignedFailure);
-        assert_eq!(reply.report.verification, Some(VerificationResult::UnsignedFailure));
+        assert_eq!(
+            reply.report.verification,
+            Some(VerificationResult::UnsignedFailure)
+        );
         assert_eq!(reply.report.reason(), None);
         assert_eq!(reply.report.gateway_result_status, Some("F"));
     }
@@ -1051,9 +1158,14 @@ mod tests {
             verify_responses: false,
             ..policy()
         };
-        let reply = outbound_with(off, CLIENT, None, &canned(200, &[], br#"{"result":{"resultStatus":"S"}}"#))
-            .handle(pay(&[]))
-            .await;
+        let reply = outbound_with(
+            off,
+            CLIENT,
+            None,
+            &canned(200, &[], br#"{"result":{"resultStatus":"S"}}"#),
+        )
+        .handle(pay(&[]))
+        .await;
         assert_eq!(reply.head.status.as_u16(), 200);
         assert_eq!(marker(&reply), Some("disabled"));
         assert_eq!(reply.report.outcome, Outcome::Forwarded);
@@ -1068,7 +1180,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_compressed_answer_is_verified_and_handed_over_decoded() {
-        let plain: &'static [u8] = br#"{"result":{"resultStatus":"S"},"x":"zzzzzzzzzzzzzzzzzzzzzzzz"}"#;
+        let plain: &'static [u8] =
+            br#"{"result":{"resultStatus":"S"},"x":"zzzzzzzzzzzzzzzzzzzzzzzz"}"#;
         let zipped: &'static [u8] = Box::leak(gzip(plain).into_boxed_slice());
         // the signature over the decoded bytes, and over the bytes as received
         for signed in [plain, zipped] {
@@ -1077,7 +1190,11 @@ mod tests {
                 let sig: &'static str = Box::leak(sig.into_boxed_str());
                 Ok(answer(
                     200,
-                    &[("content-encoding", "gzip"), ("response-time", "t"), ("signature", sig)],
+                    &[
+                        ("content-encoding", "gzip"),
+                        ("response-time", "t"),
+                        ("signature", sig),
+                    ],
                     zipped,
                 ))
             });
@@ -1086,21 +1203,34 @@ mod tests {
             assert_eq!(&reply.body[..], plain);
             assert_eq!(header(&reply.head.headers, "content-encoding"), None);
             assert_eq!(reply.report.gateway_result_status, Some("S"));
-            assert_eq!(reply.report.upstream.map(|u| u.body_bytes), Some(zipped.len()));
+            assert_eq!(
+                reply.report.upstream.map(|u| u.body_bytes),
+                Some(zipped.len())
+            );
         }
         // not decodable: verified over the bytes as received, relayed as received
         let junk: &'static [u8] = b"not gzip at all";
         let gw = Fake::new(move |req| {
             let sig = alipay_signature("1", req.head.uri.path(), CLIENT, "t", junk);
             let sig: &'static str = Box::leak(sig.into_boxed_str());
-            Ok(answer(200, &[("content-encoding", "gzip"), ("response-time", "t"), ("signature", sig)], junk))
+            Ok(answer(
+                200,
+                &[
+                    ("content-encoding", "gzip"),
+                    ("response-time", "t"),
+                    ("signature", sig),
+                ],
+                junk,
+            ))
         });
         let reply = outbound(&gw).handle(pay(&[])).await;
         assert_eq!(marker(&reply), Some("true"));
         assert_eq!(&reply.body[..], junk);
-        assert_eq!(header(&reply.head.headers, "content-encoding"), Some("gzip"));
+        assert_eq!(
+            header(&reply.head.headers, "content-encoding"),
+            Some("gzip")
+        );
     }
-
 
     fn prefixes(p: &[&str]) -> Vec<String> {
         p.iter().map(|s| s.to_string()).collect()

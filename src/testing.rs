@@ -102,7 +102,8 @@ pub(crate) fn alipay_signature(
 pub(crate) fn request(target: &str, headers: &[(&str, &str)], body: &[u8]) -> Request {
     let mut head = RequestHeader::build("POST", target.as_bytes(), None).expect("head");
     for (name, value) in headers {
-        head.append_header(name.to_string(), *value).expect("header");
+        head.append_header(name.to_string(), *value)
+            .expect("header");
     }
     Request {
         head,
