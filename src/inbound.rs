@@ -167,6 +167,8 @@ pub struct Inbound<A> {
     policy: InboundPolicy,
     /// Never empty; today exactly one.
     merchants: Vec<InboundMerchant<A>>,
+    /// The merchant label of requests refused before selection.
+    unselected: Arc<str>,
 }
 
 /// Why a notification was not accepted: the metric label, the error code and what to do.
@@ -196,6 +198,7 @@ impl<A: App> Inbound<A> {
     pub fn new(policy: InboundPolicy, merchant: InboundMerchant<A>) -> Self {
         Self {
             policy,
+            unselected: merchant.name.clone(),
             merchants: vec![merchant],
         }
     }
@@ -508,10 +511,7 @@ impl<A: App> Handler for Inbound<A> {
     }
 
     fn unselected_merchant(&self) -> Arc<str> {
-        match self.merchants.as_slice() {
-            [only] => only.name.clone(),
-            _ => Arc::from(DEFAULT_MERCHANT),
-        }
+        self.unselected.clone()
     }
 
     /// Notifications have no head checks beyond the adapter's own (POST, framing, target).
@@ -728,36 +728,27 @@ mod tests {
     async fn missing_duplicate_and_invalid_signatures_are_refused() {
         let app = app(200, ACK);
         let h = inbound(&app);
-        for name in ["signature", "client-id", "request-time"] {
-            let mut req = published("NTF-01", &[]);
-            req.head.remove_header(name);
-            let reply = h.handle(req).await;
+        let unverified = |reply: Reply, reason| {
             refused_with(
                 &reply,
                 SidecarError::NotificationUnverified,
-                VerificationResult::Invalid("missing_header"),
-            );
+                VerificationResult::Invalid(reason),
+            )
+        };
+        for name in ["signature", "client-id", "request-time"] {
+            let mut req = published("NTF-01", &[]);
+            req.head.remove_header(name);
+            unverified(h.handle(req).await, "missing_header");
+            // a second copy could be read by the app instead of the one verified
+            let mut req = published("NTF-01", &[]);
+            let first = header(&req.head.headers, name).unwrap().to_string();
+            req.head.append_header(name, first).unwrap();
+            unverified(h.handle(req).await, "duplicate_header");
         }
         // an empty signature is a missing one
         let mut req = published("NTF-01", &[]);
         req.head.insert_header("signature", "").unwrap();
-        let reply = h.handle(req).await;
-        assert_eq!(
-            reply.report.verification,
-            Some(VerificationResult::Invalid("missing_header"))
-        );
-
-        for name in ["signature", "client-id", "request-time"] {
-            let mut req = published("NTF-01", &[]);
-            let first = header(&req.head.headers, name).unwrap().to_string();
-            req.head.append_header(name, first).unwrap();
-            let reply = h.handle(req).await;
-            refused_with(
-                &reply,
-                SidecarError::NotificationUnverified,
-                VerificationResult::Invalid("duplicate_header"),
-            );
-        }
+        unverified(h.handle(req).await, "missing_header");
 
         let mut req = published("NTF-01", &[]);
         req.body = Bytes::from(
@@ -768,24 +759,15 @@ mod tests {
                 .collect::<Vec<_>>(),
         );
         let reply = h.handle(req).await;
-        refused_with(
-            &reply,
-            SidecarError::NotificationUnverified,
-            VerificationResult::Invalid("mismatch"),
-        );
         assert_eq!(reply.report.reason(), Some("mismatch"));
+        unverified(reply, "mismatch");
 
         let mut req = published("NTF-01", &[]);
         let sig = header(&req.head.headers, "signature")
             .unwrap()
             .replace("keyVersion=1", "keyVersion=4");
         req.head.insert_header("signature", sig).unwrap();
-        let reply = h.handle(req).await;
-        refused_with(
-            &reply,
-            SidecarError::NotificationUnverified,
-            VerificationResult::Invalid("unknown_key_version"),
-        );
+        unverified(h.handle(req).await, "unknown_key_version");
         assert!(app.seen().is_empty(), "nothing unverified reached the app");
     }
 

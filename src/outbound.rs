@@ -150,6 +150,8 @@ pub struct Outbound<G> {
     policy: OutboundPolicy,
     /// Never empty; today exactly one.
     merchants: Vec<OutboundMerchant<G>>,
+    /// The merchant label of requests refused before selection.
+    unselected: Arc<str>,
     app_signature_replaced: AtomicBool,
 }
 
@@ -176,6 +178,7 @@ impl<G: Gateway> Outbound<G> {
     pub fn new(policy: OutboundPolicy, merchant: OutboundMerchant<G>) -> Self {
         Self {
             policy,
+            unselected: merchant.name.clone(),
             merchants: vec![merchant],
             app_signature_replaced: AtomicBool::new(false),
         }
@@ -484,10 +487,7 @@ impl<G: Gateway> Handler for Outbound<G> {
     }
 
     fn unselected_merchant(&self) -> Arc<str> {
-        match self.merchants.as_slice() {
-            [only] => only.name.clone(),
-            _ => Arc::from(DEFAULT_MERCHANT),
-        }
+        self.unselected.clone()
     }
 
     /// The request head before the body is read: not from a browser, addressed to this
@@ -653,20 +653,33 @@ mod tests {
     /// A gateway that answers `status` with `body`, signed by Alipay over the path and
     /// client id it was sent (keyVersion `version`).
     fn alipay(status: u16, version: &'static str, body: &'static [u8]) -> Arc<Fake> {
+        signing(status, version, "", body, body)
+    }
+
+    /// A gateway that answers `status` with `sent` (`Content-Encoding: encoding` unless
+    /// empty), signed by Alipay (keyVersion `version`) over `signed`, the path and the client
+    /// id it was sent.
+    fn signing(
+        status: u16,
+        version: &'static str,
+        encoding: &'static str,
+        signed: &'static [u8],
+        sent: &'static [u8],
+    ) -> Arc<Fake> {
         Fake::new(move |req| {
             let target = req.head.uri.path_and_query().expect("target").as_str();
             let client = header(&req.head.headers, "client-id").expect("client-id");
             let time = "2024-05-01T12:34:57+08:00";
-            let sig = alipay_signature(version, target, client, time, body);
-            Ok(answer(
-                status,
-                &[
-                    ("Content-Type", "application/json"),
-                    ("response-time", time),
-                    ("signature", &sig),
-                ],
-                body,
-            ))
+            let sig = alipay_signature(version, target, client, time, signed);
+            let mut headers = vec![
+                ("Content-Type", "application/json"),
+                ("response-time", time),
+                ("signature", sig.as_str()),
+            ];
+            if !encoding.is_empty() {
+                headers.push(("Content-Encoding", encoding));
+            }
+            Ok(answer(status, &headers, sent))
         })
     }
 
@@ -699,6 +712,15 @@ mod tests {
             marker(reply),
             None,
             "a refusal carries no verification marker"
+        );
+    }
+
+    /// Withheld as `SIDECAR_RESPONSE_SIGNATURE_INVALID`, counted with `reason`.
+    fn withheld(reply: &Reply, reason: &'static str) {
+        refused_with(reply, SidecarError::ResponseSignatureInvalid);
+        assert_eq!(
+            reply.report.verification,
+            Some(VerificationResult::Invalid(reason))
         );
     }
 
@@ -1045,28 +1067,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_signature_that_does_not_verify_is_withheld() {
-        let gw = Fake::new(|req| {
-            let target = req.head.uri.path();
-            let sig = alipay_signature(
-                "1",
-                target,
-                CLIENT,
-                "t",
-                br#"{"result":{"resultStatus":"S"}}"#,
-            );
-            let sig: &'static str = Box::leak(sig.into_boxed_str());
-            Ok(answer(
-                200,
-                &[("response-time", "t"), ("signature", sig)],
-                br#"{"result":{"resultStatus":"F"}}"#,
-            ))
-        });
-        let reply = outbound(&gw).handle(pay(&[])).await;
-        refused_with(&reply, SidecarError::ResponseSignatureInvalid);
-        assert_eq!(
-            reply.report.verification,
-            Some(VerificationResult::Invalid("mismatch"))
+        let (s, f) = (
+            br#"{"result":{"resultStatus":"S"}}"#,
+            br#"{"result":{"resultStatus":"F"}}"#,
         );
+        let gw = signing(200, "1", "", s, f);
+        let reply = outbound(&gw).handle(pay(&[])).await;
+        withheld(&reply, "mismatch");
         assert_eq!(reply.report.reason(), Some("mismatch"));
         assert_eq!(reply.report.outcome, Outcome::Rejected);
         assert_eq!(
@@ -1084,11 +1091,7 @@ mod tests {
         let reply = outbound(&alipay(200, "7", br#"{"result":{"resultStatus":"S"}}"#))
             .handle(pay(&[]))
             .await;
-        refused_with(&reply, SidecarError::ResponseSignatureInvalid);
-        assert_eq!(
-            reply.report.verification,
-            Some(VerificationResult::Invalid("unknown_key_version"))
-        );
+        withheld(&reply, "unknown_key_version");
         let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert!(v["result"]["resultMessage"].as_str().unwrap().contains('7'));
     }
@@ -1104,11 +1107,7 @@ mod tests {
             let reply = outbound(&canned(200, headers, br#"{"result":{"resultStatus":"S"}}"#))
                 .handle(pay(&[]))
                 .await;
-            refused_with(&reply, SidecarError::ResponseSignatureInvalid);
-            assert_eq!(
-                reply.report.verification,
-                Some(VerificationResult::Invalid("malformed"))
-            );
+            withheld(&reply, "malformed");
         }
     }
 
@@ -1185,19 +1184,7 @@ mod tests {
         let zipped: &'static [u8] = Box::leak(gzip(plain).into_boxed_slice());
         // the signature over the decoded bytes, and over the bytes as received
         for signed in [plain, zipped] {
-            let gw = Fake::new(move |req| {
-                let sig = alipay_signature("1", req.head.uri.path(), CLIENT, "t", signed);
-                let sig: &'static str = Box::leak(sig.into_boxed_str());
-                Ok(answer(
-                    200,
-                    &[
-                        ("content-encoding", "gzip"),
-                        ("response-time", "t"),
-                        ("signature", sig),
-                    ],
-                    zipped,
-                ))
-            });
+            let gw = signing(200, "1", "gzip", signed, zipped);
             let reply = outbound(&gw).handle(pay(&[])).await;
             assert_eq!(marker(&reply), Some("true"), "{reply:?}");
             assert_eq!(&reply.body[..], plain);
@@ -1210,19 +1197,7 @@ mod tests {
         }
         // not decodable: verified over the bytes as received, relayed as received
         let junk: &'static [u8] = b"not gzip at all";
-        let gw = Fake::new(move |req| {
-            let sig = alipay_signature("1", req.head.uri.path(), CLIENT, "t", junk);
-            let sig: &'static str = Box::leak(sig.into_boxed_str());
-            Ok(answer(
-                200,
-                &[
-                    ("content-encoding", "gzip"),
-                    ("response-time", "t"),
-                    ("signature", sig),
-                ],
-                junk,
-            ))
-        });
+        let gw = signing(200, "1", "gzip", junk, junk);
         let reply = outbound(&gw).handle(pay(&[])).await;
         assert_eq!(marker(&reply), Some("true"));
         assert_eq!(&reply.body[..], junk);
