@@ -274,7 +274,8 @@ pub trait Handler: Send + Sync + 'static {
     fn api(&self, target: &str) -> &'static str;
 
     /// The merchant label of a request refused before a merchant was selected (the single
-    /// merchant's name when there is one).
+    /// merchant's name when there is one; with several, a fixed placeholder, so the label
+    /// stays bounded by the config).
     fn unselected_merchant(&self) -> Arc<str>;
 
     /// Checks on the request head that must pass before the body is read.
@@ -311,6 +312,96 @@ impl Reply {
             Ok((head, body)) => Self::new(head, body, report),
             Err(Stop::Refuse(r)) => Self::refuse(r, report),
             Err(Stop::Internal(e)) => Self::internal(report, &e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report::new(Arc::from("default"), "payments/pay")
+    }
+
+    #[test]
+    fn refusals_are_envelopes_with_the_code_in_a_header_and_the_right_outcome() {
+        let reply = Reply::refuse(
+            Refusal::new(SidecarError::MethodNotAllowed, "only POST"),
+            report(),
+        );
+        assert_eq!(reply.head.status.as_u16(), 405);
+        let h = &reply.head.headers;
+        assert_eq!(h.get("allow").unwrap(), "POST");
+        assert_eq!(h.get(ERROR_HEADER).unwrap(), "SIDECAR_METHOD_NOT_ALLOWED");
+        assert_eq!(
+            h.get("content-length").unwrap().to_str().unwrap(),
+            reply.body.len().to_string()
+        );
+        let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(v["result"]["resultMessage"], "only POST");
+        assert_eq!(reply.report.status, 405);
+        assert_eq!(reply.report.response_bytes, reply.body.len());
+        assert_eq!(reply.report.outcome, Outcome::Rejected);
+        assert_eq!(reply.report.detail.as_deref(), Some("only POST"));
+
+        for (error, outcome) in [
+            (SidecarError::BadRequest, Outcome::BadRequest),
+            (SidecarError::RequestTimeout, Outcome::BadRequest),
+            (SidecarError::AppUnavailable, Outcome::Error),
+            (SidecarError::GatewayTimeout, Outcome::Error),
+            (SidecarError::PathNotAllowed, Outcome::Rejected),
+        ] {
+            let reply = Reply::refuse(Refusal::new(error, "x"), report());
+            assert_eq!(reply.report.outcome, outcome, "{error:?}");
+            assert_eq!(reply.report.error, Some(error));
+            assert!(reply.head.headers.get("allow").is_none());
+        }
+    }
+
+    #[test]
+    fn an_earlier_detail_wins_over_the_message() {
+        let mut r = report();
+        r.detail = Some("connection refused by 10.0.0.5:3000".into());
+        let reply = Reply::refuse(
+            Refusal::new(SidecarError::AppUnavailable, "the app is unavailable"),
+            r,
+        );
+        assert_eq!(
+            reply.report.detail.as_deref(),
+            Some("connection refused by 10.0.0.5:3000")
+        );
+        assert!(!String::from_utf8_lossy(&reply.body).contains("10.0.0.5"));
+    }
+
+    #[test]
+    fn reasons_are_failures_only() {
+        let mut r = report();
+        assert_eq!(r.reason(), None);
+        r.verification = Some(VerificationResult::Valid);
+        assert_eq!(r.reason(), None);
+        r.verification = Some(VerificationResult::UnsignedFailure);
+        assert_eq!(r.reason(), None);
+        r.verification = Some(VerificationResult::Invalid("mismatch"));
+        assert_eq!(r.reason(), Some("mismatch"));
+        r.verification = Some(VerificationResult::WrongClientId);
+        assert_eq!(r.reason(), Some("wrong_client_id"));
+    }
+
+    #[test]
+    fn markers_are_the_documented_header_values() {
+        let all = [
+            (Marker::Verified, "true"),
+            (Marker::Unverified, "false"),
+            (Marker::Disabled, "disabled"),
+            (Marker::UnverifiedStatus, "unverified-status"),
+            (Marker::UnsignedFailure, "unsigned-failure"),
+        ];
+        let readme = include_str!("../README.md");
+        for (marker, value) in all {
+            assert_eq!(marker.as_str(), value);
+            let documented = format!("`X-Alipay-Sidecar-Verified: {value}`");
+            assert!(readme.contains(&documented), "README lacks {documented}");
         }
     }
 }
