@@ -36,7 +36,7 @@ use crate::handler::{
 use crate::keyset::KeySet;
 use crate::merchant::{KeySource, Selected, DEFAULT_MERCHANT};
 use crate::metrics::{self, Direction, Outcome, VerificationResult};
-use crate::protocol::{content_digest, format_epoch_millis, format_iso8601, sign_digest};
+use crate::protocol::{content_digest, format_epoch_millis, format_iso8601, sign_digest, Reason};
 use crate::state::SidecarState;
 use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 
@@ -356,12 +356,13 @@ impl<G: Gateway> Outbound<G> {
                 return Ok(Verdict::unchecked(Marker::UnsignedFailure));
             }
             (None, None) => {
-                report.verification = Some(VerificationResult::Invalid("missing_header"));
+                report.verification =
+                    Some(VerificationResult::Invalid(Reason::MissingHeader.label()));
                 let msg = format!("Alipay's answer (HTTP {status}) is unsigned and is not a rejection (a 200 with resultStatus F, or a 4xx/5xx status); it was withheld. {inquire}");
                 return Err(Refusal::new(SidecarError::ResponseUnsigned, msg));
             }
             (s, _) => {
-                report.verification = Some(VerificationResult::Invalid("malformed"));
+                report.verification = Some(VerificationResult::Invalid(Reason::Malformed.label()));
                 let missing = if s.is_some() {
                     "response-time"
                 } else {
