@@ -106,7 +106,8 @@ impl Inbound {
         let upstream = Upstream::new(&app.host, app.port, false, None, cfg.forward_timeout);
         Self {
             state,
-            client_id: config.client_id.clone(),
+            // merchant routing: lead wires this (the first merchant for now)
+            client_id: config.merchants[0].client_id.clone(),
             body_policy: exchange::BodyPolicy {
                 max_bytes: cfg.max_body_bytes,
                 limit_key: "[inbound] max_body_bytes",
@@ -122,7 +123,8 @@ impl Inbound {
         else {
             return Ok(());
         };
-        let keys = self.state.keys();
+        // merchant routing: lead wires this (the first merchant for now)
+        let keys = self.state.merchants().only_or_first().keys();
         let marker = match self.check(&keys, &n, ctx) {
             Ok(v) => {
                 ctx.outcome = Outcome::Verified;

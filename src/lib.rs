@@ -24,6 +24,7 @@ pub mod inbound;
 pub mod keyset;
 pub mod limits;
 pub mod logging;
+pub mod merchants;
 pub mod metrics;
 pub mod mock_gateway;
 pub mod outbound;

@@ -96,7 +96,8 @@ impl Outbound {
         }
         Self {
             state,
-            client_id: config.client_id.clone(),
+            // merchant routing: lead wires this (the first merchant for now)
+            client_id: config.merchants[0].client_id.clone(),
             cfg,
             upstream,
             app_signature_replaced: AtomicBool::new(false),
@@ -185,7 +186,8 @@ impl Outbound {
         }
 
         // sign exactly those bytes with one snapshot of the keys
-        let keys = self.state.keys();
+        // merchant routing: lead wires this (the first merchant for now)
+        let keys = self.state.merchants().only_or_first().keys();
         let signed_target = self.signed_target(&req.target);
         let time = self.request_time();
         // the digest of the content to sign, hashed where the bytes lie (no copy of the body)

@@ -22,10 +22,11 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, MerchantConfig};
 use crate::inbound::Inbound;
 use crate::keyset::KeySet;
 use crate::limits::{Limited, ListenerLimits};
+use crate::merchants::Merchants;
 use crate::outbound::Outbound;
 use crate::reload::{publish_key_metrics, ReloadTask, Reloader};
 use crate::state::SidecarState;
@@ -45,15 +46,22 @@ pub fn run(config_path: &Path) -> i32 {
             return crate::tools::EXIT_USAGE;
         }
     };
-    let keys = match KeySet::load(&config) {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return crate::tools::EXIT_USAGE;
+    let mut sets = Vec::with_capacity(config.merchants.len());
+    for m in &config.merchants {
+        match KeySet::load_merchant(&config, m) {
+            Ok(k) => sets.push((m.clone(), k)),
+            Err(e) if config.merchants.len() > 1 => {
+                eprintln!("error: merchant {}: {e}", m.name);
+                return crate::tools::EXIT_USAGE;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return crate::tools::EXIT_USAGE;
+            }
         }
-    };
+    }
     crate::logging::init(&config.log);
-    match build(config, keys) {
+    match build(config, sets) {
         Ok(server) => {
             let Built {
                 server,
@@ -92,14 +100,27 @@ pub struct Built {
 #[error("{0}")]
 pub struct StartError(#[from] crate::config::ConfigError);
 
-/// Builds the server from a loaded configuration and key set (which already passed preflight).
-pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
+/// Builds the server from a loaded configuration and each merchant's key set (which already
+/// passed preflight).
+pub fn build(config: Config, sets: Vec<(MerchantConfig, KeySet)>) -> Result<Built, StartError> {
     // preflight warnings: remote clients allowed, verify_responses = false, shadow mode, …
-    for w in &keys.warnings {
+    for (m, keys) in &sets {
+        for w in &keys.warnings {
+            tracing::warn!(merchant = %m.name, finding = %w.message, "preflight warning");
+        }
+        publish_key_metrics(&m.name, keys);
+    }
+    let pairs: Vec<_> = sets.iter().map(|(m, k)| (m, k)).collect();
+    for w in crate::keyset::cross_preflight(&config, &pairs) {
         tracing::warn!(finding = %w.message, "preflight warning");
     }
-    publish_key_metrics(&keys);
-    let state = SidecarState::new(keys);
+    let Some(merchants) = Merchants::new(sets) else {
+        return Err(StartError(config.error_at(
+            "merchants",
+            "no merchant is configured; add client_id and [keys], or [[merchants]]".to_string(),
+        )));
+    };
+    let state = SidecarState::new(merchants);
 
     // Fail early with a clear message rather than inside pingora's listener setup.
     let mut listeners: Vec<(SocketAddr, &'static str)> = vec![(config.admin.listen, "admin")];
@@ -253,7 +274,7 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
     admin.add_tcp(&config.admin.listen.to_string());
     server.add_service(admin);
     server.add_service(background_service("key reload", ReloadTask::new(reloader)));
-    tracing::info!(listen = %config.admin.listen, client_id = %config.client_id, engine = crate::protocol::ENGINE, "admin listener; sidecar starting");
+    tracing::info!(listen = %config.admin.listen, merchants = ?config.merchants.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), engine = crate::protocol::ENGINE, "admin listener; sidecar starting");
 
     let drain = DrainOnSignal {
         state,

@@ -17,7 +17,11 @@ use super::{Config, REGIONS};
 
 impl Ctx<'_> {
     /// A duration, or the declared default of `key`.
-    fn duration(&self, v: Option<Spanned<String>>, key: &str) -> Result<Duration, ConfigError> {
+    pub(super) fn duration(
+        &self,
+        v: Option<Spanned<String>>,
+        key: &str,
+    ) -> Result<Duration, ConfigError> {
         match v {
             None => humantime::parse_duration(&default::<String>(key))
                 .map_err(|_| self.error_span(None, Some(key), "bad built-in default".into())),
@@ -25,7 +29,11 @@ impl Ctx<'_> {
         }
     }
 
-    fn duration_value(&self, v: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+    pub(super) fn duration_value(
+        &self,
+        v: &Spanned<String>,
+        key: &str,
+    ) -> Result<Duration, ConfigError> {
         let d = match humantime::parse_duration(v.get_ref().trim()) {
             Ok(d) => d,
             Err(e) => {
@@ -47,7 +55,11 @@ impl Ctx<'_> {
     }
 
     /// A listen address, or the declared default of `key`.
-    fn addr(&self, v: Option<Spanned<String>>, key: &str) -> Result<SocketAddr, ConfigError> {
+    pub(super) fn addr(
+        &self,
+        v: Option<Spanned<String>>,
+        key: &str,
+    ) -> Result<SocketAddr, ConfigError> {
         let Some(v) = v else {
             return default::<String>(key)
                 .parse()
@@ -68,7 +80,11 @@ impl Ctx<'_> {
     }
 
     /// A number greater than zero, or the declared default of `key`.
-    fn positive(&self, v: Option<Spanned<i64>>, key: &str) -> Result<usize, ConfigError> {
+    pub(super) fn positive(
+        &self,
+        v: Option<Spanned<i64>>,
+        key: &str,
+    ) -> Result<usize, ConfigError> {
         match v {
             None => Ok(default::<usize>(key)),
             Some(v) => match usize::try_from(*v.get_ref()) {
@@ -85,7 +101,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn resolve(&self, p: &str) -> PathBuf {
+    pub(super) fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
             p.to_path_buf()
@@ -98,7 +114,11 @@ impl Ctx<'_> {
         }
     }
 
-    fn path_value(&self, v: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+    pub(super) fn path_value(
+        &self,
+        v: &Spanned<String>,
+        key: &str,
+    ) -> Result<PathBuf, ConfigError> {
         if v.get_ref().trim().is_empty() {
             return self.err(
                 v.span(),
@@ -109,13 +129,13 @@ impl Ctx<'_> {
         Ok(self.resolve(v.get_ref()))
     }
 
-    pub(super) fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
-        // client_id
-        let client_id = raw.client_id.get_ref().clone();
+    /// A client id: not empty, and nothing that cannot go into an HTTP header.
+    pub(super) fn client_id(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        let client_id = v.get_ref().clone();
         if client_id.trim().is_empty() {
             return self.err(
-                raw.client_id.span(),
-                "client_id",
+                v.span(),
+                key,
                 "the client id is empty; copy your client id from the Alipay/Antom dashboard \
                  (SANDBOX_… for the sandbox)",
             );
@@ -125,8 +145,8 @@ impl Ctx<'_> {
             .any(|c| c.is_whitespace() || c.is_control() || !c.is_ascii())
         {
             return self.err(
-                raw.client_id.span(),
-                "client_id",
+                v.span(),
+                key,
                 format!(
                     "\"{}\" contains spaces or characters that cannot go into an HTTP header; \
                      copy the client id exactly as the dashboard shows it",
@@ -135,7 +155,11 @@ impl Ctx<'_> {
             );
         }
 
-        let keys = self.build_keys(raw.keys.into_inner())?;
+        Ok(client_id)
+    }
+
+    pub(super) fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let drafts = self.merchant_drafts(raw.client_id, raw.keys, raw.merchants)?;
 
         let outbound = match raw.outbound {
             None => None,
@@ -236,12 +260,13 @@ impl Ctx<'_> {
                 ),
             ));
         }
-        self.distinct_listeners(&outbound, &inbound, &admin)?;
+        let merchants = self.resolve_merchants(drafts, outbound.as_ref(), inbound.as_ref())?;
+        self.distinct_listeners(&outbound, &inbound, &admin, &merchants)?;
 
         Ok(Config {
             path: self.path.to_path_buf(),
-            client_id,
-            keys,
+            keys: merchants[0].keys.clone(),
+            merchants,
             outbound,
             inbound,
             admin,
@@ -254,23 +279,32 @@ impl Ctx<'_> {
 
     /// Two listeners cannot share an address (the second bind would fail at start, or on
     /// some systems both would bind and split the traffic).
-    fn distinct_listeners(
+    pub(super) fn distinct_listeners(
         &self,
         outbound: &Option<OutboundConfig>,
         inbound: &Option<InboundConfig>,
         admin: &AdminConfig,
+        merchants: &[MerchantConfig],
     ) -> Result<(), ConfigError> {
-        let mut seen: Vec<(SocketAddr, &str)> = vec![(admin.listen, "admin.listen")];
+        let mut seen: Vec<(SocketAddr, String)> = vec![(admin.listen, "admin.listen".into())];
         if let Some(o) = outbound {
             if let Some(l) = o.listen {
-                seen.push((l, "outbound.listen"));
+                seen.push((l, "outbound.listen".into()));
             }
             if let Some(t) = &o.tls {
-                seen.push((t.listen, "outbound.tls_listen"));
+                seen.push((t.listen, "outbound.tls_listen".into()));
             }
         }
         if let Some(i) = inbound {
-            seen.push((i.listen, "inbound.listen"));
+            seen.push((i.listen, "inbound.listen".into()));
+        }
+        for m in merchants {
+            if let Some(l) = m.listen {
+                seen.push((l, m.key("outbound.listen")));
+            }
+            if let Some(l) = m.tls_listen {
+                seen.push((l, m.key("outbound.tls_listen")));
+            }
         }
         for (i, (addr, key)) in seen.iter().enumerate() {
             if addr.port() == 0 {
@@ -285,7 +319,7 @@ impl Ctx<'_> {
             if let Some((_, other_key)) = clash {
                 return Err(self.error_span(
                     None,
-                    Some(key),
+                    Some(key.as_str()),
                     format!(
                         "{addr} is also used by `{other_key}`; every listener needs its own \
                          address (port)"
@@ -296,7 +330,12 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn key_version(&self, v: &str, span: Range<usize>, key: &str) -> Result<String, ConfigError> {
+    pub(super) fn key_version(
+        &self,
+        v: &str,
+        span: Range<usize>,
+        key: &str,
+    ) -> Result<String, ConfigError> {
         let v = v.trim();
         if v.len() > 1 && v.starts_with('0') && v.bytes().all(|b| b.is_ascii_digit()) {
             return self.err(
@@ -329,19 +368,26 @@ impl Ctx<'_> {
         Ok(v.to_string())
     }
 
-    fn build_keys(&self, raw: RawKeys) -> Result<KeysConfig, ConfigError> {
-        let merchant_private_key =
-            self.path_value(&raw.merchant_private_key, "keys.merchant_private_key")?;
+    /// `[keys]` (or `[merchants.keys]`, when `at` is `merchants.N.keys`).
+    pub(super) fn build_keys(&self, raw: RawKeys, at: &str) -> Result<KeysConfig, ConfigError> {
+        let merchant_private_key = self.path_value(
+            &raw.merchant_private_key,
+            &format!("{at}.merchant_private_key"),
+        )?;
         let merchant_key_version = match raw.merchant_key_version {
             None => default("keys.merchant_key_version"),
-            Some(v) => self.key_version(&v.get_ref().0, v.span(), "keys.merchant_key_version")?,
+            Some(v) => self.key_version(
+                &v.get_ref().0,
+                v.span(),
+                &format!("{at}.merchant_key_version"),
+            )?,
         };
         let span = raw.alipay_public_keys.span();
         let map = raw.alipay_public_keys.into_inner();
         if map.is_empty() {
             return self.err(
                 span,
-                "keys.alipay_public_keys",
+                &format!("{at}.alipay_public_keys"),
                 "no Alipay public key is configured; add at least one, e.g. \
                  alipay_public_keys = { \"1\" = \"keys/alipay_public_key.pem\" } (download it from \
                  the Alipay dashboard)",
@@ -349,7 +395,7 @@ impl Ctx<'_> {
         }
         let mut alipay_public_keys = BTreeMap::new();
         for (version, path) in map {
-            let version_key = format!("keys.alipay_public_keys.{}", version.get_ref());
+            let version_key = format!("{at}.alipay_public_keys.{}", version.get_ref());
             let v = self.key_version(version.get_ref(), version.span(), &version_key)?;
             let p = self.path_value(&path, &version_key)?;
             if alipay_public_keys.insert(v.clone(), p).is_some() {
@@ -367,7 +413,7 @@ impl Ctx<'_> {
         })
     }
 
-    fn build_outbound(&self, raw: RawOutbound) -> Result<OutboundConfig, ConfigError> {
+    pub(super) fn build_outbound(&self, raw: RawOutbound) -> Result<OutboundConfig, ConfigError> {
         let allow_remote_clients = raw
             .allow_remote_clients
             .unwrap_or_else(|| default("outbound.allow_remote_clients"));
@@ -379,41 +425,18 @@ impl Ctx<'_> {
             (l, _) => Some(self.addr(l, "outbound.listen")?),
         };
         let tls_span = raw.tls_listen.as_ref().map(Spanned::span);
-        for (addr, span, key) in [
-            (listen, listen_span, "outbound.listen"),
-            (
-                tls.as_ref().map(|t| t.listen),
-                tls_span,
-                "outbound.tls_listen",
-            ),
-        ] {
-            let Some(listen) = addr else { continue };
-            if listen.ip().is_loopback() || allow_remote_clients {
-                continue;
-            }
-            return Err(self.error_span(
-                span,
-                Some(key),
-                format!(
-                    "{listen} is not a loopback address: anything that can reach it can get \
-                     requests signed with your merchant key (a signing oracle). Listen on \
-                     127.0.0.1 (the app runs next to the sidecar), or, if only trusted clients \
-                     can reach this address, set `allow_remote_clients = true` in [outbound]"
-                ),
-            ));
-        }
+        self.local_only(listen, listen_span, "outbound.listen", allow_remote_clients)?;
+        let tls_listen = tls.as_ref().map(|t| t.listen);
+        self.local_only(
+            tls_listen,
+            tls_span,
+            "outbound.tls_listen",
+            allow_remote_clients,
+        )?;
 
-        let gateway = match (raw.gateway, raw.region) {
-            (Some(g), Some(r)) => {
-                let later = if g.span().start > r.span().start { g.span() } else { r.span() };
-                return self.err(
-                    later,
-                    "outbound.gateway",
-                    "both `gateway` and `region` are set; keep exactly one (region is a shortcut \
-                     for a gateway URL)",
-                );
-            }
-            (None, None) => {
+        let gateway = match self.gateway_or_region(raw.gateway, raw.region, "outbound")? {
+            Some(g) => g,
+            None => {
                 return Err(self.error_span(
                     None,
                     Some("outbound.gateway"),
@@ -422,27 +445,6 @@ impl Ctx<'_> {
                         .to_string(),
                 ));
             }
-            (Some(g), None) => self.gateway(&g)?,
-            (None, Some(r)) => match REGIONS.iter().find(|(name, _)| *name == r.get_ref().trim()) {
-                Some((_, host)) => Gateway {
-                    host: (*host).to_string(),
-                    port: 443,
-                },
-                None => {
-                    return self.err(
-                        r.span(),
-                        "outbound.region",
-                        format!(
-                            "unknown region \"{}\"; write \"na\" (North America, {}), \"sea\" \
-                             (Asia, {}) or \"eu\" (Europe, {}), or set `gateway` to a full URL instead",
-                            r.get_ref(),
-                            REGIONS[0].1,
-                            REGIONS[1].1,
-                            REGIONS[2].1
-                        ),
-                    )
-                }
-            },
         };
 
         let allowed_path_prefixes = match raw.allowed_path_prefixes {
@@ -497,18 +499,7 @@ impl Ctx<'_> {
             }
             allowed_hosts.push(host);
         }
-        if let Some(token) = raw.agent_token.as_ref() {
-            if token.chars().any(|c| c.is_control()) {
-                return Err(self.error_span(
-                    None,
-                    Some("outbound.agent_token"),
-                    "the agent token contains control characters (a line break?), which cannot \
-                     go into an HTTP header and could inject headers; copy the token again \
-                     without the trailing newline"
-                        .to_string(),
-                ));
-            }
-        }
+        self.agent_token(raw.agent_token.as_deref(), None, "outbound.agent_token")?;
 
         // The SANDBOX_ / live consistency checks live in keyset::preflight, with the other
         // "classic mistake" checks.
@@ -546,7 +537,10 @@ impl Ctx<'_> {
 
     /// `tls_listen` and what goes with it: `tls_cert` and `tls_key` together or not at all;
     /// `tls_names` and `tls_ca_out` only for the generated certificate.
-    fn build_outbound_tls(&self, raw: &RawOutbound) -> Result<Option<OutboundTls>, ConfigError> {
+    pub(super) fn build_outbound_tls(
+        &self,
+        raw: &RawOutbound,
+    ) -> Result<Option<OutboundTls>, ConfigError> {
         let Some(l) = raw.tls_listen.clone() else {
             for (v, key) in [
                 (&raw.tls_cert, "outbound.tls_cert"),
@@ -616,8 +610,95 @@ impl Ctx<'_> {
         }))
     }
 
-    fn gateway(&self, g: &Spanned<String>) -> Result<Gateway, ConfigError> {
-        let key = "outbound.gateway";
+    /// `gateway` or `region` of the section at `at` (`outbound`, `merchants.N.outbound`):
+    /// `None` when neither is set.
+    pub(super) fn gateway_or_region(
+        &self,
+        gateway: Option<Spanned<String>>,
+        region: Option<Spanned<String>>,
+        at: &str,
+    ) -> Result<Option<Gateway>, ConfigError> {
+        Ok(Some(match (gateway, region) {
+            (Some(g), Some(r)) => {
+                let later = if g.span().start > r.span().start { g.span() } else { r.span() };
+                return self.err(
+                    later,
+                    &format!("{at}.gateway"),
+                    "both `gateway` and `region` are set; keep exactly one (region is a shortcut \
+                     for a gateway URL)",
+                );
+            }
+            (None, None) => return Ok(None),
+            (Some(g), None) => self.gateway(&g, &format!("{at}.gateway"))?,
+            (None, Some(r)) => match REGIONS.iter().find(|(name, _)| *name == r.get_ref().trim()) {
+                Some((_, host)) => Gateway {
+                    host: (*host).to_string(),
+                    port: 443,
+                },
+                None => {
+                    return self.err(
+                        r.span(),
+                        &format!("{at}.region"),
+                        format!(
+                            "unknown region \"{}\"; write \"na\" (North America, {}), \"sea\" \
+                             (Asia, {}) or \"eu\" (Europe, {}), or set `gateway` to a full URL instead",
+                            r.get_ref(),
+                            REGIONS[0].1,
+                            REGIONS[1].1,
+                            REGIONS[2].1
+                        ),
+                    )
+                }
+            },
+        }))
+    }
+
+    /// The signing-oracle rule: an outbound listener on a non-loopback address needs
+    /// `allow_remote_clients = true`.
+    pub(super) fn local_only(
+        &self,
+        addr: Option<SocketAddr>,
+        span: Option<Range<usize>>,
+        key: &str,
+        allow_remote_clients: bool,
+    ) -> Result<(), ConfigError> {
+        let Some(listen) = addr else { return Ok(()) };
+        if listen.ip().is_loopback() || allow_remote_clients {
+            return Ok(());
+        }
+        Err(self.error_span(
+            span,
+            Some(key),
+            format!(
+                "{listen} is not a loopback address: anything that can reach it can get \
+                 requests signed with your merchant key (a signing oracle). Listen on \
+                 127.0.0.1 (the app runs next to the sidecar), or, if only trusted clients \
+                 can reach this address, set `allow_remote_clients = true` in [outbound]"
+            ),
+        ))
+    }
+
+    /// An `Agent-Token` value: nothing that could break or inject a header.
+    pub(super) fn agent_token(
+        &self,
+        token: Option<&str>,
+        span: Option<Range<usize>>,
+        key: &str,
+    ) -> Result<(), ConfigError> {
+        if token.is_some_and(|t| t.chars().any(|c| c.is_control())) {
+            return Err(self.error_span(
+                span,
+                Some(key),
+                "the agent token contains control characters (a line break?), which cannot \
+                 go into an HTTP header and could inject headers; copy the token again \
+                 without the trailing newline"
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn gateway(&self, g: &Spanned<String>, key: &str) -> Result<Gateway, ConfigError> {
         let url = parse_url(g.get_ref()).map_err(|problem| {
             self.error_span(
                 Some(g.span()),
@@ -659,10 +740,12 @@ impl Ctx<'_> {
         })
     }
 
-    fn build_inbound(&self, raw: RawInbound) -> Result<InboundConfig, ConfigError> {
-        let listen = self.addr(raw.listen, "inbound.listen")?;
-        let key = "inbound.forward_to";
-        let f = &raw.forward_to;
+    /// The app URL of `forward_to` (plain http, no query).
+    pub(super) fn forward_to(
+        &self,
+        f: &Spanned<String>,
+        key: &str,
+    ) -> Result<AppUpstream, ConfigError> {
         let url = parse_url(f.get_ref()).map_err(|problem| {
             self.error_span(
                 Some(f.span()),
@@ -692,19 +775,26 @@ impl Ctx<'_> {
                 "forward_to must not contain a query or fragment; write only the base URL (and an optional path prefix)",
             );
         }
-        let forward_to = AppUpstream {
+        Ok(AppUpstream {
             host: url.host,
             port: url.port.unwrap_or(80),
             base_path: url.path.trim_end_matches('/').to_string(),
-        };
+        })
+    }
 
+    /// `path_map`: notify path → app path, both absolute paths.
+    pub(super) fn path_map(
+        &self,
+        raw: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+        key: &str,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
         let mut path_map = BTreeMap::new();
-        for (from, to) in raw.path_map.unwrap_or_default() {
+        for (from, to) in raw.unwrap_or_default() {
             for p in [&from, &to] {
                 if !p.get_ref().starts_with('/') {
                     return self.err(
                         p.span(),
-                        "inbound.path_map",
+                        key,
                         format!(
                             "\"{}\" does not start with '/'; map a notify path to an app path, \
                              e.g. {{ \"/alipay/notify\" = \"/payments/notify\" }}",
@@ -715,6 +805,13 @@ impl Ctx<'_> {
             }
             path_map.insert(from.into_inner(), to.into_inner());
         }
+        Ok(path_map)
+    }
+
+    pub(super) fn build_inbound(&self, raw: RawInbound) -> Result<InboundConfig, ConfigError> {
+        let listen = self.addr(raw.listen, "inbound.listen")?;
+        let forward_to = self.forward_to(&raw.forward_to, "inbound.forward_to")?;
+        let path_map = self.path_map(raw.path_map, "inbound.path_map")?;
 
         let max_request_time_skew = match raw.max_request_time_skew {
             None => None,

@@ -351,7 +351,8 @@ fn did_you_mean(at: Option<&str>, field: &str) -> Option<String> {
             let d = strsim::damerau_levenshtein(field, k.key());
             (d + usize::from(k.section != table), k)
         })
-        .min_by_key(|(d, _)| *d)?;
+        // on a tie, a key of a related table (`merchants.keys` → `merchants`) wins
+        .min_by_key(|(d, k)| (*d, k.section.split('.').next() != table.split('.').next()))?;
     if distance > (field.chars().count() / 3).max(2) {
         return None;
     }

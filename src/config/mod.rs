@@ -47,6 +47,7 @@
 mod build;
 mod env;
 mod error;
+mod merchants;
 mod raw;
 mod settings;
 mod typed;
@@ -60,6 +61,7 @@ use toml::de::{DeTable, Deserializer};
 use toml::Spanned;
 
 pub use error::{ConfigError, InvalidValue, Origin};
+pub use merchants::valid_name as valid_merchant_name;
 pub use raw::known_keys;
 pub use typed::*;
 
@@ -91,9 +93,11 @@ pub const REGIONS: &[(&str, &str)] = &[
 pub struct Config {
     /// The config file the values came from (absolute when loaded with [`Config::load`]).
     pub path: PathBuf,
-    /// The merchant's Alipay client id (`SANDBOX_…` for the sandbox).
-    pub client_id: String,
-    /// Where the keys are; re-read on reload.
+    /// Every merchant, in file order (at least one; a single-merchant file is the merchant
+    /// named [`DEFAULT_MERCHANT`]), with its inherited values resolved.
+    pub merchants: Vec<MerchantConfig>,
+    /// The first merchant's keys (the only merchant's in a single-merchant file): kept for
+    /// callers that know only one merchant; the same as `merchants[0].keys`.
     pub keys: KeysConfig,
     /// The outbound signing proxy; `None` when the file has no `[outbound]` section.
     pub outbound: Option<OutboundConfig>,
@@ -150,10 +154,20 @@ impl Config {
             env.push((name.to_string(), value.to_string()));
         }
         let config = Config::parse(&text, &path, env)?;
-        if let Some(ca_file) = config.outbound.as_ref().and_then(|o| o.ca_file.as_ref()) {
+        let shared_ca = config.outbound.as_ref().and_then(|o| o.ca_file.as_ref());
+        let merchant_cas = config
+            .merchants
+            .iter()
+            .filter(|m| m.ca_file.as_ref() != shared_ca)
+            .filter_map(|m| Some((m.key("outbound.ca_file"), m.ca_file.as_ref()?)));
+        let cas = shared_ca
+            .map(|ca| ("outbound.ca_file".to_string(), ca))
+            .into_iter()
+            .chain(merchant_cas);
+        for (key, ca_file) in cas {
             if let Err(e) = std::fs::metadata(ca_file) {
                 return Err(config.error_at(
-                    "outbound.ca_file",
+                    &key,
                     format!(
                         "cannot read CA file {}: {e}; point ca_file at a PEM file with the CA \
                          certificate(s) that signed the gateway's certificate, or remove it",
@@ -468,7 +482,7 @@ region = "sea"
             ],
         )
         .unwrap();
-        assert_eq!(c.client_id, "12345");
+        assert_eq!(c.merchants[0].client_id, "12345");
         let o = c.outbound.as_ref().unwrap();
         assert_eq!(o.gateway.url(), "https://gw.example:444");
         assert!(!o.verify_responses);

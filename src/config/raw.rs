@@ -181,15 +181,54 @@ macro_rules! options {
 options! {
     /// The whole file.
     struct RawConfig {
-        client_id: Spanned<String> = Kind::Str, None, Restart;
+        client_id: Option<Spanned<String>> = Kind::Str, None, Restart;
     }
     tables {
-        keys: Spanned<RawKeys> => RawKeys,
+        keys: Option<Spanned<RawKeys>> => RawKeys,
         outbound: Option<Spanned<RawOutbound>> => RawOutbound,
         inbound: Option<Spanned<RawInbound>> => RawInbound,
         admin: Option<RawAdmin> => RawAdmin,
         log: Option<RawLog> => RawLog,
         server: Option<RawServer> => RawServer,
+    }
+    arrays {
+        merchants: Option<Vec<Spanned<RawMerchant>>> => RawMerchant,
+    }
+}
+
+options! {
+    /// `[[merchants]]`: one merchant of several (instead of the top-level `client_id` and
+    /// `[keys]`).
+    struct RawMerchant {
+        name: Spanned<String> = Kind::Str, None, Restart;
+        client_id: Spanned<String> = Kind::Str, None, Restart;
+        agent_token: Option<Spanned<String>> = Kind::Str, None, Restart;
+    }
+    tables {
+        keys: Spanned<RawKeys> => RawKeys,
+        outbound: Option<Spanned<RawMerchantOutbound>> => RawMerchantOutbound,
+        inbound: Option<Spanned<RawMerchantInbound>> => RawMerchantInbound,
+    }
+}
+
+options! {
+    /// `[merchants.outbound]`: what a merchant may override of the shared `[outbound]`.
+    #[derive(Default)]
+    struct RawMerchantOutbound {
+        gateway: Option<Spanned<String>> = Kind::Url, None, Restart;
+        region: Option<Spanned<String>> = Kind::Choice(&["na", "sea", "eu"]), None, Restart;
+        ca_file: Option<Spanned<String>> = Kind::Path, None, Restart;
+        listen: Option<Spanned<String>> = Kind::Addr, None, Restart;
+        tls_listen: Option<Spanned<String>> = Kind::Addr, None, Restart;
+    }
+}
+
+options! {
+    /// `[merchants.inbound]`: what a merchant may override of the shared `[inbound]`.
+    #[derive(Default)]
+    struct RawMerchantInbound {
+        forward_to: Option<Spanned<String>> = Kind::Url, None, Restart;
+        path_map: Option<BTreeMap<Spanned<String>, Spanned<String>>> = Kind::Table, None, Restart;
     }
 }
 

@@ -229,3 +229,61 @@ pub struct ServerConfig {
     /// The whole request body must arrive within this (default 30 s).
     pub body_read_timeout: Duration,
 }
+
+/// One merchant (client id) the sidecar signs and verifies for, with every value resolved:
+/// its own setting where `[[merchants]]` gives one, else the shared `[outbound]`/`[inbound]`
+/// default. A single-merchant file (top-level `client_id` and `[keys]`) is the merchant
+/// named [`DEFAULT_MERCHANT`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MerchantConfig {
+    /// `[a-z0-9_-]`, unique: the `merchant` label of metrics and log lines, and the value of
+    /// the `X-Alipay-Sidecar-Merchant` header.
+    pub name: String,
+    /// The merchant's Alipay client id (`SANDBOX_…` for the sandbox), unique.
+    pub client_id: String,
+    /// Sent as `Agent-Token` when set (ISV / agent mode).
+    pub agent_token: Option<String>,
+    /// Where the merchant's keys are; re-read on reload.
+    pub keys: KeysConfig,
+    /// The gateway for this merchant; `None` when there is no `[outbound]`.
+    pub gateway: Option<Gateway>,
+    /// Extra CA certificate(s) trusted for this merchant's gateway.
+    pub ca_file: Option<PathBuf>,
+    /// The merchant's own plain-HTTP outbound listener, besides the shared one.
+    pub listen: Option<SocketAddr>,
+    /// The merchant's own HTTPS outbound listener (certificate as for the shared one).
+    pub tls_listen: Option<SocketAddr>,
+    /// Where this merchant's verified notifications go; `None` when there is no `[inbound]`.
+    pub forward_to: Option<AppUpstream>,
+    /// Notify path → app path for this merchant.
+    pub path_map: BTreeMap<String, String>,
+    /// Dotted prefix of this merchant's options in the file (`""` for the single-merchant
+    /// form, `merchants.1` for the second `[[merchants]]`), to locate its values in errors.
+    pub(crate) at: String,
+}
+
+/// The name of the one merchant of a single-merchant config.
+pub const DEFAULT_MERCHANT: &str = "default";
+
+impl MerchantConfig {
+    /// The dotted key of one of this merchant's options (`client_id`,
+    /// `keys.merchant_private_key`) as located in the file: `merchants.1.client_id` for the
+    /// second `[[merchants]]`, the key itself for the single-merchant form.
+    pub fn key(&self, option: &str) -> String {
+        if self.at.is_empty() {
+            option.to_string()
+        } else {
+            format!("{}.{option}", self.at)
+        }
+    }
+
+    /// Whether the client id is a sandbox one (`SANDBOX_…`).
+    pub fn is_sandbox(&self) -> bool {
+        self.client_id.starts_with("SANDBOX_")
+    }
+
+    /// The merchant's own outbound listener addresses (plain, TLS).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listen.into_iter().chain(self.tls_listen).collect()
+    }
+}
