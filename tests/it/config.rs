@@ -404,24 +404,28 @@ fn listen_rules_and_sections() {
 
 // ---------------------------------------------------------------- several merchants
 
-/// A folder with two merchants' key files (`sg`: the vectors' merchant key and Alipay key;
-/// `eu`: the vectors' Alipay private key as its merchant key and the merchant public key as
-/// its "Alipay" key, so the two sets differ) and a config listing them.
-fn two_merchants(
-    sg: (&str, &str),
-    eu: (&str, &str),
-    sg_private: &str,
-) -> (tempfile::TempDir, PathBuf) {
+/// A folder with two merchants' key files and a config listing them. `sg` gets the vectors'
+/// merchant key and Alipay key; `eu` gets the vectors' Alipay private key as its merchant key
+/// and the merchant public key as its "Alipay" key (so the two sets differ), or, with
+/// `shared`, copies of sg's files.
+fn two_merchants(sg: (&str, &str), eu: (&str, &str), shared: bool) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
-    for (name, who, form) in [
-        (
-            "sg_m.pem",
-            sg_private.split_once('.').unwrap().0,
-            sg_private.split_once('.').unwrap().1,
-        ),
-        ("sg_a.pem", "alipay", "public_spki_pem"),
-        ("eu_m.pem", "alipay", "private_pkcs8_pem"),
-        ("eu_a.pem", "merchant", "public_spki_pem"),
+    let eu_keys = if shared {
+        [
+            ("merchant", "private_pkcs8_pem"),
+            ("alipay", "public_spki_pem"),
+        ]
+    } else {
+        [
+            ("alipay", "private_pkcs8_pem"),
+            ("merchant", "public_spki_pem"),
+        ]
+    };
+    for (name, (who, form)) in [
+        ("sg_m.pem", ("merchant", "private_pkcs8_pem")),
+        ("sg_a.pem", ("alipay", "public_spki_pem")),
+        ("eu_m.pem", eu_keys[0]),
+        ("eu_a.pem", eu_keys[1]),
     ] {
         let path = dir.path().join(name);
         std::fs::write(&path, key(who, form)).expect("key file");
@@ -463,7 +467,7 @@ fn check_config_summarises_every_merchant() {
     let (_dir, path) = two_merchants(
         ("sg", "2188120012345678"),
         ("eu", "2188220087654321"),
-        "merchant.private_pkcs8_pem",
+        false,
     );
     let (code, out, err) = check_config(&path);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -505,51 +509,32 @@ fn check_config_summarises_every_merchant() {
 
 #[test]
 fn check_config_warns_about_keys_shared_between_merchants() {
-    // two live client ids, one private key
-    let (dir, path) = two_merchants(
-        ("sg", "2188120012345678"),
-        ("eu", "2188220087654321"),
-        "merchant.private_pkcs8_pem",
-    );
-    for f in ["m", "a"] {
-        std::fs::copy(
-            dir.path().join(format!("sg_{f}.pem")),
-            dir.path().join(format!("eu_{f}.pem")),
-        )
-        .unwrap();
+    for (eu_client_id, expected, not_expected) in [
+        // two live client ids, one private key
+        (
+            "2188220087654321",
+            "the same private key for two client ids",
+            "a sandbox and a live id",
+        ),
+        // a sandbox id and a live id sharing keys (the more specific warning only)
+        (
+            "SANDBOX_2188220087654321",
+            "a sandbox and a live id sharing keys",
+            "the same private key for two client ids",
+        ),
+    ] {
+        let (_dir, path) = two_merchants(("sg", "2188120012345678"), ("eu", eu_client_id), true);
+        let (code, out, err) = check_config(&path);
+        assert_eq!(code, 0, "warnings only: {out}\n{err}");
+        assert!(
+            err.contains("warning:")
+                && err.contains(expected)
+                && err.contains("\"sg\" (client id 2188120012345678)")
+                && err.contains("sidecar.toml:"),
+            "{err}"
+        );
+        assert!(!err.contains(not_expected), "{err}");
     }
-    let (code, out, err) = check_config(&path);
-    assert_eq!(code, 0, "warnings only: {out}\n{err}");
-    assert!(
-        err.contains("warning:")
-            && err.contains("the same private key for two client ids")
-            && err.contains("\"sg\" (client id 2188120012345678)")
-            && err.contains("sidecar.toml:"),
-        "{err}"
-    );
-    // a sandbox id and a live id sharing keys
-    let (dir, path) = two_merchants(
-        ("sg", "2188120012345678"),
-        ("sandbox", "SANDBOX_2188220087654321"),
-        "merchant.private_pkcs8_pem",
-    );
-    for f in ["m", "a"] {
-        std::fs::copy(
-            dir.path().join(format!("sg_{f}.pem")),
-            dir.path().join(format!("eu_{f}.pem")),
-        )
-        .unwrap();
-    }
-    let (code, out, err) = check_config(&path);
-    assert_eq!(code, 0, "{out}\n{err}");
-    assert!(
-        err.contains("a sandbox and a live id sharing keys"),
-        "{err}"
-    );
-    assert!(
-        !err.contains("the same private key for two client ids"),
-        "{err}"
-    );
 }
 
 #[test]
@@ -557,7 +542,7 @@ fn check_config_refuses_bad_merchant_lists() {
     let (_dir, path) = two_merchants(
         ("SG 1", "2188120012345678"),
         ("eu", "2188220087654321"),
-        "merchant.private_pkcs8_pem",
+        false,
     );
     let (code, _, err) = check_config(&path);
     assert_eq!(code, 2, "{err}");
@@ -581,7 +566,7 @@ fn check_config_refuses_bad_merchant_lists() {
             "already configured for merchant \"sg\"",
         ),
     ] {
-        let (_dir, path) = two_merchants(sg, eu, "merchant.private_pkcs8_pem");
+        let (_dir, path) = two_merchants(sg, eu, false);
         let (code, _, err) = check_config(&path);
         assert_eq!(code, 2, "{what}: {err}");
         assert!(
@@ -593,7 +578,7 @@ fn check_config_refuses_bad_merchant_lists() {
     let (_dir, path) = two_merchants(
         ("sg", "2188120012345678"),
         ("eu", "2188220087654321"),
-        "merchant.private_pkcs8_pem",
+        false,
     );
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, format!("client_id = \"T_1\"\n{text}")).unwrap();
@@ -616,7 +601,7 @@ fn check_config_refuses_bad_merchant_lists() {
     let (dir, path) = two_merchants(
         ("sg", "2188120012345678"),
         ("eu", "2188220087654321"),
-        "merchant.private_pkcs8_pem",
+        false,
     );
     std::fs::write(dir.path().join("eu_m.pem"), "not a key\n").unwrap();
     let (code, _, err) = check_config(&path);
