@@ -8,7 +8,8 @@
 //! - [`config`]: the TOML configuration schema, environment overrides and validation.
 //! - [`keyset`]: the immutable set of loaded keys plus the preflight checks that catch
 //!   classic key mix-ups; [`reload`] swaps it atomically at run time.
-//! - [`upstream`], [`outbound`], [`inbound`], [`admin`], [`server`]: the running sidecar.
+//! - [`upstream`], [`outbound`], [`inbound`], [`admin`], [`server`], [`listen`]: the running
+//!   sidecar.
 //! - [`metrics`], [`logging`]: observability.
 //! - [`mock_gateway`]: the fake Alipay gateway used by the demo, the tests and users.
 //! - [`cli`], [`tools`], [`demo`]: the command-line front end.
@@ -23,6 +24,7 @@ pub mod exchange;
 pub mod inbound;
 pub mod keyset;
 pub mod limits;
+pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod mock_gateway;

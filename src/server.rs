@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::inbound::Inbound;
 use crate::keyset::KeySet;
 use crate::limits::{Limited, ListenerLimits};
+use crate::listen::{ReadyTask, Reserved};
 use crate::outbound::Outbound;
 use crate::reload::{publish_key_metrics, ReloadTask, Reloader};
 use crate::state::SidecarState;
@@ -36,7 +37,10 @@ use crate::tls::ListenerTls;
 /// keys are unusable (nothing was started), 1 when a valid configuration could not be started
 /// (e.g. an address in use). Each error is printed once, as plain text on stderr: nothing is
 /// running yet that a log collector would follow.
-pub fn run(config_path: &Path) -> i32 {
+///
+/// `ready_file`: written (atomically) once every listener accepts connections, naming the
+/// address each one is bound to; see [`crate::listen`].
+pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
     crate::limits::return_freed_buffers();
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -53,7 +57,7 @@ pub fn run(config_path: &Path) -> i32 {
         }
     };
     crate::logging::init(&config.log);
-    match build(config, keys) {
+    match build(config, keys, ready_file.map(Path::to_path_buf)) {
         Ok(server) => {
             let Built {
                 server,
@@ -93,7 +97,12 @@ pub struct Built {
 pub struct StartError(#[from] crate::config::ConfigError);
 
 /// Builds the server from a loaded configuration and key set (which already passed preflight).
-pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
+/// `ready_file`: see [`run`].
+pub fn build(
+    config: Config,
+    keys: KeySet,
+    ready_file: Option<std::path::PathBuf>,
+) -> Result<Built, StartError> {
     // preflight warnings: remote clients allowed, verify_responses = false, shadow mode, …
     for w in &keys.warnings {
         tracing::warn!(finding = %w.message, "preflight warning");
@@ -101,21 +110,23 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
     publish_key_metrics(&keys);
     let state = SidecarState::new(keys);
 
-    // Fail early with a clear message rather than inside pingora's listener setup.
-    let mut listeners: Vec<(SocketAddr, &'static str)> = vec![(config.admin.listen, "admin")];
+    // Fail early with a clear message rather than inside pingora's listener setup, and pick
+    // the ports of port-0 listeners (held until pingora has bound them).
+    let mut wanted: Vec<(SocketAddr, &'static str)> = vec![(config.admin.listen, "admin")];
     if let Some(o) = &config.outbound {
         if let Some(l) = o.listen {
-            listeners.push((l, "outbound"));
+            wanted.push((l, "outbound"));
         }
         if let Some(t) = &o.tls {
-            listeners.push((t.listen, "outbound_tls"));
+            wanted.push((t.listen, "outbound_tls"));
         }
     }
     if let Some(i) = &config.inbound {
-        listeners.push((i.listen, "inbound"));
+        wanted.push((i.listen, "inbound"));
     }
-    for (addr, section) in &listeners {
-        std::net::TcpListener::bind(addr).map_err(|e| {
+    let mut listeners: Vec<Reserved> = Vec::new();
+    for (addr, section) in &wanted {
+        let reserved = crate::listen::reserve(*section, *addr).map_err(|e| {
             config.error_at(
                 &match *section {
                     "outbound_tls" => "outbound.tls_listen".to_string(),
@@ -124,7 +135,14 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
                 format!("cannot listen on {addr}: {e}; pick a free address or stop the process using it"),
             )
         })?;
+        listeners.push(reserved);
     }
+    let bound = |name: &str| {
+        listeners
+            .iter()
+            .find(|r| r.name() == name)
+            .expect("every configured listener is reserved")
+    };
 
     let mut conf = ServerConf {
         threads: config.server.threads.max(1),
@@ -179,13 +197,14 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
             &conf,
             Outbound::new(state.clone(), &config, o, ca_bundle),
         ));
-        if let Some(listen) = plain {
+        if plain.is_some() {
             let mut svc = Service::new(
                 "outbound".to_string(),
                 Limited::shared(proxy.clone(), "outbound", limits(max), None),
             );
-            svc.add_tcp(&listen.to_string());
+            bound("outbound").add_to(&mut svc);
             server.add_service(svc);
+            let listen = bound("outbound").addr();
             tracing::info!(%listen, %gateway, max_connections = max, "outbound signing proxy (http)");
         }
         if let Some(t) = tls_cfg {
@@ -205,10 +224,10 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
                 "outbound_tls".to_string(),
                 Limited::shared(proxy, "outbound_tls", limits(max), Some(listener_tls)),
             );
-            svc.add_tcp(&t.listen.to_string());
+            bound("outbound_tls").add_to(&mut svc);
             server.add_service(svc);
             tracing::info!(
-                listen = %t.listen,
+                listen = %bound("outbound_tls").addr(),
                 %gateway,
                 certificate_sha256 = %identity.fingerprint,
                 certificate = if t.files.is_some() { "configured" } else { "generated at start (in memory)" },
@@ -217,7 +236,7 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         }
     }
     if let Some(i) = config.inbound.clone() {
-        let listen = i.listen;
+        let listen = bound("inbound").addr();
         let app = i.forward_to.url();
         let max = i.max_connections;
         let proxy = pingora::proxy::http_proxy(&conf, Inbound::new(state.clone(), &config, i));
@@ -225,7 +244,7 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
             "inbound".to_string(),
             Limited::new(proxy, "inbound", limits(max)),
         );
-        svc.add_tcp(&listen.to_string());
+        bound("inbound").add_to(&mut svc);
         server.add_service(svc);
         tracing::info!(%listen, forward_to = %app, max_connections = max, "inbound notification verifier");
     }
@@ -236,10 +255,11 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         config.clone(),
         reload_tls,
     );
-    let traffic: Vec<(&'static str, SocketAddr)> = listeners
+    // readiness probes the addresses actually bound (a configured port 0 is a picked port)
+    let traffic: Vec<(&'static str, SocketAddr)> = wanted
         .iter()
         .filter(|(_, name)| *name != "admin")
-        .map(|(addr, name)| (*name, *addr))
+        .map(|(_, name)| (*name, bound(name).addr()))
         .collect();
     let admin_app = Admin::new(state.clone(), reloader.clone(), traffic);
     let mut admin = Service::new(
@@ -250,10 +270,15 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
             limits(config.admin.max_connections),
         ),
     );
-    admin.add_tcp(&config.admin.listen.to_string());
+    bound("admin").add_to(&mut admin);
     server.add_service(admin);
     server.add_service(background_service("key reload", ReloadTask::new(reloader)));
-    tracing::info!(listen = %config.admin.listen, client_id = %config.client_id, engine = crate::protocol::ENGINE, "admin listener; sidecar starting");
+    let admin_listen = bound("admin").addr();
+    server.add_service(background_service(
+        "listeners ready",
+        ReadyTask::new(listeners, ready_file),
+    ));
+    tracing::info!(listen = %admin_listen, client_id = %config.client_id, engine = crate::protocol::ENGINE, "admin listener; sidecar starting");
 
     let drain = DrainOnSignal {
         state,

@@ -383,7 +383,7 @@ fn completions_for_bash_zsh_and_fish_and_a_man_page() {
         let script = text(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out.stderr));
         assert!(script.contains(marker), "{shell}: {script}");
-        for word in ["check-config", "healthcheck", "log-level", "bits"] {
+        for word in ["check-config", "healthcheck", "log-level", "ready-file", "bits"] {
             assert!(script.contains(word), "{shell} completes {word}");
         }
     }
