@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use crate::support::{bin, free_port, key};
+use crate::support::{bin, key, Sidecar};
 
 fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(bin());
@@ -37,8 +37,10 @@ fn text(b: &[u8]) -> String {
 struct Setup {
     dir: tempfile::TempDir,
     config: PathBuf,
-    admin_port: u16,
 }
+
+/// The `[admin]` section as [`Setup::new`] writes it.
+const ADMIN_ON_PORT_0: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
 impl Setup {
     fn new(client_id: &str, extra_outbound: &str) -> Setup {
@@ -52,27 +54,27 @@ impl Setup {
             key("alipay", "public_spki_pem"),
         )
         .expect("write");
-        let admin_port = free_port();
         let text = format!(
             "client_id = \"{client_id}\"\n\
              [keys]\n\
              merchant_private_key = \"merchant_private_key.pem\"\n\
              alipay_public_keys = {{ \"1\" = \"alipay_public_key.pem\" }}\n\
              [outbound]\n\
-             listen = \"127.0.0.1:{}\"\n\
+             listen = \"127.0.0.1:0\"\n\
              gateway = \"https://open-sea-global.alipay.com\"\n\
              {extra_outbound}\
-             [admin]\n\
-             listen = \"127.0.0.1:{admin_port}\"\n",
-            free_port()
+             {ADMIN_ON_PORT_0}"
         );
         let config = dir.path().join("sidecar.toml");
         std::fs::write(&config, text).expect("write config");
-        Setup {
-            dir,
-            config,
-            admin_port,
-        }
+        Setup { dir, config }
+    }
+
+    /// Moves the admin listener to `listen`.
+    fn set_admin(&self, listen: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("read");
+        let admin = format!("[admin]\nlisten = \"{listen}\"\n");
+        std::fs::write(&self.config, text.replace(ADMIN_ON_PORT_0, &admin)).expect("write");
     }
 
     fn path(&self) -> String {
@@ -148,12 +150,14 @@ fn a_valid_config_that_cannot_start_exits_1_and_a_good_one_0() {
     let out = s.check();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // The admin port is taken: the configuration is fine, starting it is not.
-    let _busy = TcpListener::bind(("127.0.0.1", s.admin_port)).expect("hold the admin port");
+    let busy = TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let busy = busy.local_addr().expect("addr");
+    s.set_admin(&busy.to_string());
     let out = run(&["run", "--config", &s.path()]);
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
-        all.contains(&format!("127.0.0.1:{}", s.admin_port)) && all.contains("admin.listen"),
+        all.contains(&busy.to_string()) && all.contains("admin.listen"),
         "{all}"
     );
     let errors = text(&out.stderr)
@@ -195,49 +199,20 @@ fn run_log_options_override_the_config() {
     assert!(text(&out.stderr).contains("json"), "{}", text(&out.stderr));
     let s2 = Setup::new("T_111222333", "");
     // --log-format json: the running sidecar writes JSON lines.
-    let log = s2.dir.path().join("run.log");
-    let file = std::fs::File::create(&log).expect("log");
-    let mut child = command(&[
-        "run",
-        "--config",
-        &s2.path(),
-        "--log-format",
-        "json",
-        "--log-level",
-        "info",
-    ])
-    .stdout(Stdio::from(file.try_clone().expect("clone")))
-    .stderr(Stdio::from(file))
-    .spawn()
-    .expect("start");
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], s2.admin_port));
-    let ready = wait_until(|| {
-        crate::support::request(admin, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200)
-    });
-    // SAFETY: signalling the child this test started.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let status = child.wait().expect("wait");
-    let logs = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(ready, "not ready: {logs}");
-    assert_eq!(status.code(), Some(0), "clean stop after SIGTERM: {logs}");
+    let mut sidecar = Sidecar::launch(
+        &s2.config,
+        &["--log-format", "json", "--log-level", "info"],
+        &[],
+    );
+    assert_eq!(sidecar.admin_get("/readyz").status, 200);
+    sidecar.signal("TERM");
+    let code = sidecar.wait_exit(std::time::Duration::from_secs(60));
+    let logs = sidecar.logs();
+    assert_eq!(code, Some(0), "clean stop after SIGTERM: {logs}");
     let first = logs.lines().next().unwrap_or_default();
     let parsed: serde_json::Value =
         serde_json::from_str(first).unwrap_or_else(|e| panic!("not JSON ({e}): {logs}"));
     assert!(parsed["level"].is_string(), "{first}");
-}
-
-/// Polls `f` until it is true or a generous deadline passes.
-fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_secs(60) {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    false
 }
 
 #[test]
@@ -266,21 +241,8 @@ fn a_private_key_others_can_read_is_warned_about_like_ssh_does() {
     assert!(text(&out.stdout).contains("1 warning(s)"));
 
     // `run` logs the same warning when it starts.
-    let log = s.dir.path().join("run.log");
-    let file = std::fs::File::create(&log).expect("log");
-    let mut child = command(&["run", "--config", &s.path(), "--log-format", "json"])
-        .stdout(Stdio::from(file.try_clone().expect("clone")))
-        .stderr(Stdio::from(file))
-        .spawn()
-        .expect("start");
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], s.admin_port));
-    let ready = wait_until(|| {
-        crate::support::request(admin, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200)
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    let logs = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(ready, "{logs}");
+    let sidecar = Sidecar::launch(&s.config, &["--log-format", "json"], &[]);
+    let logs = sidecar.logs();
     assert!(logs.contains("UNPROTECTED PRIVATE KEY FILE"), "{logs}");
 }
 
@@ -438,11 +400,7 @@ fn healthcheck_takes_the_admin_address_from_the_config_and_has_a_timeout() {
     let port = serve(Some("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
     let s = Setup::new("T_111222333", "");
     // A wildcard admin address, as in a container: probed on loopback.
-    let text_cfg = std::fs::read_to_string(&s.config).expect("read").replace(
-        &format!("127.0.0.1:{}\"\n", s.admin_port),
-        &format!("0.0.0.0:{port}\"\n"),
-    );
-    std::fs::write(&s.config, text_cfg).expect("write");
+    s.set_admin(&format!("0.0.0.0:{port}"));
     let out = run(&["healthcheck", "--config", &s.path()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
