@@ -12,8 +12,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::support::{
-    input, key, raw_request, request, vector, vectors, write_vector_keys, App, Behaviour,
-    Received, Response, Sidecar, APP_ACK,
+    input, key, raw_request, request, vector, vectors, write_vector_keys, App, Behaviour, Received,
+    Response, Sidecar, APP_ACK,
 };
 
 const CLIENT_ID: &str = "T_111222333";
@@ -81,12 +81,8 @@ impl Setup {
     }
 
     pub(crate) fn metric(&self, sample: &str) -> f64 {
-        self.sample(sample).unwrap_or_else(|| {
-            panic!(
-                "no sample {sample} in:\n{}",
-                self.sidecar.metrics().text
-            )
-        })
+        self.sample(sample)
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{}", self.sidecar.metrics().text))
     }
 
     fn sample(&self, sample: &str) -> Option<f64> {
@@ -662,10 +658,7 @@ fn path_map_base_path_and_query_reach_the_app() {
 #[test]
 fn gateway_notification_end_to_end_with_a_resend() {
     let app = App::start(Behaviour::Status(500, "app not ready"));
-    let tail = format!(
-        "[inbound]\nlisten = \"127.0.0.1:0\"\nforward_to = \"{}\"\n",
-        app.url()
-    );
+    let tail = crate::support::inbound_section(&app.url());
     let rig = crate::support::Rig::start(
         crate::support::RigConfig {
             tail: &tail,
@@ -686,7 +679,13 @@ fn gateway_notification_end_to_end_with_a_resend() {
     let pay = format!(
         r#"{{"paymentRequestId":"pay_e2e_notify","paymentAmount":{{"currency":"HKD","value":"100"}},"paymentNotifyUrl":"http://{in_addr}/alipay/notify?src=ams"}}"#
     );
-    let r = crate::support::request(rig.outbound, "POST", "/ams/api/v1/payments/pay", &[], pay.as_bytes())
+    let r = crate::support::request(
+        rig.outbound,
+        "POST",
+        "/ams/api/v1/payments/pay",
+        &[],
+        pay.as_bytes(),
+    )
     .unwrap();
     assert_eq!(r.status, 200, "{}", sidecar.logs());
     assert_eq!(r.header("x-alipay-sidecar-verified"), Some("true"));

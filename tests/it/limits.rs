@@ -474,10 +474,7 @@ fn the_merged_ca_bundle_lives_in_a_private_folder_removed_at_exit() {
 #[test]
 fn signature_values_never_reach_the_logs_even_at_trace() {
     let app = App::start(Behaviour::Ack);
-    let tail = format!(
-        "[inbound]\nlisten = \"127.0.0.1:0\"\nforward_to = \"{}\"\n",
-        app.url()
-    );
+    let tail = crate::support::inbound_section(&app.url());
     let rig = Rig::start(
         RigConfig {
             tail: &tail,

@@ -2,7 +2,6 @@
 //! client (plain and TLS). Requests are signed with the sidecar's `protocol` module and the
 //! published vectors; the gateway verifies with its own, independent code.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use alipay_sidecar::mock_gateway::{Fault, MockGateway, MockGatewayConfig, MockGatewayError};
@@ -139,20 +138,8 @@ impl Client {
 }
 
 fn connector(ca: Option<&std::path::Path>) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = ca {
-        let pem = std::fs::read(ca).unwrap();
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    let pem = ca.map(|ca| std::fs::read(ca).unwrap()).unwrap_or_default();
+    crate::support::tls_connector(&pem)
 }
 
 fn request(target: &str, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
@@ -580,8 +567,7 @@ trait Notification {
 
 impl Notification for Received {
     fn header(&self, name: &str) -> &str {
-        self.one(name)
-            .unwrap_or_else(|| panic!("no {name} header"))
+        self.one(name).unwrap_or_else(|| panic!("no {name} header"))
     }
 
     fn verifies(&self) -> bool {

@@ -6,24 +6,9 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use crate::support::{bin, key, Sidecar};
-
-fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("ALIPAY_SIDECAR_") || name == "RUST_LOG" {
-            cmd.env_remove(&*name);
-        }
-    }
-    cmd
-}
+use crate::support::{command, key, Sidecar};
 
 fn run(args: &[&str]) -> Output {
     command(args).output().expect("run alipay-sidecar")
@@ -345,7 +330,13 @@ fn completions_for_bash_zsh_and_fish_and_a_man_page() {
         let script = text(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out.stderr));
         assert!(script.contains(marker), "{shell}: {script}");
-        for word in ["check-config", "healthcheck", "log-level", "ready-file", "bits"] {
+        for word in [
+            "check-config",
+            "healthcheck",
+            "log-level",
+            "ready-file",
+            "bits",
+        ] {
             assert!(script.contains(word), "{shell} completes {word}");
         }
     }

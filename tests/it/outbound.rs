@@ -3,9 +3,7 @@
 
 use alipay_sidecar::mock_gateway::MockGatewayConfig;
 
-use crate::support::{
-    raw_bytes, raw_request, request, rt, Response, Rig, RigConfig, VECTOR_KEYS,
-};
+use crate::support::{raw_bytes, raw_request, request, rt, Response, Rig, RigConfig, VECTOR_KEYS};
 use crate::support::{CLIENT_ID, PAY};
 
 /// The outbound timeouts these tests run with.
@@ -436,7 +434,11 @@ fn path_tricks_and_partial_segments_are_refused_before_signing() {
         "/ams/api/v1/payments/inquiryPaymentRefund".to_string(),
     ] {
         // raw: a client library would refuse or normalise these targets
-        let r = raw_request(s.outbound, &raw_bytes("POST", &bad, "127.0.0.1", &[], b"{}")).unwrap();
+        let r = raw_request(
+            s.outbound,
+            &raw_bytes("POST", &bad, "127.0.0.1", &[], b"{}"),
+        )
+        .unwrap();
         assert_eq!(r.status, 403, "{bad}: {}", String::from_utf8_lossy(&r.body));
         assert_eq!(
             result_code(&r),
@@ -518,7 +520,11 @@ fn browsers_and_rebound_hosts_cannot_drive_the_signer() {
     }
     let with_host = |host: &str| {
         let headers = [("Content-Type", "application/json")];
-        raw_request(s.outbound, &raw_bytes("POST", PAY, host, &headers, body.as_bytes())).unwrap()
+        raw_request(
+            s.outbound,
+            &raw_bytes("POST", PAY, host, &headers, body.as_bytes()),
+        )
+        .unwrap()
     };
     for host in [
         "evil.example",

@@ -20,8 +20,7 @@ use alipay_sidecar::protocol::{
 };
 
 use crate::support::{
-    bin, key, request, rt, App, Behaviour, Metrics, Response, Rig, RigConfig,
-    Sidecar,
+    bin, key, request, rt, App, Behaviour, Metrics, Response, Rig, RigConfig, Sidecar,
 };
 use crate::support::{pay, pay_body, Sample, PAY};
 
@@ -768,8 +767,8 @@ fn windows(text: &str, width: usize, n: usize) -> Vec<&str> {
 fn debug_logs_never_contain_key_material_or_signatures() {
     let app = App::start(Behaviour::Ack);
     let tail = format!(
-        "[log]\nformat = \"json\"\nlevel = \"debug\"\n[inbound]\nlisten = \"127.0.0.1:0\"\nforward_to = \"{}\"\n",
-        app.url()
+        "[log]\nformat = \"json\"\nlevel = \"debug\"\n{}",
+        crate::support::inbound_section(&app.url())
     );
     let rig = start(
         FLAT_KEYS,

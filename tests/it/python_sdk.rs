@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{key, run_bounded, Rig, RigConfig, CLIENT_ID};
+use crate::support::{inbound_section, run_bounded, write_key, Rig, RigConfig, CLIENT_ID};
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -50,7 +50,7 @@ fn the_official_python_sdk_works_through_the_sidecar() {
         .and_then(|l| l.local_addr())
         .unwrap()
         .port();
-    let tail = format!("[inbound]\nlisten = \"127.0.0.1:0\"\nforward_to = \"http://127.0.0.1:{app}\"\n");
+    let tail = inbound_section(&format!("http://127.0.0.1:{app}"));
     let rig = Rig::start(
         RigConfig {
             outbound: "tls_listen = \"127.0.0.1:443\"\nrequest_timeout = \"30s\"\n",
@@ -60,16 +60,8 @@ fn the_official_python_sdk_works_through_the_sidecar() {
         },
         |cfg| cfg.notify_backoff = vec![Duration::from_millis(200), Duration::from_secs(1)],
         |dir| {
-            std::fs::write(
-                dir.join("sdk_merchant.pem"),
-                key("merchant", "private_pkcs1_pem"),
-            )
-            .unwrap();
-            std::fs::write(
-                dir.join("sdk_alipay_public.pem"),
-                key("alipay", "public_spki_pem"),
-            )
-            .unwrap();
+            write_key(dir, "sdk_merchant.pem", "merchant", "private_pkcs1_pem");
+            write_key(dir, "sdk_alipay_public.pem", "alipay", "public_spki_pem");
         },
     );
     let (gw, sidecar, dir) = (&rig.gw, &rig.sidecar, &rig.dir);

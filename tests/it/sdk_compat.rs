@@ -4,11 +4,9 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::support::{raw_bytes, raw_request, rt, Response, Rig, RigConfig, CLIENT_ID, PAY};
@@ -41,17 +39,7 @@ fn raw_pay(target: &str, host: &str, body: &str, extra: &[(&str, &str)]) -> Vec<
 
 /// One request over TLS, trusting `ca_pem`; the answer and the leaf certificate served.
 fn tls_request(addr: SocketAddr, ca_pem: &str, raw: &[u8]) -> (Response, Vec<u8>) {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = crate::support::tls_connector(ca_pem.as_bytes());
     rt().block_on(async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let name = ServerName::try_from("127.0.0.1").unwrap();
@@ -103,7 +91,12 @@ fn https_listener_with_a_generated_certificate_and_absolute_form_targets() {
     let (resp, leaf) = tls_request(
         tls,
         &ca,
-        &raw_pay("https://127.0.0.1/ams/api/v1/payments/pay", "127.0.0.1", &body, &[]),
+        &raw_pay(
+            "https://127.0.0.1/ams/api/v1/payments/pay",
+            "127.0.0.1",
+            &body,
+            &[],
+        ),
     );
     assert_verified(&resp);
     assert!(
@@ -118,7 +111,11 @@ fn https_listener_with_a_generated_certificate_and_absolute_form_targets() {
     );
     assert!(got.last().unwrap().verified);
     // origin-form works on the TLS listener too
-    let (resp, _) = tls_request(tls, &ca, &raw_pay(PAY, "127.0.0.1", &pay_body("tls_origin", ""), &[]));
+    let (resp, _) = tls_request(
+        tls,
+        &ca,
+        &raw_pay(PAY, "127.0.0.1", &pay_body("tls_origin", ""), &[]),
+    );
     assert_verified(&resp);
     // no plain listener when only tls_listen is set
     assert!(!r.sidecar.logs().contains("outbound signing proxy (http)"));
@@ -139,11 +136,7 @@ fn https_listener_with_a_generated_certificate_and_absolute_form_targets() {
         Some("SIDECAR_PATH_NOT_ALLOWED")
     );
     // the TLS listener keeps the loopback Host rule
-    let (resp, _) = tls_request(
-        tls,
-        &ca,
-        &raw_pay(PAY, "evil.example", &body, &[]),
-    );
+    let (resp, _) = tls_request(tls, &ca, &raw_pay(PAY, "evil.example", &body, &[]));
     assert_eq!(resp.status, 403);
 }
 
@@ -166,7 +159,11 @@ fn https_listener_with_configured_certificate_reloads_it() {
         ),
     );
     let tls = r.sidecar.addr("outbound_tls");
-    let (resp, leaf) = tls_request(tls, &ca1, &raw_pay(PAY, "127.0.0.1", &pay_body("cfg_1", ""), &[]));
+    let (resp, leaf) = tls_request(
+        tls,
+        &ca1,
+        &raw_pay(PAY, "127.0.0.1", &pay_body("cfg_1", ""), &[]),
+    );
     assert_verified(&resp);
     assert!(fingerprint_in_logs(&r.sidecar.logs(), &leaf));
     // both listeners at once, one policy
@@ -189,7 +186,11 @@ fn https_listener_with_configured_certificate_reloads_it() {
         "{}",
         String::from_utf8_lossy(&reload.body)
     );
-    let (resp, leaf2) = tls_request(tls, &ca2, &raw_pay(PAY, "127.0.0.1", &pay_body("cfg_2", ""), &[]));
+    let (resp, leaf2) = tls_request(
+        tls,
+        &ca2,
+        &raw_pay(PAY, "127.0.0.1", &pay_body("cfg_2", ""), &[]),
+    );
     assert_verified(&resp);
     assert_ne!(leaf, leaf2);
     let pem2 = rustls_pemfile::certs(&mut cert2.as_bytes())
@@ -202,7 +203,11 @@ fn https_listener_with_configured_certificate_reloads_it() {
     std::fs::write(dir.path().join("tls.crt"), "not a certificate").unwrap();
     let reload = r.reload();
     assert_eq!(reload.status, 500);
-    let (resp, leaf3) = tls_request(tls, &ca2, &raw_pay(PAY, "127.0.0.1", &pay_body("cfg_3", ""), &[]));
+    let (resp, leaf3) = tls_request(
+        tls,
+        &ca2,
+        &raw_pay(PAY, "127.0.0.1", &pay_body("cfg_3", ""), &[]),
+    );
     assert_verified(&resp);
     assert_eq!(leaf3, leaf2);
 }

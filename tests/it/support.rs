@@ -46,6 +46,23 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_alipay-sidecar"))
 }
 
+/// The binary with `args`, stdin closed, stdout and stderr captured, and no inherited
+/// `ALIPAY_SIDECAR_*` or `RUST_LOG` variable (each would change what it does).
+pub fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("ALIPAY_SIDECAR_") || name == "RUST_LOG" {
+            cmd.env_remove(&*name);
+        }
+    }
+    cmd
+}
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -94,20 +111,27 @@ pub fn pay(outbound: SocketAddr, id: &str, extra: &str) -> Response {
 /// Writes the vectors' merchant private key and Alipay public key into `dir` and returns
 /// `(merchant_private_key.pem, alipay_public_key.pem)` file names.
 pub fn write_vector_keys(dir: &Path) -> (String, String) {
-    std::fs::write(
-        dir.join("merchant_private_key.pem"),
-        key("merchant", "private_pkcs8_pem"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("alipay_public_key.pem"),
-        key("alipay", "public_spki_pem"),
-    )
-    .unwrap();
+    write_key(
+        dir,
+        "merchant_private_key.pem",
+        "merchant",
+        "private_pkcs8_pem",
+    );
+    write_key(dir, "alipay_public_key.pem", "alipay", "public_spki_pem");
     (
         "merchant_private_key.pem".into(),
         "alipay_public_key.pem".into(),
     )
+}
+
+/// Writes [`key`]`(who, form)` to `dir/file`.
+pub fn write_key(dir: &Path, file: &str, who: &str, form: &str) {
+    std::fs::write(dir.join(file), key(who, form)).unwrap();
+}
+
+/// An `[inbound]` section on port 0 forwarding to `forward_to`.
+pub fn inbound_section(forward_to: &str) -> String {
+    format!("[inbound]\nlisten = \"127.0.0.1:0\"\nforward_to = \"{forward_to}\"\n")
 }
 
 // ---------------------------------------------------------------- the sidecar process
@@ -191,9 +215,7 @@ impl Sidecar {
                     .as_object()
                     .expect("ready file names the listeners")
                     .iter()
-                    .map(|(name, addr)| {
-                        (name.clone(), addr.as_str().unwrap().parse().unwrap())
-                    })
+                    .map(|(name, addr)| (name.clone(), addr.as_str().unwrap().parse().unwrap()))
                     .collect();
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -460,10 +482,7 @@ pub struct Response {
 impl Response {
     /// First header value by name (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        values(&self.headers, name).first().copied()
     }
 
     /// The body as JSON.
@@ -590,6 +609,26 @@ pub fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     read_framed(&mut std::io::Cursor::new(raw), true)
 }
 
+/// The values of header `name` (any case), in order.
+fn values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// `(name as received, value)` pairs.
+fn header_pairs(headers: &[httparse::Header]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            let value = String::from_utf8_lossy(h.value).trim().to_string();
+            (h.name.to_string(), value)
+        })
+        .collect()
+}
+
 fn eof(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what.to_string())
 }
@@ -617,15 +656,9 @@ fn read_framed(s: &mut dyn Read, allow_short: bool) -> std::io::Result<Response>
             continue;
         };
         let status = head.code.unwrap_or(0);
-        let headers: Vec<(String, String)> = head
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).trim().to_string(),
-                )
-            })
+        let headers: Vec<(String, String)> = header_pairs(head.headers)
+            .into_iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v))
             .collect();
         buf.drain(..head_len);
         if (100..200).contains(&status) {
@@ -633,8 +666,7 @@ fn read_framed(s: &mut dyn Read, allow_short: bool) -> std::io::Result<Response>
         }
         let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
         let mut complete = true;
-        let body = if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-        {
+        let body = if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
             let mut body = Vec::new();
             loop {
                 match httparse::parse_chunk_size(&buf) {
@@ -725,11 +757,7 @@ pub struct Received {
 impl Received {
     /// Every value of a header (any case).
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        values(&self.headers, name)
     }
 
     /// The header's value; fails when it appears more than once.
@@ -860,16 +888,7 @@ fn read_request(s: &mut TcpStream) -> Option<Received> {
                 }
             }
             httparse::Status::Complete(head_len) => {
-                let headers: Vec<(String, String)> = req
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).trim().to_string(),
-                        )
-                    })
-                    .collect();
+                let headers = header_pairs(req.headers);
                 let (method, target) = (req.method?.to_string(), req.path?.to_string());
                 let len: usize = headers
                     .iter()
@@ -1038,6 +1057,22 @@ pub fn rt() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("tokio runtime")
     })
+}
+
+/// A TLS client (rustls with ring) trusting the certificates in `ca_pem` (none: nothing).
+pub fn tls_connector(ca_pem: &[u8]) -> tokio_rustls::TlsConnector {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 /// A fake gateway (TLS, its CA in `dir`) that signs with the vector Alipay key, so a sidecar
