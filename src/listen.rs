@@ -14,6 +14,10 @@
 //! 3. [`ReadyTask`] connects to every listener until each accepts (only pingora's socket can
 //!    accept), then drops the reservations, then writes the ready file.
 //!
+//! The price: a port-0 listener keeps `SO_REUSEPORT`, so another process *of the same user*
+//! could join it and take a share of its connections. A process running as the sidecar's
+//! user can read its keys anyway; use fixed ports where even that matters.
+//!
 //! The alternative, binding `:0`, learning the port and binding again later (what the tests'
 //! old `free_port()` did), leaves a window in which any process can take the port. Handing
 //! pingora a ready file descriptor would also work, but its fd table is private to

@@ -130,6 +130,41 @@ fn config_and_key_errors_exit_2_from_run_and_check_config_printed_once() {
 }
 
 #[test]
+fn port_0_listeners_are_bound_by_the_sidecar_and_named_in_the_ready_file() {
+    let s = Setup::new(
+        "T_111222333",
+        "tls_listen = \"127.0.0.1:0\"\n[inbound]\nlisten = \"127.0.0.1:0\"\nforward_to = \"http://127.0.0.1:9\"\n",
+    );
+    // four listeners on 127.0.0.1:0 are not "two listeners on one address"
+    let out = s.check();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let sidecar = Sidecar::launch(&s.config, &[], &[]);
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sidecar.ready_path).expect("ready file"))
+            .expect("JSON");
+    assert_eq!(file["pid"], sidecar.pid(), "{file}");
+    let names: Vec<&String> = sidecar.listeners.keys().collect();
+    assert_eq!(
+        names,
+        ["admin", "inbound", "outbound", "outbound_tls"],
+        "{file}"
+    );
+    let ports: std::collections::BTreeSet<u16> =
+        sidecar.listeners.values().map(|a| a.port()).collect();
+    assert_eq!(ports.len(), 4, "four ports, none shared: {file}");
+    assert!(!ports.contains(&0), "{file}");
+    for addr in sidecar.listeners.values() {
+        assert!(addr.ip().is_loopback(), "{file}");
+        std::net::TcpStream::connect(addr).expect("every listener accepts");
+        // the sidecar holds the port: nobody else can bind it
+        assert!(TcpListener::bind(addr).is_err(), "{addr} is free to take");
+    }
+    // readiness probes the ports actually bound
+    assert_eq!(sidecar.admin_get("/readyz").status, 200);
+    assert!(sidecar.logs().contains("ready file written"));
+}
+
+#[test]
 fn a_valid_config_that_cannot_start_exits_1_and_a_good_one_0() {
     let s = Setup::new("T_111222333", "");
     let out = s.check();

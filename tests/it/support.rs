@@ -149,6 +149,8 @@ pub struct Sidecar {
     pub log_path: std::path::PathBuf,
     /// The config file.
     pub config_path: std::path::PathBuf,
+    /// The `--ready-file` it wrote.
+    pub ready_path: std::path::PathBuf,
 }
 
 impl Sidecar {
@@ -193,6 +195,7 @@ impl Sidecar {
             listeners: BTreeMap::new(),
             log_path,
             config_path: config_path.to_path_buf(),
+            ready_path: ready_path.clone(),
         };
         s.listeners = s.wait_ready_file(&ready_path);
         s.admin = s.addr("admin");
