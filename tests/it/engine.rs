@@ -78,19 +78,8 @@ fn mlkem_only_gateway(dir: &Path) -> (SocketAddr, std::path::PathBuf, Arc<Atomic
                         return;
                     }
                     buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf);
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                let (n, v) = l.split_once(':')?;
-                                n.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        if buf.len() >= end + 4 + len {
-                            break;
-                        }
+                    if crate::support::parse_request(&buf).is_some() {
+                        break;
                     }
                 }
                 let _ = tls.write_all(answer.as_bytes()).await;

@@ -878,40 +878,38 @@ fn serve_one(mut s: TcpStream, received: &Mutex<Vec<Received>>, behaviour: &Mute
         .and_then(|_| s.write_all(body.as_bytes()));
 }
 
-/// One request with a Content-Length body (what the sidecar sends), parsed with httparse.
+/// One request with a Content-Length body (what the sidecar sends), read until whole.
 fn read_request(s: &mut TcpStream) -> Option<Received> {
     let mut buf = Vec::new();
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; 100];
-        let mut req = httparse::Request::new(&mut slots);
-        match req.parse(&buf).ok()? {
-            httparse::Status::Partial => {
-                if !fill(s, &mut buf).ok()? {
-                    return None;
-                }
-            }
-            httparse::Status::Complete(head_len) => {
-                let headers = header_pairs(req.headers);
-                let (method, target) = (req.method?.to_string(), req.path?.to_string());
-                let len: usize = headers
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-                    .map(|(_, v)| v.parse().unwrap())
-                    .unwrap_or(0);
-                while buf.len() < head_len + len {
-                    if !fill(s, &mut buf).ok()? {
-                        return None;
-                    }
-                }
-                return Some(Received {
-                    method,
-                    target,
-                    headers,
-                    body: buf[head_len..head_len + len].to_vec(),
-                });
-            }
+        if let Some(request) = parse_request(&buf) {
+            return Some(request);
+        }
+        if !fill(s, &mut buf).ok()? {
+            return None;
         }
     }
+}
+
+/// The request in `buf` (httparse), once its head and its Content-Length body are whole;
+/// `None` while more is needed (or when it is not a request).
+pub fn parse_request(buf: &[u8]) -> Option<Received> {
+    let mut slots = [httparse::EMPTY_HEADER; 100];
+    let mut req = httparse::Request::new(&mut slots);
+    let httparse::Status::Complete(head_len) = req.parse(buf).ok()? else {
+        return None;
+    };
+    let headers = header_pairs(req.headers);
+    let len: usize = values(&headers, "content-length")
+        .first()
+        .map_or(0, |v| v.parse().unwrap());
+    let body = buf.get(head_len..head_len + len)?.to_vec();
+    Some(Received {
+        method: req.method?.to_string(),
+        target: req.path?.to_string(),
+        headers,
+        body,
+    })
 }
 
 // ---------------------------------------------------------------- Prometheus text
