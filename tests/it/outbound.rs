@@ -77,11 +77,7 @@ fn pay_then_inquiry_verified_end_to_end() {
     assert_eq!(result_code(&r), ("S".into(), "SUCCESS".into()));
     let payment_id = r.json()["paymentId"].as_str().unwrap().to_string();
     // the gateway verified the sidecar's signature independently (rsa crate) and saw our client id
-    let got =
-        s.gw.received()
-            .into_iter()
-            .find(|r| r.target == PAY)
-            .unwrap();
+    let got = s.last_pay();
     assert_eq!(got.header("client-id"), Some(CLIENT_ID));
     let sig = got.header("signature").unwrap();
     assert!(
@@ -146,12 +142,7 @@ fn bodies_reach_the_gateway_byte_exact() {
     let r = raw_request(s.outbound, &raw).unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(received_body(&s, PAY), body.as_bytes());
-    let got =
-        s.gw.received()
-            .into_iter()
-            .rev()
-            .find(|r| r.target == PAY)
-            .unwrap();
+    let got = s.last_pay();
     assert_eq!(
         got.header("expect"),
         None,
@@ -177,11 +168,7 @@ fn app_sent_signature_headers_are_replaced() {
     .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-alipay-sidecar-verified"), Some("true"));
-    let got =
-        s.gw.received()
-            .into_iter()
-            .find(|r| r.target == PAY)
-            .unwrap();
+    let got = s.last_pay();
     assert_eq!(got.header("client-id"), Some(CLIENT_ID));
     assert_ne!(got.header("request-time"), Some("1"));
     assert!(!got.header("signature").unwrap().ends_with("Zm9v"));
@@ -246,11 +233,7 @@ fn response_policy_branches() {
         ("http_status:500", 500, "unverified-status", ""),
     ];
     for (i, (fault, status, marker, result_status)) in cases.iter().enumerate() {
-        let body = pay_body(
-            &format!("pay_policy_{i}"),
-            &format!(",\"mockFault\":\"{fault}\""),
-        );
-        let r = post(&s, PAY, body.as_bytes());
+        let r = s.pay_fault(&format!("pay_policy_{i}"), fault);
         assert_eq!(
             r.status,
             *status,
@@ -312,11 +295,7 @@ fn gateway_failures_become_u_errors() {
         ("reset_mid_body", 502, "SIDECAR_GATEWAY_PROTOCOL_ERROR"),
         ("drop", 502, "SIDECAR_GATEWAY_PROTOCOL_ERROR"),
     ] {
-        let body = pay_body(
-            &format!("pay_{code}"),
-            &format!(",\"mockFault\":\"{fault}\""),
-        );
-        let r = post(&s, PAY, body.as_bytes());
+        let r = s.pay_fault(&format!("pay_{code}"), fault);
         assert_eq!(
             r.status,
             status,
@@ -458,11 +437,10 @@ fn path_tricks_and_partial_segments_are_refused_before_signing() {
 fn unsigned_answers_pass_only_as_http_errors_or_f_rejections() {
     let s = setup();
     for code in [201, 202, 206, 299, 302] {
-        let body = pay_body(
+        let r = s.pay_fault(
             &format!("pay_unsigned_{code}"),
-            &format!(",\"mockFault\":\"unsigned_status:{code}\""),
+            &format!("unsigned_status:{code}"),
         );
-        let r = post(&s, PAY, body.as_bytes());
         assert_eq!(
             r.status,
             502,

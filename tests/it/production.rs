@@ -438,12 +438,7 @@ fn a_broken_key_never_replaces_a_working_one() {
 
         // the admin endpoint says what is wrong, and where
         let r = rig.reload();
-        assert_eq!(
-            r.status,
-            500,
-            "{what}: {}",
-            String::from_utf8_lossy(&r.body)
-        );
+        r.assert_status(500, what);
         let body = r.json();
         assert_eq!(body["reloaded"], false);
         let error = body["error"].as_str().unwrap_or_default();
@@ -462,12 +457,7 @@ fn a_broken_key_never_replaces_a_working_one() {
         };
         std::fs::write(file, good).unwrap();
         let r = rig.reload();
-        assert_eq!(
-            r.status,
-            200,
-            "{what} fixed: {}",
-            String::from_utf8_lossy(&r.body)
-        );
+        r.assert_status(200, &format!("{what} fixed"));
         assert_eq!(r.json()["reloaded"], true);
         assert_eq!(rig.scrape().key_info(), live);
     }

@@ -159,11 +159,10 @@ fn https_listener_with_configured_certificate_reloads_it() {
         ),
     );
     let tls = r.sidecar.addr("outbound_tls");
-    let (resp, leaf) = tls_request(
-        tls,
-        &ca1,
-        &raw_pay(PAY, "127.0.0.1", &pay_body("cfg_1", ""), &[]),
-    );
+    let tls_pay = |ca: &str, id: &str| {
+        tls_request(tls, ca, &raw_pay(PAY, "127.0.0.1", &pay_body(id, ""), &[]))
+    };
+    let (resp, leaf) = tls_pay(&ca1, "cfg_1");
     assert_verified(&resp);
     assert!(fingerprint_in_logs(&r.sidecar.logs(), &leaf));
     // both listeners at once, one policy
@@ -179,18 +178,8 @@ fn https_listener_with_configured_certificate_reloads_it() {
     // a new certificate on disk: reload serves it to new connections
     let (ca2, cert2, key2) = ca_and_leaf("second");
     write(dir.path(), &cert2, &key2);
-    let reload = r.reload();
-    assert_eq!(
-        reload.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reload.body)
-    );
-    let (resp, leaf2) = tls_request(
-        tls,
-        &ca2,
-        &raw_pay(PAY, "127.0.0.1", &pay_body("cfg_2", ""), &[]),
-    );
+    r.reload().assert_status(200, "reload");
+    let (resp, leaf2) = tls_pay(&ca2, "cfg_2");
     assert_verified(&resp);
     assert_ne!(leaf, leaf2);
     let pem2 = rustls_pemfile::certs(&mut cert2.as_bytes())
@@ -203,11 +192,7 @@ fn https_listener_with_configured_certificate_reloads_it() {
     std::fs::write(dir.path().join("tls.crt"), "not a certificate").unwrap();
     let reload = r.reload();
     assert_eq!(reload.status, 500);
-    let (resp, leaf3) = tls_request(
-        tls,
-        &ca2,
-        &raw_pay(PAY, "127.0.0.1", &pay_body("cfg_3", ""), &[]),
-    );
+    let (resp, leaf3) = tls_pay(&ca2, "cfg_3");
     assert_verified(&resp);
     assert_eq!(leaf3, leaf2);
 }

@@ -431,6 +431,11 @@ impl Rig {
         pay(self.outbound, id, extra)
     }
 
+    /// A pay the fake gateway answers with `fault` (its `mockFault` switch).
+    pub fn pay_fault(&self, id: &str, fault: &str) -> Response {
+        self.pay(id, &format!(",\"mockFault\":\"{fault}\""))
+    }
+
     /// One `/metrics` scrape, parsed.
     pub fn scrape(&self) -> Metrics {
         self.sidecar.metrics()
@@ -486,6 +491,17 @@ impl Response {
     /// First header value by name (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
         values(&self.headers, name).first().copied()
+    }
+
+    /// Fails unless the status is `status`, showing `what` and the body.
+    pub fn assert_status(&self, status: u16, what: &str) -> &Self {
+        assert_eq!(
+            self.status,
+            status,
+            "{what}: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self
     }
 
     /// The body as JSON.
