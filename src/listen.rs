@@ -124,12 +124,28 @@ pub fn ready_json(pid: u32, listeners: &[(String, SocketAddr)]) -> String {
     serde_json::json!({ "pid": pid, "listeners": map }).to_string()
 }
 
-fn write_atomically(path: &std::path::Path, text: &str) -> io::Result<()> {
+/// A temporary file next to `path` (same folder, so the rename is atomic), readable by all:
+/// it holds addresses and a pid, nothing secret, and a supervisor may run as another user.
+fn temp_next_to(path: &std::path::Path) -> io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tempfile::Builder::new()
+        .prefix(".alipay-sidecar-ready-")
+        .permissions(std::fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)
+}
+
+/// Checks at start that the ready file can be written (its folder exists and is writable),
+/// so a supervisor waiting for it gets an exit code instead of a file that never comes.
+pub fn check_ready_file(path: &std::path::Path) -> io::Result<()> {
+    temp_next_to(path).map(drop)
+}
+
+fn write_atomically(path: &std::path::Path, text: &str) -> io::Result<()> {
+    let mut tmp = temp_next_to(path)?;
     io::Write::write_all(&mut tmp, text.as_bytes())?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())

@@ -56,6 +56,16 @@ pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
             return crate::tools::EXIT_USAGE;
         }
     };
+    if let Some(path) = ready_file {
+        if let Err(e) = crate::listen::check_ready_file(path) {
+            eprintln!(
+                "error: cannot start: cannot write the ready file {} (--ready-file): {e}; pick \
+                 an existing, writable folder",
+                path.display()
+            );
+            return crate::tools::EXIT_INVALID;
+        }
+    }
     crate::logging::init(&config.log);
     match build(config, keys, ready_file.map(Path::to_path_buf)) {
         Ok(server) => {

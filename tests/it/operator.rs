@@ -162,6 +162,23 @@ fn port_0_listeners_are_bound_by_the_sidecar_and_named_in_the_ready_file() {
     // readiness probes the ports actually bound
     assert_eq!(sidecar.admin_get("/readyz").status, 200);
     assert!(sidecar.logs().contains("ready file written"));
+    drop(sidecar);
+
+    // a ready file that cannot be written: exit 1 before anything starts
+    let nowhere = s.dir.path().join("no-such-folder/ready.json");
+    let out = run(&[
+        "run",
+        "--config",
+        &s.path(),
+        "--ready-file",
+        &nowhere.display().to_string(),
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--ready-file") && err.contains("no-such-folder"),
+        "{err}"
+    );
 }
 
 #[test]
