@@ -15,7 +15,8 @@
 //!   client traits), [`merchants`] the merchants with their live keys, and the selection of the one a request is for.
 //! - [`adapter`]: the one pingora adapter that reads requests, writes replies and records
 //!   metrics and the log line; [`upstream`] is pingora's connector behind the client traits.
-//! - [`admin`], [`server`]: the running sidecar.
+//! - [`admin`], [`server`], [`listen`]: the running sidecar ([`listen`]: port-0 listeners
+//!   and the ready file).
 //! - [`metrics`], [`logging`]: observability.
 //! - `mock_gateway`: the `ams-mock-gateway` crate (crates/ams-mock-gateway), re-exported with
 //!   the default `mock-gateway` feature: the fake Alipay gateway used by the demo, the tests
@@ -35,6 +36,7 @@ pub mod handler;
 pub mod inbound;
 pub mod keyset;
 pub mod limits;
+pub mod listen;
 pub mod logging;
 pub mod merchants;
 pub mod metrics;

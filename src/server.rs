@@ -27,6 +27,7 @@ use crate::config::{Config, MerchantConfig};
 use crate::inbound::Inbound;
 use crate::keyset::KeySet;
 use crate::limits::{Limited, ListenerLimits};
+use crate::listen::{ReadyTask, Reserved};
 use crate::merchants::Merchants;
 use crate::outbound::{Outbound, OutboundMerchant, OutboundPolicy};
 use crate::reload::{publish_key_metrics, ReloadTask, Reloader};
@@ -39,7 +40,9 @@ use crate::upstream::Upstream;
 /// keys are unusable (nothing was started), 1 when a valid configuration could not be started
 /// (e.g. an address in use). Each error is printed once, as plain text on stderr: nothing is
 /// running yet that a log collector would follow.
-pub fn run(config_path: &Path) -> i32 {
+/// `ready_file`: written (atomically) once every listener accepts connections, naming the
+/// address each one is bound to; see [`crate::listen`].
+pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
     crate::limits::return_freed_buffers();
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -62,8 +65,18 @@ pub fn run(config_path: &Path) -> i32 {
             }
         }
     }
+    if let Some(path) = ready_file {
+        if let Err(e) = crate::listen::check_ready_file(path) {
+            eprintln!(
+                "error: cannot start: cannot write the ready file {} (--ready-file): {e}; pick \
+                 an existing, writable folder",
+                path.display()
+            );
+            return crate::tools::EXIT_INVALID;
+        }
+    }
     crate::logging::init(&config.log);
-    match build(config, sets) {
+    match build(config, sets, ready_file.map(Path::to_path_buf)) {
         Ok(server) => {
             let Built {
                 server,
@@ -103,8 +116,12 @@ pub struct Built {
 pub struct StartError(#[from] crate::config::ConfigError);
 
 /// Builds the server from a loaded configuration and each merchant's key set (which already
-/// passed preflight).
-pub fn build(config: Config, sets: Vec<(MerchantConfig, KeySet)>) -> Result<Built, StartError> {
+/// passed preflight). `ready_file`: see [`run`].
+pub fn build(
+    config: Config,
+    sets: Vec<(MerchantConfig, KeySet)>,
+    ready_file: Option<std::path::PathBuf>,
+) -> Result<Built, StartError> {
     // preflight warnings: remote clients allowed, verify_responses = false, shadow mode, …
     for (m, keys) in &sets {
         for w in &keys.warnings {
@@ -124,38 +141,48 @@ pub fn build(config: Config, sets: Vec<(MerchantConfig, KeySet)>) -> Result<Buil
     };
     let state = SidecarState::new(merchants);
 
-    // Fail early with a clear message rather than inside pingora's listener setup.
-    let mut listeners: Vec<(SocketAddr, &'static str)> = vec![(config.admin.listen, "admin")];
+    // Fail early with a clear message rather than inside pingora's listener setup, and pick
+    // the ports of port-0 listeners (held until pingora has bound them). Each listener with
+    // the config key that names its address.
+    let mut wanted: Vec<(SocketAddr, &'static str, String)> =
+        vec![(config.admin.listen, "admin", "admin.listen".to_string())];
     if let Some(o) = &config.outbound {
         if let Some(l) = o.listen {
-            listeners.push((l, "outbound"));
+            wanted.push((l, "outbound", "outbound.listen".to_string()));
         }
         if let Some(t) = &o.tls {
-            listeners.push((t.listen, "outbound_tls"));
+            wanted.push((t.listen, "outbound_tls", "outbound.tls_listen".to_string()));
         }
         for m in &config.merchants {
             if let Some(l) = m.listen {
-                listeners.push((l, listener_name("outbound", Some(m))));
+                let name = listener_name("outbound", Some(m));
+                wanted.push((l, name, m.key("outbound.listen")));
             }
             if let Some(l) = m.tls_listen {
-                listeners.push((l, listener_name("outbound_tls", Some(m))));
+                let name = listener_name("outbound_tls", Some(m));
+                wanted.push((l, name, m.key("outbound.tls_listen")));
             }
         }
     }
     if let Some(i) = &config.inbound {
-        listeners.push((i.listen, "inbound"));
+        wanted.push((i.listen, "inbound", "inbound.listen".to_string()));
     }
-    for (addr, section) in &listeners {
-        std::net::TcpListener::bind(addr).map_err(|e| {
+    let mut listeners: Vec<Reserved> = Vec::new();
+    for (addr, name, key) in &wanted {
+        let reserved = crate::listen::reserve(*name, *addr).map_err(|e| {
             config.error_at(
-                &match *section {
-                    "outbound_tls" => "outbound.tls_listen".to_string(),
-                    s => format!("{s}.listen"),
-                },
+                key,
                 format!("cannot listen on {addr}: {e}; pick a free address or stop the process using it"),
             )
         })?;
+        listeners.push(reserved);
     }
+    let bound = |name: &str| {
+        listeners
+            .iter()
+            .find(|r| r.name() == name)
+            .expect("every configured listener is reserved")
+    };
 
     let mut conf = ServerConf {
         threads: config.server.threads.max(1),
@@ -263,22 +290,25 @@ pub fn build(config: Config, sets: Vec<(MerchantConfig, KeySet)>) -> Result<Buil
                 &conf,
                 Adapter::new(handler, state.clone()),
             ));
-            if let Some(listen) = plain {
+            if plain.is_some() {
                 let name = listener_name("outbound", owner);
                 let mut svc = Service::new(
                     name.to_string(),
                     Limited::shared(proxy.clone(), name, limits(max), None),
                 );
-                svc.add_tcp(&listen.to_string());
+                bound(name).add_to(&mut svc);
                 server.add_service(svc);
+                let listen = bound(name).addr();
                 tracing::info!(%listen, listener = name, merchants = %serves, max_connections = max, "outbound signing proxy (http)");
             }
-            let Some(listen) = tls else { continue };
+            let Some(configured_listen) = tls else {
+                continue;
+            };
             // every HTTPS outbound listener serves the one certificate of [outbound]
             // (configured or generated once), so a reload of its files reaches them all
             if shared_tls.is_none() {
                 let t = o.tls.clone().unwrap_or_else(|| crate::config::OutboundTls {
-                    listen,
+                    listen: configured_listen,
                     files: None,
                     names: Vec::new(),
                     ca_out: None,
@@ -313,10 +343,10 @@ pub fn build(config: Config, sets: Vec<(MerchantConfig, KeySet)>) -> Result<Buil
                 name.to_string(),
                 Limited::shared(proxy, name, limits(max), Some(listener_tls)),
             );
-            svc.add_tcp(&listen.to_string());
+            bound(name).add_to(&mut svc);
             server.add_service(svc);
             tracing::info!(
-                %listen,
+                listen = %bound(name).addr(),
                 listener = name,
                 merchants = %serves,
                 certificate_sha256 = %fingerprint,
@@ -326,7 +356,7 @@ pub fn build(config: Config, sets: Vec<(MerchantConfig, KeySet)>) -> Result<Buil
         }
     }
     if let Some(i) = config.inbound.clone() {
-        let listen = i.listen;
+        let listen = bound("inbound").addr();
         let app = i.forward_to.url();
         let max = i.max_connections;
         let handler = Inbound::from_config(state.clone(), &config, &i);
@@ -335,7 +365,7 @@ pub fn build(config: Config, sets: Vec<(MerchantConfig, KeySet)>) -> Result<Buil
             "inbound".to_string(),
             Limited::new(proxy, "inbound", limits(max)),
         );
-        svc.add_tcp(&listen.to_string());
+        bound("inbound").add_to(&mut svc);
         server.add_service(svc);
         tracing::info!(%listen, forward_to = %app, max_connections = max, "inbound notification verifier");
     }
@@ -346,10 +376,11 @@ pub fn build(config: Config, sets: Vec<(MerchantConfig, KeySet)>) -> Result<Buil
         config.clone(),
         reload_tls,
     );
-    let traffic: Vec<(&'static str, SocketAddr)> = listeners
+    // readiness probes the addresses actually bound (a configured port 0 is a picked port)
+    let traffic: Vec<(&'static str, SocketAddr)> = wanted
         .iter()
-        .filter(|(_, name)| *name != "admin")
-        .map(|(addr, name)| (*name, *addr))
+        .filter(|(_, name, _)| *name != "admin")
+        .map(|(_, name, _)| (*name, bound(name).addr()))
         .collect();
     let admin_app = Admin::new(state.clone(), reloader.clone(), traffic);
     let mut admin = Service::new(
@@ -360,10 +391,15 @@ pub fn build(config: Config, sets: Vec<(MerchantConfig, KeySet)>) -> Result<Buil
             limits(config.admin.max_connections),
         ),
     );
-    admin.add_tcp(&config.admin.listen.to_string());
+    bound("admin").add_to(&mut admin);
     server.add_service(admin);
     server.add_service(background_service("key reload", ReloadTask::new(reloader)));
-    tracing::info!(listen = %config.admin.listen, merchants = ?config.merchants.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), engine = crate::protocol::ENGINE, "admin listener; sidecar starting");
+    let admin_listen = bound("admin").addr();
+    server.add_service(background_service(
+        "listeners ready",
+        ReadyTask::new(listeners, ready_file),
+    ));
+    tracing::info!(listen = %admin_listen, merchants = ?config.merchants.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), engine = crate::protocol::ENGINE, "admin listener; sidecar starting");
 
     let drain = DrainOnSignal {
         state,

@@ -74,11 +74,10 @@ pub fn one_of_each() -> String {
 /// The sample names in a text exposition (`_bucket`, `_sum`, `_count` included): what a
 /// PromQL expression can select.
 pub fn sample_names(exposition: &str) -> BTreeSet<String> {
-    exposition
-        .lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .filter_map(|line| line.split(['{', ' ']).next())
-        .map(str::to_owned)
+    crate::support::Metrics::parse(exposition)
+        .samples
+        .into_iter()
+        .map(|s| s.name)
         .collect()
 }
 
