@@ -5,12 +5,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, SqlSafeStr};
+use sqlx::{Connection, Row, SqlSafeStr};
 
 use crate::error::{redact_url, StoreError};
 
@@ -168,10 +168,14 @@ async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
         .await
         .map_err(|e| migrate_error(e, |e| sqlite_open_error(path, e)))?;
     // Migrations write nothing when the schema is current, and SQLite opens a read-only file
-    // read-only without complaint: take the write lock once so an unwritable file is an error
-    // now rather than at the first notification.
-    let probe = pool
+    // read-only without complaint (even `BEGIN IMMEDIATE` succeeds in WAL mode): write once,
+    // rolled back, so an unwritable file is an error now rather than at the first notification.
+    let mut probe = pool
         .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(unwritable)?;
+    sqlx::query("CREATE TABLE _alipay_sidecar_write_probe (x INTEGER)")
+        .execute(&mut *probe)
         .await
         .map_err(unwritable)?;
     probe.rollback().await.map_err(unwritable)?;
@@ -213,6 +217,12 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
         url: shown.clone(),
         detail: e.to_string(),
     })?;
+    // One direct connection first: the pool retries a refused connection until its acquire
+    // timeout and then reports only the timeout; this reports the cause, at once.
+    let probe = PgConnection::connect_with(&options)
+        .await
+        .map_err(|e| postgres_open_error(&shown, e))?;
+    let _ = probe.close().await;
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(ACQUIRE_TIMEOUT)

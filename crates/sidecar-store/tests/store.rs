@@ -871,6 +871,7 @@ async fn sqlite_missing_folder_is_a_clear_error() {
     let e = Store::open(&StoreConfig::sqlite(&path)).await.unwrap_err();
     assert!(matches!(e, StoreError::SqliteFolder { .. }), "{e:?}");
     let msg = e.to_string();
+    eprintln!("{msg}");
     assert!(
         msg.contains("no-such-folder") && msg.contains("does not exist"),
         "{msg}"
@@ -903,6 +904,7 @@ async fn sqlite_unwritable_paths_are_clear_errors() {
     assert!(matches!(e, StoreError::SqliteUnwritable { .. }), "{e:?}");
     assert!(e.is_unavailable());
     let msg = e.to_string();
+    eprintln!("{msg}");
     assert!(
         msg.contains("/proc/alipay-sidecar-state.db") && msg.contains("writable"),
         "{msg}"
@@ -953,6 +955,7 @@ async fn sqlite_file_that_is_not_a_database_is_a_clear_error() {
     std::fs::write(&path, vec![b'#'; 8192]).unwrap();
     let e = Store::open(&StoreConfig::sqlite(&path)).await.unwrap_err();
     assert!(matches!(e, StoreError::SqliteNotADatabase { .. }), "{e:?}");
+    eprintln!("{e}");
     assert!(
         e.to_string().contains("not a usable SQLite database"),
         "{e}"
@@ -974,11 +977,16 @@ async fn postgres_unreachable_is_a_clear_error() {
     assert!(matches!(e, StoreError::PostgresUnreachable { .. }), "{e:?}");
     assert!(e.is_unavailable());
     let msg = e.to_string();
+    eprintln!("{msg}");
     assert!(
         msg.contains("127.0.0.1:1") && msg.contains("unreachable"),
         "{msg}"
     );
     assert!(!msg.contains("secret"), "password in message: {msg}");
+    assert!(
+        msg.to_lowercase().contains("refused"),
+        "cause missing: {msg}"
+    );
 
     let e = Store::open(&StoreConfig::postgres("postgres://h:notaport/db"))
         .await
@@ -999,6 +1007,7 @@ async fn postgres_missing_database_is_a_clear_error() {
     .await
     .unwrap_err();
     assert!(matches!(e, StoreError::PostgresLogin { .. }), "{e:?}");
+    eprintln!("{e}");
     assert!(e.to_string().contains("no_such_database_here"), "{e}");
     db.finish().await;
 }
