@@ -305,6 +305,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Delivery>, StoreError> {
         let until = now.saturating_add(millis(lease));
+        let limit = limit.max(0);
         let op = "claim deliveries";
         let rows = match &self.backend {
             Backend::Postgres(pool) => {

@@ -221,6 +221,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<PayRecord>, StoreError> {
         let until = now.saturating_add(millis(lease));
+        let limit = limit.max(0);
         let op = "claim pays";
         let mut out = match &self.backend {
             Backend::Postgres(pool) => {

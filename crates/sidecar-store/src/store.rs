@@ -71,6 +71,8 @@ pub(crate) use dispatch;
 /// How long a statement waits for a pooled connection before the store counts as unavailable
 /// (the receiver then lets the notification flow without the store, or answers 503).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening waits for PostgreSQL to answer (a filtered port never refuses).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an SQLite writer waits for another writer (other task, process or the CLI).
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -219,8 +221,12 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
     })?;
     // One direct connection first: the pool retries a refused connection until its acquire
     // timeout and then reports only the timeout; this reports the cause, at once.
-    let probe = PgConnection::connect_with(&options)
+    let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
         .await
+        .map_err(|_| StoreError::PostgresUnreachable {
+            url: shown.clone(),
+            detail: format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+        })?
         .map_err(|e| postgres_open_error(&shown, e))?;
     let _ = probe.close().await;
     let pool = PgPoolOptions::new()

@@ -849,6 +849,27 @@ async fn unknown_ids_are_reported_not_errors(db: &TestDb) {
         .unwrap());
     assert!(!store.reschedule_pay("pay_nope", "a", 1).await.unwrap());
     assert_eq!(store.retry_dead(1).await.unwrap(), 0);
+    // A limit of 0 or less claims nothing (PostgreSQL would refuse a negative LIMIT).
+    store.record_pay(&new_pay("p-l", 0, 10)).await.unwrap();
+    assert!(store
+        .claim_due_pays(5, "a", LEASE, -1)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .claim_due_pays(5, "a", LEASE, 0)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .claim_due_deliveries(5, "a", LEASE, -1)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.claim_due_pays(5, "a", LEASE, 1).await.unwrap().len(),
+        1
+    );
     // Hostile sizes are stored bounded, not refused.
     let r = record(&store, "sg", b"not json at all", 1, None).await;
     let huge = "e".repeat(1_000_000);
