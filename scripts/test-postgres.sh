@@ -6,7 +6,7 @@
 #   scripts/test-postgres.sh url     # print the URL of the running cluster
 #   scripts/test-postgres.sh stop    # stop it and remove its folder (nothing running: no-op)
 #
-#   export ALIPAY_SIDECAR_TEST_PG_URL="$(scripts/test-postgres.sh start)"
+#   export SIDECAR_TEST_PG_URL="$(scripts/test-postgres.sh start)"
 #
 # Binaries: Debian's `postgresql` package (/usr/lib/postgresql/<version>/bin, newest version
 # found), or PG_BIN=/path/to/bin. PostgreSQL refuses to run as root: as root the cluster runs

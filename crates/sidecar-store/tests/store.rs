@@ -1,5 +1,5 @@
 //! The store on real backends: an SQLite file in a temp folder, and a real PostgreSQL server
-//! whose URL is in `ALIPAY_SIDECAR_TEST_PG_URL` (`scripts/test-postgres.sh start` makes one).
+//! whose URL is in `SIDECAR_TEST_PG_URL` (`scripts/test-postgres.sh start` makes one).
 //! Every scenario runs on both, through the same function. Each PostgreSQL test creates its
 //! own database, so tests run in parallel. Without the URL the PostgreSQL variants print why
 //! they skip, except under `CI=true`, where they fail.
@@ -14,7 +14,10 @@ use sidecar_store::{
 };
 use sqlx::Connection;
 
-const PG_ENV: &str = "ALIPAY_SIDECAR_TEST_PG_URL";
+/// Deliberately not `ALIPAY_SIDECAR_…`: the sidecar reads every variable with that prefix as a
+/// config override and refuses unknown ones, so such a variable exported for the whole
+/// `cargo test` run (as .ci/run does) would stop every sidecar the other tests start.
+const PG_ENV: &str = "SIDECAR_TEST_PG_URL";
 const CLIENT: &str = "2188120012345678";
 const PATH: &str = "/alipay/notify";
 const LEASE: Duration = Duration::from_secs(30);
