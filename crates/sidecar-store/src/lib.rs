@@ -91,6 +91,13 @@
 //! the store is out of reach rather than wrong: notifications then flow as without a store
 //! (the store must never be the reason a payment result is lost), or get 503 in
 //! store-and-forward mode so that Alipay re-sends.
+//!
+//! # Tests
+//!
+//! `tests/store.rs` runs every scenario through the same function on an SQLite file in a temp
+//! folder and on a real PostgreSQL server: `export SIDECAR_TEST_PG_URL="$(scripts/test-postgres.sh
+//! start)"` (a throw-away cluster on 127.0.0.1; `.ci/run` does this). Without the variable the
+//! PostgreSQL variants say why they skip; under `CI=true` they fail instead.
 
 mod error;
 mod event;

@@ -63,7 +63,10 @@ impl TestDb {
                  (start a server with scripts/test-postgres.sh start and export its URL)"
             ),
             _ => {
-                eprintln!(
+                // Straight to stderr, not eprintln!: libtest hides a passing test's eprintln.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
                     "skipping the PostgreSQL variant of {test}: {PG_ENV} is not set \
                      (export {PG_ENV}=\"$(scripts/test-postgres.sh start)\" to run it)"
                 );
