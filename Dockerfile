@@ -46,29 +46,41 @@ RUN apt-get update \
 
 WORKDIR /src
 
-# 1. Dependencies only, in their own layer: with placeholder sources, so that a change under
-#    src/ reuses this layer instead of rebuilding every crate (Cargo.toml / Cargo.lock
-#    changes rebuild it).
+# 1. Dependencies only, in their own layer: with placeholder sources, so that a change in the
+#    sources reuses this layer instead of rebuilding every crate (a manifest or Cargo.lock
+#    change rebuilds it). Cargo reads every workspace member's manifest (and wants the targets
+#    it declares to exist), so each crate's Cargo.toml is copied here and given placeholders.
+#    `--no-default-features`: the image ships neither the fake gateway nor `demo` (the
+#    `mock-gateway` feature), nor the crates only they need.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
+COPY crates/ams-signature/Cargo.toml crates/ams-signature/
+COPY crates/ams-mock-gateway/Cargo.toml crates/ams-mock-gateway/
+COPY crates/sidecar-store/Cargo.toml crates/sidecar-store/
+RUN mkdir -p src crates/ams-signature/src crates/ams-signature/benches crates/ams-mock-gateway/src \
+        crates/sidecar-store/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
-    && echo 'fn main() {}' > benches/signature.rs \
-    && cargo build --release --locked --bin alipay-sidecar \
-    && rm -rf src benches \
+    && touch src/lib.rs crates/ams-signature/src/lib.rs crates/ams-mock-gateway/src/lib.rs \
+        crates/sidecar-store/src/lib.rs \
+    && echo 'fn main() {}' > crates/ams-signature/benches/signature.rs \
+    && cargo build --release --locked --no-default-features -p alipay-sidecar --bin alipay-sidecar \
+    && rm -rf src crates \
         target/release/alipay-sidecar* \
         target/release/deps/alipay_sidecar-* target/release/deps/libalipay_sidecar-* \
-        target/release/.fingerprint/alipay-sidecar-*
+        target/release/.fingerprint/alipay-sidecar-* \
+        target/release/deps/ams_signature-* target/release/deps/libams_signature-* \
+        target/release/.fingerprint/ams-signature-*
 
-# 2. The sidecar itself.
+# 2. The sidecar itself (its `ams-signature` crate; the manifests of `ams-mock-gateway` and
+#    `sidecar-store`, workspace members, must be present even though this build leaves them
+#    out).
 COPY src ./src
-# Cargo.toml declares the `signature` bench target; cargo wants its source present.
-COPY benches ./benches
+COPY crates ./crates
 
 # Baked into `--version` and alipay_sidecar_build_info{git_commit}; "unknown" when not given.
 ARG GIT_COMMIT=unknown
-RUN touch src/main.rs src/lib.rs \
-    && ALIPAY_SIDECAR_GIT_COMMIT="${GIT_COMMIT}" cargo build --release --locked --bin alipay-sidecar
+RUN touch src/main.rs src/lib.rs crates/ams-signature/src/lib.rs \
+    && ALIPAY_SIDECAR_GIT_COMMIT="${GIT_COMMIT}" \
+        cargo build --release --locked --no-default-features -p alipay-sidecar --bin alipay-sidecar
 
 # ---- runtime stage ---------------------------------------------------------------------
 # glibc + libgcc only, no shell, no package manager; the :nonroot tag runs as uid 65532.

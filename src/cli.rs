@@ -1,8 +1,9 @@
 //! The command line: parses arguments (clap) and dispatches to the module that does the work.
 //!
 //! Kept thin on purpose: the tools live in [`crate::tools`] (testable without a process), the
-//! sidecar in [`crate::server`], the fake gateway in [`crate::mock_gateway`], the demo in
-//! [`crate::demo`] and the container health probe in [`crate::admin`].
+//! sidecar in [`crate::server`], the fake gateway in `crate::mock_gateway` and the demo in
+//! `crate::demo` (both with the default `mock-gateway` feature only), and the container
+//! health probe in [`crate::admin`].
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -118,8 +119,10 @@ enum Command {
     #[command(after_help = EXIT_CODES_HELP)]
     CheckConfig(ConfigArgs),
     /// Run a fake Alipay gateway that verifies and signs like the real one (tests, demos).
+    #[cfg(feature = "mock-gateway")]
     MockGateway(crate::mock_gateway::MockGatewayArgs),
     /// Start a throw-away fake gateway and sidecar and show a signed round trip.
+    #[cfg(feature = "mock-gateway")]
     Demo(crate::demo::DemoArgs),
     /// Exit 0 when the sidecar's readiness endpoint answers 200 (container HEALTHCHECK).
     Healthcheck(HealthcheckArgs),
@@ -156,8 +159,8 @@ fn command() -> clap::Command {
 /// (2 for usage errors, see [`EXIT_CODES_HELP`]).
 pub fn main() -> i32 {
     // Before pingora builds any TLS config, so the gateway TLS runs on aws-lc-rs like the
-    // signatures (why and what else stays linked: src/protocol/engine.rs).
-    crate::protocol::install_tls_provider();
+    // signatures (why and what else stays linked: src/tls.rs).
+    crate::tls::install_tls_provider();
     let cli = match command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m))
@@ -216,7 +219,9 @@ pub fn main() -> i32 {
         Command::CheckConfig(args) => {
             tools::check_config(&args, &mut stdout.lock(), &mut stderr.lock())
         }
+        #[cfg(feature = "mock-gateway")]
         Command::MockGateway(args) => crate::mock_gateway::cli_main(args),
+        #[cfg(feature = "mock-gateway")]
         Command::Demo(args) => crate::demo::run(args),
         Command::Healthcheck(args) => healthcheck(&args),
         Command::Completions { shell } => {

@@ -3,34 +3,55 @@
 //! hold the merchant private key or hand-roll RSA signatures.
 //!
 //! Layout (each concern in the file named after it):
-//! - [`protocol`]: the AMS signature protocol, pure (no I/O, no clock): content to sign,
-//!   `Signature` header format/parse, key loading, sign and verify.
+//! - [`protocol`]: the `ams-signature` crate (crates/ams-signature), re-exported: the AMS
+//!   signature protocol, pure (no I/O, no clock): content to sign, `Signature` header
+//!   format/parse, key loading, sign and verify, the acknowledgement's signature headers; and
+//!   the AMS domain data (API list and labels, directions, outcomes, verification reasons).
 //! - [`config`]: the TOML configuration schema, environment overrides and validation.
 //! - [`keyset`]: the immutable set of loaded keys plus the preflight checks that catch
 //!   classic key mix-ups; [`reload`] swaps it atomically at run time.
-//! - [`upstream`], [`outbound`], [`inbound`], [`admin`], [`server`]: the running sidecar.
+//! - [`handler`]: the request-handling core as data in, data out; [`outbound`] and
+//!   [`inbound`] are its two handlers (pure policy, the gateway and the app behind small
+//!   client traits), [`merchant`] selects the merchant a request is for.
+//! - [`adapter`]: the one pingora adapter that reads requests, writes replies and records
+//!   metrics and the log line; [`upstream`] is pingora's connector behind the client traits.
+//! - [`admin`], [`server`]: the running sidecar.
 //! - [`metrics`], [`logging`]: observability.
-//! - [`mock_gateway`]: the fake Alipay gateway used by the demo, the tests and users.
-//! - [`cli`], [`tools`], [`demo`]: the command-line front end.
+//! - `mock_gateway`: the `ams-mock-gateway` crate (crates/ams-mock-gateway), re-exported with
+//!   the default `mock-gateway` feature: the fake Alipay gateway used by the demo, the tests
+//!   and users.
+//! - [`cli`], [`tools`], `demo` (`mock-gateway` feature): the command-line front end.
 
+pub mod adapter;
 pub mod admin;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "mock-gateway")]
 pub mod demo;
 pub mod encoding;
 pub mod envelope;
 pub mod exchange;
+pub mod handler;
 pub mod inbound;
 pub mod keyset;
 pub mod limits;
 pub mod logging;
+pub mod merchant;
 pub mod metrics;
-pub mod mock_gateway;
 pub mod outbound;
-pub mod protocol;
 pub mod reload;
 pub mod server;
 pub mod state;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod tools;
 pub mod upstream;
+
+/// The fake Alipay gateway (crate `ams-mock-gateway`), under its old path so callers keep
+/// `alipay_sidecar::mock_gateway::…`.
+#[cfg(feature = "mock-gateway")]
+pub use ams_mock_gateway as mock_gateway;
+/// The signature protocol and AMS domain data (crate `ams-signature`), under its old path so
+/// `crate::protocol::…` keeps working.
+pub use ams_signature as protocol;

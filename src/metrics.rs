@@ -25,12 +25,10 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-/// Label for every inbound (notification) request: notify URLs are the merchant's own paths,
-/// so they are never used as a label.
-pub const INBOUND_API_LABEL: &str = "notify";
-
-/// Label for an outbound path that is not in the known AMS API list.
-pub const OTHER_API_LABEL: &str = "other";
+// The AMS domain data behind the labels lives with the protocol (crate `ams-signature`), one
+// list each; re-exported here because it is what callers label metrics with.
+pub use crate::protocol::{api_label, Direction, Outcome, INBOUND_API_LABEL, OTHER_API_LABEL};
+use crate::protocol::{Reason, VerifyError};
 
 /// Whole-request and upstream latency buckets (seconds): sub-millisecond sidecar refusals up
 /// to the 15 s default gateway timeout and a bit beyond.
@@ -62,71 +60,6 @@ const BODY_SIZE_BUCKETS: &[f64] = &[
 const SKEW_BUCKETS: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 21600.0, 86400.0,
 ];
-
-/// Which side of the sidecar a request came through; the first label of most metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// App → sidecar → Alipay gateway (signing proxy).
-    Outbound,
-    /// Alipay → sidecar → app (notification verifier).
-    Inbound,
-}
-
-impl Direction {
-    /// Every direction, for pre-creating series.
-    const ALL: [Direction; 2] = [Direction::Outbound, Direction::Inbound];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Outbound => "outbound",
-            Direction::Inbound => "inbound",
-        }
-    }
-}
-
-/// How a request ended, as one closed set shared by both directions so a dashboard can stack
-/// them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// The signature was checked and valid, and the answer (outbound) or notification
-    /// (inbound) was passed on.
-    Verified,
-    /// Outbound: an unsigned `resultStatus = "F"` response passed through (Alipay does not sign
-    /// rejections of a bad request signature).
-    UnsignedFailure,
-    /// Outbound: a non-200 gateway answer passed through unverified.
-    UnverifiedStatus,
-    /// The sidecar refused by policy: method/path not allowed, body too large, bad or missing
-    /// signature, wrong client id, stale `Request-Time`.
-    Rejected,
-    /// Something failed that was not a policy decision: gateway or app unreachable, timed out,
-    /// answered 5xx, or an internal error.
-    Error,
-    /// Passed on without checking a signature (outbound with `verify_responses = false`).
-    Forwarded,
-    /// Inbound shadow mode: verification failed but the notification was forwarded anyway.
-    ShadowForwarded,
-    /// The request itself was unreadable (malformed or truncated framing, body too slow): a
-    /// client problem, not a delivery failure, so alerts on `error` do not fire for it.
-    BadRequest,
-}
-
-impl Outcome {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Verified => "verified",
-            Outcome::UnsignedFailure => "unsigned_failure",
-            Outcome::UnverifiedStatus => "unverified_status",
-            Outcome::Rejected => "rejected",
-            Outcome::Error => "error",
-            Outcome::Forwarded => "forwarded",
-            Outcome::ShadowForwarded => "shadow_forwarded",
-            Outcome::BadRequest => "bad_request",
-        }
-    }
-}
 
 /// Which body a size observation is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -192,8 +125,8 @@ impl ReloadResult {
 pub enum VerificationResult {
     /// The signature verified.
     Valid,
-    /// The signature did not verify; pass `VerifyError::reason()` (missing_header, malformed,
-    /// unsupported_algorithm, unknown_key_version, bad_encoding, wrong_length, mismatch).
+    /// The signature did not verify; pass a [`Reason`] label (`VerifyError::reason()`,
+    /// `Reason::label()`).
     Invalid(&'static str),
     /// Inbound: the notification's `client-id` is not the configured client id.
     WrongClientId,
@@ -206,22 +139,21 @@ pub enum VerificationResult {
 }
 
 impl VerificationResult {
-    /// Every result with a fixed label, for pre-creating series at zero.
-    const FIXED: [VerificationResult; 13] = [
-        VerificationResult::Valid,
-        VerificationResult::Invalid("missing_header"),
-        VerificationResult::Invalid("duplicate_header"),
-        VerificationResult::Invalid("malformed"),
-        VerificationResult::Invalid("unsupported_algorithm"),
-        VerificationResult::Invalid("unknown_key_version"),
-        VerificationResult::Invalid("bad_encoding"),
-        VerificationResult::Invalid("wrong_length"),
-        VerificationResult::Invalid("mismatch"),
-        VerificationResult::WrongClientId,
-        VerificationResult::StaleRequestTime,
-        VerificationResult::UnparseableRequestTime,
-        VerificationResult::UnsignedFailure,
-    ];
+    /// Every result with a fixed label, for pre-creating series at zero: every signature
+    /// failure [`Reason`] and every policy result.
+    fn fixed() -> impl Iterator<Item = VerificationResult> {
+        let invalid = Reason::ALL
+            .iter()
+            .map(|reason| VerificationResult::Invalid(reason.label()));
+        std::iter::once(VerificationResult::Valid)
+            .chain(invalid)
+            .chain([
+                VerificationResult::WrongClientId,
+                VerificationResult::StaleRequestTime,
+                VerificationResult::UnparseableRequestTime,
+                VerificationResult::UnsignedFailure,
+            ])
+    }
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -236,8 +168,8 @@ impl VerificationResult {
     }
 }
 
-impl From<&crate::protocol::VerifyError> for VerificationResult {
-    fn from(error: &crate::protocol::VerifyError) -> Self {
+impl From<&VerifyError> for VerificationResult {
+    fn from(error: &VerifyError) -> Self {
         VerificationResult::Invalid(error.reason())
     }
 }
@@ -309,9 +241,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "alipay_sidecar_requests_total",
-                "Requests handled, by direction, API, outcome and the HTTP status the sidecar answered with.",
+                "Requests handled, by direction, merchant, API, outcome and the HTTP status the sidecar answered with.",
             ),
-            &["direction", "api", "outcome", "status"],
+            &["direction", "merchant", "api", "outcome", "status"],
         )?;
         let request_duration = HistogramVec::new(
             histogram_opts(
@@ -319,7 +251,7 @@ impl Metrics {
                 "Time from receiving a request to finishing the answer, in the sidecar.",
                 LATENCY_BUCKETS,
             ),
-            &["direction", "api"],
+            &["direction", "merchant", "api"],
         )?;
         let upstream_duration = HistogramVec::new(
             histogram_opts(
@@ -327,7 +259,7 @@ impl Metrics {
                 "Time spent waiting for the upstream (Alipay gateway outbound, the app inbound), including reading its body.",
                 LATENCY_BUCKETS,
             ),
-            &["direction", "api"],
+            &["direction", "merchant", "api"],
         )?;
         let sign_duration = Histogram::with_opts(histogram_opts(
             "alipay_sidecar_sign_duration_seconds",
@@ -404,9 +336,9 @@ impl Metrics {
         let gateway_result_status = IntCounterVec::new(
             Opts::new(
                 "alipay_sidecar_gateway_result_status_total",
-                "Gateway answers by API and result.resultStatus (S, F, U, or none when absent or unrecognised).",
+                "Gateway answers by merchant, API and result.resultStatus (S, F, U, or none when absent or unrecognised).",
             ),
-            &["api", "result_status"],
+            &["merchant", "api", "result_status"],
         )?;
         let connections_refused = IntCounterVec::new(
             Opts::new(
@@ -457,7 +389,7 @@ impl Metrics {
         }
         for direction in Direction::ALL {
             in_flight.with_label_values(&[direction.as_str()]);
-            for result in VerificationResult::FIXED {
+            for result in VerificationResult::fixed() {
                 verifications.with_label_values(&[direction.as_str(), result.as_str()]);
             }
         }
@@ -525,11 +457,13 @@ impl Metrics {
     }
 
     /// Records one finished request: counts it and observes its whole duration in the
-    /// sidecar. `status` is the HTTP status the sidecar answered with; `api` comes from
-    /// [`api_label`] (outbound) or is [`INBOUND_API_LABEL`].
+    /// sidecar. `status` is the HTTP status the sidecar answered with; `merchant` is a
+    /// configured merchant name (bounded by the config); `api` comes from [`api_label`]
+    /// (outbound) or is [`INBOUND_API_LABEL`].
     pub fn record_request(
         &self,
         direction: Direction,
+        merchant: &str,
         api: &'static str,
         outcome: Outcome,
         status: u16,
@@ -537,17 +471,29 @@ impl Metrics {
     ) {
         let status = status.to_string();
         self.requests
-            .with_label_values(&[direction.as_str(), api, outcome.as_str(), status.as_str()])
+            .with_label_values(&[
+                direction.as_str(),
+                merchant,
+                api,
+                outcome.as_str(),
+                status.as_str(),
+            ])
             .inc();
         self.request_duration
-            .with_label_values(&[direction.as_str(), api])
+            .with_label_values(&[direction.as_str(), merchant, api])
             .observe(duration.as_secs_f64());
     }
 
     /// Observes how long the upstream (gateway outbound, app inbound) took for one exchange.
-    pub fn observe_upstream(&self, direction: Direction, api: &'static str, duration: Duration) {
+    pub fn observe_upstream(
+        &self,
+        direction: Direction,
+        merchant: &str,
+        api: &'static str,
+        duration: Duration,
+    ) {
         self.upstream_duration
-            .with_label_values(&[direction.as_str(), api])
+            .with_label_values(&[direction.as_str(), merchant, api])
             .observe(duration.as_secs_f64());
     }
 
@@ -651,16 +597,26 @@ impl Metrics {
 
     /// Counts one gateway answer by its `result.resultStatus` (pass `None` when the body has
     /// none or is not JSON); anything but `S`, `F`, `U` is recorded as `none`.
-    pub fn record_gateway_result_status(&self, api: &'static str, result_status: Option<&str>) {
-        let status = match result_status {
-            Some("S") => "S",
-            Some("F") => "F",
-            Some("U") => "U",
-            _ => "none",
-        };
+    pub fn record_gateway_result_status(
+        &self,
+        merchant: &str,
+        api: &'static str,
+        result_status: Option<&str>,
+    ) {
         self.gateway_result_status
-            .with_label_values(&[api, status])
+            .with_label_values(&[merchant, api, result_status_label(result_status)])
             .inc();
+    }
+}
+
+/// The label of a gateway answer's `result.resultStatus`: `S`, `F`, `U`, or `none` for
+/// anything else (absent, not JSON, unrecognised), so answer text never becomes a label.
+pub fn result_status_label(result_status: Option<&str>) -> &'static str {
+    match result_status {
+        Some("S") => "S",
+        Some("F") => "F",
+        Some("U") => "U",
+        _ => "none",
     }
 }
 
@@ -678,227 +634,9 @@ pub fn render() -> String {
     metrics().render()
 }
 
-/// Full paths the SDKs spell irregularly (Appendix B), mapped to the label of the API.
-const IRREGULAR_PATHS: &[(&str, &str)] = &[
-    (
-        "/ams/api//v1/payments/retrievePaymentSession",
-        "payments/retrievePaymentSession",
-    ),
-    (
-        "/ams/sandbox/api//v1/payments/retrievePaymentSession",
-        "payments/retrievePaymentSession",
-    ),
-    (
-        "/ams/api/open/openapiv2_file/v1/business/attachment/submitAttachment",
-        "business/attachment/submitAttachment",
-    ),
-    (
-        "/ams/sandbox/api/open/openapiv2_file/v1/business/attachment/submitAttachment",
-        "business/attachment/submitAttachment",
-    ),
-    (
-        "/ams/v1/aba/funds/createExchange",
-        "aba/funds/createExchange",
-    ),
-];
-
-/// Prefixes of the regular API paths, live and sandbox.
-const API_PREFIXES: &[&str] = &["/ams/api/v1/", "/ams/sandbox/api/v1/"];
-
-/// Known AMS APIs (spec Appendix B), as the path after `/ams/api/v1/`. Sorted by bytes for
-/// binary search (a unit test checks it).
-const KNOWN_APIS: &[&str] = &[
-    "aba/account/inquireAvailableQuota",
-    "aba/accounts/inquiryBalance",
-    "aba/accounts/inquiryStatement",
-    "aba/accounts/inquiryStatementDetail",
-    "aba/accounts/inquiryStatementList",
-    "aba/cards/applyCard",
-    "aba/cards/inquireCard",
-    "aba/cards/inquireCardDetail",
-    "aba/cards/inquireCardSensitiveInfo",
-    "aba/cards/inquireCardTransactionEvent",
-    "aba/cards/inquireCardTransactionLifecycle",
-    "aba/cards/inquireCardTransactionLifecycleDetail",
-    "aba/cards/updateCard",
-    "aba/cards/updateCardStatus",
-    "aba/funds/createDirectPayment",
-    "aba/funds/createDirectRefund",
-    "aba/funds/createExchange",
-    "aba/funds/createQuote",
-    "aba/funds/inquireDirectPayment",
-    "aba/funds/inquireDirectRefund",
-    "aba/funds/inquireExchange",
-    "aba/funds/inquireRate",
-    "accounts/inquireBalance",
-    "authorizations/applyToken",
-    "authorizations/consult",
-    "authorizations/query",
-    "authorizations/revoke",
-    "billing/coupon/create",
-    "billing/coupon/inquireDetails",
-    "billing/coupon/inquireList",
-    "billing/coupon/update",
-    "billing/creditNote/create",
-    "billing/creditNote/inquireDetails",
-    "billing/creditNote/inquireList",
-    "billing/creditNote/void",
-    "billing/customer/create",
-    "billing/customer/createPortalLink",
-    "billing/customer/delete",
-    "billing/customer/inquireDetails",
-    "billing/customer/inquireList",
-    "billing/customer/update",
-    "billing/invoice/confirmPayment",
-    "billing/invoice/create",
-    "billing/invoice/createViewLink",
-    "billing/invoice/export",
-    "billing/invoice/finalize",
-    "billing/invoice/inquireDetails",
-    "billing/invoice/inquireList",
-    "billing/invoice/markUncollectible",
-    "billing/invoice/revise",
-    "billing/invoice/send",
-    "billing/invoice/update",
-    "billing/invoice/void",
-    "billing/price/create",
-    "billing/price/inquireDetails",
-    "billing/price/inquireList",
-    "billing/price/update",
-    "billing/product/create",
-    "billing/product/inquireDetails",
-    "billing/product/inquireList",
-    "billing/product/update",
-    "billing/product/uploadImage",
-    "billing/promotionCode/create",
-    "billing/promotionCode/inquireDetails",
-    "billing/promotionCode/inquireList",
-    "billing/promotionCode/update",
-    "billing/receipt/export",
-    "billing/receipt/inquireDetails",
-    "billing/receipt/inquireList",
-    "billing/receipt/send",
-    "billing/subscription/cancel",
-    "billing/subscription/create",
-    "billing/subscription/inquireDetails",
-    "billing/subscription/inquireList",
-    "billing/subscription/resume",
-    "billing/subscription/update",
-    "business/attachment/submitAttachment",
-    "customs/declare",
-    "customs/inquiryDeclarationRequests",
-    "funds/createPayout",
-    "funds/createTransfer",
-    "merchants/inquiryRegistrationInfo",
-    "merchants/inquiryRegistrationStatus",
-    "merchants/register",
-    "merchants/registration",
-    "merchants/settlementInfo/update",
-    "meter/create",
-    "meter/createSession",
-    "meter/creditGrant/create",
-    "meter/creditGrant/inquireDetails",
-    "meter/creditGrant/inquireList",
-    "meter/creditGrant/updateExpiry",
-    "meter/creditGrant/void",
-    "meter/inquireDetails",
-    "meter/inquireList",
-    "meter/update",
-    "meter/uploadEvent",
-    "payments/acceptDispute",
-    "payments/cancel",
-    "payments/capture",
-    "payments/consult",
-    "payments/createDeviceCertificate",
-    "payments/createPaymentSession",
-    "payments/downloadDisputeEvidence",
-    "payments/fetchNonce",
-    "payments/getCardInfo",
-    "payments/inquire",
-    "payments/inquireExchangeRate",
-    "payments/inquireInstallment",
-    "payments/inquiryPayment",
-    "payments/inquiryRefund",
-    "payments/pay",
-    "payments/refund",
-    "payments/retrievePaymentSession",
-    "payments/settle",
-    "payments/supplyDefenseDocument",
-    "payments/syncArrear",
-    "payments/updateAmount",
-    "payments/uploadInvoiceShippingFile",
-    "payments/verifyAndCompletePayment",
-    "risk/payments/decide",
-    "risk/payments/reportRisk",
-    "risk/payments/sendPaymentResult",
-    "risk/payments/sendRefundResult",
-    "subscriptions/cancel",
-    "subscriptions/change",
-    "subscriptions/create",
-    "subscriptions/inquireSubscription",
-    "subscriptions/inquireSubscriptionList",
-    "subscriptions/inquireSubscriptionPayment",
-    "subscriptions/inquiry",
-    "subscriptions/update",
-    "tax/calculate",
-    "tax/cancelRegistration",
-    "tax/initializeSettings",
-    "tax/inquireCalculation",
-    "tax/inquireRegistrationList",
-    "tax/inquireSettings",
-    "tax/inquireTransactionList",
-    "tax/register",
-    "tax/updateRegistrationPeriod",
-    "tax/updateSettings",
-    "users/initAuthentication",
-    "users/inquiryUserInfo",
-    "users/verifyAuthentication",
-    "vaults/createVaultingSession",
-    "vaults/deleteToken",
-    "vaults/fetchNonce",
-    "vaults/inquireToken",
-    "vaults/inquireVaulting",
-    "vaults/updateToken",
-    "vaults/vaultPaymentMethod",
-];
-
-/// Maps a request path to a low-cardinality API label such as `"payments/pay"`: a known AMS
-/// path (live or sandbox form, query ignored) gives its label from a static list, anything
-/// else gives `"other"`. The result is always a `&'static str` from this module, so request
-/// text can never become a label.
-pub fn api_label(path: &str) -> &'static str {
-    let path = path.split(['?', '#']).next().unwrap_or(path);
-    let tail = IRREGULAR_PATHS
-        .iter()
-        .find(|(full, _)| *full == path)
-        .map(|(_, tail)| *tail)
-        .or_else(|| {
-            API_PREFIXES
-                .iter()
-                .find_map(|prefix| path.strip_prefix(prefix))
-        });
-    match tail.map(|tail| KNOWN_APIS.binary_search(&tail)) {
-        Some(Ok(index)) => KNOWN_APIS[index],
-        _ => OTHER_API_LABEL,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn known_api_list_is_sorted_and_unique() {
-        for pair in KNOWN_APIS.windows(2) {
-            assert!(pair[0] < pair[1], "{} !< {}", pair[0], pair[1]);
-        }
-        for (_, tail) in IRREGULAR_PATHS {
-            assert!(
-                KNOWN_APIS.binary_search(tail).is_ok(),
-                "{tail} not in KNOWN_APIS"
-            );
-        }
-    }
 
     #[test]
     fn isolated_sets_can_coexist() {
@@ -968,12 +706,14 @@ mod tests {
     #[test]
     fn unrecognised_result_status_is_none() {
         let m = Metrics::new().expect("metrics");
-        m.record_gateway_result_status("payments/pay", Some("S"));
-        m.record_gateway_result_status("payments/pay", Some("<script>"));
-        m.record_gateway_result_status("payments/pay", None);
+        m.record_gateway_result_status("default", "payments/pay", Some("S"));
+        m.record_gateway_result_status("default", "payments/pay", Some("<script>"));
+        m.record_gateway_result_status("default", "payments/pay", None);
         let text = m.render();
-        assert!(text.contains("api=\"payments/pay\",result_status=\"S\"} 1"));
-        assert!(text.contains("api=\"payments/pay\",result_status=\"none\"} 2"));
+        assert!(text.contains("api=\"payments/pay\",merchant=\"default\",result_status=\"S\"} 1"));
+        assert!(
+            text.contains("api=\"payments/pay\",merchant=\"default\",result_status=\"none\"} 2")
+        );
         assert!(!text.contains("<script>"));
     }
 

@@ -21,6 +21,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use crate::adapter::Adapter;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::inbound::Inbound;
@@ -177,7 +178,10 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         // one proxy (one gateway pool) behind both listeners
         let proxy = Arc::new(pingora::proxy::http_proxy(
             &conf,
-            Outbound::new(state.clone(), &config, o, ca_bundle),
+            Adapter::new(
+                Outbound::from_config(state.clone(), &config, &o, ca_bundle),
+                state.clone(),
+            ),
         ));
         if let Some(listen) = plain {
             let mut svc = Service::new(
@@ -220,7 +224,8 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         let listen = i.listen;
         let app = i.forward_to.url();
         let max = i.max_connections;
-        let proxy = pingora::proxy::http_proxy(&conf, Inbound::new(state.clone(), &config, i));
+        let handler = Inbound::from_config(state.clone(), &config, &i);
+        let proxy = pingora::proxy::http_proxy(&conf, Adapter::new(handler, state.clone()));
         let mut svc = Service::new(
             "inbound".to_string(),
             Limited::new(proxy, "inbound", limits(max)),

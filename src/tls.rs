@@ -1,5 +1,18 @@
-//! TLS identities for listeners the sidecar serves itself: the outbound HTTPS listener (for
-//! SDKs that only speak HTTPS) and the fake gateway.
+//! The process's TLS crypto provider, and TLS identities for the listener the sidecar serves
+//! itself: the outbound HTTPS listener (for SDKs that only speak HTTPS).
+//!
+//! Provider: [`install_tls_provider`] makes rustls' aws-lc-rs `CryptoProvider` the process
+//! default, so TLS runs on the library that also signs (`ams_signature`'s engine). pingora 0.9
+//! builds its connector and listener configs with `builder_with_protocol_versions`, which
+//! uses the process default, and only *tries* to install ring's (`let _ =
+//! CryptoProvider::install_default(ring…)` in `pingora_rustls::install_default_crypto_provider`),
+//! so installing ours first makes the gateway handshakes, certificate checks and record
+//! encryption run on aws-lc. ring is still linked: pingora-rustls depends on it directly (it
+//! hashes certificates with `ring::digest`, and names ring's provider in the install it
+//! attempts), rcgen generates the listener's certificate with it, and the fake gateway
+//! (`ams-mock-gateway`, tests and demo only) deliberately uses ring so that it shares no
+//! crypto code with the sidecar it tests. None of those is on the request path (`cargo tree
+//! -e normal -i ring` shows the chains; README, "Performance").
 //!
 //! Either PEM files (`tls_cert` / `tls_key`, re-read on every key reload) or a private CA
 //! and a certificate it signed, generated at start **in memory**: the CA's key is dropped
@@ -19,6 +32,23 @@ use sha2::Digest;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::TlsAcceptor;
+
+/// Installs the aws-lc-rs rustls `CryptoProvider` as the process default, so the TLS
+/// configs pingora builds later use it instead of ring. Idempotent; returns whether the
+/// process default is now aws-lc-rs (false only if something installed another provider
+/// first, which the caller should log).
+pub fn install_tls_provider() -> bool {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tls_provider_is_aws_lc()
+}
+
+/// Whether the rustls process-default provider is aws-lc-rs's. A `CryptoProvider` carries
+/// no name; its `Debug` form names the implementations (e.g. `secure_random: AwsLcRs`).
+pub fn tls_provider_is_aws_lc() -> bool {
+    rustls::crypto::CryptoProvider::get_default().is_some_and(|installed| {
+        format!("{installed:?}") == format!("{:?}", rustls::crypto::aws_lc_rs::default_provider())
+    })
+}
 
 /// A certificate ready to serve.
 pub struct Identity {
@@ -57,11 +87,11 @@ fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
-    // the process's provider (aws-lc-rs, installed by `cli::main`), else ring (the fake
-    // gateway embedded in tests)
+    // the process's provider (aws-lc-rs, installed by `cli::main`), else the same one
+    // explicitly (the library used without `cli::main`, e.g. unit tests)
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS protocol versions: {e}"))?
@@ -180,5 +210,18 @@ impl ListenerTls {
     /// Serves `identity` to every connection from now on.
     pub fn swap(&self, identity: &Identity) {
         self.acceptor.store(Arc::new(identity.acceptor.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tls_provider_becomes_aws_lc() {
+        assert!(install_tls_provider());
+        // A second install (as pingora attempts with ring's) changes nothing.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        assert!(tls_provider_is_aws_lc());
     }
 }

@@ -334,19 +334,6 @@ fn build_verifier(args: &[String]) -> Result<Verifier, String> {
     Ok(Verifier::new(bound))
 }
 
-/// A short name of the check that failed, for the first line of the `verify` output.
-fn failed_check(e: &VerifyError) -> &'static str {
-    match e {
-        VerifyError::MissingHeader => "missing signature",
-        VerifyError::Malformed { .. } => "malformed Signature header",
-        VerifyError::UnsupportedAlgorithm { .. } => "unsupported algorithm",
-        VerifyError::UnknownKeyVersion { .. } => "unknown key version",
-        VerifyError::BadEncoding { .. } => "bad signature encoding",
-        VerifyError::WrongLength { .. } => "wrong signature length",
-        VerifyError::Mismatch { .. } => "signature mismatch",
-    }
-}
-
 /// `alipay-sidecar verify`: checks a captured signature offline (see [`VERIFY_HELP`]).
 pub fn verify(
     args: &VerifyArgs,
@@ -397,7 +384,7 @@ pub fn verify(
             EXIT_OK
         }
         Err(e) => {
-            let _ = writeln!(err, "invalid: {}: {e}", failed_check(&e));
+            let _ = writeln!(err, "invalid: {}: {e}", e.kind().words());
             let _ = writeln!(err, "content sha256: {}", sha256_hex(&content));
             if let Ok(h) = parse_signature_header(header) {
                 let _ = writeln!(

@@ -242,6 +242,58 @@ fn dockerfile_is_multi_stage_pinned_non_root_and_healthchecked() {
     );
 }
 
+/// The image is the production binary: built without the `mock-gateway` feature (no fake
+/// gateway, no `demo`), and its dependency-only layer sees every workspace member's manifest
+/// (cargo reads them all; one missing makes that layer fail, a stale copy makes it useless).
+#[test]
+fn dockerfile_builds_without_the_mock_gateway_and_caches_every_crate() {
+    let stages = dockerfile_stages(&read("Dockerfile"));
+    let build = &stages[0];
+    let builds: Vec<&str> = args_of(build, "RUN")
+        .filter(|r| r.contains("cargo build"))
+        .collect();
+    assert!(
+        builds.len() >= 2,
+        "a dependency layer and the real build: {builds:?}"
+    );
+    for run in &builds {
+        assert!(
+            run.split_whitespace().any(|w| w == "--no-default-features"),
+            "every image build must use --no-default-features: {run}"
+        );
+    }
+
+    let first_build = build
+        .iter()
+        .position(|i| i.keyword == "RUN" && i.args.contains("cargo build"))
+        .expect("a cargo build");
+    let copied_before: Vec<&str> = build[..first_build]
+        .iter()
+        .filter(|i| i.keyword == "COPY")
+        .flat_map(|i| i.args.split_whitespace())
+        .collect();
+    let crates = std::fs::read_dir(repo_file("crates")).expect("crates/");
+    let mut members = 0;
+    for entry in crates {
+        let path = entry.expect("crates/ entry").path();
+        if !path.join("Cargo.toml").is_file() {
+            continue;
+        }
+        members += 1;
+        let name = path.file_name().and_then(|n| n.to_str()).expect("a name");
+        let manifest = format!("crates/{name}/Cargo.toml");
+        assert!(
+            copied_before.contains(&manifest.as_str()),
+            "the dependency layer must COPY {manifest} before its cargo build: {copied_before:?}"
+        );
+    }
+    assert!(members >= 2, "crates/ holds the workspace's library crates");
+    assert!(
+        args_of(build, "COPY").any(|c| c.starts_with("crates ")),
+        "the real build copies crates/"
+    );
+}
+
 #[test]
 fn dockerignore_keeps_build_output_and_secrets_out_of_the_context() {
     let ignored: BTreeSet<String> = read(".dockerignore")
@@ -254,7 +306,7 @@ fn dockerignore_keeps_build_output_and_secrets_out_of_the_context() {
         assert!(ignored.contains(entry), ".dockerignore lacks {entry}");
     }
     // What the Dockerfile copies must stay in the context.
-    for needed in ["src", "Cargo.toml", "Cargo.lock", "benches"] {
+    for needed in ["src", "crates", "Cargo.toml", "Cargo.lock"] {
         assert!(!ignored.contains(needed), ".dockerignore drops {needed}");
     }
     // config/ stays out, except the example config the image ships.

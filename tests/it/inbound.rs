@@ -788,7 +788,7 @@ fn shadow_mode_forwards_tampered_notifications_marked_unverified() {
     assert_eq!(got[0].one("x-alipay-sidecar-verified"), Some("false"));
     assert_eq!(got[0].one("x-alipay-sidecar-key-version"), None);
     assert_delivered_verified(&got[1], &valid, "1");
-    assert_eq!(s.metric("alipay_sidecar_requests_total{api=\"notify\",direction=\"inbound\",outcome=\"shadow_forwarded\",status=\"200\"}"), 1.0);
+    assert_eq!(s.metric("alipay_sidecar_requests_total{api=\"notify\",direction=\"inbound\",merchant=\"default\",outcome=\"shadow_forwarded\",status=\"200\"}"), 1.0);
     assert_eq!(s.metric("alipay_sidecar_signature_verifications_total{direction=\"inbound\",result=\"mismatch\"}"), 1.0);
 }
 
@@ -1044,7 +1044,7 @@ fn malformed_chunked_bodies_are_bad_requests_not_delivery_failures() {
     }
     assert!(app.received().is_empty());
     assert_eq!(
-        s.metric_reaching(r#"alipay_sidecar_requests_total{api="notify",direction="inbound",outcome="bad_request",status="400"}"#, 4.0),
+        s.metric_reaching(r#"alipay_sidecar_requests_total{api="notify",direction="inbound",merchant="default",outcome="bad_request",status="400"}"#, 4.0),
         4.0
     );
     let text = s.metrics();

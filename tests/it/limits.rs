@@ -275,7 +275,7 @@ fn oversized_and_trickled_heads_get_431_and_408() {
     assert_eq!(json_code(&r.body), "SIDECAR_REQUEST_TIMEOUT");
     assert!(app.received().is_empty());
     assert_eq!(
-        s.metric_reaching(r#"alipay_sidecar_requests_total{api="notify",direction="inbound",outcome="bad_request",status="408"}"#, 1.0),
+        s.metric_reaching(r#"alipay_sidecar_requests_total{api="notify",direction="inbound",merchant="default",outcome="bad_request",status="408"}"#, 1.0),
         1.0
     );
 }

@@ -9,12 +9,14 @@
 //!
 //! # Independence from the sidecar's signer
 //!
-//! Signatures are built and checked with this module's own code (`crypto.rs`: the `rsa`
+//! Signatures are built and checked with this crate's own code (`crypto.rs`: the `rsa`
 //! crate's PKCS#1 v1.5 / SHA-256, its own content builder and header parser), never with
-//! `crate::protocol`, so a bug in the sidecar's signer is caught here instead of being
-//! mirrored. The percent-decoding of the received `signature=` value follows Java's
-//! `URLDecoder` (what Alipay's Java gateway presumably does): `%2b`/`%2B` both work, and a raw,
-//! not URL-encoded base64 signature containing `+` fails.
+//! the sidecar's `ams-signature`, so a bug in the sidecar's signer is caught here instead of
+//! being mirrored. Its TLS is its own too (`tls.rs`: rcgen and rustls on ring, where the
+//! sidecar uses aws-lc-rs), and it depends on no crate of the sidecar's. The percent-decoding
+//! of the received `signature=` value follows Java's `URLDecoder` (what Alipay's Java gateway
+//! presumably does): `%2b`/`%2B` both work, and a raw, not URL-encoded base64 signature
+//! containing `+` fails.
 //!
 //! # Requests (spec §1, §4)
 //!

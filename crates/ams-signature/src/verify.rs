@@ -59,18 +59,77 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
-    /// A fixed, low-cardinality label for metrics and logs.
-    pub fn reason(&self) -> &'static str {
+    /// Which of the [`Reason`]s this is.
+    pub fn kind(&self) -> Reason {
         match self {
-            VerifyError::MissingHeader => "missing_header",
-            VerifyError::Malformed { .. } => "malformed",
-            VerifyError::UnsupportedAlgorithm { .. } => "unsupported_algorithm",
-            VerifyError::UnknownKeyVersion { .. } => "unknown_key_version",
-            VerifyError::BadEncoding { .. } => "bad_encoding",
-            VerifyError::WrongLength { .. } => "wrong_length",
-            VerifyError::Mismatch { .. } => "mismatch",
+            VerifyError::MissingHeader => Reason::MissingHeader,
+            VerifyError::Malformed { .. } => Reason::Malformed,
+            VerifyError::UnsupportedAlgorithm { .. } => Reason::UnsupportedAlgorithm,
+            VerifyError::UnknownKeyVersion { .. } => Reason::UnknownKeyVersion,
+            VerifyError::BadEncoding { .. } => Reason::BadEncoding,
+            VerifyError::WrongLength { .. } => Reason::WrongLength,
+            VerifyError::Mismatch { .. } => Reason::Mismatch,
         }
     }
+
+    /// A fixed, low-cardinality label for metrics and logs: `self.kind().label()`.
+    pub fn reason(&self) -> &'static str {
+        self.kind().label()
+    }
+}
+
+/// Declares [`Reason`] from one table, so the variants, [`Reason::ALL`], the metric labels and
+/// the words for people cannot drift apart.
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $variant:ident => $label:literal, $words:literal;)+) => {
+        /// Why a received signature was not accepted, as a closed set: the label of
+        /// `alipay_sidecar_signature_verifications_total{result}` and of the log lines, and the
+        /// words `alipay-sidecar verify` prints. Every [`VerifyError`] has one
+        /// ([`VerifyError::kind`]); [`Reason::DuplicateHeader`] is decided before parsing (a
+        /// message with two `Signature` headers is refused, whichever would verify).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl Reason {
+            /// Every reason, for creating the metric series at zero.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)+];
+
+            /// The metric and log label (snake_case, stable: part of the metrics interface).
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $label,)+
+                }
+            }
+
+            /// A few words for people (the `verify` tool's `invalid: <words>: <error>`).
+            pub fn words(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $words,)+
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// No `Signature` header at all.
+    MissingHeader => "missing_header", "missing signature";
+    /// More than one `Signature` header.
+    DuplicateHeader => "duplicate_header", "more than one Signature header";
+    /// The header could not be split into its fields.
+    Malformed => "malformed", "malformed Signature header";
+    /// Anything but RSA256.
+    UnsupportedAlgorithm => "unsupported_algorithm", "unsupported algorithm";
+    /// The header names a key version with no configured key.
+    UnknownKeyVersion => "unknown_key_version", "unknown key version";
+    /// The signature value is not percent-encoded standard base64.
+    BadEncoding => "bad_encoding", "bad signature encoding";
+    /// The decoded signature length differs from the key size.
+    WrongLength => "wrong_length", "wrong signature length";
+    /// The cryptographic check failed.
+    Mismatch => "mismatch", "signature mismatch";
 }
 
 /// What a successful verification used, for the `X-Alipay-Sidecar-*` headers and logs.
@@ -187,5 +246,24 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
     match (a.parse::<u64>(), b.parse::<u64>()) {
         (Ok(x), Ok(y)) => x.cmp(&y),
         _ => a.cmp(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_labels_and_words_are_unique() {
+        for (i, a) in Reason::ALL.iter().enumerate() {
+            for b in &Reason::ALL[i + 1..] {
+                assert_ne!(a.label(), b.label());
+                assert_ne!(a.words(), b.words());
+            }
+            assert!(a
+                .label()
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c == b'_'));
+        }
     }
 }

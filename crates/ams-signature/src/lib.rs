@@ -10,21 +10,32 @@
 //! with RSASSA-PKCS1-v1_5 / SHA-256, carried in a `Signature` header
 //! `algorithm=RSA256,keyVersion=<n>,signature=<percent-encoded base64>` (spec §2, §3).
 //!
-//! Keeping this module free of I/O makes it testable against the published vectors and lets
+//! Keeping this crate free of I/O makes it testable against the published vectors and lets
 //! the proxy, the CLI and the reload logic share one implementation. The crypto engine
-//! (aws-lc-rs, also the gateway TLS provider: see `engine.rs` for why and what else is linked)
-//! is hidden in `engine.rs`, so it can be swapped in one file; `rsa` is used only for key
-//! formats, conversion and keygen.
+//! (aws-lc-rs: see `engine.rs` for why) is hidden in `engine.rs`, so it can be swapped in one
+//! file; `rsa` is used only for key formats, conversion and keygen.
+//!
+//! The AMS domain data the sidecar labels its traffic with lives here too, one list each, so
+//! that metrics, logs and tools cannot disagree: the AMS API list ([`api_label`]), the
+//! directions and outcomes ([`Direction`], [`Outcome`]) and the verification failure reasons
+//! ([`Reason`]).
+//!
+//! The sidecar re-exports this crate as `alipay_sidecar::protocol`.
 
+mod ack;
+mod api;
 mod content;
 mod engine;
 mod header;
 mod keys;
 mod time;
+mod traffic;
 mod verify;
 
+pub use ack::{ack_signature_headers, ACK_BODY};
+pub use api::{api_label, INBOUND_API_LABEL, OTHER_API_LABEL};
 pub use content::{content_digest, content_to_sign, sha256_hex, ContentDigest, ContentHasher};
-pub use engine::{install_tls_provider, tls_provider_is_aws_lc};
+pub use traffic::{Direction, Outcome};
 
 /// The crypto engine this build signs and verifies with, so logs and `check-config` can say
 /// which one runs.
@@ -32,7 +43,7 @@ pub const ENGINE: &str = engine::ENGINE;
 pub use header::{format_signature_header, parse_signature_header, SignatureHeader, ALGORITHM};
 pub use keys::{generate_keypair, GeneratedKeyPair, KeyEncoding, KeyError, PrivateKey, PublicKey};
 pub use time::{format_epoch_millis, format_iso8601, parse_request_time};
-pub use verify::{Verified, Verifier, VerifyError};
+pub use verify::{Reason, Verified, Verifier, VerifyError};
 
 /// Received text made safe to echo in an error, a response or a log line: at most
 /// [`ECHO_CHARS`] characters, control and non-ASCII characters escaped, an ellipsis when cut.

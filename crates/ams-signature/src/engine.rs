@@ -1,5 +1,5 @@
 //! The crypto engine behind the protocol's key types: **aws-lc-rs** for RSA sign/verify and
-//! SHA-256, and for the gateway's TLS. Everything engine-specific lives in this file.
+//! SHA-256. Everything engine-specific lives in this file.
 //!
 //! Why aws-lc-rs: signing is almost the whole CPU cost of the sidecar. aws-lc (like OpenSSL)
 //! has an AVX-512 IFMA RSA path, so on CPUs that have it (AMD Zen 4/5, recent Xeons) it signs
@@ -16,18 +16,9 @@
 //! copying a body of up to 1 MiB into one "content to sign" buffer first. The signature is
 //! byte-identical to signing the assembled content (PKCS#1 v1.5 is deterministic).
 //!
-//! TLS: [`install_tls_provider`] makes rustls' aws-lc-rs `CryptoProvider` the process default.
-//! pingora 0.9 builds its connector and listener configs with
-//! `builder_with_protocol_versions`, which uses the process default, and only *tries* to
-//! install ring's (`let _ = CryptoProvider::install_default(ring…)` in
-//! `pingora_rustls::install_default_crypto_provider`), so installing ours first makes the
-//! gateway handshakes, certificate checks and record encryption run on aws-lc. ring is still
-//! linked: pingora-rustls depends on it directly (it hashes certificates with
-//! `ring::digest`, and names ring's provider in the install it attempts), and the fake
-//! gateway (`mock_gateway`, tests and demo only) deliberately uses ring through tokio-rustls
-//! and rcgen, so that it shares no crypto code with the sidecar it tests. Neither of those
-//! is on the request path (`cargo tree -e normal -i ring` shows the chains; README,
-//! "Performance").
+//! TLS is not this crate's business, but the sidecar makes rustls use the same library for
+//! the gateway's TLS (`install_tls_provider` in the sidecar's `src/tls.rs`), so one crypto
+//! library serves the request path.
 
 use aws_lc_rs::digest::{Context, Digest, SHA256};
 use aws_lc_rs::signature::{
@@ -36,23 +27,6 @@ use aws_lc_rs::signature::{
 
 /// Which engine this build signs with, for logs and `check-config`.
 pub(crate) const ENGINE: &str = "aws-lc-rs";
-
-/// Installs the aws-lc-rs rustls `CryptoProvider` as the process default, so the TLS
-/// configs pingora builds later use it instead of ring. Idempotent; returns whether the
-/// process default is now aws-lc-rs (false only if something installed another provider
-/// first, which the caller should log).
-pub fn install_tls_provider() -> bool {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    tls_provider_is_aws_lc()
-}
-
-/// Whether the rustls process-default provider is aws-lc-rs's. A `CryptoProvider` carries
-/// no name; its `Debug` form names the implementations (e.g. `secure_random: AwsLcRs`).
-pub fn tls_provider_is_aws_lc() -> bool {
-    rustls::crypto::CryptoProvider::get_default().is_some_and(|installed| {
-        format!("{installed:?}") == format!("{:?}", rustls::crypto::aws_lc_rs::default_provider())
-    })
-}
 
 /// SHA-256 of content to sign, fed in pieces.
 pub(crate) struct EngineHasher(Context);
@@ -135,18 +109,5 @@ impl EngineVerifier {
 
     pub(crate) fn verify_digest(&self, digest: &EngineDigest, signature: &[u8]) -> bool {
         self.key.verify_digest_sig(&digest.0, signature).is_ok()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_tls_provider_becomes_aws_lc() {
-        assert!(install_tls_provider());
-        // A second install (as pingora attempts with ring's) changes nothing.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        assert!(tls_provider_is_aws_lc());
     }
 }

@@ -1,8 +1,8 @@
 //! The gateway's own signature code: key parsing, content building, signing and verifying.
 //!
-//! Deliberately independent of `crate::protocol` (different RSA engine: the `rsa` crate's
-//! `pkcs1v15` instead of ring; different header parser; Java-style percent-decoding as
-//! Alipay's Java gateway would do it), so a bug in the sidecar's signer shows up as an
+//! Deliberately independent of the sidecar's `ams-signature` (different RSA engine: the `rsa`
+//! crate's `pkcs1v15` instead of aws-lc-rs; different header parser; Java-style
+//! percent-decoding as Alipay's Java gateway would do it), so a bug in the sidecar's signer shows up as an
 //! `INVALID_SIGNATURE` here instead of being mirrored by the same bug on both sides.
 
 use base64::Engine as _;
@@ -297,7 +297,10 @@ mod tests {
     }
 
     fn vectors() -> serde_json::Value {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ams-public.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/data/ams-public.json"
+        );
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 

@@ -2,15 +2,19 @@
 //! engines side by side (aws-lc-rs, which the sidecar uses; ring, the other rustls engine and
 //! the former default; and the pure-Rust `rsa` crate), so the engine choice stays measured.
 //!
-//! Run: `cargo bench --bench signature` (criterion prints time per op; ops/s = 1 / time).
+//! Run: `cargo bench --bench signature` (at the workspace root or in crates/ams-signature;
+//! criterion prints time per op; ops/s = 1 / time).
 
 use std::hint::black_box;
 
-use alipay_sidecar::protocol::{content_to_sign, sign_content, PrivateKey, Verifier};
+use ams_signature::{content_to_sign, sign_content, PrivateKey, Verifier};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn keys_file() -> serde_json::Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ams-public.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/data/ams-public.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
