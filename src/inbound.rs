@@ -47,7 +47,7 @@ use crate::exchange::{self, echo, header_text, now_millis, KEY_VERSION_HEADER, V
 use crate::handler::{
     BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
 };
-use crate::merchant::{KeySource, Selected, DEFAULT_MERCHANT};
+use crate::merchants::{KeySource, LiveKeys, Selected, UNSELECTED_MERCHANT};
 use crate::metrics::{Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
 use crate::protocol::{
     ack_signature_headers, content_digest, format_iso8601, parse_request_time, Reason, Verified,
@@ -192,21 +192,41 @@ impl Rejection {
 impl<A: App> Inbound<A> {
     /// A verifier for one merchant.
     pub fn new(policy: InboundPolicy, merchant: InboundMerchant<A>) -> Self {
+        Self::shared(policy, vec![merchant])
+    }
+
+    /// A verifier for every merchant in `merchants`: a notification's `client-id` selects
+    /// the merchant (its keys, its app).
+    ///
+    /// # Panics
+    /// When `merchants` is empty (a validated config always has one).
+    pub fn shared(policy: InboundPolicy, merchants: Vec<InboundMerchant<A>>) -> Self {
+        assert!(!merchants.is_empty(), "an inbound handler needs a merchant");
+        let unselected = if merchants.len() == 1 {
+            merchants[0].name.clone()
+        } else {
+            Arc::from(UNSELECTED_MERCHANT)
+        };
         Self {
             policy,
-            unselected: merchant.name.clone(),
-            merchants: vec![merchant],
+            unselected,
+            merchants,
         }
     }
 
-    /// The merchant a notification is for, with its key snapshot: today the single
-    /// configured merchant (whose client id [`Inbound::check`] then compares).
-    pub fn select(&self, _request: &Request) -> Result<Selected<'_, InboundMerchant<A>>, Refusal> {
-        let merchant = &self.merchants[0];
-        Ok(Selected {
+    /// The merchant a notification is for, with its key snapshot: the one whose client id
+    /// the (first) `client-id` header names. `None` when it names none of them; then the
+    /// notification is refused by [`Inbound::check`] in its usual order (duplicate and
+    /// missing headers first, then the client id), against the first merchant.
+    pub fn select(&self, request: &Request) -> (Selected<'_, InboundMerchant<A>>, bool) {
+        let named = header_text(&request.head.headers, "client-id")
+            .and_then(|id| self.merchants.iter().find(|m| m.client_id == id));
+        let merchant = named.unwrap_or(&self.merchants[0]);
+        let selected = Selected {
             merchant,
             keys: merchant.keys.keys(),
-        })
+        };
+        (selected, named.is_some())
     }
 
     fn shadow(&self) -> bool {
@@ -267,10 +287,19 @@ impl<A: App> Inbound<A> {
         let received = client_id.unwrap_or("");
         let merchant = selected.merchant;
         if received != merchant.client_id {
+            let configured = if self.merchants.len() == 1 {
+                format!("the configured client_id {:?}", merchant.client_id)
+            } else {
+                let ids: Vec<&str> = self
+                    .merchants
+                    .iter()
+                    .map(|m| m.client_id.as_str())
+                    .collect();
+                format!("any configured merchant's client_id ({})", ids.join(", "))
+            };
             let msg = format!(
-                "the notification is addressed to client-id {:?}, not to the configured client_id {:?}; a notification for another merchant is refused",
+                "the notification is addressed to client-id {:?}, not to {configured}; a notification for another merchant is refused",
                 echo(received),
-                merchant.client_id
             );
             return Err(Rejection::unverified(
                 VerificationResult::WrongClientId,
@@ -458,20 +487,28 @@ impl<A: App> Inbound<A> {
     }
 }
 
-impl Inbound<Upstream> {
-    /// The production handler of `[inbound]`: the single merchant of `config` (named
-    /// `default`), its keys from `state`, the app through pingora's plain-HTTP connector.
+impl Inbound<Arc<Upstream>> {
+    /// The production handler of `[inbound]`: every merchant of `config`, its live keys from
+    /// `state`, its app (`forward_to`, `path_map`, inherited or its own) through pingora's
+    /// plain-HTTP connector.
     pub fn from_config(state: Arc<SidecarState>, config: &Config, cfg: &InboundConfig) -> Self {
-        let app = &cfg.forward_to;
-        let upstream = Upstream::new(&app.host, app.port, false, None, cfg.forward_timeout);
-        let merchant = InboundMerchant::new(
-            DEFAULT_MERCHANT,
-            &config.client_id,
-            state,
-            upstream,
-            AppRoute::new(app, cfg.path_map.clone()),
-        );
-        Self::new(InboundPolicy::from_config(config, cfg), merchant)
+        let merchants = config
+            .merchants
+            .iter()
+            .enumerate()
+            .map(|(index, m)| {
+                let app = m.forward_to.as_ref().unwrap_or(&cfg.forward_to);
+                let upstream = Upstream::new(&app.host, app.port, false, None, cfg.forward_timeout);
+                InboundMerchant::new(
+                    &m.name,
+                    &m.client_id,
+                    LiveKeys::new(state.clone(), index),
+                    Arc::new(upstream),
+                    AppRoute::new(app, m.path_map.clone()),
+                )
+            })
+            .collect();
+        Self::shared(InboundPolicy::from_config(config, cfg), merchants)
     }
 }
 
@@ -496,14 +533,13 @@ impl<A: App> Handler for Inbound<A> {
     }
 
     async fn handle(&self, request: Request) -> Reply {
-        let selected = match self.select(&request) {
-            Ok(s) => s,
-            Err(r) => {
-                let report = Report::new(self.unselected_merchant(), INBOUND_API_LABEL);
-                return Reply::refuse(r, report);
-            }
+        let (selected, named) = self.select(&request);
+        let label = if named {
+            selected.merchant.name.clone()
+        } else {
+            self.unselected_merchant()
         };
-        let mut report = Report::new(selected.merchant.name.clone(), INBOUND_API_LABEL);
+        let mut report = Report::new(label, INBOUND_API_LABEL);
         report.request_bytes = Some(request.body.len());
         let (marker, key_version) = match self.check(&selected, &request, &mut report) {
             Ok(v) => {
@@ -539,6 +575,7 @@ impl<A: App> Handler for Inbound<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::merchants::DEFAULT_MERCHANT;
     use crate::testing::*;
     use crate::upstream::UpstreamError;
 
@@ -953,5 +990,47 @@ mod tests {
             .handle(published("NTF-01", &[]))
             .await;
         assert_eq!(reply.report.outcome, Outcome::Verified);
+    }
+
+    #[tokio::test]
+    async fn several_merchants_route_by_client_id_to_their_own_app() {
+        let (sg_app, eu_app) = (app(200, ACK), app(200, ACK));
+        let merchant = |name: &str, id: &str, app: &Arc<Fake>| {
+            let keys: Arc<dyn KeySource> = Arc::new(keyset(id));
+            InboundMerchant::new(name, id, keys, app.clone(), route(&[]))
+        };
+        let h = Inbound::shared(
+            policy(),
+            vec![
+                merchant("sg", "T_SG", &sg_app),
+                merchant("eu", &input("NTF-01", "client_id"), &eu_app),
+            ],
+        );
+        let reply = h.handle(published("NTF-01", &[])).await;
+        assert_eq!(reply.head.status.as_u16(), 200, "{reply:?}");
+        assert_eq!(&*reply.report.merchant, "eu");
+        assert!(sg_app.seen().is_empty());
+        assert_eq!(eu_app.seen().len(), 1);
+
+        let mut other = published("NTF-01", &[]);
+        other.head.insert_header("client-id", "T_NOBODY").unwrap();
+        let reply = h.handle(other).await;
+        refused_with(
+            &reply,
+            SidecarError::NotificationUnverified,
+            VerificationResult::WrongClientId,
+        );
+        let body = String::from_utf8_lossy(&reply.body).to_string();
+        assert!(
+            body.contains("T_SG") && body.contains("any configured merchant"),
+            "{body}"
+        );
+        assert_eq!(&*reply.report.merchant, UNSELECTED_MERCHANT);
+        assert!(sg_app.seen().is_empty());
+        assert_eq!(
+            eu_app.seen().len(),
+            1,
+            "the stranger's notification reached an app"
+        );
     }
 }

@@ -12,7 +12,7 @@
 //!   classic key mix-ups; [`reload`] swaps it atomically at run time.
 //! - [`handler`]: the request-handling core as data in, data out; [`outbound`] and
 //!   [`inbound`] are its two handlers (pure policy, the gateway and the app behind small
-//!   client traits), [`merchant`] selects the merchant a request is for.
+//!   client traits), [`merchants`] the merchants with their live keys, and the selection of the one a request is for.
 //! - [`adapter`]: the one pingora adapter that reads requests, writes replies and records
 //!   metrics and the log line; [`upstream`] is pingora's connector behind the client traits.
 //! - [`admin`], [`server`]: the running sidecar.
@@ -36,7 +36,7 @@ pub mod inbound;
 pub mod keyset;
 pub mod limits;
 pub mod logging;
-pub mod merchant;
+pub mod merchants;
 pub mod metrics;
 pub mod outbound;
 pub mod reload;

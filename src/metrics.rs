@@ -21,7 +21,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -212,8 +212,8 @@ pub struct Metrics {
     key_info: IntGaugeVec,
     /// Label sets currently present in `key_info`, so a new set can replace it without a
     /// moment where no key is shown.
-    key_info_labels: Mutex<Vec<[String; 3]>>,
-    key_last_reload: Gauge,
+    key_info_labels: Mutex<Vec<[String; 4]>>,
+    key_last_reload: GaugeVec,
     notification_skew: Histogram,
     gateway_result_status: IntCounterVec,
     connections_refused: IntCounterVec,
@@ -313,14 +313,17 @@ impl Metrics {
         let key_info = IntGaugeVec::new(
             Opts::new(
                 "alipay_sidecar_key_info",
-                "Keys currently serving (value 1), by role, key version and public-key fingerprint.",
+                "Keys currently serving (value 1), by merchant, role, key version and public-key fingerprint.",
             ),
-            &["role", "key_version", "fingerprint"],
+            &["merchant", "role", "key_version", "fingerprint"],
         )?;
-        let key_last_reload = Gauge::with_opts(Opts::new(
-            "alipay_sidecar_key_last_reload_timestamp_seconds",
-            "Unix time at which the serving key set was loaded (start-up or last successful reload).",
-        ))?;
+        let key_last_reload = GaugeVec::new(
+            Opts::new(
+                "alipay_sidecar_key_last_reload_timestamp_seconds",
+                "Unix time at which the merchant's serving key set was loaded (start-up or last successful reload).",
+            ),
+            &["merchant"],
+        )?;
         let notification_skew = Histogram::with_opts(histogram_opts(
             "alipay_sidecar_notification_time_skew_seconds",
             "Absolute difference between a notification's Request-Time and the sidecar's clock.",
@@ -543,19 +546,22 @@ impl Metrics {
         self.key_reloads.with_label_values(&[result.as_str()]).inc();
     }
 
-    /// Replaces `alipay_sidecar_key_info` with the keys now serving and sets the last-reload
-    /// timestamp. Call it at start-up and after every successful reload. Items are
-    /// `(role, key_version, fingerprint)`; new series are set before stale ones are removed,
-    /// so a scrape never sees an empty key set.
+    /// Replaces `merchant`'s series of `alipay_sidecar_key_info` with the keys now serving and
+    /// sets its last-reload timestamp. Call it at start-up and after every successful reload of
+    /// that merchant. Items are `(role, key_version, fingerprint)`; new series are set before
+    /// stale ones are removed, so a scrape never sees an empty key set; other merchants'
+    /// series are left alone.
     pub fn set_loaded_keys<'a>(
         &self,
+        merchant: &str,
         keys: impl IntoIterator<Item = (KeyRole, &'a str, &'a str)>,
         loaded_at: SystemTime,
     ) {
-        let new: Vec<[String; 3]> = keys
+        let new: Vec<[String; 4]> = keys
             .into_iter()
             .map(|(role, version, fingerprint)| {
                 [
+                    merchant.to_owned(),
                     role.as_str().to_owned(),
                     version.to_owned(),
                     fingerprint.to_owned(),
@@ -570,21 +576,25 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for labels in &new {
             self.key_info
-                .with_label_values(&[&labels[0], &labels[1], &labels[2]])
+                .with_label_values(&[&labels[0], &labels[1], &labels[2], &labels[3]])
                 .set(1);
         }
-        for old in current.iter().filter(|old| !new.contains(old)) {
+        let stale = |old: &[String; 4]| old[0] == merchant && !new.contains(old);
+        for old in current.iter().filter(|old| stale(old)) {
             // Err only means the series is already gone.
             let _ = self
                 .key_info
-                .remove_label_values(&[&old[0], &old[1], &old[2]]);
+                .remove_label_values(&[&old[0], &old[1], &old[2], &old[3]]);
         }
-        *current = new;
+        current.retain(|old| old[0] != merchant);
+        current.extend(new);
         let seconds = loaded_at
             .duration_since(UNIX_EPOCH)
             .map(|since| since.as_secs_f64())
             .unwrap_or(0.0);
-        self.key_last_reload.set(seconds);
+        self.key_last_reload
+            .with_label_values(&[merchant])
+            .set(seconds);
     }
 
     /// Observes the skew between a notification's `Request-Time` and now, in milliseconds
@@ -668,13 +678,16 @@ mod tests {
         let m = Metrics::new().expect("metrics");
         let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         m.set_loaded_keys(
+            "default",
             [
                 (KeyRole::MerchantPrivate, "1", "SHA256:aa"),
                 (KeyRole::AlipayPublic, "1", "SHA256:bb"),
             ],
             at,
         );
+        m.set_loaded_keys("other", [(KeyRole::MerchantPrivate, "9", "SHA256:dd")], at);
         m.set_loaded_keys(
+            "default",
             [
                 (KeyRole::MerchantPrivate, "2", "SHA256:cc"),
                 (KeyRole::AlipayPublic, "1", "SHA256:bb"),
@@ -684,12 +697,18 @@ mod tests {
         let text = m.render();
         assert!(!text.contains("SHA256:aa"), "{text}");
         assert!(text.contains(
-            "alipay_sidecar_key_info{fingerprint=\"SHA256:cc\",key_version=\"2\",role=\"merchant_private\"} 1"
+            "alipay_sidecar_key_info{fingerprint=\"SHA256:cc\",key_version=\"2\",merchant=\"default\",role=\"merchant_private\"} 1"
         ));
         assert!(text.contains(
-            "alipay_sidecar_key_info{fingerprint=\"SHA256:bb\",key_version=\"1\",role=\"alipay_public\"} 1"
+            "alipay_sidecar_key_info{fingerprint=\"SHA256:bb\",key_version=\"1\",merchant=\"default\",role=\"alipay_public\"} 1"
         ));
-        assert!(text.contains("alipay_sidecar_key_last_reload_timestamp_seconds 1700000060\n"));
+        assert!(
+            text.contains("alipay_sidecar_key_info{fingerprint=\"SHA256:dd\",key_version=\"9\",merchant=\"other\",role=\"merchant_private\"} 1"),
+            "another merchant's keys stay: {text}"
+        );
+        assert!(text.contains(
+            "alipay_sidecar_key_last_reload_timestamp_seconds{merchant=\"default\"} 1700000060\n"
+        ));
     }
 
     #[test]

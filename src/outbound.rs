@@ -20,6 +20,7 @@
 //! `result.resultStatus` of an unsigned answer).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,14 +28,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::config::{Config, OutboundConfig, RequestTimeFormat};
+use crate::config::{Config, MerchantConfig, OutboundConfig, RequestTimeFormat};
 use crate::envelope::SidecarError;
 use crate::exchange::{self, KEY_VERSION_HEADER, VERIFIED_HEADER};
 use crate::handler::{
     BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
 };
 use crate::keyset::KeySet;
-use crate::merchant::{KeySource, Selected, DEFAULT_MERCHANT};
+use crate::merchants::{KeySource, LiveKeys, Selected, UNSELECTED_MERCHANT};
 use crate::metrics::{self, Direction, Outcome, VerificationResult};
 use crate::protocol::{content_digest, format_epoch_millis, format_iso8601, sign_digest, Reason};
 use crate::state::SidecarState;
@@ -84,12 +85,12 @@ pub struct OutboundPolicy {
 }
 
 impl OutboundPolicy {
-    /// The policy of `[outbound]` in `config`.
-    pub fn from_config(config: &Config, cfg: &OutboundConfig) -> Self {
+    /// The policy of `[outbound]` in `config` for a handler serving on `listeners`.
+    pub fn from_config(config: &Config, cfg: &OutboundConfig, listeners: &[SocketAddr]) -> Self {
         Self {
             allowed_path_prefixes: cfg.allowed_path_prefixes.clone(),
             allowed_hosts: cfg.allowed_hosts.clone(),
-            loopback_only: cfg.listen_addrs().iter().all(|a| a.ip().is_loopback()),
+            loopback_only: listeners.iter().all(|a| a.ip().is_loopback()),
             sandbox_path_rewrite: cfg.sandbox_path_rewrite,
             request_time_format: cfg.request_time_format,
             verify_responses: cfg.verify_responses,
@@ -145,10 +146,17 @@ impl<G: Gateway> OutboundMerchant<G> {
     }
 }
 
+/// Names the merchant of a request on a shared outbound listener with several merchants.
+/// Stripped before forwarding (like every `X-Alipay-Sidecar-*` header), ignored where the
+/// listener already decides the merchant.
+pub const MERCHANT_HEADER: &str = "X-Alipay-Sidecar-Merchant";
+
 /// The outbound signing handler.
 pub struct Outbound<G> {
     policy: OutboundPolicy,
-    /// Never empty; today exactly one.
+    /// Never empty. One: every request is that merchant's (a single-merchant config, or a
+    /// merchant's own listener). Several: a shared listener, the request names its merchant
+    /// in [`MERCHANT_HEADER`].
     merchants: Vec<OutboundMerchant<G>>,
     /// The merchant label of requests refused before selection.
     unselected: Arc<str>,
@@ -176,18 +184,70 @@ impl Verdict {
 impl<G: Gateway> Outbound<G> {
     /// A handler for one merchant.
     pub fn new(policy: OutboundPolicy, merchant: OutboundMerchant<G>) -> Self {
+        Self::shared(policy, vec![merchant])
+    }
+
+    /// A handler for the listener(s) `merchants` share: with more than one, each request
+    /// names its merchant in [`MERCHANT_HEADER`].
+    ///
+    /// # Panics
+    /// When `merchants` is empty (a validated config always has one).
+    pub fn shared(policy: OutboundPolicy, merchants: Vec<OutboundMerchant<G>>) -> Self {
+        assert!(
+            !merchants.is_empty(),
+            "an outbound handler needs a merchant"
+        );
+        let unselected = if merchants.len() == 1 {
+            merchants[0].name.clone()
+        } else {
+            Arc::from(UNSELECTED_MERCHANT)
+        };
         Self {
             policy,
-            unselected: merchant.name.clone(),
-            merchants: vec![merchant],
+            unselected,
+            merchants,
             app_signature_replaced: AtomicBool::new(false),
         }
     }
 
-    /// The merchant a request is for, with its key snapshot: today the single configured
-    /// merchant.
-    pub fn select(&self, _request: &Request) -> Result<Selected<'_, OutboundMerchant<G>>, Refusal> {
-        let merchant = &self.merchants[0];
+    /// The merchant a request is for, with its key snapshot: the only one, or the one the
+    /// request names in [`MERCHANT_HEADER`] (400 `SIDECAR_MERCHANT_UNKNOWN` naming the
+    /// configured merchants when it names none or an unknown one).
+    pub fn select(&self, request: &Request) -> Result<Selected<'_, OutboundMerchant<G>>, Refusal> {
+        let merchant = match self.merchants.as_slice() {
+            [only] => only,
+            several => {
+                let names = || {
+                    several
+                        .iter()
+                        .map(|m| m.name.as_ref())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let values = request.head.headers.get_all(MERCHANT_HEADER);
+                let mut values = values.iter();
+                let (Some(value), None) = (values.next(), values.next()) else {
+                    let msg = format!(
+                        "several merchants share this listener: name one in the {MERCHANT_HEADER} \
+                         header, once (configured: {})",
+                        names()
+                    );
+                    return Err(Refusal::new(SidecarError::MerchantUnknown, msg));
+                };
+                let name = String::from_utf8_lossy(value.as_bytes());
+                let name = name.trim();
+                let Some(m) = several.iter().find(|m| m.name.as_ref() == name) else {
+                    let msg = format!(
+                        "{MERCHANT_HEADER} names \"{}\", which is not a configured merchant \
+                         (configured: {})",
+                        exchange::echo(name),
+                        names()
+                    );
+                    return Err(Refusal::new(SidecarError::MerchantUnknown, msg));
+                };
+                m
+            }
+        };
         Ok(Selected {
             merchant,
             keys: merchant.keys.keys(),
@@ -446,33 +506,25 @@ impl<G: Gateway> Outbound<G> {
     }
 }
 
-impl Outbound<Upstream> {
-    /// The production handler of `[outbound]`: the single merchant of `config` (named
-    /// `default`), its keys from `state`, the gateway through pingora's connector trusting
-    /// `ca_bundle` (system roots plus `ca_file`, built once at start-up by the server).
+impl OutboundMerchant<Arc<Upstream>> {
+    /// The production form of the `index`-th merchant of the config: its live keys from
+    /// `state`, its gateway through `upstream` (pingora's connector, shared by every listener
+    /// that serves this merchant, so they share one connection pool).
     pub fn from_config(
-        state: Arc<SidecarState>,
-        config: &Config,
-        cfg: &OutboundConfig,
-        ca_bundle: Option<String>,
+        state: &Arc<SidecarState>,
+        index: usize,
+        merchant: &MerchantConfig,
+        gateway: &crate::config::Gateway,
+        upstream: Arc<Upstream>,
     ) -> Self {
-        let gateway = &cfg.gateway;
-        let upstream = Upstream::new(
-            &gateway.host,
-            gateway.port,
-            true,
-            ca_bundle,
-            cfg.connect_timeout,
-        );
-        let merchant = OutboundMerchant::new(
-            DEFAULT_MERCHANT,
-            &config.client_id,
-            cfg.agent_token.clone(),
-            state,
+        OutboundMerchant::new(
+            &merchant.name,
+            &merchant.client_id,
+            merchant.agent_token.clone(),
+            LiveKeys::new(state.clone(), index),
             upstream,
             (&gateway.host, gateway.port),
-        );
-        Self::new(OutboundPolicy::from_config(config, cfg), merchant)
+        )
     }
 }
 
@@ -603,6 +655,7 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::merchants::DEFAULT_MERCHANT;
     use crate::testing::*;
     use crate::upstream::UpstreamError;
     use std::io::Write;
@@ -1260,5 +1313,76 @@ mod tests {
         ] {
             assert!(!host_allowed(bad, &allowed), "{bad}");
         }
+    }
+
+    /// Two merchants on one shared listener, each with its own gateway client.
+    fn two_merchants(sg: &Arc<Fake>, eu: &Arc<Fake>) -> Outbound<Arc<Fake>> {
+        let merchant = |name: &str, id: &str, gw: &Arc<Fake>, host: &str| {
+            let keys: Arc<dyn KeySource> = Arc::new(keyset(id));
+            OutboundMerchant::new(name, id, None, keys, gw.clone(), (host, 443))
+        };
+        Outbound::shared(
+            policy(),
+            vec![
+                merchant("sg", "T_SG", sg, "open-sea-global.alipay.com"),
+                merchant("eu", CLIENT, eu, "open-eu-global.alipay.com"),
+            ],
+        )
+    }
+
+    #[tokio::test]
+    async fn several_merchants_route_by_header_and_the_header_is_not_forwarded() {
+        let (sg, eu) = (alipay(200, "1", br#"{}"#), alipay(200, "1", br#"{}"#));
+        let h = two_merchants(&sg, &eu);
+        let reply = h.handle(pay(&[("X-Alipay-Sidecar-Merchant", "eu")])).await;
+        assert_eq!(reply.head.status.as_u16(), 200, "{reply:?}");
+        assert_eq!(marker(&reply), Some("true"));
+        assert!(sg.seen().is_empty(), "sg's gateway got eu's request");
+        let sent = eu.only();
+        let hs = &sent.head.headers;
+        assert_eq!(header(hs, "client-id"), Some(CLIENT));
+        assert_eq!(header(hs, "host"), Some("open-eu-global.alipay.com"));
+        assert!(header(hs, "x-alipay-sidecar-merchant").is_none());
+        assert_eq!(&*reply.report.merchant, "eu");
+
+        h.handle(pay(&[("X-Alipay-Sidecar-Merchant", " sg ")]))
+            .await;
+        assert_eq!(header(&sg.only().head.headers, "client-id"), Some("T_SG"));
+    }
+
+    #[tokio::test]
+    async fn several_merchants_without_or_with_an_unknown_name_get_400_naming_them() {
+        let (sg, eu) = (alipay(200, "1", br#"{}"#), alipay(200, "1", br#"{}"#));
+        let h = two_merchants(&sg, &eu);
+        for headers in [
+            vec![],
+            vec![("X-Alipay-Sidecar-Merchant", "us")],
+            vec![
+                ("X-Alipay-Sidecar-Merchant", "sg"),
+                ("X-Alipay-Sidecar-Merchant", "eu"),
+            ],
+        ] {
+            let reply = h.handle(pay(&headers)).await;
+            assert_eq!(reply.head.status.as_u16(), 400, "{headers:?}");
+            assert_eq!(
+                result_code(&reply).as_deref(),
+                Some("SIDECAR_MERCHANT_UNKNOWN")
+            );
+            let body = String::from_utf8_lossy(&reply.body).to_string();
+            assert!(body.contains("sg, eu"), "{body}");
+            assert_eq!(&*reply.report.merchant, UNSELECTED_MERCHANT);
+        }
+        assert!(sg.seen().is_empty() && eu.seen().is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_merchant_ignores_the_merchant_header() {
+        let gw = alipay(200, "1", br#"{}"#);
+        let reply = outbound(&gw)
+            .handle(pay(&[("X-Alipay-Sidecar-Merchant", "nobody")]))
+            .await;
+        assert_eq!(reply.head.status.as_u16(), 200);
+        assert!(header(&gw.only().head.headers, "x-alipay-sidecar-merchant").is_none());
+        assert_eq!(&*reply.report.merchant, DEFAULT_MERCHANT);
     }
 }

@@ -358,14 +358,14 @@ impl Upstream {
 }
 
 /// Production gateway client: pingora's pooled HTTPS connector.
-impl crate::outbound::Gateway for Upstream {
+impl crate::outbound::Gateway for std::sync::Arc<Upstream> {
     async fn send(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
         self.exchange(request).await
     }
 }
 
 /// Production app client: pingora's pooled plain-HTTP connector.
-impl crate::inbound::App for Upstream {
+impl crate::inbound::App for std::sync::Arc<Upstream> {
     async fn deliver(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
         self.exchange(request).await
     }

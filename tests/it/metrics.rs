@@ -57,6 +57,7 @@ pub fn one_of_each() -> String {
     let guard = m.in_flight(Direction::Outbound);
     m.record_key_reload(ReloadResult::Failure);
     m.set_loaded_keys(
+        "default",
         [
             (KeyRole::MerchantPrivate, "1", "SHA256:00"),
             (KeyRole::AlipayPublic, "1", "SHA256:11"),
