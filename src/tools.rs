@@ -678,6 +678,7 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
                 match i.acknowledge {
                     Acknowledge::App => "app",
                     Acknowledge::Sidecar => "sidecar",
+                    Acknowledge::AfterStore => "after-store",
                 }
             );
         }

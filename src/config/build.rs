@@ -10,7 +10,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{ConfigError, Ctx, InvalidValue};
-use super::raw::{default, Kind, RawConfig, RawInbound, RawKeys, RawOutbound};
+use super::raw::{
+    default, Kind, RawConfig, RawInbound, RawKeys, RawOutbound, RawReconcile, RawStore,
+};
 use super::typed::*;
 use super::url::parse_url;
 use super::{Config, REGIONS};
@@ -101,6 +103,114 @@ impl Ctx<'_> {
         }
     }
 
+    /// A list of durations (`"0s"` allowed), at least one, or the declared default of `key`.
+    pub(super) fn durations(
+        &self,
+        v: Option<Spanned<Vec<Spanned<String>>>>,
+        key: &str,
+    ) -> Result<Vec<Duration>, ConfigError> {
+        let Some(v) = v else {
+            return default::<Vec<String>>(key)
+                .iter()
+                .map(|d| {
+                    humantime::parse_duration(d).map_err(|_| {
+                        self.error_span(None, Some(key), "bad built-in default".into())
+                    })
+                })
+                .collect();
+        };
+        if v.get_ref().is_empty() {
+            return self.err(
+                v.span(),
+                key,
+                format!("the list is empty; write at least one duration, e.g. [\"3s\", \"1m\"]"),
+            );
+        }
+        v.get_ref()
+            .iter()
+            .map(|d| {
+                humantime::parse_duration(d.get_ref().trim()).or_else(|e| {
+                    self.err(
+                        d.span(),
+                        key,
+                        format!(
+                            "\"{}\" is not a duration ({e}); write {}",
+                            d.get_ref(),
+                            Kind::Duration.hint()
+                        ),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// `[store]`: exactly one of `path` (SQLite) and `url` (PostgreSQL).
+    pub(super) fn build_store(&self, raw: Spanned<RawStore>) -> Result<StoreConfig, ConfigError> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        match (raw.path, raw.url) {
+            (Some(p), None) => Ok(StoreConfig::Sqlite(self.path_value(&p, "store.path")?)),
+            (None, Some(u)) => {
+                let url = u.get_ref().trim();
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return self.err(
+                        u.span(),
+                        "store.url",
+                        "the store URL must be a PostgreSQL URL (postgres://user@host:5432/db); \
+                         for an embedded store use `path = \"…/state.db\"` instead",
+                    );
+                }
+                Ok(StoreConfig::Postgres(url.to_string()))
+            }
+            (Some(_), Some(u)) => self.err(
+                u.span(),
+                "store.url",
+                "[store] has both `path` (embedded SQLite) and `url` (PostgreSQL); keep one",
+            ),
+            (None, None) => self.err(
+                span,
+                "store",
+                "[store] needs `path = \"/var/lib/alipay-sidecar/state.db\"` (embedded SQLite) \
+                 or `url = \"postgres://…\"` (PostgreSQL shared by replicas)",
+            ),
+        }
+    }
+
+    /// `[reconcile]`: `None` unless `enabled = true`.
+    pub(super) fn build_reconcile(
+        &self,
+        raw: Spanned<RawReconcile>,
+    ) -> Result<Option<ReconcileConfig>, ConfigError> {
+        let raw = raw.into_inner();
+        if !raw.enabled.unwrap_or_else(|| default("reconcile.enabled")) {
+            return Ok(None);
+        }
+        let deliver_path = match raw.deliver_path {
+            None => None,
+            Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(['?', '#', ' ']) => {
+                Some(p.into_inner())
+            }
+            Some(p) => return self.err(
+                p.span(),
+                "reconcile.deliver_path",
+                format!(
+                    "\"{}\" is not a path; write the app's notify path, e.g. \"/alipay/notify\"",
+                    p.get_ref()
+                ),
+            ),
+        };
+        Ok(Some(ReconcileConfig {
+            reconcile_after: self.duration(raw.reconcile_after, "reconcile.reconcile_after")?,
+            inquiry_schedule: self.durations(raw.inquiry_schedule, "reconcile.inquiry_schedule")?,
+            default_close_after: self
+                .duration(raw.default_close_after, "reconcile.default_close_after")?,
+            cancel_on_expiry: raw
+                .cancel_on_expiry
+                .unwrap_or_else(|| default("reconcile.cancel_on_expiry")),
+            deliver_path,
+        }))
+    }
+
     pub(super) fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
@@ -165,9 +275,39 @@ impl Ctx<'_> {
             None => None,
             Some(o) => Some(self.build_outbound(o.into_inner())?),
         };
+        let store = match raw.store {
+            None => None,
+            Some(s) => Some(self.build_store(s)?),
+        };
         let inbound = match raw.inbound {
             None => None,
-            Some(i) => Some(self.build_inbound(i.into_inner())?),
+            Some(i) => Some(self.build_inbound(i, store.is_some())?),
+        };
+        let reconcile = match raw.reconcile {
+            None => None,
+            Some(r) => {
+                let span = r.span();
+                let built = self.build_reconcile(r)?;
+                if built.is_some() {
+                    let missing = [
+                        ("[store]", store.is_none()),
+                        ("[outbound]", outbound.is_none()),
+                        ("[inbound]", inbound.is_none()),
+                    ];
+                    if let Some((section, _)) = missing.iter().find(|(_, absent)| *absent) {
+                        return self.err(
+                            span,
+                            "reconcile.enabled",
+                            format!(
+                                "the reconciler needs {section}: it records pays in the store, \
+                                 inquires through [outbound]'s gateway and delivers results to \
+                                 [inbound]'s forward_to; add {section} or set enabled = false"
+                            ),
+                        );
+                    }
+                }
+                built
+            }
         };
         if outbound.is_none() && inbound.is_none() {
             return Err(ConfigError::from(InvalidValue {
@@ -272,6 +412,8 @@ impl Ctx<'_> {
             admin,
             log,
             server,
+            store,
+            reconcile,
             origins: BTreeMap::new(),
             settings: Default::default(),
         })
@@ -808,7 +950,48 @@ impl Ctx<'_> {
         Ok(path_map)
     }
 
-    pub(super) fn build_inbound(&self, raw: RawInbound) -> Result<InboundConfig, ConfigError> {
+    pub(super) fn build_inbound(
+        &self,
+        raw: Spanned<RawInbound>,
+        has_store: bool,
+    ) -> Result<InboundConfig, ConfigError> {
+        let raw = raw.into_inner();
+        let needs_store = |span: Range<usize>, key: &str, what: &str| {
+            self.err::<()>(
+                span,
+                key,
+                format!(
+                    "{what} needs a state store: add [store] with `path = \"…/state.db\"` \
+                     (embedded SQLite) or `url = \"postgres://…\"`"
+                ),
+            )
+        };
+        let duplicates = match &raw.duplicates {
+            None if has_store => Duplicates::Suppress,
+            None => Duplicates::Forward,
+            Some(d) => {
+                if *d.get_ref() == Duplicates::Suppress && !has_store {
+                    needs_store(d.span(), "inbound.duplicates", "duplicates = \"suppress\"")?;
+                }
+                *d.get_ref()
+            }
+        };
+        let acknowledge = match &raw.acknowledge {
+            None => default("inbound.acknowledge"),
+            Some(a) => {
+                if *a.get_ref() == Acknowledge::AfterStore && !has_store {
+                    needs_store(
+                        a.span(),
+                        "inbound.acknowledge",
+                        "acknowledge = \"after-store\"",
+                    )?;
+                }
+                *a.get_ref()
+            }
+        };
+        let delivery_schedule =
+            self.durations(raw.delivery_schedule, "inbound.delivery_schedule")?;
+        let max_delivery_age = self.duration(raw.max_delivery_age, "inbound.max_delivery_age")?;
         let listen = self.addr(raw.listen, "inbound.listen")?;
         let forward_to = self.forward_to(&raw.forward_to, "inbound.forward_to")?;
         let path_map = self.path_map(raw.path_map, "inbound.path_map")?;
@@ -825,14 +1008,15 @@ impl Ctx<'_> {
             max_body_bytes: self.positive(raw.max_body_bytes, "inbound.max_body_bytes")?,
             forward_timeout: self.duration(raw.forward_timeout, "inbound.forward_timeout")?,
             max_request_time_skew,
-            acknowledge: raw
-                .acknowledge
-                .unwrap_or_else(|| default("inbound.acknowledge")),
+            acknowledge,
             sign_acknowledgements: raw
                 .sign_acknowledgements
                 .unwrap_or_else(|| default("inbound.sign_acknowledgements")),
             mode: raw.mode.unwrap_or_else(|| default("inbound.mode")),
             max_connections: self.positive(raw.max_connections, "inbound.max_connections")?,
+            duplicates,
+            delivery_schedule,
+            max_delivery_age,
         })
     }
 }

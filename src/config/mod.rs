@@ -109,6 +109,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Process-level settings.
     pub server: ServerConfig,
+    /// The state store; `None` without `[store]` (stateless, as before).
+    pub store: Option<StoreConfig>,
+    /// The missed-notification reconciler; `None` unless `[reconcile] enabled = true`.
+    pub reconcile: Option<ReconcileConfig>,
     /// Where each value came from (file line or environment variable), for later error
     /// messages such as a key file that cannot be read.
     origins: BTreeMap<String, Origin>,
@@ -551,5 +555,93 @@ region = "sea"
             e.contains("sidecar.toml:7:") && e.contains("not valid TOML"),
             "{e}"
         );
+    }
+
+    const INBOUND: &str = "[inbound]\nforward_to = \"http://127.0.0.1:3000\"\n";
+
+    #[test]
+    fn store_and_reconcile_defaults_and_dependencies() {
+        // without [store]: stateless, duplicates forwarded, no reconciler
+        let c = parse(&format!("{BASE}{INBOUND}")).unwrap();
+        assert_eq!(c.store, None);
+        let i = c.inbound.as_ref().unwrap();
+        assert_eq!(i.duplicates, Duplicates::Forward);
+        assert_eq!(i.delivery_schedule.len(), 8);
+        assert_eq!(i.delivery_schedule[0], Duration::ZERO);
+        assert_eq!(i.max_delivery_age, Duration::from_secs(7 * 86400));
+
+        // with [store]: duplicates suppressed by default; the reconciler's defaults
+        let text = format!(
+            "{BASE}{INBOUND}acknowledge = \"after-store\"\n[store]\npath = \"state/s.db\"\n\
+             [reconcile]\nenabled = true\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.store,
+            Some(StoreConfig::Sqlite(PathBuf::from("/etc/sc/state/s.db")))
+        );
+        let i = c.inbound.as_ref().unwrap();
+        assert_eq!(i.duplicates, Duplicates::Suppress);
+        assert_eq!(i.acknowledge, Acknowledge::AfterStore);
+        let r = c.reconcile.as_ref().unwrap();
+        assert_eq!(r.reconcile_after, Duration::from_secs(60));
+        assert_eq!(r.inquiry_schedule[0], Duration::from_secs(3));
+        assert_eq!(r.default_close_after, Duration::from_secs(1800));
+        assert!(!r.cancel_on_expiry && r.deliver_path.is_none());
+
+        let pg = parse(&format!(
+            "{BASE}[store]\nurl = \"postgres://sidecar@db:5432/alipay\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            pg.store,
+            Some(StoreConfig::Postgres(
+                "postgres://sidecar@db:5432/alipay".into()
+            ))
+        );
+        let off = parse(&format!("{BASE}[reconcile]\nenabled = false\n")).unwrap();
+        assert_eq!(off.reconcile, None);
+    }
+
+    #[test]
+    fn store_features_without_a_store_are_refused() {
+        for (extra, key) in [
+            ("duplicates = \"suppress\"\n", "inbound.duplicates"),
+            ("acknowledge = \"after-store\"\n", "inbound.acknowledge"),
+        ] {
+            let e = parse(&format!("{BASE}{INBOUND}{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("[store]"), "{e}");
+        }
+        let e = parse(&format!("{BASE}{INBOUND}[reconcile]\nenabled = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("reconcile.enabled") && e.contains("[store]"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{BASE}[store]\npath = \"s.db\"\n[reconcile]\nenabled = true\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("[inbound]"), "{e}");
+        for store in [
+            "[store]\n",
+            "[store]\npath = \"a.db\"\nurl = \"postgres://x/y\"\n",
+            "[store]\nurl = \"mysql://x/y\"\n",
+        ] {
+            let e = parse(&format!("{BASE}{store}")).unwrap_err().to_string();
+            assert!(e.contains("store"), "{store}: {e}");
+        }
+        for bad in [
+            "[reconcile]\nenabled = true\ninquiry_schedule = []\n",
+            "[reconcile]\nenabled = true\ninquiry_schedule = [\"soon\"]\n",
+            "[reconcile]\nenabled = true\ndeliver_path = \"notify\"\n",
+        ] {
+            let text = format!("{BASE}{INBOUND}[store]\npath = \"s.db\"\n{bad}");
+            assert!(parse(&text).is_err(), "{bad}");
+        }
     }
 }

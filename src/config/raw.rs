@@ -16,7 +16,7 @@ use serde::de::{self, DeserializeOwned, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::typed::{Acknowledge, InboundMode, LogFormat, RequestTimeFormat};
+use super::typed::{Acknowledge, Duplicates, InboundMode, LogFormat, RequestTimeFormat};
 use super::ENV_PREFIX;
 
 /// What kind of value an option takes: the hint in error messages, how an environment value
@@ -190,6 +190,8 @@ options! {
         admin: Option<RawAdmin> => RawAdmin,
         log: Option<RawLog> => RawLog,
         server: Option<RawServer> => RawServer,
+        store: Option<Spanned<RawStore>> => RawStore,
+        reconcile: Option<Spanned<RawReconcile>> => RawReconcile,
     }
     arrays {
         merchants: Option<Vec<Spanned<RawMerchant>>> => RawMerchant,
@@ -276,10 +278,40 @@ options! {
         max_body_bytes: Option<Spanned<i64>> = Kind::Int, Some("1048576"), Restart;
         forward_timeout: Option<Spanned<String>> = Kind::Duration, Some("\"10s\""), Restart;
         max_request_time_skew: Option<Spanned<String>> = Kind::Duration, None, Restart;
-        acknowledge: Option<Acknowledge> = Kind::Choice(&["app", "sidecar"]), Some("\"app\""), Restart;
+        acknowledge: Option<Spanned<Acknowledge>> = Kind::Choice(&["app", "sidecar", "after-store"]), Some("\"app\""), Restart;
         sign_acknowledgements: Option<bool> = Kind::Bool, Some("false"), Restart;
         mode: Option<InboundMode> = Kind::Choice(&["enforce", "shadow"]), Some("\"enforce\""), Restart;
         max_connections: Option<Spanned<i64>> = Kind::Int, Some("1024"), Restart;
+        duplicates: Option<Spanned<Duplicates>> = Kind::Choice(&["suppress", "forward"]), None, Restart;
+        delivery_schedule: Option<Spanned<Vec<Spanned<String>>>> = Kind::List, Some(DEFAULT_DELIVERY_SCHEDULE), Restart;
+        max_delivery_age: Option<Spanned<String>> = Kind::Duration, Some("\"7d\""), Restart;
+    }
+}
+
+/// Gaps between deliveries of a stored notification to the app (store-and-forward): close to
+/// Alipay's own re-send schedule (0 s, 2 min, 10 min, 10 min, 1 h, 2 h, 6 h, 15 h), the last
+/// gap repeating until `max_delivery_age`.
+const DEFAULT_DELIVERY_SCHEDULE: &str =
+    "[\"0s\", \"2m\", \"10m\", \"10m\", \"1h\", \"2h\", \"6h\", \"15h\"]";
+
+options! {
+    /// `[store]`: the state store (notification journal, pay records); exactly one of `path`
+    /// (embedded SQLite) and `url` (PostgreSQL, shared by several replicas).
+    struct RawStore {
+        path: Option<Spanned<String>> = Kind::Path, None, Restart;
+        url: Option<Spanned<String>> = Kind::Str, None, Restart;
+    }
+}
+
+options! {
+    /// `[reconcile]`: the missed-notification reconciler (inquiryPayment, then cancel).
+    struct RawReconcile {
+        enabled: Option<bool> = Kind::Bool, Some("false"), Restart;
+        reconcile_after: Option<Spanned<String>> = Kind::Duration, Some("\"60s\""), Restart;
+        inquiry_schedule: Option<Spanned<Vec<Spanned<String>>>> = Kind::List, Some("[\"3s\", \"5s\", \"10s\", \"30s\", \"1m\", \"5m\"]"), Restart;
+        default_close_after: Option<Spanned<String>> = Kind::Duration, Some("\"30m\""), Restart;
+        cancel_on_expiry: Option<bool> = Kind::Bool, Some("false"), Restart;
+        deliver_path: Option<Spanned<String>> = Kind::Str, None, Restart;
     }
 }
 

@@ -140,6 +140,49 @@ pub struct InboundConfig {
     pub mode: InboundMode,
     /// Connections open at once on the inbound listener (default 1024).
     pub max_connections: usize,
+    /// What happens to a re-send of an event already delivered (needs `[store]` to suppress;
+    /// `suppress` is the default with a store, `forward` without).
+    pub duplicates: Duplicates,
+    /// Store-and-forward (`acknowledge = "after-store"`): gaps between deliveries to the app;
+    /// the last one repeats until `max_delivery_age`.
+    pub delivery_schedule: Vec<Duration>,
+    /// Store-and-forward: after this long undelivered, a notification is marked dead.
+    pub max_delivery_age: Duration,
+}
+
+/// What the inbound verifier does with a re-send of an event the app already took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Duplicates {
+    /// Acknowledge it to Alipay without delivering it again (the default with a store).
+    Suppress,
+    /// Deliver every copy, as without a store.
+    Forward,
+}
+
+/// Where the sidecar keeps its state (`[store]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// Embedded SQLite in this file (one sidecar, or one per pod on a volume).
+    Sqlite(PathBuf),
+    /// PostgreSQL at this URL, shared by several sidecar replicas.
+    Postgres(String),
+}
+
+/// The missed-notification reconciler (`[reconcile]` with `enabled = true`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReconcileConfig {
+    /// No result notification this long after the pay answer → start inquiring.
+    pub reconcile_after: Duration,
+    /// Gaps between inquiries; the last one repeats until the close time.
+    pub inquiry_schedule: Vec<Duration>,
+    /// The close time of a pay whose request has no `paymentExpireTime`.
+    pub default_close_after: Duration,
+    /// At the close time without a final status, call `payments/cancel`.
+    pub cancel_on_expiry: bool,
+    /// Where a reconciled result is delivered in the app, instead of the path of the pay's
+    /// `paymentNotifyUrl`.
+    pub deliver_path: Option<String>,
 }
 
 /// The app behind the inbound listener (plain HTTP: it runs next to the sidecar).
@@ -173,6 +216,10 @@ pub enum Acknowledge {
     App,
     /// Answer with the exact SUCCESS body once the app returned 2xx.
     Sidecar,
+    /// Answer SUCCESS once the notification is durably stored, then deliver it to the app
+    /// with retries (store-and-forward; needs `[store]`).
+    #[serde(rename = "after-store")]
+    AfterStore,
 }
 
 /// Whether a failed notification verification blocks the notification.
