@@ -123,7 +123,7 @@ impl Ctx<'_> {
             return self.err(
                 v.span(),
                 key,
-                format!("the list is empty; write at least one duration, e.g. [\"3s\", \"1m\"]"),
+                "the list is empty; write at least one duration, e.g. [\"3s\", \"1m\"]",
             );
         }
         v.get_ref()
