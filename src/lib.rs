@@ -44,6 +44,7 @@ pub mod outbound;
 pub mod reload;
 pub mod server;
 pub mod state;
+pub mod store;
 #[cfg(test)]
 mod testing;
 pub mod tls;

@@ -32,6 +32,7 @@ use crate::merchants::Merchants;
 use crate::outbound::{Outbound, OutboundMerchant, OutboundPolicy};
 use crate::reload::{publish_key_metrics, ReloadTask, Reloader};
 use crate::state::SidecarState;
+use crate::store::StateStore;
 use crate::tls::ListenerTls;
 use crate::upstream::Upstream;
 
@@ -139,7 +140,21 @@ pub fn build(
             "no merchant is configured; add client_id and [keys], or [[merchants]]".to_string(),
         )));
     };
-    let state = SidecarState::new(merchants);
+    // the store opens (and migrates) before any listener: a store that cannot be used at start
+    // is a configuration problem, reported against [store] like any other
+    let store = match &config.store {
+        None => None,
+        Some(cfg) => {
+            let key = match cfg {
+                crate::config::StoreConfig::Sqlite(_) => "store.path",
+                crate::config::StoreConfig::Postgres(_) => "store.url",
+            };
+            let store = StateStore::open(cfg).map_err(|e| config.error_at(key, e.to_string()))?;
+            tracing::info!(store = %store.location(), "state store open");
+            Some(store)
+        }
+    };
+    let state = SidecarState::with_store(merchants, store);
 
     // Fail early with a clear message rather than inside pingora's listener setup, and pick
     // the ports of port-0 listeners (held until pingora has bound them). Each listener with

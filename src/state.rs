@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use crate::merchants::Merchants;
 use crate::metrics::{self, Direction, InFlightGuard};
+use crate::store::StateStore;
 
 /// Shared by the outbound, inbound and admin services and the reload task.
 pub struct SidecarState {
     merchants: Merchants,
+    store: Option<Arc<StateStore>>,
     draining: AtomicBool,
     in_flight: AtomicUsize,
 }
@@ -17,8 +19,14 @@ pub struct SidecarState {
 impl SidecarState {
     /// Starts serving with key sets that already passed loading and preflight.
     pub fn new(merchants: Merchants) -> Arc<Self> {
+        Self::with_store(merchants, None)
+    }
+
+    /// Like [`SidecarState::new`], with the state store of `[store]` (already open).
+    pub fn with_store(merchants: Merchants, store: Option<Arc<StateStore>>) -> Arc<Self> {
         Arc::new(Self {
             merchants,
+            store,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
         })
@@ -28,6 +36,11 @@ impl SidecarState {
     /// snapshot a request uses).
     pub fn merchants(&self) -> &Merchants {
         &self.merchants
+    }
+
+    /// The state store, when `[store]` is configured.
+    pub fn store(&self) -> Option<&Arc<StateStore>> {
+        self.store.as_ref()
     }
 
     /// Readiness: false once shutdown began, so load balancers stop sending traffic.

@@ -190,14 +190,16 @@ impl Ctx<'_> {
             Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(['?', '#', ' ']) => {
                 Some(p.into_inner())
             }
-            Some(p) => return self.err(
-                p.span(),
-                "reconcile.deliver_path",
-                format!(
+            Some(p) => {
+                return self.err(
+                    p.span(),
+                    "reconcile.deliver_path",
+                    format!(
                     "\"{}\" is not a path; write the app's notify path, e.g. \"/alipay/notify\"",
                     p.get_ref()
                 ),
-            ),
+                )
+            }
         };
         Ok(Some(ReconcileConfig {
             reconcile_after: self.duration(raw.reconcile_after, "reconcile.reconcile_after")?,
