@@ -168,6 +168,13 @@ impl<H: Handler> ProxyHttp for Adapter<H> {
     }
 }
 
+/// Records a request the sidecar made itself through a handler (the reconciler's
+/// inquiries): the same metrics and log line as a request served on a listener.
+pub(crate) fn record(direction: Direction, start: Instant, report: &Report) {
+    observe(direction, report);
+    finish(direction, start, report, None);
+}
+
 /// Records what the handler did (everything but the request count): called once per
 /// request, before the reply is written.
 fn observe(direction: Direction, r: &Report) {

@@ -49,6 +49,7 @@ use crate::handler::{
 };
 use crate::merchants::{KeySource, LiveKeys, Selected, UNSELECTED_MERCHANT};
 use crate::metrics::{Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
+use crate::reconcile::NotificationHook;
 use crate::protocol::{
     ack_signature_headers, content_digest, format_iso8601, parse_request_time, Reason, Verified,
     ACK_BODY,
@@ -165,6 +166,8 @@ pub struct Inbound<A> {
     merchants: Vec<InboundMerchant<A>>,
     /// The merchant label of requests refused before selection.
     unselected: Arc<str>,
+    /// `[reconcile]`: told of every verified notification (closes pay records).
+    reconcile: Option<Arc<dyn NotificationHook>>,
 }
 
 /// Why a notification was not accepted: the metric label, the error code and what to do.
@@ -211,7 +214,15 @@ impl<A: App> Inbound<A> {
             policy,
             unselected,
             merchants,
+            reconcile: None,
         }
+    }
+
+    /// Tells `hook` of every notification whose signature verified (the reconciler closes
+    /// the pay record of a final PAYMENT_RESULT).
+    pub fn with_reconcile(mut self, hook: Arc<dyn NotificationHook>) -> Self {
+        self.reconcile = Some(hook);
+        self
     }
 
     /// The merchant a notification is for, with its key snapshot: the one whose client id
@@ -546,6 +557,9 @@ impl<A: App> Handler for Inbound<A> {
                 report.verification = Some(VerificationResult::Valid);
                 report.outcome = Outcome::Verified;
                 report.key_version = Some(v.key_version);
+                if let Some(hook) = &self.reconcile {
+                    hook.verified(&selected.merchant.name, &request.body).await;
+                }
                 (Marker::Verified, report.key_version.clone())
             }
             Err(r) => {

@@ -41,6 +41,7 @@ pub mod logging;
 pub mod merchants;
 pub mod metrics;
 pub mod outbound;
+pub mod reconcile;
 pub mod reload;
 pub mod server;
 pub mod state;

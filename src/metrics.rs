@@ -420,6 +420,15 @@ impl Metrics {
         })
     }
 
+    /// Registers a metric defined next to the code that records it (the reconciler's,
+    /// `src/reconcile.rs`) in this set.
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), MetricsError> {
+        Ok(self.registry.register(collector)?)
+    }
+
     /// The Prometheus text exposition of this set (what `GET /metrics` serves).
     pub fn render(&self) -> String {
         let mut out = String::new();

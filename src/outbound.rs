@@ -37,6 +37,7 @@ use crate::handler::{
 use crate::keyset::KeySet;
 use crate::merchants::{KeySource, LiveKeys, Selected, UNSELECTED_MERCHANT};
 use crate::metrics::{self, Direction, Outcome, VerificationResult};
+use crate::reconcile::PayRecording;
 use crate::protocol::{content_digest, format_epoch_millis, format_iso8601, sign_digest, Reason};
 use crate::state::SidecarState;
 use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
@@ -161,6 +162,8 @@ pub struct Outbound<G> {
     /// The merchant label of requests refused before selection.
     unselected: Arc<str>,
     app_signature_replaced: AtomicBool,
+    /// `[reconcile]`: records pays whose verified answer is not final.
+    pay_recording: Option<PayRecording>,
 }
 
 /// What the app is told about the gateway's answer.
@@ -207,7 +210,15 @@ impl<G: Gateway> Outbound<G> {
             unselected,
             merchants,
             app_signature_replaced: AtomicBool::new(false),
+            pay_recording: None,
         }
+    }
+
+    /// Records every `payments/pay` whose verified answer is not final with `recording`
+    /// (the reconciler, `[reconcile]`), before the answer goes back to the app.
+    pub fn with_pay_recording(mut self, recording: PayRecording) -> Self {
+        self.pay_recording = Some(recording);
+        self
     }
 
     /// The merchant a request is for, with its key snapshot: the only one, or the one the
@@ -584,7 +595,31 @@ impl<G: Gateway> Handler for Outbound<G> {
         };
         let mut report = Report::new(selected.merchant.name.clone(), api);
         report.request_bytes = Some(request.body.len());
+        // a pay to reconcile: what the recorder reads, kept before the exchange takes it
+        let pay = match &self.pay_recording {
+            Some(recording) if api == "payments/pay" => Some((
+                recording,
+                selected.merchant.name.clone(),
+                selected.merchant.client_id.clone(),
+                request.target.clone(),
+                request.body.clone(),
+            )),
+            _ => None,
+        };
         let result = self.exchange(request, selected, &mut report).await;
+        if let (Some((recording, merchant, client_id, target, body)), Ok((head, answer))) =
+            (pay, &result)
+        {
+            let verified = head
+                .headers
+                .get(VERIFIED_HEADER)
+                .is_some_and(|v| v.as_bytes() == Marker::Verified.as_str().as_bytes());
+            if head.status.as_u16() == 200 && verified {
+                recording
+                    .after_verified_answer(&merchant, &client_id, &target, &body, answer)
+                    .await;
+            }
+        }
         Reply::finish(result, report)
     }
 }

@@ -155,6 +155,17 @@ pub fn build(
         }
     };
     let state = SidecarState::with_store(merchants, store);
+    // [reconcile] (validated: it has a store, [outbound] and [inbound])
+    let reconcile = match (&config.reconcile, state.store()) {
+        (Some(r), Some(store)) => Some((r.clone(), store.clone())),
+        _ => None,
+    };
+    let pay_recording = reconcile.as_ref().map(|(r, store)| {
+        crate::reconcile::PayRecording::new(
+            store.clone(),
+            crate::reconcile::PayTiming::from_config(r),
+        )
+    });
 
     // Fail early with a clear message rather than inside pingora's listener setup, and pick
     // the ports of port-0 listeners (held until pingora has bound them). Each listener with
@@ -276,10 +287,13 @@ pub fn build(
         let shared_listeners = o.listen_addrs();
         if !shared_listeners.is_empty() {
             let all = (0..config.merchants.len()).map(merchant).collect();
-            let handler = Outbound::shared(
+            let mut handler = Outbound::shared(
                 OutboundPolicy::from_config(&config, &o, &shared_listeners),
                 all,
             );
+            if let Some(recording) = &pay_recording {
+                handler = handler.with_pay_recording(recording.clone());
+            }
             let names: Vec<&str> = config.merchants.iter().map(|m| m.name.as_str()).collect();
             groups.push((
                 None,
@@ -293,11 +307,28 @@ pub fn build(
             if m.listen.is_none() && m.tls_listen.is_none() {
                 continue;
             }
-            let handler = Outbound::new(
+            let mut handler = Outbound::new(
                 OutboundPolicy::from_config(&config, &o, &m.listen_addrs()),
                 merchant(i),
             );
+            if let Some(recording) = &pay_recording {
+                handler = handler.with_pay_recording(recording.clone());
+            }
             groups.push((Some(m), m.listen, m.tls_listen, handler, m.name.clone()));
+        }
+        if let Some((r, store)) = &reconcile {
+            // the reconciler's calls go through an outbound handler of every merchant, on
+            // the merchants' gateway clients: signed, verified, counted like the app's
+            let all = (0..config.merchants.len()).map(merchant).collect();
+            let handler = Outbound::shared(OutboundPolicy::from_config(&config, &o, &[]), all);
+            let reconciler = crate::reconcile::Reconciler::new(
+                store.clone(),
+                handler,
+                r.clone(),
+                o.request_timeout,
+            );
+            server.add_service(background_service("reconciler", reconciler));
+            tracing::info!(reconcile_after = %humantime::format_duration(r.reconcile_after), default_close_after = %humantime::format_duration(r.default_close_after), cancel_on_expiry = r.cancel_on_expiry, "missed-notification reconciler on");
         }
         let mut shared_tls: Option<(Arc<ListenerTls>, String, bool)> = None;
         for (owner, plain, tls, handler, serves) in groups {
@@ -374,7 +405,11 @@ pub fn build(
         let listen = bound("inbound").addr();
         let app = i.forward_to.url();
         let max = i.max_connections;
-        let handler = Inbound::from_config(state.clone(), &config, &i);
+        let mut handler = Inbound::from_config(state.clone(), &config, &i);
+        if let Some((_, store)) = &reconcile {
+            handler =
+                handler.with_reconcile(Arc::new(crate::reconcile::PayCloser::new(store.clone())));
+        }
         let proxy = pingora::proxy::http_proxy(&conf, Adapter::new(handler, state.clone()));
         let mut svc = Service::new(
             "inbound".to_string(),
