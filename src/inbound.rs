@@ -635,6 +635,33 @@ mod tests {
         inbound_with(policy(), route(&[]), app)
     }
 
+    /// The reconciler's hook: remembers the verified notifications it was told of.
+    #[derive(Default)]
+    struct Hook(std::sync::Mutex<Vec<(String, Vec<u8>)>>);
+
+    #[async_trait::async_trait]
+    impl NotificationHook for Hook {
+        async fn verified(&self, merchant: &str, body: &[u8]) {
+            self.0.lock().unwrap().push((merchant.into(), body.to_vec()));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_reconcile_hook_hears_verified_notifications_only() {
+        let app = app(200, ACK);
+        let hook = Arc::new(Hook::default());
+        let h = inbound(&app).with_reconcile(hook.clone());
+        let body = br#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"S"},"paymentRequestId":"p1"}"#;
+        let time = format_iso8601(now_millis());
+        let reply = h.handle(signed("/merchant/notify", &time, body)).await;
+        assert_eq!(reply.head.status.as_u16(), 200);
+        let mut forged = signed("/merchant/notify", &time, body);
+        forged.body = Bytes::from_static(br#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"F"},"paymentRequestId":"p1"}"#);
+        assert_eq!(h.handle(forged).await.head.status.as_u16(), 401);
+        let heard = hook.0.lock().unwrap().clone();
+        assert_eq!(heard, vec![(DEFAULT_MERCHANT.to_string(), body.to_vec())]);
+    }
+
     /// An app that answers `status` with `body`.
     fn app(status: u16, body: &'static [u8]) -> Arc<Fake> {
         Fake::new(move |_| {
