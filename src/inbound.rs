@@ -49,11 +49,11 @@ use crate::handler::{
 };
 use crate::merchants::{KeySource, LiveKeys, Selected, UNSELECTED_MERCHANT};
 use crate::metrics::{Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
-use crate::reconcile::NotificationHook;
 use crate::protocol::{
     ack_signature_headers, content_digest, format_iso8601, parse_request_time, Reason, Verified,
     ACK_BODY,
 };
+use crate::reconcile::NotificationHook;
 use crate::state::SidecarState;
 use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 
@@ -642,7 +642,10 @@ mod tests {
     #[async_trait::async_trait]
     impl NotificationHook for Hook {
         async fn verified(&self, merchant: &str, body: &[u8]) {
-            self.0.lock().unwrap().push((merchant.into(), body.to_vec()));
+            self.0
+                .lock()
+                .unwrap()
+                .push((merchant.into(), body.to_vec()));
         }
     }
 

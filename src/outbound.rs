@@ -37,8 +37,8 @@ use crate::handler::{
 use crate::keyset::KeySet;
 use crate::merchants::{KeySource, LiveKeys, Selected, UNSELECTED_MERCHANT};
 use crate::metrics::{self, Direction, Outcome, VerificationResult};
-use crate::reconcile::PayRecording;
 use crate::protocol::{content_digest, format_epoch_millis, format_iso8601, sign_digest, Reason};
+use crate::reconcile::PayRecording;
 use crate::state::SidecarState;
 use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 
@@ -1482,7 +1482,11 @@ mod tests {
     #[tokio::test]
     async fn final_unverified_or_other_answers_are_not_recorded() {
         // final answer
-        let gw = alipay(200, "1", br#"{"result":{"resultCode":"SUCCESS","resultStatus":"S"}}"#);
+        let gw = alipay(
+            200,
+            "1",
+            br#"{"result":{"resultCode":"SUCCESS","resultStatus":"S"}}"#,
+        );
         let (h, recorder) = recording(policy(), &gw, false);
         assert_eq!(h.handle(pay(&[])).await.head.status.as_u16(), 200);
         // another API answering U

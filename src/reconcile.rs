@@ -615,7 +615,10 @@ impl<G: Gateway> Reconciler<G> {
         let owner = format!(
             "{}-{}",
             std::process::id(),
-            random.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            random
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         );
         let smallest = config
             .inquiry_schedule
@@ -675,9 +678,14 @@ impl<G: Gateway> Reconciler<G> {
         let now = now_millis();
         let inquiry = serde_json::json!({"paymentRequestId": rec.payment_request_id}).to_string();
         let why = match self.call(rec, INQUIRY_TAIL, inquiry).await {
-            Called::Verified(answer) => match payment_result_body(&answer, &rec.payment_request_id) {
+            Called::Verified(answer) => match payment_result_body(&answer, &rec.payment_request_id)
+            {
                 Inquired::Final { body, outcome } => {
-                    let label = if outcome == PayOutcome::InquiredSuccess { "success" } else { "fail" };
+                    let label = if outcome == PayOutcome::InquiredSuccess {
+                        "success"
+                    } else {
+                        "fail"
+                    };
                     metrics().inquiries.with_label_values(&[label]).inc();
                     self.conclude(rec, Some(body), outcome).await;
                     return;
@@ -696,7 +704,12 @@ impl<G: Gateway> Reconciler<G> {
             self.expire(rec, &why).await;
             return;
         }
-        let next = next_inquiry(&self.config.inquiry_schedule, rec.inquiries, now, rec.close_time);
+        let next = next_inquiry(
+            &self.config.inquiry_schedule,
+            rec.inquiries,
+            now,
+            rec.close_time,
+        );
         tracing::info!(merchant = %rec.merchant, payment_request_id = %rec.payment_request_id, inquiries = rec.inquiries + 1, status = %why, next_in_ms = next - now, "reconcile: no final status yet");
         self.reschedule(rec, next).await;
     }
@@ -709,7 +722,9 @@ impl<G: Gateway> Reconciler<G> {
             .await
         {
             Ok(true) => {}
-            Ok(false) => tracing::info!(payment_request_id = %rec.payment_request_id, "reconcile: the record was closed or taken over meanwhile"),
+            Ok(false) => {
+                tracing::info!(payment_request_id = %rec.payment_request_id, "reconcile: the record was closed or taken over meanwhile")
+            }
             Err(e) => store_error("work", &e),
         }
     }
@@ -723,23 +738,34 @@ impl<G: Gateway> Reconciler<G> {
         }
         let body = serde_json::json!({"paymentRequestId": rec.payment_request_id}).to_string();
         let failed = match self.call(rec, CANCEL_TAIL, body).await {
-            Called::Verified(answer) if result_field(&json_object(&answer).unwrap_or_default(), "resultStatus") == Some("S") => {
+            Called::Verified(answer)
+                if result_field(&json_object(&answer).unwrap_or_default(), "resultStatus")
+                    == Some("S") =>
+            {
                 metrics().cancels.with_label_values(&["success"]).inc();
                 tracing::warn!(merchant = %rec.merchant, payment_request_id = %rec.payment_request_id, "reconcile: close time passed without a final status; payment cancelled");
                 let delivered = cancelled_body(&answer, &rec.payment_request_id);
-                self.conclude(rec, Some(delivered), PayOutcome::Cancelled).await;
+                self.conclude(rec, Some(delivered), PayOutcome::Cancelled)
+                    .await;
                 return;
             }
             Called::Verified(answer) => format!(
                 "cancel answered {}/{}",
-                result_field(&json_object(&answer).unwrap_or_default(), "resultStatus").unwrap_or("-"),
-                result_field(&json_object(&answer).unwrap_or_default(), "resultCode").unwrap_or("-")
+                result_field(&json_object(&answer).unwrap_or_default(), "resultStatus")
+                    .unwrap_or("-"),
+                result_field(&json_object(&answer).unwrap_or_default(), "resultCode")
+                    .unwrap_or("-")
             ),
             Called::Failed(why) => why,
         };
         metrics().cancels.with_label_values(&["error"]).inc();
         // keep trying (inquire again, then cancel) for a few more gaps, then give up
-        let gap = self.config.inquiry_schedule.last().copied().unwrap_or(Duration::from_secs(30));
+        let gap = self
+            .config
+            .inquiry_schedule
+            .last()
+            .copied()
+            .unwrap_or(Duration::from_secs(30));
         let now = now_millis();
         if now > add(rec.close_time, gap * CANCEL_ATTEMPTS) {
             tracing::error!(merchant = %rec.merchant, payment_request_id = %rec.payment_request_id, error = %failed, "reconcile: cancelling at the close time failed repeatedly; giving up (expired): cancel it yourself");
@@ -796,7 +822,10 @@ impl<G: Gateway> Reconciler<G> {
         let key = EventKey::from_notification(&rec.client_id, &key_path, &body);
         let mut headers = vec![
             (SOURCE_HEADER.to_string(), SOURCE_INQUIRY.to_string()),
-            (VERIFIED_HEADER.to_string(), Marker::Verified.as_str().to_string()),
+            (
+                VERIFIED_HEADER.to_string(),
+                Marker::Verified.as_str().to_string(),
+            ),
             (
                 "Content-Type".to_string(),
                 "application/json; charset=UTF-8".to_string(),
@@ -831,7 +860,9 @@ impl<G: Gateway> Reconciler<G> {
 
     /// Calls `tail` (after `/ams/api/` or, for a `SANDBOX_` client id, `/ams/sandbox/api/`)
     /// for the record's merchant through the outbound handler, recording the request's
-    /// metrics and log line as the listeners do.
+    /// metrics and log line as the listeners do. The handler's head checks are not run: they
+    /// guard the listener against what an app (or a browser) sends (`Host`, browser headers,
+    /// `allowed_path_prefixes`), while this request is built by the sidecar itself.
     async fn call(&self, rec: &PayRecord, tail: &str, body: String) -> Called {
         let base = if rec.client_id.starts_with("SANDBOX_") {
             "/ams/sandbox/api/"
@@ -929,8 +960,20 @@ mod tests {
     };
     const NOW: i64 = 1_714_538_096_000; // 2024-05-01T04:34:56Z
 
-    fn decide(target: &str, request: &str, answer: &str) -> Result<Option<PendingPay>, NotRecorded> {
-        pending_pay("sg", "T_1", target, request.as_bytes(), answer.as_bytes(), TIMING, NOW)
+    fn decide(
+        target: &str,
+        request: &str,
+        answer: &str,
+    ) -> Result<Option<PendingPay>, NotRecorded> {
+        pending_pay(
+            "sg",
+            "T_1",
+            target,
+            request.as_bytes(),
+            answer.as_bytes(),
+            TIMING,
+            NOW,
+        )
     }
 
     const IN_PROCESS: &str = r#"{"result":{"resultCode":"PAYMENT_IN_PROCESS","resultStatus":"U","resultMessage":"payment in process"}}"#;
@@ -953,7 +996,9 @@ mod tests {
         );
         // sandbox path too; U alone, or PAYMENT_IN_PROCESS alone
         let u = r#"{"result":{"resultCode":"UNKNOWN_EXCEPTION","resultStatus":"U"}}"#;
-        assert!(decide("/ams/sandbox/api/v1/payments/pay", req, u).unwrap().is_some());
+        assert!(decide("/ams/sandbox/api/v1/payments/pay", req, u)
+            .unwrap()
+            .is_some());
         let code_only = r#"{"result":{"resultCode":"PAYMENT_IN_PROCESS"}}"#;
         assert!(decide(PAY, req, code_only).unwrap().is_some());
         // final answers, other APIs, unreadable answers: nothing
@@ -962,13 +1007,28 @@ mod tests {
         assert_eq!(decide(PAY, req, s), Ok(None));
         assert_eq!(decide(PAY, req, f), Ok(None));
         assert_eq!(decide(PAY, req, "not json"), Ok(None));
-        assert_eq!(decide("/ams/api/v1/payments/inquiryPayment", req, IN_PROCESS), Ok(None));
-        assert_eq!(decide("/ams/api/v1/payments/payX", req, IN_PROCESS), Ok(None));
+        assert_eq!(
+            decide("/ams/api/v1/payments/inquiryPayment", req, IN_PROCESS),
+            Ok(None)
+        );
+        assert_eq!(
+            decide("/ams/api/v1/payments/payX", req, IN_PROCESS),
+            Ok(None)
+        );
         // no id: cannot be recorded
-        assert_eq!(decide(PAY, "{}", IN_PROCESS), Err(NotRecorded::NoPaymentRequestId));
-        assert_eq!(decide(PAY, "[1]", IN_PROCESS), Err(NotRecorded::NoPaymentRequestId));
+        assert_eq!(
+            decide(PAY, "{}", IN_PROCESS),
+            Err(NotRecorded::NoPaymentRequestId)
+        );
+        assert_eq!(
+            decide(PAY, "[1]", IN_PROCESS),
+            Err(NotRecorded::NoPaymentRequestId)
+        );
         let long = format!(r#"{{"paymentRequestId":"{}"}}"#, "x".repeat(300));
-        assert_eq!(decide(PAY, &long, IN_PROCESS), Err(NotRecorded::NoPaymentRequestId));
+        assert_eq!(
+            decide(PAY, &long, IN_PROCESS),
+            Err(NotRecorded::NoPaymentRequestId)
+        );
     }
 
     #[test]
@@ -990,16 +1050,33 @@ mod tests {
     fn final_payment_results_close_records() {
         let n = |s: &str| final_payment_result(s.as_bytes());
         assert_eq!(
-            n(r#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"S"},"paymentRequestId":"p"}"#),
+            n(
+                r#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"S"},"paymentRequestId":"p"}"#
+            ),
             Some("p".into())
         );
         assert_eq!(
-            n(r#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"F"},"paymentRequestId":"p"}"#),
+            n(
+                r#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"F"},"paymentRequestId":"p"}"#
+            ),
             Some("p".into())
         );
-        assert_eq!(n(r#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"U"},"paymentRequestId":"p"}"#), None);
-        assert_eq!(n(r#"{"notifyType":"PAYMENT_PENDING","result":{"resultStatus":"S"},"paymentRequestId":"p"}"#), None);
-        assert_eq!(n(r#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"S"}}"#), None);
+        assert_eq!(
+            n(
+                r#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"U"},"paymentRequestId":"p"}"#
+            ),
+            None
+        );
+        assert_eq!(
+            n(
+                r#"{"notifyType":"PAYMENT_PENDING","result":{"resultStatus":"S"},"paymentRequestId":"p"}"#
+            ),
+            None
+        );
+        assert_eq!(
+            n(r#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"S"}}"#),
+            None
+        );
         assert_eq!(n("garbage"), None);
     }
 
@@ -1061,7 +1138,10 @@ mod tests {
             "[]",
         ] {
             assert!(
-                matches!(payment_result_body(answer.as_bytes(), "p"), Inquired::NotFinal(_)),
+                matches!(
+                    payment_result_body(answer.as_bytes(), "p"),
+                    Inquired::NotFinal(_)
+                ),
                 "{answer}"
             );
         }
@@ -1077,7 +1157,10 @@ mod tests {
         assert_eq!(v["paymentRequestId"], "p-3");
         assert_eq!(v["paymentId"], "2024X");
         assert_eq!(v["cancelTime"], "2024-05-01T12:30:00+08:00");
-        assert_eq!(final_payment_result(&cancelled_body(b"{}", "p-4")), Some("p-4".into()));
+        assert_eq!(
+            final_payment_result(&cancelled_body(b"{}", "p-4")),
+            Some("p-4".into())
+        );
     }
 
     #[test]
@@ -1085,16 +1168,30 @@ mod tests {
         let s = [Duration::from_secs(3), Duration::from_secs(5)];
         assert_eq!(next_inquiry(&s, 0, 1000, 100_000), 4000);
         assert_eq!(next_inquiry(&s, 1, 1000, 100_000), 6000);
-        assert_eq!(next_inquiry(&s, 7, 1000, 100_000), 6000, "the last gap repeats");
-        assert_eq!(next_inquiry(&s, 7, 1000, 2000), 2000, "never after the close time");
+        assert_eq!(
+            next_inquiry(&s, 7, 1000, 100_000),
+            6000,
+            "the last gap repeats"
+        );
+        assert_eq!(
+            next_inquiry(&s, 7, 1000, 2000),
+            2000,
+            "never after the close time"
+        );
         assert_eq!(next_inquiry(&[], 0, 1000, 100_000), 31_000);
     }
 
     #[test]
     fn notify_paths_ignore_host_and_query() {
-        assert_eq!(notify_path("https://shop.example:8443/alipay/notify?a=1").as_deref(), Some("/alipay/notify"));
+        assert_eq!(
+            notify_path("https://shop.example:8443/alipay/notify?a=1").as_deref(),
+            Some("/alipay/notify")
+        );
         assert_eq!(notify_path("http://127.0.0.1:9/n").as_deref(), Some("/n"));
-        assert_eq!(notify_path("/relative/path").as_deref(), Some("/relative/path"));
+        assert_eq!(
+            notify_path("/relative/path").as_deref(),
+            Some("/relative/path")
+        );
         assert_eq!(notify_path("not a url"), None);
     }
 }
