@@ -352,33 +352,58 @@ pub fn payment_result_body(answer: &[u8], payment_request_id: &str) -> Inquired 
     let status = str_field(&o, "paymentStatus").unwrap_or("");
     let (result, outcome) = match status {
         "SUCCESS" => (
-            serde_json::json!({"resultCode": "SUCCESS", "resultStatus": "S", "resultMessage": "success"}),
+            result_object("SUCCESS", "S", "success"),
             PayOutcome::InquiredSuccess,
         ),
         "FAIL" => (
-            serde_json::json!({
-                "resultCode": str_field(&o, "paymentResultCode").unwrap_or("PROCESS_FAIL"),
-                "resultStatus": "F",
-                "resultMessage": str_field(&o, "paymentResultMessage").unwrap_or("the payment failed"),
-            }),
+            result_object(
+                str_field(&o, "paymentResultCode").unwrap_or("PROCESS_FAIL"),
+                "F",
+                str_field(&o, "paymentResultMessage").unwrap_or("the payment failed"),
+            ),
             PayOutcome::InquiredFail,
         ),
         other => return Inquired::NotFinal(format!("paymentStatus {other:?}")),
     };
-    let mut out = Map::new();
-    out.insert("notifyType".into(), Value::from("PAYMENT_RESULT"));
-    out.insert("result".into(), result);
+    let mut fields = vec![
+        ("notifyType", Value::from("PAYMENT_RESULT").to_string()),
+        ("result", result),
+    ];
     for name in COPIED {
         if let Some(v) = o.get(name).filter(|v| !v.is_null()) {
-            out.insert(name.into(), v.clone());
+            fields.push((name, v.to_string()));
         }
     }
-    out.entry("paymentRequestId")
-        .or_insert_with(|| Value::from(payment_request_id));
+    if !fields.iter().any(|(name, _)| *name == "paymentRequestId") {
+        fields.push((
+            "paymentRequestId",
+            Value::from(payment_request_id).to_string(),
+        ));
+    }
     Inquired::Final {
-        body: Value::Object(out).to_string().into_bytes(),
+        body: ordered(&fields).into_bytes(),
         outcome,
     }
+}
+
+/// A JSON object with `fields` (name, value already JSON) in this order: the order Alipay's
+/// own notifications use (`notifyType`, `result`, then the ids), easier to read in logs than
+/// `serde_json`'s sorted maps.
+fn ordered(fields: &[(&str, String)]) -> String {
+    let inner: Vec<String> = fields
+        .iter()
+        .map(|(name, value)| format!("{}:{value}", Value::from(*name)))
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// `{"resultCode":…,"resultStatus":…,"resultMessage":…}`.
+fn result_object(code: &str, status: &str, message: &str) -> String {
+    ordered(&[
+        ("resultCode", Value::from(code).to_string()),
+        ("resultStatus", Value::from(status).to_string()),
+        ("resultMessage", Value::from(message).to_string()),
+    ])
 }
 
 /// The PAYMENT_RESULT delivered after a successful `payments/cancel` at the close time
@@ -389,26 +414,25 @@ pub fn payment_result_body(answer: &[u8], payment_request_id: &str) -> Inquired 
 /// was paid, so this is the app's only word that the payment is closed.
 pub fn cancelled_body(cancel_answer: &[u8], payment_request_id: &str) -> Vec<u8> {
     let o = json_object(cancel_answer).unwrap_or_default();
-    let mut out = Map::new();
-    out.insert("notifyType".into(), Value::from("PAYMENT_RESULT"));
-    out.insert(
-        "result".into(),
-        serde_json::json!({
-            "resultCode": "ORDER_IS_CANCELED",
-            "resultStatus": "F",
-            "resultMessage": "no final result before the close time: the sidecar cancelled the payment (payments/cancel)",
-        }),
-    );
-    out.insert(
-        "paymentRequestId".into(),
-        Value::from(str_field(&o, "paymentRequestId").unwrap_or(payment_request_id)),
-    );
+    let id = str_field(&o, "paymentRequestId").unwrap_or(payment_request_id);
+    let mut fields = vec![
+        ("notifyType", Value::from("PAYMENT_RESULT").to_string()),
+        (
+            "result",
+            result_object(
+                "ORDER_IS_CANCELED",
+                "F",
+                "no final result before the close time: the sidecar cancelled the payment (payments/cancel)",
+            ),
+        ),
+        ("paymentRequestId", Value::from(id).to_string()),
+    ];
     for name in ["paymentId", "cancelTime"] {
         if let Some(v) = o.get(name).filter(|v| !v.is_null()) {
-            out.insert(name.into(), v.clone());
+            fields.push((name, v.to_string()));
         }
     }
-    Value::Object(out).to_string().into_bytes()
+    ordered(&fields).into_bytes()
 }
 
 /// When a record whose inquiry was not final is worked next: after the `inquiries`-th gap
@@ -1102,6 +1126,11 @@ mod tests {
                 "paymentCreateTime": "2024-05-01T12:00:00+08:00",
                 "paymentTime": "2024-05-01T12:00:05+08:00",
             })
+        );
+        assert!(
+            body.starts_with(br#"{"notifyType":"PAYMENT_RESULT","result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"},"paymentRequestId":"p-1""#),
+            "{}",
+            String::from_utf8_lossy(&body)
         );
         // Alipay's own notification of the same result has the same event key
         let alipay = br#"{"notifyType":"PAYMENT_RESULT","result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"},"paymentRequestId":"p-1","paymentId":"2024X"}"#;
