@@ -34,6 +34,7 @@ pub mod envelope;
 pub mod exchange;
 pub mod handler;
 pub mod inbound;
+pub mod journal;
 pub mod keyset;
 pub mod limits;
 pub mod listen;
