@@ -27,6 +27,7 @@ pub mod adapter;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 #[cfg(feature = "mock-gateway")]
 pub mod demo;
 pub mod encoding;
@@ -40,6 +41,7 @@ pub mod limits;
 pub mod listen;
 pub mod logging;
 pub mod merchants;
+pub mod notifications;
 pub mod metrics;
 pub mod outbound;
 pub mod reload;
