@@ -238,48 +238,57 @@ impl<A: App> Inner<A> {
                 row.merchant
             ));
         };
-        let request = self
-            .request(&route.route, row)
+        let request = delivery_request(&route.route, row, self.timeout)
             .map_err(|e| format!("cannot build the request to the app: {e}"))?;
         match route.app.deliver(&request).await {
             Ok(r) if r.header.status.is_success() => Ok(r.header.status.as_u16()),
-            Ok(r) => Err(format!("the app answered HTTP {}", r.header.status.as_u16())),
+            Ok(r) => Err(format!(
+                "the app answered HTTP {}",
+                r.header.status.as_u16()
+            )),
             Err(e) => Err(e.to_string()),
         }
     }
+}
 
-    /// The request to the app for a stored row.
-    fn request(&self, route: &AppRoute, row: &Delivery) -> pingora::Result<UpstreamRequest> {
-        let stored = |name: &str| {
-            row.headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        };
-        let path = stored(DELIVER_PATH_HEADER).unwrap_or(&row.path);
-        let target = route.target(path, stored(DELIVER_QUERY_HEADER));
-        let mut head = RequestHeader::build("POST", target.as_bytes(), Some(row.headers.len() + 4))?;
-        for (name, value) in &row.headers {
-            let lower = name.to_ascii_lowercase();
-            if NOT_COPIED.contains(&lower.as_str())
-                || lower.eq_ignore_ascii_case(VERIFIED_HEADER)
-                || lower.eq_ignore_ascii_case(EVENT_ID_HEADER)
-            {
-                continue;
-            }
-            head.append_header(name.clone(), value.as_str())?;
+/// The request to the app for a stored row: its headers minus framing and the internal ones,
+/// `X-Alipay-Sidecar-Verified: true` and the event id, to the route's path for the row (the
+/// internal deliver-path header wins over the notify path; `path_map` and `base_path` apply;
+/// the notify URL's query is kept).
+fn delivery_request(
+    route: &AppRoute,
+    row: &Delivery,
+    timeout: Duration,
+) -> pingora::Result<UpstreamRequest> {
+    let stored = |name: &str| {
+        row.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let path = stored(DELIVER_PATH_HEADER).unwrap_or(&row.path);
+    let target = route.target(path, stored(DELIVER_QUERY_HEADER));
+    let mut head = RequestHeader::build("POST", target.as_bytes(), Some(row.headers.len() + 4))?;
+    for (name, value) in &row.headers {
+        let lower = name.to_ascii_lowercase();
+        if NOT_COPIED.contains(&lower.as_str())
+            || lower.eq_ignore_ascii_case(VERIFIED_HEADER)
+            || lower.eq_ignore_ascii_case(EVENT_ID_HEADER)
+        {
+            continue;
         }
-        head.insert_header("Host", route.authority.as_str())?;
-        head.insert_header("Content-Length", row.body.len().to_string())?;
-        head.insert_header(VERIFIED_HEADER, "true")?;
-        head.insert_header(EVENT_ID_HEADER, row.event_id.as_str())?;
-        Ok(UpstreamRequest {
-            head,
-            body: Bytes::from(row.body.clone()),
-            max_response: MAX_APP_RESPONSE_BYTES,
-            timeout: self.timeout,
-        })
+        head.append_header(name.clone(), value.as_str())?;
     }
+    head.insert_header("Host", route.authority.as_str())?;
+    head.insert_header("Content-Length", row.body.len().to_string())?;
+    head.insert_header(VERIFIED_HEADER, "true")?;
+    head.insert_header(EVENT_ID_HEADER, row.event_id.as_str())?;
+    Ok(UpstreamRequest {
+        head,
+        body: Bytes::from(row.body.clone()),
+        max_response: MAX_APP_RESPONSE_BYTES,
+        timeout,
+    })
 }
 
 #[async_trait::async_trait]
@@ -299,7 +308,10 @@ impl<A: App> BackgroundService for DeliveryWorker<A> {
                 }
                 (Some(_), true) => {
                     failing = false;
-                    tracing::info!(store = self.inner.store.location(), "the delivery worker reaches the store again");
+                    tracing::info!(
+                        store = self.inner.store.location(),
+                        "the delivery worker reaches the store again"
+                    );
                 }
                 _ => {}
             }
@@ -320,9 +332,87 @@ impl<A: App> BackgroundService for DeliveryWorker<A> {
 mod tests {
     use super::*;
 
+    fn row(headers: &[(&str, &str)]) -> Delivery {
+        Delivery {
+            event_id: "evt_1".into(),
+            merchant: "default".into(),
+            client_id: "T_1".into(),
+            path: "/alipay/notify".into(),
+            notify_type: "PAYMENT_RESULT".into(),
+            body: b"{}".to_vec(),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            attempts: 0,
+            first_seen: 0,
+        }
+    }
+
+    fn route() -> AppRoute {
+        let app = crate::config::AppUpstream {
+            host: "127.0.0.1".into(),
+            port: 3000,
+            base_path: "/base".into(),
+        };
+        let map = [("/alipay/notify".to_string(), "/hooks/alipay".to_string())];
+        AppRoute::new(&app, map.into_iter().collect())
+    }
+
+    fn header<'a>(r: &'a UpstreamRequest, name: &str) -> Vec<&'a str> {
+        r.head
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_stored_row_is_delivered_with_its_headers_marked_and_its_event_id() {
+        let stored = [
+            ("Content-Type", "application/json; charset=UTF-8"),
+            ("X-Alipay-Sidecar-Source", "inquiryPayment"),
+            ("X-Alipay-Sidecar-Verified", "false"),
+            ("X-Alipay-Sidecar-Event-Id", "evt_forged"),
+            ("host", "alipay.example"),
+            ("content-length", "999"),
+            ("signature", "algorithm=RSA256,keyVersion=1,signature=x"),
+            (DELIVER_QUERY_HEADER, "src=ams"),
+        ];
+        let r = delivery_request(&route(), &row(&stored), Duration::from_secs(3)).unwrap();
+        assert_eq!(r.head.uri.to_string(), "/base/hooks/alipay?src=ams");
+        assert_eq!(header(&r, "x-alipay-sidecar-verified"), ["true"]);
+        assert_eq!(header(&r, "x-alipay-sidecar-event-id"), ["evt_1"]);
+        assert_eq!(header(&r, "x-alipay-sidecar-source"), ["inquiryPayment"]);
+        assert_eq!(header(&r, "host"), ["127.0.0.1:3000"]);
+        assert_eq!(header(&r, "content-length"), ["2"]);
+        assert_eq!(header(&r, "signature").len(), 1);
+        assert!(
+            header(&r, DELIVER_QUERY_HEADER).is_empty(),
+            "internal, never sent"
+        );
+        assert_eq!(r.timeout, Duration::from_secs(3));
+        assert_eq!(&r.body[..], b"{}");
+
+        // the reconciler's deliver_path replaces the notify path and is never sent
+        let r = delivery_request(
+            &route(),
+            &row(&[(DELIVER_PATH_HEADER, "/app/results")]),
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        assert_eq!(r.head.uri.to_string(), "/base/app/results");
+        assert!(header(&r, DELIVER_PATH_HEADER).is_empty());
+    }
+
     #[test]
     fn the_schedule_repeats_its_last_gap_and_stops_at_the_deadline() {
-        let s = [Duration::ZERO, Duration::from_secs(2), Duration::from_secs(10)];
+        let s = [
+            Duration::ZERO,
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+        ];
         assert_eq!(next_attempt_at(&s, 1, 1000, i64::MAX), 3000);
         assert_eq!(next_attempt_at(&s, 2, 1000, i64::MAX), 11_000);
         assert_eq!(next_attempt_at(&s, 9, 1000, i64::MAX), 11_000);

@@ -199,7 +199,13 @@ fn table(rows: &[NotificationRecord]) -> String {
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
-        .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut text = String::new();
     for line in &lines {
@@ -263,7 +269,11 @@ fn show(store: &StateStore, args: &EventArgs, out: &mut dyn Write) -> Result<(),
     let body = String::from_utf8_lossy(&r.body);
     let text = if args.json {
         let mut v = summary_json(&r);
-        v["headers"] = r.headers.iter().map(|(n, v)| serde_json::json!([n, v])).collect();
+        v["headers"] = r
+            .headers
+            .iter()
+            .map(|(n, v)| serde_json::json!([n, v]))
+            .collect();
         v["body"] = body.as_ref().into();
         format!("{v}\n")
     } else {
@@ -286,7 +296,10 @@ fn show(store: &StateStore, args: &EventArgs, out: &mut dyn Write) -> Result<(),
             ("last seen", format_iso8601(r.last_seen)),
             ("copies", r.seen_count.to_string()),
             ("failed attempts", r.attempts.to_string()),
-            ("last error", r.last_error.clone().unwrap_or_else(|| "-".into())),
+            (
+                "last error",
+                r.last_error.clone().unwrap_or_else(|| "-".into()),
+            ),
             ("next attempt", opt(r.next_attempt_at)),
             ("delivered at", opt(r.delivered_at)),
         ] {

@@ -90,7 +90,11 @@ fn metric(s: &Sidecar, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 fn deliveries(s: &Sidecar, outcome: &str) -> f64 {
-    metric(s, "alipay_sidecar_deliveries_total", &[("outcome", outcome)])
+    metric(
+        s,
+        "alipay_sidecar_deliveries_total",
+        &[("outcome", outcome)],
+    )
 }
 
 /// `alipay-sidecar notifications ARGS --config CONFIG`: (exit code, stdout, stderr).
@@ -151,7 +155,11 @@ fn three_identical_notifications_reach_the_app_once_and_are_acknowledged_three_t
     assert_success(&post(&s, &failed_result()), "the failed result");
     let got = app.received();
     assert_eq!(got.len(), 2);
-    assert_ne!(event_id(&got[1]), id, "a different result is a different event");
+    assert_ne!(
+        event_id(&got[1]),
+        id,
+        "a different result is a different event"
+    );
     assert_eq!(dup(&s), 3.0);
 }
 
@@ -223,7 +231,9 @@ fn store_and_forward_outlasts_the_app_and_a_kill_9() {
     let got_ids: std::collections::BTreeSet<String> = app.received().iter().map(event_id).collect();
     let want: std::collections::BTreeSet<String> = pending.into_iter().collect();
     assert_eq!(got_ids, want, "nothing lost, the same event ids");
-    assert!(got.iter().all(|r| r.one("x-alipay-sidecar-verified") == Some("true")));
+    assert!(got
+        .iter()
+        .all(|r| r.one("x-alipay-sidecar-verified") == Some("true")));
     let (_, delivered, _) = cli(&second.config_path, &["list", "--status", "delivered"]);
     for id in &want {
         assert!(delivered.contains(id.as_str()), "{delivered}");
@@ -280,7 +290,12 @@ fn notifications_cli_lists_shows_and_replays_a_running_sidecars_events() {
         .lines()
         .find(|l| l.starts_with(&id))
         .unwrap_or_else(|| panic!("{id} not listed:\n{out}"));
-    for want in ["PAYMENT_RESULT", "pay_20240501_0001", "delivered", "default"] {
+    for want in [
+        "PAYMENT_RESULT",
+        "pay_20240501_0001",
+        "delivered",
+        "default",
+    ] {
         assert!(line.contains(want), "{want} missing from {line:?}");
     }
     assert!(out.starts_with("EVENT ID"), "a table with a header:\n{out}");
@@ -300,7 +315,10 @@ fn notifications_cli_lists_shows_and_replays_a_running_sidecars_events() {
     cmd.env("ALIPAY_SIDECAR_CONFIG", path);
     let (code, out, err) = run_bounded(&mut cmd, Duration::from_secs(60));
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&String::from_utf8(ntf01().body).unwrap()), "the body:\n{out}");
+    assert!(
+        out.contains(&String::from_utf8(ntf01().body).unwrap()),
+        "the body:\n{out}"
+    );
     assert!(out.contains("delivered"), "{out}");
 
     let (code, _, err) = cli(path, &["show", "evt_00000000000000000000000000000000"]);
@@ -317,7 +335,10 @@ fn notifications_cli_lists_shows_and_replays_a_running_sidecars_events() {
     assert_eq!(got[1].body, ntf01().body);
     assert_eq!(got[1].target, NOTIFY);
     assert_eq!(got[1].one("x-alipay-sidecar-verified"), Some("true"));
-    assert!(got[1].one("signature").is_some(), "Alipay's headers are kept");
+    assert!(
+        got[1].one("signature").is_some(),
+        "Alipay's headers are kept"
+    );
     eventually(&s, "marked delivered again", || {
         let (_, out, _) = cli(path, &["list", "--status", "delivered"]);
         out.contains(&id).then_some(())
@@ -371,10 +392,14 @@ fn with_database(url: &str, db: &str) -> String {
 /// A fresh database on the server at `admin` (psql from Debian's postgresql packages).
 fn create_database(admin: &str, test: &str) -> String {
     let name = format!("it_{test}_{}", std::process::id());
-    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE); CREATE DATABASE \"{name}\";");
+    let sql =
+        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE); CREATE DATABASE \"{name}\";");
     let out = Command::new("psql")
         .args([admin, "-v", "ON_ERROR_STOP=1", "-q"])
-        .args(["-c", &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")])
+        .args([
+            "-c",
+            &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+        ])
         .args(["-c", &format!("CREATE DATABASE \"{name}\"")])
         .output()
         .unwrap_or_else(|e| panic!("run psql ({sql}): {e}"));
@@ -466,13 +491,25 @@ fn a_store_that_goes_away_never_loses_a_notification() {
     let inline = Sidecar::start(dl.path(), &config(dl.path(), &app.url(), "", &store));
     let saf = Sidecar::start(
         ds.path(),
-        &config(ds.path(), &app.url(), "acknowledge = \"after-store\"\n", &store),
+        &config(
+            ds.path(),
+            &app.url(),
+            "acknowledge = \"after-store\"\n",
+            &store,
+        ),
     );
     assert_success(&post(&inline, &ntf01()), "with the store up");
     assert_eq!(app.received().len(), 1);
 
     pg.stop();
-    let port = pg.url.rsplit(':').next().unwrap().split('/').next().unwrap();
+    let port = pg
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
     // default mode: delivered in line, without the journal, with a clear log line
     let r = post(&inline, &failed_result());
     assert_success(&r, "store down, in line");
@@ -485,17 +522,32 @@ fn a_store_that_goes_away_never_loses_a_notification() {
         .lines()
         .find(|l| l.contains("could not be recorded in the store"))
         .unwrap_or_else(|| panic!("no warn line:\n{logs}"));
-    assert!(line.contains(&format!("127.0.0.1:{port}")), "names the store: {line}");
+    assert!(
+        line.contains(&format!("127.0.0.1:{port}")),
+        "names the store: {line}"
+    );
     assert!(line.to_lowercase().contains("warn"), "{line}");
     assert!(
-        metric(&inline, "alipay_sidecar_store_errors_total", &[("op", "record")]) >= 1.0
+        metric(
+            &inline,
+            "alipay_sidecar_store_errors_total",
+            &[("op", "record")]
+        ) >= 1.0
     );
-    assert_eq!(inline.admin_get("/readyz").status, 200, "readiness stays green");
+    assert_eq!(
+        inline.admin_get("/readyz").status,
+        200,
+        "readiness stays green"
+    );
 
     // store-and-forward: 503, so that Alipay re-sends
     let r = post(&saf, &failed_result());
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(result(&r).1, "SIDECAR_STORE_UNAVAILABLE");
-    assert_eq!(app.received().len(), 2, "not delivered by the store-and-forward sidecar");
+    assert_eq!(
+        app.received().len(),
+        2,
+        "not delivered by the store-and-forward sidecar"
+    );
     assert!(saf.logs().contains(&format!("127.0.0.1:{port}")));
 }
