@@ -822,6 +822,18 @@ mod tests {
         )
     }
 
+    /// The reply is the SUCCESS acknowledgement signed with the merchant key over the notify
+    /// target and its exact body.
+    fn assert_signed_ack(reply: &Reply) {
+        let hs = &reply.head.headers;
+        let time = header(hs, "response-time").expect("response-time");
+        let content =
+            crate::protocol::content_to_sign("POST", "/merchant/notify", "T_111222333", time, ACK);
+        merchant_public()
+            .verify(&content, header(hs, "signature").expect("signature"))
+            .expect("the acknowledgement is signed over the notify target and its exact body");
+    }
+
     fn refused_with(reply: &Reply, error: SidecarError, result: VerificationResult) {
         assert_eq!(reply.head.status.as_u16(), error.http_status(), "{reply:?}");
         assert_eq!(result_code(reply).as_deref(), Some(error.code()));
@@ -1091,14 +1103,11 @@ mod tests {
         let reply = inbound_with(signing.clone(), route(&[]), &app(200, b"whatever"))
             .handle(published("NTF-01", &[]))
             .await;
-        let hs = &reply.head.headers;
-        assert_eq!(header(hs, "client-id"), Some("T_111222333"));
-        let time = header(hs, "response-time").expect("response-time");
-        let content =
-            crate::protocol::content_to_sign("POST", "/merchant/notify", "T_111222333", time, ACK);
-        merchant_public()
-            .verify(&content, header(hs, "signature").expect("signature"))
-            .expect("the acknowledgement is signed over the notify target and its exact body");
+        assert_eq!(
+            header(&reply.head.headers, "client-id"),
+            Some("T_111222333")
+        );
+        assert_signed_ack(&reply);
         assert!(reply.report.sign_time.is_some());
         // a refusal by the app is not signed
         let reply = inbound_with(signing, route(&[]), &app(400, b"no"))
@@ -1269,13 +1278,7 @@ mod tests {
         let body = result_body("S");
         h.handle(signed("/merchant/notify", "t1", &body)).await;
         let reply = h.handle(signed("/merchant/notify", "t2", &body)).await;
-        let hs = &reply.head.headers;
-        let time = header(hs, "response-time").expect("response-time");
-        let content =
-            crate::protocol::content_to_sign("POST", "/merchant/notify", "T_111222333", time, ACK);
-        merchant_public()
-            .verify(&content, header(hs, "signature").expect("signature"))
-            .expect("the duplicate's acknowledgement is signed");
+        assert_signed_ack(&reply);
         assert_eq!(app.seen().len(), 1);
     }
 

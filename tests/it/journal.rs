@@ -38,6 +38,15 @@ fn sqlite(dir: &Path) -> String {
     format!("[store]\npath = \"{}\"\n", dir.join("state.db").display())
 }
 
+/// An app that acks and a sidecar in front of it on an SQLite store in a temp folder.
+fn started(inbound_extra: &str) -> (TempDir, App, Sidecar) {
+    let dir = TempDir::new().unwrap();
+    let app = App::start(Behaviour::Ack);
+    let toml = config(dir.path(), &app.url(), inbound_extra, &sqlite(dir.path()));
+    let s = Sidecar::start(dir.path(), &toml);
+    (dir, app, s)
+}
+
 fn post(sidecar: &Sidecar, n: &Notification) -> Response {
     let headers: Vec<(&str, &str)> = n
         .headers
@@ -115,10 +124,7 @@ fn eventually<T>(s: &Sidecar, what: &str, check: impl FnMut() -> Option<T>) -> T
 
 #[test]
 fn three_identical_notifications_reach_the_app_once_and_are_acknowledged_three_times() {
-    let dir = TempDir::new().unwrap();
-    let app = App::start(Behaviour::Ack);
-    let toml = config(dir.path(), &app.url(), "", &sqlite(dir.path()));
-    let s = Sidecar::start(dir.path(), &toml);
+    let (_dir, app, s) = started("");
     let n = ntf01();
     let replies: Vec<Response> = (0..3).map(|_| post(&s, &n)).collect();
     for (i, r) in replies.iter().enumerate() {
@@ -165,15 +171,7 @@ fn three_identical_notifications_reach_the_app_once_and_are_acknowledged_three_t
 
 #[test]
 fn forward_mode_delivers_every_copy_with_the_same_event_id() {
-    let dir = TempDir::new().unwrap();
-    let app = App::start(Behaviour::Ack);
-    let toml = config(
-        dir.path(),
-        &app.url(),
-        "duplicates = \"forward\"\n",
-        &sqlite(dir.path()),
-    );
-    let s = Sidecar::start(dir.path(), &toml);
+    let (_dir, app, s) = started("duplicates = \"forward\"\n");
     let n = ntf01();
     for i in 0..3 {
         assert_success(&post(&s, &n), &format!("copy {i}"));
@@ -276,10 +274,7 @@ fn past_max_delivery_age_a_notification_is_dead_until_retried() {
 
 #[test]
 fn notifications_cli_lists_shows_and_replays_a_running_sidecars_events() {
-    let dir = TempDir::new().unwrap();
-    let app = App::start(Behaviour::Ack);
-    let toml = config(dir.path(), &app.url(), "", &sqlite(dir.path()));
-    let s = Sidecar::start(dir.path(), &toml);
+    let (dir, app, s) = started("");
     assert_success(&post(&s, &ntf01()), "delivered in line");
     let id = event_id(&app.received()[0]);
     let path = &s.config_path;
@@ -379,21 +374,9 @@ fn pg_admin_url(test: &str) -> Option<String> {
     }
 }
 
-/// `postgres://u@h:p/postgres?x` → `postgres://u@h:p/<db>?x`
-fn with_database(url: &str, db: &str) -> String {
-    let start = url.find("://").map(|i| i + 3).expect("URL with a scheme");
-    let (head, tail) = url.split_at(start);
-    let auth_end = tail.find(['/', '?']).unwrap_or(tail.len());
-    let (authority, rest) = tail.split_at(auth_end);
-    let query = rest.find('?').map(|i| &rest[i..]).unwrap_or("");
-    format!("{head}{authority}/{db}{query}")
-}
-
 /// A fresh database on the server at `admin` (psql from Debian's postgresql packages).
 fn create_database(admin: &str, test: &str) -> String {
     let name = format!("it_{test}_{}", std::process::id());
-    let sql =
-        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE); CREATE DATABASE \"{name}\";");
     let out = Command::new("psql")
         .args([admin, "-v", "ON_ERROR_STOP=1", "-q"])
         .args([
@@ -402,13 +385,16 @@ fn create_database(admin: &str, test: &str) -> String {
         ])
         .args(["-c", &format!("CREATE DATABASE \"{name}\"")])
         .output()
-        .unwrap_or_else(|e| panic!("run psql ({sql}): {e}"));
+        .unwrap_or_else(|e| panic!("run psql to create database {name}: {e}"));
     assert!(
         out.status.success(),
         "psql: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    with_database(admin, &name)
+    // scripts/test-postgres.sh's URL names a database (`…:port/postgres`): swap it
+    let (server, rest) = admin.rsplit_once('/').expect("a URL with a database");
+    let query = rest.find('?').map_or("", |i| &rest[i..]);
+    format!("{server}/{name}{query}")
 }
 
 #[test]
