@@ -420,6 +420,16 @@ impl Metrics {
         })
     }
 
+    /// Registers a feature's own metrics (the notification journal, the delivery worker) in
+    /// this set, so a feature keeps its metric definitions next to its code.
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), MetricsError> {
+        self.registry.register(collector)?;
+        Ok(())
+    }
+
     /// The Prometheus text exposition of this set (what `GET /metrics` serves).
     pub fn render(&self) -> String {
         let mut out = String::new();
