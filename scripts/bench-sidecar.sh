@@ -27,6 +27,12 @@
 #   KEEP=1            keep the work folder (configs, logs) and print its path
 #   PERF=1            also record a perf profile (linux-perf) of each phase into the work
 #                     folder (implies KEEP; perf's own CPU inflates that run's figures)
+#   JOURNAL=1         only the notification journal's cost (issue 13): the inbound phases
+#                     without [store], then with an SQLite [store] (duplicates = "forward":
+#                     every copy is recorded, delivered and marked delivered, as a new event
+#                     would be), then with duplicates = "suppress" (every copy after the
+#                     first is acknowledged from the journal), at 1 connection and at CONNS;
+#                     prints the p50 each adds over no store (target ≤ 1 ms at 1 connection)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -167,7 +173,7 @@ proxy_master=$!
 wait_port "$gw"; wait_port "$app"; wait_port "$proxy"
 
 # --- the sidecar --------------------------------------------------------------------------
-start_sidecar() { # name threads cpus
+start_sidecar() { # name threads cpus [lines after [inbound] forward_to, e.g. a [store] section]
   local out in admin
   out=$(port); in=$(port); admin=$(port)
   cat >"$1.toml" <<TOML
@@ -183,6 +189,7 @@ max_body_bytes = 1048576
 [inbound]
 listen = "127.0.0.1:$in"
 forward_to = "http://127.0.0.1:$app"
+${4:-}
 [admin]
 listen = "127.0.0.1:$admin"
 [log]
@@ -304,6 +311,7 @@ run_wrk() {
 }
 total_bad=0
 perf_n=0
+verdict() { awk -v v="$1" -v t="$2" 'BEGIN{ print (v <= t) ? "met" : "NOT met" }'; }
 
 # openssl speed on CPU 0 while nothing else runs there: sets sign_us, verify_us.
 openssl_speed() {
@@ -320,6 +328,34 @@ echo "== bench-sidecar: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xa
   "$(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), ${secs}s per phase, $("$bin" --version)"
 openssl_speed
 sign1=$sign_us; verify1=$verify_us
+
+if [ -n "${JOURNAL:-}" ]; then
+  # the same notification every time (wrk cannot sign): with "forward" each copy costs what a
+  # new event costs (one upsert committed with synchronous = FULL, the delivery, one update)
+  store_lines() { printf 'duplicates = "%s"\n[store]\npath = "%s"' "$1" "$dir/$2.db"; }
+  phase() { # name, store lines
+    start_sidecar "$1" 1 0 "$2"
+    run_wrk "inbound $1, 1 conn" ticks "$sidecar_pid" notify.lua 1 "$in_url$notify"
+    eval "p50_1_$1=\$p50"
+    run_wrk "inbound $1, $conns conns" ticks "$sidecar_pid" notify.lua "$conns" "$in_url$notify"
+    eval "p50_n_$1=\$p50; cpu_$1=\$cpu_us"
+    stop_sidecar
+  }
+  phase nostore ""
+  phase forward "$(store_lines forward forward)"
+  phase suppress "$(store_lines suppress suppress)"
+  echo
+  echo "== journal summary (SQLite on $(df -P "$dir" | awk 'NR==2{print $1}'), 1 sidecar thread on CPU 0)"
+  for m in forward suppress; do
+    eval "a1=\$p50_1_$m; an=\$p50_n_$m; c=\$cpu_$m"
+    add1=$(awk -v a="$a1" -v b="$p50_1_nostore" 'BEGIN{printf "%.2f", a-b}')
+    addn=$(awk -v a="$an" -v b="$p50_n_nostore" 'BEGIN{printf "%.2f", a-b}')
+    echo "store, duplicates = $m: p50 at 1 conn $a1 ms (no store $p50_1_nostore ms: +$add1 ms, target ≤ 1 ms: $(verdict "$add1" 1)); at $conns conns $an ms (+$addn ms); CPU $c µs/notification (no store $cpu_nostore)"
+  done
+  echo "non-2xx / socket errors over all phases: $total_bad (target 0: $(verdict "$total_bad" 0))"
+  [ "$total_bad" -eq 0 ]
+  exit
+fi
 
 start_sidecar one 1 0
 idle_kb=$(awk '/VmRSS/{print $2}' "/proc/$sidecar_pid/status")
@@ -351,7 +387,6 @@ openssl_speed
 sign_avg=$(awk -v a="$sign1" -v b="$sign_us" 'BEGIN{printf "%.1f", (a+b)/2}')
 verify_avg=$(awk -v a="$verify1" -v b="$verify_us" 'BEGIN{printf "%.1f", (a+b)/2}')
 
-verdict() { awk -v v="$1" -v t="$2" 'BEGIN{ print (v <= t) ? "met" : "NOT met" }'; }
 echo
 echo "== summary (OpenSSL: mean of the runs before and after: sign $sign_avg µs, verify $verify_avg µs)"
 r=$(awk -v a="$out_cpu" -v b="$sign_avg" 'BEGIN{printf "%.2f", a/b}')

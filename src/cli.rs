@@ -23,6 +23,11 @@ Exit status (run and check-config):
   2  usage, configuration or key error: nothing was started; the message names the file, the
      line and what to change (the same errors check-config reports)";
 
+const NOTIFICATIONS_HELP: &str = "\
+Each subcommand takes --config FILE (or ALIPAY_SIDECAR_CONFIG) like run and opens its [store].
+Exit status: 0 done; 1 the store cannot be reached or the event does not exist; 2 usage or
+configuration error (a config without [store] included).";
+
 const RUN_HELP: &str = "\
 Every option above can also be set by the ALIPAY_SIDECAR_* environment variable shown next to
 it, and every key of the config file by ALIPAY_SIDECAR_<SECTION>_<KEY> (e.g.
@@ -130,6 +135,10 @@ enum Command {
     /// Start a throw-away fake gateway and sidecar and show a signed round trip.
     #[cfg(feature = "mock-gateway")]
     Demo(crate::demo::DemoArgs),
+    /// Inspect and re-deliver the notification journal of `[store]` (list, show, replay,
+    /// retry --dead); works while a sidecar runs on the same store.
+    #[command(subcommand, after_help = NOTIFICATIONS_HELP)]
+    Notifications(crate::notifications::NotificationsCommand),
     /// Exit 0 when the sidecar's readiness endpoint answers 200 (container HEALTHCHECK).
     Healthcheck(HealthcheckArgs),
     /// Print a shell completion script, e.g. `alipay-sidecar completions bash >
@@ -229,6 +238,9 @@ pub fn main() -> i32 {
         Command::MockGateway(args) => crate::mock_gateway::cli_main(args),
         #[cfg(feature = "mock-gateway")]
         Command::Demo(args) => crate::demo::run(args),
+        Command::Notifications(command) => {
+            crate::notifications::run(&command, &mut stdout.lock(), &mut stderr.lock())
+        }
         Command::Healthcheck(args) => healthcheck(&args),
         Command::Completions { shell } => {
             let mut cmd = command();

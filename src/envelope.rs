@@ -64,11 +64,14 @@ pub enum SidecarError {
     /// Outbound, several merchants on a shared listener: the request names no merchant in
     /// `X-Alipay-Sidecar-Merchant`, or one that is not configured.
     MerchantUnknown,
+    /// Inbound store-and-forward (`acknowledge = "after-store"`): the notification could not
+    /// be committed to the store, so it is not acknowledged; Alipay re-sends it.
+    StoreUnavailable,
 }
 
 impl SidecarError {
     /// Every code, for documentation checks and pre-created metric series.
-    pub const ALL: [SidecarError; 20] = [
+    pub const ALL: [SidecarError; 21] = [
         SidecarError::MethodNotAllowed,
         SidecarError::PathNotAllowed,
         SidecarError::BodyTooLarge,
@@ -89,6 +92,7 @@ impl SidecarError {
         SidecarError::BrowserRequestRefused,
         SidecarError::HostNotAllowed,
         SidecarError::MerchantUnknown,
+        SidecarError::StoreUnavailable,
     ];
 
     /// The `resultCode`, also the metric label.
@@ -114,6 +118,7 @@ impl SidecarError {
             SidecarError::BrowserRequestRefused => "SIDECAR_BROWSER_REQUEST_REFUSED",
             SidecarError::HostNotAllowed => "SIDECAR_HOST_NOT_ALLOWED",
             SidecarError::MerchantUnknown => "SIDECAR_MERCHANT_UNKNOWN",
+            SidecarError::StoreUnavailable => "SIDECAR_STORE_UNAVAILABLE",
         }
     }
 
@@ -124,7 +129,8 @@ impl SidecarError {
             | SidecarError::GatewayTimeout
             | SidecarError::GatewayProtocolError
             | SidecarError::GatewayResponseTooLarge
-            | SidecarError::AppUnavailable => Status::U,
+            | SidecarError::AppUnavailable
+            | SidecarError::StoreUnavailable => Status::U,
             _ => Status::F,
         }
     }
@@ -142,7 +148,7 @@ impl SidecarError {
             SidecarError::BadRequest | SidecarError::MerchantUnknown => 400,
             SidecarError::GatewayTimeout => 504,
             SidecarError::NotificationUnverified | SidecarError::NotificationStale => 401,
-            SidecarError::AppUnavailable => 503,
+            SidecarError::AppUnavailable | SidecarError::StoreUnavailable => 503,
             SidecarError::SigningFailed => 500,
             _ => 502,
         }

@@ -41,12 +41,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::config::{Acknowledge, AppUpstream, Config, InboundConfig, InboundMode};
+use sidecar_store::EventKey;
+
+use crate::config::{Acknowledge, AppUpstream, Config, Duplicates, InboundConfig, InboundMode};
 use crate::envelope::SidecarError;
 use crate::exchange::{self, echo, header_text, now_millis, KEY_VERSION_HEADER, VERIFIED_HEADER};
 use crate::handler::{
     BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
 };
+use crate::journal::{self, Entry, Journal, DELIVER_QUERY_HEADER, EVENT_ID_HEADER};
 use crate::merchants::{KeySource, LiveKeys, Selected, UNSELECTED_MERCHANT};
 use crate::metrics::{Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
 use crate::protocol::{
@@ -85,6 +88,8 @@ pub struct InboundPolicy {
     pub forward_timeout: Duration,
     /// How request bodies are read.
     pub body: BodyPolicy,
+    /// What a re-send of an event the app already took does (with a journal).
+    pub duplicates: Duplicates,
 }
 
 impl InboundPolicy {
@@ -101,6 +106,7 @@ impl InboundPolicy {
                 limit_key: "[inbound] max_body_bytes",
                 timeout: config.server.body_read_timeout,
             },
+            duplicates: cfg.duplicates,
         }
     }
 }
@@ -127,6 +133,18 @@ impl AppRoute {
             base_path: forward_to.base_path.clone(),
             path_map,
         }
+    }
+
+    /// The app's request target for a notification posted to `path` (`path_map` applied,
+    /// `base_path` in front) with `query` kept.
+    pub fn target(&self, path: &str, query: Option<&str>) -> String {
+        let mapped = self.path_map.get(path).map(String::as_str).unwrap_or(path);
+        let mut target = format!("{}{}", self.base_path, mapped);
+        if let Some(q) = query {
+            target.push('?');
+            target.push_str(q);
+        }
+        target
     }
 }
 
@@ -168,6 +186,8 @@ pub struct Inbound<A> {
     unselected: Arc<str>,
     /// `[reconcile]`: told of every verified notification (closes pay records).
     reconcile: Option<Arc<dyn NotificationHook>>,
+    /// The notification journal, when `[store]` is configured.
+    journal: Option<Arc<dyn Journal>>,
 }
 
 /// Why a notification was not accepted: the metric label, the error code and what to do.
@@ -215,6 +235,7 @@ impl<A: App> Inbound<A> {
             unselected,
             merchants,
             reconcile: None,
+            journal: None,
         }
     }
 
@@ -222,6 +243,12 @@ impl<A: App> Inbound<A> {
     /// the pay record of a final PAYMENT_RESULT).
     pub fn with_reconcile(mut self, hook: Arc<dyn NotificationHook>) -> Self {
         self.reconcile = Some(hook);
+        self
+    }
+
+    /// Records every verified notification in `journal` (de-duplication, store-and-forward).
+    pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Self {
+        self.journal = Some(journal);
         self
     }
 
@@ -367,19 +394,10 @@ impl<A: App> Inbound<A> {
         &self,
         selected: &Selected<'_, InboundMerchant<A>>,
         n: Request,
-        marker: Marker,
-        key_version: Option<&str>,
+        head: RequestHeader,
         report: &mut Report,
     ) -> Result<(ResponseHeader, Bytes), Stop> {
         let merchant = selected.merchant;
-        let head = self.app_request(
-            &merchant.route,
-            &n.head,
-            &n.target,
-            marker,
-            key_version,
-            n.body.len(),
-        )?;
         let app_req = UpstreamRequest {
             head,
             body: n.body,
@@ -410,20 +428,135 @@ impl<A: App> Inbound<A> {
             return Err(Refusal::new(SidecarError::AppUnavailable, msg).into());
         }
         let success = (200..300).contains(&status);
-        let mut out;
-        let answer;
-        if success && self.policy.acknowledge == Acknowledge::Sidecar {
-            out = ResponseHeader::build(200, Some(5))?;
-            out.insert_header("Content-Type", "application/json; charset=UTF-8")?;
-            answer = Bytes::from_static(ACK_BODY.as_bytes());
-        } else {
-            out = exchange::relayed_response_header(&response.header)?;
-            answer = response.body;
+        if success && self.policy.acknowledge != Acknowledge::App {
+            return self.acknowledge(selected, &n.target, report);
         }
+        let mut out = exchange::relayed_response_header(&response.header)?;
         if success && self.policy.sign_acknowledgements {
-            self.sign_answer(&mut out, selected, &n.target, &answer, report)?;
+            self.sign_answer(&mut out, selected, &n.target, &response.body, report)?;
+        }
+        Ok((out, response.body))
+    }
+
+    /// The sidecar's own SUCCESS acknowledgement (the exact [`ACK_BODY`]), signed when
+    /// `sign_acknowledgements` is on.
+    fn acknowledge(
+        &self,
+        selected: &Selected<'_, InboundMerchant<A>>,
+        target: &str,
+        report: &mut Report,
+    ) -> Result<(ResponseHeader, Bytes), Stop> {
+        let mut out = ResponseHeader::build(200, Some(5))?;
+        out.insert_header("Content-Type", "application/json; charset=UTF-8")?;
+        let answer = Bytes::from_static(ACK_BODY.as_bytes());
+        if self.policy.sign_acknowledgements {
+            self.sign_answer(&mut out, selected, target, &answer, report)?;
         }
         Ok((out, answer))
+    }
+
+    /// Delivers a notification through the journal (when there is one and it verified):
+    /// records it, suppresses a re-send the app already took, acknowledges a stored one in
+    /// store-and-forward mode, and marks the in-line delivery's outcome. A store failure
+    /// never stops an in-line delivery (the store must never be the reason a payment result
+    /// is lost); in store-and-forward mode it is a 503, so that Alipay re-sends.
+    async fn deliver(
+        &self,
+        selected: &Selected<'_, InboundMerchant<A>>,
+        n: Request,
+        marker: Marker,
+        key_version: Option<&str>,
+        report: &mut Report,
+    ) -> Result<(ResponseHeader, Bytes), Stop> {
+        let merchant = selected.merchant;
+        let mut head = self.app_request(
+            &merchant.route,
+            &n.head,
+            &n.target,
+            marker,
+            key_version,
+            n.body.len(),
+        )?;
+        let journal = match &self.journal {
+            Some(j) if marker == Marker::Verified => j,
+            _ => return self.forward(selected, n, head, report).await,
+        };
+        let (path, query) = split_target(&n.target);
+        let key = EventKey::from_notification(&merchant.client_id, path, &n.body);
+        let event_id = key.event_id();
+        let after_store = self.policy.acknowledge == Acknowledge::AfterStore;
+        let now = now_millis();
+        let entry = Entry {
+            merchant: merchant.name.to_string(),
+            key,
+            body: n.body.clone(),
+            headers: stored_headers(&head, query),
+            now,
+            deliver_at: after_store.then_some(now),
+        };
+        let m = journal::metrics();
+        let recorded = match journal.record(entry).await {
+            Ok(r) => r,
+            Err(e) => {
+                m.store_error("record");
+                if after_store {
+                    tracing::warn!(store = journal.location(), error = %e, event_id, "the notification could not be stored; answering 503 so that Alipay re-sends it");
+                    report.detail = Some(e.to_string());
+                    let msg = "the sidecar's store is unavailable; the notification was not \
+                               acknowledged, so Alipay will re-send it";
+                    return Err(Refusal::new(SidecarError::StoreUnavailable, msg).into());
+                }
+                tracing::warn!(store = journal.location(), error = %e, event_id, "the notification could not be recorded in the store; delivering it without de-duplication");
+                head.insert_header(EVENT_ID_HEADER, event_id.as_str())?;
+                return self.forward(selected, n, head, report).await;
+            }
+        };
+        m.recorded(&merchant.name, recorded.inserted);
+        if after_store {
+            if !recorded.inserted {
+                m.duplicate(&merchant.name);
+            }
+            tracing::debug!(
+                event_id,
+                first = recorded.inserted,
+                "notification stored; acknowledged, the delivery worker delivers it"
+            );
+            return self.acknowledge(selected, &n.target, report);
+        }
+        if recorded.already_delivered && self.policy.duplicates == Duplicates::Suppress {
+            m.duplicate(&merchant.name);
+            tracing::info!(event_id, copies = recorded.seen_count, "re-send of a notification the app already took; acknowledged without delivering it again");
+            return self.acknowledge(selected, &n.target, report);
+        }
+        head.insert_header(EVENT_ID_HEADER, event_id.as_str())?;
+        let result = self.forward(selected, n, head, report).await;
+        let now = now_millis();
+        let outcome = match report.upstream.map(|u| u.status) {
+            Some(s) if (200..300).contains(&s) => journal.delivered(&event_id, now).await,
+            status => {
+                let error = match status {
+                    Some(s) => format!("the app answered HTTP {s}"),
+                    None => report
+                        .detail
+                        .clone()
+                        .unwrap_or_else(|| "the app did not answer".into()),
+                };
+                journal.failed(&event_id, &error, now).await
+            }
+        };
+        if let Err(e) = outcome {
+            let op = if report
+                .upstream
+                .is_some_and(|u| (200..300).contains(&u.status))
+            {
+                "mark_delivered"
+            } else {
+                "record_failure"
+            };
+            m.store_error(op);
+            tracing::warn!(store = journal.location(), error = %e, event_id, "the delivery's outcome could not be recorded in the store");
+        }
+        result
     }
 
     /// The request to the app: same headers (minus hop-by-hop and any `X-Alipay-Sidecar-*`),
@@ -437,16 +570,8 @@ impl<A: App> Inbound<A> {
         key_version: Option<&str>,
         len: usize,
     ) -> pingora::Result<RequestHeader> {
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (target, None),
-        };
-        let mapped = route.path_map.get(path).map(String::as_str).unwrap_or(path);
-        let mut app_target = format!("{}{}", route.base_path, mapped);
-        if let Some(q) = query {
-            app_target.push('?');
-            app_target.push_str(q);
-        }
+        let (path, query) = split_target(target);
+        let app_target = route.target(path, query);
         let mut req = RequestHeader::build(
             "POST",
             app_target.as_bytes(),
@@ -498,6 +623,35 @@ impl<A: App> Inbound<A> {
     }
 }
 
+/// `path?query` → (`path`, `query`).
+fn split_target(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    }
+}
+
+/// The headers a later delivery of this notification carries: those of the in-line request
+/// to the app (`Host` and the framing are the delivery's own), plus the query of the notify
+/// URL as an internal header.
+fn stored_headers(head: &RequestHeader, query: Option<&str>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = head
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != http::header::HOST && *name != http::header::CONTENT_LENGTH)
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    if let Some(q) = query {
+        out.push((DELIVER_QUERY_HEADER.to_string(), q.to_string()));
+    }
+    out
+}
+
 impl Inbound<Arc<Upstream>> {
     /// The production handler of `[inbound]`: every merchant of `config`, its live keys from
     /// `state`, its app (`forward_to`, `path_map`, inherited or its own) through pingora's
@@ -519,7 +673,11 @@ impl Inbound<Arc<Upstream>> {
                 )
             })
             .collect();
-        Self::shared(InboundPolicy::from_config(config, cfg), merchants)
+        let handler = Self::shared(InboundPolicy::from_config(config, cfg), merchants);
+        match state.store() {
+            Some(store) => handler.with_journal(journal::from_store(store)),
+            None => handler,
+        }
     }
 }
 
@@ -574,7 +732,7 @@ impl<A: App> Handler for Inbound<A> {
             }
         };
         let result = self
-            .forward(
+            .deliver(
                 &selected,
                 request,
                 marker,
@@ -607,6 +765,7 @@ mod tests {
                 limit_key: "[inbound] max_body_bytes",
                 timeout: Duration::from_secs(10),
             },
+            duplicates: Duplicates::Forward,
         }
     }
 
@@ -705,6 +864,18 @@ mod tests {
             ],
             body,
         )
+    }
+
+    /// The reply is the SUCCESS acknowledgement signed with the merchant key over the notify
+    /// target and its exact body.
+    fn assert_signed_ack(reply: &Reply) {
+        let hs = &reply.head.headers;
+        let time = header(hs, "response-time").expect("response-time");
+        let content =
+            crate::protocol::content_to_sign("POST", "/merchant/notify", "T_111222333", time, ACK);
+        merchant_public()
+            .verify(&content, header(hs, "signature").expect("signature"))
+            .expect("the acknowledgement is signed over the notify target and its exact body");
     }
 
     fn refused_with(reply: &Reply, error: SidecarError, result: VerificationResult) {
@@ -976,14 +1147,11 @@ mod tests {
         let reply = inbound_with(signing.clone(), route(&[]), &app(200, b"whatever"))
             .handle(published("NTF-01", &[]))
             .await;
-        let hs = &reply.head.headers;
-        assert_eq!(header(hs, "client-id"), Some("T_111222333"));
-        let time = header(hs, "response-time").expect("response-time");
-        let content =
-            crate::protocol::content_to_sign("POST", "/merchant/notify", "T_111222333", time, ACK);
-        merchant_public()
-            .verify(&content, header(hs, "signature").expect("signature"))
-            .expect("the acknowledgement is signed over the notify target and its exact body");
+        assert_eq!(
+            header(&reply.head.headers, "client-id"),
+            Some("T_111222333")
+        );
+        assert_signed_ack(&reply);
         assert!(reply.report.sign_time.is_some());
         // a refusal by the app is not signed
         let reply = inbound_with(signing, route(&[]), &app(400, b"no"))
@@ -1076,5 +1244,225 @@ mod tests {
             1,
             "the stranger's notification reached an app"
         );
+    }
+
+    fn journaled(
+        policy: InboundPolicy,
+        app: &Arc<Fake>,
+        journal: &Arc<FakeJournal>,
+    ) -> Inbound<Arc<Fake>> {
+        let j: Arc<dyn Journal> = journal.clone();
+        inbound_with(policy, route(&[]), app).with_journal(j)
+    }
+
+    fn suppress() -> InboundPolicy {
+        InboundPolicy {
+            duplicates: Duplicates::Suppress,
+            ..policy()
+        }
+    }
+
+    fn result_body(status: &str) -> Vec<u8> {
+        format!(r#"{{"notifyType":"PAYMENT_RESULT","result":{{"resultCode":"X","resultStatus":"{status}"}},"paymentRequestId":"PR-1"}}"#).into_bytes()
+    }
+
+    fn event_id_of(req: &UpstreamRequest) -> String {
+        header(&req.head.headers, EVENT_ID_HEADER)
+            .expect("every journaled delivery carries the event id")
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn re_sends_of_a_delivered_event_are_acknowledged_without_the_app() {
+        let (app, journal) = (app(200, b"app ack"), FakeJournal::new());
+        let h = journaled(suppress(), &app, &journal);
+        let body = result_body("S");
+        let first = h.handle(signed("/merchant/notify", "t1", &body)).await;
+        assert_eq!(
+            &first.body[..],
+            b"app ack",
+            "the app's own answer, as without a journal"
+        );
+        for time in ["t1", "t1", "t2-re-signed-later"] {
+            let reply = h.handle(signed("/merchant/notify", time, &body)).await;
+            assert_eq!(reply.head.status.as_u16(), 200);
+            assert_eq!(&reply.body[..], ACK, "the exact SUCCESS acknowledgement");
+            assert_eq!(reply.report.outcome, Outcome::Verified);
+        }
+        let sent = app.only();
+        let events = journal.events();
+        assert_eq!(events.len(), 1);
+        let (id, e) = events.iter().next().unwrap();
+        assert_eq!(&event_id_of(&sent), id);
+        assert!(id.starts_with("evt_"));
+        assert_eq!(e.status, sidecar_store::NotificationStatus::Delivered);
+        assert_eq!(e.copies, 4);
+        assert_eq!(e.entry.merchant, DEFAULT_MERCHANT);
+        assert_eq!(e.entry.key.path, "/merchant/notify");
+        assert_eq!(e.entry.deliver_at, None, "delivered in line, not queued");
+        assert_eq!(&e.entry.body[..], &body[..]);
+
+        // another result for the same payment is another event
+        h.handle(signed("/merchant/notify", "t3", &result_body("F")))
+            .await;
+        let seen = app.seen();
+        assert_eq!(seen.len(), 2);
+        assert_ne!(event_id_of(&seen[1]), *id);
+        assert_eq!(journal.events().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn suppressed_duplicates_are_signed_when_acknowledgements_are() {
+        let (app, journal) = (app(200, ACK), FakeJournal::new());
+        let policy = InboundPolicy {
+            sign_acknowledgements: true,
+            ..suppress()
+        };
+        let h = journaled(policy, &app, &journal);
+        let body = result_body("S");
+        h.handle(signed("/merchant/notify", "t1", &body)).await;
+        let reply = h.handle(signed("/merchant/notify", "t2", &body)).await;
+        assert_signed_ack(&reply);
+        assert_eq!(app.seen().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn forward_mode_delivers_every_copy_with_the_same_event_id() {
+        let (app, journal) = (app(200, ACK), FakeJournal::new());
+        let h = journaled(policy(), &app, &journal);
+        let body = result_body("S");
+        for time in ["t1", "t2", "t3"] {
+            h.handle(signed("/merchant/notify", time, &body)).await;
+        }
+        let ids: Vec<String> = app.seen().iter().map(event_id_of).collect();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+        assert_eq!(journal.events()[&ids[0]].copies, 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_delivery_is_recorded_and_the_resend_reaches_the_app() {
+        let journal = FakeJournal::new();
+        let app = Fake::new({
+            let n = std::sync::atomic::AtomicUsize::new(0);
+            move |_| {
+                let status = if n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    503
+                } else {
+                    200
+                };
+                Ok(answer(status, &[], ACK))
+            }
+        });
+        let h = journaled(suppress(), &app, &journal);
+        let body = result_body("S");
+        let reply = h.handle(signed("/merchant/notify", "t1", &body)).await;
+        assert_eq!(reply.head.status.as_u16(), 503);
+        let e = journal.events().into_values().next().unwrap();
+        assert_eq!(e.status, sidecar_store::NotificationStatus::Pending);
+        assert_eq!(e.failures, ["the app answered HTTP 503"]);
+        let reply = h.handle(signed("/merchant/notify", "t2", &body)).await;
+        assert_eq!(reply.head.status.as_u16(), 200);
+        assert_eq!(app.seen().len(), 2, "a pending event is delivered again");
+        let e = journal.events().into_values().next().unwrap();
+        assert_eq!(e.status, sidecar_store::NotificationStatus::Delivered);
+    }
+
+    #[tokio::test]
+    async fn a_broken_store_never_stops_an_in_line_delivery() {
+        let (app, journal) = (app(200, ACK), FakeJournal::broken());
+        let h = journaled(suppress(), &app, &journal);
+        let body = result_body("S");
+        for time in ["t1", "t2"] {
+            let reply = h.handle(signed("/merchant/notify", time, &body)).await;
+            assert_eq!(reply.head.status.as_u16(), 200, "{reply:?}");
+        }
+        let seen = app.seen();
+        assert_eq!(
+            seen.len(),
+            2,
+            "without the store, re-sends cannot be recognised"
+        );
+        let want = EventKey::from_notification("T_111222333", "/merchant/notify", &body).event_id();
+        assert_eq!(
+            event_id_of(&seen[0]),
+            want,
+            "the event id is computed from the key"
+        );
+    }
+
+    #[tokio::test]
+    async fn store_and_forward_acknowledges_once_stored_and_never_delivers_in_line() {
+        let (app, journal) = (app(200, ACK), FakeJournal::new());
+        let policy = InboundPolicy {
+            acknowledge: Acknowledge::AfterStore,
+            ..suppress()
+        };
+        let h = journaled(policy.clone(), &app, &journal);
+        let body = result_body("S");
+        for time in ["t1", "t2"] {
+            let reply = h
+                .handle(signed("/merchant/notify?src=ams", time, &body))
+                .await;
+            assert_eq!((reply.head.status.as_u16(), &reply.body[..]), (200, ACK));
+        }
+        assert!(app.seen().is_empty(), "the delivery worker delivers");
+        let events = journal.events();
+        assert_eq!(events.len(), 1, "a re-send is not queued twice");
+        let e = events.into_values().next().unwrap();
+        assert_eq!(e.copies, 2);
+        assert_eq!(e.entry.deliver_at, Some(e.entry.now));
+        let stored = |name: &str| {
+            e.entry
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(stored(VERIFIED_HEADER), Some("true"));
+        assert_eq!(stored(KEY_VERSION_HEADER), Some("1"));
+        assert_eq!(
+            stored("request-time"),
+            Some("t1"),
+            "the first copy's headers"
+        );
+        assert!(stored("signature").is_some());
+        assert_eq!(stored(DELIVER_QUERY_HEADER), Some("src=ams"));
+        assert_eq!(stored("host"), None);
+        assert_eq!(stored("content-length"), None);
+        assert_eq!(e.entry.key.path, "/merchant/notify", "the key has no query");
+
+        // store down: 503, so that Alipay re-sends; the app never sees it
+        let broken = FakeJournal::broken();
+        let reply = journaled(policy, &app, &broken)
+            .handle(signed("/merchant/notify", "t1", &body))
+            .await;
+        assert_eq!(reply.head.status.as_u16(), 503);
+        assert_eq!(
+            result_code(&reply).as_deref(),
+            Some("SIDECAR_STORE_UNAVAILABLE")
+        );
+        assert_eq!(reply.report.outcome, Outcome::Error);
+        assert!(app.seen().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unverified_notifications_are_never_journaled() {
+        let (app, journal) = (app(200, ACK), FakeJournal::new());
+        let shadow = InboundPolicy {
+            mode: InboundMode::Shadow,
+            ..suppress()
+        };
+        let mut req = signed("/merchant/notify", "t1", &result_body("S"));
+        req.body = Bytes::from(result_body("F"));
+        journaled(shadow, &app, &journal).handle(req).await;
+        assert_eq!(app.seen().len(), 1);
+        assert_eq!(header(&app.only().head.headers, EVENT_ID_HEADER), None);
+        assert!(journal.events().is_empty());
+        // nor refused ones
+        let mut req = signed("/merchant/notify", "t1", &result_body("S"));
+        req.body = Bytes::from(result_body("F"));
+        journaled(suppress(), &app, &journal).handle(req).await;
+        assert!(journal.events().is_empty());
     }
 }

@@ -12,11 +12,13 @@
 //!   classic key mix-ups; [`reload`] swaps it atomically at run time.
 //! - [`handler`]: the request-handling core as data in, data out; [`outbound`] and
 //!   [`inbound`] are its two handlers (pure policy, the gateway and the app behind small
-//!   client traits), [`merchants`] the merchants with their live keys, and the selection of the one a request is for.
+//!   client traits); [`merchants`]: the merchants with their live keys, and what a
+//!   handler's one selection step yields.
 //! - [`adapter`]: the one pingora adapter that reads requests, writes replies and records
 //!   metrics and the log line; [`upstream`] is pingora's connector behind the client traits.
 //! - [`admin`], [`server`], [`listen`]: the running sidecar ([`listen`]: port-0 listeners
 //!   and the ready file).
+//! - [`store`]: the state store of `[store]` (crate `sidecar-store`) on a runtime of its own.
 //! - [`metrics`], [`logging`]: observability.
 //! - `mock_gateway`: the `ams-mock-gateway` crate (crates/ams-mock-gateway), re-exported with
 //!   the default `mock-gateway` feature: the fake Alipay gateway used by the demo, the tests
@@ -27,6 +29,7 @@ pub mod adapter;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 #[cfg(feature = "mock-gateway")]
 pub mod demo;
 pub mod encoding;
@@ -34,12 +37,14 @@ pub mod envelope;
 pub mod exchange;
 pub mod handler;
 pub mod inbound;
+pub mod journal;
 pub mod keyset;
 pub mod limits;
 pub mod listen;
 pub mod logging;
 pub mod merchants;
 pub mod metrics;
+pub mod notifications;
 pub mod outbound;
 pub mod reconcile;
 pub mod reload;

@@ -420,13 +420,14 @@ impl Metrics {
         })
     }
 
-    /// Registers a metric defined next to the code that records it (the reconciler's,
-    /// `src/reconcile.rs`) in this set.
+    /// Registers a feature's own metrics (the notification journal, the delivery worker) in
+    /// this set, so a feature keeps its metric definitions next to its code.
     pub fn register(
         &self,
         collector: Box<dyn prometheus::core::Collector>,
     ) -> Result<(), MetricsError> {
-        Ok(self.registry.register(collector)?)
+        self.registry.register(collector)?;
+        Ok(())
     }
 
     /// The Prometheus text exposition of this set (what `GET /metrics` serves).

@@ -56,7 +56,7 @@ use crate::store::StateStore;
 pub const SOURCE_HEADER: &str = "X-Alipay-Sidecar-Source";
 /// Internal header recorded with a reconciled event when `[reconcile] deliver_path` is set:
 /// the journal's delivery worker delivers to that path instead of the notify path.
-pub const DELIVER_PATH_HEADER: &str = "x-alipay-sidecar-deliver-path";
+pub use crate::journal::DELIVER_PATH_HEADER;
 /// The value of [`SOURCE_HEADER`].
 pub const SOURCE_INQUIRY: &str = "inquiryPayment";
 

@@ -444,6 +444,14 @@ pub fn build(
     bound("admin").add_to(&mut admin);
     server.add_service(admin);
     server.add_service(background_service("key reload", ReloadTask::new(reloader)));
+    // the delivery worker: queued notifications (store-and-forward, reconciled results,
+    // replays) to the app, whatever the acknowledge mode
+    if let (Some(store), Some(i)) = (state.store(), &config.inbound) {
+        crate::journal::metrics()
+            .register_merchants(config.merchants.iter().map(|m| m.name.as_str()));
+        let worker = crate::delivery::DeliveryWorker::from_config(store.clone(), &config, i);
+        server.add_service(background_service("delivery worker", worker));
+    }
     let admin_listen = bound("admin").addr();
     server.add_service(background_service(
         "listeners ready",

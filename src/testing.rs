@@ -190,3 +190,101 @@ pub(crate) fn result_code(reply: &Reply) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
     v["result"]["resultCode"].as_str().map(str::to_string)
 }
+
+/// One event as [`FakeJournal`] holds it.
+#[derive(Debug, Clone)]
+pub(crate) struct FakeEvent {
+    pub(crate) entry: crate::journal::Entry,
+    pub(crate) status: sidecar_store::NotificationStatus,
+    pub(crate) copies: i64,
+    pub(crate) failures: Vec<String>,
+}
+
+/// An in-memory notification journal with the store's insert-or-get semantics; `broken`
+/// makes every call fail as an unreachable store does.
+#[derive(Default)]
+pub(crate) struct FakeJournal {
+    pub(crate) events: Mutex<BTreeMap<String, FakeEvent>>,
+    pub(crate) broken: std::sync::atomic::AtomicBool,
+}
+
+impl FakeJournal {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub(crate) fn broken() -> Arc<Self> {
+        let j = Self::new();
+        j.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        j
+    }
+
+    /// Every event, by event id.
+    pub(crate) fn events(&self) -> BTreeMap<String, FakeEvent> {
+        self.events.lock().expect("events").clone()
+    }
+
+    fn check(&self) -> Result<(), sidecar_store::StoreError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(sidecar_store::StoreError::Unavailable {
+                op: "fake",
+                detail: "the fake store is down".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::journal::Journal for FakeJournal {
+    fn location(&self) -> &str {
+        "fake.db"
+    }
+
+    async fn record(
+        &self,
+        entry: crate::journal::Entry,
+    ) -> Result<sidecar_store::Recorded, sidecar_store::StoreError> {
+        use sidecar_store::NotificationStatus;
+        self.check()?;
+        let id = entry.key.event_id();
+        let mut events = self.events.lock().expect("events");
+        let inserted = !events.contains_key(&id);
+        let e = events.entry(id.clone()).or_insert_with(|| FakeEvent {
+            entry: entry.clone(),
+            status: NotificationStatus::Pending,
+            copies: 0,
+            failures: Vec::new(),
+        });
+        e.copies += 1;
+        Ok(sidecar_store::Recorded {
+            event_id: id,
+            status: e.status,
+            first_seen: e.entry.now,
+            inserted,
+            already_delivered: e.status == NotificationStatus::Delivered,
+            seen_count: e.copies,
+        })
+    }
+
+    async fn delivered(&self, event_id: &str, _now: i64) -> Result<(), sidecar_store::StoreError> {
+        self.check()?;
+        if let Some(e) = self.events.lock().expect("events").get_mut(event_id) {
+            e.status = sidecar_store::NotificationStatus::Delivered;
+        }
+        Ok(())
+    }
+
+    async fn failed(
+        &self,
+        event_id: &str,
+        error: &str,
+        _now: i64,
+    ) -> Result<(), sidecar_store::StoreError> {
+        self.check()?;
+        if let Some(e) = self.events.lock().expect("events").get_mut(event_id) {
+            e.failures.push(error.to_string());
+        }
+        Ok(())
+    }
+}

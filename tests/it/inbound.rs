@@ -117,7 +117,7 @@ fn payment_body(id: &str) -> String {
 }
 
 /// A notification signed like Alipay does (spec §6), over `POST <uri>\n<client>.<time>.<body>`.
-fn signed(
+pub(crate) fn signed(
     key: &PrivateKey,
     version: &str,
     uri: &str,
@@ -139,7 +139,7 @@ fn signed(
     }
 }
 
-fn alipay_key() -> PrivateKey {
+pub(crate) fn alipay_key() -> PrivateKey {
     PrivateKey::from_text(&key("alipay", "private_pkcs8_pem")).unwrap()
 }
 
@@ -156,7 +156,7 @@ pub(crate) fn fresh(id: &str) -> Notification {
 }
 
 /// A vector as Alipay would POST it: its `notification_headers`, or headers built from inputs.
-fn from_vector(v: &Value) -> Notification {
+pub(crate) fn from_vector(v: &Value) -> Notification {
     let headers = match v["notification_headers"].as_object() {
         Some(h) => h
             .iter()
@@ -176,7 +176,7 @@ fn from_vector(v: &Value) -> Notification {
     }
 }
 
-fn result(r: &Response) -> (String, String, String) {
+pub(crate) fn result(r: &Response) -> (String, String, String) {
     let v = r.json();
     let s = |f: &str| v["result"][f].as_str().unwrap_or("").to_string();
     (s("resultStatus"), s("resultCode"), s("resultMessage"))

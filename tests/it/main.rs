@@ -5,6 +5,7 @@ mod demo;
 mod deployment;
 mod engine;
 mod inbound;
+mod journal;
 mod limits;
 mod merchants;
 mod metrics;

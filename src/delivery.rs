@@ -1,0 +1,422 @@
+//! The delivery worker (issue 13): delivers the notifications queued in the store to the
+//! app, with back-off retries, until the app answers 2xx or `max_delivery_age` passes.
+//!
+//! What is queued: notifications taken in store-and-forward mode (`[inbound] acknowledge =
+//! "after-store"`), the PAYMENT_RESULTs the reconciler builds from `inquiryPayment`, and
+//! whatever `notifications replay` / `notifications retry --dead` put back. Every queued row
+//! is delivered, whatever the acknowledge mode: the worker runs whenever `[store]` and
+//! `[inbound]` are configured.
+//!
+//! How: every turn claims the due rows with a lease (`claim_due_deliveries`, owner unique to
+//! this process, lease longer than `forward_timeout`), so that with several replicas on one
+//! PostgreSQL database each row is worked by one of them, and a replica that dies mid-turn
+//! loses its rows to the next claim after the lease. Each row goes to its merchant's app
+//! (`forward_to`, `path_map` and `base_path`, as in line) through the same pooled connector
+//! the inbound listener uses, with the stored headers, `X-Alipay-Sidecar-Verified: true` and
+//! `X-Alipay-Sidecar-Event-Id`. The internal `x-alipay-sidecar-deliver-path` header (the
+//! reconciler's `[reconcile] deliver_path`) replaces the path and is never sent.
+//!
+//! 2xx → delivered; anything else → the next attempt after the next gap of
+//! `delivery_schedule` (the last gap repeats), a last attempt at `max_delivery_age` after the
+//! first copy arrived, then dead (a warn line, `alipay_sidecar_deliveries_total{outcome="dead"}`;
+//! `notifications retry --dead` revives it). Delivery is at-least-once: the app may see an
+//! event id twice (a crash between its 2xx and the commit), never zero times.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use sidecar_store::Delivery;
+
+use crate::config::{Config, InboundConfig};
+use crate::exchange::{now_millis, VERIFIED_HEADER};
+use crate::inbound::{App, AppRoute, MAX_APP_RESPONSE_BYTES};
+use crate::journal::{
+    self, DeliveryOutcome, DELIVER_PATH_HEADER, DELIVER_QUERY_HEADER, EVENT_ID_HEADER,
+};
+use crate::store::StateStore;
+use crate::upstream::{Upstream, UpstreamRequest};
+
+/// How long the worker sleeps when nothing was due.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Rows claimed per turn (delivered concurrently).
+const BATCH: i64 = 16;
+/// Used when `delivery_schedule` is empty (the config refuses that; belt and braces).
+const FALLBACK_GAP: Duration = Duration::from_secs(60);
+
+/// Headers of a stored row the worker never copies: its own framing and host, the markers it
+/// sets itself, the internal ones it consumes.
+const NOT_COPIED: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    DELIVER_PATH_HEADER,
+    DELIVER_QUERY_HEADER,
+];
+
+/// One merchant's app.
+struct Route<A> {
+    app: A,
+    route: AppRoute,
+}
+
+/// When the next attempt is due after `failures` failed attempts (this one included):
+/// `delivery_schedule[failures]`, the last gap repeating, capped at `deadline` so that the
+/// last attempt happens at `max_delivery_age`.
+pub fn next_attempt_at(schedule: &[Duration], failures: i64, now: i64, deadline: i64) -> i64 {
+    let index = usize::try_from(failures.max(0)).unwrap_or(usize::MAX);
+    let gap = schedule
+        .get(index)
+        .or(schedule.last())
+        .copied()
+        .unwrap_or(FALLBACK_GAP);
+    let gap = i64::try_from(gap.as_millis()).unwrap_or(i64::MAX);
+    now.saturating_add(gap).min(deadline)
+}
+
+/// The worker: shared by its turn's concurrent deliveries.
+pub struct DeliveryWorker<A: App = Arc<Upstream>> {
+    inner: Arc<Inner<A>>,
+}
+
+struct Inner<A> {
+    store: Arc<StateStore>,
+    routes: HashMap<String, Route<A>>,
+    schedule: Vec<Duration>,
+    max_age: Duration,
+    timeout: Duration,
+    owner: String,
+    lease: Duration,
+}
+
+/// A claim owner unique to this process: host name, pid and 64 random bits (a restarted
+/// process with the same pid in a new container must not look like the old one).
+fn owner_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sidecar".into());
+    let mut random = [0u8; 8];
+    // without randomness the pid alone still separates the processes of one host
+    let _ = getrandom::fill(&mut random);
+    format!(
+        "{host}-{}-{:016x}",
+        std::process::id(),
+        u64::from_be_bytes(random)
+    )
+}
+
+impl DeliveryWorker<Arc<Upstream>> {
+    /// The worker of `config`: every merchant's app as the inbound listener reaches it.
+    pub fn from_config(store: Arc<StateStore>, config: &Config, cfg: &InboundConfig) -> Self {
+        let routes = config
+            .merchants
+            .iter()
+            .map(|m| {
+                let app = m.forward_to.as_ref().unwrap_or(&cfg.forward_to);
+                let upstream = Upstream::new(&app.host, app.port, false, None, cfg.forward_timeout);
+                (
+                    m.name.clone(),
+                    Route {
+                        app: Arc::new(upstream),
+                        route: AppRoute::new(app, m.path_map.clone()),
+                    },
+                )
+            })
+            .collect();
+        Self::new(store, routes, cfg)
+    }
+}
+
+impl<A: App> DeliveryWorker<A> {
+    fn new(store: Arc<StateStore>, routes: HashMap<String, Route<A>>, cfg: &InboundConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                routes,
+                schedule: cfg.delivery_schedule.clone(),
+                max_age: cfg.max_delivery_age,
+                timeout: cfg.forward_timeout,
+                owner: owner_id(),
+                // one turn delivers its rows concurrently, each within forward_timeout
+                lease: cfg.forward_timeout + Duration::from_secs(5),
+            }),
+        }
+    }
+
+    /// One turn: claims what is due and delivers it. Returns how many rows it worked, or
+    /// `None` when the claim failed (the store is out of reach).
+    pub async fn turn(&self) -> Option<usize> {
+        let inner = &self.inner;
+        let (owner, lease, now) = (inner.owner.clone(), inner.lease, now_millis());
+        let claimed = inner
+            .store
+            .run(move |s| async move { s.claim_due_deliveries(now, &owner, lease, BATCH).await })
+            .await;
+        let rows = match claimed {
+            Ok(rows) => rows,
+            Err(e) => {
+                journal::metrics().store_error("claim");
+                tracing::debug!(store = inner.store.location(), error = %e, "claiming due deliveries failed");
+                return None;
+            }
+        };
+        let n = rows.len();
+        let mut set = tokio::task::JoinSet::new();
+        for row in rows {
+            let inner = self.inner.clone();
+            set.spawn(async move { inner.work(row).await });
+        }
+        while set.join_next().await.is_some() {}
+        Some(n)
+    }
+}
+
+impl<A: App> Inner<A> {
+    /// Delivers one claimed row and records the outcome (which releases the claim).
+    async fn work(&self, row: Delivery) {
+        let result = self.attempt(&row).await;
+        let now = now_millis();
+        let m = journal::metrics();
+        let (id, merchant) = (row.event_id.clone(), row.merchant.clone());
+        let max_age = i64::try_from(self.max_age.as_millis()).unwrap_or(i64::MAX);
+        let deadline = row.first_seen.saturating_add(max_age);
+        let (op, recorded) = match result {
+            Ok(status) => {
+                m.delivery(&merchant, DeliveryOutcome::Delivered);
+                tracing::info!(event_id = %id, merchant = %merchant, status, failed_attempts = row.attempts, notify_type = %row.notify_type, "queued notification delivered to the app");
+                let r = self
+                    .store
+                    .run(move |s| async move { s.mark_delivered(&id, now).await })
+                    .await;
+                ("mark_delivered", r)
+            }
+            Err(error) if now >= deadline => {
+                m.delivery(&merchant, DeliveryOutcome::Dead);
+                tracing::warn!(event_id = %id, merchant = %merchant, attempts = row.attempts + 1, error = %error, max_delivery_age = %humantime::format_duration(self.max_age), "the app did not take the notification within max_delivery_age; marked dead (alipay-sidecar notifications retry --dead delivers it again)");
+                let r = self
+                    .store
+                    .run(move |s| async move { s.mark_dead(&id, &error, now).await })
+                    .await;
+                ("record_failure", r)
+            }
+            Err(error) => {
+                m.delivery(&merchant, DeliveryOutcome::Failed);
+                let next = next_attempt_at(&self.schedule, row.attempts + 1, now, deadline);
+                tracing::warn!(event_id = %id, merchant = %merchant, attempts = row.attempts + 1, error = %error, retry_in_ms = next - now, "the app did not take a queued notification; retrying later");
+                let r = self
+                    .store
+                    .run(move |s| async move {
+                        s.record_attempt_failure(&id, &error, Some(next), now).await
+                    })
+                    .await;
+                ("record_failure", r)
+            }
+        };
+        if let Err(e) = recorded {
+            m.store_error(op);
+            tracing::warn!(store = self.store.location(), error = %e, event_id = %row.event_id, "the delivery's outcome could not be recorded; the row is delivered again once its lease expires");
+        }
+    }
+
+    /// One delivery to the app: `Ok(status)` for a 2xx, else what went wrong.
+    async fn attempt(&self, row: &Delivery) -> Result<u16, String> {
+        let Some(route) = self.routes.get(&row.merchant) else {
+            return Err(format!(
+                "no merchant {:?} in the configuration (renamed or removed since the notification was stored)",
+                row.merchant
+            ));
+        };
+        let request = delivery_request(&route.route, row, self.timeout)
+            .map_err(|e| format!("cannot build the request to the app: {e}"))?;
+        match route.app.deliver(&request).await {
+            Ok(r) if r.header.status.is_success() => Ok(r.header.status.as_u16()),
+            Ok(r) => Err(format!(
+                "the app answered HTTP {}",
+                r.header.status.as_u16()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The request to the app for a stored row: its headers minus framing and the internal ones,
+/// `X-Alipay-Sidecar-Verified: true` and the event id, to the route's path for the row (the
+/// internal deliver-path header wins over the notify path; `path_map` and `base_path` apply;
+/// the notify URL's query is kept).
+fn delivery_request(
+    route: &AppRoute,
+    row: &Delivery,
+    timeout: Duration,
+) -> pingora::Result<UpstreamRequest> {
+    let stored = |name: &str| {
+        row.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let path = stored(DELIVER_PATH_HEADER).unwrap_or(&row.path);
+    let target = route.target(path, stored(DELIVER_QUERY_HEADER));
+    let mut head = RequestHeader::build("POST", target.as_bytes(), Some(row.headers.len() + 4))?;
+    for (name, value) in &row.headers {
+        let lower = name.to_ascii_lowercase();
+        if NOT_COPIED.contains(&lower.as_str())
+            || lower.eq_ignore_ascii_case(VERIFIED_HEADER)
+            || lower.eq_ignore_ascii_case(EVENT_ID_HEADER)
+        {
+            continue;
+        }
+        head.append_header(name.clone(), value.as_str())?;
+    }
+    head.insert_header("Host", route.authority.as_str())?;
+    head.insert_header("Content-Length", row.body.len().to_string())?;
+    head.insert_header(VERIFIED_HEADER, "true")?;
+    head.insert_header(EVENT_ID_HEADER, row.event_id.as_str())?;
+    Ok(UpstreamRequest {
+        head,
+        body: Bytes::from(row.body.clone()),
+        max_response: MAX_APP_RESPONSE_BYTES,
+        timeout,
+    })
+}
+
+#[async_trait::async_trait]
+impl<A: App> BackgroundService for DeliveryWorker<A> {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tracing::info!(owner = %self.inner.owner, store = self.inner.store.location(), "delivery worker started");
+        let mut failing = false;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let worked = self.turn().await;
+            match (worked, failing) {
+                (None, false) => {
+                    failing = true;
+                    tracing::warn!(store = self.inner.store.location(), "the delivery worker cannot reach the store; queued notifications wait until it is back");
+                }
+                (Some(_), true) => {
+                    failing = false;
+                    tracing::info!(
+                        store = self.inner.store.location(),
+                        "the delivery worker reaches the store again"
+                    );
+                }
+                _ => {}
+            }
+            let wait = match worked {
+                Some(n) if n > 0 => Duration::ZERO,
+                _ => IDLE_POLL,
+            };
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        tracing::info!("delivery worker stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(headers: &[(&str, &str)]) -> Delivery {
+        Delivery {
+            event_id: "evt_1".into(),
+            merchant: "default".into(),
+            client_id: "T_1".into(),
+            path: "/alipay/notify".into(),
+            notify_type: "PAYMENT_RESULT".into(),
+            body: b"{}".to_vec(),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            attempts: 0,
+            first_seen: 0,
+        }
+    }
+
+    fn route() -> AppRoute {
+        let app = crate::config::AppUpstream {
+            host: "127.0.0.1".into(),
+            port: 3000,
+            base_path: "/base".into(),
+        };
+        let map = [("/alipay/notify".to_string(), "/hooks/alipay".to_string())];
+        AppRoute::new(&app, map.into_iter().collect())
+    }
+
+    fn header<'a>(r: &'a UpstreamRequest, name: &str) -> Vec<&'a str> {
+        r.head
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_stored_row_is_delivered_with_its_headers_marked_and_its_event_id() {
+        let stored = [
+            ("Content-Type", "application/json; charset=UTF-8"),
+            ("X-Alipay-Sidecar-Source", "inquiryPayment"),
+            ("X-Alipay-Sidecar-Verified", "false"),
+            ("X-Alipay-Sidecar-Event-Id", "evt_forged"),
+            ("host", "alipay.example"),
+            ("content-length", "999"),
+            ("signature", "algorithm=RSA256,keyVersion=1,signature=x"),
+            (DELIVER_QUERY_HEADER, "src=ams"),
+        ];
+        let r = delivery_request(&route(), &row(&stored), Duration::from_secs(3)).unwrap();
+        assert_eq!(r.head.uri.to_string(), "/base/hooks/alipay?src=ams");
+        assert_eq!(header(&r, "x-alipay-sidecar-verified"), ["true"]);
+        assert_eq!(header(&r, "x-alipay-sidecar-event-id"), ["evt_1"]);
+        assert_eq!(header(&r, "x-alipay-sidecar-source"), ["inquiryPayment"]);
+        assert_eq!(header(&r, "host"), ["127.0.0.1:3000"]);
+        assert_eq!(header(&r, "content-length"), ["2"]);
+        assert_eq!(header(&r, "signature").len(), 1);
+        assert!(
+            header(&r, DELIVER_QUERY_HEADER).is_empty(),
+            "internal, never sent"
+        );
+        assert_eq!(r.timeout, Duration::from_secs(3));
+        assert_eq!(&r.body[..], b"{}");
+
+        // the reconciler's deliver_path replaces the notify path and is never sent
+        let r = delivery_request(
+            &route(),
+            &row(&[(DELIVER_PATH_HEADER, "/app/results")]),
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        assert_eq!(r.head.uri.to_string(), "/base/app/results");
+        assert!(header(&r, DELIVER_PATH_HEADER).is_empty());
+    }
+
+    #[test]
+    fn the_schedule_repeats_its_last_gap_and_stops_at_the_deadline() {
+        let s = [
+            Duration::ZERO,
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+        ];
+        assert_eq!(next_attempt_at(&s, 1, 1000, i64::MAX), 3000);
+        assert_eq!(next_attempt_at(&s, 2, 1000, i64::MAX), 11_000);
+        assert_eq!(next_attempt_at(&s, 9, 1000, i64::MAX), 11_000);
+        assert_eq!(next_attempt_at(&s, 9, 1000, 5000), 5000);
+        assert_eq!(next_attempt_at(&[], 0, 0, i64::MAX), 60_000);
+    }
+}
