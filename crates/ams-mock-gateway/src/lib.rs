@@ -37,15 +37,24 @@
 //! `inquiryPayment`, `cancel`, `refund`, `inquiryRefund`, `consult`. Any other path (after a
 //! valid signature) gets a **signed** `NO_INTERFACE_DEF`/`F` with HTTP 200, so clients
 //! exercise their normal signed-response path. State is in memory, per gateway:
-//! - `pay` needs `paymentRequestId` and `paymentAmount` and succeeds (`SUCCESS`/`S`).
+//! - `pay` needs `paymentRequestId` and `paymentAmount` and succeeds (`SUCCESS`/`S`), unless
+//!   its outcome says otherwise (see *Payment outcomes and notification timing*).
 //!   Idempotent on `paymentRequestId`: the same request again returns the same `paymentId`
-//!   (and sends no second notification); the same id with another amount gets
-//!   `REPEAT_REQ_INCONSISTENT`/`F`.
+//!   in its current state (and starts no second notification); the same id with another
+//!   amount gets `REPEAT_REQ_INCONSISTENT`/`F`.
 //! - `inquiryPayment` / `cancel` by `paymentId` (wins) or `paymentRequestId`; unknown →
-//!   `ORDER_NOT_EXIST`/`F`. `cancel` of a refunded payment → `PROCESS_FAIL`/`F`.
+//!   `ORDER_NOT_EXIST`/`F`. `inquiryPayment` answers `result` `SUCCESS`/`S` and the payment's
+//!   `paymentStatus` (`PROCESSING`, `SUCCESS`, `FAIL`, `CANCELLED`), `paymentResultCode` /
+//!   `paymentResultMessage` (`PAYMENT_IN_PROCESS`, `SUCCESS` or the failure code; none once
+//!   cancelled), `paymentRequestId`, `paymentId`, `paymentAmount`, `paymentCreateTime`, and
+//!   `paymentTime` once paid. `cancel` makes any payment CANCELLED, as Antom's cancel guide
+//!   describes (a processing one is never completed or notified afterwards; a paid one is
+//!   refunded in full, the cancellation window is not enforced), and answers `cancelTime`;
+//!   a refunded payment → `PROCESS_FAIL`/`F`.
 //! - `refund` needs `refundRequestId`, `paymentId`, `refundAmount`; the refunds of a payment
 //!   may not exceed its amount (`REFUND_AMOUNT_EXCEED`/`F`); unknown payment →
-//!   `ORDER_NOT_EXIST`; cancelled → `ORDER_IS_CANCELED`; idempotent on `refundRequestId`.
+//!   `ORDER_NOT_EXIST`; cancelled → `ORDER_IS_CANCELED`; not paid (processing or failed) →
+//!   `PROCESS_FAIL`; idempotent on `refundRequestId`.
 //! - `inquiryRefund` by `refundId` (wins) or `refundRequestId`; unknown → `REFUND_NOT_EXIST`.
 //! - `consult` returns a fixed list of payment options.
 //! - Missing or malformed fields → `PARAM_ILLEGAL`/`F` (signed).
@@ -58,15 +67,49 @@
 //!
 //! # Notifications (spec §6)
 //!
-//! After a new successful pay, the gateway POSTs a signed `PAYMENT_RESULT` notification to
-//! [`MockGatewayConfig::notify_url_override`] or else the request's `paymentNotifyUrl`
-//! (none of both: no notification). Headers `Content-Type: application/json`, `client-id`,
+//! When a payment becomes final (at once for a successful pay), the gateway POSTs a signed
+//! `PAYMENT_RESULT` notification to [`MockGatewayConfig::notify_url_override`] or else the
+//! pay's `paymentNotifyUrl` (none of both: no notification). The body reflects the final
+//! state: `notifyType`, `result` (`SUCCESS`/`S`, or the failure code with `F`),
+//! `paymentRequestId`, `paymentId`, `paymentAmount`, `paymentCreateTime`, and `paymentTime`
+//! when it succeeded. Headers `Content-Type: application/json`, `client-id`,
 //! `Request-Time` (ISO-8601 with milliseconds and `+08:00`), `Signature` over
 //! `POST <path?query of the notify URL>\n<client-id>.<Request-Time>.<body>`. It waits
 //! `notify_backoff[i]` before attempt `i+1` and stops at the first answer that is HTTP 200
 //! with `result.resultStatus == "S"` (the SUCCESS acknowledgement) or when the list is used
 //! up; every attempt is logged in [`MockGateway::notifications`]. Only plain `http://`
 //! notify URLs are supported; an `https://` URL is logged as one failed attempt, not sent.
+//!
+//! # Payment outcomes and notification timing
+//!
+//! Two per-payment switches rehearse what Alipay's guide warns about (the customer paid, the
+//! notification never came or came late, only `inquiryPayment` knows). Each is set for every
+//! pay in the configuration or on the command line, or for one pay with a top-level string
+//! field in its body (the per-request value wins; an unusable value gets a signed
+//! `PARAM_ILLEGAL`). Delays are milliseconds or durations (`500`, `2s`, `1m`), at most
+//! [`MAX_SWITCH_DELAY`].
+//!
+//! | body field | config / flag | values |
+//! | --- | --- | --- |
+//! | `"mockOutcome"` | [`MockGatewayConfig::outcome`] / `--outcome` | [`PaymentOutcome`]: `success` (default), `success_after:<d>`, `fail_after:<d>[:<CODE>]`, `never` |
+//! | `"mockNotify"` | [`MockGatewayConfig::notify`] / `--notify` | [`NotifyMode`]: `immediate` (default), `none`, `late:<d>` |
+//!
+//! Every outcome but `success` answers the pay with `PAYMENT_IN_PROCESS`/`U` (with
+//! `paymentRequestId`, `paymentId`, `paymentAmount`, `paymentCreateTime`), as Entry Code and
+//! other user-presented flows do; the payment is `PROCESSING` until the delay ends (then
+//! `SUCCESS`, or `FAIL` with `CODE`, default [`DEFAULT_FAIL_CODE`]) or, for `never`, until it
+//! is completed on demand or cancelled. Its notification is sent when it becomes final:
+//! at once, `late:<d>` after, or, with `none`, only on demand. Fault `no_notify` is `none`.
+//!
+//! On demand, from Rust or over HTTP (unsigned `POST`s to the gateway itself; JSON answers,
+//! 404 for an unknown payment, 409 when its state does not allow it; not in
+//! [`MockGateway::received`]):
+//! - [`MockGateway::notify_now`] / `POST /mock/notify/<paymentRequestId>`: send the payment's
+//!   notification now (replacing a `late:` one still waiting; again = a re-send). Refused
+//!   while it is processing or when it was cancelled before it had a result.
+//! - [`MockGateway::complete_payment`] / `POST /mock/succeed/<id>`,
+//!   `POST /mock/fail/<id>[?code=CODE]`: make a processing payment final now.
+//! - [`MockGateway::payment_status`]: what `inquiryPayment` would say.
 //!
 //! # Fault switches
 //!
@@ -86,7 +129,7 @@
 //! | `invalid_signature` | Alipay's unsigned `INVALID_SIGNATURE`/`F` as if the key were wrong | no |
 //! | `unknown_exception` | signed `UNKNOWN_EXCEPTION`/`U` | no |
 //! | `signed_failure` | signed `PROCESS_FAIL`/`F` | no |
-//! | `no_notify` | pay as usual but send no notification | yes |
+//! | `no_notify` | pay as usual but send no notification (until [`MockGateway::notify_now`]) | yes |
 //! | `notify_tampered` | pay as usual; the notification's signature is over other bytes | yes |
 //!
 //! `delay`, `drop` and `http_status` act before signature verification; the others after it
@@ -785,13 +828,13 @@ pub struct MockGatewayArgs {
     #[arg(long, value_name = "KIND", value_parser = Fault::from_str)]
     pub fault: Option<Fault>,
     /// When each payment's notification is sent once it is final: immediate, none (only when
-    /// triggered with POST /mock/notify/<paymentRequestId>), late:<duration>. A pay's
+    /// triggered with POST /mock/notify/PAYMENT_REQUEST_ID), late:DURATION. A pay's
     /// "mockNotify" field overrides it.
     #[arg(long, value_name = "MODE", value_parser = NotifyMode::from_str, default_value = "immediate")]
     pub notify: NotifyMode,
-    /// How each pay ends: success, success_after:<duration>, fail_after:<duration>[:<CODE>],
-    /// never (the delayed ones answer PAYMENT_IN_PROCESS/U). A pay's "mockOutcome" field
-    /// overrides it.
+    /// How each pay ends: success, success_after:DURATION, fail_after:DURATION (or
+    /// fail_after:DURATION:CODE), never; all but success answer PAYMENT_IN_PROCESS/U. A pay's
+    /// "mockOutcome" field overrides it.
     #[arg(long, value_name = "OUTCOME", value_parser = PaymentOutcome::from_str, default_value = "success")]
     pub outcome: PaymentOutcome,
 }
