@@ -1556,3 +1556,91 @@ async fn cancel_changes_the_payment() {
     );
     c.gateway.shutdown().await;
 }
+
+/// Kills the child process when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn cli_switches_reach_the_running_gateway() {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("merchant_public_key.pem");
+    std::fs::write(&key_file, key("merchant", "public_spki_pem")).unwrap();
+    let mut child = std::process::Command::new(crate::support::bin())
+        .args([
+            "mock-gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--merchant-public-key",
+        ])
+        .arg(&key_file)
+        .arg("--out-dir")
+        .arg(dir.path().join("out"))
+        .args(["--notify", "none", "--outcome", "never"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = KillOnDrop(child);
+    // The summary, up to the last line.
+    let lines: Vec<String> = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("press Ctrl-C");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    })
+    .await
+    .unwrap();
+    let summary = lines.join("\n");
+    assert!(
+        summary.contains("outcome never, notification none"),
+        "{summary}"
+    );
+    let addr = summary
+        .lines()
+        .find_map(|l| l.strip_prefix("mock-gateway: listening on http://"))
+        .unwrap_or_else(|| panic!("{summary}"))
+        .trim()
+        .to_string();
+
+    let send = |request: Vec<u8>| {
+        let addr = addr.clone();
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            parse_response(&exchange(tcp, &request).await).unwrap()
+        }
+    };
+    let body = pay_body(
+        "cli-1",
+        "100",
+        r#","paymentNotifyUrl":"http://127.0.0.1:9/n""#,
+    );
+    let pay = send(request(
+        PAY,
+        &signed_headers(PAY, CLIENT_ID, body.as_bytes()),
+        body.as_bytes(),
+    ))
+    .await;
+    assert_eq!(pay.code(), ("PAYMENT_IN_PROCESS".into(), "U".into()));
+    let succeed = send(request("/mock/succeed/cli-1", &[], b"")).await;
+    assert_eq!(succeed.status, 200);
+    assert_eq!(succeed.json()["paymentStatus"], "SUCCESS");
+    let again = send(request("/mock/succeed/cli-1", &[], b"")).await;
+    assert_eq!(again.status, 409);
+    drop(child);
+}
