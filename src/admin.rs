@@ -73,7 +73,7 @@ impl ServeHttp for Admin {
             },
             ("POST", "/admin/reload") => match self.reloader.reload("admin endpoint").await {
                 Ok(r) => reply(200, "application/json", serde_json::json!({"reloaded": true, "changed": r.changed, "keys": r.keys}).to_string()),
-                Err(e) => reply(500, "application/json", serde_json::json!({"reloaded": false, "error": e.to_string(), "note": "the previous keys stay in use"}).to_string()),
+                Err(e) => reply(500, "application/json", serde_json::json!({"reloaded": false, "error": e.to_string(), "failed_merchants": e.failed_merchants(&self.state), "note": "the merchants named in failed_merchants keep their previous keys; the others were reloaded"}).to_string()),
             },
             (_, "/metrics" | "/healthz" | "/readyz" | "/admin/reload") => reply(405, "text/plain", "method not allowed\n"),
             _ => reply(404, "text/plain", "not found: try /metrics, /healthz, /readyz, POST /admin/reload\n"),

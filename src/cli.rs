@@ -66,6 +66,12 @@ pub struct RunArgs {
     /// terminal, text otherwise].
     #[arg(long, value_name = "FORMAT", env = "ALIPAY_SIDECAR_LOG_FORMAT")]
     log_format: Option<LogFormatArg>,
+    /// Once every listener accepts connections, write this file (atomically) as JSON naming
+    /// the address each listener is bound to, e.g. {"pid":7,"listeners":{"admin":
+    /// "127.0.0.1:41234",…}}; with `listen = "127.0.0.1:0"` the port is picked at start and
+    /// this is how to learn it.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
 }
 
 /// Options of `alipay-sidecar healthcheck`.
@@ -188,7 +194,7 @@ pub fn main() -> i32 {
                 };
                 std::env::set_var("ALIPAY_SIDECAR_LOG_FORMAT", name);
             }
-            crate::server::run(&args.config.config)
+            crate::server::run(&args.config.config, args.ready_file.as_deref())
         }
         Command::Sign(args) => {
             let stdin = std::io::stdin();

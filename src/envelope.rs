@@ -61,11 +61,14 @@ pub enum SidecarError {
     /// Outbound: the `Host` header names neither a loopback address nor an `allowed_hosts`
     /// entry (DNS rebinding).
     HostNotAllowed,
+    /// Outbound, several merchants on a shared listener: the request names no merchant in
+    /// `X-Alipay-Sidecar-Merchant`, or one that is not configured.
+    MerchantUnknown,
 }
 
 impl SidecarError {
     /// Every code, for documentation checks and pre-created metric series.
-    pub const ALL: [SidecarError; 19] = [
+    pub const ALL: [SidecarError; 20] = [
         SidecarError::MethodNotAllowed,
         SidecarError::PathNotAllowed,
         SidecarError::BodyTooLarge,
@@ -85,6 +88,7 @@ impl SidecarError {
         SidecarError::RequestTimeout,
         SidecarError::BrowserRequestRefused,
         SidecarError::HostNotAllowed,
+        SidecarError::MerchantUnknown,
     ];
 
     /// The `resultCode`, also the metric label.
@@ -109,6 +113,7 @@ impl SidecarError {
             SidecarError::RequestTimeout => "SIDECAR_REQUEST_TIMEOUT",
             SidecarError::BrowserRequestRefused => "SIDECAR_BROWSER_REQUEST_REFUSED",
             SidecarError::HostNotAllowed => "SIDECAR_HOST_NOT_ALLOWED",
+            SidecarError::MerchantUnknown => "SIDECAR_MERCHANT_UNKNOWN",
         }
     }
 
@@ -134,7 +139,7 @@ impl SidecarError {
             SidecarError::HeadersTooLarge => 431,
             SidecarError::RequestTimeout => 408,
             SidecarError::BodyTooLarge => 413,
-            SidecarError::BadRequest => 400,
+            SidecarError::BadRequest | SidecarError::MerchantUnknown => 400,
             SidecarError::GatewayTimeout => 504,
             SidecarError::NotificationUnverified | SidecarError::NotificationStale => 401,
             SidecarError::AppUnavailable => 503,

@@ -5,16 +5,20 @@
 //! notification proves a payment, so the sidecar verifies it (spec §6) before the app sees a
 //! byte, and never acknowledges on the app's behalf.
 //!
-//! Design. As in [`crate::outbound`], the whole exchange runs inside `request_filter`, which
-//! answers Alipay itself and returns `Ok(true)`; pingora's upstream phases are never entered:
+//! [`Inbound`] is the verifier's policy as a handler over plain values ([`crate::handler`]),
+//! with the app behind the small [`App`] trait (pingora's connector in production, an
+//! in-memory fake in the unit tests); [`crate::adapter`] is the pingora side.
+//!
+//! Design. As in [`crate::outbound`], the whole exchange happens before Alipay gets an
+//! answer; pingora's upstream phases are never entered:
 //! - the body must be read whole and verified before anything is forwarded, and pingora
 //!   replays a body read in a hook only through its 64 KiB retry buffer;
 //! - the app's answer is read whole before Alipay sees it, so an app failure becomes a clean
 //!   503 with a JSON envelope instead of a half-relayed answer.
 //!
 //! The app is reached through [`crate::upstream::Upstream`] (pingora's pooled connector,
-//! plain HTTP: the app runs next to the sidecar). The `logging` hook records the metrics and
-//! one info line per notification; refusals are also logged at warn with the reason and the
+//! plain HTTP: the app runs next to the sidecar). The adapter records the metrics and one
+//! info line per notification; refusals are also logged at warn with the reason and the
 //! SHA-256 of the checked content (never the body above debug level).
 //!
 //! Why 503 when the app is down, slow or answers 5xx: Alipay re-sends a notification until it
@@ -29,134 +33,225 @@
 //! Byte-exactness: the body is read once; those bytes are verified and those same bytes are
 //! forwarded; the app's answer body is relayed as received.
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{Acknowledge, Config, InboundConfig, InboundMode};
+use crate::config::{Acknowledge, AppUpstream, Config, InboundConfig, InboundMode};
 use crate::envelope::SidecarError;
-use crate::exchange::{
-    self, echo, header_text, now_millis, Received, Record, KEY_VERSION_HEADER, VERIFIED_HEADER,
+use crate::exchange::{self, echo, header_text, now_millis, KEY_VERSION_HEADER, VERIFIED_HEADER};
+use crate::handler::{
+    BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
 };
-use crate::keyset::KeySet;
-use crate::metrics::{self, BodyKind, Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
+use crate::merchants::{KeySource, LiveKeys, Selected, UNSELECTED_MERCHANT};
+use crate::metrics::{Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
 use crate::protocol::{
-    ack_signature_headers, content_digest, format_iso8601, parse_request_time, Verified, ACK_BODY,
+    ack_signature_headers, content_digest, format_iso8601, parse_request_time, Reason, Verified,
+    ACK_BODY,
 };
 use crate::state::SidecarState;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 
 /// Largest app answer relayed to Alipay (an acknowledgement is ~80 bytes).
-const MAX_APP_RESPONSE_BYTES: usize = 1024 * 1024;
+pub const MAX_APP_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// The app as the inbound handler needs it: one verified notification delivered, the whole
+/// answer back (bounded by `request.max_response`, within `request.timeout`).
+pub trait App: Send + Sync + 'static {
+    /// Delivers the notification and reads the app's whole answer.
+    fn deliver(
+        &self,
+        request: &UpstreamRequest,
+    ) -> impl Future<Output = Result<UpstreamResponse, UpstreamError>> + Send;
+}
+
+/// The inbound policy settings (from `[inbound]` and `[server]`), shared by every merchant.
+#[derive(Debug, Clone)]
+pub struct InboundPolicy {
+    /// The replay window on `Request-Time`, when set.
+    pub max_request_time_skew: Option<Duration>,
+    /// Who writes the acknowledgement of a notification the app took.
+    pub acknowledge: Acknowledge,
+    /// Sign acknowledgements with the merchant key.
+    pub sign_acknowledgements: bool,
+    /// Enforce, or shadow (forward unverified notifications, marked).
+    pub mode: InboundMode,
+    /// Whole-exchange timeout to the app.
+    pub forward_timeout: Duration,
+    /// How request bodies are read.
+    pub body: BodyPolicy,
+}
+
+impl InboundPolicy {
+    /// The policy of `[inbound]` in `config`.
+    pub fn from_config(config: &Config, cfg: &InboundConfig) -> Self {
+        Self {
+            max_request_time_skew: cfg.max_request_time_skew,
+            acknowledge: cfg.acknowledge,
+            sign_acknowledgements: cfg.sign_acknowledgements,
+            mode: cfg.mode,
+            forward_timeout: cfg.forward_timeout,
+            body: BodyPolicy {
+                max_bytes: cfg.max_body_bytes,
+                limit_key: "[inbound] max_body_bytes",
+                timeout: config.server.body_read_timeout,
+            },
+        }
+    }
+}
+
+/// Where a merchant's notifications go in the app: `Host`, the base path and the path map.
+#[derive(Debug, Clone)]
+pub struct AppRoute {
+    /// `Host` of the requests to the app.
+    pub authority: String,
+    /// The app's URL, for log lines.
+    pub url: String,
+    /// Prefixed to every (mapped) notify path.
+    pub base_path: String,
+    /// Notify path → the app's path.
+    pub path_map: BTreeMap<String, String>,
+}
+
+impl AppRoute {
+    /// The route of `forward_to` with `path_map`.
+    pub fn new(forward_to: &AppUpstream, path_map: BTreeMap<String, String>) -> Self {
+        Self {
+            authority: exchange::authority(&forward_to.host, forward_to.port, 80),
+            url: forward_to.url(),
+            base_path: forward_to.base_path.clone(),
+            path_map,
+        }
+    }
+}
+
+/// One merchant as the inbound handler needs it.
+pub struct InboundMerchant<A> {
+    name: Arc<str>,
+    client_id: String,
+    keys: Arc<dyn KeySource>,
+    app: A,
+    route: AppRoute,
+}
+
+impl<A: App> InboundMerchant<A> {
+    /// A merchant called `name` that takes notifications for `client_id`, verified with the
+    /// keys of `keys`, delivered to `app` along `route`.
+    pub fn new(
+        name: &str,
+        client_id: &str,
+        keys: Arc<dyn KeySource>,
+        app: A,
+        route: AppRoute,
+    ) -> Self {
+        Self {
+            name: Arc::from(name),
+            client_id: client_id.to_string(),
+            keys,
+            app,
+            route,
+        }
+    }
+}
 
 /// The inbound notification verifier (one per `[inbound]` listener).
-pub struct Inbound {
-    state: Arc<SidecarState>,
-    cfg: InboundConfig,
-    client_id: String,
-    upstream: Upstream,
-    body_policy: exchange::BodyPolicy,
+pub struct Inbound<A> {
+    policy: InboundPolicy,
+    /// Never empty; today exactly one.
+    merchants: Vec<InboundMerchant<A>>,
+    /// The merchant label of requests refused before selection.
+    unselected: Arc<str>,
 }
 
 /// Why a notification was not accepted: the metric label, the error code and what to do.
-struct Refusal {
+struct Rejection {
     result: VerificationResult,
-    error: SidecarError,
-    message: String,
+    refusal: Refusal,
 }
 
-impl Refusal {
+impl Rejection {
     fn unverified(result: VerificationResult, message: String) -> Self {
         Self {
             result,
-            error: SidecarError::NotificationUnverified,
-            message,
+            refusal: Refusal::new(SidecarError::NotificationUnverified, message),
         }
     }
 
     fn stale(result: VerificationResult, message: String) -> Self {
         Self {
             result,
-            error: SidecarError::NotificationStale,
-            message,
+            refusal: Refusal::new(SidecarError::NotificationStale, message),
         }
     }
 }
 
-/// What the app is told about the notification it receives.
-enum Marker {
-    Verified(String),
-    Unverified,
-}
+impl<A: App> Inbound<A> {
+    /// A verifier for one merchant.
+    pub fn new(policy: InboundPolicy, merchant: InboundMerchant<A>) -> Self {
+        Self::shared(policy, vec![merchant])
+    }
 
-impl Inbound {
-    /// `config` supplies the client id notifications must be addressed to.
-    pub fn new(state: Arc<SidecarState>, config: &Config, cfg: InboundConfig) -> Self {
-        let app = &cfg.forward_to;
-        let upstream = Upstream::new(&app.host, app.port, false, None, cfg.forward_timeout);
+    /// A verifier for every merchant in `merchants`: a notification's `client-id` selects
+    /// the merchant (its keys, its app).
+    ///
+    /// # Panics
+    /// When `merchants` is empty (a validated config always has one).
+    pub fn shared(policy: InboundPolicy, merchants: Vec<InboundMerchant<A>>) -> Self {
+        assert!(!merchants.is_empty(), "an inbound handler needs a merchant");
+        let unselected = if merchants.len() == 1 {
+            merchants[0].name.clone()
+        } else {
+            Arc::from(UNSELECTED_MERCHANT)
+        };
         Self {
-            state,
-            client_id: config.client_id.clone(),
-            body_policy: exchange::BodyPolicy {
-                max_bytes: cfg.max_body_bytes,
-                limit_key: "[inbound] max_body_bytes",
-                timeout: config.server.body_read_timeout,
-            },
-            cfg,
-            upstream,
+            policy,
+            unselected,
+            merchants,
         }
     }
 
-    async fn handle(&self, session: &mut Session, ctx: &mut Record) -> pingora::Result<()> {
-        let Some(n) = exchange::receive(session, ctx, self.body_policy, |_, _| Ok(())).await?
-        else {
-            return Ok(());
+    /// The merchant a notification is for, with its key snapshot: the one whose client id
+    /// the (first) `client-id` header names. `None` when it names none of them; then the
+    /// notification is refused by [`Inbound::check`] in its usual order (duplicate and
+    /// missing headers first, then the client id), against the first merchant.
+    pub fn select(&self, request: &Request) -> (Selected<'_, InboundMerchant<A>>, bool) {
+        let named = header_text(&request.head.headers, "client-id")
+            .and_then(|id| self.merchants.iter().find(|m| m.client_id == id));
+        let merchant = named.unwrap_or(&self.merchants[0]);
+        let selected = Selected {
+            merchant,
+            keys: merchant.keys.keys(),
         };
-        let keys = self.state.keys();
-        let marker = match self.check(&keys, &n, ctx) {
-            Ok(v) => {
-                ctx.outcome = Outcome::Verified;
-                ctx.key_version = Some(v.key_version.clone());
-                Marker::Verified(v.key_version)
-            }
-            Err(r) => {
-                metrics::metrics().record_verification(Direction::Inbound, r.result);
-                ctx.reason = Some(r.result.as_str());
-                tracing::warn!(reason = r.result.as_str(), content_sha256 = ctx.content_sha256.as_deref(), shadow = self.shadow(), error = %r.message, "notification did not verify");
-                if !self.shadow() {
-                    return ctx.refuse(session, r.error, r.message).await;
-                }
-                ctx.outcome = Outcome::ShadowForwarded;
-                ctx.detail = Some(r.message);
-                Marker::Unverified
-            }
-        };
-        self.forward(session, ctx, &keys, &n, marker).await
+        (selected, named.is_some())
     }
 
     fn shadow(&self) -> bool {
-        self.cfg.mode == InboundMode::Shadow
+        self.policy.mode == InboundMode::Shadow
     }
 
     /// Verifies the notification: headers present, addressed to us, signed by Alipay over
     /// `POST <target>\n<client-id>.<Request-Time>.<body>`, and (when configured) fresh. The
     /// signature is checked before the time, so a stale verdict is only given to a genuine
     /// (signed) time. Records the observed skew whenever the time parses.
-    fn check(&self, keys: &KeySet, n: &Received, ctx: &mut Record) -> Result<Verified, Refusal> {
-        let (req, target) = (&n.header, n.target.as_str());
+    fn check(
+        &self,
+        selected: &Selected<'_, InboundMerchant<A>>,
+        n: &Request,
+        report: &mut Report,
+    ) -> Result<Verified, Rejection> {
+        let (req, target) = (&n.head, n.target.as_str());
         // One value each: a second copy could be read by the app instead of the one verified.
         if let Some(name) = ["client-id", "request-time", "signature"]
             .into_iter()
             .find(|h| req.headers.get_all(*h).iter().count() > 1)
         {
             let msg = format!("the notification has more than one {name} header; Alipay sends each signed header once, so this one was altered on the way and is refused");
-            return Err(Refusal::unverified(
-                VerificationResult::Invalid("duplicate_header"),
+            return Err(Rejection::unverified(
+                VerificationResult::Invalid(Reason::DuplicateHeader.label()),
                 msg,
             ));
         }
@@ -166,7 +261,7 @@ impl Inbound {
         let now = now_millis();
         let parsed_time = time.and_then(parse_request_time);
         if let Some(t) = parsed_time {
-            metrics::metrics().observe_notification_skew_ms(now.saturating_sub(t));
+            report.time_skew_ms = Some(now.saturating_sub(t));
         }
         let digest = content_digest(
             "POST",
@@ -175,7 +270,7 @@ impl Inbound {
             time.unwrap_or(""),
             &n.body,
         );
-        ctx.content_sha256 = Some(digest.to_hex());
+        report.content_sha256 = Some(digest.to_hex());
 
         let missing = [
             ("Signature", signature.is_none()),
@@ -184,38 +279,53 @@ impl Inbound {
         ];
         if let Some((name, _)) = missing.iter().find(|(_, absent)| *absent) {
             let msg = format!("the notification has no {name} header; Alipay signs every notification, so this one is not from Alipay (or a proxy in front dropped the header)");
-            return Err(Refusal::unverified(
-                VerificationResult::Invalid("missing_header"),
+            return Err(Rejection::unverified(
+                VerificationResult::Invalid(Reason::MissingHeader.label()),
                 msg,
             ));
         }
         let received = client_id.unwrap_or("");
-        if received != self.client_id {
+        let merchant = selected.merchant;
+        if received != merchant.client_id {
+            let configured = if self.merchants.len() == 1 {
+                format!("the configured client_id {:?}", merchant.client_id)
+            } else {
+                let ids: Vec<&str> = self
+                    .merchants
+                    .iter()
+                    .map(|m| m.client_id.as_str())
+                    .collect();
+                format!("any configured merchant's client_id ({})", ids.join(", "))
+            };
             let msg = format!(
-                "the notification is addressed to client-id {:?}, not to the configured client_id {:?}; a notification for another merchant is refused",
+                "the notification is addressed to client-id {:?}, not to {configured}; a notification for another merchant is refused",
                 echo(received),
-                self.client_id
             );
-            return Err(Refusal::unverified(VerificationResult::WrongClientId, msg));
+            return Err(Rejection::unverified(
+                VerificationResult::WrongClientId,
+                msg,
+            ));
         }
         let verify_start = Instant::now();
-        let verdict = keys.alipay.verify_digest(&digest, signature.unwrap_or(""));
-        metrics::metrics().observe_verify(Direction::Inbound, verify_start.elapsed());
+        let verdict = selected
+            .keys
+            .alipay
+            .verify_digest(&digest, signature.unwrap_or(""));
+        report.verify_time = Some(verify_start.elapsed());
         let verified = verdict.map_err(|e| {
             let msg = format!(
                 "the notification's signature did not verify over POST {}: {e}",
                 echo(target)
             );
-            Refusal::unverified((&e).into(), msg)
+            Rejection::unverified((&e).into(), msg)
         })?;
         self.check_freshness(time.unwrap_or(""), parsed_time, now)?;
-        metrics::metrics().record_verification(Direction::Inbound, VerificationResult::Valid);
         Ok(verified)
     }
 
     /// The optional replay window (`max_request_time_skew`).
-    fn check_freshness(&self, time: &str, parsed: Option<i64>, now: i64) -> Result<(), Refusal> {
-        let Some(window) = self.cfg.max_request_time_skew else {
+    fn check_freshness(&self, time: &str, parsed: Option<i64>, now: i64) -> Result<(), Rejection> {
+        let Some(window) = self.policy.max_request_time_skew else {
             return Ok(());
         };
         let Some(t) = parsed else {
@@ -223,7 +333,7 @@ impl Inbound {
                 "Request-Time {:?} is not a time the sidecar can read (epoch millis or ISO-8601), so its freshness cannot be checked while [inbound] max_request_time_skew is set",
                 echo(time)
             );
-            return Err(Refusal::stale(
+            return Err(Rejection::stale(
                 VerificationResult::UnparseableRequestTime,
                 msg,
             ));
@@ -236,7 +346,7 @@ impl Inbound {
                 humantime::format_duration(Duration::from_secs(skew.as_secs())),
                 humantime::format_duration(window)
             );
-            return Err(Refusal::stale(VerificationResult::StaleRequestTime, msg));
+            return Err(Rejection::stale(VerificationResult::StaleRequestTime, msg));
         }
         Ok(())
     }
@@ -244,57 +354,54 @@ impl Inbound {
     /// Sends the notification to the app and answers Alipay from the app's answer.
     async fn forward(
         &self,
-        session: &mut Session,
-        ctx: &mut Record,
-        keys: &KeySet,
-        n: &Received,
+        selected: &Selected<'_, InboundMerchant<A>>,
+        n: Request,
         marker: Marker,
-    ) -> pingora::Result<()> {
-        let app_req = self.app_request(&n.header, &n.target, &marker, n.body.len())?;
-        let response = match self
-            .upstream
-            .exchange(
-                &app_req,
-                &n.body,
-                MAX_APP_RESPONSE_BYTES,
-                self.cfg.forward_timeout,
-            )
-            .await
-        {
+        key_version: Option<&str>,
+        report: &mut Report,
+    ) -> Result<(ResponseHeader, Bytes), Stop> {
+        let merchant = selected.merchant;
+        let head = self.app_request(
+            &merchant.route,
+            &n.head,
+            &n.target,
+            marker,
+            key_version,
+            n.body.len(),
+        )?;
+        let app_req = UpstreamRequest {
+            head,
+            body: n.body,
+            max_response: MAX_APP_RESPONSE_BYTES,
+            timeout: self.policy.forward_timeout,
+        };
+        let response = match merchant.app.deliver(&app_req).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, app = %self.cfg.forward_to.url(), "the app did not take the notification; answering 503 so that Alipay re-sends it");
+                tracing::warn!(error = %e, app = %merchant.route.url, "the app did not take the notification; answering 503 so that Alipay re-sends it");
                 // Alipay (and whoever else reaches this port) learns nothing of the app's
                 // address or the connector's error; the log line above has them.
-                ctx.detail = Some(e.to_string());
+                report.detail = Some(e.to_string());
                 let msg = "the app is unavailable; the notification was not acknowledged, so \
-                           Alipay will re-send it"
-                    .to_string();
-                return ctx.refuse(session, SidecarError::AppUnavailable, msg).await;
+                           Alipay will re-send it";
+                return Err(Refusal::new(SidecarError::AppUnavailable, msg).into());
             }
         };
         let status = response.header.status.as_u16();
-        ctx.upstream = Some(response.elapsed);
-        ctx.upstream_status = Some(status);
-        metrics::metrics().observe_upstream(
-            Direction::Inbound,
-            INBOUND_API_LABEL,
-            response.elapsed,
-        );
-        metrics::metrics().observe_body_size(
-            Direction::Inbound,
-            BodyKind::Response,
-            response.body.len(),
-        );
+        report.upstream = Some(UpstreamTiming {
+            elapsed: response.elapsed,
+            status,
+            body_bytes: response.body.len(),
+        });
         if status >= 500 {
             tracing::debug!(status, body = %String::from_utf8_lossy(&response.body), "the app's 5xx answer");
             let msg = format!("the app answered HTTP {status}; the notification is not acknowledged, so Alipay will re-send it");
-            return ctx.refuse(session, SidecarError::AppUnavailable, msg).await;
+            return Err(Refusal::new(SidecarError::AppUnavailable, msg).into());
         }
         let success = (200..300).contains(&status);
         let mut out;
         let answer;
-        if success && self.cfg.acknowledge == Acknowledge::Sidecar {
+        if success && self.policy.acknowledge == Acknowledge::Sidecar {
             out = ResponseHeader::build(200, Some(5))?;
             out.insert_header("Content-Type", "application/json; charset=UTF-8")?;
             answer = Bytes::from_static(ACK_BODY.as_bytes());
@@ -302,37 +409,29 @@ impl Inbound {
             out = exchange::relayed_response_header(&response.header)?;
             answer = response.body;
         }
-        if success && self.cfg.sign_acknowledgements {
-            self.sign_answer(&mut out, keys, &n.target, &answer)?;
+        if success && self.policy.sign_acknowledgements {
+            self.sign_answer(&mut out, selected, &n.target, &answer, report)?;
         }
-        out.set_content_length(answer.len())?;
-        ctx.status = out.status.as_u16();
-        ctx.response_bytes = answer.len();
-        session.write_response_header(Box::new(out), false).await?;
-        session.write_response_body(Some(answer), true).await?;
-        Ok(())
+        Ok((out, answer))
     }
 
     /// The request to the app: same headers (minus hop-by-hop and any `X-Alipay-Sidecar-*`),
     /// the sidecar's markers, the app's Host, the mapped path with the query kept.
     fn app_request(
         &self,
+        route: &AppRoute,
         received: &RequestHeader,
         target: &str,
-        marker: &Marker,
+        marker: Marker,
+        key_version: Option<&str>,
         len: usize,
     ) -> pingora::Result<RequestHeader> {
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
         };
-        let mapped = self
-            .cfg
-            .path_map
-            .get(path)
-            .map(String::as_str)
-            .unwrap_or(path);
-        let mut app_target = format!("{}{}", self.cfg.forward_to.base_path, mapped);
+        let mapped = route.path_map.get(path).map(String::as_str).unwrap_or(path);
+        let mut app_target = format!("{}{}", route.base_path, mapped);
         if let Some(q) = query {
             app_target.push('?');
             app_target.push_str(q);
@@ -343,15 +442,11 @@ impl Inbound {
             Some(received.headers.len() + 4),
         )?;
         exchange::forward_request_headers(received, &mut req, &[])?;
-        let app = &self.cfg.forward_to;
-        req.insert_header("Host", exchange::authority(&app.host, app.port, 80))?;
+        req.insert_header("Host", route.authority.as_str())?;
         req.insert_header("Content-Length", len.to_string())?;
-        match marker {
-            Marker::Verified(v) => {
-                req.insert_header(VERIFIED_HEADER, "true")?;
-                req.insert_header(KEY_VERSION_HEADER, v.as_str())?;
-            }
-            Marker::Unverified => req.insert_header(VERIFIED_HEADER, "false")?,
+        req.insert_header(VERIFIED_HEADER, marker.as_str())?;
+        if let Some(v) = key_version {
+            req.insert_header(KEY_VERSION_HEADER, v)?;
         }
         Ok(req)
     }
@@ -362,27 +457,29 @@ impl Inbound {
     fn sign_answer(
         &self,
         out: &mut ResponseHeader,
-        keys: &KeySet,
+        selected: &Selected<'_, InboundMerchant<A>>,
         target: &str,
         body: &[u8],
+        report: &mut Report,
     ) -> pingora::Result<()> {
+        let keys = &selected.keys;
         let sign_start = Instant::now();
         match ack_signature_headers(
             &keys.merchant,
             &keys.merchant_key_version,
-            &self.client_id,
+            &selected.merchant.client_id,
             target,
             &format_iso8601(now_millis()),
             body,
         ) {
             Ok(headers) => {
-                metrics::metrics().observe_sign(sign_start.elapsed());
+                report.sign_time = Some(sign_start.elapsed());
                 for (name, value) in headers {
                     out.insert_header(name, value)?;
                 }
             }
             Err(e) => {
-                metrics::metrics().record_error(SidecarError::SigningFailed.code());
+                report.ack_signing_failed = true;
                 tracing::error!(error = %e, "signing the acknowledgement failed; sent unsigned");
             }
         }
@@ -390,37 +487,550 @@ impl Inbound {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Inbound {
-    type CTX = Record;
+impl Inbound<Arc<Upstream>> {
+    /// The production handler of `[inbound]`: every merchant of `config`, its live keys from
+    /// `state`, its app (`forward_to`, `path_map`, inherited or its own) through pingora's
+    /// plain-HTTP connector.
+    pub fn from_config(state: Arc<SidecarState>, config: &Config, cfg: &InboundConfig) -> Self {
+        let merchants = config
+            .merchants
+            .iter()
+            .enumerate()
+            .map(|(index, m)| {
+                let app = m.forward_to.as_ref().unwrap_or(&cfg.forward_to);
+                let upstream = Upstream::new(&app.host, app.port, false, None, cfg.forward_timeout);
+                InboundMerchant::new(
+                    &m.name,
+                    &m.client_id,
+                    LiveKeys::new(state.clone(), index),
+                    Arc::new(upstream),
+                    AppRoute::new(app, m.path_map.clone()),
+                )
+            })
+            .collect();
+        Self::shared(InboundPolicy::from_config(config, cfg), merchants)
+    }
+}
 
-    fn new_ctx(&self) -> Record {
-        Record::new(Direction::Inbound, INBOUND_API_LABEL)
+impl<A: App> Handler for Inbound<A> {
+    const DIRECTION: Direction = Direction::Inbound;
+
+    fn body_policy(&self) -> BodyPolicy {
+        self.policy.body
     }
 
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        rec: &mut Record,
-    ) -> pingora::Result<bool> {
-        let _in_flight = self.state.track(Direction::Inbound);
-        self.handle(session, rec).await?;
-        Ok(true)
+    fn api(&self, _target: &str) -> &'static str {
+        INBOUND_API_LABEL
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _rec: &mut Record,
-    ) -> pingora::Result<Box<HttpPeer>> {
-        // never reached: request_filter answers every notification itself (see the module doc)
-        Err(pingora::Error::explain(
-            pingora::ErrorType::InternalError,
-            "inbound notifications are answered in request_filter",
-        ))
+    fn unselected_merchant(&self) -> Arc<str> {
+        self.unselected.clone()
     }
 
-    async fn logging(&self, _session: &mut Session, e: Option<&pingora::Error>, rec: &mut Record) {
-        rec.finish(e);
+    /// Notifications have no head checks beyond the adapter's own (POST, framing, target).
+    fn check_head(&self, _head: &RequestHeader, _target: &str) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    async fn handle(&self, request: Request) -> Reply {
+        let (selected, named) = self.select(&request);
+        let label = if named {
+            selected.merchant.name.clone()
+        } else {
+            self.unselected_merchant()
+        };
+        let mut report = Report::new(label, INBOUND_API_LABEL);
+        report.request_bytes = Some(request.body.len());
+        let (marker, key_version) = match self.check(&selected, &request, &mut report) {
+            Ok(v) => {
+                report.verification = Some(VerificationResult::Valid);
+                report.outcome = Outcome::Verified;
+                report.key_version = Some(v.key_version);
+                (Marker::Verified, report.key_version.clone())
+            }
+            Err(r) => {
+                report.verification = Some(r.result);
+                tracing::warn!(reason = r.result.as_str(), content_sha256 = report.content_sha256.as_deref(), shadow = self.shadow(), error = %r.refusal.message, "notification did not verify");
+                if !self.shadow() {
+                    return Reply::refuse(r.refusal, report);
+                }
+                report.outcome = Outcome::ShadowForwarded;
+                report.detail = Some(r.refusal.message);
+                (Marker::Unverified, None)
+            }
+        };
+        let result = self
+            .forward(
+                &selected,
+                request,
+                marker,
+                key_version.as_deref(),
+                &mut report,
+            )
+            .await;
+        Reply::finish(result, report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merchants::DEFAULT_MERCHANT;
+    use crate::testing::*;
+    use crate::upstream::UpstreamError;
+
+    const ACK: &[u8] = ACK_BODY.as_bytes();
+
+    fn policy() -> InboundPolicy {
+        InboundPolicy {
+            max_request_time_skew: None,
+            acknowledge: Acknowledge::App,
+            sign_acknowledgements: false,
+            mode: InboundMode::Enforce,
+            forward_timeout: Duration::from_secs(10),
+            body: BodyPolicy {
+                max_bytes: 1 << 20,
+                limit_key: "[inbound] max_body_bytes",
+                timeout: Duration::from_secs(10),
+            },
+        }
+    }
+
+    fn route(path_map: &[(&str, &str)]) -> AppRoute {
+        AppRoute::new(
+            &AppUpstream {
+                host: "127.0.0.1".into(),
+                port: 3000,
+                base_path: String::new(),
+            },
+            path_map
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        )
+    }
+
+    fn inbound_with(policy: InboundPolicy, route: AppRoute, app: &Arc<Fake>) -> Inbound<Arc<Fake>> {
+        let keys: Arc<dyn KeySource> = Arc::new(keyset("T_111222333"));
+        let merchant =
+            InboundMerchant::new(DEFAULT_MERCHANT, "T_111222333", keys, app.clone(), route);
+        Inbound::new(policy, merchant)
+    }
+
+    fn inbound(app: &Arc<Fake>) -> Inbound<Arc<Fake>> {
+        inbound_with(policy(), route(&[]), app)
+    }
+
+    /// An app that answers `status` with `body`.
+    fn app(status: u16, body: &'static [u8]) -> Arc<Fake> {
+        Fake::new(move |_| {
+            Ok(answer(
+                status,
+                &[("Content-Type", "application/json")],
+                body,
+            ))
+        })
+    }
+
+    /// A published notification vector as the request Alipay sends.
+    fn published(id: &str, extra: &[(&str, &str)]) -> Request {
+        let (client, time, sig) = (
+            input(id, "client_id"),
+            input(id, "time"),
+            input(id, "signature_header"),
+        );
+        let mut headers = vec![
+            ("Content-Type", "application/json"),
+            ("client-id", client.as_str()),
+            ("request-time", time.as_str()),
+            ("signature", sig.as_str()),
+        ];
+        headers.extend_from_slice(extra);
+        request(&input(id, "uri"), &headers, input(id, "body").as_bytes())
+    }
+
+    /// A notification to `target` signed now by the vectors' Alipay key, with `time`.
+    fn signed(target: &str, time: &str, body: &[u8]) -> Request {
+        let sig = alipay_signature("1", target, "T_111222333", time, body);
+        request(
+            target,
+            &[
+                ("client-id", "T_111222333"),
+                ("request-time", time),
+                ("signature", &sig),
+            ],
+            body,
+        )
+    }
+
+    fn refused_with(reply: &Reply, error: SidecarError, result: VerificationResult) {
+        assert_eq!(reply.head.status.as_u16(), error.http_status(), "{reply:?}");
+        assert_eq!(result_code(reply).as_deref(), Some(error.code()));
+        assert_eq!(reply.report.error, Some(error));
+        assert_eq!(reply.report.verification, Some(result));
+    }
+
+    #[tokio::test]
+    async fn a_verified_notification_reaches_the_app_byte_exact_and_marked() {
+        let app = app(200, ACK);
+        let req = published(
+            "NTF-01",
+            &[("X-Alipay-Sidecar-Verified", "forged"), ("X-Trace", "t1")],
+        );
+        let (body_ptr, body) = (req.body.as_ptr(), req.body.clone());
+        let reply = inbound(&app).handle(req).await;
+        assert_eq!(reply.head.status.as_u16(), 200);
+        assert_eq!(&reply.body[..], ACK);
+        let sent = app.only();
+        assert_eq!(sent.body.as_ptr(), body_ptr, "the body was copied");
+        assert_eq!(sent.body, body);
+        assert_eq!(sent.head.uri.path(), "/merchant/notify");
+        let hs = &sent.head.headers;
+        let markers: Vec<_> = hs.get_all(VERIFIED_HEADER).iter().collect();
+        assert_eq!(markers, ["true"], "a forged marker is dropped");
+        assert_eq!(header(hs, KEY_VERSION_HEADER), Some("1"));
+        assert_eq!(header(hs, "host"), Some("127.0.0.1:3000"));
+        assert_eq!(header(hs, "x-trace"), Some("t1"));
+        assert!(
+            header(hs, "signature").is_some(),
+            "Alipay's headers reach the app"
+        );
+        let r = &reply.report;
+        assert_eq!(r.outcome, Outcome::Verified);
+        assert_eq!(r.verification, Some(VerificationResult::Valid));
+        assert_eq!(r.key_version.as_deref(), Some("1"));
+        assert_eq!(r.api, INBOUND_API_LABEL);
+        assert_eq!(&*r.merchant, "default");
+        assert!(r.time_skew_ms.is_some() && r.verify_time.is_some());
+        assert_eq!(r.upstream.map(|u| u.status), Some(200));
+        assert_eq!(
+            r.sign_time, None,
+            "acknowledgements are not signed by default"
+        );
+        assert_eq!(
+            r.content_sha256.as_deref(),
+            vector("NTF-01")["content_sha256_utf8"].as_str()
+        );
+    }
+
+    #[tokio::test]
+    async fn every_published_valid_notification_verifies() {
+        for id in ["NTF-01", "NTF-05"] {
+            let reply = inbound(&app(200, ACK)).handle(published(id, &[])).await;
+            assert_eq!(reply.report.outcome, Outcome::Verified, "{id}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_notification_for_another_client_id_is_refused() {
+        let req = signed("/merchant/notify", "2024-05-01T12:35:11+08:00", b"{}");
+        let mut req = req;
+        req.head.insert_header("client-id", "T_OTHER").unwrap();
+        let app = app(200, ACK);
+        let reply = inbound(&app).handle(req).await;
+        refused_with(
+            &reply,
+            SidecarError::NotificationUnverified,
+            VerificationResult::WrongClientId,
+        );
+        assert_eq!(reply.report.outcome, Outcome::Rejected);
+        assert!(app.seen().is_empty());
+    }
+
+    #[tokio::test]
+    async fn missing_duplicate_and_invalid_signatures_are_refused() {
+        let app = app(200, ACK);
+        let h = inbound(&app);
+        let unverified = |reply: Reply, reason| {
+            refused_with(
+                &reply,
+                SidecarError::NotificationUnverified,
+                VerificationResult::Invalid(reason),
+            )
+        };
+        for name in ["signature", "client-id", "request-time"] {
+            let mut req = published("NTF-01", &[]);
+            req.head.remove_header(name);
+            unverified(h.handle(req).await, "missing_header");
+            // a second copy could be read by the app instead of the one verified
+            let mut req = published("NTF-01", &[]);
+            let first = header(&req.head.headers, name).unwrap().to_string();
+            req.head.append_header(name, first).unwrap();
+            unverified(h.handle(req).await, "duplicate_header");
+        }
+        // an empty signature is a missing one
+        let mut req = published("NTF-01", &[]);
+        req.head.insert_header("signature", "").unwrap();
+        unverified(h.handle(req).await, "missing_header");
+
+        let mut req = published("NTF-01", &[]);
+        req.body = Bytes::from(
+            req.body
+                .iter()
+                .copied()
+                .map(|b| if b == b'8' { b'9' } else { b })
+                .collect::<Vec<_>>(),
+        );
+        let reply = h.handle(req).await;
+        assert_eq!(reply.report.reason(), Some("mismatch"));
+        unverified(reply, "mismatch");
+
+        let mut req = published("NTF-01", &[]);
+        let sig = header(&req.head.headers, "signature")
+            .unwrap()
+            .replace("keyVersion=1", "keyVersion=4");
+        req.head.insert_header("signature", sig).unwrap();
+        unverified(h.handle(req).await, "unknown_key_version");
+        assert!(app.seen().is_empty(), "nothing unverified reached the app");
+    }
+
+    #[tokio::test]
+    async fn the_skew_window_refuses_stale_and_unreadable_times() {
+        let window = InboundPolicy {
+            max_request_time_skew: Some(Duration::from_secs(300)),
+            ..policy()
+        };
+        let app = app(200, ACK);
+        let h = inbound_with(window, route(&[]), &app);
+        // NTF-01 is from 2019: genuine, but stale
+        let reply = h.handle(published("NTF-01", &[])).await;
+        refused_with(
+            &reply,
+            SidecarError::NotificationStale,
+            VerificationResult::StaleRequestTime,
+        );
+        let reply = h
+            .handle(signed("/merchant/notify", "yesterday", b"{}"))
+            .await;
+        refused_with(
+            &reply,
+            SidecarError::NotificationStale,
+            VerificationResult::UnparseableRequestTime,
+        );
+        assert!(app.seen().is_empty());
+        // a fresh one passes
+        let now = crate::protocol::format_epoch_millis(now_millis() - 60_000);
+        let reply = h.handle(signed("/merchant/notify", &now, b"{}")).await;
+        assert_eq!(reply.report.outcome, Outcome::Verified);
+        let skew = reply.report.time_skew_ms.unwrap();
+        assert!((60_000..120_000).contains(&skew), "{skew}");
+        // without a window the old one passes
+        let reply = inbound(&app).handle(published("NTF-01", &[])).await;
+        assert_eq!(reply.report.outcome, Outcome::Verified);
+    }
+
+    #[tokio::test]
+    async fn path_map_and_base_path_choose_the_apps_path_and_keep_the_query() {
+        let app = app(200, ACK);
+        let mut r = route(&[("/merchant/notify", "/hooks/alipay")]);
+        r.base_path = "/base".into();
+        let h = inbound_with(policy(), r, &app);
+        let reply = h
+            .handle(signed("/merchant/notify?src=ams&v=1", "t", b"{}"))
+            .await;
+        assert_eq!(reply.report.outcome, Outcome::Verified);
+        assert_eq!(
+            app.only().head.uri.to_string(),
+            "/base/hooks/alipay?src=ams&v=1"
+        );
+        // an unmapped path keeps its own
+        let app2 = self::app(200, ACK);
+        let mut r = route(&[("/merchant/notify", "/hooks/alipay")]);
+        r.base_path = "/base".into();
+        inbound_with(policy(), r, &app2)
+            .handle(signed("/other/notify", "t", b"{}"))
+            .await;
+        assert_eq!(app2.only().head.uri.to_string(), "/base/other/notify");
+    }
+
+    #[tokio::test]
+    async fn an_app_that_is_down_slow_or_failing_gets_alipay_to_resend() {
+        let t = || "127.0.0.1:3000".to_string();
+        let errors = [
+            UpstreamError::Connect {
+                target: t(),
+                detail: "connection refused".into(),
+            },
+            UpstreamError::Timeout {
+                target: t(),
+                timeout: Duration::from_secs(10),
+            },
+        ];
+        for e in errors {
+            let text = e.to_string();
+            let cell = std::sync::Mutex::new(Some(e));
+            let app = Fake::new(move |_| Err(cell.lock().unwrap().take().expect("one call")));
+            let reply = inbound(&app).handle(published("NTF-01", &[])).await;
+            assert_eq!(reply.head.status.as_u16(), 503);
+            assert_eq!(
+                result_code(&reply).as_deref(),
+                Some("SIDECAR_APP_UNAVAILABLE")
+            );
+            assert!(
+                !String::from_utf8_lossy(&reply.body).contains("127.0.0.1"),
+                "the app's address leaks"
+            );
+            assert_eq!(reply.report.detail.as_deref(), Some(text.as_str()));
+            assert_eq!(reply.report.outcome, Outcome::Error);
+            assert_eq!(reply.report.verification, Some(VerificationResult::Valid));
+        }
+        for status in [500, 502, 503] {
+            let reply = inbound(&app(status, b"oops"))
+                .handle(published("NTF-01", &[]))
+                .await;
+            assert_eq!(reply.head.status.as_u16(), 503, "{status}");
+            assert_eq!(reply.report.upstream.map(|u| u.status), Some(status));
+            assert!(!String::from_utf8_lossy(&reply.body).contains("oops"));
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_come_from_the_app_or_the_sidecar() {
+        // the app's own answer is relayed, whatever it is (4xx included)
+        let reply = inbound(&app(200, b"OK from app"))
+            .handle(published("NTF-01", &[]))
+            .await;
+        assert_eq!(&reply.body[..], b"OK from app");
+        let reply = inbound(&app(400, b"no"))
+            .handle(published("NTF-01", &[]))
+            .await;
+        assert_eq!(
+            (reply.head.status.as_u16(), &reply.body[..]),
+            (400, &b"no"[..])
+        );
+
+        let sidecar = InboundPolicy {
+            acknowledge: Acknowledge::Sidecar,
+            ..policy()
+        };
+        let reply = inbound_with(sidecar.clone(), route(&[]), &app(204, b""))
+            .handle(published("NTF-01", &[]))
+            .await;
+        assert_eq!(reply.head.status.as_u16(), 200);
+        assert_eq!(&reply.body[..], ACK);
+        assert_eq!(
+            header(&reply.head.headers, "content-type"),
+            Some("application/json; charset=UTF-8")
+        );
+        // not a 2xx: the app's answer, never a SUCCESS the app did not give
+        let reply = inbound_with(sidecar, route(&[]), &app(409, b"busy"))
+            .handle(published("NTF-01", &[]))
+            .await;
+        assert_eq!(
+            (reply.head.status.as_u16(), &reply.body[..]),
+            (409, &b"busy"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn signed_acknowledgements_verify_with_the_merchant_key() {
+        let signing = InboundPolicy {
+            acknowledge: Acknowledge::Sidecar,
+            sign_acknowledgements: true,
+            ..policy()
+        };
+        let reply = inbound_with(signing.clone(), route(&[]), &app(200, b"whatever"))
+            .handle(published("NTF-01", &[]))
+            .await;
+        let hs = &reply.head.headers;
+        assert_eq!(header(hs, "client-id"), Some("T_111222333"));
+        let time = header(hs, "response-time").expect("response-time");
+        let content =
+            crate::protocol::content_to_sign("POST", "/merchant/notify", "T_111222333", time, ACK);
+        merchant_public()
+            .verify(&content, header(hs, "signature").expect("signature"))
+            .expect("the acknowledgement is signed over the notify target and its exact body");
+        assert!(reply.report.sign_time.is_some());
+        // a refusal by the app is not signed
+        let reply = inbound_with(signing, route(&[]), &app(400, b"no"))
+            .handle(published("NTF-01", &[]))
+            .await;
+        assert_eq!(header(&reply.head.headers, "signature"), None);
+        assert_eq!(reply.report.sign_time, None);
+    }
+
+    #[tokio::test]
+    async fn shadow_mode_forwards_what_does_not_verify_marked_false() {
+        let shadow = InboundPolicy {
+            mode: InboundMode::Shadow,
+            ..policy()
+        };
+        let app = app(200, ACK);
+        let mut req = published(
+            "NTF-01",
+            &[
+                ("X-Alipay-Sidecar-Verified", "true"),
+                ("X-Alipay-Sidecar-Key-Version", "1"),
+            ],
+        );
+        req.body = Bytes::from_static(b"{\"tampered\":true}");
+        let reply = inbound_with(shadow.clone(), route(&[]), &app)
+            .handle(req)
+            .await;
+        assert_eq!(reply.head.status.as_u16(), 200);
+        assert_eq!(&reply.body[..], ACK);
+        let sent = app.only();
+        let markers: Vec<_> = sent.head.headers.get_all(VERIFIED_HEADER).iter().collect();
+        assert_eq!(markers, ["false"]);
+        assert_eq!(
+            header(&sent.head.headers, KEY_VERSION_HEADER),
+            None,
+            "forged key version dropped"
+        );
+        let r = &reply.report;
+        assert_eq!(r.outcome, Outcome::ShadowForwarded);
+        assert_eq!(
+            r.verification,
+            Some(VerificationResult::Invalid("mismatch"))
+        );
+        assert!(r.detail.as_deref().unwrap().contains("did not verify"));
+        assert_eq!(r.error, None);
+        // a valid one in shadow mode is verified as usual
+        let reply = inbound_with(shadow, route(&[]), &self::app(200, ACK))
+            .handle(published("NTF-01", &[]))
+            .await;
+        assert_eq!(reply.report.outcome, Outcome::Verified);
+    }
+
+    #[tokio::test]
+    async fn several_merchants_route_by_client_id_to_their_own_app() {
+        let (sg_app, eu_app) = (app(200, ACK), app(200, ACK));
+        let merchant = |name: &str, id: &str, app: &Arc<Fake>| {
+            let keys: Arc<dyn KeySource> = Arc::new(keyset(id));
+            InboundMerchant::new(name, id, keys, app.clone(), route(&[]))
+        };
+        let h = Inbound::shared(
+            policy(),
+            vec![
+                merchant("sg", "T_SG", &sg_app),
+                merchant("eu", &input("NTF-01", "client_id"), &eu_app),
+            ],
+        );
+        let reply = h.handle(published("NTF-01", &[])).await;
+        assert_eq!(reply.head.status.as_u16(), 200, "{reply:?}");
+        assert_eq!(&*reply.report.merchant, "eu");
+        assert!(sg_app.seen().is_empty());
+        assert_eq!(eu_app.seen().len(), 1);
+
+        let mut other = published("NTF-01", &[]);
+        other.head.insert_header("client-id", "T_NOBODY").unwrap();
+        let reply = h.handle(other).await;
+        refused_with(
+            &reply,
+            SidecarError::NotificationUnverified,
+            VerificationResult::WrongClientId,
+        );
+        let body = String::from_utf8_lossy(&reply.body).to_string();
+        assert!(
+            body.contains("T_SG") && body.contains("any configured merchant"),
+            "{body}"
+        );
+        assert_eq!(&*reply.report.merchant, UNSELECTED_MERCHANT);
+        assert!(sg_app.seen().is_empty());
+        assert_eq!(
+            eu_app.seen().len(),
+            1,
+            "the stranger's notification reached an app"
+        );
     }
 }

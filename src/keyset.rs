@@ -16,14 +16,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, InboundMode, Origin};
+use crate::config::{Config, InboundMode, MerchantConfig, Origin};
 use crate::protocol::{KeyEncoding, KeyError, PrivateKey, PublicKey, Verifier};
 
 /// Everything needed to sign and verify, loaded and checked together. Cheap to clone (keys are
 /// reference-counted); hold it in an `Arc`/`ArcSwap` for hot reload.
 #[derive(Clone, Debug)]
 pub struct KeySet {
-    /// The merchant's client id (signed into every message).
+    /// The merchant's client id (signed into every message); [`preflight`] finds the
+    /// merchant of a set by it.
     pub client_id: String,
     /// The merchant private key that signs outgoing requests (and acknowledgements).
     pub merchant: PrivateKey,
@@ -347,8 +348,19 @@ impl KeySet {
     /// Reads and parses every key file named by `config`, runs [`preflight`], and refuses the
     /// set when any finding is an error (warnings are kept in [`KeySet::warnings`]). Reload and
     /// start-up both go through here, so a bad key never goes live.
+    ///
+    /// This loads the first merchant's keys (the only merchant's in a single-merchant config);
+    /// [`KeySet::load_merchant`] loads any merchant's.
     pub fn load(config: &Config) -> Result<KeySet, KeySetError> {
-        let mut keys = Self::load_unchecked(config)?;
+        Self::load_merchant(config, first(config))
+    }
+
+    /// [`KeySet::load`] for one merchant of `config`.
+    pub fn load_merchant(
+        config: &Config,
+        merchant: &MerchantConfig,
+    ) -> Result<KeySet, KeySetError> {
+        let mut keys = Self::load_unchecked(config, merchant)?;
         let findings = preflight(config, &keys);
         let (errors, warnings): (Vec<Finding>, Vec<Finding>) = findings
             .into_iter()
@@ -362,12 +374,15 @@ impl KeySet {
 
     /// Loads the keys without the preflight, for `check-config`, which reports every finding
     /// itself.
-    pub(crate) fn load_unchecked(config: &Config) -> Result<KeySet, KeySetError> {
-        let k = &config.keys;
-        let key = "keys.merchant_private_key";
+    pub(crate) fn load_unchecked(
+        config: &Config,
+        merchant: &MerchantConfig,
+    ) -> Result<KeySet, KeySetError> {
+        let k = &merchant.keys;
+        let key = &merchant.key("keys.merchant_private_key");
         let role = "merchant private key";
         let text = read_key_file(config, key, role, &k.merchant_private_key)?;
-        let merchant = PrivateKey::from_text(&text).map_err(|source| KeySetError::BadKey {
+        let private = PrivateKey::from_text(&text).map_err(|source| KeySetError::BadKey {
             location: location(config, key),
             role: role.to_string(),
             path: k.merchant_private_key.clone(),
@@ -375,7 +390,7 @@ impl KeySet {
         })?;
         let mut alipay = Vec::new();
         for (version, path) in &k.alipay_public_keys {
-            let key = format!("keys.alipay_public_keys.{version}");
+            let key = merchant.key(&format!("keys.alipay_public_keys.{version}"));
             let role = format!("Alipay public key (keyVersion {version})");
             let text = read_key_file(config, &key, &role, path)?;
             let public = PublicKey::from_text(&text).map_err(|source| KeySetError::BadKey {
@@ -387,8 +402,8 @@ impl KeySet {
             alipay.push((version.clone(), public));
         }
         Ok(KeySet {
-            client_id: config.client_id.clone(),
-            merchant,
+            client_id: merchant.client_id.clone(),
+            merchant: private,
             merchant_key_version: k.merchant_key_version.clone(),
             alipay: Verifier::new(alipay),
             sources: KeySources {
@@ -405,27 +420,68 @@ fn is_pkcs1(encoding: KeyEncoding) -> bool {
     matches!(encoding, KeyEncoding::Pkcs1Pem | KeyEncoding::Pkcs1Base64)
 }
 
+/// The first merchant of `config` (a validated config has at least one).
+fn first(config: &Config) -> &MerchantConfig {
+    // merchant routing: lead wires this (callers that know only one merchant)
+    &config.merchants[0]
+}
+
 /// Checks the loaded keys against each other and the settings for the classic mistakes, each
 /// with what to change. Pure (no I/O), so `check-config`, start-up and reload agree.
+///
+/// The merchant is the one whose client id the set was loaded for; the findings about shared
+/// settings ([`shared_preflight`]) come with the first merchant's set only, so they are logged
+/// once.
 pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let error = |message: String| Finding {
+    let merchant = config
+        .merchants
+        .iter()
+        .find(|m| m.client_id == keys.client_id)
+        .unwrap_or_else(|| first(config));
+    let mut out = merchant_preflight(config, merchant, keys);
+    if std::ptr::eq(merchant, first(config)) {
+        out.extend(shared_preflight(config));
+    }
+    out
+}
+
+fn error(message: String) -> Finding {
+    Finding {
         severity: Severity::Error,
         message,
-    };
-    let warning = |message: String| Finding {
+    }
+}
+
+fn warning(message: String) -> Finding {
+    Finding {
         severity: Severity::Warning,
         message,
+    }
+}
+
+/// The findings about one merchant: its client id, its keys, and its client id against the
+/// shared outbound settings (sandbox/live).
+pub fn merchant_preflight(
+    config: &Config,
+    merchant: &MerchantConfig,
+    keys: &KeySet,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let client_id = &merchant.client_id;
+    let env_hint = if merchant.key("client_id") == "client_id" {
+        ", or set ALIPAY_SIDECAR_CLIENT_ID"
+    } else {
+        ""
     };
 
     // 0. The example config's placeholder client id, and a private key others can read.
-    if is_placeholder_client_id(&config.client_id) {
+    if is_placeholder_client_id(client_id) {
         out.push(error(format!(
             "{}: \"{}\" is a placeholder, not a client id: every request would be signed for \
              a merchant that does not exist. Put the Client ID from the Alipay (Antom) developer \
-             dashboard here (SANDBOX_… for the sandbox), or set ALIPAY_SIDECAR_CLIENT_ID",
-            location(config, "client_id"),
-            config.client_id
+             dashboard here (SANDBOX_… for the sandbox){env_hint}",
+            location(config, &merchant.key("client_id")),
+            client_id
         )));
     }
     if let Some(access) = keys.merchant_key_file.filter(FileAccess::too_open) {
@@ -435,7 +491,7 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
              users other than the sidecar's (as ssh would say: UNPROTECTED PRIVATE KEY FILE). \
              Anyone who can read it can sign payments as you. Run `chmod 600 {path}` (or 0440 \
              with the file's group set to the sidecar's group, as Kubernetes' fsGroup does)",
-            location(config, "keys.merchant_private_key"),
+            location(config, &merchant.key("keys.merchant_private_key")),
             access.mode
         )));
     }
@@ -448,7 +504,10 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
                 "{}: this \"Alipay\" public key is the public half of your own merchant private \
                  key ({}): you configured your own public key as Alipay's; download Alipay's \
                  public key from the dashboard and put that file here",
-                location(config, &format!("keys.alipay_public_keys.{version}")),
+                location(
+                    config,
+                    &merchant.key(&format!("keys.alipay_public_keys.{version}"))
+                ),
                 own.fingerprint()
             )));
         }
@@ -460,9 +519,10 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
         for (v2, k2) in versions.iter().skip(i + 1) {
             if k1 == k2 {
                 out.push(warning(format!(
-                    "`keys.alipay_public_keys` versions {v1} and {v2} hold the same key ({}); \
+                    "`{}` versions {v1} and {v2} hold the same key ({}); \
                      during a rotation the new version should hold Alipay's new key — check \
                      that you downloaded the right file for version {v2}",
+                    merchant.key("keys.alipay_public_keys"),
                     k1.fingerprint()
                 )));
             }
@@ -476,14 +536,14 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
              (Java, Go, .NET) and dashboard tooling use PKCS#8, so a copy shared with them will \
              not load. Convert it: `openssl pkcs8 -topk8 -nocrypt -in {} -out \
              merchant_private_key.pkcs8.pem` (the key itself, and its public half, stay the same)",
-            location(config, "keys.merchant_private_key"),
+            location(config, &merchant.key("keys.merchant_private_key")),
             keys.merchant.encoding(),
             keys.sources.merchant_private_key.display()
         )));
     }
 
     // 4. SANDBOX_ client id against live settings, and the reverse.
-    let sandbox = config.client_id.starts_with("SANDBOX_");
+    let sandbox = merchant.is_sandbox();
     if let Some(o) = &config.outbound {
         let has_sandbox_prefix = o
             .allowed_path_prefixes
@@ -500,7 +560,7 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
                  Remove sandbox_path_rewrite for live traffic, or use your SANDBOX_ client id \
                  (and sandbox keys) for sandbox testing",
                 location(config, "outbound.sandbox_path_rewrite"),
-                config.client_id
+                client_id
             )));
         }
         if !sandbox && only_sandbox {
@@ -510,7 +570,7 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
                  refused, and Alipay rejects sandbox paths for live client ids. Allow \
                  \"/ams/api/\", or use your SANDBOX_ client id",
                 location(config, "outbound.allowed_path_prefixes"),
-                config.client_id
+                client_id
             )));
         }
         if sandbox && !has_sandbox_prefix && !o.sandbox_path_rewrite {
@@ -521,7 +581,7 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
                  allowed_path_prefixes, or set `sandbox_path_rewrite = true` to rewrite \
                  /ams/api/ paths as the SDKs do",
                 location(config, "outbound.allowed_path_prefixes"),
-                config.client_id
+                client_id
             )));
         }
         let live_prefixes: Vec<&str> = o
@@ -537,10 +597,18 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
                  live path fails at the gateway. Allow only [\"/ams/sandbox/api/\"], or set \
                  `sandbox_path_rewrite = true` to rewrite /ams/api/ paths as the SDKs do",
                 location(config, "outbound.allowed_path_prefixes"),
-                config.client_id,
+                client_id,
                 live_prefixes.join(", ")
             )));
         }
+    }
+    out
+}
+
+/// The findings about settings every merchant shares (listeners, verification, admin).
+pub fn shared_preflight(config: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if let Some(o) = &config.outbound {
         if !o.verify_responses {
             out.push(warning(format!(
                 "{}: `verify_responses = false`: Alipay's responses reach the app unverified, \
@@ -549,7 +617,8 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
                 location(config, "outbound.verify_responses")
             )));
         }
-        for listen in o.listen_addrs() {
+        let merchant_listeners = config.merchants.iter().flat_map(|m| m.listen_addrs());
+        for listen in o.listen_addrs().into_iter().chain(merchant_listeners) {
             if o.allow_remote_clients && !listen.ip().is_loopback() {
                 out.push(warning(format!(
                     "{}: the outbound listener accepts remote clients on {listen}: anyone who \
@@ -597,6 +666,51 @@ pub fn preflight(config: &Config, keys: &KeySet) -> Vec<Finding> {
                  \"enforce\" once the verification results look right",
                 location(config, "inbound.mode")
             )));
+        }
+    }
+    out
+}
+
+/// Findings across merchants, for `check-config` and start-up: one private key for two client
+/// ids, and a sandbox and a live client id sharing a key. Warnings only: the sets work, but
+/// most likely a file was copied to the wrong merchant.
+pub fn cross_preflight(config: &Config, sets: &[(&MerchantConfig, &KeySet)]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (i, (a, ka)) in sets.iter().enumerate() {
+        for (b, kb) in sets.iter().skip(i + 1) {
+            let same_private = ka.merchant.fingerprint() == kb.merchant.fingerprint();
+            let shared_alipay: Vec<&str> = ka
+                .alipay
+                .versions()
+                .filter(|(_, k)| kb.alipay.versions().any(|(_, other)| other == *k))
+                .map(|(_, k)| k.fingerprint())
+                .collect();
+            let names = format!(
+                "merchants \"{}\" (client id {}) and \"{}\" (client id {})",
+                a.name, a.client_id, b.name, b.client_id
+            );
+            if a.is_sandbox() != b.is_sandbox() && (same_private || !shared_alipay.is_empty()) {
+                let what = if same_private {
+                    format!("the merchant private key {}", ka.merchant.fingerprint())
+                } else {
+                    format!("the Alipay public key {}", shared_alipay.join(", "))
+                };
+                out.push(warning(format!(
+                    "{}: {names} are a sandbox and a live id sharing keys ({what}): the sandbox \
+                     and live environments issue different keys, so one of the two merchants \
+                     has the other's key file; download each environment's keys separately",
+                    location(config, &b.key("keys"))
+                )));
+            } else if same_private {
+                out.push(warning(format!(
+                    "{}: {names} use the same private key for two client ids ({}): each client \
+                     id has its own key pair registered with Alipay, so requests of one of them \
+                     will fail verification at the gateway; check which key file belongs to \
+                     which merchant",
+                    location(config, &b.key("keys.merchant_private_key")),
+                    ka.merchant.fingerprint()
+                )));
+            }
         }
     }
     out
@@ -762,7 +876,7 @@ mod tests {
             "private_pkcs8_pem",
             "alipay.public_spki_pem",
         );
-        c.client_id = "SANDBOX_1".into();
+        c.merchants[0].client_id = "SANDBOX_1".into();
         assert!(KeySet::load(&c)
             .unwrap_err()
             .to_string()

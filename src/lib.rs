@@ -10,13 +10,22 @@
 //! - [`config`]: the TOML configuration schema, environment overrides and validation.
 //! - [`keyset`]: the immutable set of loaded keys plus the preflight checks that catch
 //!   classic key mix-ups; [`reload`] swaps it atomically at run time.
-//! - [`upstream`], [`outbound`], [`inbound`], [`admin`], [`server`]: the running sidecar.
+//! - [`handler`]: the request-handling core as data in, data out; [`outbound`] and
+//!   [`inbound`] are its two handlers (pure policy, the gateway and the app behind small
+//!   client traits); [`merchants`]: the merchants with their live keys, and what a
+//!   handler's one selection step yields.
+//! - [`adapter`]: the one pingora adapter that reads requests, writes replies and records
+//!   metrics and the log line; [`upstream`] is pingora's connector behind the client traits.
+//! - [`admin`], [`server`], [`listen`]: the running sidecar ([`listen`]: port-0 listeners
+//!   and the ready file).
+//! - [`store`]: the state store of `[store]` (crate `sidecar-store`) on a runtime of its own.
 //! - [`metrics`], [`logging`]: observability.
 //! - `mock_gateway`: the `ams-mock-gateway` crate (crates/ams-mock-gateway), re-exported with
 //!   the default `mock-gateway` feature: the fake Alipay gateway used by the demo, the tests
 //!   and users.
 //! - [`cli`], [`tools`], `demo` (`mock-gateway` feature): the command-line front end.
 
+pub mod adapter;
 pub mod admin;
 pub mod cli;
 pub mod config;
@@ -25,15 +34,21 @@ pub mod demo;
 pub mod encoding;
 pub mod envelope;
 pub mod exchange;
+pub mod handler;
 pub mod inbound;
 pub mod keyset;
 pub mod limits;
+pub mod listen;
 pub mod logging;
+pub mod merchants;
 pub mod metrics;
 pub mod outbound;
 pub mod reload;
 pub mod server;
 pub mod state;
+pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod tools;
 pub mod upstream;

@@ -25,7 +25,7 @@
 //! every listener alike, and needs no fork. Between requests on a keep-alive connection the
 //! wait for the next request's first byte is pingora's own keep-alive timeout (60 s); the
 //! body's deadline (`body_read_timeout`) is enforced where the body is read
-//! ([`crate::exchange::receive`]), which can answer in the envelope.
+//! ([`crate::adapter`]), which can answer in the envelope.
 //!
 //! Closed connections are logged at most once per second per listener, with a count, so an
 //! attack cannot flood the logs.

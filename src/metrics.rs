@@ -21,7 +21,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -212,8 +212,8 @@ pub struct Metrics {
     key_info: IntGaugeVec,
     /// Label sets currently present in `key_info`, so a new set can replace it without a
     /// moment where no key is shown.
-    key_info_labels: Mutex<Vec<[String; 3]>>,
-    key_last_reload: Gauge,
+    key_info_labels: Mutex<Vec<[String; 4]>>,
+    key_last_reload: GaugeVec,
     notification_skew: Histogram,
     gateway_result_status: IntCounterVec,
     connections_refused: IntCounterVec,
@@ -241,9 +241,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "alipay_sidecar_requests_total",
-                "Requests handled, by direction, API, outcome and the HTTP status the sidecar answered with.",
+                "Requests handled, by direction, merchant, API, outcome and the HTTP status the sidecar answered with.",
             ),
-            &["direction", "api", "outcome", "status"],
+            &["direction", "merchant", "api", "outcome", "status"],
         )?;
         let request_duration = HistogramVec::new(
             histogram_opts(
@@ -251,7 +251,7 @@ impl Metrics {
                 "Time from receiving a request to finishing the answer, in the sidecar.",
                 LATENCY_BUCKETS,
             ),
-            &["direction", "api"],
+            &["direction", "merchant", "api"],
         )?;
         let upstream_duration = HistogramVec::new(
             histogram_opts(
@@ -259,7 +259,7 @@ impl Metrics {
                 "Time spent waiting for the upstream (Alipay gateway outbound, the app inbound), including reading its body.",
                 LATENCY_BUCKETS,
             ),
-            &["direction", "api"],
+            &["direction", "merchant", "api"],
         )?;
         let sign_duration = Histogram::with_opts(histogram_opts(
             "alipay_sidecar_sign_duration_seconds",
@@ -313,14 +313,17 @@ impl Metrics {
         let key_info = IntGaugeVec::new(
             Opts::new(
                 "alipay_sidecar_key_info",
-                "Keys currently serving (value 1), by role, key version and public-key fingerprint.",
+                "Keys currently serving (value 1), by merchant, role, key version and public-key fingerprint.",
             ),
-            &["role", "key_version", "fingerprint"],
+            &["merchant", "role", "key_version", "fingerprint"],
         )?;
-        let key_last_reload = Gauge::with_opts(Opts::new(
-            "alipay_sidecar_key_last_reload_timestamp_seconds",
-            "Unix time at which the serving key set was loaded (start-up or last successful reload).",
-        ))?;
+        let key_last_reload = GaugeVec::new(
+            Opts::new(
+                "alipay_sidecar_key_last_reload_timestamp_seconds",
+                "Unix time at which the merchant's serving key set was loaded (start-up or last successful reload).",
+            ),
+            &["merchant"],
+        )?;
         let notification_skew = Histogram::with_opts(histogram_opts(
             "alipay_sidecar_notification_time_skew_seconds",
             "Absolute difference between a notification's Request-Time and the sidecar's clock.",
@@ -336,9 +339,9 @@ impl Metrics {
         let gateway_result_status = IntCounterVec::new(
             Opts::new(
                 "alipay_sidecar_gateway_result_status_total",
-                "Gateway answers by API and result.resultStatus (S, F, U, or none when absent or unrecognised).",
+                "Gateway answers by merchant, API and result.resultStatus (S, F, U, or none when absent or unrecognised).",
             ),
-            &["api", "result_status"],
+            &["merchant", "api", "result_status"],
         )?;
         let connections_refused = IntCounterVec::new(
             Opts::new(
@@ -457,11 +460,13 @@ impl Metrics {
     }
 
     /// Records one finished request: counts it and observes its whole duration in the
-    /// sidecar. `status` is the HTTP status the sidecar answered with; `api` comes from
-    /// [`api_label`] (outbound) or is [`INBOUND_API_LABEL`].
+    /// sidecar. `status` is the HTTP status the sidecar answered with; `merchant` is a
+    /// configured merchant name (bounded by the config); `api` comes from [`api_label`]
+    /// (outbound) or is [`INBOUND_API_LABEL`].
     pub fn record_request(
         &self,
         direction: Direction,
+        merchant: &str,
         api: &'static str,
         outcome: Outcome,
         status: u16,
@@ -469,17 +474,29 @@ impl Metrics {
     ) {
         let status = status.to_string();
         self.requests
-            .with_label_values(&[direction.as_str(), api, outcome.as_str(), status.as_str()])
+            .with_label_values(&[
+                direction.as_str(),
+                merchant,
+                api,
+                outcome.as_str(),
+                status.as_str(),
+            ])
             .inc();
         self.request_duration
-            .with_label_values(&[direction.as_str(), api])
+            .with_label_values(&[direction.as_str(), merchant, api])
             .observe(duration.as_secs_f64());
     }
 
     /// Observes how long the upstream (gateway outbound, app inbound) took for one exchange.
-    pub fn observe_upstream(&self, direction: Direction, api: &'static str, duration: Duration) {
+    pub fn observe_upstream(
+        &self,
+        direction: Direction,
+        merchant: &str,
+        api: &'static str,
+        duration: Duration,
+    ) {
         self.upstream_duration
-            .with_label_values(&[direction.as_str(), api])
+            .with_label_values(&[direction.as_str(), merchant, api])
             .observe(duration.as_secs_f64());
     }
 
@@ -529,19 +546,22 @@ impl Metrics {
         self.key_reloads.with_label_values(&[result.as_str()]).inc();
     }
 
-    /// Replaces `alipay_sidecar_key_info` with the keys now serving and sets the last-reload
-    /// timestamp. Call it at start-up and after every successful reload. Items are
-    /// `(role, key_version, fingerprint)`; new series are set before stale ones are removed,
-    /// so a scrape never sees an empty key set.
+    /// Replaces `merchant`'s series of `alipay_sidecar_key_info` with the keys now serving and
+    /// sets its last-reload timestamp. Call it at start-up and after every successful reload of
+    /// that merchant. Items are `(role, key_version, fingerprint)`; new series are set before
+    /// stale ones are removed, so a scrape never sees an empty key set; other merchants'
+    /// series are left alone.
     pub fn set_loaded_keys<'a>(
         &self,
+        merchant: &str,
         keys: impl IntoIterator<Item = (KeyRole, &'a str, &'a str)>,
         loaded_at: SystemTime,
     ) {
-        let new: Vec<[String; 3]> = keys
+        let new: Vec<[String; 4]> = keys
             .into_iter()
             .map(|(role, version, fingerprint)| {
                 [
+                    merchant.to_owned(),
                     role.as_str().to_owned(),
                     version.to_owned(),
                     fingerprint.to_owned(),
@@ -556,21 +576,25 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for labels in &new {
             self.key_info
-                .with_label_values(&[&labels[0], &labels[1], &labels[2]])
+                .with_label_values(&[&labels[0], &labels[1], &labels[2], &labels[3]])
                 .set(1);
         }
-        for old in current.iter().filter(|old| !new.contains(old)) {
+        let stale = |old: &[String; 4]| old[0] == merchant && !new.contains(old);
+        for old in current.iter().filter(|old| stale(old)) {
             // Err only means the series is already gone.
             let _ = self
                 .key_info
-                .remove_label_values(&[&old[0], &old[1], &old[2]]);
+                .remove_label_values(&[&old[0], &old[1], &old[2], &old[3]]);
         }
-        *current = new;
+        current.retain(|old| old[0] != merchant);
+        current.extend(new);
         let seconds = loaded_at
             .duration_since(UNIX_EPOCH)
             .map(|since| since.as_secs_f64())
             .unwrap_or(0.0);
-        self.key_last_reload.set(seconds);
+        self.key_last_reload
+            .with_label_values(&[merchant])
+            .set(seconds);
     }
 
     /// Observes the skew between a notification's `Request-Time` and now, in milliseconds
@@ -583,16 +607,26 @@ impl Metrics {
 
     /// Counts one gateway answer by its `result.resultStatus` (pass `None` when the body has
     /// none or is not JSON); anything but `S`, `F`, `U` is recorded as `none`.
-    pub fn record_gateway_result_status(&self, api: &'static str, result_status: Option<&str>) {
-        let status = match result_status {
-            Some("S") => "S",
-            Some("F") => "F",
-            Some("U") => "U",
-            _ => "none",
-        };
+    pub fn record_gateway_result_status(
+        &self,
+        merchant: &str,
+        api: &'static str,
+        result_status: Option<&str>,
+    ) {
         self.gateway_result_status
-            .with_label_values(&[api, status])
+            .with_label_values(&[merchant, api, result_status_label(result_status)])
             .inc();
+    }
+}
+
+/// The label of a gateway answer's `result.resultStatus`: `S`, `F`, `U`, or `none` for
+/// anything else (absent, not JSON, unrecognised), so answer text never becomes a label.
+pub fn result_status_label(result_status: Option<&str>) -> &'static str {
+    match result_status {
+        Some("S") => "S",
+        Some("F") => "F",
+        Some("U") => "U",
+        _ => "none",
     }
 }
 
@@ -644,13 +678,16 @@ mod tests {
         let m = Metrics::new().expect("metrics");
         let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         m.set_loaded_keys(
+            "default",
             [
                 (KeyRole::MerchantPrivate, "1", "SHA256:aa"),
                 (KeyRole::AlipayPublic, "1", "SHA256:bb"),
             ],
             at,
         );
+        m.set_loaded_keys("other", [(KeyRole::MerchantPrivate, "9", "SHA256:dd")], at);
         m.set_loaded_keys(
+            "default",
             [
                 (KeyRole::MerchantPrivate, "2", "SHA256:cc"),
                 (KeyRole::AlipayPublic, "1", "SHA256:bb"),
@@ -660,12 +697,18 @@ mod tests {
         let text = m.render();
         assert!(!text.contains("SHA256:aa"), "{text}");
         assert!(text.contains(
-            "alipay_sidecar_key_info{fingerprint=\"SHA256:cc\",key_version=\"2\",role=\"merchant_private\"} 1"
+            "alipay_sidecar_key_info{fingerprint=\"SHA256:cc\",key_version=\"2\",merchant=\"default\",role=\"merchant_private\"} 1"
         ));
         assert!(text.contains(
-            "alipay_sidecar_key_info{fingerprint=\"SHA256:bb\",key_version=\"1\",role=\"alipay_public\"} 1"
+            "alipay_sidecar_key_info{fingerprint=\"SHA256:bb\",key_version=\"1\",merchant=\"default\",role=\"alipay_public\"} 1"
         ));
-        assert!(text.contains("alipay_sidecar_key_last_reload_timestamp_seconds 1700000060\n"));
+        assert!(
+            text.contains("alipay_sidecar_key_info{fingerprint=\"SHA256:dd\",key_version=\"9\",merchant=\"other\",role=\"merchant_private\"} 1"),
+            "another merchant's keys stay: {text}"
+        );
+        assert!(text.contains(
+            "alipay_sidecar_key_last_reload_timestamp_seconds{merchant=\"default\"} 1700000060\n"
+        ));
     }
 
     #[test]
@@ -682,12 +725,14 @@ mod tests {
     #[test]
     fn unrecognised_result_status_is_none() {
         let m = Metrics::new().expect("metrics");
-        m.record_gateway_result_status("payments/pay", Some("S"));
-        m.record_gateway_result_status("payments/pay", Some("<script>"));
-        m.record_gateway_result_status("payments/pay", None);
+        m.record_gateway_result_status("default", "payments/pay", Some("S"));
+        m.record_gateway_result_status("default", "payments/pay", Some("<script>"));
+        m.record_gateway_result_status("default", "payments/pay", None);
         let text = m.render();
-        assert!(text.contains("api=\"payments/pay\",result_status=\"S\"} 1"));
-        assert!(text.contains("api=\"payments/pay\",result_status=\"none\"} 2"));
+        assert!(text.contains("api=\"payments/pay\",merchant=\"default\",result_status=\"S\"} 1"));
+        assert!(
+            text.contains("api=\"payments/pay\",merchant=\"default\",result_status=\"none\"} 2")
+        );
         assert!(!text.contains("<script>"));
     }
 

@@ -1,12 +1,15 @@
-//! Hot key reload: re-read the `[keys]` section and the key files, check everything, swap
-//! atomically — or keep the old set and say why.
+//! Hot key reload: re-read the `[keys]` sections and the key files, check everything, swap
+//! atomically per merchant — or keep that merchant's old set and say why.
 //!
 //! Triggers: a change in any folder holding a key file (watched with `notify`; Kubernetes
 //! Secret volumes replace files by swapping a `..data` symlink, which shows up as events in
 //! that folder), `SIGHUP`, and `POST /admin/reload`. Bursts are debounced. A reload loads and
 //! checks the whole set first (parse, ≥ 2048 bits, preflight) and swaps only when all of it
 //! is good; a missing, truncated or wrong key keeps the old set serving and is logged with
-//! the file and the problem and counted as a failed reload. Settings outside `[keys]` need a
+//! the file and the problem and counted as a failed reload. Each merchant's set loads and is
+//! checked on its own: one merchant's broken key keeps that merchant's old set and does not
+//! hold back the others, which are swapped; the reload then fails naming the merchants that
+//! kept their old keys. Settings outside `[keys]` need a
 //! restart; a reload that sees them changed says so in the log.
 
 use std::collections::BTreeSet;
@@ -21,7 +24,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::config::Config;
-use crate::keyset::KeySet;
+use crate::keyset::{KeySet, KeySetError};
 use crate::metrics::{self, KeyRole, ReloadResult};
 use crate::state::SidecarState;
 use crate::tls::{Identity, ListenerTls};
@@ -44,6 +47,24 @@ pub enum ReloadError {
     /// The loading task itself failed (a bug; the old keys stay).
     #[error("the reload task failed: {0}")]
     Task(String),
+    /// Some merchants' keys failed to load or preflight (they keep their old sets); the
+    /// others were swapped.
+    #[error("{}", failed.iter().map(|(name, e)| format!("merchant {name}: {e}")).collect::<Vec<_>>().join("; "))]
+    Merchants {
+        /// Name and error of each merchant that kept its old keys.
+        failed: Vec<(String, crate::keyset::KeySetError)>,
+    },
+}
+
+impl ReloadError {
+    /// The merchants that kept their old keys because of this error (all of them when the
+    /// config or the certificate failed).
+    pub fn failed_merchants<'a>(&'a self, state: &'a SidecarState) -> Vec<&'a str> {
+        match self {
+            ReloadError::Merchants { failed } => failed.iter().map(|(n, _)| n.as_str()).collect(),
+            _ => state.merchants().names(),
+        }
+    }
 }
 
 /// Performs reloads; shared by the watcher, the signal handler and the admin endpoint.
@@ -64,7 +85,8 @@ pub type TlsFiles = (Arc<ListenerTls>, PathBuf, PathBuf);
 pub struct ReloadReport {
     /// Whether the new set differs from the old one.
     pub changed: bool,
-    /// `role keyVersion fingerprint` lines of the live set.
+    /// `role keyVersion fingerprint` lines of the live sets (prefixed with `merchant: ` when
+    /// there are several merchants).
     pub keys: Vec<String>,
 }
 
@@ -89,13 +111,10 @@ impl Reloader {
 
     /// The files whose change means "reload": the live set's key files and the config file.
     fn watched_files(&self) -> Vec<PathBuf> {
-        let keys = self.state.keys();
-        let mut files: Vec<PathBuf> = keys
-            .sources
-            .files()
-            .into_iter()
-            .map(PathBuf::from)
-            .collect();
+        let mut files: Vec<PathBuf> = Vec::new();
+        for m in self.state.merchants().iter() {
+            files.extend(m.keys().sources.files().into_iter().map(PathBuf::from));
+        }
         files.push(self.config_path.clone());
         if let Some((_, cert, key)) = &self.tls {
             files.extend([cert.clone(), key.clone()]);
@@ -130,51 +149,78 @@ impl Reloader {
         let _one_at_a_time = self.lock.lock().await;
         let path = self.config_path.clone();
         let tls_files = self.tls.as_ref().map(|(_, c, k)| (c.clone(), k.clone()));
-        let loaded = tokio::task::spawn_blocking(
-            move || -> Result<(Config, KeySet, Option<Identity>), ReloadError> {
-                let config = Config::load(&path)?;
-                let keys = KeySet::load(&config)?;
-                let identity = match tls_files {
-                    Some((cert, key)) => {
-                        Some(crate::tls::from_files(&cert, &key).map_err(ReloadError::Tls)?)
-                    }
-                    None => None,
-                };
-                Ok((config, keys, identity))
-            },
-        )
+        type Loaded = (
+            Config,
+            Vec<(String, Result<KeySet, KeySetError>)>,
+            Option<Identity>,
+        );
+        let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, ReloadError> {
+            let config = Config::load(&path)?;
+            let identity = match tls_files {
+                Some((cert, key)) => {
+                    Some(crate::tls::from_files(&cert, &key).map_err(ReloadError::Tls)?)
+                }
+                None => None,
+            };
+            let sets = config
+                .merchants
+                .iter()
+                .map(|m| (m.name.clone(), KeySet::load_merchant(&config, m)))
+                .collect();
+            Ok((config, sets, identity))
+        })
         .await
         .unwrap_or_else(|e| Err(ReloadError::Task(e.to_string())));
-        match loaded {
-            Ok((config, keys, identity)) => {
-                if let (Some((live, _, _)), Some(identity)) = (&self.tls, identity) {
-                    live.swap(&identity);
-                    tracing::info!(certificate_sha256 = %identity.fingerprint, "HTTPS listener certificate reloaded");
-                }
-                let old = self.state.keys();
-                let changed = describe(&old) != describe(&keys);
-                if self.started_with.differs_outside_keys(&config) {
-                    tracing::warn!("the configuration changed outside [keys]; those settings take effect only after a restart");
-                }
-                for w in &keys.warnings {
-                    tracing::warn!(finding = %w.message, "key preflight warning");
-                }
-                publish_key_metrics(&keys);
-                let report = ReloadReport {
-                    changed,
-                    keys: describe(&keys),
-                };
-                self.state.swap_keys(keys);
-                metrics::metrics().record_key_reload(ReloadResult::Success);
-                tracing::info!(trigger, changed, keys = ?report.keys, "key reload succeeded");
-                Ok(report)
-            }
+        let (config, mut sets, identity) = match loaded {
+            Ok(loaded) => loaded,
             Err(e) => {
                 metrics::metrics().record_key_reload(ReloadResult::Failure);
                 tracing::error!(trigger, error = %e, "key reload failed; the previous keys stay in use");
-                Err(e)
+                return Err(e);
+            }
+        };
+        if let (Some((live, _, _)), Some(identity)) = (&self.tls, identity) {
+            live.swap(&identity);
+            tracing::info!(certificate_sha256 = %identity.fingerprint, "HTTPS listener certificate reloaded");
+        }
+        if self.started_with.differs_outside_keys(&config) {
+            tracing::warn!("the configuration changed outside [keys]; those settings take effect only after a restart");
+        }
+        let mut changed = false;
+        let mut failed = Vec::new();
+        for merchant in self.state.merchants().iter() {
+            let name = merchant.name();
+            // a merchant no longer in the file keeps its keys until the restart the
+            // warning above asks for
+            let Some(i) = sets.iter().position(|(n, _)| n == name) else {
+                continue;
+            };
+            match sets.swap_remove(i).1 {
+                Ok(keys) => {
+                    for w in &keys.warnings {
+                        tracing::warn!(merchant = name, finding = %w.message, "key preflight warning");
+                    }
+                    changed |= describe(&merchant.keys()) != describe(&keys);
+                    publish_key_metrics(name, &keys);
+                    merchant.swap_keys(keys);
+                }
+                Err(e) => {
+                    tracing::error!(trigger, merchant = name, error = %e, "key reload failed; the previous keys stay in use");
+                    failed.push((name.to_string(), e));
+                }
             }
         }
+        let report = ReloadReport {
+            changed,
+            keys: describe_all(&self.state),
+        };
+        if !failed.is_empty() {
+            metrics::metrics().record_key_reload(ReloadResult::Failure);
+            return Err(ReloadError::Merchants { failed });
+        }
+        metrics::metrics().record_key_reload(ReloadResult::Success);
+        tracing::info!(trigger, changed, keys = ?report.keys, "key reload succeeded");
+        Ok(report)
     }
 }
 
@@ -216,8 +262,25 @@ fn describe(keys: &KeySet) -> Vec<String> {
     out
 }
 
-/// Publishes the live key set as `alipay_sidecar_key_info` and the reload timestamp.
-pub fn publish_key_metrics(keys: &KeySet) {
+/// The `describe` lines of every merchant's live set, prefixed with the merchant's name when
+/// there are several.
+fn describe_all(state: &SidecarState) -> Vec<String> {
+    let merchants = state.merchants();
+    if merchants.len() == 1 {
+        return describe(&merchants.only_or_first().keys());
+    }
+    merchants
+        .iter()
+        .flat_map(|m| {
+            describe(&m.keys())
+                .into_iter()
+                .map(move |line| format!("{}: {line}", m.name()))
+        })
+        .collect()
+}
+
+/// Publishes `merchant`'s live key set as `alipay_sidecar_key_info` and its reload timestamp.
+pub fn publish_key_metrics(merchant: &str, keys: &KeySet) {
     let mut items: Vec<(KeyRole, &str, &str)> = vec![(
         KeyRole::MerchantPrivate,
         keys.merchant_key_version.as_str(),
@@ -228,7 +291,7 @@ pub fn publish_key_metrics(keys: &KeySet) {
             .versions()
             .map(|(v, k)| (KeyRole::AlipayPublic, v, k.fingerprint())),
     );
-    metrics::metrics().set_loaded_keys(items, SystemTime::now());
+    metrics::metrics().set_loaded_keys(merchant, items, SystemTime::now());
 }
 
 /// The background task: file watcher + SIGHUP → debounced reloads.

@@ -21,22 +21,29 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use crate::adapter::Adapter;
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, MerchantConfig};
 use crate::inbound::Inbound;
 use crate::keyset::KeySet;
 use crate::limits::{Limited, ListenerLimits};
-use crate::outbound::Outbound;
+use crate::listen::{ReadyTask, Reserved};
+use crate::merchants::Merchants;
+use crate::outbound::{Outbound, OutboundMerchant, OutboundPolicy};
 use crate::reload::{publish_key_metrics, ReloadTask, Reloader};
 use crate::state::SidecarState;
+use crate::store::StateStore;
 use crate::tls::ListenerTls;
+use crate::upstream::Upstream;
 
 /// Entry point of `alipay-sidecar run`; returns the process exit code (see
 /// [`crate::cli::EXIT_CODES_HELP`]): 0 after a graceful shutdown, 2 when the config file or the
 /// keys are unusable (nothing was started), 1 when a valid configuration could not be started
 /// (e.g. an address in use). Each error is printed once, as plain text on stderr: nothing is
 /// running yet that a log collector would follow.
-pub fn run(config_path: &Path) -> i32 {
+/// `ready_file`: written (atomically) once every listener accepts connections, naming the
+/// address each one is bound to; see [`crate::listen`].
+pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
     crate::limits::return_freed_buffers();
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -45,25 +52,42 @@ pub fn run(config_path: &Path) -> i32 {
             return crate::tools::EXIT_USAGE;
         }
     };
-    let keys = match KeySet::load(&config) {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return crate::tools::EXIT_USAGE;
+    let mut sets = Vec::with_capacity(config.merchants.len());
+    for m in &config.merchants {
+        match KeySet::load_merchant(&config, m) {
+            Ok(k) => sets.push((m.clone(), k)),
+            Err(e) if config.merchants.len() > 1 => {
+                eprintln!("error: merchant {}: {e}", m.name);
+                return crate::tools::EXIT_USAGE;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return crate::tools::EXIT_USAGE;
+            }
         }
-    };
+    }
+    if let Some(path) = ready_file {
+        if let Err(e) = crate::listen::check_ready_file(path) {
+            eprintln!(
+                "error: cannot start: cannot write the ready file {} (--ready-file): {e}; pick \
+                 an existing, writable folder",
+                path.display()
+            );
+            return crate::tools::EXIT_INVALID;
+        }
+    }
     crate::logging::init(&config.log);
-    match build(config, keys) {
+    match build(config, sets, ready_file.map(Path::to_path_buf)) {
         Ok(server) => {
             let Built {
                 server,
                 drain,
-                private_dir,
+                private_dirs,
             } = server;
             server.run(RunArgs {
                 shutdown_signal: Box::new(drain),
             });
-            drop(private_dir); // the merged CA bundle goes with it
+            drop(private_dirs); // the merged CA bundles go with them
             tracing::info!("stopped");
             crate::tools::EXIT_OK
         }
@@ -80,9 +104,9 @@ pub struct Built {
     pub server: Server,
     /// The shutdown watch to pass to `Server::run`.
     pub drain: DrainOnSignal,
-    /// The process's private folder (mode 0700, random name, removed on drop) holding the
-    /// merged CA bundle, when one is needed; keep it until the server stopped.
-    pub private_dir: Option<tempfile::TempDir>,
+    /// The process's private folders (mode 0700, random name, removed on drop) holding the
+    /// merged CA bundles (one per distinct `ca_file`); keep them until the server stopped.
+    pub private_dirs: Vec<tempfile::TempDir>,
 }
 
 /// Why the server could not start once the configuration and keys loaded: a listener address
@@ -92,39 +116,88 @@ pub struct Built {
 #[error("{0}")]
 pub struct StartError(#[from] crate::config::ConfigError);
 
-/// Builds the server from a loaded configuration and key set (which already passed preflight).
-pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
+/// Builds the server from a loaded configuration and each merchant's key set (which already
+/// passed preflight). `ready_file`: see [`run`].
+pub fn build(
+    config: Config,
+    sets: Vec<(MerchantConfig, KeySet)>,
+    ready_file: Option<std::path::PathBuf>,
+) -> Result<Built, StartError> {
     // preflight warnings: remote clients allowed, verify_responses = false, shadow mode, …
-    for w in &keys.warnings {
+    for (m, keys) in &sets {
+        for w in &keys.warnings {
+            tracing::warn!(merchant = %m.name, finding = %w.message, "preflight warning");
+        }
+        publish_key_metrics(&m.name, keys);
+    }
+    let pairs: Vec<_> = sets.iter().map(|(m, k)| (m, k)).collect();
+    for w in crate::keyset::cross_preflight(&config, &pairs) {
         tracing::warn!(finding = %w.message, "preflight warning");
     }
-    publish_key_metrics(&keys);
-    let state = SidecarState::new(keys);
+    let Some(merchants) = Merchants::new(sets) else {
+        return Err(StartError(config.error_at(
+            "merchants",
+            "no merchant is configured; add client_id and [keys], or [[merchants]]".to_string(),
+        )));
+    };
+    // the store opens (and migrates) before any listener: a store that cannot be used at start
+    // is a configuration problem, reported against [store] like any other
+    let store = match &config.store {
+        None => None,
+        Some(cfg) => {
+            let key = match cfg {
+                crate::config::StoreConfig::Sqlite(_) => "store.path",
+                crate::config::StoreConfig::Postgres(_) => "store.url",
+            };
+            let store = StateStore::open(cfg).map_err(|e| config.error_at(key, e.to_string()))?;
+            tracing::info!(store = %store.location(), "state store open");
+            Some(store)
+        }
+    };
+    let state = SidecarState::with_store(merchants, store);
 
-    // Fail early with a clear message rather than inside pingora's listener setup.
-    let mut listeners: Vec<(SocketAddr, &'static str)> = vec![(config.admin.listen, "admin")];
+    // Fail early with a clear message rather than inside pingora's listener setup, and pick
+    // the ports of port-0 listeners (held until pingora has bound them). Each listener with
+    // the config key that names its address.
+    let mut wanted: Vec<(SocketAddr, &'static str, String)> =
+        vec![(config.admin.listen, "admin", "admin.listen".to_string())];
     if let Some(o) = &config.outbound {
         if let Some(l) = o.listen {
-            listeners.push((l, "outbound"));
+            wanted.push((l, "outbound", "outbound.listen".to_string()));
         }
         if let Some(t) = &o.tls {
-            listeners.push((t.listen, "outbound_tls"));
+            wanted.push((t.listen, "outbound_tls", "outbound.tls_listen".to_string()));
+        }
+        for m in &config.merchants {
+            if let Some(l) = m.listen {
+                let name = listener_name("outbound", Some(m));
+                wanted.push((l, name, m.key("outbound.listen")));
+            }
+            if let Some(l) = m.tls_listen {
+                let name = listener_name("outbound_tls", Some(m));
+                wanted.push((l, name, m.key("outbound.tls_listen")));
+            }
         }
     }
     if let Some(i) = &config.inbound {
-        listeners.push((i.listen, "inbound"));
+        wanted.push((i.listen, "inbound", "inbound.listen".to_string()));
     }
-    for (addr, section) in &listeners {
-        std::net::TcpListener::bind(addr).map_err(|e| {
+    let mut listeners: Vec<Reserved> = Vec::new();
+    for (addr, name, key) in &wanted {
+        let reserved = crate::listen::reserve(*name, *addr).map_err(|e| {
             config.error_at(
-                &match *section {
-                    "outbound_tls" => "outbound.tls_listen".to_string(),
-                    s => format!("{s}.listen"),
-                },
+                key,
                 format!("cannot listen on {addr}: {e}; pick a free address or stop the process using it"),
             )
         })?;
+        listeners.push(reserved);
     }
+    let bound = |name: &str| {
+        listeners
+            .iter()
+            .find(|r| r.name() == name)
+            .expect("every configured listener is reserved")
+    };
 
     let mut conf = ServerConf {
         threads: config.server.threads.max(1),
@@ -153,79 +226,161 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         header_read_timeout: config.server.header_read_timeout,
     };
 
-    let mut private_dir = None;
+    let mut private_dirs = Vec::new();
     let mut reload_tls = None;
     if let Some(o) = config.outbound.clone() {
-        let ca_bundle = match &o.ca_file {
-            Some(path) => {
-                let written = ca_bundle(path).and_then(|pem| write_private(&pem));
-                let (dir, file) = written.map_err(|m| {
-                    config.error_at(
-                        "outbound.ca_file",
-                        format!("cannot use {}: {m}", path.display()),
-                    )
-                })?;
-                let file = file.display().to_string();
-                private_dir = Some(dir);
-                Some(file)
-            }
-            None => None,
-        };
-        let gateway = o.gateway.url();
-        let max = o.max_connections;
-        let (plain, tls_cfg) = (o.listen, o.tls.clone());
-        // one proxy (one gateway pool) behind both listeners
-        let proxy = Arc::new(pingora::proxy::http_proxy(
-            &conf,
-            Outbound::new(state.clone(), &config, o, ca_bundle),
-        ));
-        if let Some(listen) = plain {
-            let mut svc = Service::new(
-                "outbound".to_string(),
-                Limited::shared(proxy.clone(), "outbound", limits(max), None),
-            );
-            svc.add_tcp(&listen.to_string());
-            server.add_service(svc);
-            tracing::info!(%listen, %gateway, max_connections = max, "outbound signing proxy (http)");
+        // one gateway client (one connection pool) per merchant, shared by every listener
+        // that serves the merchant; one merged CA bundle per distinct ca_file
+        let mut bundles: Vec<(std::path::PathBuf, String)> = Vec::new();
+        let mut upstreams = Vec::with_capacity(config.merchants.len());
+        for m in &config.merchants {
+            let ca = match &m.ca_file {
+                Some(path) => match bundles.iter().find(|(p, _)| p == path) {
+                    Some((_, file)) => Some(file.clone()),
+                    None => {
+                        let key = if o.ca_file.as_ref() == Some(path) {
+                            "outbound.ca_file".to_string()
+                        } else {
+                            m.key("outbound.ca_file")
+                        };
+                        let written = ca_bundle(path).and_then(|pem| write_private(&pem));
+                        let (dir, file) = written.map_err(|msg| {
+                            config.error_at(&key, format!("cannot use {}: {msg}", path.display()))
+                        })?;
+                        let file = file.display().to_string();
+                        private_dirs.push(dir);
+                        bundles.push((path.clone(), file.clone()));
+                        Some(file)
+                    }
+                },
+                None => None,
+            };
+            let gateway = m.gateway.as_ref().unwrap_or(&o.gateway);
+            upstreams.push(Arc::new(Upstream::new(
+                &gateway.host,
+                gateway.port,
+                true,
+                ca,
+                o.connect_timeout,
+            )));
         }
-        if let Some(t) = tls_cfg {
-            let identity = outbound_identity(&t).map_err(|m| {
-                let key = if t.files.is_some() {
-                    "outbound.tls_cert"
-                } else {
-                    "outbound.tls_listen"
-                };
-                config.error_at(key, m)
-            })?;
-            let listener_tls = ListenerTls::new(&identity);
-            if let Some((cert, key)) = &t.files {
-                reload_tls = Some((listener_tls.clone(), cert.clone(), key.clone()));
-            }
-            let mut svc = Service::new(
-                "outbound_tls".to_string(),
-                Limited::shared(proxy, "outbound_tls", limits(max), Some(listener_tls)),
+        let merchant = |i: usize| {
+            let m = &config.merchants[i];
+            let gateway = m.gateway.as_ref().unwrap_or(&o.gateway);
+            OutboundMerchant::from_config(&state, i, m, gateway, upstreams[i].clone())
+        };
+        let max = o.max_connections;
+        // The shared listeners (every merchant; several → by X-Alipay-Sidecar-Merchant), then
+        // each merchant's own (that merchant only). One proxy behind a group's listeners.
+        let mut groups = Vec::new();
+        let shared_listeners = o.listen_addrs();
+        if !shared_listeners.is_empty() {
+            let all = (0..config.merchants.len()).map(merchant).collect();
+            let handler = Outbound::shared(
+                OutboundPolicy::from_config(&config, &o, &shared_listeners),
+                all,
             );
-            svc.add_tcp(&t.listen.to_string());
+            let names: Vec<&str> = config.merchants.iter().map(|m| m.name.as_str()).collect();
+            groups.push((
+                None,
+                o.listen,
+                o.tls.as_ref().map(|t| t.listen),
+                handler,
+                names.join(","),
+            ));
+        }
+        for (i, m) in config.merchants.iter().enumerate() {
+            if m.listen.is_none() && m.tls_listen.is_none() {
+                continue;
+            }
+            let handler = Outbound::new(
+                OutboundPolicy::from_config(&config, &o, &m.listen_addrs()),
+                merchant(i),
+            );
+            groups.push((Some(m), m.listen, m.tls_listen, handler, m.name.clone()));
+        }
+        let mut shared_tls: Option<(Arc<ListenerTls>, String, bool)> = None;
+        for (owner, plain, tls, handler, serves) in groups {
+            let proxy = Arc::new(pingora::proxy::http_proxy(
+                &conf,
+                Adapter::new(handler, state.clone()),
+            ));
+            if plain.is_some() {
+                let name = listener_name("outbound", owner);
+                let mut svc = Service::new(
+                    name.to_string(),
+                    Limited::shared(proxy.clone(), name, limits(max), None),
+                );
+                bound(name).add_to(&mut svc);
+                server.add_service(svc);
+                let listen = bound(name).addr();
+                tracing::info!(%listen, listener = name, merchants = %serves, max_connections = max, "outbound signing proxy (http)");
+            }
+            let Some(configured_listen) = tls else {
+                continue;
+            };
+            // every HTTPS outbound listener serves the one certificate of [outbound]
+            // (configured or generated once), so a reload of its files reaches them all
+            if shared_tls.is_none() {
+                let t = o.tls.clone().unwrap_or_else(|| crate::config::OutboundTls {
+                    listen: configured_listen,
+                    files: None,
+                    names: Vec::new(),
+                    ca_out: None,
+                });
+                let identity = outbound_identity(&t).map_err(|msg| {
+                    let key = if t.files.is_some() {
+                        "outbound.tls_cert".to_string()
+                    } else if o.tls.is_some() {
+                        "outbound.tls_listen".to_string()
+                    } else {
+                        owner.map_or("outbound.tls_listen".to_string(), |m| {
+                            m.key("outbound.tls_listen")
+                        })
+                    };
+                    config.error_at(&key, msg)
+                })?;
+                let listener_tls = ListenerTls::new(&identity);
+                if let Some((cert, key)) = &t.files {
+                    reload_tls = Some((listener_tls.clone(), cert.clone(), key.clone()));
+                }
+                shared_tls = Some((
+                    listener_tls,
+                    identity.fingerprint.clone(),
+                    t.files.is_some(),
+                ));
+            }
+            let Some((listener_tls, fingerprint, configured)) = shared_tls.clone() else {
+                unreachable!("set above");
+            };
+            let name = listener_name("outbound_tls", owner);
+            let mut svc = Service::new(
+                name.to_string(),
+                Limited::shared(proxy, name, limits(max), Some(listener_tls)),
+            );
+            bound(name).add_to(&mut svc);
             server.add_service(svc);
             tracing::info!(
-                listen = %t.listen,
-                %gateway,
-                certificate_sha256 = %identity.fingerprint,
-                certificate = if t.files.is_some() { "configured" } else { "generated at start (in memory)" },
+                listen = %bound(name).addr(),
+                listener = name,
+                merchants = %serves,
+                certificate_sha256 = %fingerprint,
+                certificate = if configured { "configured" } else { "generated at start (in memory)" },
                 "outbound signing proxy (https)"
             );
         }
     }
     if let Some(i) = config.inbound.clone() {
-        let listen = i.listen;
+        let listen = bound("inbound").addr();
         let app = i.forward_to.url();
         let max = i.max_connections;
-        let proxy = pingora::proxy::http_proxy(&conf, Inbound::new(state.clone(), &config, i));
+        let handler = Inbound::from_config(state.clone(), &config, &i);
+        let proxy = pingora::proxy::http_proxy(&conf, Adapter::new(handler, state.clone()));
         let mut svc = Service::new(
             "inbound".to_string(),
             Limited::new(proxy, "inbound", limits(max)),
         );
-        svc.add_tcp(&listen.to_string());
+        bound("inbound").add_to(&mut svc);
         server.add_service(svc);
         tracing::info!(%listen, forward_to = %app, max_connections = max, "inbound notification verifier");
     }
@@ -236,10 +391,11 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
         config.clone(),
         reload_tls,
     );
-    let traffic: Vec<(&'static str, SocketAddr)> = listeners
+    // readiness probes the addresses actually bound (a configured port 0 is a picked port)
+    let traffic: Vec<(&'static str, SocketAddr)> = wanted
         .iter()
-        .filter(|(_, name)| *name != "admin")
-        .map(|(addr, name)| (*name, *addr))
+        .filter(|(_, name, _)| *name != "admin")
+        .map(|(_, name, _)| (*name, bound(name).addr()))
         .collect();
     let admin_app = Admin::new(state.clone(), reloader.clone(), traffic);
     let mut admin = Service::new(
@@ -250,10 +406,15 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
             limits(config.admin.max_connections),
         ),
     );
-    admin.add_tcp(&config.admin.listen.to_string());
+    bound("admin").add_to(&mut admin);
     server.add_service(admin);
     server.add_service(background_service("key reload", ReloadTask::new(reloader)));
-    tracing::info!(listen = %config.admin.listen, client_id = %config.client_id, engine = crate::protocol::ENGINE, "admin listener; sidecar starting");
+    let admin_listen = bound("admin").addr();
+    server.add_service(background_service(
+        "listeners ready",
+        ReadyTask::new(listeners, ready_file),
+    ));
+    tracing::info!(listen = %admin_listen, merchants = ?config.merchants.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), engine = crate::protocol::ENGINE, "admin listener; sidecar starting");
 
     let drain = DrainOnSignal {
         state,
@@ -263,8 +424,19 @@ pub fn build(config: Config, keys: KeySet) -> Result<Built, StartError> {
     Ok(Built {
         server,
         drain,
-        private_dir,
+        private_dirs,
     })
+}
+
+/// The name of an outbound listener in metrics (`listener` label), logs and readiness:
+/// `outbound` / `outbound_tls` for the shared ones, `outbound:<merchant>` /
+/// `outbound_tls:<merchant>` for a merchant's own. Leaked once per listener at start-up (the
+/// metrics and the listener limits take `&'static str`), bounded by the config.
+fn listener_name(kind: &'static str, owner: Option<&MerchantConfig>) -> &'static str {
+    match owner {
+        None => kind,
+        Some(m) => Box::leak(format!("{kind}:{}", m.name).into_boxed_str()),
+    }
 }
 
 /// The HTTPS outbound listener's certificate: the configured files, or one generated now

@@ -1,40 +1,46 @@
-//! Process-wide state shared by the listeners: the live key set, readiness and the in-flight
-//! count that graceful shutdown waits on.
+//! Process-wide state shared by the listeners: the merchants with their live key sets,
+//! readiness and the in-flight count that graceful shutdown waits on.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
-use crate::keyset::KeySet;
+use crate::merchants::Merchants;
 use crate::metrics::{self, Direction, InFlightGuard};
+use crate::store::StateStore;
 
 /// Shared by the outbound, inbound and admin services and the reload task.
 pub struct SidecarState {
-    keys: ArcSwap<KeySet>,
+    merchants: Merchants,
+    store: Option<Arc<StateStore>>,
     draining: AtomicBool,
     in_flight: AtomicUsize,
 }
 
 impl SidecarState {
-    /// Starts serving with a key set that already passed loading and preflight.
-    pub fn new(keys: KeySet) -> Arc<Self> {
+    /// Starts serving with key sets that already passed loading and preflight.
+    pub fn new(merchants: Merchants) -> Arc<Self> {
+        Self::with_store(merchants, None)
+    }
+
+    /// Like [`SidecarState::new`], with the state store of `[store]` (already open).
+    pub fn with_store(merchants: Merchants, store: Option<Arc<StateStore>>) -> Arc<Self> {
         Arc::new(Self {
-            keys: ArcSwap::from_pointee(keys),
+            merchants,
+            store,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
         })
     }
 
-    /// The current key set. A request loads it once (lock-free) and uses that snapshot from
-    /// start to end, so a concurrent reload never mixes keys inside one request.
-    pub fn keys(&self) -> Arc<KeySet> {
-        self.keys.load_full()
+    /// The merchants, each with its live key set (`merchants().by_name(..)?.keys()` is the
+    /// snapshot a request uses).
+    pub fn merchants(&self) -> &Merchants {
+        &self.merchants
     }
 
-    /// Replaces the key set for all requests that start from now on.
-    pub fn swap_keys(&self, keys: KeySet) {
-        self.keys.store(Arc::new(keys));
+    /// The state store, when `[store]` is configured.
+    pub fn store(&self) -> Option<&Arc<StateStore>> {
+        self.store.as_ref()
     }
 
     /// Readiness: false once shutdown began, so load balancers stop sending traffic.

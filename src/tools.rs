@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Acknowledge, Config, InboundMode};
-use crate::keyset::{preflight, KeySet, Severity};
+use crate::keyset::{cross_preflight, merchant_preflight, shared_preflight, KeySet, Severity};
 use crate::protocol::{
     content_to_sign, generate_keypair, parse_signature_header, sha256_hex, sign_content,
     GeneratedKeyPair, PrivateKey, PublicKey, Verifier, VerifyError,
@@ -556,6 +556,33 @@ fn not_usable(err: &mut dyn Write, e: &dyn std::fmt::Display) -> i32 {
     EXIT_USAGE
 }
 
+/// One merchant's line of the `check-config` summary (several merchants only): name, client
+/// id, gateway, own listeners and where its notifications go.
+fn summarise_merchant(out: &mut dyn Write, m: &crate::config::MerchantConfig) {
+    let kind = if m.is_sandbox() { "sandbox" } else { "live" };
+    let listeners: Vec<String> = m
+        .listen
+        .map(|a| format!("http://{a}"))
+        .into_iter()
+        .chain(m.tls_listen.map(|a| format!("https://{a}")))
+        .collect();
+    let _ =
+        writeln!(
+        out,
+        "merchant {}: client id {} ({kind}); gateway {}; own listeners {}; notifications -> {}{}",
+        m.name,
+        m.client_id,
+        m.gateway.as_ref().map_or("none (no [outbound])".into(), |g| g.url()),
+        if listeners.is_empty() {
+            "none (the shared listener with X-Alipay-Sidecar-Merchant)".to_string()
+        } else {
+            listeners.join(" and ")
+        },
+        m.forward_to.as_ref().map_or("none (no [inbound])".into(), |f| f.url()),
+        if m.agent_token.is_some() { "; agent token set" } else { "" }
+    );
+}
+
 /// `alipay-sidecar check-config`: loads the config and every key, runs the preflight and
 /// prints a summary; exit 0 when the sidecar could start with it.
 pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
@@ -563,16 +590,24 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
         Ok(c) => c,
         Err(e) => return not_usable(err, &e),
     };
-    let keys = match KeySet::load_unchecked(&config) {
-        Ok(k) => k,
-        Err(e) => return not_usable(err, &e),
-    };
-    if let Some(path) = config.outbound.as_ref().and_then(|o| o.ca_file.as_ref()) {
+    let mut sets = Vec::with_capacity(config.merchants.len());
+    for m in &config.merchants {
+        match KeySet::load_unchecked(&config, m) {
+            Ok(k) => sets.push((m, k)),
+            Err(e) => return not_usable(err, &e),
+        }
+    }
+    let shared_ca = config.outbound.as_ref().and_then(|o| o.ca_file.as_ref());
+    let cas = shared_ca
+        .map(|ca| ("outbound.ca_file".to_string(), ca))
+        .into_iter()
+        .chain(config.merchants.iter().filter_map(|m| {
+            let ca = m.ca_file.as_ref().filter(|ca| Some(*ca) != shared_ca)?;
+            Some((m.key("outbound.ca_file"), ca))
+        }));
+    for (key, path) in cas {
         if let Err(m) = crate::server::ca_bundle(path) {
-            let e = config.error_at(
-                "outbound.ca_file",
-                format!("cannot use {}: {m}", path.display()),
-            );
+            let e = config.error_at(&key, format!("cannot use {}: {m}", path.display()));
             return not_usable(err, &e);
         }
     }
@@ -594,15 +629,21 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
             ),
         },
     };
-    let findings = preflight(&config, &keys);
+    let mut findings = Vec::new();
+    for (m, keys) in &sets {
+        findings.extend(merchant_preflight(&config, m, keys));
+    }
+    findings.extend(shared_preflight(&config));
+    let pairs: Vec<_> = sets.iter().map(|(m, k)| (*m, k)).collect();
+    findings.extend(cross_preflight(&config, &pairs));
 
     let _ = writeln!(out, "config: {}", config.path.display());
-    let kind = if config.client_id.starts_with("SANDBOX_") {
-        "sandbox"
-    } else {
-        "live"
-    };
-    let _ = writeln!(out, "client id: {} ({kind})", config.client_id);
+    let several = sets.len() > 1;
+    if !several {
+        let m = &config.merchants[0];
+        let kind = if m.is_sandbox() { "sandbox" } else { "live" };
+        let _ = writeln!(out, "client id: {} ({kind})", m.client_id);
+    }
     match &config.outbound {
         Some(o) => {
             let _ = writeln!(
@@ -637,6 +678,7 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
                 match i.acknowledge {
                     Acknowledge::App => "app",
                     Acknowledge::Sidecar => "sidecar",
+                    Acknowledge::AfterStore => "after-store",
                 }
             );
         }
@@ -648,29 +690,37 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
         let _ = writeln!(out, "{line}");
     }
     let _ = writeln!(out, "admin: listening on {}", config.admin.listen);
-    let _ = writeln!(
-        out,
-        "merchant private key: keyVersion {}, {} ({}-bit {}) from {}",
-        keys.merchant_key_version,
-        keys.merchant.fingerprint(),
-        keys.merchant.bits(),
-        keys.merchant.encoding(),
-        keys.sources.merchant_private_key.display()
-    );
-    for (version, key) in keys.alipay.versions() {
-        let source = keys
-            .sources
-            .alipay_public_keys
-            .get(version)
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+    for (m, keys) in &sets {
+        let indent = if several {
+            summarise_merchant(out, m);
+            "  "
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "Alipay public key: keyVersion {version}, {} ({}-bit {}) from {source}",
-            key.fingerprint(),
-            key.bits(),
-            key.encoding()
+            "{indent}merchant private key: keyVersion {}, {} ({}-bit {}) from {}",
+            keys.merchant_key_version,
+            keys.merchant.fingerprint(),
+            keys.merchant.bits(),
+            keys.merchant.encoding(),
+            keys.sources.merchant_private_key.display()
         );
+        for (version, key) in keys.alipay.versions() {
+            let source = keys
+                .sources
+                .alipay_public_keys
+                .get(version)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{indent}Alipay public key: keyVersion {version}, {} ({}-bit {}) from {source}",
+                key.fingerprint(),
+                key.bits(),
+                key.encoding()
+            );
+        }
     }
     for f in &findings {
         let _ = writeln!(err, "{f}");

@@ -75,7 +75,21 @@ pub enum UpstreamError {
     },
 }
 
+/// One request to an upstream: the head and exact body to send, and the bounds of the answer.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    /// Method, target and headers to send.
+    pub head: RequestHeader,
+    /// The exact body bytes (the ones that were signed or verified).
+    pub body: Bytes,
+    /// Largest answer body read; a larger one is [`UpstreamError::TooLarge`].
+    pub max_response: usize,
+    /// The whole exchange must finish within this.
+    pub timeout: Duration,
+}
+
 /// A complete upstream response.
+#[derive(Debug, Clone)]
 pub struct UpstreamResponse {
     /// Status and headers as received.
     pub header: ResponseHeader,
@@ -168,7 +182,8 @@ impl Upstream {
         peer
     }
 
-    /// Sends `req` with `body` and returns the whole response, within `timeout`.
+    /// Sends the request head and body and returns the whole response (at most
+    /// `max_response` body bytes), within `timeout`.
     ///
     /// Never sends a request twice unless the first copy provably did not leave: only a
     /// failure to write the request head on a reused keep-alive connection (the other side
@@ -178,11 +193,15 @@ impl Upstream {
     /// connections are kept rare by pool hygiene instead ([`POOL_IDLE_TIMEOUT`]).
     pub async fn exchange(
         &self,
-        req: &RequestHeader,
-        body: &Bytes,
-        max_response: usize,
-        timeout: Duration,
+        request: &UpstreamRequest,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        let UpstreamRequest {
+            head: req,
+            body,
+            max_response,
+            timeout,
+        } = request;
+        let (max_response, timeout) = (*max_response, *timeout);
         let start = Instant::now();
         let work = async {
             let addr = self.resolve().await?;
@@ -335,5 +354,19 @@ impl Upstream {
                 detail,
             },
         }
+    }
+}
+
+/// Production gateway client: pingora's pooled HTTPS connector.
+impl crate::outbound::Gateway for std::sync::Arc<Upstream> {
+    async fn send(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        self.exchange(request).await
+    }
+}
+
+/// Production app client: pingora's pooled plain-HTTP connector.
+impl crate::inbound::App for std::sync::Arc<Upstream> {
+    async fn deliver(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        self.exchange(request).await
     }
 }

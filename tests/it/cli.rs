@@ -3,26 +3,18 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::support::{bin, input, key, vectors};
+use crate::support::{command, input, key, vectors};
 
 /// Runs the binary with `args`, feeding `stdin`, with no inherited ALIPAY_SIDECAR_* variable
 /// plus the given `env`.
 fn run_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("ALIPAY_SIDECAR_") {
-            cmd.env_remove(name);
-        }
-    }
+    let mut cmd = command(args);
+    cmd.stdin(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -401,3 +401,213 @@ fn listen_rules_and_sections() {
         "{e}"
     );
 }
+
+// ---------------------------------------------------------------- several merchants
+
+/// A folder with two merchants' key files and a config listing them. `sg` gets the vectors'
+/// merchant key and Alipay key; `eu` gets the vectors' Alipay private key as its merchant key
+/// and the merchant public key as its "Alipay" key (so the two sets differ), or, with
+/// `shared`, copies of sg's files.
+fn two_merchants(sg: (&str, &str), eu: (&str, &str), shared: bool) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let eu_keys = if shared {
+        [
+            ("merchant", "private_pkcs8_pem"),
+            ("alipay", "public_spki_pem"),
+        ]
+    } else {
+        [
+            ("alipay", "private_pkcs8_pem"),
+            ("merchant", "public_spki_pem"),
+        ]
+    };
+    for (name, (who, form)) in [
+        ("sg_m.pem", ("merchant", "private_pkcs8_pem")),
+        ("sg_a.pem", ("alipay", "public_spki_pem")),
+        ("eu_m.pem", eu_keys[0]),
+        ("eu_a.pem", eu_keys[1]),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, key(who, form)).expect("key file");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    let text = format!(
+        "[outbound]\nregion = \"sea\"\nlisten = \"127.0.0.1:18080\"\n\
+         [inbound]\nlisten = \"127.0.0.1:18081\"\nforward_to = \"http://127.0.0.1:3000\"\n\
+         [[merchants]]\nname = \"{}\"\nclient_id = \"{}\"\n\
+         [merchants.keys]\nmerchant_private_key = \"sg_m.pem\"\nalipay_public_keys = {{ \"1\" = \"sg_a.pem\" }}\n\
+         [merchants.outbound]\nregion = \"na\"\nlisten = \"127.0.0.1:18090\"\n\
+         [[merchants]]\nname = \"{}\"\nclient_id = \"{}\"\n\
+         [merchants.keys]\nmerchant_private_key = \"eu_m.pem\"\nmerchant_key_version = 2\n\
+         alipay_public_keys = {{ \"1\" = \"eu_a.pem\" }}\n\
+         [merchants.inbound]\nforward_to = \"http://127.0.0.1:4000\"\n",
+        sg.0, sg.1, eu.0, eu.1
+    );
+    let path = dir.path().join("sidecar.toml");
+    std::fs::write(&path, text).expect("config");
+    (dir, path)
+}
+
+fn check_config(path: &Path) -> (i32, String, String) {
+    crate::support::run_bounded(
+        std::process::Command::new(crate::support::bin())
+            .arg("check-config")
+            .arg("--config")
+            .arg(path),
+        Duration::from_secs(60),
+    )
+}
+
+#[test]
+fn check_config_summarises_every_merchant() {
+    let (_dir, path) = two_merchants(
+        ("sg", "2188120012345678"),
+        ("eu", "2188220087654321"),
+        false,
+    );
+    let (code, out, err) = check_config(&path);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let sg = out
+        .lines()
+        .find(|l| l.starts_with("merchant sg:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    for needle in [
+        "2188120012345678 (live)",
+        "https://open-na-global.alipay.com",
+        "http://127.0.0.1:18090",
+        "http://127.0.0.1:3000",
+    ] {
+        assert!(sg.contains(needle), "missing {needle}: {sg}");
+    }
+    let eu = out
+        .lines()
+        .find(|l| l.starts_with("merchant eu:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    for needle in [
+        "2188220087654321",
+        "https://open-sea-global.alipay.com",
+        "http://127.0.0.1:4000",
+        "none (the shared listener",
+    ] {
+        assert!(eu.contains(needle), "missing {needle}: {eu}");
+    }
+    // key versions and fingerprints per merchant
+    assert!(
+        out.contains("  merchant private key: keyVersion 2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  merchant private key: keyVersion 1"),
+        "{out}"
+    );
+    assert!(!err.contains("same private key"), "{err}");
+}
+
+#[test]
+fn check_config_warns_about_keys_shared_between_merchants() {
+    for (eu_client_id, expected, not_expected) in [
+        // two live client ids, one private key
+        (
+            "2188220087654321",
+            "the same private key for two client ids",
+            "a sandbox and a live id",
+        ),
+        // a sandbox id and a live id sharing keys (the more specific warning only)
+        (
+            "SANDBOX_2188220087654321",
+            "a sandbox and a live id sharing keys",
+            "the same private key for two client ids",
+        ),
+    ] {
+        let (_dir, path) = two_merchants(("sg", "2188120012345678"), ("eu", eu_client_id), true);
+        let (code, out, err) = check_config(&path);
+        assert_eq!(code, 0, "warnings only: {out}\n{err}");
+        assert!(
+            err.contains("warning:")
+                && err.contains(expected)
+                && err.contains("\"sg\" (client id 2188120012345678)")
+                && err.contains("sidecar.toml:"),
+            "{err}"
+        );
+        assert!(!err.contains(not_expected), "{err}");
+    }
+}
+
+#[test]
+fn check_config_refuses_bad_merchant_lists() {
+    let (_dir, path) = two_merchants(
+        ("SG 1", "2188120012345678"),
+        ("eu", "2188220087654321"),
+        false,
+    );
+    let (code, _, err) = check_config(&path);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("sidecar.toml:8:")
+            && err.contains("`merchants.0.name`")
+            && err.contains("a-z, 0-9, _ and -"),
+        "{err}"
+    );
+    for (what, sg, eu, needle) in [
+        (
+            "duplicate name",
+            ("sg", "2188120012345678"),
+            ("sg", "2188220087654321"),
+            "already used by `merchants.0`",
+        ),
+        (
+            "duplicate client id",
+            ("sg", "2188120012345678"),
+            ("eu", "2188120012345678"),
+            "already configured for merchant \"sg\"",
+        ),
+    ] {
+        let (_dir, path) = two_merchants(sg, eu, false);
+        let (code, _, err) = check_config(&path);
+        assert_eq!(code, 2, "{what}: {err}");
+        assert!(
+            err.contains(needle) && err.contains("sidecar.toml:"),
+            "{what}: {err}"
+        );
+    }
+    // mixing the single-merchant form with [[merchants]]
+    let (_dir, path) = two_merchants(
+        ("sg", "2188120012345678"),
+        ("eu", "2188220087654321"),
+        false,
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("client_id = \"T_1\"\n{text}")).unwrap();
+    let (code, _, err) = check_config(&path);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("sidecar.toml:1:") && err.contains("cannot be combined with [[merchants]]"),
+        "{err}"
+    );
+    // a merchant listener on the shared one's address
+    std::fs::write(&path, text.replace("127.0.0.1:18090", "127.0.0.1:18080")).unwrap();
+    let (code, _, err) = check_config(&path);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("`merchants.0.outbound.listen`")
+            && err.contains("also used by `outbound.listen`"),
+        "{err}"
+    );
+    // one merchant's broken key file is named with that merchant's config line
+    let (dir, path) = two_merchants(
+        ("sg", "2188120012345678"),
+        ("eu", "2188220087654321"),
+        false,
+    );
+    std::fs::write(dir.path().join("eu_m.pem"), "not a key\n").unwrap();
+    let (code, _, err) = check_config(&path);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("eu_m.pem") && err.contains("merchants.1.keys.merchant_private_key"),
+        "{err}"
+    );
+}

@@ -11,7 +11,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use crate::support::bin;
+use crate::support::{bin, command};
 
 /// Generous: a debug build generates an RSA key and starts a sidecar on a busy machine.
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -131,17 +131,8 @@ fn gone(pid: u32) -> bool {
 }
 
 fn demo_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.arg("demo")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("ALIPAY_SIDECAR_") {
-            cmd.env_remove(name);
-        }
-    }
+    let mut cmd = command(&[&["demo"], args].concat());
+    cmd.stderr(Stdio::inherit());
     cmd
 }
 

@@ -476,6 +476,16 @@ fn object<'a>(objects: &'a [(String, Value)], kind: &str) -> &'a Value {
     found[0]
 }
 
+/// The pod's `alipay-sidecar` init container (a native sidecar).
+fn sidecar_container(pod: &Value) -> &Value {
+    pod["initContainers"]
+        .as_sequence()
+        .expect("initContainers")
+        .iter()
+        .find(|c| c["name"] == "alipay-sidecar")
+        .expect("an initContainer named alipay-sidecar")
+}
+
 fn sidecar_toml(objects: &[(String, Value)]) -> toml::Table {
     let config_map = object(objects, "ConfigMap");
     config_map["data"]["sidecar.toml"]
@@ -532,12 +542,7 @@ fn deployment_runs_a_hardened_native_sidecar_with_probes_and_secret_keys() {
     let pod = &deployment["spec"]["template"]["spec"];
     let config = sidecar_toml(&objects);
 
-    let sidecar = pod["initContainers"]
-        .as_sequence()
-        .expect("initContainers")
-        .iter()
-        .find(|c| c["name"] == "alipay-sidecar")
-        .expect("an initContainer named alipay-sidecar");
+    let sidecar = sidecar_container(pod);
     assert_eq!(sidecar["restartPolicy"], "Always", "native sidecar");
     assert!(
         !pod["containers"]
@@ -887,12 +892,7 @@ fn a_privileged_tls_port_is_bindable_by_the_non_root_sidecar() {
                     .and_then(|v| v.parse::<u64>().ok())
                     .is_some_and(|v| v <= u64::from(port))
         });
-    let sidecar = pod["initContainers"]
-        .as_sequence()
-        .expect("initContainers")
-        .iter()
-        .find(|c| c["name"] == "alipay-sidecar")
-        .expect("sidecar");
+    let sidecar = sidecar_container(pod);
     let cap_ok = sidecar["securityContext"]["capabilities"]["add"]
         .as_sequence()
         .into_iter()

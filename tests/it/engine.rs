@@ -16,7 +16,7 @@ use alipay_sidecar::protocol::{content_to_sign, sign_content, PrivateKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 
-use crate::support::{free_port, key, request, rt, write_vector_keys, Sidecar};
+use crate::support::{key, request, rt, write_vector_keys, RigConfig, Sidecar};
 
 const CLIENT_ID: &str = "T_111222333";
 const PAY: &str = "/ams/api/v1/payments/pay";
@@ -78,19 +78,8 @@ fn mlkem_only_gateway(dir: &Path) -> (SocketAddr, std::path::PathBuf, Arc<Atomic
                         return;
                     }
                     buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf);
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                let (n, v) = l.split_once(':')?;
-                                n.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        if buf.len() >= end + 4 + len {
-                            break;
-                        }
+                    if crate::support::parse_request(&buf).is_some() {
+                        break;
                     }
                 }
                 let _ = tls.write_all(answer.as_bytes()).await;
@@ -125,25 +114,11 @@ fn gateway_tls_runs_on_aws_lc() {
     let refused = refused.expect("a ring client must not complete a handshake here");
     assert_eq!(handshakes.load(Ordering::SeqCst), 0, "{refused}");
 
-    let (merchant, alipay) = write_vector_keys(dir.path());
-    let (out, admin) = (free_port(), free_port());
-    let toml = format!(
-        r#"client_id = "{CLIENT_ID}"
-[keys]
-merchant_private_key = "{merchant}"
-alipay_public_keys = {{ "1" = "{alipay}" }}
-[outbound]
-listen = "127.0.0.1:{out}"
-gateway = "https://{gateway}"
-ca_file = "{}"
-[admin]
-listen = "127.0.0.1:{admin}"
-"#,
-        ca.display()
-    );
-    let sidecar = Sidecar::start(dir.path(), &toml, admin);
+    write_vector_keys(dir.path());
+    let toml = RigConfig::default().toml(&format!("https://{gateway}"), Some(&ca));
+    let sidecar = Sidecar::start(dir.path(), &toml);
     let r = request(
-        SocketAddr::from(([127, 0, 0, 1], out)),
+        sidecar.addr("outbound"),
         "POST",
         PAY,
         &[("Content-Type", "application/json; charset=UTF-8")],

@@ -2,9 +2,7 @@
 //! stand-in on a real socket. Valid notifications reach the app byte-identical; forged,
 //! tampered, mis-addressed or stale ones never do; app failures become 503 so Alipay re-sends.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alipay_sidecar::protocol::{
@@ -14,169 +12,14 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::support::{
-    free_port, input, key, raw_request, request, vectors, write_vector_keys, Response, Sidecar,
+    input, key, raw_request, request, vector, vectors, write_vector_keys, App, Behaviour, Received,
+    Response, Sidecar, APP_ACK,
 };
 
 const CLIENT_ID: &str = "T_111222333";
 const NOTIFY: &str = "/merchant/notify";
 const ACK: &str =
     r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"}}"#;
-/// The stand-in app's own acknowledgement: distinguishable from the sidecar's.
-const APP_ACK: &str = r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"},"answeredBy":"app"}"#;
-
-// ---------------------------------------------------------------- the app stand-in
-
-/// How the app stand-in answers.
-#[derive(Clone, Debug)]
-pub(crate) enum Behaviour {
-    /// 200 with [`APP_ACK`] and an `X-App` header.
-    Ack,
-    /// This status and body.
-    Status(u16, &'static str),
-    /// Waits this long, then acks (longer than the sidecar's forward_timeout).
-    Slow(Duration),
-}
-
-/// One request the app received.
-#[derive(Clone, Debug)]
-pub(crate) struct Received {
-    method: String,
-    target: String,
-    /// Names as received on the wire.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Received {
-    /// Every value of a header, name case-insensitive.
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    fn one(&self, name: &str) -> Option<&str> {
-        let all = self.all(name);
-        assert!(
-            all.len() <= 1,
-            "header {name} appears {} times: {:?}",
-            all.len(),
-            self.headers
-        );
-        all.first().copied()
-    }
-}
-
-/// A plain HTTP/1.1 server that records every request and answers per [`Behaviour`].
-pub(crate) struct App {
-    port: u16,
-    received: Arc<Mutex<Vec<Received>>>,
-    behaviour: Arc<Mutex<Behaviour>>,
-}
-
-impl App {
-    pub(crate) fn start(behaviour: Behaviour) -> App {
-        Self::serve(TcpListener::bind("127.0.0.1:0").unwrap(), behaviour)
-    }
-
-    fn start_on(port: u16, behaviour: Behaviour) -> App {
-        Self::serve(TcpListener::bind(("127.0.0.1", port)).unwrap(), behaviour)
-    }
-
-    fn serve(listener: TcpListener, behaviour: Behaviour) -> App {
-        let app = App {
-            port: listener.local_addr().unwrap().port(),
-            received: Arc::default(),
-            behaviour: Arc::new(Mutex::new(behaviour)),
-        };
-        let (received, behaviour) = (app.received.clone(), app.behaviour.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (received, behaviour) = (received.clone(), behaviour.clone());
-                std::thread::spawn(move || serve_one(stream, &received, &behaviour));
-            }
-        });
-        app
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub(crate) fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-
-    fn set(&self, behaviour: Behaviour) {
-        *self.behaviour.lock().unwrap() = behaviour;
-    }
-}
-
-fn serve_one(mut s: TcpStream, received: &Mutex<Vec<Received>>, behaviour: &Mutex<Behaviour>) {
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let Some(req) = read_request(&mut s) else {
-        return;
-    };
-    received.lock().unwrap().push(req);
-    let behaviour = behaviour.lock().unwrap().clone();
-    let (status, body, extra) = match behaviour {
-        Behaviour::Ack => (200, APP_ACK, "X-App: stand-in\r\n"),
-        Behaviour::Status(status, body) => (status, body, ""),
-        Behaviour::Slow(d) => {
-            std::thread::sleep(d);
-            (200, APP_ACK, "")
-        }
-    };
-    let head = format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    let _ = s
-        .write_all(head.as_bytes())
-        .and_then(|_| s.write_all(body.as_bytes()));
-}
-
-fn read_request(s: &mut TcpStream) -> Option<Received> {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 8192];
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let n = s.read(&mut tmp).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    let head = String::from_utf8(buf[..end].to_vec()).ok()?;
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split(' ');
-    let (method, target) = (first.next()?.to_string(), first.next()?.to_string());
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.to_string(), v.trim().to_string()))
-        .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.parse().unwrap())
-        .unwrap_or(0);
-    let mut body = buf[end + 4..].to_vec();
-    while body.len() < len {
-        let n = s.read(&mut tmp).ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&tmp[..n]);
-    }
-    Some(Received {
-        method,
-        target,
-        headers,
-        body,
-    })
-}
-
 // ---------------------------------------------------------------- the sidecar
 
 pub(crate) struct Setup {
@@ -201,14 +44,13 @@ fn start_with(
     let dir = tempfile::tempdir().unwrap();
     write_vector_keys(dir.path());
     prepare(dir.path());
-    let (in_port, admin_port) = (free_port(), free_port());
     let toml = format!(
-        "client_id = \"{CLIENT_ID}\"\n[keys]\n{keys}[inbound]\nlisten = \"127.0.0.1:{in_port}\"\nforward_to = \"{forward_to}\"\n{extra}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"
+        "client_id = \"{CLIENT_ID}\"\n[keys]\n{keys}[inbound]\nlisten = \"127.0.0.1:0\"\nforward_to = \"{forward_to}\"\n{extra}\n[admin]\nlisten = \"127.0.0.1:0\"\n"
     );
-    let sidecar = Sidecar::start(dir.path(), &toml, admin_port);
+    let sidecar = Sidecar::start(dir.path(), &toml);
     Setup {
+        inbound: sidecar.addr("inbound"),
         sidecar,
-        inbound: SocketAddr::from(([127, 0, 0, 1], in_port)),
         _dir: dir,
     }
 }
@@ -224,25 +66,13 @@ impl Setup {
         request(self.inbound, "POST", &n.uri, &headers, &n.body).unwrap()
     }
 
-    pub(crate) fn metrics(&self) -> String {
-        String::from_utf8(
-            request(self.sidecar.admin, "GET", "/metrics", &[], b"")
-                .unwrap()
-                .body,
-        )
-        .unwrap()
-    }
-
-    /// `sample` once it reaches `want` (request metrics are recorded just after the answer
-    /// is written), or its value after 10 s.
+    /// `sample` (a sample line's name and labels as written, e.g.
+    /// `alipay_sidecar_requests_total{…}`) once it reaches `want` (request metrics are
+    /// recorded just after the answer is written), or its value after 10 s.
     pub(crate) fn metric_reaching(&self, sample: &str, want: f64) -> f64 {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let v = self.metrics().lines().find_map(|l| {
-                l.strip_prefix(sample)
-                    .and_then(|rest| rest.trim().parse::<f64>().ok())
-            });
-            match v {
+            match self.sample(sample) {
                 Some(v) if v >= want || Instant::now() > deadline => return v,
                 None if Instant::now() > deadline => return self.metric(sample),
                 _ => std::thread::sleep(Duration::from_millis(50)),
@@ -251,13 +81,16 @@ impl Setup {
     }
 
     pub(crate) fn metric(&self, sample: &str) -> f64 {
-        let text = self.metrics();
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(sample)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+        self.sample(sample)
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{}", self.sidecar.metrics().text))
+    }
+
+    fn sample(&self, sample: &str) -> Option<f64> {
+        self.sidecar
+            .metrics()
+            .text
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
     }
 }
 
@@ -343,13 +176,6 @@ fn from_vector(v: &Value) -> Notification {
     }
 }
 
-fn vector(id: &str) -> Value {
-    vectors()
-        .into_iter()
-        .find(|v| v["id"] == id)
-        .unwrap_or_else(|| panic!("no vector {id}"))
-}
-
 fn result(r: &Response) -> (String, String, String) {
     let v = r.json();
     let s = |f: &str| v["result"][f].as_str().unwrap_or("").to_string();
@@ -377,11 +203,7 @@ fn assert_delivered_verified(got: &Received, n: &Notification, version: &str) {
 
 /// Waits (generously) until the app has received `n` requests.
 pub(crate) fn wait_received(app: &App, n: usize) -> Vec<Received> {
-    let start = Instant::now();
-    while app.received().len() < n && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    app.received()
+    app.wait_received(n)
 }
 
 // ---------------------------------------------------------------- tests
@@ -587,8 +409,8 @@ fn notification_for_another_merchant_is_refused() {
 
 #[test]
 fn app_down_then_up_delivers_the_resend_exactly_once() {
-    let app_port = free_port(); // nothing listens there yet
-    let s = start(&format!("http://127.0.0.1:{app_port}"), "");
+    let mut app = App::down(Behaviour::Ack); // its port is held, nothing listens yet
+    let s = start(&app.url(), "");
     let n = from_vector(&vector("NTF-01"));
     let r = s.post(&n, &[]);
     assert_eq!(r.status, 503);
@@ -596,7 +418,7 @@ fn app_down_then_up_delivers_the_resend_exactly_once() {
     assert_eq!(result(&r).1, "SIDECAR_APP_UNAVAILABLE");
 
     // the app comes up; Alipay's re-send goes through
-    let app = App::start_on(app_port, Behaviour::Ack);
+    app.up();
     let r = s.post(&n, &[]);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.body, APP_ACK.as_bytes());
@@ -788,7 +610,7 @@ fn shadow_mode_forwards_tampered_notifications_marked_unverified() {
     assert_eq!(got[0].one("x-alipay-sidecar-verified"), Some("false"));
     assert_eq!(got[0].one("x-alipay-sidecar-key-version"), None);
     assert_delivered_verified(&got[1], &valid, "1");
-    assert_eq!(s.metric("alipay_sidecar_requests_total{api=\"notify\",direction=\"inbound\",outcome=\"shadow_forwarded\",status=\"200\"}"), 1.0);
+    assert_eq!(s.metric("alipay_sidecar_requests_total{api=\"notify\",direction=\"inbound\",merchant=\"default\",outcome=\"shadow_forwarded\",status=\"200\"}"), 1.0);
     assert_eq!(s.metric("alipay_sidecar_signature_verifications_total{direction=\"inbound\",result=\"mismatch\"}"), 1.0);
 }
 
@@ -835,50 +657,30 @@ fn path_map_base_path_and_query_reach_the_app() {
 /// and re-send, and the re-send must reach the app byte-identical and verified.
 #[test]
 fn gateway_notification_end_to_end_with_a_resend() {
-    use alipay_sidecar::mock_gateway::{MockGateway, MockGatewayConfig};
-
-    let dir = tempfile::tempdir().unwrap();
     let app = App::start(Behaviour::Status(500, "app not ready"));
-    let mut cfg = MockGatewayConfig::new(crate::support::key("merchant", "public_spki_pem"));
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.tls = Some(dir.path().to_path_buf());
-    cfg.notify_backoff = vec![
-        Duration::from_millis(0),
-        Duration::from_millis(300),
-        Duration::from_millis(300),
-        Duration::from_millis(300),
-    ];
-    let gw = crate::support::rt()
-        .block_on(MockGateway::start(cfg))
-        .unwrap();
-    crate::support::write_vector_keys(dir.path());
-    std::fs::write(dir.path().join("gw_alipay.pem"), gw.alipay_public_key_pem()).unwrap();
-    let (out_port, in_port, admin_port) = (free_port(), free_port(), free_port());
-    let toml = format!(
-        r#"client_id = "T_111222333"
-[keys]
-merchant_private_key = "merchant_private_key.pem"
-alipay_public_keys = {{ "1" = "gw_alipay.pem" }}
-[outbound]
-listen = "127.0.0.1:{out_port}"
-gateway = "https://127.0.0.1:{}"
-ca_file = {:?}
-[inbound]
-listen = "127.0.0.1:{in_port}"
-forward_to = "{}"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-"#,
-        gw.local_addr().port(),
-        gw.ca_file().unwrap().display().to_string(),
-        app.url()
+    let tail = crate::support::inbound_section(&app.url());
+    let rig = crate::support::Rig::start(
+        crate::support::RigConfig {
+            tail: &tail,
+            ..Default::default()
+        },
+        |cfg| {
+            cfg.notify_backoff = vec![
+                Duration::from_millis(0),
+                Duration::from_millis(300),
+                Duration::from_millis(300),
+                Duration::from_millis(300),
+            ]
+        },
+        |_| {},
     );
-    let sidecar = Sidecar::start(dir.path(), &toml, admin_port);
+    let (gw, sidecar) = (&rig.gw, &rig.sidecar);
+    let in_addr = sidecar.addr("inbound");
     let pay = format!(
-        r#"{{"paymentRequestId":"pay_e2e_notify","paymentAmount":{{"currency":"HKD","value":"100"}},"paymentNotifyUrl":"http://127.0.0.1:{in_port}/alipay/notify?src=ams"}}"#
+        r#"{{"paymentRequestId":"pay_e2e_notify","paymentAmount":{{"currency":"HKD","value":"100"}},"paymentNotifyUrl":"http://{in_addr}/alipay/notify?src=ams"}}"#
     );
     let r = crate::support::request(
-        std::net::SocketAddr::from(([127, 0, 0, 1], out_port)),
+        rig.outbound,
         "POST",
         "/ams/api/v1/payments/pay",
         &[],
@@ -1044,10 +846,10 @@ fn malformed_chunked_bodies_are_bad_requests_not_delivery_failures() {
     }
     assert!(app.received().is_empty());
     assert_eq!(
-        s.metric_reaching(r#"alipay_sidecar_requests_total{api="notify",direction="inbound",outcome="bad_request",status="400"}"#, 4.0),
+        s.metric_reaching(r#"alipay_sidecar_requests_total{api="notify",direction="inbound",merchant="default",outcome="bad_request",status="400"}"#, 4.0),
         4.0
     );
-    let text = s.metrics();
+    let text = s.sidecar.metrics().text;
     assert!(
         !text
             .lines()

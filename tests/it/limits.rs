@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use alipay_sidecar::mock_gateway::MockGateway;
 
-use crate::inbound::{fresh, start, wait_received, App, Behaviour};
+use crate::inbound::{fresh, start, wait_received};
 use crate::support::{
-    bin, free_port, request, run_bounded, vector_gateway, write_vector_keys, Sidecar,
+    bin, request, run_bounded, vector_gateway, write_vector_keys, App, Behaviour, Rig, RigConfig,
 };
 
 /// `VmRSS` / `VmHWM` of a process, in KiB.
@@ -33,40 +33,30 @@ fn json_code(body: &[u8]) -> String {
 
 /// A fake gateway signing with the vector Alipay key (so the sidecar, which trusts it,
 /// verifies every answer), and the `[outbound]` lines pointing at it.
-fn gateway(dir: &std::path::Path) -> (MockGateway, String, SocketAddr) {
+fn gateway(dir: &std::path::Path) -> (MockGateway, String) {
     let gw = vector_gateway(dir, |_| {});
-    let out = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let toml = format!(
-        "[outbound]\nlisten = \"{out}\"\ngateway = \"https://127.0.0.1:{}\"\nca_file = {:?}\n",
+        "[outbound]\nlisten = \"127.0.0.1:0\"\ngateway = \"https://127.0.0.1:{}\"\nca_file = {:?}\n",
         gw.local_addr().port(),
         gw.ca_file().expect("ca").display().to_string()
     );
-    (gw, toml, out)
+    (gw, toml)
 }
 
 fn pay(out: SocketAddr, id: &str) -> crate::support::Response {
-    let body = format!(
-        r#"{{"paymentRequestId":"{id}","paymentAmount":{{"currency":"HKD","value":"100"}}}}"#
-    );
-    request(
-        out,
-        "POST",
-        "/ams/api/v1/payments/pay",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .unwrap()
+    crate::support::pay(out, id, "")
 }
 
 #[test]
 fn a_thousand_slow_header_clients_cannot_take_the_sidecar_down() {
     let app = App::start(Behaviour::Ack);
     let dir = tempfile::tempdir().unwrap();
-    let (gw, outbound_toml, out) = gateway(dir.path());
+    let (gw, outbound_toml) = gateway(dir.path());
     let s = start(
         &app.url(),
         &format!("{outbound_toml}[server]\nheader_read_timeout = \"4s\"\n"),
     );
+    let out = s.sidecar.addr("outbound");
     // let the process settle, then take its idle size
     assert_eq!(pay(out, "warm").status, 200);
     assert_eq!(s.post(&fresh("warm"), &[]).status, 200);
@@ -275,7 +265,7 @@ fn oversized_and_trickled_heads_get_431_and_408() {
     assert_eq!(json_code(&r.body), "SIDECAR_REQUEST_TIMEOUT");
     assert!(app.received().is_empty());
     assert_eq!(
-        s.metric_reaching(r#"alipay_sidecar_requests_total{api="notify",direction="inbound",outcome="bad_request",status="408"}"#, 1.0),
+        s.metric_reaching(r#"alipay_sidecar_requests_total{api="notify",direction="inbound",merchant="default",outcome="bad_request",status="408"}"#, 1.0),
         1.0
     );
 }
@@ -433,12 +423,20 @@ fn the_merged_ca_bundle_lives_in_a_private_folder_removed_at_exit() {
     let dir = tempfile::tempdir().unwrap();
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
-    write_vector_keys(dir.path());
-    let (gw, outbound_toml, out) = gateway(dir.path());
-    let admin = free_port();
-    let toml = format!("{BASE}{outbound_toml}[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
     let tmp_text = tmp.display().to_string();
-    let mut s = Sidecar::start_with_env(dir.path(), &toml, admin, &[("TMPDIR", &tmp_text)]);
+    let Rig {
+        gw,
+        sidecar: mut s,
+        outbound: out,
+        ..
+    } = Rig::start(
+        RigConfig {
+            env: &[("TMPDIR", &tmp_text)],
+            ..Default::default()
+        },
+        |_| {},
+        |_| {},
+    );
     assert_eq!(pay(out, "ca_bundle").status, 200, "{}", s.logs());
     let entries: Vec<_> = std::fs::read_dir(&tmp)
         .unwrap()
@@ -476,20 +474,22 @@ fn the_merged_ca_bundle_lives_in_a_private_folder_removed_at_exit() {
 #[test]
 fn signature_values_never_reach_the_logs_even_at_trace() {
     let app = App::start(Behaviour::Ack);
-    let dir = tempfile::tempdir().unwrap();
-    write_vector_keys(dir.path());
-    let (gw, outbound_toml, out) = gateway(dir.path());
-    let (inb, admin) = (free_port(), free_port());
-    let toml = format!(
-        "{BASE}{outbound_toml}[inbound]\nlisten = \"127.0.0.1:{inb}\"\nforward_to = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
-        app.url()
+    let tail = crate::support::inbound_section(&app.url());
+    let rig = Rig::start(
+        RigConfig {
+            tail: &tail,
+            env: &[("RUST_LOG", "trace")],
+            ..Default::default()
+        },
+        |_| {},
+        |_| {},
     );
-    let s = Sidecar::start_with_env(dir.path(), &toml, admin, &[("RUST_LOG", "trace")]);
-    let r = pay(out, "trace_logs");
+    let (gw, s) = (&rig.gw, &rig.sidecar);
+    let r = rig.pay("trace_logs", "");
     assert_eq!(r.status, 200);
     let n = fresh("trace_logs");
     let r = request(
-        SocketAddr::from(([127, 0, 0, 1], inb)),
+        s.addr("inbound"),
         "POST",
         &n.uri,
         &n.headers

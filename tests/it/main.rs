@@ -6,6 +6,7 @@ mod deployment;
 mod engine;
 mod inbound;
 mod limits;
+mod merchants;
 mod metrics;
 mod mock_gateway;
 mod operator;

@@ -37,12 +37,18 @@ pub fn one_of_each() -> String {
     let api = api_label("/ams/api/v1/payments/pay");
     m.record_request(
         Direction::Outbound,
+        "default",
         api,
         Outcome::Verified,
         200,
         Duration::from_millis(12),
     );
-    m.observe_upstream(Direction::Outbound, api, Duration::from_millis(10));
+    m.observe_upstream(
+        Direction::Outbound,
+        "default",
+        api,
+        Duration::from_millis(10),
+    );
     m.observe_sign(Duration::from_micros(900));
     m.observe_verify(Direction::Inbound, Duration::from_micros(40));
     m.record_verification(Direction::Inbound, VerificationResult::Invalid("mismatch"));
@@ -51,6 +57,7 @@ pub fn one_of_each() -> String {
     let guard = m.in_flight(Direction::Outbound);
     m.record_key_reload(ReloadResult::Failure);
     m.set_loaded_keys(
+        "default",
         [
             (KeyRole::MerchantPrivate, "1", "SHA256:00"),
             (KeyRole::AlipayPublic, "1", "SHA256:11"),
@@ -58,7 +65,7 @@ pub fn one_of_each() -> String {
         SystemTime::now(),
     );
     m.observe_notification_skew_ms(-3_000);
-    m.record_gateway_result_status(api, Some("U"));
+    m.record_gateway_result_status("default", api, Some("U"));
     let text = m.render();
     drop(guard);
     text
@@ -67,11 +74,10 @@ pub fn one_of_each() -> String {
 /// The sample names in a text exposition (`_bucket`, `_sum`, `_count` included): what a
 /// PromQL expression can select.
 pub fn sample_names(exposition: &str) -> BTreeSet<String> {
-    exposition
-        .lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .filter_map(|line| line.split(['{', ' ']).next())
-        .map(str::to_owned)
+    crate::support::Metrics::parse(exposition)
+        .samples
+        .into_iter()
+        .map(|s| s.name)
         .collect()
 }
 
@@ -116,13 +122,13 @@ fn names_carry_base_units_and_types_match() {
 fn recorded_samples_land_on_the_expected_labels() {
     let text = one_of_each();
     for expected in [
-        "alipay_sidecar_requests_total{api=\"payments/pay\",direction=\"outbound\",outcome=\"verified\",status=\"200\"} 1",
+        "alipay_sidecar_requests_total{api=\"payments/pay\",direction=\"outbound\",merchant=\"default\",outcome=\"verified\",status=\"200\"} 1",
         "alipay_sidecar_signature_verifications_total{direction=\"inbound\",result=\"mismatch\"} 1",
         "alipay_sidecar_errors_total{code=\"SIDECAR_GATEWAY_TIMEOUT\"} 1",
         "alipay_sidecar_in_flight_requests{direction=\"outbound\"} 1",
         "alipay_sidecar_key_reloads_total{result=\"failure\"} 1",
         "alipay_sidecar_key_reloads_total{result=\"success\"} 0",
-        "alipay_sidecar_gateway_result_status_total{api=\"payments/pay\",result_status=\"U\"} 1",
+        "alipay_sidecar_gateway_result_status_total{api=\"payments/pay\",merchant=\"default\",result_status=\"U\"} 1",
         "alipay_sidecar_sign_duration_seconds_bucket{le=\"0.001\"} 1",
         "alipay_sidecar_sign_duration_seconds_bucket{le=\"0.0005\"} 0",
         "alipay_sidecar_notification_time_skew_seconds_bucket{le=\"5\"} 1",

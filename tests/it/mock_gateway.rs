@@ -2,7 +2,6 @@
 //! client (plain and TLS). Requests are signed with the sidecar's `protocol` module and the
 //! published vectors; the gateway verifies with its own, independent code.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alipay_sidecar::mock_gateway::{
@@ -15,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 
-use crate::support::{input, key, vectors};
+use crate::support::{input, key, pay_body, vectors, App, Behaviour, Received, Response};
 
 const CLIENT_ID: &str = "T_111222333";
 const PAY: &str = "/ams/api/v1/payments/pay";
@@ -32,35 +31,17 @@ fn merchant() -> PrivateKey {
     PrivateKey::from_text(&key("merchant", "private_pkcs8_pem")).unwrap()
 }
 
-/// A parsed HTTP/1.1 response as it came off the wire.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// The body is as long as Content-Length announced.
-    complete: bool,
+/// What the gateway's answers are checked for.
+trait Answer {
+    /// `(resultCode, resultStatus)`.
+    fn code(&self) -> (String, String);
+    fn assert_unsigned(&self);
 }
 
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
+impl Answer for Response {
     fn code(&self) -> (String, String) {
-        let j = self.json();
-        (
-            j["result"]["resultCode"].as_str().unwrap().to_string(),
-            j["result"]["resultStatus"].as_str().unwrap().to_string(),
-        )
+        let (status, code) = self.result_code();
+        (code, status)
     }
 
     fn assert_unsigned(&self) {
@@ -70,26 +51,8 @@ impl Resp {
     }
 }
 
-fn parse_response(raw: &[u8]) -> Option<Resp> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let body = raw[end + 4..].to_vec();
-    let length = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse::<usize>().ok());
-    Some(Resp {
-        status,
-        complete: length == Some(body.len()),
-        headers,
-        body,
-    })
+fn parse_response(raw: &[u8]) -> Option<Response> {
+    crate::support::parse_response(raw).ok()
 }
 
 /// Sends raw bytes, reads until the server closes (or fails), returns everything read.
@@ -132,14 +95,14 @@ impl Client {
         }
     }
 
-    async fn send(&self, target: &str, headers: &[(String, String)], body: &[u8]) -> Resp {
+    async fn send(&self, target: &str, headers: &[(String, String)], body: &[u8]) -> Response {
         let raw = self.raw(&request(target, headers, body)).await;
         parse_response(&raw)
             .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(&raw)))
     }
 
     /// A request signed with the merchant test key.
-    async fn call(&self, target: &str, body: &str) -> Resp {
+    async fn call(&self, target: &str, body: &str) -> Response {
         self.send(
             target,
             &signed_headers(target, CLIENT_ID, body.as_bytes()),
@@ -150,7 +113,7 @@ impl Client {
 
     /// Asserts the response is signed and verifies with the gateway's Alipay public key (and
     /// with the vectors' alipay public key, which the gateway was given).
-    fn assert_signed(&self, target: &str, resp: &Resp) {
+    fn assert_signed(&self, target: &str, resp: &Response) {
         assert_eq!(resp.status, 200);
         assert_eq!(
             resp.header("content-type"),
@@ -178,20 +141,8 @@ impl Client {
 }
 
 fn connector(ca: Option<&std::path::Path>) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = ca {
-        let pem = std::fs::read(ca).unwrap();
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    let pem = ca.map(|ca| std::fs::read(ca).unwrap()).unwrap_or_default();
+    crate::support::tls_connector(&pem)
 }
 
 fn request(target: &str, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
@@ -217,12 +168,6 @@ fn signed_headers(target: &str, client_id: &str, body: &[u8]) -> Vec<(String, St
         ("Request-Time".into(), time.into()),
         ("Signature".into(), sig),
     ]
-}
-
-fn pay_body(id: &str, value: &str, extra: &str) -> String {
-    format!(
-        r#"{{"productCode":"CASHIER_PAYMENT","paymentRequestId":"{id}","paymentAmount":{{"currency":"HKD","value":"{value}"}},"order":{{"orderDescription":"珍珠奶茶 🧋"}}{extra}}}"#
-    )
 }
 
 #[tokio::test]
@@ -617,21 +562,15 @@ async fn inquiry_refund_and_cancel_see_earlier_calls() {
     c.gateway.shutdown().await;
 }
 
-/// One notification as the test receiver saw it.
-#[derive(Debug, Clone)]
-struct Received {
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+/// A notification as the merchant's endpoint saw it.
+trait Notification {
+    fn header(&self, name: &str) -> &str;
+    fn verifies(&self) -> bool;
 }
 
-impl Received {
+impl Notification for Received {
     fn header(&self, name: &str) -> &str {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_else(|| panic!("no {name} header"))
+        self.one(name).unwrap_or_else(|| panic!("no {name} header"))
     }
 
     fn verifies(&self) -> bool {
@@ -650,72 +589,11 @@ impl Received {
     }
 }
 
-/// A tiny merchant notify endpoint: records each request and answers with the next
-/// `(status, body)` from `answers` (the last one repeats).
-async fn receiver(answers: Vec<(u16, &'static str)>) -> (String, Arc<Mutex<Vec<Received>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let log2 = log.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let (head_end, length) = loop {
-                let n = tcp.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break (None, 0);
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                    let length = head
-                        .lines()
-                        .filter_map(|l| l.split_once(':'))
-                        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-                        .map(|(_, v)| v.trim().parse::<usize>().unwrap())
-                        .unwrap_or(0);
-                    break (Some(end), length);
-                }
-            };
-            let Some(end) = head_end else { continue };
-            while buf.len() < end + 4 + length {
-                let n = tcp.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let mut lines = head.split("\r\n");
-            let target = lines.next().unwrap().split(' ').nth(1).unwrap().to_string();
-            let headers = lines
-                .filter_map(|l| l.split_once(':'))
-                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-                .collect();
-            let body = buf[end + 4..].to_vec();
-            let index = {
-                let mut log = log2.lock().unwrap();
-                log.push(Received {
-                    target,
-                    headers,
-                    body,
-                });
-                log.len() - 1
-            };
-            let (status, answer) = answers[index.min(answers.len() - 1)];
-            let response = format!(
-                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                answer.len()
-            );
-            let _ = tcp.write_all(response.as_bytes()).await;
-            let _ = tcp.shutdown().await;
-        }
-    });
-    (base, log)
+/// The merchant's notify endpoint (the shared app stand-in): records each request and
+/// answers with the next `(status, body)` from `answers` (the last one repeats).
+async fn receiver(answers: Vec<(u16, &'static str)>) -> (String, App) {
+    let app = App::start(Behaviour::Answers(answers));
+    (app.url(), app)
 }
 
 const ACK: &str =
@@ -763,7 +641,7 @@ async fn notification_is_resent_until_acknowledged_and_verifies() {
         .iter()
         .all(|a| a.url == url && a.payment_request_id == "n-1"));
 
-    let received = log.lock().unwrap().clone();
+    let received = log.received();
     assert_eq!(received.len(), 2);
     for n in &received {
         assert_eq!(n.target, "/merchant/notify?src=ams");
@@ -823,8 +701,7 @@ async fn notification_faults_override_and_exhausted_backoff() {
         .iter()
         .all(|a| a.status == Some(200) && !a.acknowledged));
     assert!(log
-        .lock()
-        .unwrap()
+        .received()
         .iter()
         .all(|n| n.target == "/override" && n.verifies()));
     c.gateway.shutdown().await;
@@ -843,7 +720,7 @@ async fn notification_faults_override_and_exhausted_backoff() {
     .await;
     c.gateway.notifications_settled().await;
     {
-        let received = log.lock().unwrap();
+        let received = log.received();
         assert_eq!(received.len(), 1);
         assert!(!received[0].verifies(), "notify_tampered must not verify");
     }
@@ -854,7 +731,7 @@ async fn notification_faults_override_and_exhausted_backoff() {
     .await;
     c.call(PAY, &pay_body("f-4", "1", &notify)).await;
     c.gateway.notifications_settled().await;
-    let received = log.lock().unwrap().clone();
+    let received = log.received();
     assert_eq!(
         received.len(),
         2,
@@ -1200,7 +1077,7 @@ async fn held_notification_is_sent_only_when_triggered() {
     settled(&c).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     {
-        let received = log.lock().unwrap();
+        let received = log.received();
         assert_eq!(received.len(), 1, "only the immediate one: {received:?}");
         assert!(String::from_utf8_lossy(&received[0].body).contains("\"h-2\""));
     }
@@ -1223,7 +1100,7 @@ async fn held_notification_is_sent_only_when_triggered() {
     assert_eq!(answer["paymentStatus"], "SUCCESS");
     settled(&c).await;
     {
-        let received = log.lock().unwrap();
+        let received = log.received();
         assert_eq!(received.len(), 2);
         let n = &received[1];
         assert!(n.verifies());
@@ -1237,7 +1114,7 @@ async fn held_notification_is_sent_only_when_triggered() {
     c.gateway.notify_now("h-1").unwrap();
     settled(&c).await;
     {
-        let received = log.lock().unwrap();
+        let received = log.received();
         assert_eq!(received.len(), 3);
         assert_eq!(received[1].body, received[2].body, "same event");
     }
@@ -1289,12 +1166,12 @@ async fn late_notification_arrives_after_the_delay_and_not_before() {
     assert_eq!(pay.code().1, "S");
     // Ordering, not timing: an immediate notification would be here long before this.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(log.lock().unwrap().is_empty(), "not before the delay");
+    assert!(log.received().is_empty(), "not before the delay");
     assert!(c.gateway.notifications().is_empty());
     assert_eq!(c.inquiry("l-1").await["paymentStatus"], "SUCCESS");
     settled(&c).await;
     assert!(paid.elapsed() >= Duration::from_millis(1500));
-    let received = log.lock().unwrap().clone();
+    let received = log.received();
     assert_eq!(received.len(), 1);
     assert!(received[0].verifies());
     assert_eq!(c.gateway.notifications()[0].payment_request_id, "l-1");
@@ -1311,10 +1188,10 @@ async fn late_notification_arrives_after_the_delay_and_not_before() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(log.lock().unwrap().len(), 1);
+    assert_eq!(log.received().len(), 1);
     c.gateway.notify_now("l-2").unwrap();
     settled(&c).await;
-    let received = log.lock().unwrap().clone();
+    let received = log.received();
     assert_eq!(received.len(), 2);
     assert!(String::from_utf8_lossy(&received[1].body).contains("\"l-2\""));
     c.gateway.shutdown().await;
@@ -1420,7 +1297,7 @@ async fn processing_payments_become_final_and_inquiry_follows() {
     assert_eq!(inq["paymentResultCode"], "USER_BALANCE_NOT_ENOUGH");
 
     // The notifications reflect the final states.
-    let received = log.lock().unwrap().clone();
+    let received = log.received();
     let by_id = |id: &str| -> (Received, Value) {
         let n = received
             .iter()
@@ -1527,10 +1404,7 @@ async fn cancel_changes_the_payment() {
     assert_eq!(cancel("c-2").await.code().1, "S");
     settled(&c).await;
     assert_eq!(c.inquiry("c-2").await["paymentStatus"], "CANCELLED");
-    assert!(
-        log.lock().unwrap().is_empty(),
-        "no notification after cancel"
-    );
+    assert!(log.received().is_empty(), "no notification after cancel");
     assert!(c.gateway.notifications().is_empty());
 
     // A paid payment is cancelled too (Antom: full refund); its late notification still
@@ -1549,7 +1423,7 @@ async fn cancel_changes_the_payment() {
     assert_eq!(inq["paymentStatus"], "CANCELLED");
     c.gateway.notify_now("c-3").unwrap();
     settled(&c).await;
-    assert_eq!(log.lock().unwrap().len(), 1);
+    assert_eq!(log.received().len(), 1);
     assert_eq!(
         c.gateway.payment_status("c-3"),
         Some(PaymentStatus::Cancelled)

@@ -6,24 +6,9 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use crate::support::{bin, free_port, key};
-
-fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("ALIPAY_SIDECAR_") || name == "RUST_LOG" {
-            cmd.env_remove(&*name);
-        }
-    }
-    cmd
-}
+use crate::support::{command, key, Sidecar};
 
 fn run(args: &[&str]) -> Output {
     command(args).output().expect("run alipay-sidecar")
@@ -37,8 +22,10 @@ fn text(b: &[u8]) -> String {
 struct Setup {
     dir: tempfile::TempDir,
     config: PathBuf,
-    admin_port: u16,
 }
+
+/// The `[admin]` section as [`Setup::new`] writes it.
+const ADMIN_ON_PORT_0: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
 impl Setup {
     fn new(client_id: &str, extra_outbound: &str) -> Setup {
@@ -52,27 +39,27 @@ impl Setup {
             key("alipay", "public_spki_pem"),
         )
         .expect("write");
-        let admin_port = free_port();
         let text = format!(
             "client_id = \"{client_id}\"\n\
              [keys]\n\
              merchant_private_key = \"merchant_private_key.pem\"\n\
              alipay_public_keys = {{ \"1\" = \"alipay_public_key.pem\" }}\n\
              [outbound]\n\
-             listen = \"127.0.0.1:{}\"\n\
+             listen = \"127.0.0.1:0\"\n\
              gateway = \"https://open-sea-global.alipay.com\"\n\
              {extra_outbound}\
-             [admin]\n\
-             listen = \"127.0.0.1:{admin_port}\"\n",
-            free_port()
+             {ADMIN_ON_PORT_0}"
         );
         let config = dir.path().join("sidecar.toml");
         std::fs::write(&config, text).expect("write config");
-        Setup {
-            dir,
-            config,
-            admin_port,
-        }
+        Setup { dir, config }
+    }
+
+    /// Moves the admin listener to `listen`.
+    fn set_admin(&self, listen: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("read");
+        let admin = format!("[admin]\nlisten = \"{listen}\"\n");
+        std::fs::write(&self.config, text.replace(ADMIN_ON_PORT_0, &admin)).expect("write");
     }
 
     fn path(&self) -> String {
@@ -143,17 +130,71 @@ fn config_and_key_errors_exit_2_from_run_and_check_config_printed_once() {
 }
 
 #[test]
+fn port_0_listeners_are_bound_by_the_sidecar_and_named_in_the_ready_file() {
+    let s = Setup::new(
+        "T_111222333",
+        "tls_listen = \"127.0.0.1:0\"\n[inbound]\nlisten = \"127.0.0.1:0\"\nforward_to = \"http://127.0.0.1:9\"\n",
+    );
+    // four listeners on 127.0.0.1:0 are not "two listeners on one address"
+    let out = s.check();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let sidecar = Sidecar::launch(&s.config, &[], &[]);
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sidecar.ready_path).expect("ready file"))
+            .expect("JSON");
+    assert_eq!(file["pid"], sidecar.pid(), "{file}");
+    let names: Vec<&String> = sidecar.listeners.keys().collect();
+    assert_eq!(
+        names,
+        ["admin", "inbound", "outbound", "outbound_tls"],
+        "{file}"
+    );
+    let ports: std::collections::BTreeSet<u16> =
+        sidecar.listeners.values().map(|a| a.port()).collect();
+    assert_eq!(ports.len(), 4, "four ports, none shared: {file}");
+    assert!(!ports.contains(&0), "{file}");
+    for addr in sidecar.listeners.values() {
+        assert!(addr.ip().is_loopback(), "{file}");
+        std::net::TcpStream::connect(addr).expect("every listener accepts");
+        // the sidecar holds the port: nobody else can bind it
+        assert!(TcpListener::bind(addr).is_err(), "{addr} is free to take");
+    }
+    // readiness probes the ports actually bound
+    assert_eq!(sidecar.admin_get("/readyz").status, 200);
+    assert!(sidecar.logs().contains("ready file written"));
+    drop(sidecar);
+
+    // a ready file that cannot be written: exit 1 before anything starts
+    let nowhere = s.dir.path().join("no-such-folder/ready.json");
+    let out = run(&[
+        "run",
+        "--config",
+        &s.path(),
+        "--ready-file",
+        &nowhere.display().to_string(),
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--ready-file") && err.contains("no-such-folder"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_valid_config_that_cannot_start_exits_1_and_a_good_one_0() {
     let s = Setup::new("T_111222333", "");
     let out = s.check();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // The admin port is taken: the configuration is fine, starting it is not.
-    let _busy = TcpListener::bind(("127.0.0.1", s.admin_port)).expect("hold the admin port");
+    let busy = TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let busy = busy.local_addr().expect("addr");
+    s.set_admin(&busy.to_string());
     let out = run(&["run", "--config", &s.path()]);
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
-        all.contains(&format!("127.0.0.1:{}", s.admin_port)) && all.contains("admin.listen"),
+        all.contains(&busy.to_string()) && all.contains("admin.listen"),
         "{all}"
     );
     let errors = text(&out.stderr)
@@ -195,49 +236,20 @@ fn run_log_options_override_the_config() {
     assert!(text(&out.stderr).contains("json"), "{}", text(&out.stderr));
     let s2 = Setup::new("T_111222333", "");
     // --log-format json: the running sidecar writes JSON lines.
-    let log = s2.dir.path().join("run.log");
-    let file = std::fs::File::create(&log).expect("log");
-    let mut child = command(&[
-        "run",
-        "--config",
-        &s2.path(),
-        "--log-format",
-        "json",
-        "--log-level",
-        "info",
-    ])
-    .stdout(Stdio::from(file.try_clone().expect("clone")))
-    .stderr(Stdio::from(file))
-    .spawn()
-    .expect("start");
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], s2.admin_port));
-    let ready = wait_until(|| {
-        crate::support::request(admin, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200)
-    });
-    // SAFETY: signalling the child this test started.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let status = child.wait().expect("wait");
-    let logs = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(ready, "not ready: {logs}");
-    assert_eq!(status.code(), Some(0), "clean stop after SIGTERM: {logs}");
+    let mut sidecar = Sidecar::launch(
+        &s2.config,
+        &["--log-format", "json", "--log-level", "info"],
+        &[],
+    );
+    assert_eq!(sidecar.admin_get("/readyz").status, 200);
+    sidecar.signal("TERM");
+    let code = sidecar.wait_exit(std::time::Duration::from_secs(60));
+    let logs = sidecar.logs();
+    assert_eq!(code, Some(0), "clean stop after SIGTERM: {logs}");
     let first = logs.lines().next().unwrap_or_default();
     let parsed: serde_json::Value =
         serde_json::from_str(first).unwrap_or_else(|e| panic!("not JSON ({e}): {logs}"));
     assert!(parsed["level"].is_string(), "{first}");
-}
-
-/// Polls `f` until it is true or a generous deadline passes.
-fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_secs(60) {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    false
 }
 
 #[test]
@@ -266,21 +278,8 @@ fn a_private_key_others_can_read_is_warned_about_like_ssh_does() {
     assert!(text(&out.stdout).contains("1 warning(s)"));
 
     // `run` logs the same warning when it starts.
-    let log = s.dir.path().join("run.log");
-    let file = std::fs::File::create(&log).expect("log");
-    let mut child = command(&["run", "--config", &s.path(), "--log-format", "json"])
-        .stdout(Stdio::from(file.try_clone().expect("clone")))
-        .stderr(Stdio::from(file))
-        .spawn()
-        .expect("start");
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], s.admin_port));
-    let ready = wait_until(|| {
-        crate::support::request(admin, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200)
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    let logs = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(ready, "{logs}");
+    let sidecar = Sidecar::launch(&s.config, &["--log-format", "json"], &[]);
+    let logs = sidecar.logs();
     assert!(logs.contains("UNPROTECTED PRIVATE KEY FILE"), "{logs}");
 }
 
@@ -383,7 +382,13 @@ fn completions_for_bash_zsh_and_fish_and_a_man_page() {
         let script = text(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out.stderr));
         assert!(script.contains(marker), "{shell}: {script}");
-        for word in ["check-config", "healthcheck", "log-level", "bits"] {
+        for word in [
+            "check-config",
+            "healthcheck",
+            "log-level",
+            "ready-file",
+            "bits",
+        ] {
             assert!(script.contains(word), "{shell} completes {word}");
         }
     }
@@ -438,11 +443,7 @@ fn healthcheck_takes_the_admin_address_from_the_config_and_has_a_timeout() {
     let port = serve(Some("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
     let s = Setup::new("T_111222333", "");
     // A wildcard admin address, as in a container: probed on loopback.
-    let text_cfg = std::fs::read_to_string(&s.config).expect("read").replace(
-        &format!("127.0.0.1:{}\"\n", s.admin_port),
-        &format!("0.0.0.0:{port}\"\n"),
-    );
-    std::fs::write(&s.config, text_cfg).expect("write");
+    s.set_admin(&format!("0.0.0.0:{port}"));
     let out = run(&["healthcheck", "--config", &s.path()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 

@@ -1,119 +1,47 @@
 //! Outbound: the real `alipay-sidecar run` binary between a plain HTTP client and the fake
 //! Alipay gateway over verified TLS, on 127.0.0.1 ephemeral ports.
 
-use std::net::SocketAddr;
-use std::path::Path;
+use alipay_sidecar::mock_gateway::MockGatewayConfig;
 
-use alipay_sidecar::mock_gateway::{MockGateway, MockGatewayConfig};
-use tempfile::TempDir;
+use crate::support::{raw_bytes, raw_request, request, rt, Response, Rig, RigConfig, VECTOR_KEYS};
+use crate::support::{CLIENT_ID, PAY};
 
-use crate::support::{
-    free_port, key, raw_request, request, rt, write_vector_keys, Response, Sidecar,
-};
+/// The outbound timeouts these tests run with.
+const TIMEOUTS: &str = "request_timeout = \"2s\"\nconnect_timeout = \"1s\"\n";
 
-const CLIENT_ID: &str = "T_111222333";
-const PAY: &str = "/ams/api/v1/payments/pay";
-
-/// A fake gateway (TLS, its CA written into `dir`) and a sidecar in front of it.
-struct Setup {
-    gw: MockGateway,
-    sidecar: Sidecar,
-    outbound: SocketAddr,
-    _dir: TempDir,
-}
-
-fn sidecar_toml(
-    gw_port: u16,
-    ca: Option<&Path>,
-    out_port: u16,
-    admin_port: u16,
-    extra: &str,
-) -> String {
-    let ca = ca
-        .map(|p| format!("ca_file = {:?}\n", p.display().to_string()))
-        .unwrap_or_default();
-    format!(
-        r#"client_id = "{CLIENT_ID}"
-[keys]
-merchant_private_key = "merchant_private_key.pem"
-merchant_key_version = 1
-alipay_public_keys = {{ "1" = "gw_alipay_public_key.pem" }}
-[outbound]
-listen = "127.0.0.1:{out_port}"
-gateway = "https://127.0.0.1:{gw_port}"
-{ca}request_timeout = "2s"
-connect_timeout = "1s"
-{extra}
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[log]
-format = "json"
-"#
-    )
-}
-
-/// A fake gateway (TLS, its CA written into the folder) and a sidecar in front of it:
-/// `extra` adds `[outbound]` lines, `gateway` adjusts the gateway, `edit` the sidecar's
-/// config text.
+/// The rig: `extra` adds `[outbound]` lines (after [`TIMEOUTS`]), `gateway` adjusts the
+/// gateway, `rig` the rest of the sidecar's config.
 fn setup_custom(
     extra: &str,
     trust_ca: bool,
     gateway: impl FnOnce(&mut MockGatewayConfig),
-    edit: impl FnOnce(String) -> String,
-) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = MockGatewayConfig::new(key("merchant", "public_spki_pem"));
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.tls = Some(dir.path().to_path_buf());
-    cfg.expected_client_id = Some(CLIENT_ID.into());
-    cfg.notify_backoff = vec![];
-    gateway(&mut cfg);
-    let gw = rt()
-        .block_on(MockGateway::start(cfg))
-        .expect("mock gateway");
-    write_vector_keys(dir.path());
-    std::fs::write(
-        dir.path().join("gw_alipay_public_key.pem"),
-        gw.alipay_public_key_pem(),
+    rig: RigConfig,
+) -> Rig {
+    let outbound = format!("{TIMEOUTS}{}{extra}", rig.outbound);
+    Rig::start(
+        RigConfig {
+            outbound: &outbound,
+            trust_ca,
+            ..rig
+        },
+        gateway,
+        |_| {},
     )
-    .unwrap();
-    let (out_port, admin_port) = (free_port(), free_port());
-    let ca = if trust_ca {
-        gw.ca_file().map(Path::to_path_buf)
-    } else {
-        None
-    };
-    let toml = edit(sidecar_toml(
-        gw.local_addr().port(),
-        ca.as_deref(),
-        out_port,
-        admin_port,
-        extra,
-    ));
-    let sidecar = Sidecar::start(dir.path(), &toml, admin_port);
-    Setup {
-        gw,
-        sidecar,
-        outbound: SocketAddr::from(([127, 0, 0, 1], out_port)),
-        _dir: dir,
-    }
 }
 
-fn setup_with(extra: &str, trust_ca: bool) -> Setup {
-    setup_custom(extra, trust_ca, |_| {}, |toml| toml)
+fn setup_with(extra: &str, trust_ca: bool) -> Rig {
+    setup_custom(extra, trust_ca, |_| {}, RigConfig::default())
 }
 
-fn setup() -> Setup {
+fn setup() -> Rig {
     setup_with("", true)
 }
 
 fn pay_body(id: &str, extra: &str) -> String {
-    format!(
-        r#"{{"paymentRequestId":"{id}","paymentAmount":{{"currency":"HKD","value":"5800"}},"order":{{"orderDescription":"珍珠奶茶 🧋"}}{extra}}}"#
-    )
+    crate::support::pay_body(id, "5800", extra)
 }
 
-fn post(s: &Setup, path: &str, body: &[u8]) -> Response {
+fn post(s: &Rig, path: &str, body: &[u8]) -> Response {
     request(
         s.outbound,
         "POST",
@@ -125,24 +53,12 @@ fn post(s: &Setup, path: &str, body: &[u8]) -> Response {
 }
 
 fn result_code(r: &Response) -> (String, String) {
-    let v = r.json();
-    (
-        v["result"]["resultStatus"]
-            .as_str()
-            .unwrap_or("")
-            .to_string(),
-        v["result"]["resultCode"].as_str().unwrap_or("").to_string(),
-    )
+    r.result_code()
 }
 
 /// The last request the gateway received on `path`.
-fn received_body(s: &Setup, path: &str) -> Vec<u8> {
-    s.gw.received()
-        .into_iter()
-        .rev()
-        .find(|r| r.target == path)
-        .map(|r| r.body)
-        .unwrap_or_else(|| panic!("gateway got no request on {path}"))
+fn received_body(s: &Rig, path: &str) -> Vec<u8> {
+    s.last_received(path).body
 }
 
 #[test]
@@ -161,11 +77,7 @@ fn pay_then_inquiry_verified_end_to_end() {
     assert_eq!(result_code(&r), ("S".into(), "SUCCESS".into()));
     let payment_id = r.json()["paymentId"].as_str().unwrap().to_string();
     // the gateway verified the sidecar's signature independently (rsa crate) and saw our client id
-    let got =
-        s.gw.received()
-            .into_iter()
-            .find(|r| r.target == PAY)
-            .unwrap();
+    let got = s.last_pay();
     assert_eq!(got.header("client-id"), Some(CLIENT_ID));
     let sig = got.header("signature").unwrap();
     assert!(
@@ -230,12 +142,7 @@ fn bodies_reach_the_gateway_byte_exact() {
     let r = raw_request(s.outbound, &raw).unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(received_body(&s, PAY), body.as_bytes());
-    let got =
-        s.gw.received()
-            .into_iter()
-            .rev()
-            .find(|r| r.target == PAY)
-            .unwrap();
+    let got = s.last_pay();
     assert_eq!(
         got.header("expect"),
         None,
@@ -261,11 +168,7 @@ fn app_sent_signature_headers_are_replaced() {
     .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-alipay-sidecar-verified"), Some("true"));
-    let got =
-        s.gw.received()
-            .into_iter()
-            .find(|r| r.target == PAY)
-            .unwrap();
+    let got = s.last_pay();
     assert_eq!(got.header("client-id"), Some(CLIENT_ID));
     assert_ne!(got.header("request-time"), Some("1"));
     assert!(!got.header("signature").unwrap().ends_with("Zm9v"));
@@ -330,11 +233,7 @@ fn response_policy_branches() {
         ("http_status:500", 500, "unverified-status", ""),
     ];
     for (i, (fault, status, marker, result_status)) in cases.iter().enumerate() {
-        let body = pay_body(
-            &format!("pay_policy_{i}"),
-            &format!(",\"mockFault\":\"{fault}\""),
-        );
-        let r = post(&s, PAY, body.as_bytes());
+        let r = s.pay_fault(&format!("pay_policy_{i}"), fault);
         assert_eq!(
             r.status,
             *status,
@@ -366,15 +265,17 @@ fn response_policy_branches() {
 #[test]
 fn unknown_response_key_version_is_refused_by_name() {
     // the gateway signs with keyVersion 1; the sidecar only knows version 2
+    let keys = VECTOR_KEYS.replace(
+        r#""1" = "alipay_public_key.pem""#,
+        r#""2" = "alipay_public_key.pem""#,
+    );
     let s = setup_custom(
         "",
         true,
         |_| {},
-        |toml| {
-            toml.replace(
-                r#""1" = "gw_alipay_public_key.pem""#,
-                r#""2" = "gw_alipay_public_key.pem""#,
-            )
+        RigConfig {
+            keys: &keys,
+            ..Default::default()
         },
     );
     let r = post(&s, PAY, pay_body("pay_kv", "").as_bytes());
@@ -394,11 +295,7 @@ fn gateway_failures_become_u_errors() {
         ("reset_mid_body", 502, "SIDECAR_GATEWAY_PROTOCOL_ERROR"),
         ("drop", 502, "SIDECAR_GATEWAY_PROTOCOL_ERROR"),
     ] {
-        let body = pay_body(
-            &format!("pay_{code}"),
-            &format!(",\"mockFault\":\"{fault}\""),
-        );
-        let r = post(&s, PAY, body.as_bytes());
+        let r = s.pay_fault(&format!("pay_{code}"), fault);
         assert_eq!(
             r.status,
             status,
@@ -408,11 +305,11 @@ fn gateway_failures_become_u_errors() {
         assert_eq!(result_code(&r), ("U".into(), code.into()), "{fault}");
     }
     // the gateway goes away entirely
-    let Setup {
+    let Rig {
         gw,
         sidecar,
         outbound,
-        _dir,
+        dir: _dir,
     } = s;
     rt().block_on(gw.shutdown());
     let r = request(
@@ -453,12 +350,7 @@ fn untrusted_gateway_certificate_is_a_clear_error() {
 fn concurrent_requests_get_their_own_responses() {
     // the fake gateway signs with the `rsa` crate, slow in a debug build: 24 at once on a
     // busy 2-core machine can take longer than the 2 s the other tests allow
-    let s = setup_custom(
-        "",
-        true,
-        |_| {},
-        |toml| toml.replace("request_timeout = \"2s\"", "request_timeout = \"30s\""),
-    );
+    let s = Rig::with("request_timeout = \"30s\"\nconnect_timeout = \"1s\"\n");
     let handles: Vec<_> = (0..24)
         .map(|i| {
             let addr = s.outbound;
@@ -484,7 +376,10 @@ fn sandbox_rewrite_and_iso_time_when_configured() {
         extra,
         true,
         |gw| gw.expected_client_id = None,
-        |toml| toml.replace(CLIENT_ID, "SANDBOX_5YBZ1A2C3D4E5F01"),
+        RigConfig {
+            client_id: "SANDBOX_5YBZ1A2C3D4E5F01",
+            ..Default::default()
+        },
     );
     let r = post(&s, PAY, pay_body("pay_sandbox", "").as_bytes());
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -517,7 +412,12 @@ fn path_tricks_and_partial_segments_are_refused_before_signing() {
         format!("{base}/./x"),
         "/ams/api/v1/payments/inquiryPaymentRefund".to_string(),
     ] {
-        let r = post(&s, &bad, b"{}");
+        // raw: a client library would refuse or normalise these targets
+        let r = raw_request(
+            s.outbound,
+            &raw_bytes("POST", &bad, "127.0.0.1", &[], b"{}"),
+        )
+        .unwrap();
         assert_eq!(r.status, 403, "{bad}: {}", String::from_utf8_lossy(&r.body));
         assert_eq!(
             result_code(&r),
@@ -537,11 +437,10 @@ fn path_tricks_and_partial_segments_are_refused_before_signing() {
 fn unsigned_answers_pass_only_as_http_errors_or_f_rejections() {
     let s = setup();
     for code in [201, 202, 206, 299, 302] {
-        let body = pay_body(
+        let r = s.pay_fault(
             &format!("pay_unsigned_{code}"),
-            &format!(",\"mockFault\":\"unsigned_status:{code}\""),
+            &format!("unsigned_status:{code}"),
         );
-        let r = post(&s, PAY, body.as_bytes());
         assert_eq!(
             r.status,
             502,
@@ -598,11 +497,12 @@ fn browsers_and_rebound_hosts_cannot_drive_the_signer() {
         );
     }
     let with_host = |host: &str| {
-        let raw = format!(
-            "POST {PAY} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        raw_request(s.outbound, raw.as_bytes()).unwrap()
+        let headers = [("Content-Type", "application/json")];
+        raw_request(
+            s.outbound,
+            &raw_bytes("POST", PAY, host, &headers, body.as_bytes()),
+        )
+        .unwrap()
     };
     for host in [
         "evil.example",

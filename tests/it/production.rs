@@ -7,25 +7,23 @@
 //! Nothing here asserts on time: every wait polls with a generous deadline and fails with the
 //! sidecar's logs.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use alipay_sidecar::mock_gateway::{MockGateway, MockGatewayConfig, ReceivedRequest};
+use alipay_sidecar::mock_gateway::{MockGatewayConfig, ReceivedRequest};
 use alipay_sidecar::protocol::{
     content_to_sign, generate_keypair, PrivateKey, PublicKey, Verifier,
 };
-use tempfile::TempDir;
 
-use crate::support::{bin, free_port, key, request, rt, write_vector_keys, Response, Sidecar};
+use crate::support::{
+    bin, key, request, rt, App, Behaviour, Metrics, Response, Rig, RigConfig, Sidecar,
+};
+use crate::support::{pay, pay_body, Sample, PAY};
 
-const CLIENT_ID: &str = "T_111222333";
-const PAY: &str = "/ams/api/v1/payments/pay";
 /// How long any "eventually" may take before the test fails (a reload is ~250 ms debounce
 /// plus a key parse; shutdown is 1 s grace plus a 1.5 s request).
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -39,151 +37,40 @@ const JSON_LOGS: &str = "[log]\nformat = \"json\"\n";
 
 // ---------------------------------------------------------------- gateway + sidecar rig
 
-/// The fake gateway (TLS; signs with the vectors' Alipay key, verifies with the vectors'
-/// merchant public key) and a sidecar in front of it.
-struct Rig {
-    gw: MockGateway,
-    sidecar: Sidecar,
-    outbound: SocketAddr,
-    dir: TempDir,
-}
+/// The outbound timeouts these tests run with.
+const TIMEOUTS: &str = "request_timeout = \"10s\"\nconnect_timeout = \"2s\"\n";
 
-impl Rig {
-    /// `prepare` lays out the key files (and anything else) in the folder before the sidecar
-    /// starts; `keys` is the `[keys]` body; `tail` holds further sections.
-    fn start(
-        keys: &str,
-        tail: &str,
-        gateway: impl FnOnce(&mut MockGatewayConfig),
-        prepare: impl FnOnce(&Path),
-    ) -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = MockGatewayConfig::new(key("merchant", "public_spki_pem"));
-        cfg.listen = "127.0.0.1:0".parse().unwrap();
-        cfg.tls = Some(dir.path().to_path_buf());
-        // a fixed key: generating one in a debug build is slow
-        cfg.alipay_private_key = Some(key("alipay", "private_pkcs8_pem"));
-        cfg.expected_client_id = Some(CLIENT_ID.into());
-        cfg.notify_backoff = vec![];
-        gateway(&mut cfg);
-        let gw = rt()
-            .block_on(MockGateway::start(cfg))
-            .expect("mock gateway");
-        assert_eq!(
-            PublicKey::from_text(&gw.alipay_public_key_pem())
-                .unwrap()
-                .fingerprint(),
-            alipay_fingerprint(),
-            "the gateway must sign with the vectors' Alipay key"
-        );
-        prepare(dir.path());
-        let (out_port, admin_port) = (free_port(), free_port());
-        let ca = gw
-            .ca_file()
-            .expect("TLS gateway writes its CA")
-            .display()
-            .to_string();
-        let toml = format!(
-            r#"client_id = "{CLIENT_ID}"
-[keys]
-{keys}
-[outbound]
-listen = "127.0.0.1:{out_port}"
-gateway = "https://127.0.0.1:{gw_port}"
-ca_file = {ca:?}
-request_timeout = "10s"
-connect_timeout = "2s"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-{tail}"#,
-            gw_port = gw.local_addr().port()
-        );
-        let sidecar = Sidecar::start(dir.path(), &toml, admin_port);
-        Rig {
-            gw,
-            sidecar,
-            outbound: SocketAddr::from(([127, 0, 0, 1], out_port)),
-            dir,
-        }
-    }
-
-    /// Vector keys next to the config file, JSON logs.
-    fn flat() -> Rig {
-        Self::start(
-            FLAT_KEYS,
-            JSON_LOGS,
-            |_| {},
-            |d| {
-                write_vector_keys(d);
-            },
-        )
-    }
-
-    fn pay(&self, id: &str, extra: &str) -> Response {
-        pay(self.outbound, id, extra)
-    }
-
-    fn scrape(&self) -> Metrics {
-        scrape(self.sidecar.admin)
-    }
-
-    /// Polls until `check` gives a value; fails after [`DEADLINE`] with the sidecar's logs.
-    fn eventually<T>(&self, what: &str, check: impl FnMut() -> Option<T>) -> T {
-        eventually(&self.sidecar, what, check)
-    }
-
-    fn reload(&self) -> Response {
-        request(self.sidecar.admin, "POST", "/admin/reload", &[], b"").unwrap()
-    }
-
-    fn ready_status(&self) -> u16 {
-        request(self.sidecar.admin, "GET", "/readyz", &[], b"")
+/// The shared rig with `keys` as `[keys]` and `tail` as the further sections; `prepare`
+/// lays out the key files (and anything else) in the folder before the sidecar starts.
+fn start(
+    keys: &str,
+    tail: &str,
+    gateway: impl FnOnce(&mut MockGatewayConfig),
+    prepare: impl FnOnce(&Path),
+) -> Rig {
+    let rig = Rig::start(
+        RigConfig {
+            keys,
+            outbound: TIMEOUTS,
+            tail,
+            ..Default::default()
+        },
+        gateway,
+        prepare,
+    );
+    assert_eq!(
+        PublicKey::from_text(&rig.gw.alipay_public_key_pem())
             .unwrap()
-            .status
-    }
-
-    /// The last request the gateway received on the pay path.
-    fn last_pay(&self) -> ReceivedRequest {
-        self.gw
-            .received()
-            .into_iter()
-            .rev()
-            .find(|r| r.target == PAY)
-            .expect("the gateway received a pay")
-    }
+            .fingerprint(),
+        alipay_fingerprint(),
+        "the gateway must sign with the vectors' Alipay key"
+    );
+    rig
 }
 
-fn eventually<T>(sidecar: &Sidecar, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        if start.elapsed() > DEADLINE {
-            panic!(
-                "{what}: not within {DEADLINE:?}\n--- sidecar logs ---\n{}",
-                sidecar.logs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn pay_body(id: &str, extra: &str) -> String {
-    format!(
-        r#"{{"paymentRequestId":"{id}","paymentAmount":{{"currency":"HKD","value":"5800"}},"order":{{"orderDescription":"珍珠奶茶 🧋"}}{extra}}}"#
-    )
-}
-
-fn pay(outbound: SocketAddr, id: &str, extra: &str) -> Response {
-    request(
-        outbound,
-        "POST",
-        PAY,
-        &[("Content-Type", "application/json; charset=UTF-8")],
-        pay_body(id, extra).as_bytes(),
-    )
-    .unwrap()
+/// Vector keys next to the config file, JSON logs.
+fn flat() -> Rig {
+    start(FLAT_KEYS, JSON_LOGS, |_| {}, |_| {})
 }
 
 /// 200 with a verified Alipay response.
@@ -237,61 +124,22 @@ fn truncated(pem: &str) -> String {
     pem[..pem.len() / 2].to_string()
 }
 
-// ---------------------------------------------------------------- Prometheus text parsing
+// ---------------------------------------------------------------- key metrics
 
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
+/// The key gauges of a scrape.
+trait KeyMetrics {
+    fn reloads(&self, result: &str) -> f64;
+    /// `(role, key_version, fingerprint)` of every live key.
+    fn key_info(&self) -> BTreeSet<(String, String, String)>;
+    fn merchant_fingerprint(&self) -> Option<String>;
+    fn alipay_keys(&self) -> BTreeSet<(String, String)>;
 }
 
-/// One `/metrics` scrape, parsed.
-#[derive(Debug, Clone)]
-struct Metrics {
-    text: String,
-    samples: Vec<Sample>,
-}
-
-impl Metrics {
-    fn parse(text: &str) -> Metrics {
-        let samples = text
-            .lines()
-            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-            .map(|l| {
-                parse_sample(l).unwrap_or_else(|| panic!("not a Prometheus sample line: {l:?}"))
-            })
-            .collect();
-        Metrics {
-            text: text.to_string(),
-            samples,
-        }
-    }
-
-    /// Samples of `name` whose labels include all of `labels`.
-    fn matching<'a>(
-        &'a self,
-        name: &'a str,
-        labels: &'a [(&'a str, &'a str)],
-    ) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples.iter().filter(move |s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-    }
-
-    /// Sum over the matching samples (0 when there is none).
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.matching(name, labels).map(|s| s.value).sum()
-    }
-
+impl KeyMetrics for Metrics {
     fn reloads(&self, result: &str) -> f64 {
         self.sum("alipay_sidecar_key_reloads_total", &[("result", result)])
     }
 
-    /// `(role, key_version, fingerprint)` of every live key.
     fn key_info(&self) -> BTreeSet<(String, String, String)> {
         self.matching("alipay_sidecar_key_info", &[])
             .filter(|s| s.value == 1.0)
@@ -321,92 +169,11 @@ impl Metrics {
     }
 }
 
-fn parse_sample(line: &str) -> Option<Sample> {
-    let name_end = line.find(['{', ' '])?;
-    let name = line[..name_end].to_string();
-    let mut labels = BTreeMap::new();
-    let mut rest = &line[name_end..];
-    if let Some(body) = rest.strip_prefix('{') {
-        let mut chars = body.char_indices();
-        loop {
-            // label name up to '=', or the closing brace
-            let mut key = String::new();
-            let mut closed_at = None;
-            for (i, c) in chars.by_ref() {
-                match c {
-                    '}' => {
-                        closed_at = Some(i);
-                        break;
-                    }
-                    '=' => break,
-                    ',' if key.is_empty() => {}
-                    c => key.push(c),
-                }
-            }
-            if let Some(i) = closed_at {
-                rest = &body[i + 1..];
-                break;
-            }
-            if chars.next()?.1 != '"' {
-                return None;
-            }
-            let mut value = String::new();
-            let mut escaped = false;
-            for (_, c) in chars.by_ref() {
-                match (escaped, c) {
-                    (true, 'n') => {
-                        value.push('\n');
-                        escaped = false;
-                    }
-                    (true, c) => {
-                        value.push(c);
-                        escaped = false;
-                    }
-                    (false, '\\') => escaped = true,
-                    (false, '"') => break,
-                    (false, c) => value.push(c),
-                }
-            }
-            labels.insert(key, value);
-        }
-    }
-    let value = rest.split_whitespace().next()?;
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
-    };
-    Some(Sample {
-        name,
-        labels,
-        value,
-    })
-}
-
-fn scrape(admin: SocketAddr) -> Metrics {
-    let r = request(admin, "GET", "/metrics", &[], b"").unwrap();
-    assert_eq!(r.status, 200, "GET /metrics");
-    Metrics::parse(&String::from_utf8(r.body).expect("metrics are UTF-8"))
-}
-
-#[test]
-fn prometheus_sample_parser_reads_labels_and_values() {
-    let m = Metrics::parse(
-        "# HELP x y\n# TYPE x counter\nx{a=\"1\",b=\"q\\\"uote\"} 3\ny 2.5\nz_bucket{le=\"+Inf\"} 7\nw{} 1e3\n",
-    );
-    assert_eq!(m.sum("x", &[("a", "1")]), 3.0);
-    assert_eq!(m.sum("x", &[("b", "q\"uote")]), 3.0);
-    assert_eq!(m.sum("x", &[("a", "2")]), 0.0);
-    assert_eq!(m.sum("y", &[]), 2.5);
-    assert_eq!(m.sum("z_bucket", &[("le", "+Inf")]), 7.0);
-    assert_eq!(m.sum("w", &[]), 1000.0);
-}
-
 // ---------------------------------------------------------------- 1. admin listener
 
 #[test]
 fn admin_endpoints_metrics_and_healthcheck_subcommand() {
-    let rig = Rig::flat();
+    let rig = flat();
     let admin = rig.sidecar.admin;
     let get = |path: &str| request(admin, "GET", path, &[], b"").unwrap();
 
@@ -502,7 +269,8 @@ fn admin_endpoints_metrics_and_healthcheck_subcommand() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let closed = healthcheck(&format!("http://127.0.0.1:{}/readyz", free_port()));
+    let down = App::down(Behaviour::Ack); // holds a port, listens on none
+    let closed = healthcheck(&format!("{}/readyz", down.url()));
     assert_eq!(closed.status.code(), Some(1), "a closed port is unhealthy");
     assert!(!closed.stderr.is_empty(), "says why");
     let not_found = healthcheck(&format!("http://{admin}/nope"));
@@ -533,7 +301,7 @@ fn kubernetes_secret_symlink_swap_reloads_without_restart() {
     const KEYS: &str = r#"merchant_private_key = "keys/merchant_private_key.pem"
 merchant_key_version = 1
 alipay_public_keys = { "1" = "keys/alipay_public_key.pem" }"#;
-    let rig = Rig::start(
+    let rig = start(
         KEYS,
         JSON_LOGS,
         |_| {},
@@ -620,7 +388,7 @@ alipay_public_keys = { "1" = "keys/alipay_public_key.pem" }"#;
 
 #[test]
 fn a_broken_key_never_replaces_a_working_one() {
-    let rig = Rig::flat();
+    let rig = flat();
     let alipay_file = rig.dir.path().join(ALIPAY_KEY_FILE);
     let merchant_file = rig.dir.path().join(MERCHANT_KEY_FILE);
     let live = rig.scrape().key_info();
@@ -670,12 +438,7 @@ fn a_broken_key_never_replaces_a_working_one() {
 
         // the admin endpoint says what is wrong, and where
         let r = rig.reload();
-        assert_eq!(
-            r.status,
-            500,
-            "{what}: {}",
-            String::from_utf8_lossy(&r.body)
-        );
+        r.assert_status(500, what);
         let body = r.json();
         assert_eq!(body["reloaded"], false);
         let error = body["error"].as_str().unwrap_or_default();
@@ -694,12 +457,7 @@ fn a_broken_key_never_replaces_a_working_one() {
         };
         std::fs::write(file, good).unwrap();
         let r = rig.reload();
-        assert_eq!(
-            r.status,
-            200,
-            "{what} fixed: {}",
-            String::from_utf8_lossy(&r.body)
-        );
+        r.assert_status(200, &format!("{what} fixed"));
         assert_eq!(r.json()["reloaded"], true);
         assert_eq!(rig.scrape().key_info(), live);
     }
@@ -718,7 +476,7 @@ fn a_broken_key_never_replaces_a_working_one() {
 
 #[test]
 fn a_missing_key_file_fails_the_reload_and_keeps_serving() {
-    let rig = Rig::flat();
+    let rig = flat();
     let live = rig.scrape().key_info();
     std::fs::remove_file(rig.dir.path().join(ALIPAY_KEY_FILE)).unwrap();
     let r = rig.reload();
@@ -743,12 +501,11 @@ fn a_missing_key_file_fails_the_reload_and_keeps_serving() {
 fn sighup_reloads_an_added_alipay_key_version() {
     // The config file lives in conf/ (not watched) behind a symlink in the watched folder,
     // so editing it produces no watched event: only the SIGHUP can bring version 2 live.
-    let rig = Rig::start(
+    let rig = start(
         FLAT_KEYS,
         JSON_LOGS,
         |_| {},
         |d| {
-            write_vector_keys(d);
             std::fs::create_dir(d.join("conf")).unwrap();
             std::os::unix::fs::symlink("conf/sidecar.toml", d.join("sidecar.toml")).unwrap();
         },
@@ -798,7 +555,7 @@ fn sighup_reloads_an_added_alipay_key_version() {
 
 #[test]
 fn hundred_reloads_alternating_good_and_bad_keys_under_traffic_fail_no_request() {
-    let rig = Rig::flat();
+    let rig = flat();
     let alipay_file = rig.dir.path().join(ALIPAY_KEY_FILE);
     let good = key("alipay", "public_spki_pem");
     let bad: Vec<(&str, Option<String>)> = vec![
@@ -829,7 +586,7 @@ fn hundred_reloads_alternating_good_and_bad_keys_under_traffic_fail_no_request()
                 let mut i = 0;
                 while !stop.load(Ordering::SeqCst) {
                     let id = format!("pay_traffic_{c}_{i}");
-                    let body = pay_body(&id, "");
+                    let body = pay_body(&id, "5800", "");
                     match request(outbound, "POST", PAY, &[], body.as_bytes()) {
                         Ok(r) => results.push((
                             id,
@@ -940,13 +697,11 @@ fn hundred_reloads_alternating_good_and_bad_keys_under_traffic_fail_no_request()
 
 #[test]
 fn sigterm_drains_a_slow_in_flight_request_then_exits_zero() {
-    let mut rig = Rig::start(
+    let mut rig = start(
         FLAT_KEYS,
         &format!("{JSON_LOGS}[server]\nshutdown_grace = \"1s\"\nshutdown_timeout = \"10s\"\n"),
         |_| {},
-        |d| {
-            write_vector_keys(d);
-        },
+        |_| {},
     );
     let outbound = rig.outbound;
     let slow =
@@ -989,45 +744,6 @@ fn sigterm_drains_a_slow_in_flight_request_then_exits_zero() {
 
 // ---------------------------------------------------------------- 7. logs without secrets
 
-/// A plain HTTP app that acknowledges every notification.
-fn start_ack_app() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
-                let head_end = loop {
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                    match s.read(&mut tmp) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < head_end + len {
-                    match s.read(&mut tmp) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                    }
-                }
-                let body = r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"}}"#;
-                let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-            });
-        }
-    });
-    port
-}
-
 /// `n` windows of `width` characters spread over `text`.
 fn windows(text: &str, width: usize, n: usize) -> Vec<&str> {
     assert!(text.len() > width && text.is_ascii());
@@ -1039,23 +755,23 @@ fn windows(text: &str, width: usize, n: usize) -> Vec<&str> {
 
 #[test]
 fn debug_logs_never_contain_key_material_or_signatures() {
-    let (in_port, app_port) = (free_port(), start_ack_app());
+    let app = App::start(Behaviour::Ack);
     let tail = format!(
-        "[log]\nformat = \"json\"\nlevel = \"debug\"\n[inbound]\nlisten = \"127.0.0.1:{in_port}\"\nforward_to = \"http://127.0.0.1:{app_port}\"\n"
+        "[log]\nformat = \"json\"\nlevel = \"debug\"\n{}",
+        crate::support::inbound_section(&app.url())
     );
-    let rig = Rig::start(
+    let rig = start(
         FLAT_KEYS,
         &tail,
         |g| g.notify_backoff = vec![Duration::ZERO],
-        |d| {
-            write_vector_keys(d);
-        },
+        |_| {},
     );
 
     assert_verified_ok(&rig.pay("pay_logs_1", ""), "pay", &rig.sidecar);
     let tampered = rig.pay("pay_logs_2", r#","mockFault":"tampered""#);
     assert_eq!(tampered.status, 502, "a tampered response is refused");
-    let notify_url = format!(r#","paymentNotifyUrl":"http://127.0.0.1:{in_port}/alipay/notify""#);
+    let in_addr = rig.sidecar.addr("inbound");
+    let notify_url = format!(r#","paymentNotifyUrl":"http://{in_addr}/alipay/notify""#);
     assert_verified_ok(
         &rig.pay("pay_logs_3", &notify_url),
         "pay with a notification",

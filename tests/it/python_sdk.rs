@@ -6,14 +6,11 @@
 //! environment is missing or port 443 cannot be bound (it needs root or
 //! `net.ipv4.ip_unprivileged_port_start <= 443`).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{free_port, key, run_bounded, vector_gateway, write_vector_keys, Sidecar};
-
-const CLIENT_ID: &str = "T_111222333";
+use crate::support::{inbound_section, run_bounded, write_key, Rig, RigConfig, CLIENT_ID};
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -47,33 +44,31 @@ fn the_official_python_sdk_works_through_the_sidecar() {
         }
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    write_vector_keys(dir.path());
-    std::fs::write(
-        dir.path().join("sdk_merchant.pem"),
-        key("merchant", "private_pkcs1_pem"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("sdk_alipay_public.pem"),
-        key("alipay", "public_spki_pem"),
-    )
-    .unwrap();
-    let gw = vector_gateway(dir.path(), |cfg| {
-        cfg.expected_client_id = Some(CLIENT_ID.into());
-        cfg.notify_backoff = vec![Duration::from_millis(200), Duration::from_secs(1)];
-    });
-
-    let (inbound, app, admin) = (free_port(), free_port(), free_port());
-    let toml = format!(
-        "client_id = \"{CLIENT_ID}\"\n[keys]\nmerchant_private_key = \"merchant_private_key.pem\"\nalipay_public_keys = {{ \"1\" = \"alipay_public_key.pem\" }}\n[outbound]\ntls_listen = \"127.0.0.1:443\"\ngateway = \"https://127.0.0.1:{}\"\nca_file = {:?}\nrequest_timeout = \"30s\"\n[inbound]\nlisten = \"127.0.0.1:{inbound}\"\nforward_to = \"http://127.0.0.1:{app}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
-        gw.local_addr().port(),
-        gw.ca_file().unwrap().display().to_string()
+    // The one port picked before it is bound: the SDK script's app server binds it itself
+    // (its `--app-port`), and the sidecar's `forward_to` must name it at start.
+    let app = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let tail = inbound_section(&format!("http://127.0.0.1:{app}"));
+    let rig = Rig::start(
+        RigConfig {
+            outbound: "tls_listen = \"127.0.0.1:443\"\nrequest_timeout = \"30s\"\n",
+            plain_listener: false,
+            tail: &tail,
+            ..Default::default()
+        },
+        |cfg| cfg.notify_backoff = vec![Duration::from_millis(200), Duration::from_secs(1)],
+        |dir| {
+            write_key(dir, "sdk_merchant.pem", "merchant", "private_pkcs1_pem");
+            write_key(dir, "sdk_alipay_public.pem", "alipay", "public_spki_pem");
+        },
     );
-    let sidecar = Sidecar::start(dir.path(), &toml, admin);
+    let (gw, sidecar, dir) = (&rig.gw, &rig.sidecar, &rig.dir);
+    let inbound = sidecar.addr("inbound");
 
     let run_id = format!("{}", std::process::id());
-    let notify = format!("http://127.0.0.1:{inbound}/alipay/notify");
+    let notify = format!("http://{inbound}/alipay/notify");
     let (code, out, err) = run_bounded(
         Command::new(&python)
             .arg(concat!(
@@ -144,5 +139,4 @@ fn the_official_python_sdk_works_through_the_sidecar() {
         sidecar.logs().contains("absolute-form"),
         "the SDK's absolute-form target was seen and logged once"
     );
-    let _ = SocketAddr::from(([127, 0, 0, 1], inbound));
 }

@@ -4,80 +4,51 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use alipay_sidecar::mock_gateway::MockGateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::ServerName;
 
-use crate::support::{
-    free_port, raw_request, request, rt, vector_gateway, write_vector_keys, Response, Sidecar,
-};
+use crate::support::{raw_bytes, raw_request, rt, Response, Rig, RigConfig, CLIENT_ID, PAY};
 
-const CLIENT_ID: &str = "T_111222333";
-const PAY: &str = "/ams/api/v1/payments/pay";
-
-struct Rig {
-    gw: MockGateway,
-    sidecar: Sidecar,
-    dir: tempfile::TempDir,
-}
-
-/// The fake gateway (signing with the vector Alipay key, which the sidecar trusts) and a
-/// sidecar whose `[outbound]` section gets `outbound` (listen lines) on top of the gateway.
-fn rig(outbound: &str) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    write_vector_keys(dir.path());
-    let gw = vector_gateway(dir.path(), |cfg| {
-        cfg.expected_client_id = Some(CLIENT_ID.into())
-    });
-    let admin = free_port();
-    let toml = format!(
-        "client_id = \"{CLIENT_ID}\"\n[keys]\nmerchant_private_key = \"merchant_private_key.pem\"\nalipay_public_keys = {{ \"1\" = \"alipay_public_key.pem\" }}\n[outbound]\ngateway = \"https://127.0.0.1:{}\"\nca_file = {:?}\nrequest_timeout = \"20s\"\n{outbound}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
-        gw.local_addr().port(),
-        gw.ca_file().unwrap().display().to_string()
-    );
-    let sidecar = Sidecar::start(dir.path(), &toml, admin);
-    Rig { gw, sidecar, dir }
+/// The rig with `outbound` added to `[outbound]`, with or without a plain listener.
+fn rig(plain_listener: bool, outbound: &str) -> Rig {
+    let outbound = format!("request_timeout = \"20s\"\n{outbound}\n");
+    Rig::start(
+        RigConfig {
+            outbound: &outbound,
+            tail: "",
+            plain_listener,
+            ..Default::default()
+        },
+        |_| {},
+        |_| {},
+    )
 }
 
 fn pay_body(id: &str, extra: &str) -> String {
-    format!(
-        r#"{{"paymentRequestId":"{id}","paymentAmount":{{"currency":"HKD","value":"100"}}{extra}}}"#
-    )
+    crate::support::pay_body(id, "100", extra)
 }
 
-fn raw_pay(target: &str, body: &str, extra_headers: &str) -> String {
-    format!(
-        "POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json; charset=UTF-8\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
+/// A pay request as an SDK writes it: `target` may be absolute-form.
+fn raw_pay(target: &str, host: &str, body: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut headers = vec![("Content-Type", "application/json; charset=UTF-8")];
+    headers.extend_from_slice(extra);
+    raw_bytes("POST", target, host, &headers, body.as_bytes())
 }
 
 /// One request over TLS, trusting `ca_pem`; the answer and the leaf certificate served.
-fn tls_request(addr: SocketAddr, ca_pem: &str, raw: &str) -> (Response, Vec<u8>) {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+fn tls_request(addr: SocketAddr, ca_pem: &str, raw: &[u8]) -> (Response, Vec<u8>) {
+    let connector = crate::support::tls_connector(ca_pem.as_bytes());
     rt().block_on(async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let name = ServerName::try_from("127.0.0.1").unwrap();
         let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
         let leaf: Vec<u8> = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
-        tls.write_all(raw.as_bytes()).await.unwrap();
+        tls.write_all(raw).await.unwrap();
         let mut answer = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(30), tls.read_to_end(&mut answer)).await;
-        let r = crate::support::read_response(&mut std::io::Cursor::new(answer)).unwrap();
+        let r = crate::support::parse_response(&answer).unwrap();
         (r, leaf)
     })
 }
@@ -108,11 +79,11 @@ fn assert_verified(r: &Response) {
 
 #[test]
 fn https_listener_with_a_generated_certificate_and_absolute_form_targets() {
-    let tls_port = free_port();
-    let r = rig(&format!(
-        "tls_listen = \"127.0.0.1:{tls_port}\"\ntls_names = [\"alipay-sidecar\"]\ntls_ca_out = \"local-ca.pem\""
-    ));
-    let tls = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let r = rig(
+        false,
+        "tls_listen = \"127.0.0.1:0\"\ntls_names = [\"alipay-sidecar\"]\ntls_ca_out = \"local-ca.pem\"",
+    );
+    let tls = r.sidecar.addr("outbound_tls");
     let ca = std::fs::read_to_string(r.dir.path().join("local-ca.pem")).expect("tls_ca_out");
     assert!(ca.contains("BEGIN CERTIFICATE") && !ca.contains("PRIVATE"));
     // what the Python SDK writes: HTTPS to the listener, absolute-form request line
@@ -120,7 +91,12 @@ fn https_listener_with_a_generated_certificate_and_absolute_form_targets() {
     let (resp, leaf) = tls_request(
         tls,
         &ca,
-        &raw_pay("https://127.0.0.1/ams/api/v1/payments/pay", &body, ""),
+        &raw_pay(
+            "https://127.0.0.1/ams/api/v1/payments/pay",
+            "127.0.0.1",
+            &body,
+            &[],
+        ),
     );
     assert_verified(&resp);
     assert!(
@@ -135,7 +111,11 @@ fn https_listener_with_a_generated_certificate_and_absolute_form_targets() {
     );
     assert!(got.last().unwrap().verified);
     // origin-form works on the TLS listener too
-    let (resp, _) = tls_request(tls, &ca, &raw_pay(PAY, &pay_body("tls_origin", ""), ""));
+    let (resp, _) = tls_request(
+        tls,
+        &ca,
+        &raw_pay(PAY, "127.0.0.1", &pay_body("tls_origin", ""), &[]),
+    );
     assert_verified(&resp);
     // no plain listener when only tls_listen is set
     assert!(!r.sidecar.logs().contains("outbound signing proxy (http)"));
@@ -145,8 +125,9 @@ fn https_listener_with_a_generated_certificate_and_absolute_form_targets() {
         &ca,
         &raw_pay(
             "https://127.0.0.1/ams/api/v1/payments/pay/..%2f..%2fx",
+            "127.0.0.1",
             &body,
-            "",
+            &[],
         ),
     );
     assert_eq!(resp.status, 403, "{}", String::from_utf8_lossy(&resp.body));
@@ -155,11 +136,7 @@ fn https_listener_with_a_generated_certificate_and_absolute_form_targets() {
         Some("SIDECAR_PATH_NOT_ALLOWED")
     );
     // the TLS listener keeps the loopback Host rule
-    let (resp, _) = tls_request(
-        tls,
-        &ca,
-        &raw_pay(PAY, &body, "").replace("Host: 127.0.0.1", "Host: evil.example"),
-    );
+    let (resp, _) = tls_request(tls, &ca, &raw_pay(PAY, "evil.example", &body, &[]));
     assert_eq!(resp.status, 403);
 }
 
@@ -171,25 +148,29 @@ fn https_listener_with_configured_certificate_reloads_it() {
         std::fs::write(dir.join("tls.crt"), cert).unwrap();
         std::fs::write(dir.join("tls.key"), key).unwrap();
     };
-    let tls_port = free_port();
-    let plain_port = free_port();
     // the rig writes its own folder; point the certificate paths at ours
     write(dir.path(), &cert1, &key1);
-    let r = rig(&format!(
-        "listen = \"127.0.0.1:{plain_port}\"\ntls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert = {:?}\ntls_key = {:?}",
-        dir.path().join("tls.crt").display().to_string(),
-        dir.path().join("tls.key").display().to_string()
-    ));
-    let tls = SocketAddr::from(([127, 0, 0, 1], tls_port));
-    let (resp, leaf) = tls_request(tls, &ca1, &raw_pay(PAY, &pay_body("cfg_1", ""), ""));
+    let r = rig(
+        true,
+        &format!(
+            "tls_listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}",
+            dir.path().join("tls.crt").display().to_string(),
+            dir.path().join("tls.key").display().to_string()
+        ),
+    );
+    let tls = r.sidecar.addr("outbound_tls");
+    let tls_pay = |ca: &str, id: &str| {
+        tls_request(tls, ca, &raw_pay(PAY, "127.0.0.1", &pay_body(id, ""), &[]))
+    };
+    let (resp, leaf) = tls_pay(&ca1, "cfg_1");
     assert_verified(&resp);
     assert!(fingerprint_in_logs(&r.sidecar.logs(), &leaf));
     // both listeners at once, one policy
-    let plain = SocketAddr::from(([127, 0, 0, 1], plain_port));
+    let plain = r.outbound;
     assert_verified(
         &raw_request(
             plain,
-            raw_pay(PAY, &pay_body("cfg_plain", ""), "").as_bytes(),
+            &raw_pay(PAY, "127.0.0.1", &pay_body("cfg_plain", ""), &[]),
         )
         .unwrap(),
     );
@@ -197,14 +178,8 @@ fn https_listener_with_configured_certificate_reloads_it() {
     // a new certificate on disk: reload serves it to new connections
     let (ca2, cert2, key2) = ca_and_leaf("second");
     write(dir.path(), &cert2, &key2);
-    let reload = request(r.sidecar.admin, "POST", "/admin/reload", &[], b"").unwrap();
-    assert_eq!(
-        reload.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reload.body)
-    );
-    let (resp, leaf2) = tls_request(tls, &ca2, &raw_pay(PAY, &pay_body("cfg_2", ""), ""));
+    r.reload().assert_status(200, "reload");
+    let (resp, leaf2) = tls_pay(&ca2, "cfg_2");
     assert_verified(&resp);
     assert_ne!(leaf, leaf2);
     let pem2 = rustls_pemfile::certs(&mut cert2.as_bytes())
@@ -215,22 +190,21 @@ fn https_listener_with_configured_certificate_reloads_it() {
 
     // a broken certificate file keeps the good one serving
     std::fs::write(dir.path().join("tls.crt"), "not a certificate").unwrap();
-    let reload = request(r.sidecar.admin, "POST", "/admin/reload", &[], b"").unwrap();
+    let reload = r.reload();
     assert_eq!(reload.status, 500);
-    let (resp, leaf3) = tls_request(tls, &ca2, &raw_pay(PAY, &pay_body("cfg_3", ""), ""));
+    let (resp, leaf3) = tls_pay(&ca2, "cfg_3");
     assert_verified(&resp);
     assert_eq!(leaf3, leaf2);
 }
 
 #[test]
 fn compressed_signed_answers_are_verified_and_relayed_decoded() {
-    let plain_port = free_port();
-    let r = rig(&format!("listen = \"127.0.0.1:{plain_port}\""));
-    let plain = SocketAddr::from(([127, 0, 0, 1], plain_port));
+    let r = rig(true, "");
+    let plain = r.outbound;
     let body = pay_body("gzip_1", ",\"mockFault\":\"gzip\"");
     let resp = raw_request(
         plain,
-        raw_pay(PAY, &body, "Accept-Encoding: gzip\r\n").as_bytes(),
+        &raw_pay(PAY, "127.0.0.1", &body, &[("Accept-Encoding", "gzip")]),
     )
     .unwrap();
     assert_verified(&resp);
@@ -249,13 +223,12 @@ fn compressed_signed_answers_are_verified_and_relayed_decoded() {
 
 #[test]
 fn the_go_sdk_header_set_goes_through() {
-    let plain_port = free_port();
-    let r = rig(&format!("listen = \"127.0.0.1:{plain_port}\""));
-    let plain = SocketAddr::from(([127, 0, 0, 1], plain_port));
+    let r = rig(true, "");
+    let plain = r.outbound;
     // what global-open-sdk-go's transport writes (its own signature headers included)
     let body = pay_body("go_sdk", "");
     let raw = format!(
-        "POST {PAY} HTTP/1.1\r\nHost: 127.0.0.1:{plain_port}\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\nAccept-Encoding: gzip\r\nAgent-Token: \r\nClient-Id: SDK_CLIENT\r\nContent-Type: application/json; charset=UTF-8\r\nContent-Type: application/json\r\nKey-Version: 7\r\nRequest-Time: 1714538096000\r\nSignature: algorithm=RSA256,keyVersion=7,signature=c2RrJ3Mgb3du\r\n\r\n{body}",
+        "POST {PAY} HTTP/1.1\r\nHost: {plain}\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\nAccept-Encoding: gzip\r\nAgent-Token: \r\nClient-Id: SDK_CLIENT\r\nContent-Type: application/json; charset=UTF-8\r\nContent-Type: application/json\r\nKey-Version: 7\r\nRequest-Time: 1714538096000\r\nSignature: algorithm=RSA256,keyVersion=7,signature=c2RrJ3Mgb3du\r\n\r\n{body}",
         body.len()
     );
     let resp = raw_request(plain, raw.as_bytes()).unwrap();

@@ -4,7 +4,7 @@ use alipay_sidecar::protocol::{
     content_to_sign, sha256_hex, sign_content, PrivateKey, PublicKey, Verifier, VerifyError,
 };
 
-use crate::support::{input, key, vectors};
+use crate::support::{input, key, vector, vectors};
 
 fn merchant() -> PrivateKey {
     PrivateKey::from_text(&key("merchant", "private_pkcs8_pem")).unwrap()
@@ -109,7 +109,7 @@ fn verify_vectors_give_the_expected_verdict() {
 
 #[test]
 fn unknown_key_version_is_named_not_a_mismatch() {
-    let v = vectors().into_iter().find(|v| v["id"] == "RSP-09").unwrap(); // keyVersion=2
+    let v = vector("RSP-09"); // keyVersion=2
     let verifier = Verifier::new([("1".to_string(), public("alipay"))]);
     let err = verifier
         .verify(&content_of(&v), input(&v, "signature_header"))
@@ -127,7 +127,7 @@ fn unknown_key_version_is_named_not_a_mismatch() {
 #[test]
 fn rotation_selects_by_key_version() {
     // two versions configured: v1 = merchant key (wrong for Alipay), v2 = Alipay's
-    let v = vectors().into_iter().find(|v| v["id"] == "RSP-09").unwrap();
+    let v = vector("RSP-09");
     let verifier = Verifier::new([
         ("1".to_string(), public("merchant")),
         ("2".to_string(), public("alipay")),
@@ -138,7 +138,7 @@ fn rotation_selects_by_key_version() {
     assert_eq!(ok.key_version, "2");
     assert_eq!(ok.fingerprint, public("alipay").fingerprint());
     // RSP-01 says keyVersion=1 -> the merchant key is chosen -> mismatch
-    let v1 = vectors().into_iter().find(|v| v["id"] == "RSP-01").unwrap();
+    let v1 = vector("RSP-01");
     assert_eq!(
         verifier
             .verify(&content_of(&v1), input(&v1, "signature_header"))

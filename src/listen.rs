@@ -1,0 +1,238 @@
+//! Listener addresses, including port 0, and the `run --ready-file` that reports them.
+//!
+//! pingora binds its listeners itself, from an address string, and does not tell the caller
+//! which port the kernel picked for `…:0`. So for a port-0 listener the sidecar picks the port
+//! first, without ever letting it go until pingora holds it:
+//!
+//! 1. [`reserve`] binds (but never `listen`s) a socket on `ip:0` with `SO_REUSEPORT` and reads
+//!    back the port the kernel gave it. While that socket is bound, no other socket can bind
+//!    the port unless it too sets `SO_REUSEPORT` *and* runs under the same user (Linux); and
+//!    the kernel never hands the port out again to another `…:0` bind. Nothing is accepted
+//!    on it: a socket that does not listen takes no connections.
+//! 2. pingora gets the concrete `ip:port` with [`TcpSocketOptions::so_reuseport`] set, so its
+//!    own bind joins the reservation instead of failing with "address in use".
+//! 3. [`ReadyTask`] connects to every listener until each accepts (only pingora's socket can
+//!    accept), then drops the reservations, then writes the ready file.
+//!
+//! The price: a port-0 listener keeps `SO_REUSEPORT`, so another process *of the same user*
+//! could join it and take a share of its connections. A process running as the sidecar's
+//! user can read its keys anyway; use fixed ports where even that matters.
+//!
+//! The alternative, binding `:0`, learning the port and binding again later (what the tests'
+//! old `free_port()` did), leaves a window in which any process can take the port. Handing
+//! pingora a ready file descriptor would also work, but its fd table is private to
+//! `Server`. Listeners with a fixed port are bound by pingora exactly as before (no
+//! `SO_REUSEPORT`), after a test bind that turns "address in use" into a config error.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::listeners::TcpSocketOptions;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::services::listening::Service;
+
+/// One listener: its name (the metrics `listener` label, e.g. `outbound`, `outbound_tls`,
+/// `inbound`, `admin`; room for per-merchant names such as `outbound:sg`) and the address
+/// it accepts on, with the port-0 reservation held until pingora has bound it.
+pub struct Reserved {
+    name: String,
+    addr: SocketAddr,
+    /// The bound, never-listening `SO_REUSEPORT` socket that holds a picked port.
+    hold: Option<tokio::net::TcpSocket>,
+}
+
+impl Reserved {
+    /// The listener's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address the listener accepts on (the picked port for a configured port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Adds this listener to a pingora service, so that its bind joins the reservation.
+    pub fn add_to<A>(&self, service: &mut Service<A>) {
+        if self.hold.is_some() {
+            let mut options = TcpSocketOptions::default();
+            options.so_reuseport = Some(true);
+            service.add_tcp_with_settings(&self.addr.to_string(), options);
+        } else {
+            service.add_tcp(&self.addr.to_string());
+        }
+    }
+}
+
+/// Checks that `configured` can be bound and, for port 0, picks and holds the port (see the
+/// module documentation for why this is race-free).
+pub fn reserve(name: impl Into<String>, configured: SocketAddr) -> io::Result<Reserved> {
+    let name = name.into();
+    if configured.port() != 0 {
+        // fail early with a clear message rather than inside pingora's listener setup
+        std::net::TcpListener::bind(configured)?;
+        return Ok(Reserved {
+            name,
+            addr: configured,
+            hold: None,
+        });
+    }
+    let socket = match configured {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseport(true)?;
+    socket.bind(configured)?;
+    let addr = socket.local_addr()?;
+    Ok(Reserved {
+        name,
+        addr,
+        hold: Some(socket),
+    })
+}
+
+/// Waits until every listener accepts connections, then releases the port-0 reservations
+/// and, when asked, writes the ready file: `{"pid":…,"listeners":{"admin":"127.0.0.1:…",…}}`,
+/// atomically (a temporary file in the same folder, renamed), so a reader never sees half.
+pub struct ReadyTask {
+    listeners: Mutex<Vec<Reserved>>,
+    ready_file: Option<PathBuf>,
+}
+
+impl ReadyTask {
+    /// Watches `listeners`; writes `ready_file` when set.
+    pub fn new(listeners: Vec<Reserved>, ready_file: Option<PathBuf>) -> Self {
+        Self {
+            listeners: Mutex::new(listeners),
+            ready_file,
+        }
+    }
+}
+
+/// The ready file's content.
+pub fn ready_json(pid: u32, listeners: &[(String, SocketAddr)]) -> String {
+    let map: BTreeMap<&str, String> = listeners
+        .iter()
+        .map(|(name, addr)| (name.as_str(), addr.to_string()))
+        .collect();
+    serde_json::json!({ "pid": pid, "listeners": map }).to_string()
+}
+
+/// A temporary file next to `path` (same folder, so the rename is atomic), readable by all:
+/// it holds addresses and a pid, nothing secret, and a supervisor may run as another user.
+fn temp_next_to(path: &std::path::Path) -> io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".alipay-sidecar-ready-")
+        .permissions(std::fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)
+}
+
+/// Checks at start that the ready file can be written (its folder exists and is writable),
+/// so a supervisor waiting for it gets an exit code instead of a file that never comes.
+pub fn check_ready_file(path: &std::path::Path) -> io::Result<()> {
+    temp_next_to(path).map(drop)
+}
+
+fn write_atomically(path: &std::path::Path, text: &str) -> io::Result<()> {
+    let mut tmp = temp_next_to(path)?;
+    io::Write::write_all(&mut tmp, text.as_bytes())?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Loopback for a wildcard address (what a connection test can reach).
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port())
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), a.port())
+        }
+        a => a,
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReadyTask {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let addrs: Vec<(String, SocketAddr)> = {
+            let held = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            held.iter().map(|r| (r.name.clone(), r.addr)).collect()
+        };
+        for (_, addr) in &addrs {
+            // pingora binds each service as it starts it; until then the connection is refused
+            while tokio::net::TcpStream::connect(reachable(*addr))
+                .await
+                .is_err()
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+        // pingora holds every port now: the reservations can go
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+            .for_each(|r| r.hold = None);
+        for (name, addr) in &addrs {
+            tracing::info!(listener = %name, %addr, "accepting connections");
+        }
+        if let Some(path) = &self.ready_file {
+            match write_atomically(path, &ready_json(std::process::id(), &addrs)) {
+                Ok(()) => tracing::info!(path = %path.display(), "ready file written"),
+                Err(e) => tracing::error!(
+                    path = %path.display(),
+                    error = %e,
+                    "cannot write the ready file (--ready-file); pick a writable folder"
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reserved_port_cannot_be_taken_and_is_shared_only_by_reuseport() {
+        let r = reserve("outbound", "127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(r.addr().port(), 0);
+        assert!(std::net::TcpListener::bind(r.addr()).is_err());
+        // nothing accepts on a reservation
+        assert!(std::net::TcpStream::connect(r.addr()).is_err());
+        let joined = tokio::net::TcpSocket::new_v4().unwrap();
+        joined.set_reuseport(true).unwrap();
+        joined.bind(r.addr()).unwrap();
+    }
+
+    #[test]
+    fn the_ready_file_names_every_listener() {
+        let v: serde_json::Value = serde_json::from_str(&ready_json(
+            7,
+            &[
+                ("admin".into(), "127.0.0.1:9".parse().unwrap()),
+                ("outbound:sg".into(), "[::1]:8".parse().unwrap()),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(v["pid"], 7);
+        assert_eq!(v["listeners"]["admin"], "127.0.0.1:9");
+        assert_eq!(v["listeners"]["outbound:sg"], "[::1]:8");
+    }
+}

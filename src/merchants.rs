@@ -1,0 +1,160 @@
+//! The merchants the sidecar serves, each with its live key set.
+//!
+//! Why a registry: several merchants (client ids) share the listeners, and each one's keys
+//! reload on their own — a broken key file of one merchant keeps that merchant's old set and
+//! must not hold back the others. Each merchant therefore has its own `ArcSwap<KeySet>`; a
+//! request takes one snapshot ([`Merchant::keys`]) and uses it from start to end.
+//!
+//! Each handler starts with ONE selection step (`Outbound::select`, `Inbound::select`) that
+//! yields everything per merchant a request needs ([`Selected`]: the merchant's fixed data and
+//! upstream client, and its key snapshot); the policy code after it never asks again.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use crate::config::DEFAULT_MERCHANT;
+
+/// The `merchant` label of a request refused before its merchant was known (several
+/// merchants, and the request named none or an unknown one).
+pub const UNSELECTED_MERCHANT: &str = "unknown";
+use crate::config::MerchantConfig;
+use crate::keyset::KeySet;
+use crate::state::SidecarState;
+
+/// Where a merchant's live key set comes from. A request takes one snapshot at selection and
+/// uses it from start to end, so a concurrent reload never mixes keys inside one request.
+pub trait KeySource: Send + Sync {
+    /// The current key set.
+    fn keys(&self) -> Arc<KeySet>;
+}
+
+/// A fixed key set (tests, tools).
+impl KeySource for Arc<KeySet> {
+    fn keys(&self) -> Arc<KeySet> {
+        self.clone()
+    }
+}
+
+/// The live keys of the merchant at `index` in the process's registry: what the production
+/// handlers hold, so a reload of that merchant reaches them and no other.
+pub struct LiveKeys {
+    state: Arc<SidecarState>,
+    index: usize,
+}
+
+impl LiveKeys {
+    /// The live keys of the `index`-th merchant (config order) of `state`.
+    pub fn new(state: Arc<SidecarState>, index: usize) -> Arc<Self> {
+        assert!(index < state.merchants().len(), "no merchant #{index}");
+        Arc::new(Self { state, index })
+    }
+}
+
+impl KeySource for LiveKeys {
+    fn keys(&self) -> Arc<KeySet> {
+        self.state.merchants().list[self.index].keys()
+    }
+}
+
+/// The merchant a request was routed to, with the key snapshot the whole request uses.
+pub struct Selected<'a, M> {
+    /// The merchant's fixed data and upstream client.
+    pub merchant: &'a M,
+    /// The key set for this request.
+    pub keys: Arc<KeySet>,
+}
+
+/// One merchant: its resolved settings and its live key set.
+pub struct Merchant {
+    config: MerchantConfig,
+    keys: ArcSwap<KeySet>,
+}
+
+impl Merchant {
+    /// The merchant's name (`default` for a single-merchant config).
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The merchant's Alipay client id.
+    pub fn client_id(&self) -> &str {
+        &self.config.client_id
+    }
+
+    /// The merchant's settings as resolved at start.
+    pub fn config(&self) -> &MerchantConfig {
+        &self.config
+    }
+
+    /// The current key set. A request loads it once (lock-free) and uses that snapshot from
+    /// start to end, so a concurrent reload never mixes keys inside one request.
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.load_full()
+    }
+
+    /// Replaces this merchant's key set for all requests that start from now on.
+    pub fn swap_keys(&self, keys: KeySet) {
+        self.keys.store(Arc::new(keys));
+    }
+}
+
+/// Every merchant, in config order (never empty).
+pub struct Merchants {
+    list: Vec<Merchant>,
+}
+
+impl Merchants {
+    /// Builds the registry from each merchant's settings and its loaded, preflighted key
+    /// set. `None` when the list is empty (a validated config always has a merchant).
+    pub fn new(sets: Vec<(MerchantConfig, KeySet)>) -> Option<Merchants> {
+        if sets.is_empty() {
+            return None;
+        }
+        let list = sets
+            .into_iter()
+            .map(|(config, keys)| Merchant {
+                config,
+                keys: ArcSwap::from_pointee(keys),
+            })
+            .collect();
+        Some(Merchants { list })
+    }
+
+    /// The merchant called `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Merchant> {
+        self.list.iter().find(|m| m.name() == name)
+    }
+
+    /// The merchant with this client id.
+    pub fn by_client_id(&self, client_id: &str) -> Option<&Merchant> {
+        self.list.iter().find(|m| m.client_id() == client_id)
+    }
+
+    /// The names, in config order (for "unknown merchant" answers).
+    pub fn names(&self) -> Vec<&str> {
+        self.list.iter().map(Merchant::name).collect()
+    }
+
+    /// Every merchant, in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &Merchant> {
+        self.list.iter()
+    }
+
+    /// How many merchants there are (at least one).
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Always false: the registry holds at least one merchant.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The only merchant of a single-merchant config, or the first one of several: for code
+    /// that does not route by merchant yet.
+    pub fn only_or_first(&self) -> &Merchant {
+        // `new` refuses an empty list
+        &self.list[0]
+    }
+}

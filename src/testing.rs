@@ -1,0 +1,192 @@
+//! Unit-test support for the handlers (compiled for tests only): the published vectors and
+//! their keys, a key set built from them, requests and answers as values, and one in-memory
+//! upstream that stands in for the gateway (outbound) and the app (inbound).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::handler::{Reply, Request};
+use crate::inbound::App;
+use crate::keyset::{KeySet, KeySources};
+use crate::outbound::Gateway;
+use crate::protocol::{content_to_sign, sign_content, PrivateKey, PublicKey, Verifier};
+use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
+
+/// `tests/data/ams-public.json`, parsed once.
+pub(crate) fn vectors() -> &'static serde_json::Value {
+    static V: OnceLock<serde_json::Value> = OnceLock::new();
+    V.get_or_init(|| {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ams-public.json");
+        serde_json::from_str(&std::fs::read_to_string(path).expect("vectors file"))
+            .expect("vectors json")
+    })
+}
+
+/// The vector called `id`.
+pub(crate) fn vector(id: &str) -> &'static serde_json::Value {
+    vectors()["vectors"]
+        .as_array()
+        .expect("vector list")
+        .iter()
+        .find(|v| v["id"] == id)
+        .unwrap_or_else(|| panic!("no vector {id}"))
+}
+
+/// An input of vector `id` as text.
+pub(crate) fn input(id: &str, field: &str) -> String {
+    vector(id)["inputs"][field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{id} has no input {field}"))
+        .to_string()
+}
+
+fn pem(role: &str, kind: &str) -> &'static str {
+    vectors()["keys"][role][kind].as_str().expect("key pem")
+}
+
+/// The vectors' merchant private key.
+pub(crate) fn merchant_key() -> PrivateKey {
+    PrivateKey::from_text(pem("merchant", "private_pkcs8_pem")).expect("merchant key")
+}
+
+/// The vectors' merchant public key (to check what the sidecar signed).
+pub(crate) fn merchant_public() -> Verifier {
+    Verifier::new([(
+        "1".to_string(),
+        PublicKey::from_text(pem("merchant", "public_spki_pem")).expect("merchant public"),
+    )])
+}
+
+/// The vectors' Alipay private key: the fakes sign answers and notifications with it.
+pub(crate) fn alipay_key() -> PrivateKey {
+    PrivateKey::from_text(pem("alipay", "private_pkcs8_pem")).expect("alipay key")
+}
+
+/// A key set for `client_id`: the vectors' merchant key (version 1) and Alipay's public key
+/// as keyVersion 1.
+pub(crate) fn keyset(client_id: &str) -> Arc<KeySet> {
+    let alipay = PublicKey::from_text(pem("alipay", "public_spki_pem")).expect("alipay public");
+    Arc::new(KeySet {
+        client_id: client_id.to_string(),
+        merchant: merchant_key(),
+        merchant_key_version: "1".to_string(),
+        alipay: Verifier::new([("1".to_string(), alipay)]),
+        sources: KeySources {
+            merchant_private_key: "merchant.pem".into(),
+            alipay_public_keys: BTreeMap::new(),
+        },
+        warnings: Vec::new(),
+        merchant_key_file: None,
+    })
+}
+
+/// Alipay's `Signature` header over `POST <target>\n<client_id>.<time>.<body>` (keyVersion
+/// `version`).
+pub(crate) fn alipay_signature(
+    version: &str,
+    target: &str,
+    client_id: &str,
+    time: &str,
+    body: &[u8],
+) -> String {
+    let content = content_to_sign("POST", target, client_id, time, body);
+    sign_content(&alipay_key(), version, &content).expect("sign")
+}
+
+/// A whole request as the adapter hands it over.
+pub(crate) fn request(target: &str, headers: &[(&str, &str)], body: &[u8]) -> Request {
+    let mut head = RequestHeader::build("POST", target.as_bytes(), None).expect("head");
+    for (name, value) in headers {
+        head.append_header(name.to_string(), *value)
+            .expect("header");
+    }
+    Request {
+        head,
+        target: target.to_string(),
+        body: Bytes::copy_from_slice(body),
+        local_addr: None,
+    }
+}
+
+/// A complete upstream answer.
+pub(crate) fn answer(status: u16, headers: &[(&str, &str)], body: &[u8]) -> UpstreamResponse {
+    let mut header = ResponseHeader::build(status, None).expect("status");
+    for (name, value) in headers {
+        header
+            .append_header(name.to_string(), *value)
+            .expect("header");
+    }
+    UpstreamResponse {
+        header,
+        body: Bytes::copy_from_slice(body),
+        elapsed: Duration::from_millis(3),
+    }
+}
+
+type Respond = dyn Fn(&UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> + Send + Sync;
+
+/// An in-memory upstream: answers with `respond` and keeps every request it was sent.
+pub(crate) struct Fake {
+    respond: Box<Respond>,
+    seen: Mutex<Vec<UpstreamRequest>>,
+}
+
+impl Fake {
+    /// An upstream that answers every request with `respond(request)`.
+    pub(crate) fn new(
+        respond: impl Fn(&UpstreamRequest) -> Result<UpstreamResponse, UpstreamError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            respond: Box::new(respond),
+            seen: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The requests sent so far.
+    pub(crate) fn seen(&self) -> Vec<UpstreamRequest> {
+        self.seen.lock().expect("seen").clone()
+    }
+
+    /// The one request sent (panics unless exactly one was).
+    pub(crate) fn only(&self) -> UpstreamRequest {
+        let seen = self.seen();
+        assert_eq!(seen.len(), 1, "expected exactly one upstream request");
+        seen.into_iter().next().expect("one")
+    }
+
+    fn answer(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        self.seen.lock().expect("seen").push(request.clone());
+        (self.respond)(request)
+    }
+}
+
+impl Gateway for Arc<Fake> {
+    async fn send(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        self.answer(request)
+    }
+}
+
+impl App for Arc<Fake> {
+    async fn deliver(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        self.answer(request)
+    }
+}
+
+/// A header of a request or reply head, as text.
+pub(crate) fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The reply's `result.resultCode` (sidecar errors) or `None`.
+pub(crate) fn result_code(reply: &Reply) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
+    v["result"]["resultCode"].as_str().map(str::to_string)
+}
