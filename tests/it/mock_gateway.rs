@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use alipay_sidecar::mock_gateway::{Fault, MockGateway, MockGatewayConfig, MockGatewayError};
+use alipay_sidecar::mock_gateway::{
+    ControlError, Fault, MockGateway, MockGatewayConfig, MockGatewayError, NotifyMode,
+    PaymentOutcome, PaymentResult, PaymentStatus,
+};
 use alipay_sidecar::protocol::{content_to_sign, sign_content, PrivateKey, PublicKey, Verifier};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -917,6 +920,8 @@ fn cli_flags_parse() {
     assert_eq!(cli.args.key_version, "1");
     assert_eq!(cli.args.notify_backoff.len(), 5);
     assert_eq!(cli.args.out_dir, std::path::PathBuf::from("mock-gateway"));
+    assert_eq!(cli.args.notify, NotifyMode::Immediate);
+    assert_eq!(cli.args.outcome, PaymentOutcome::Success);
 
     let cli = Cli::try_parse_from([
         "x",
@@ -939,8 +944,26 @@ fn cli_flags_parse() {
         "1s,250ms",
         "--fault",
         "delay:100",
+        "--notify",
+        "late:30s",
+        "--outcome",
+        "fail_after:2s:ORDER_IS_CLOSED",
     ])
     .unwrap();
+    assert_eq!(cli.args.notify, NotifyMode::Late(Duration::from_secs(30)));
+    assert_eq!(
+        cli.args.outcome,
+        PaymentOutcome::FailAfter {
+            after: Duration::from_secs(2),
+            code: "ORDER_IS_CLOSED".into()
+        }
+    );
+    for (flag, bad) in [
+        ("--notify", "sometimes"),
+        ("--outcome", "fail_after:2s:oops"),
+    ] {
+        assert!(Cli::try_parse_from(["x", "--merchant-public-key", "m", flag, bad]).is_err());
+    }
     assert!(cli.args.tls);
     assert_eq!(cli.args.out_dir, std::path::PathBuf::from("/tmp/x"));
     assert_eq!(
@@ -984,4 +1007,514 @@ async fn generated_alipay_key_signs_responses() {
     let verifier = Verifier::new([("7".to_string(), PublicKey::from_text(&pem).unwrap())]);
     verifier.verify(&content, sig).unwrap();
     c.gateway.shutdown().await;
+}
+
+const INQUIRY: &str = "/ams/api/v1/payments/inquiryPayment";
+const CANCEL: &str = "/ams/api/v1/payments/cancel";
+
+/// A TLS gateway (the switches are exercised over HTTPS, as the sidecar talks to it).
+async fn tls_client(edit: impl FnOnce(&mut MockGatewayConfig)) -> (Client, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.tls = Some(dir.path().to_path_buf());
+    edit(&mut cfg);
+    (Client::start(cfg).await, dir)
+}
+
+/// Waits for every scheduled notification, bounded so a bug cannot hang the suite.
+async fn settled(c: &Client) {
+    tokio::time::timeout(Duration::from_secs(30), c.gateway.notifications_settled())
+        .await
+        .expect("notifications settle within 30 s");
+}
+
+impl Client {
+    async fn inquiry(&self, id: &str) -> Value {
+        let resp = self
+            .call(INQUIRY, &format!(r#"{{"paymentRequestId":"{id}"}}"#))
+            .await;
+        self.assert_signed(INQUIRY, &resp);
+        assert_eq!(
+            resp.code(),
+            ("SUCCESS".into(), "S".into()),
+            "the inquiry itself works"
+        );
+        resp.json()
+    }
+
+    /// An unsigned POST to a `/mock/` control endpoint.
+    async fn control(&self, target: &str) -> (u16, Value) {
+        let resp = self.send(target, &[], b"").await;
+        resp.assert_unsigned();
+        (resp.status, resp.json())
+    }
+}
+
+fn notify_url(base: &str) -> String {
+    format!(r#","paymentNotifyUrl":"{base}/alipay/notify""#)
+}
+
+#[tokio::test]
+async fn held_notification_is_sent_only_when_triggered() {
+    let (base, log) = receiver(vec![(200, ACK)]).await;
+    // "Do not notify" for every payment, from the configuration.
+    let (c, _dir) = tls_client(|cfg| cfg.notify = NotifyMode::Held).await;
+    let pay = c
+        .call(PAY, &pay_body("h-1", "5800", &notify_url(&base)))
+        .await;
+    c.assert_signed(PAY, &pay);
+    assert_eq!(pay.code(), ("SUCCESS".into(), "S".into()));
+    // A pay's own mockNotify wins over the configuration.
+    c.call(
+        PAY,
+        &pay_body(
+            "h-2",
+            "1",
+            &format!(r#"{},"mockNotify":"immediate""#, notify_url(&base)),
+        ),
+    )
+    .await;
+    settled(&c).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    {
+        let received = log.received();
+        assert_eq!(received.len(), 1, "only the immediate one: {received:?}");
+        assert!(String::from_utf8_lossy(&received[0].body).contains("\"h-2\""));
+    }
+    assert!(c
+        .gateway
+        .notifications()
+        .iter()
+        .all(|a| a.payment_request_id == "h-2"));
+    // The payment is final all the same: inquiry knows, only the notification is missing.
+    let inq = c.inquiry("h-1").await;
+    assert_eq!(inq["paymentStatus"], "SUCCESS");
+    assert_eq!(
+        c.gateway.payment_status("h-1"),
+        Some(PaymentStatus::Success)
+    );
+
+    // The test decides when "Alipay's late notification" arrives: over HTTP ...
+    let (status, answer) = c.control("/mock/notify/h-1").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["paymentStatus"], "SUCCESS");
+    settled(&c).await;
+    {
+        let received = log.received();
+        assert_eq!(received.len(), 2);
+        let n = &received[1];
+        assert!(n.verifies());
+        assert_eq!(n.target, "/alipay/notify");
+        let body: Value = serde_json::from_slice(&n.body).unwrap();
+        assert_eq!(body["paymentRequestId"], "h-1");
+        assert_eq!(body["paymentId"], pay.json()["paymentId"]);
+        assert_eq!(body["result"]["resultStatus"], "S");
+    }
+    // ... or through the API (again: a re-send, as Alipay's are).
+    c.gateway.notify_now("h-1").unwrap();
+    settled(&c).await;
+    {
+        let received = log.received();
+        assert_eq!(received.len(), 3);
+        assert_eq!(received[1].body, received[2].body, "same event");
+    }
+
+    // Controls on what cannot be notified.
+    assert_eq!(
+        c.gateway.notify_now("nope"),
+        Err(ControlError::UnknownPayment("nope".into()))
+    );
+    let (status, answer) = c.control("/mock/notify/nope").await;
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("nope"));
+    let resp = c
+        .raw(b"GET /mock/notify/h-1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(parse_response(&resp).unwrap().status, 405);
+    let (status, _) = c.control("/mock/teleport/h-1").await;
+    assert_eq!(status, 404);
+    // Without a notify URL there is nowhere to send.
+    c.call(PAY, &pay_body("h-3", "1", "")).await;
+    assert_eq!(
+        c.gateway.notify_now("h-3"),
+        Err(ControlError::NoNotifyUrl("h-3".into()))
+    );
+    // Control requests are not API traffic.
+    assert!(c
+        .gateway
+        .received()
+        .iter()
+        .all(|r| !r.target.starts_with("/mock/")));
+    c.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn late_notification_arrives_after_the_delay_and_not_before() {
+    let (base, log) = receiver(vec![(200, ACK)]).await;
+    let (c, _dir) = tls_client(|_| {}).await;
+    let paid = std::time::Instant::now();
+    let pay = c
+        .call(
+            PAY,
+            &pay_body(
+                "l-1",
+                "100",
+                &format!(r#"{},"mockNotify":"late:1500ms""#, notify_url(&base)),
+            ),
+        )
+        .await;
+    assert_eq!(pay.code().1, "S");
+    // Ordering, not timing: an immediate notification would be here long before this.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(log.received().is_empty(), "not before the delay");
+    assert!(c.gateway.notifications().is_empty());
+    assert_eq!(c.inquiry("l-1").await["paymentStatus"], "SUCCESS");
+    settled(&c).await;
+    assert!(paid.elapsed() >= Duration::from_millis(1500));
+    let received = log.received();
+    assert_eq!(received.len(), 1);
+    assert!(received[0].verifies());
+    assert_eq!(c.gateway.notifications()[0].payment_request_id, "l-1");
+
+    // notify_now replaces a late notification still waiting: one delivery, and nothing is
+    // left pending (settled would otherwise wait ten minutes).
+    c.call(
+        PAY,
+        &pay_body(
+            "l-2",
+            "100",
+            &format!(r#"{},"mockNotify":"late:10m""#, notify_url(&base)),
+        ),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(log.received().len(), 1);
+    c.gateway.notify_now("l-2").unwrap();
+    settled(&c).await;
+    let received = log.received();
+    assert_eq!(received.len(), 2);
+    assert!(String::from_utf8_lossy(&received[1].body).contains("\"l-2\""));
+    c.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn processing_payments_become_final_and_inquiry_follows() {
+    let (base, log) = receiver(vec![(200, ACK)]).await;
+    let (c, _dir) = tls_client(|_| {}).await;
+
+    // Entry Code style: the pay answer is not final.
+    let never = |id: &str| {
+        pay_body(
+            id,
+            "2500",
+            &format!(r#"{},"mockOutcome":"never""#, notify_url(&base)),
+        )
+    };
+    let pay = c.call(PAY, &never("o-1")).await;
+    c.assert_signed(PAY, &pay);
+    assert_eq!(pay.code(), ("PAYMENT_IN_PROCESS".into(), "U".into()));
+    let pay = pay.json();
+    assert_eq!(pay["paymentRequestId"], "o-1");
+    assert!(pay["paymentId"].is_string() && pay["paymentCreateTime"].is_string());
+    assert!(pay.get("paymentTime").is_none());
+    let inq = c.inquiry("o-1").await;
+    assert_eq!(inq["paymentStatus"], "PROCESSING");
+    assert_eq!(inq["paymentResultCode"], "PAYMENT_IN_PROCESS");
+    assert!(inq.get("paymentTime").is_none());
+    assert_eq!(
+        c.gateway.notify_now("o-1"),
+        Err(ControlError::NotFinal("o-1".into()))
+    );
+    let (status, _) = c.control("/mock/notify/o-1").await;
+    assert_eq!(status, 409);
+    // The replayed pay still answers U.
+    assert_eq!(c.call(PAY, &never("o-1")).await.code().1, "U");
+
+    // Completed on demand: inquiry follows, the notification goes out.
+    assert_eq!(
+        c.gateway.complete_payment("o-1", PaymentResult::Success),
+        Ok(PaymentStatus::Success)
+    );
+    let inq = c.inquiry("o-1").await;
+    assert_eq!(inq["paymentStatus"], "SUCCESS");
+    assert_eq!(inq["paymentResultCode"], "SUCCESS");
+    assert_eq!(inq["paymentId"], pay["paymentId"]);
+    assert_eq!(
+        inq["paymentAmount"],
+        json!({"currency":"HKD","value":"2500"})
+    );
+    assert_eq!(inq["paymentCreateTime"], pay["paymentCreateTime"]);
+    assert!(inq["paymentTime"].as_str().unwrap().ends_with("+08:00"));
+    assert!(matches!(
+        c.gateway.complete_payment("o-1", PaymentResult::Success),
+        Err(ControlError::AlreadyFinal { .. })
+    ));
+    // Over HTTP, with a failure code.
+    c.call(PAY, &never("o-2")).await;
+    let (status, answer) = c.control("/mock/fail/o-2?code=ORDER_IS_CLOSED").await;
+    assert_eq!(
+        (status, answer["paymentStatus"].as_str()),
+        (200, Some("FAIL"))
+    );
+    let (status, _) = c.control("/mock/succeed/o-2").await;
+    assert_eq!(status, 409, "final states do not change");
+    let inq = c.inquiry("o-2").await;
+    assert_eq!(inq["paymentStatus"], "FAIL");
+    assert_eq!(inq["paymentResultCode"], "ORDER_IS_CLOSED");
+    assert!(inq["paymentResultMessage"].is_string());
+    assert!(inq.get("paymentTime").is_none());
+
+    // After a delay, on their own.
+    let s = c
+        .call(
+            PAY,
+            &pay_body(
+                "o-3",
+                "100",
+                &format!(
+                    r#"{},"mockOutcome":"success_after:300ms""#,
+                    notify_url(&base)
+                ),
+            ),
+        )
+        .await;
+    assert_eq!(s.code().1, "U");
+    let f = c
+        .call(
+            PAY,
+            &pay_body(
+                "o-4",
+                "100",
+                &format!(r#"{},"mockOutcome":"fail_after:300ms""#, notify_url(&base)),
+            ),
+        )
+        .await;
+    assert_eq!(f.code().1, "U");
+    settled(&c).await;
+    assert_eq!(c.inquiry("o-3").await["paymentStatus"], "SUCCESS");
+    let inq = c.inquiry("o-4").await;
+    assert_eq!(inq["paymentStatus"], "FAIL");
+    assert_eq!(inq["paymentResultCode"], "USER_BALANCE_NOT_ENOUGH");
+
+    // The notifications reflect the final states.
+    let received = log.received();
+    let by_id = |id: &str| -> (Received, Value) {
+        let n = received
+            .iter()
+            .find(|n| String::from_utf8_lossy(&n.body).contains(&format!("\"{id}\"")))
+            .unwrap_or_else(|| panic!("no notification for {id}"))
+            .clone();
+        let body = serde_json::from_slice(&n.body).unwrap();
+        (n, body)
+    };
+    assert_eq!(received.len(), 4, "one each for o-1..o-4");
+    let (n, body) = by_id("o-1");
+    assert!(n.verifies());
+    assert_eq!(body["notifyType"], "PAYMENT_RESULT");
+    assert_eq!(
+        body["result"],
+        json!({"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"})
+    );
+    assert_eq!(body["paymentId"], pay["paymentId"]);
+    assert_eq!(
+        body["paymentAmount"],
+        json!({"currency":"HKD","value":"2500"})
+    );
+    assert_eq!(body["paymentCreateTime"], pay["paymentCreateTime"]);
+    assert_eq!(body["paymentTime"], c.inquiry("o-1").await["paymentTime"]);
+    let (n, body) = by_id("o-2");
+    assert!(n.verifies());
+    assert_eq!(body["result"]["resultStatus"], "F");
+    assert_eq!(body["result"]["resultCode"], "ORDER_IS_CLOSED");
+    assert!(body.get("paymentTime").is_none());
+    assert_eq!(by_id("o-3").1["result"]["resultStatus"], "S");
+    assert_eq!(
+        by_id("o-4").1["result"]["resultCode"],
+        "USER_BALANCE_NOT_ENOUGH"
+    );
+    c.gateway.shutdown().await;
+
+    // The outcome for every pay, from the configuration.
+    let (c, _dir) = tls_client(|cfg| cfg.outcome = PaymentOutcome::Never).await;
+    assert_eq!(c.call(PAY, &pay_body("o-5", "1", "")).await.code().1, "U");
+    assert_eq!(
+        c.gateway.payment_status("o-5"),
+        Some(PaymentStatus::Processing)
+    );
+    c.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancel_changes_the_payment() {
+    let (base, log) = receiver(vec![(200, ACK)]).await;
+    let (c, _dir) = tls_client(|_| {}).await;
+    let cancel = |id: &str| {
+        let c = &c;
+        let body = format!(r#"{{"paymentRequestId":"{id}"}}"#);
+        async move {
+            let resp = c.call(CANCEL, &body).await;
+            c.assert_signed(CANCEL, &resp);
+            resp
+        }
+    };
+
+    // A processing payment that is cancelled never becomes final and is never notified.
+    c.call(
+        PAY,
+        &pay_body(
+            "c-1",
+            "100",
+            &format!(r#"{},"mockOutcome":"never""#, notify_url(&base)),
+        ),
+    )
+    .await;
+    let resp = cancel("c-1").await;
+    assert_eq!(resp.code(), ("SUCCESS".into(), "S".into()));
+    assert_eq!(resp.json()["paymentRequestId"], "c-1");
+    let cancel_time = resp.json()["cancelTime"].clone();
+    assert!(cancel_time.is_string());
+    assert_eq!(
+        cancel("c-1").await.json()["cancelTime"],
+        cancel_time,
+        "idempotent"
+    );
+    assert_eq!(c.inquiry("c-1").await["paymentStatus"], "CANCELLED");
+    assert_eq!(
+        c.gateway.notify_now("c-1"),
+        Err(ControlError::Cancelled("c-1".into()))
+    );
+    assert!(matches!(
+        c.gateway.complete_payment("c-1", PaymentResult::Success),
+        Err(ControlError::AlreadyFinal {
+            status: PaymentStatus::Cancelled,
+            ..
+        })
+    ));
+
+    // Cancelled before its outcome delay ran out: stays cancelled, no success notification.
+    c.call(
+        PAY,
+        &pay_body(
+            "c-2",
+            "100",
+            &format!(r#"{},"mockOutcome":"success_after:3s""#, notify_url(&base)),
+        ),
+    )
+    .await;
+    assert_eq!(cancel("c-2").await.code().1, "S");
+    settled(&c).await;
+    assert_eq!(c.inquiry("c-2").await["paymentStatus"], "CANCELLED");
+    assert!(log.received().is_empty(), "no notification after cancel");
+    assert!(c.gateway.notifications().is_empty());
+
+    // A paid payment is cancelled too (Antom: full refund); its late notification still
+    // reports the payment, the status stays CANCELLED.
+    c.call(
+        PAY,
+        &pay_body(
+            "c-3",
+            "100",
+            &format!(r#"{},"mockNotify":"none""#, notify_url(&base)),
+        ),
+    )
+    .await;
+    assert_eq!(cancel("c-3").await.code().1, "S");
+    let inq = c.inquiry("c-3").await;
+    assert_eq!(inq["paymentStatus"], "CANCELLED");
+    c.gateway.notify_now("c-3").unwrap();
+    settled(&c).await;
+    assert_eq!(log.received().len(), 1);
+    assert_eq!(
+        c.gateway.payment_status("c-3"),
+        Some(PaymentStatus::Cancelled)
+    );
+    c.gateway.shutdown().await;
+}
+
+/// Kills the child process when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn cli_switches_reach_the_running_gateway() {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("merchant_public_key.pem");
+    std::fs::write(&key_file, key("merchant", "public_spki_pem")).unwrap();
+    let mut child = std::process::Command::new(crate::support::bin())
+        .args([
+            "mock-gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--merchant-public-key",
+        ])
+        .arg(&key_file)
+        .arg("--out-dir")
+        .arg(dir.path().join("out"))
+        .args(["--notify", "none", "--outcome", "never"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = KillOnDrop(child);
+    // The summary, up to the last line.
+    let lines: Vec<String> = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("press Ctrl-C");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    })
+    .await
+    .unwrap();
+    let summary = lines.join("\n");
+    assert!(
+        summary.contains("outcome never, notification none"),
+        "{summary}"
+    );
+    let addr = summary
+        .lines()
+        .find_map(|l| l.strip_prefix("mock-gateway: listening on http://"))
+        .unwrap_or_else(|| panic!("{summary}"))
+        .trim()
+        .to_string();
+
+    let send = |request: Vec<u8>| {
+        let addr = addr.clone();
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            parse_response(&exchange(tcp, &request).await).unwrap()
+        }
+    };
+    let body = pay_body(
+        "cli-1",
+        "100",
+        r#","paymentNotifyUrl":"http://127.0.0.1:9/n""#,
+    );
+    let pay = send(request(
+        PAY,
+        &signed_headers(PAY, CLIENT_ID, body.as_bytes()),
+        body.as_bytes(),
+    ))
+    .await;
+    assert_eq!(pay.code(), ("PAYMENT_IN_PROCESS".into(), "U".into()));
+    let succeed = send(request("/mock/succeed/cli-1", &[], b"")).await;
+    assert_eq!(succeed.status, 200);
+    assert_eq!(succeed.json()["paymentStatus"], "SUCCESS");
+    let again = send(request("/mock/succeed/cli-1", &[], b"")).await;
+    assert_eq!(again.status, 409);
+    drop(child);
 }

@@ -5,8 +5,11 @@
 //! very same bytes are signed and sent.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::switches::{ControlError, NotifyMode, PaymentOutcome, PaymentResult, PaymentStatus};
 
 /// `resultStatus` of the `result` envelope (spec §9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,16 +110,45 @@ impl Amount {
     }
 }
 
+/// A per-request switch (`mockNotify`, `mockOutcome`): absent, parsed, or the reason it is
+/// unusable (answered as `PARAM_ILLEGAL`).
+fn switch<T: std::str::FromStr<Err = String>>(
+    body: &Value,
+    field: &str,
+    example: &str,
+) -> Result<Option<T>, String> {
+    match body.get(field) {
+        None => Ok(None),
+        Some(Value::String(s)) => s.parse().map(Some).map_err(|e| format!("{field}: {e}")),
+        Some(_) => Err(format!("{field} must be a string such as {example}")),
+    }
+}
+
 fn str_field<'a>(body: &'a Value, field: &str) -> Option<&'a str> {
     body.get(field)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PaymentStatus {
+/// Where a payment stands on the gateway's side, apart from cancellation (which is recorded
+/// separately: a paid payment that is cancelled keeps its result, as at Alipay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Processing,
     Success,
-    Cancelled,
+    Fail { code: String },
+}
+
+/// Where and when the payment's notification goes, fixed at the pay.
+#[derive(Debug, Clone)]
+struct NotifyPlan {
+    mode: NotifyMode,
+    /// `paymentNotifyUrl` of the pay request, when it had one.
+    url: Option<String>,
+    /// The pay's `Client-Id`, which the notification carries.
+    client_id: String,
+    /// Fault `notify_tampered` applied to the pay.
+    tampered: bool,
 }
 
 #[derive(Debug)]
@@ -125,11 +157,37 @@ struct Payment {
     payment_id: String,
     amount: Amount,
     create_time: String,
-    payment_time: String,
-    status: PaymentStatus,
+    /// When the payment became final (success or failure).
+    payment_time: Option<String>,
+    state: State,
     cancel_time: Option<String>,
     refunded: u64,
+    notify: NotifyPlan,
 }
+
+impl Payment {
+    fn status(&self) -> PaymentStatus {
+        if self.cancel_time.is_some() {
+            return PaymentStatus::Cancelled;
+        }
+        match self.state {
+            State::Processing => PaymentStatus::Processing,
+            State::Success => PaymentStatus::Success,
+            State::Fail { .. } => PaymentStatus::Fail,
+        }
+    }
+}
+
+/// `paymentResultMessage` for a failure code.
+fn fail_message(code: &str) -> &'static str {
+    match code {
+        "USER_BALANCE_NOT_ENOUGH" => "The user balance is not enough for this payment.",
+        "ORDER_IS_CLOSED" => "The order is closed.",
+        _ => "The payment failed. (mock-gateway)",
+    }
+}
+
+const IN_PROCESS_MESSAGE: &str = "payment in process";
 
 #[derive(Debug)]
 struct Refund {
@@ -140,28 +198,57 @@ struct Refund {
     time: String,
 }
 
-/// A payment notification to deliver after a successful pay.
+/// A PAYMENT_RESULT notification to deliver, built from the payment's final state.
 #[derive(Debug, Clone)]
 pub(crate) struct NotifyJob {
     /// `paymentNotifyUrl` of the pay request, when it had one.
     pub(crate) url_from_request: Option<String>,
     pub(crate) payment_request_id: String,
     pub(crate) body: Vec<u8>,
+    /// The `client-id` header: the pay's.
+    pub(crate) client_id: String,
+    /// Sign other bytes than the body (fault `notify_tampered`).
+    pub(crate) tampered: bool,
+}
+
+/// What a new pay leaves for the caller to start once the store is unlocked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// The payment is final now: its notification is due (per its [`NotifyMode`]).
+    Final(String),
+    /// The payment is processing and gets `result` after `after`.
+    SettleAfter {
+        request_id: String,
+        after: Duration,
+        result: PaymentResult,
+    },
 }
 
 /// What one API call produced.
 pub(crate) struct Outcome {
     pub(crate) body: Vec<u8>,
-    pub(crate) notify: Option<NotifyJob>,
+    pub(crate) effect: Option<Effect>,
 }
 
 impl Outcome {
     fn body(body: String) -> Outcome {
         Outcome {
             body: body.into_bytes(),
-            notify: None,
+            effect: None,
         }
     }
+}
+
+/// The gateway-wide defaults and request facts a pay needs besides its body.
+pub(crate) struct PayContext<'a> {
+    /// The request's `Client-Id`.
+    pub(crate) client_id: &'a str,
+    /// Notify mode unless the body has `mockNotify` (fault `no_notify` makes it `Held`).
+    pub(crate) notify: NotifyMode,
+    /// Outcome unless the body has `mockOutcome`.
+    pub(crate) outcome: &'a PaymentOutcome,
+    /// Fault `notify_tampered`.
+    pub(crate) tampered: bool,
 }
 
 /// Clock and id source, injected so the store stays free of globals.
@@ -201,7 +288,13 @@ impl Store {
     }
 
     /// Runs one API call. `route` is one of [`ROUTES`]; anything else is `NO_INTERFACE_DEF`.
-    pub(crate) fn call(&mut self, route: &str, body: &[u8], stamp: &Stamp) -> Outcome {
+    pub(crate) fn call(
+        &mut self,
+        route: &str,
+        body: &[u8],
+        stamp: &Stamp,
+        ctx: &PayContext<'_>,
+    ) -> Outcome {
         let Ok(json) = serde_json::from_slice::<Value>(body) else {
             return Outcome::body(param_illegal("The request body is not valid JSON."));
         };
@@ -209,7 +302,7 @@ impl Store {
             return Outcome::body(param_illegal("The request body must be a JSON object."));
         }
         match route {
-            "pay" => self.pay(&json, stamp),
+            "pay" => self.pay(&json, stamp, ctx),
             "inquiryPayment" => Outcome::body(self.inquiry_payment(&json)),
             "cancel" => Outcome::body(self.cancel(&json, stamp)),
             "refund" => Outcome::body(self.refund(&json, stamp)),
@@ -223,18 +316,35 @@ impl Store {
         }
     }
 
-    fn pay_body(p: &Payment) -> String {
-        obj(&[
-            ("result", success()),
+    /// The pay answer for the payment's current state: `SUCCESS`/`S` once paid (also after a
+    /// cancel, as before), `PAYMENT_IN_PROCESS`/`U` while processing (the fields Alipay
+    /// returns with it: ids, amount, create time), the failure code/`F` when it failed, and
+    /// `ORDER_IS_CANCELED`/`F` when it was cancelled before it was paid.
+    fn pay_answer(p: &Payment) -> String {
+        let result = match (&p.state, p.cancel_time.is_some()) {
+            (State::Success, _) => success(),
+            (State::Fail { code }, false) => result(code, Status::F, fail_message(code)),
+            (State::Processing, false) => {
+                result("PAYMENT_IN_PROCESS", Status::U, IN_PROCESS_MESSAGE)
+            }
+            (_, true) => result("ORDER_IS_CANCELED", Status::F, "The payment was cancelled."),
+        };
+        let mut fields = vec![
+            ("result", result),
             ("paymentRequestId", js(&p.request_id)),
             ("paymentId", js(&p.payment_id)),
             ("paymentAmount", p.amount.json()),
             ("paymentCreateTime", js(&p.create_time)),
-            ("paymentTime", js(&p.payment_time)),
-        ])
+        ];
+        if p.state == State::Success {
+            if let Some(t) = &p.payment_time {
+                fields.push(("paymentTime", js(t)));
+            }
+        }
+        obj(&fields)
     }
 
-    fn pay(&mut self, json: &Value, stamp: &Stamp) -> Outcome {
+    fn pay(&mut self, json: &Value, stamp: &Stamp, ctx: &PayContext<'_>) -> Outcome {
         let Some(request_id) = str_field(json, "paymentRequestId") else {
             return Outcome::body(param_illegal("paymentRequestId is required"));
         };
@@ -242,8 +352,19 @@ impl Store {
             Ok(a) => a,
             Err(e) => return Outcome::body(param_illegal(&e)),
         };
+        let notify = match switch(json, "mockNotify", "\"none\" or \"late:30s\"") {
+            Ok(None) => ctx.notify,
+            Ok(Some(mode)) => mode,
+            Err(e) => return Outcome::body(param_illegal(&e)),
+        };
+        let outcome = match switch(json, "mockOutcome", "\"success_after:2s\" or \"never\"") {
+            Ok(None) => ctx.outcome.clone(),
+            Ok(Some(outcome)) => outcome,
+            Err(e) => return Outcome::body(param_illegal(&e)),
+        };
         if let Some(existing) = self.payments.get(request_id) {
-            // Idempotent on paymentRequestId: the same request again gets the same payment.
+            // Idempotent on paymentRequestId: the same request again gets the same payment
+            // (in its current state) and starts nothing new.
             if existing.amount != amount {
                 return Outcome::body(envelope(
                     "REPEAT_REQ_INCONSISTENT",
@@ -251,39 +372,129 @@ impl Store {
                     "The paymentRequestId was used before with a different paymentAmount.",
                 ));
             }
-            return Outcome::body(Self::pay_body(existing));
+            return Outcome::body(Self::pay_answer(existing));
         }
+        let (state, effect) = match outcome {
+            PaymentOutcome::Success => (State::Success, Some(Effect::Final(request_id.into()))),
+            PaymentOutcome::SuccessAfter(after) => (
+                State::Processing,
+                Some(Effect::SettleAfter {
+                    request_id: request_id.into(),
+                    after,
+                    result: PaymentResult::Success,
+                }),
+            ),
+            PaymentOutcome::FailAfter { after, code } => (
+                State::Processing,
+                Some(Effect::SettleAfter {
+                    request_id: request_id.into(),
+                    after,
+                    result: PaymentResult::Fail { code },
+                }),
+            ),
+            PaymentOutcome::Never => (State::Processing, None),
+        };
         let payment = Payment {
             request_id: request_id.to_string(),
             payment_id: self.new_id(&stamp.date),
             amount,
             create_time: stamp.now.clone(),
-            payment_time: stamp.now.clone(),
-            status: PaymentStatus::Success,
+            payment_time: (state == State::Success).then(|| stamp.now.clone()),
+            state,
             cancel_time: None,
             refunded: 0,
+            notify: NotifyPlan {
+                mode: notify,
+                url: str_field(json, "paymentNotifyUrl").map(str::to_string),
+                client_id: ctx.client_id.to_string(),
+                tampered: ctx.tampered,
+            },
         };
-        let notification = obj(&[
-            ("notifyType", js("PAYMENT_RESULT")),
-            ("result", success()),
-            ("paymentRequestId", js(&payment.request_id)),
-            ("paymentId", js(&payment.payment_id)),
-            ("paymentAmount", payment.amount.json()),
-            ("paymentCreateTime", js(&payment.create_time)),
-            ("paymentTime", js(&payment.payment_time)),
-        ]);
-        let body = Self::pay_body(&payment);
+        let body = Self::pay_answer(&payment);
         self.payment_ids
             .insert(payment.payment_id.clone(), payment.request_id.clone());
         self.payments.insert(payment.request_id.clone(), payment);
         Outcome {
             body: body.into_bytes(),
-            notify: Some(NotifyJob {
-                url_from_request: str_field(json, "paymentNotifyUrl").map(str::to_string),
-                payment_request_id: request_id.to_string(),
-                body: notification.into_bytes(),
-            }),
+            effect,
         }
+    }
+
+    /// The current state of a payment, by `paymentRequestId`.
+    pub(crate) fn status(&self, request_id: &str) -> Option<PaymentStatus> {
+        self.payments.get(request_id).map(Payment::status)
+    }
+
+    /// Makes a PROCESSING payment final (its outcome delay ran out, or a test asked). A
+    /// payment cancelled meanwhile stays cancelled.
+    pub(crate) fn settle(
+        &mut self,
+        request_id: &str,
+        result: &PaymentResult,
+        stamp: &Stamp,
+    ) -> Result<(), ControlError> {
+        let p = self
+            .payments
+            .get_mut(request_id)
+            .ok_or_else(|| ControlError::UnknownPayment(request_id.to_string()))?;
+        let status = p.status();
+        if status != PaymentStatus::Processing {
+            return Err(ControlError::AlreadyFinal {
+                id: request_id.to_string(),
+                status,
+            });
+        }
+        p.state = match result {
+            PaymentResult::Success => State::Success,
+            PaymentResult::Fail { code } => State::Fail { code: code.clone() },
+        };
+        p.payment_time = Some(stamp.now.clone());
+        Ok(())
+    }
+
+    /// The payment's PAYMENT_RESULT notification as of now, with its notify mode. A payment
+    /// that succeeded and was cancelled afterwards still reports its success: Alipay's docs
+    /// say a success notification may arrive after a cancel (the status stays CANCELLED).
+    pub(crate) fn notification(
+        &self,
+        request_id: &str,
+    ) -> Result<(NotifyMode, NotifyJob), ControlError> {
+        let p = self
+            .payments
+            .get(request_id)
+            .ok_or_else(|| ControlError::UnknownPayment(request_id.to_string()))?;
+        let result = match &p.state {
+            State::Processing if p.cancel_time.is_some() => {
+                return Err(ControlError::Cancelled(request_id.to_string()))
+            }
+            State::Processing => return Err(ControlError::NotFinal(request_id.to_string())),
+            State::Success => success(),
+            State::Fail { code } => result(code, Status::F, fail_message(code)),
+        };
+        let mut fields = vec![
+            ("notifyType", js("PAYMENT_RESULT")),
+            ("result", result),
+            ("paymentRequestId", js(&p.request_id)),
+            ("paymentId", js(&p.payment_id)),
+            ("paymentAmount", p.amount.json()),
+            ("paymentCreateTime", js(&p.create_time)),
+        ];
+        // Alipay: paymentTime only when the payment succeeded.
+        if p.state == State::Success {
+            if let Some(t) = &p.payment_time {
+                fields.push(("paymentTime", js(t)));
+            }
+        }
+        Ok((
+            p.notify.mode,
+            NotifyJob {
+                url_from_request: p.notify.url.clone(),
+                payment_request_id: p.request_id.clone(),
+                body: obj(&fields).into_bytes(),
+                client_id: p.notify.client_id.clone(),
+                tampered: p.notify.tampered,
+            },
+        ))
     }
 
     /// Finds a payment by `paymentId` (takes precedence, as documented) or `paymentRequestId`.
@@ -301,35 +512,56 @@ impl Store {
             .ok_or_else(|| envelope("ORDER_NOT_EXIST", Status::F, "The order does not exist."))
     }
 
+    /// `inquiryPayment` in the official response shape: `result` says the inquiry worked;
+    /// `paymentStatus` is the payment's state, with `paymentResultCode`/`paymentResultMessage`
+    /// (`SUCCESS`, `PAYMENT_IN_PROCESS`, or the failure code) and `paymentTime` once paid.
     fn inquiry_payment(&mut self, json: &Value) -> String {
         let p = match self.find_payment(json) {
             Ok(p) => p,
             Err(body) => return body,
         };
+        let status = p.status();
         let mut fields = vec![
             ("result", success()),
-            (
-                "paymentStatus",
-                js(match p.status {
-                    PaymentStatus::Success => "SUCCESS",
-                    PaymentStatus::Cancelled => "CANCELLED",
-                }),
-            ),
+            ("paymentStatus", js(status.as_str())),
         ];
-        if p.status == PaymentStatus::Success {
-            fields.push(("paymentResultCode", js("SUCCESS")));
-            fields.push(("paymentResultMessage", js("success")));
+        match (&p.state, status) {
+            (_, PaymentStatus::Cancelled) => {}
+            (State::Success, _) => {
+                fields.push(("paymentResultCode", js("SUCCESS")));
+                fields.push(("paymentResultMessage", js("success")));
+            }
+            (State::Fail { code }, _) => {
+                fields.push(("paymentResultCode", js(code)));
+                fields.push(("paymentResultMessage", js(fail_message(code))));
+            }
+            (State::Processing, _) => {
+                fields.push(("paymentResultCode", js("PAYMENT_IN_PROCESS")));
+                fields.push(("paymentResultMessage", js(IN_PROCESS_MESSAGE)));
+            }
         }
         fields.extend([
             ("paymentRequestId", js(&p.request_id)),
             ("paymentId", js(&p.payment_id)),
             ("paymentAmount", p.amount.json()),
             ("paymentCreateTime", js(&p.create_time)),
-            ("paymentTime", js(&p.payment_time)),
         ]);
+        if p.state == State::Success {
+            if let Some(t) = &p.payment_time {
+                fields.push(("paymentTime", js(t)));
+            }
+        }
         obj(&fields)
     }
 
+    /// `cancel` closes the payment whatever its state, as Antom's cancel guide describes
+    /// (docs.antom.com/ac/cashierpay/cancel, "Cancel"): a payment not yet paid is cancelled
+    /// and can no longer be paid (a PROCESSING payment never becomes final afterwards, so no
+    /// PAYMENT_RESULT follows); a paid one is cancelled with a full refund, and its status is
+    /// CANCELLED from then on, even if a success notification still arrives later. The
+    /// contract's cancellation window (paid payments until 00:15 UTC+8 the next day) is not
+    /// enforced here. A payment already refunded cannot be cancelled (`PROCESS_FAIL`).
+    /// Cancelling again answers the same `cancelTime`.
     fn cancel(&mut self, json: &Value, stamp: &Stamp) -> String {
         let p = match self.find_payment(json) {
             Ok(p) => p,
@@ -342,7 +574,6 @@ impl Store {
                 "A payment that has been refunded cannot be cancelled.",
             );
         }
-        p.status = PaymentStatus::Cancelled;
         let cancel_time = p.cancel_time.get_or_insert_with(|| stamp.now.clone());
         obj(&[
             ("result", success()),
@@ -391,12 +622,22 @@ impl Store {
         else {
             return envelope("ORDER_NOT_EXIST", Status::F, "The order does not exist.");
         };
-        if payment.status == PaymentStatus::Cancelled {
-            return envelope(
-                "ORDER_IS_CANCELED",
-                Status::F,
-                "The payment was cancelled and cannot be refunded.",
-            );
+        match payment.status() {
+            PaymentStatus::Cancelled => {
+                return envelope(
+                    "ORDER_IS_CANCELED",
+                    Status::F,
+                    "The payment was cancelled and cannot be refunded.",
+                )
+            }
+            PaymentStatus::Processing | PaymentStatus::Fail => {
+                return envelope(
+                    "PROCESS_FAIL",
+                    Status::F,
+                    "Only a successful payment can be refunded.",
+                )
+            }
+            PaymentStatus::Success => {}
         }
         if amount.currency != payment.amount.currency {
             return param_illegal("refundAmount.currency differs from the payment currency");
@@ -480,9 +721,196 @@ mod tests {
         }
     }
 
+    fn ctx() -> PayContext<'static> {
+        static SUCCESS: PaymentOutcome = PaymentOutcome::Success;
+        PayContext {
+            client_id: "T_1",
+            notify: NotifyMode::Immediate,
+            outcome: &SUCCESS,
+            tampered: false,
+        }
+    }
+
+    fn call_out(store: &mut Store, route: &str, body: &str) -> (Value, Option<Effect>) {
+        let out = store.call(route, body.as_bytes(), &stamp(), &ctx());
+        (
+            serde_json::from_slice(&out.body).expect("json body"),
+            out.effect,
+        )
+    }
+
     fn call(store: &mut Store, route: &str, body: &str) -> Value {
-        let out = store.call(route, body.as_bytes(), &stamp());
-        serde_json::from_slice(&out.body).expect("json body")
+        call_out(store, route, body).0
+    }
+
+    fn pay(id: &str, extra: &str) -> String {
+        format!(
+            r#"{{"paymentRequestId":"{id}","paymentAmount":{{"currency":"HKD","value":"100"}},"paymentNotifyUrl":"http://127.0.0.1:9/n"{extra}}}"#
+        )
+    }
+
+    fn inquiry(s: &mut Store, id: &str) -> Value {
+        call(
+            s,
+            "inquiryPayment",
+            &format!(r#"{{"paymentRequestId":"{id}"}}"#),
+        )
+    }
+
+    fn notification(s: &Store, id: &str) -> Result<Value, ControlError> {
+        s.notification(id)
+            .map(|(_, job)| serde_json::from_slice(&job.body).unwrap())
+    }
+
+    #[test]
+    fn processing_payment_settles_once_and_inquiry_follows() {
+        let mut s = Store::default();
+        let (answer, effect) = call_out(
+            &mut s,
+            "pay",
+            &pay("p1", r#","mockOutcome":"success_after:5s""#),
+        );
+        assert_eq!(answer["result"]["resultCode"], "PAYMENT_IN_PROCESS");
+        assert_eq!(answer["result"]["resultStatus"], "U");
+        assert!(answer["paymentId"].is_string() && answer.get("paymentTime").is_none());
+        assert_eq!(
+            effect,
+            Some(Effect::SettleAfter {
+                request_id: "p1".into(),
+                after: Duration::from_secs(5),
+                result: PaymentResult::Success
+            })
+        );
+        let inq = inquiry(&mut s, "p1");
+        assert_eq!(inq["paymentStatus"], "PROCESSING");
+        assert_eq!(inq["paymentResultCode"], "PAYMENT_IN_PROCESS");
+        assert!(inq.get("paymentTime").is_none());
+        assert_eq!(
+            notification(&s, "p1"),
+            Err(ControlError::NotFinal("p1".into()))
+        );
+        // A replay still answers U and starts nothing.
+        let (again, effect) = call_out(&mut s, "pay", &pay("p1", ""));
+        assert_eq!(again["result"]["resultStatus"], "U");
+        assert_eq!(effect, None);
+
+        s.settle("p1", &PaymentResult::Success, &stamp()).unwrap();
+        let inq = inquiry(&mut s, "p1");
+        assert_eq!(inq["paymentStatus"], "SUCCESS");
+        assert_eq!(inq["paymentResultCode"], "SUCCESS");
+        assert_eq!(inq["paymentTime"], "2024-05-01T12:34:57+08:00");
+        let n = notification(&s, "p1").unwrap();
+        assert_eq!(n["notifyType"], "PAYMENT_RESULT");
+        assert_eq!(n["result"]["resultStatus"], "S");
+        assert_eq!(n["paymentTime"], "2024-05-01T12:34:57+08:00");
+        assert_eq!(
+            s.settle("p1", &PaymentResult::Fail { code: "X".into() }, &stamp()),
+            Err(ControlError::AlreadyFinal {
+                id: "p1".into(),
+                status: PaymentStatus::Success
+            })
+        );
+        assert_eq!(
+            call(&mut s, "pay", &pay("p1", ""))["result"]["resultStatus"],
+            "S"
+        );
+    }
+
+    #[test]
+    fn failed_payment_reports_its_code() {
+        let mut s = Store::default();
+        call(
+            &mut s,
+            "pay",
+            &pay("p2", r#","mockOutcome":"fail_after:1s:ORDER_IS_CLOSED""#),
+        );
+        s.settle(
+            "p2",
+            &PaymentResult::Fail {
+                code: "ORDER_IS_CLOSED".into(),
+            },
+            &stamp(),
+        )
+        .unwrap();
+        let inq = inquiry(&mut s, "p2");
+        assert_eq!(
+            inq["result"]["resultStatus"], "S",
+            "the inquiry itself worked"
+        );
+        assert_eq!(inq["paymentStatus"], "FAIL");
+        assert_eq!(inq["paymentResultCode"], "ORDER_IS_CLOSED");
+        assert!(inq["paymentResultMessage"].is_string());
+        assert!(inq.get("paymentTime").is_none());
+        let n = notification(&s, "p2").unwrap();
+        assert_eq!(
+            n["result"],
+            serde_json::json!({"resultCode":"ORDER_IS_CLOSED","resultStatus":"F","resultMessage":"The order is closed."})
+        );
+        assert!(n.get("paymentTime").is_none());
+        let refund = call(
+            &mut s,
+            "refund",
+            &format!(
+                r#"{{"refundRequestId":"r","paymentId":{},"refundAmount":{{"currency":"HKD","value":"1"}}}}"#,
+                inq["paymentId"]
+            ),
+        );
+        assert_eq!(refund["result"]["resultCode"], "PROCESS_FAIL");
+    }
+
+    #[test]
+    fn cancel_closes_processing_and_paid_payments() {
+        let mut s = Store::default();
+        call(&mut s, "pay", &pay("p3", r#","mockOutcome":"never""#));
+        let c = call(&mut s, "cancel", r#"{"paymentRequestId":"p3"}"#);
+        assert_eq!(c["result"]["resultStatus"], "S");
+        assert_eq!(inquiry(&mut s, "p3")["paymentStatus"], "CANCELLED");
+        assert_eq!(
+            notification(&s, "p3"),
+            Err(ControlError::Cancelled("p3".into()))
+        );
+        assert!(matches!(
+            s.settle("p3", &PaymentResult::Success, &stamp()),
+            Err(ControlError::AlreadyFinal {
+                status: PaymentStatus::Cancelled,
+                ..
+            })
+        ));
+        assert_eq!(
+            call(&mut s, "pay", &pay("p3", ""))["result"]["resultCode"],
+            "ORDER_IS_CANCELED"
+        );
+
+        // Paid, then cancelled: CANCELLED, but its (late) notification still reports the payment.
+        call(&mut s, "pay", &pay("p4", r#","mockNotify":"none""#));
+        assert_eq!(s.notification("p4").unwrap().0, NotifyMode::Held);
+        call(&mut s, "cancel", r#"{"paymentRequestId":"p4"}"#);
+        assert_eq!(s.status("p4"), Some(PaymentStatus::Cancelled));
+        assert_eq!(
+            notification(&s, "p4").unwrap()["result"]["resultStatus"],
+            "S"
+        );
+    }
+
+    #[test]
+    fn unusable_switches_are_param_illegal() {
+        let mut s = Store::default();
+        for extra in [
+            r#","mockNotify":"sometimes""#,
+            r#","mockNotify":5"#,
+            r#","mockOutcome":"success_after:forever""#,
+        ] {
+            let (answer, effect) = call_out(&mut s, "pay", &pay("bad", extra));
+            assert_eq!(answer["result"]["resultCode"], "PARAM_ILLEGAL", "{extra}");
+            assert!(effect.is_none());
+        }
+        assert_eq!(s.status("bad"), None);
+        let (_, effect) = call_out(&mut s, "pay", &pay("late", r#","mockNotify":"late:2s""#));
+        assert_eq!(effect, Some(Effect::Final("late".into())));
+        assert_eq!(
+            s.notification("late").unwrap().0,
+            NotifyMode::Late(Duration::from_secs(2))
+        );
     }
 
     #[test]

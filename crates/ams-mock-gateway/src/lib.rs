@@ -37,15 +37,24 @@
 //! `inquiryPayment`, `cancel`, `refund`, `inquiryRefund`, `consult`. Any other path (after a
 //! valid signature) gets a **signed** `NO_INTERFACE_DEF`/`F` with HTTP 200, so clients
 //! exercise their normal signed-response path. State is in memory, per gateway:
-//! - `pay` needs `paymentRequestId` and `paymentAmount` and succeeds (`SUCCESS`/`S`).
+//! - `pay` needs `paymentRequestId` and `paymentAmount` and succeeds (`SUCCESS`/`S`), unless
+//!   its outcome says otherwise (see *Payment outcomes and notification timing*).
 //!   Idempotent on `paymentRequestId`: the same request again returns the same `paymentId`
-//!   (and sends no second notification); the same id with another amount gets
-//!   `REPEAT_REQ_INCONSISTENT`/`F`.
+//!   in its current state (and starts no second notification); the same id with another
+//!   amount gets `REPEAT_REQ_INCONSISTENT`/`F`.
 //! - `inquiryPayment` / `cancel` by `paymentId` (wins) or `paymentRequestId`; unknown →
-//!   `ORDER_NOT_EXIST`/`F`. `cancel` of a refunded payment → `PROCESS_FAIL`/`F`.
+//!   `ORDER_NOT_EXIST`/`F`. `inquiryPayment` answers `result` `SUCCESS`/`S` and the payment's
+//!   `paymentStatus` (`PROCESSING`, `SUCCESS`, `FAIL`, `CANCELLED`), `paymentResultCode` /
+//!   `paymentResultMessage` (`PAYMENT_IN_PROCESS`, `SUCCESS` or the failure code; none once
+//!   cancelled), `paymentRequestId`, `paymentId`, `paymentAmount`, `paymentCreateTime`, and
+//!   `paymentTime` once paid. `cancel` makes any payment CANCELLED, as Antom's cancel guide
+//!   describes (a processing one is never completed or notified afterwards; a paid one is
+//!   refunded in full, the cancellation window is not enforced), and answers `cancelTime`;
+//!   a refunded payment → `PROCESS_FAIL`/`F`.
 //! - `refund` needs `refundRequestId`, `paymentId`, `refundAmount`; the refunds of a payment
 //!   may not exceed its amount (`REFUND_AMOUNT_EXCEED`/`F`); unknown payment →
-//!   `ORDER_NOT_EXIST`; cancelled → `ORDER_IS_CANCELED`; idempotent on `refundRequestId`.
+//!   `ORDER_NOT_EXIST`; cancelled → `ORDER_IS_CANCELED`; not paid (processing or failed) →
+//!   `PROCESS_FAIL`; idempotent on `refundRequestId`.
 //! - `inquiryRefund` by `refundId` (wins) or `refundRequestId`; unknown → `REFUND_NOT_EXIST`.
 //! - `consult` returns a fixed list of payment options.
 //! - Missing or malformed fields → `PARAM_ILLEGAL`/`F` (signed).
@@ -58,15 +67,49 @@
 //!
 //! # Notifications (spec §6)
 //!
-//! After a new successful pay, the gateway POSTs a signed `PAYMENT_RESULT` notification to
-//! [`MockGatewayConfig::notify_url_override`] or else the request's `paymentNotifyUrl`
-//! (none of both: no notification). Headers `Content-Type: application/json`, `client-id`,
+//! When a payment becomes final (at once for a successful pay), the gateway POSTs a signed
+//! `PAYMENT_RESULT` notification to [`MockGatewayConfig::notify_url_override`] or else the
+//! pay's `paymentNotifyUrl` (none of both: no notification). The body reflects the final
+//! state: `notifyType`, `result` (`SUCCESS`/`S`, or the failure code with `F`),
+//! `paymentRequestId`, `paymentId`, `paymentAmount`, `paymentCreateTime`, and `paymentTime`
+//! when it succeeded. Headers `Content-Type: application/json`, `client-id`,
 //! `Request-Time` (ISO-8601 with milliseconds and `+08:00`), `Signature` over
 //! `POST <path?query of the notify URL>\n<client-id>.<Request-Time>.<body>`. It waits
 //! `notify_backoff[i]` before attempt `i+1` and stops at the first answer that is HTTP 200
 //! with `result.resultStatus == "S"` (the SUCCESS acknowledgement) or when the list is used
 //! up; every attempt is logged in [`MockGateway::notifications`]. Only plain `http://`
 //! notify URLs are supported; an `https://` URL is logged as one failed attempt, not sent.
+//!
+//! # Payment outcomes and notification timing
+//!
+//! Two per-payment switches rehearse what Alipay's guide warns about (the customer paid, the
+//! notification never came or came late, only `inquiryPayment` knows). Each is set for every
+//! pay in the configuration or on the command line, or for one pay with a top-level string
+//! field in its body (the per-request value wins; an unusable value gets a signed
+//! `PARAM_ILLEGAL`). Delays are milliseconds or durations (`500`, `2s`, `1m`), at most
+//! [`MAX_SWITCH_DELAY`].
+//!
+//! | body field | config / flag | values |
+//! | --- | --- | --- |
+//! | `"mockOutcome"` | [`MockGatewayConfig::outcome`] / `--outcome` | [`PaymentOutcome`]: `success` (default), `success_after:<d>`, `fail_after:<d>[:<CODE>]`, `never` |
+//! | `"mockNotify"` | [`MockGatewayConfig::notify`] / `--notify` | [`NotifyMode`]: `immediate` (default), `none`, `late:<d>` |
+//!
+//! Every outcome but `success` answers the pay with `PAYMENT_IN_PROCESS`/`U` (with
+//! `paymentRequestId`, `paymentId`, `paymentAmount`, `paymentCreateTime`), as Entry Code and
+//! other user-presented flows do; the payment is `PROCESSING` until the delay ends (then
+//! `SUCCESS`, or `FAIL` with `CODE`, default [`DEFAULT_FAIL_CODE`]) or, for `never`, until it
+//! is completed on demand or cancelled. Its notification is sent when it becomes final:
+//! at once, `late:<d>` after, or, with `none`, only on demand. Fault `no_notify` is `none`.
+//!
+//! On demand, from Rust or over HTTP (unsigned `POST`s to the gateway itself; JSON answers,
+//! 404 for an unknown payment, 409 when its state does not allow it; not in
+//! [`MockGateway::received`]):
+//! - [`MockGateway::notify_now`] / `POST /mock/notify/<paymentRequestId>`: send the payment's
+//!   notification now (replacing a `late:` one still waiting; again = a re-send). Refused
+//!   while it is processing or when it was cancelled before it had a result.
+//! - [`MockGateway::complete_payment`] / `POST /mock/succeed/<id>`,
+//!   `POST /mock/fail/<id>[?code=CODE]`: make a processing payment final now.
+//! - [`MockGateway::payment_status`]: what `inquiryPayment` would say.
 //!
 //! # Fault switches
 //!
@@ -86,7 +129,7 @@
 //! | `invalid_signature` | Alipay's unsigned `INVALID_SIGNATURE`/`F` as if the key were wrong | no |
 //! | `unknown_exception` | signed `UNKNOWN_EXCEPTION`/`U` | no |
 //! | `signed_failure` | signed `PROCESS_FAIL`/`F` | no |
-//! | `no_notify` | pay as usual but send no notification | yes |
+//! | `no_notify` | pay as usual but send no notification (until [`MockGateway::notify_now`]) | yes |
 //! | `notify_tampered` | pay as usual; the notification's signature is over other bytes | yes |
 //!
 //! `delay`, `drop` and `http_status` act before signature verification; the others after it
@@ -94,11 +137,19 @@
 //! value gets a signed `PARAM_ILLEGAL`.
 
 mod api;
+mod control;
 mod crypto;
 mod notify;
 mod server;
+mod switches;
 mod tls;
 
+pub use switches::{
+    ControlError, NotifyMode, PaymentOutcome, PaymentResult, PaymentStatus, DEFAULT_FAIL_CODE,
+    MAX_SWITCH_DELAY,
+};
+
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -145,12 +196,18 @@ pub struct MockGatewayConfig {
     pub notify_backoff: Vec<Duration>,
     /// Fault applied to every request (a request's `mockFault` field overrides it).
     pub fault: Option<Fault>,
+    /// When each payment's notification is sent once it is final (a pay's `mockNotify`
+    /// field overrides it); default [`NotifyMode::Immediate`].
+    pub notify: NotifyMode,
+    /// How each pay ends (a pay's `mockOutcome` field overrides it); default
+    /// [`PaymentOutcome::Success`].
+    pub outcome: PaymentOutcome,
 }
 
 impl MockGatewayConfig {
     /// Defaults for an in-process gateway: `127.0.0.1:0`, plain HTTP, generated Alipay key,
     /// keyVersion `1`, any client id, the request's notify URL, [`DEFAULT_NOTIFY_BACKOFF`],
-    /// no fault.
+    /// no fault, immediate notifications, pays that succeed at once.
     pub fn new(merchant_public_key: impl Into<String>) -> Self {
         MockGatewayConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -162,6 +219,8 @@ impl MockGatewayConfig {
             notify_url_override: None,
             notify_backoff: DEFAULT_NOTIFY_BACKOFF.to_vec(),
             fault: None,
+            notify: NotifyMode::Immediate,
+            outcome: PaymentOutcome::Success,
         }
     }
 }
@@ -181,6 +240,8 @@ impl fmt::Debug for MockGatewayConfig {
             .field("notify_url_override", &self.notify_url_override)
             .field("notify_backoff", &self.notify_backoff)
             .field("fault", &self.fault)
+            .field("notify", &self.notify)
+            .field("outcome", &self.outcome)
             .finish_non_exhaustive()
     }
 }
@@ -422,12 +483,19 @@ pub(crate) struct Shared {
     notify_url_override: Option<String>,
     notify_backoff: Vec<Duration>,
     fault: Option<Fault>,
+    notify_mode: NotifyMode,
+    outcome: PaymentOutcome,
     store: Mutex<api::Store>,
     notifications: Mutex<Vec<NotificationAttempt>>,
     received: Mutex<std::collections::VecDeque<ReceivedRequest>>,
     in_flight: watch::Sender<usize>,
     shutdown_rx: watch::Receiver<bool>,
     notify_client: notify::NotifyClient,
+    /// The runtime the gateway was started in: timers and notifications are spawned there,
+    /// also when a test calls [`MockGateway::notify_now`] from outside it.
+    runtime: tokio::runtime::Handle,
+    /// Late notifications still waiting, by paymentRequestId; dropping the sender cancels.
+    pending_late: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl Shared {
@@ -582,12 +650,16 @@ impl MockGateway {
             notify_url_override: config.notify_url_override.clone(),
             notify_backoff: config.notify_backoff.clone(),
             fault: config.fault,
+            notify_mode: config.notify,
+            outcome: config.outcome.clone(),
             store: Mutex::new(api::Store::default()),
             notifications: Mutex::new(Vec::new()),
             received: Mutex::new(std::collections::VecDeque::new()),
             in_flight,
             shutdown_rx,
             notify_client: notify::client(),
+            runtime: tokio::runtime::Handle::current(),
+            pending_late: Mutex::new(HashMap::new()),
         });
         let accept_task = tokio::spawn(server::accept_loop(listener, acceptor, shared.clone()));
         tracing::info!(%base_url, "mock-gateway: listening");
@@ -643,9 +715,47 @@ impl MockGateway {
             .unwrap_or_default()
     }
 
+    /// The state `inquiryPayment` would report for the pay with this `paymentRequestId`;
+    /// `None` when no such pay reached the gateway.
+    pub fn payment_status(&self, payment_request_id: &str) -> Option<PaymentStatus> {
+        self.shared
+            .store
+            .lock()
+            .ok()
+            .and_then(|store| store.status(payment_request_id))
+    }
+
+    /// Sends the payment's PAYMENT_RESULT notification now (re-sent with the back-off until
+    /// acknowledged, like any other), whatever its notify mode: "Alipay's late notification"
+    /// arriving at the moment a test chooses. A `late:` notification still waiting is
+    /// cancelled, so it is not sent twice; calling this again sends it again, as Alipay's
+    /// re-sends do. Works from inside or outside the gateway's runtime.
+    ///
+    /// Fails when the payment is unknown, still processing, or was cancelled before it had a
+    /// result (Alipay sends no PAYMENT_RESULT then), or when it has nowhere to go.
+    pub fn notify_now(&self, payment_request_id: &str) -> Result<(), ControlError> {
+        notify::now(&self.shared, payment_request_id)
+    }
+
+    /// Makes a PROCESSING payment final now (e.g. one paid with `mockOutcome` `never`), and
+    /// sends its notification as its notify mode says. Fails when the payment is unknown or
+    /// already final (including cancelled). Returns the new status.
+    pub fn complete_payment(
+        &self,
+        payment_request_id: &str,
+        result: PaymentResult,
+    ) -> Result<PaymentStatus, ControlError> {
+        if *self.shared.shutdown_rx.borrow() {
+            return Err(ControlError::Stopped);
+        }
+        control::complete(&self.shared, payment_request_id, &result)
+    }
+
     /// Waits until every notification delivery started so far has finished (acknowledged or
     /// back-off used up), so tests and the demo can check [`MockGateway::notifications`]
-    /// without polling. A delivery starts before the pay response is sent.
+    /// without polling. A delivery starts before the pay response is sent; a `late:`
+    /// notification and a payment with an outcome delay count from the pay, so this waits
+    /// for them too; a held notification (`none`, `never`) does not count until it is sent.
     pub async fn notifications_settled(&self) {
         let mut rx = self.shared.in_flight.subscribe();
         let _ = rx.wait_for(|n| *n == 0).await;
@@ -717,6 +827,16 @@ pub struct MockGatewayArgs {
     /// notify_tampered.
     #[arg(long, value_name = "KIND", value_parser = Fault::from_str)]
     pub fault: Option<Fault>,
+    /// When each payment's notification is sent once it is final: immediate, none (only when
+    /// triggered with POST /mock/notify/PAYMENT_REQUEST_ID), late:DURATION. A pay's
+    /// "mockNotify" field overrides it.
+    #[arg(long, value_name = "MODE", value_parser = NotifyMode::from_str, default_value = "immediate")]
+    pub notify: NotifyMode,
+    /// How each pay ends: success, success_after:DURATION, fail_after:DURATION (or
+    /// fail_after:DURATION:CODE), never; all but success answer PAYMENT_IN_PROCESS/U. A pay's
+    /// "mockOutcome" field overrides it.
+    #[arg(long, value_name = "OUTCOME", value_parser = PaymentOutcome::from_str, default_value = "success")]
+    pub outcome: PaymentOutcome,
 }
 
 fn read_key_file(what: &str, path: &Path) -> Result<String, String> {
@@ -770,6 +890,8 @@ pub fn cli_main(args: MockGatewayArgs) -> i32 {
         notify_url_override: args.notify_url.clone(),
         notify_backoff: args.notify_backoff.clone(),
         fault: args.fault,
+        notify: args.notify,
+        outcome: args.outcome.clone(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -839,6 +961,14 @@ async fn run_cli(config: MockGatewayConfig, args: MockGatewayArgs) -> i32 {
     );
     if let Some(f) = args.fault {
         println!("mock-gateway: fault for every request: {f}");
+    }
+    if args.notify != NotifyMode::Immediate || args.outcome != PaymentOutcome::Success {
+        println!(
+            "mock-gateway: every pay: outcome {}, notification {} (POST {}/mock/notify/<paymentRequestId> sends one now)",
+            args.outcome,
+            args.notify,
+            gateway.base_url()
+        );
     }
     println!("mock-gateway: sidecar settings:");
     println!("    [outbound] gateway = \"{}\"", gateway.base_url());

@@ -11,7 +11,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use tokio::sync::oneshot;
+
 use super::api::NotifyJob;
+use super::switches::{ControlError, NotifyMode};
 use super::{crypto, notification_time, NotificationAttempt, Shared};
 
 /// How long one delivery attempt may take before it counts as failed.
@@ -26,8 +29,16 @@ pub(crate) fn client() -> NotifyClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-/// Decrements the in-flight counter however the delivery task ends (done, failed, aborted).
-struct InFlight(Arc<Shared>);
+/// Decrements the in-flight counter however the task ends (done, failed, aborted).
+pub(crate) struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    /// Raises the counter; it goes down when the guard is dropped.
+    pub(crate) fn start(shared: &Arc<Shared>) -> InFlight {
+        shared.in_flight.send_modify(|n| *n += 1);
+        InFlight(shared.clone())
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -35,11 +46,51 @@ impl Drop for InFlight {
     }
 }
 
-/// Starts delivering `job` in the background; returns at once.
+/// The payment just became final: sends its notification as its [`NotifyMode`] says (now,
+/// later, or not until [`now`] is called).
+pub(crate) fn due(shared: &Arc<Shared>, payment_request_id: &str) {
+    let found = match shared.store.lock() {
+        Ok(store) => store.notification(payment_request_id),
+        Err(_) => return,
+    };
+    match found {
+        Ok((NotifyMode::Immediate, job)) => {
+            let _ = spawn(shared, job, None);
+        }
+        Ok((NotifyMode::Late(delay), job)) => {
+            let _ = spawn(shared, job, Some(delay));
+        }
+        Ok((NotifyMode::Held, _)) => tracing::info!(
+            payment_request_id,
+            "mock-gateway: notification held (notify mode none); send it with POST /mock/notify/<paymentRequestId>"
+        ),
+        Err(e) => tracing::debug!(error = %e, "mock-gateway: no notification"),
+    }
+}
+
+/// Sends the payment's notification now, whatever its notify mode; a late one still waiting
+/// is cancelled, so this one takes its place.
+pub(crate) fn now(shared: &Arc<Shared>, payment_request_id: &str) -> Result<(), ControlError> {
+    if *shared.shutdown_rx.borrow() {
+        return Err(ControlError::Stopped);
+    }
+    let (_, job) = shared
+        .store
+        .lock()
+        .map_err(|_| ControlError::Stopped)?
+        .notification(payment_request_id)?;
+    if let Ok(mut pending) = shared.pending_late.lock() {
+        // Dropping the sender wakes the waiting task, which then ends without sending.
+        pending.remove(payment_request_id);
+    }
+    spawn(shared, job, None)
+}
+
+/// Starts delivering `job` in the background (after `late`, when given); returns at once.
 ///
 /// The in-flight counter is raised before this returns, so a caller that got the pay
 /// response can rely on [`super::MockGateway::notifications_settled`] waiting for it.
-pub(crate) fn spawn(shared: Arc<Shared>, job: NotifyJob, client_id: String, tampered: bool) {
+fn spawn(shared: &Arc<Shared>, job: NotifyJob, late: Option<Duration>) -> Result<(), ControlError> {
     let url = match shared
         .notify_url_override
         .clone()
@@ -51,22 +102,47 @@ pub(crate) fn spawn(shared: Arc<Shared>, job: NotifyJob, client_id: String, tamp
                 payment_request_id = %job.payment_request_id,
                 "mock-gateway: pay without paymentNotifyUrl and no notify URL configured; no notification"
             );
-            return;
+            return Err(ControlError::NoNotifyUrl(job.payment_request_id));
         }
     };
     if shared.notify_backoff.is_empty() {
-        return;
+        return Err(ControlError::NotificationsDisabled);
     }
-    shared.in_flight.send_modify(|n| *n += 1);
-    let guard = InFlight(shared.clone());
+    let guard = InFlight::start(shared);
+    let mut cancelled = None;
+    if late.is_some() {
+        let (tx, rx) = oneshot::channel::<()>();
+        if let Ok(mut pending) = shared.pending_late.lock() {
+            pending.insert(job.payment_request_id.clone(), tx);
+        }
+        cancelled = Some(rx);
+    }
     let mut shutdown = shared.shutdown_rx.clone();
-    tokio::spawn(async move {
+    let shared = shared.clone();
+    shared.runtime.clone().spawn(async move {
         let _guard = guard;
+        if let (Some(delay), Some(cancelled)) = (late, cancelled) {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancelled => return,
+                _ = super::stopped(&mut shutdown) => return,
+            }
+            // Whoever takes the entry sends: `now` may have taken it just as the delay ended.
+            let mine = shared
+                .pending_late
+                .lock()
+                .map(|mut p| p.remove(&job.payment_request_id).is_some())
+                .unwrap_or(false);
+            if !mine {
+                return;
+            }
+        }
         tokio::select! {
-            _ = deliver(&shared, &job, &url, &client_id, tampered) => {}
+            _ = deliver(&shared, &job, &url) => {}
             _ = super::stopped(&mut shutdown) => {}
         }
     });
+    Ok(())
 }
 
 fn record(shared: &Shared, attempt: NotificationAttempt) {
@@ -75,7 +151,7 @@ fn record(shared: &Shared, attempt: NotificationAttempt) {
     }
 }
 
-async fn deliver(shared: &Shared, job: &NotifyJob, url: &str, client_id: &str, tampered: bool) {
+async fn deliver(shared: &Shared, job: &NotifyJob, url: &str) {
     let base = NotificationAttempt {
         url: url.to_string(),
         payment_request_id: job.payment_request_id.clone(),
@@ -128,7 +204,7 @@ async fn deliver(shared: &Shared, job: &NotifyJob, url: &str, client_id: &str, t
         let attempt = u32::try_from(i + 1).unwrap_or(u32::MAX);
         let result = tokio::time::timeout(
             ATTEMPT_TIMEOUT,
-            attempt_once(shared, &uri, &path, client_id, &job.body, tampered),
+            attempt_once(shared, &uri, &path, &job.client_id, &job.body, job.tampered),
         )
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {ATTEMPT_TIMEOUT:?}")));

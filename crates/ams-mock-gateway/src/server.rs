@@ -20,8 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use super::api::{self, envelope, Status};
-use super::{crypto, notify, response_time, Fault, ReceivedRequest, Shared};
+use super::api::{self, envelope, Effect, Status};
+use super::switches::NotifyMode;
+use super::{control, crypto, notify, response_time, Fault, ReceivedRequest, Shared};
 
 /// Largest request body the gateway reads (the sidecar's default limit is 1 MiB).
 pub(crate) const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -243,6 +244,13 @@ pub(crate) async fn handle(
         .filter(|t| !t.is_empty())
         .unwrap_or("/")
         .to_string();
+    if target.starts_with("/mock/") {
+        // The test's remote control: no signature, no faults, not in the received() log
+        // (which shows what API clients sent).
+        let (status, answer) = control::http(&shared, &parts.method, &target);
+        tracing::info!(method = %parts.method, %target, status = status.as_u16(), "mock-gateway: control");
+        return Ok(json_response(status, answer.into_bytes()));
+    }
     let json = serde_json::from_slice::<Value>(&body).ok();
     let (fault, fault_error) = pick_fault(&shared, json.as_ref());
     let checked = check_request(&shared, &parts, &target, &body);
@@ -478,8 +486,18 @@ fn respond(
         ));
     };
     let stamp = super::stamp();
+    let ctx = api::PayContext {
+        client_id: &client_id,
+        notify: if fault == Some(Fault::NoNotify) {
+            NotifyMode::Held
+        } else {
+            shared.notify_mode
+        },
+        outcome: &shared.outcome,
+        tampered: fault == Some(Fault::NotifyTampered),
+    };
     let outcome = match shared.store.lock() {
-        Ok(mut store) => store.call(route, body, &stamp),
+        Ok(mut store) => store.call(route, body, &stamp, &ctx),
         Err(_) => {
             return signed(envelope(
                 "UNKNOWN_EXCEPTION",
@@ -488,15 +506,15 @@ fn respond(
             ))
         }
     };
-    if let Some(job) = outcome.notify {
-        if fault != Some(Fault::NoNotify) {
-            notify::spawn(
-                shared.clone(),
-                job,
-                client_id.clone(),
-                fault == Some(Fault::NotifyTampered),
-            );
-        }
+    // Started before the answer goes out, so notifications_settled() sees them.
+    match outcome.effect {
+        Some(Effect::Final(request_id)) => notify::due(shared, &request_id),
+        Some(Effect::SettleAfter {
+            request_id,
+            after,
+            result,
+        }) => control::settle_after(shared, request_id, after, result),
+        None => {}
     }
     Reply::Signed {
         client_id,
