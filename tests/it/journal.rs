@@ -356,7 +356,7 @@ fn under_ci() -> bool {
 }
 
 /// The PostgreSQL server of the tests, or `None` (with the reason printed) outside CI.
-fn pg_admin_url(test: &str) -> Option<String> {
+pub(crate) fn pg_admin_url(test: &str) -> Option<String> {
     match std::env::var(PG_ENV) {
         Ok(url) if !url.is_empty() => Some(url),
         _ if under_ci() => panic!(
@@ -375,7 +375,7 @@ fn pg_admin_url(test: &str) -> Option<String> {
 }
 
 /// A fresh database on the server at `admin` (psql from Debian's postgresql packages).
-fn create_database(admin: &str, test: &str) -> String {
+pub(crate) fn create_database(admin: &str, test: &str) -> String {
     let name = format!("it_{test}_{}", std::process::id());
     let out = Command::new("psql")
         .args([admin, "-v", "ON_ERROR_STOP=1", "-q"])

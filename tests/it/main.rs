@@ -15,6 +15,7 @@ mod outbound;
 mod production;
 mod properties;
 mod python_sdk;
+mod reconcile;
 mod sdk_compat;
 mod support;
 mod vectors;
