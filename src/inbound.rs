@@ -50,7 +50,7 @@ use crate::handler::{
     BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
 };
 use crate::journal::{self, Entry, Journal, DELIVER_QUERY_HEADER, EVENT_ID_HEADER};
-use crate::merchants::{KeySource, LiveKeys, Selected, UNSELECTED_MERCHANT};
+use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
 use crate::metrics::{Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
 use crate::protocol::{
     ack_signature_headers, content_digest, format_iso8601, parse_request_time, Reason, Verified,
@@ -224,12 +224,7 @@ impl<A: App> Inbound<A> {
     /// # Panics
     /// When `merchants` is empty (a validated config always has one).
     pub fn shared(policy: InboundPolicy, merchants: Vec<InboundMerchant<A>>) -> Self {
-        assert!(!merchants.is_empty(), "an inbound handler needs a merchant");
-        let unselected = if merchants.len() == 1 {
-            merchants[0].name.clone()
-        } else {
-            Arc::from(UNSELECTED_MERCHANT)
-        };
+        let unselected = unselected_label(merchants.iter().map(|m| &m.name));
         Self {
             policy,
             unselected,
@@ -747,7 +742,7 @@ impl<A: App> Handler for Inbound<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merchants::DEFAULT_MERCHANT;
+    use crate::merchants::{DEFAULT_MERCHANT, UNSELECTED_MERCHANT};
     use crate::testing::*;
     use crate::upstream::UpstreamError;
 

@@ -57,6 +57,19 @@ impl KeySource for LiveKeys {
     }
 }
 
+/// The `merchant` label of a request a handler refused before its selection step: the only
+/// merchant's name, or [`UNSELECTED_MERCHANT`] when the handler serves several.
+///
+/// # Panics
+/// When `names` is empty (a handler always serves a merchant; a validated config has one).
+pub fn unselected_label<'a>(mut names: impl ExactSizeIterator<Item = &'a Arc<str>>) -> Arc<str> {
+    match (names.len(), names.next()) {
+        (1, Some(only)) => only.clone(),
+        (0, _) | (_, None) => panic!("a handler needs a merchant"),
+        _ => Arc::from(UNSELECTED_MERCHANT),
+    }
+}
+
 /// The merchant a request was routed to, with the key snapshot the whole request uses.
 pub struct Selected<'a, M> {
     /// The merchant's fixed data and upstream client.

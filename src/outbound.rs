@@ -35,7 +35,7 @@ use crate::handler::{
     BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
 };
 use crate::keyset::KeySet;
-use crate::merchants::{KeySource, LiveKeys, Selected, UNSELECTED_MERCHANT};
+use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
 use crate::metrics::{self, Direction, Outcome, VerificationResult};
 use crate::protocol::{content_digest, format_epoch_millis, format_iso8601, sign_digest, Reason};
 use crate::reconcile::PayRecording;
@@ -196,15 +196,7 @@ impl<G: Gateway> Outbound<G> {
     /// # Panics
     /// When `merchants` is empty (a validated config always has one).
     pub fn shared(policy: OutboundPolicy, merchants: Vec<OutboundMerchant<G>>) -> Self {
-        assert!(
-            !merchants.is_empty(),
-            "an outbound handler needs a merchant"
-        );
-        let unselected = if merchants.len() == 1 {
-            merchants[0].name.clone()
-        } else {
-            Arc::from(UNSELECTED_MERCHANT)
-        };
+        let unselected = unselected_label(merchants.iter().map(|m| &m.name));
         Self {
             policy,
             unselected,
@@ -690,7 +682,7 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merchants::DEFAULT_MERCHANT;
+    use crate::merchants::{DEFAULT_MERCHANT, UNSELECTED_MERCHANT};
     use crate::testing::*;
     use crate::upstream::UpstreamError;
     use std::io::Write;

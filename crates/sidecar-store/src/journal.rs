@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::event::{body_sha256, BusinessIdKind, EventKey};
-use crate::store::{bounded, dispatch, millis, Backend, Cols, Store};
+use crate::store::{bounded, dispatch, ClaimSql, Cols, Store};
 use crate::StoreError;
 
 /// Longest error text kept per failed attempt (an app's error page can be large).
@@ -304,42 +304,14 @@ impl Store {
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let until = now.saturating_add(millis(lease));
-        let limit = limit.max(0);
-        let op = "claim deliveries";
-        let rows = match &self.backend {
-            Backend::Postgres(pool) => {
-                let rows = sqlx::query(CLAIM_DELIVERIES_PG)
-                    .bind(owner)
-                    .bind(until)
-                    .bind(now)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await
-                    .map_err(|e| StoreError::query(op, e))?;
-                rows.iter()
-                    .map(delivery_from_row)
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-            Backend::Sqlite(pool) => {
-                let mut tx = pool
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(|e| StoreError::query(op, e))?;
-                let rows = sqlx::query(CLAIM_DELIVERIES_SQLITE)
-                    .bind(owner)
-                    .bind(until)
-                    .bind(now)
-                    .bind(limit)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(|e| StoreError::query(op, e))?;
-                tx.commit().await.map_err(|e| StoreError::query(op, e))?;
-                rows.iter()
-                    .map(delivery_from_row)
-                    .collect::<Result<Vec<_>, _>>()?
-            }
+        let sql = ClaimSql {
+            op: "claim deliveries",
+            postgres: CLAIM_DELIVERIES_PG,
+            sqlite: CLAIM_DELIVERIES_SQLITE,
         };
+        let rows = self
+            .claim(&sql, now, owner, lease, limit, |r| delivery_from_row(r))
+            .await?;
         let mut out: Vec<(i64, Delivery)> = rows;
         out.sort_by(|a, b| (a.0, &a.1.event_id).cmp(&(b.0, &b.1.event_id)));
         Ok(out.into_iter().map(|(_, d)| d).collect())
@@ -447,7 +419,7 @@ fn parse_status(s: &str) -> Result<NotificationStatus, StoreError> {
     })
 }
 
-fn delivery_from_row(row: &impl Cols) -> Result<(i64, Delivery), StoreError> {
+fn delivery_from_row(row: &dyn Cols) -> Result<(i64, Delivery), StoreError> {
     Ok((
         row.opt_int("next_attempt_at")?.unwrap_or(0),
         Delivery {

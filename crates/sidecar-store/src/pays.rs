@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::store::{dispatch, millis, Backend, Cols, Store};
+use crate::store::{dispatch, ClaimSql, Cols, Store};
 use crate::StoreError;
 
 /// How a pay record ended (the `outcome` label of the reconciliation metric).
@@ -220,42 +220,14 @@ impl Store {
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<PayRecord>, StoreError> {
-        let until = now.saturating_add(millis(lease));
-        let limit = limit.max(0);
-        let op = "claim pays";
-        let mut out = match &self.backend {
-            Backend::Postgres(pool) => {
-                let rows = sqlx::query(CLAIM_PAYS_PG)
-                    .bind(owner)
-                    .bind(until)
-                    .bind(now)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await
-                    .map_err(|e| StoreError::query(op, e))?;
-                rows.iter()
-                    .map(pay_from_row)
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-            Backend::Sqlite(pool) => {
-                let mut tx = pool
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(|e| StoreError::query(op, e))?;
-                let rows = sqlx::query(CLAIM_PAYS_SQLITE)
-                    .bind(owner)
-                    .bind(until)
-                    .bind(now)
-                    .bind(limit)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(|e| StoreError::query(op, e))?;
-                tx.commit().await.map_err(|e| StoreError::query(op, e))?;
-                rows.iter()
-                    .map(pay_from_row)
-                    .collect::<Result<Vec<_>, _>>()?
-            }
+        let sql = ClaimSql {
+            op: "claim pays",
+            postgres: CLAIM_PAYS_PG,
+            sqlite: CLAIM_PAYS_SQLITE,
         };
+        let mut out = self
+            .claim(&sql, now, owner, lease, limit, |r| pay_from_row(r))
+            .await?;
         out.sort_by(|a, b| (a.next_at, &a.id).cmp(&(b.next_at, &b.id)));
         Ok(out)
     }
@@ -317,7 +289,7 @@ impl Store {
             .fetch_optional(pool)
             .await
             .map_err(|e| StoreError::query("read pay", e))?;
-            row.as_ref().map(pay_from_row).transpose()
+            row.as_ref().map(|r| pay_from_row(r)).transpose()
         })
     }
 
@@ -333,7 +305,7 @@ impl Store {
     }
 }
 
-fn pay_from_row(row: &impl Cols) -> Result<PayRecord, StoreError> {
+fn pay_from_row(row: &dyn Cols) -> Result<PayRecord, StoreError> {
     let outcome = match row.opt_text("outcome")? {
         None => None,
         Some(s) => Some(PayOutcome::parse(&s).ok_or_else(|| StoreError::Corrupt {

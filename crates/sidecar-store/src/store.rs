@@ -319,6 +319,62 @@ fn migrate_error(e: MigrateError, on_sql: impl Fn(sqlx::Error) -> StoreError) ->
     }
 }
 
+/// The statements of one lease claim ([`Store::claim`]): the PostgreSQL form (row locks,
+/// `SKIP LOCKED`) and the SQLite form (run inside `BEGIN IMMEDIATE`); both bind `$1` owner,
+/// `$2` lease end, `$3` now, `$4` limit.
+pub(crate) struct ClaimSql {
+    pub(crate) op: &'static str,
+    pub(crate) postgres: &'static str,
+    pub(crate) sqlite: &'static str,
+}
+
+impl Store {
+    /// Claims due rows for `owner` until `now + lease`, at most `limit`, in one atomic
+    /// statement (see the crate doc, "the lease model"), each row mapped by `map`.
+    pub(crate) async fn claim<T>(
+        &self,
+        sql: &ClaimSql,
+        now: i64,
+        owner: &str,
+        lease: Duration,
+        limit: i64,
+        map: fn(&dyn Cols) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let until = now.saturating_add(millis(lease));
+        let limit = limit.max(0);
+        let op = sql.op;
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                let rows = sqlx::query(sql.postgres)
+                    .bind(owner)
+                    .bind(until)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(|e| StoreError::query(op, e))?;
+                rows.iter().map(|r| map(r)).collect()
+            }
+            Backend::Sqlite(pool) => {
+                let mut tx = pool
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(|e| StoreError::query(op, e))?;
+                let rows = sqlx::query(sql.sqlite)
+                    .bind(owner)
+                    .bind(until)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| StoreError::query(op, e))?;
+                tx.commit().await.map_err(|e| StoreError::query(op, e))?;
+                rows.iter().map(|r| map(r)).collect()
+            }
+        }
+    }
+}
+
 /// Column access shared by both backends' rows, with errors mapped to [`StoreError`].
 pub(crate) trait Cols {
     fn text(&self, c: &str) -> Result<String, StoreError>;
