@@ -90,6 +90,13 @@ const CANCEL_RESULTS: [&str; 2] = ["success", "error"];
 /// `op` label values of `alipay_sidecar_reconcile_store_errors_total`.
 const STORE_OPS: [&str; 4] = ["record_pay", "close_pay", "work", "deliver"];
 
+/// Registers the reconciler's metrics (all series at zero) in the process's set, as the
+/// reconciler does when it starts: for checks that the dashboards and alerts only use names
+/// the code exposes.
+pub fn register_metrics() {
+    metrics();
+}
+
 fn metrics() -> &'static ReconcileMetrics {
     static M: OnceLock<ReconcileMetrics> = OnceLock::new();
     M.get_or_init(|| {

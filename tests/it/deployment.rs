@@ -334,8 +334,18 @@ fn referenced_metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
+/// Every sample name the code can expose: the core set, plus the state store's features
+/// (journal, delivery worker, reconciler), which register their metrics when they start.
+fn exposed_names() -> BTreeSet<String> {
+    let mut names = sample_names(&one_of_each());
+    alipay_sidecar::journal::metrics().register_merchants(["default"]);
+    alipay_sidecar::reconcile::register_metrics();
+    names.extend(sample_names(&alipay_sidecar::metrics::render()));
+    names
+}
+
 fn assert_names_exist(file: &str, text: &str) -> BTreeSet<String> {
-    let exposed = sample_names(&one_of_each());
+    let exposed = exposed_names();
     let referenced = referenced_metric_names(text);
     assert!(
         !referenced.is_empty(),
