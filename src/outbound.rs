@@ -602,11 +602,7 @@ impl<G: Gateway> Handler for Outbound<G> {
         if let (Some((recording, merchant, client_id, target, body)), Ok((head, answer))) =
             (pay, &result)
         {
-            let verified = head
-                .headers
-                .get(VERIFIED_HEADER)
-                .is_some_and(|v| v.as_bytes() == Marker::Verified.as_str().as_bytes());
-            if head.status.as_u16() == 200 && verified {
+            if head.status.as_u16() == 200 && report.outcome == Outcome::Verified {
                 recording
                     .after_verified_answer(&merchant, &client_id, &target, &body, answer)
                     .await;
