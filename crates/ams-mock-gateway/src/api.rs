@@ -166,6 +166,22 @@ struct Payment {
 }
 
 impl Payment {
+    /// The payment's own fields of a pay or inquiry answer: ids, amount, create time, and
+    /// `paymentTime` once paid.
+    fn push_fields(&self, fields: &mut Vec<(&'static str, String)>) {
+        fields.extend([
+            ("paymentRequestId", js(&self.request_id)),
+            ("paymentId", js(&self.payment_id)),
+            ("paymentAmount", self.amount.json()),
+            ("paymentCreateTime", js(&self.create_time)),
+        ]);
+        if self.state == State::Success {
+            if let Some(t) = &self.payment_time {
+                fields.push(("paymentTime", js(t)));
+            }
+        }
+    }
+
     fn status(&self) -> PaymentStatus {
         if self.cancel_time.is_some() {
             return PaymentStatus::Cancelled;
@@ -329,18 +345,8 @@ impl Store {
             }
             (_, true) => result("ORDER_IS_CANCELED", Status::F, "The payment was cancelled."),
         };
-        let mut fields = vec![
-            ("result", result),
-            ("paymentRequestId", js(&p.request_id)),
-            ("paymentId", js(&p.payment_id)),
-            ("paymentAmount", p.amount.json()),
-            ("paymentCreateTime", js(&p.create_time)),
-        ];
-        if p.state == State::Success {
-            if let Some(t) = &p.payment_time {
-                fields.push(("paymentTime", js(t)));
-            }
-        }
+        let mut fields = vec![("result", result)];
+        p.push_fields(&mut fields);
         obj(&fields)
     }
 
@@ -540,17 +546,7 @@ impl Store {
                 fields.push(("paymentResultMessage", js(IN_PROCESS_MESSAGE)));
             }
         }
-        fields.extend([
-            ("paymentRequestId", js(&p.request_id)),
-            ("paymentId", js(&p.payment_id)),
-            ("paymentAmount", p.amount.json()),
-            ("paymentCreateTime", js(&p.create_time)),
-        ]);
-        if p.state == State::Success {
-            if let Some(t) = &p.payment_time {
-                fields.push(("paymentTime", js(t)));
-            }
-        }
+        p.push_fields(&mut fields);
         obj(&fields)
     }
 
