@@ -165,6 +165,15 @@ pub fn result_status(body: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
+/// `result.resultCode` of a JSON body, if any (read-only, like [`result_status`]).
+pub fn result_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("result")?
+        .get("resultCode")?
+        .as_str()
+        .map(str::to_string)
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_millis() -> i64 {
     SystemTime::now()

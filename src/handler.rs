@@ -235,6 +235,9 @@ pub enum Marker {
     UnverifiedStatus,
     /// Outbound: an unsigned 200 whose `resultStatus` is `F` (`unsigned-failure`).
     UnsignedFailure,
+    /// Outbound, API-key mode: an unsigned answer, relayed because the API-key protocol has
+    /// no response signature (`unsigned-api-key`).
+    UnsignedApiKey,
 }
 
 impl Marker {
@@ -246,6 +249,7 @@ impl Marker {
             Marker::Disabled => "disabled",
             Marker::UnverifiedStatus => "unverified-status",
             Marker::UnsignedFailure => "unsigned-failure",
+            Marker::UnsignedApiKey => "unsigned-api-key",
         }
     }
 }
@@ -396,6 +400,7 @@ mod tests {
             (Marker::Disabled, "disabled"),
             (Marker::UnverifiedStatus, "unverified-status"),
             (Marker::UnsignedFailure, "unsigned-failure"),
+            (Marker::UnsignedApiKey, "unsigned-api-key"),
         ];
         let readme = include_str!("../README.md");
         for (marker, value) in all {

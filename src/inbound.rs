@@ -594,9 +594,14 @@ impl<A: App> Inbound<A> {
         report: &mut Report,
     ) -> pingora::Result<()> {
         let keys = &selected.keys;
+        // API-key mode has no merchant private key: the acknowledgement goes unsigned, as
+        // Alipay allows (check-config warns when sign_acknowledgements asks for more)
+        let Some(private) = keys.credential.signing_key() else {
+            return Ok(());
+        };
         let sign_start = Instant::now();
         match ack_signature_headers(
-            &keys.merchant,
+            private,
             &keys.merchant_key_version,
             &selected.merchant.client_id,
             target,

@@ -16,8 +16,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, InboundMode, MerchantConfig, Origin};
-use crate::protocol::{KeyEncoding, KeyError, PrivateKey, PublicKey, Verifier};
+use crate::config::{Config, CredentialFile, InboundMode, MerchantConfig, Origin};
+use crate::protocol::{
+    ApiKey, ApiKeyEnv, ApiKeyError, KeyEncoding, KeyError, PrivateKey, PublicKey, Verifier,
+};
 
 /// Everything needed to sign and verify, loaded and checked together. Cheap to clone (keys are
 /// reference-counted); hold it in an `Arc`/`ArcSwap` for hot reload.
@@ -26,8 +28,9 @@ pub struct KeySet {
     /// The merchant's client id (signed into every message); [`preflight`] finds the
     /// merchant of a set by it.
     pub client_id: String,
-    /// The merchant private key that signs outgoing requests (and acknowledgements).
-    pub merchant: PrivateKey,
+    /// How outgoing requests authenticate: the merchant private key that signs them (and
+    /// acknowledgements), or the merchant's API key.
+    pub credential: Credential,
     /// `keyVersion` written into outgoing `Signature` headers.
     pub merchant_key_version: String,
     /// Alipay's public keys by `keyVersion`.
@@ -39,6 +42,42 @@ pub struct KeySet {
     /// How the merchant private key file was protected when it was read, for the preflight's
     /// "readable by others" warning (`None` off Unix).
     pub merchant_key_file: Option<FileAccess>,
+}
+
+/// The merchant's credential toward the gateway.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// RSA signing with the merchant private key (`merchant_private_key`).
+    Signing(PrivateKey),
+    /// `Authorization: Bearer <key>` (`api_key`); there is no merchant private key.
+    ApiKey(ApiKey),
+}
+
+impl Credential {
+    /// The merchant private key, in signing mode.
+    pub fn signing_key(&self) -> Option<&PrivateKey> {
+        match self {
+            Credential::Signing(k) => Some(k),
+            Credential::ApiKey(_) => None,
+        }
+    }
+
+    /// The API key, in API-key mode.
+    pub fn api_key(&self) -> Option<&ApiKey> {
+        match self {
+            Credential::Signing(_) => None,
+            Credential::ApiKey(k) => Some(k),
+        }
+    }
+
+    /// What identifies the credential in logs and metrics without revealing it: the private
+    /// key's public-key fingerprint, or the API key's SHA-256 prefix.
+    pub fn fingerprint(&self) -> &str {
+        match self {
+            Credential::Signing(k) => k.fingerprint(),
+            Credential::ApiKey(k) => k.fingerprint(),
+        }
+    }
 }
 
 /// Ownership and mode of a key file, and the group the sidecar runs as.
@@ -87,8 +126,8 @@ pub const CONTAINER_UID: u32 = 65532;
 /// Which file each key was read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeySources {
-    /// The merchant private key file.
-    pub merchant_private_key: PathBuf,
+    /// The merchant's credential file (private key or API key).
+    pub credential: PathBuf,
     /// Alipay public key files by `keyVersion`.
     pub alipay_public_keys: BTreeMap<String, PathBuf>,
 }
@@ -96,7 +135,7 @@ pub struct KeySources {
 impl KeySources {
     /// Every key file, so a watcher knows which folders to watch.
     pub fn files(&self) -> Vec<&Path> {
-        std::iter::once(self.merchant_private_key.as_path())
+        std::iter::once(self.credential.as_path())
             .chain(self.alipay_public_keys.values().map(PathBuf::as_path))
             .collect()
     }
@@ -144,6 +183,16 @@ pub enum KeySetError {
         path: PathBuf,
         /// What went wrong and what to do.
         reason: String,
+    },
+    /// The API key file does not hold an API key. The message never contains the file's text.
+    #[error("{location}: the API key file {} is not usable: {source}", path.display())]
+    BadApiKey {
+        /// Config file and line (or environment variable) naming the file, and the key.
+        location: String,
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with the format.
+        source: ApiKeyError,
     },
     /// The file was read but does not hold a usable key for its slot.
     #[error("{location}: the {role} file {} is not usable: {source}", path.display())]
@@ -379,15 +428,31 @@ impl KeySet {
         merchant: &MerchantConfig,
     ) -> Result<KeySet, KeySetError> {
         let k = &merchant.keys;
-        let key = &merchant.key("keys.merchant_private_key");
-        let role = "merchant private key";
-        let text = read_key_file(config, key, role, &k.merchant_private_key)?;
-        let private = PrivateKey::from_text(&text).map_err(|source| KeySetError::BadKey {
-            location: location(config, key),
-            role: role.to_string(),
-            path: k.merchant_private_key.clone(),
-            source,
-        })?;
+        let key = &merchant.key(&format!("keys.{}", k.credential.option()));
+        let credential = match &k.credential {
+            CredentialFile::PrivateKey(path) => {
+                let role = "merchant private key";
+                let text = read_key_file(config, key, role, path)?;
+                Credential::Signing(PrivateKey::from_text(&text).map_err(|source| {
+                    KeySetError::BadKey {
+                        location: location(config, key),
+                        role: role.to_string(),
+                        path: path.clone(),
+                        source,
+                    }
+                })?)
+            }
+            CredentialFile::ApiKey(path) => {
+                let text = read_key_file(config, key, "API key", path)?;
+                Credential::ApiKey(ApiKey::parse(&text).map_err(|source| {
+                    KeySetError::BadApiKey {
+                        location: location(config, key),
+                        path: path.clone(),
+                        source,
+                    }
+                })?)
+            }
+        };
         let mut alipay = Vec::new();
         for (version, path) in &k.alipay_public_keys {
             let key = merchant.key(&format!("keys.alipay_public_keys.{version}"));
@@ -403,15 +468,15 @@ impl KeySet {
         }
         Ok(KeySet {
             client_id: merchant.client_id.clone(),
-            merchant: private,
+            credential,
             merchant_key_version: k.merchant_key_version.clone(),
             alipay: Verifier::new(alipay),
             sources: KeySources {
-                merchant_private_key: k.merchant_private_key.clone(),
+                credential: k.credential.path().to_path_buf(),
                 alipay_public_keys: k.alipay_public_keys.clone(),
             },
             warnings: Vec::new(),
-            merchant_key_file: file_access(&k.merchant_private_key),
+            merchant_key_file: file_access(k.credential.path()),
         })
     }
 }
@@ -484,22 +549,32 @@ pub fn merchant_preflight(
             client_id
         )));
     }
+    let credential_key = merchant.key(&format!("keys.{}", merchant.keys.credential.option()));
     if let Some(access) = keys.merchant_key_file.filter(FileAccess::too_open) {
-        let path = keys.sources.merchant_private_key.display();
+        let path = keys.sources.credential.display();
+        let what = match keys.credential {
+            Credential::Signing(_) => "merchant private key",
+            Credential::ApiKey(_) => "API key",
+        };
         out.push(warning(format!(
-            "{}: the merchant private key file {path} has mode {:04o}: it is readable by \
+            "{}: the {what} file {path} has mode {:04o}: it is readable by \
              users other than the sidecar's (as ssh would say: UNPROTECTED PRIVATE KEY FILE). \
              Anyone who can read it can sign payments as you. Run `chmod 600 {path}` (or 0440 \
              with the file's group set to the sidecar's group, as Kubernetes' fsGroup does)",
-            location(config, &merchant.key("keys.merchant_private_key")),
+            location(config, &credential_key),
             access.mode
         )));
     }
 
+    // API-key mode: the key's client id and environment against the merchant's settings.
+    if let Credential::ApiKey(api_key) = &keys.credential {
+        out.extend(api_key_preflight(config, merchant, api_key, &credential_key));
+    }
+
     // 1. The merchant's own public key configured as Alipay's.
-    let own = keys.merchant.public_key();
+    let own = keys.credential.signing_key().map(PrivateKey::public_key);
     for (version, public) in keys.alipay.versions() {
-        if *public == own {
+        if let Some(own) = own.as_ref().filter(|own| *own == public) {
             out.push(error(format!(
                 "{}: this \"Alipay\" public key is the public half of your own merchant private \
                  key ({}): you configured your own public key as Alipay's; download Alipay's \
@@ -530,15 +605,15 @@ pub fn merchant_preflight(
     }
 
     // 3. PKCS#1 merchant key.
-    if is_pkcs1(keys.merchant.encoding()) {
+    if let Some(private) = keys.credential.signing_key().filter(|k| is_pkcs1(k.encoding())) {
         out.push(warning(format!(
             "{}: the merchant private key is {}; the sidecar accepts it, but Alipay's SDKs \
              (Java, Go, .NET) and dashboard tooling use PKCS#8, so a copy shared with them will \
              not load. Convert it: `openssl pkcs8 -topk8 -nocrypt -in {} -out \
              merchant_private_key.pkcs8.pem` (the key itself, and its public half, stay the same)",
             location(config, &merchant.key("keys.merchant_private_key")),
-            keys.merchant.encoding(),
-            keys.sources.merchant_private_key.display()
+            private.encoding(),
+            keys.sources.credential.display()
         )));
     }
 
@@ -601,6 +676,67 @@ pub fn merchant_preflight(
                 live_prefixes.join(", ")
             )));
         }
+    }
+    out
+}
+
+/// The findings about an API-key merchant: the key was issued for another client id, or for
+/// an environment none of the allowed paths belongs to; and acknowledgements that cannot be
+/// signed without a private key.
+fn api_key_preflight(
+    config: &Config,
+    merchant: &MerchantConfig,
+    api_key: &ApiKey,
+    key: &str,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if api_key.client_id() != merchant.client_id {
+        out.push(error(format!(
+            "{}: the API key ({}) was issued for client id \"{}\", but this merchant's \
+             client_id is \"{}\": Alipay refuses a key used for another client. Put this \
+             merchant's own API key in the file, or correct client_id",
+            location(config, key),
+            api_key.describe(),
+            crate::exchange::echo(api_key.client_id()),
+            merchant.client_id
+        )));
+    }
+    if let Some(o) = &config.outbound {
+        let rewrite = o.sandbox_path_rewrite && merchant.is_sandbox();
+        let usable = o.allowed_path_prefixes.iter().any(|p| {
+            api_key.env().owns_path(p)
+                || (rewrite && api_key.env() == ApiKeyEnv::Test && p.starts_with("/ams/api/"))
+        });
+        if !usable {
+            let (key_env, paths, fix) = match api_key.env() {
+                ApiKeyEnv::Test => (
+                    "a TEST key, which Alipay accepts only on sandbox paths (/ams/sandbox/api/…)",
+                    "only live paths",
+                    "allow \"/ams/sandbox/api/\" (the SDKs send TEST-key calls there), or use \
+                     your PROD key for live traffic",
+                ),
+                ApiKeyEnv::Prod => (
+                    "a PROD key, which Alipay accepts only on live paths (/ams/api/…)",
+                    "only sandbox paths",
+                    "allow \"/ams/api/\", or use your TEST key for sandbox traffic",
+                ),
+            };
+            out.push(error(format!(
+                "{}: the API key of merchant \"{}\" is {key_env}, but {paths} are allowed \
+                 ({}): every call would fail. In `allowed_path_prefixes`, {fix}",
+                location(config, key),
+                merchant.name,
+                o.allowed_path_prefixes.join(", ")
+            )));
+        }
+    }
+    if config.inbound.as_ref().is_some_and(|i| i.sign_acknowledgements) {
+        out.push(warning(format!(
+            "{}: `sign_acknowledgements = true`, but merchant \"{}\" uses an API key and has no \
+             private key to sign with: its acknowledgements go unsigned (Alipay accepts them)",
+            location(config, "inbound.sign_acknowledgements"),
+            merchant.name
+        )));
     }
     out
 }
@@ -678,7 +814,7 @@ pub fn cross_preflight(config: &Config, sets: &[(&MerchantConfig, &KeySet)]) -> 
     let mut out = Vec::new();
     for (i, (a, ka)) in sets.iter().enumerate() {
         for (b, kb) in sets.iter().skip(i + 1) {
-            let same_private = ka.merchant.fingerprint() == kb.merchant.fingerprint();
+            let same_private = ka.credential.fingerprint() == kb.credential.fingerprint();
             let shared_alipay: Vec<&str> = ka
                 .alipay
                 .versions()
@@ -691,7 +827,7 @@ pub fn cross_preflight(config: &Config, sets: &[(&MerchantConfig, &KeySet)]) -> 
             );
             if a.is_sandbox() != b.is_sandbox() && (same_private || !shared_alipay.is_empty()) {
                 let what = if same_private {
-                    format!("the merchant private key {}", ka.merchant.fingerprint())
+                    format!("the merchant credential {}", ka.credential.fingerprint())
                 } else {
                     format!("the Alipay public key {}", shared_alipay.join(", "))
                 };
@@ -708,7 +844,7 @@ pub fn cross_preflight(config: &Config, sets: &[(&MerchantConfig, &KeySet)]) -> 
                      will fail verification at the gateway; check which key file belongs to \
                      which merchant",
                     location(config, &b.key("keys.merchant_private_key")),
-                    ka.merchant.fingerprint()
+                    ka.credential.fingerprint()
                 )));
             }
         }

@@ -19,7 +19,8 @@
 //! - [`admin`], [`server`], [`listen`]: the running sidecar ([`listen`]: port-0 listeners
 //!   and the ready file).
 //! - [`store`]: the state store of `[store]` (crate `sidecar-store`) on a runtime of its own.
-//! - [`metrics`], [`logging`]: observability.
+//! - [`metrics`], [`logging`]: observability; [`credentials`]: the app's credentials the
+//!   sidecar drops, and the loud warning when the gateway refuses the merchant's.
 //! - `mock_gateway`: the `ams-mock-gateway` crate (crates/ams-mock-gateway), re-exported with
 //!   the default `mock-gateway` feature: the fake Alipay gateway used by the demo, the tests
 //!   and users.
@@ -29,6 +30,7 @@ pub mod adapter;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod delivery;
 #[cfg(feature = "mock-gateway")]
 pub mod demo;

@@ -88,6 +88,8 @@ pub enum KeyRole {
     MerchantPrivate,
     /// One Alipay public key (one per configured keyVersion).
     AlipayPublic,
+    /// The merchant's API key (API-key mode; the fingerprint is its SHA-256 prefix).
+    ApiKey,
 }
 
 impl KeyRole {
@@ -96,6 +98,7 @@ impl KeyRole {
         match self {
             KeyRole::MerchantPrivate => "merchant_private",
             KeyRole::AlipayPublic => "alipay_public",
+            KeyRole::ApiKey => "api_key",
         }
     }
 }

@@ -34,10 +34,12 @@ use crate::exchange::{self, KEY_VERSION_HEADER, VERIFIED_HEADER};
 use crate::handler::{
     BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
 };
-use crate::keyset::KeySet;
+use crate::keyset::{Credential, KeySet};
 use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
 use crate::metrics::{self, Direction, Outcome, VerificationResult};
-use crate::protocol::{content_digest, format_epoch_millis, format_iso8601, sign_digest, Reason};
+use crate::protocol::{
+    content_digest, format_epoch_millis, format_iso8601, sign_digest, ApiKeyEnv, Reason,
+};
 use crate::reconcile::PayRecording;
 use crate::state::SidecarState;
 use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
@@ -53,6 +55,18 @@ const REPLACED: &[&str] = &["client-id", "request-time", "signature"];
 /// `identity`, so what it verifies is what was signed) and the Go SDK's `Key-Version`
 /// (signing metadata, set to the sidecar's own key version when the app sent one).
 const ALSO_REPLACED: &[&str] = &["accept-encoding", "key-version"];
+
+/// How one request authenticates to the gateway, from the key snapshot.
+enum Auth<'a> {
+    /// `Client-Id`, `Request-Time`, `Signature` (and `Key-Version` when the app sent one).
+    Signed {
+        time: &'a str,
+        signature: &'a str,
+        key_version: &'a str,
+    },
+    /// `Authorization: Bearer <key>`.
+    Bearer(String),
+}
 
 /// The Alipay gateway as the outbound handler needs it: one signed request out, the whole
 /// answer back (bounded by `request.max_response`, within `request.timeout`).
@@ -132,6 +146,7 @@ impl<G: Gateway> OutboundMerchant<G> {
     ) -> Self {
         let mut not_forwarded = REPLACED.to_vec();
         not_forwarded.extend_from_slice(ALSO_REPLACED);
+        not_forwarded.extend_from_slice(&crate::credentials::APP_CREDENTIAL_HEADERS);
         if agent_token.is_some() {
             not_forwarded.push("agent-token");
         }
@@ -257,10 +272,15 @@ impl<G: Gateway> Outbound<G> {
         })
     }
 
-    /// The path that is signed and sent: as received, or with the SDKs' sandbox rewrite.
-    fn signed_target(&self, client_id: &str, target: &str) -> String {
+    /// The path that is signed and sent: as received, or with the SDKs' sandbox rewrite (for
+    /// `SANDBOX_` client ids and TEST API keys).
+    fn signed_target(&self, client_id: &str, keys: &KeySet, target: &str) -> String {
+        let test_key = keys
+            .credential
+            .api_key()
+            .is_some_and(|k| k.env() == ApiKeyEnv::Test);
         if self.policy.sandbox_path_rewrite
-            && client_id.starts_with("SANDBOX_")
+            && (client_id.starts_with("SANDBOX_") || test_key)
             && target.starts_with("/ams/api/")
         {
             return target.replacen("/ams/api/", "/ams/sandbox/api/", 1);
@@ -289,33 +309,61 @@ impl<G: Gateway> Outbound<G> {
             tracing::info!("the app sent its own Client-Id/Request-Time/Signature headers; the sidecar replaces them (logged once)");
         }
 
-        // sign exactly those bytes with one snapshot of the keys
-        let signed_target = self.signed_target(&merchant.client_id, &req.target);
-        let time = self.request_time();
-        // the digest of the content to sign, hashed where the bytes lie (no copy of the body)
-        let digest = content_digest(
-            "POST",
-            &signed_target,
-            &merchant.client_id,
-            &time,
-            &req.body,
-        );
-        let sign_start = Instant::now();
-        let signature = sign_digest(&keys.merchant, &keys.merchant_key_version, &digest)
-            .map_err(|e| Refusal::new(SidecarError::SigningFailed, e.to_string()))?;
-        report.sign_time = Some(sign_start.elapsed());
-        tracing::debug!(content_sha256 = %digest.to_hex(), path = %signed_target, request_time = %time, "signed request");
+        // the app's own credentials never reach the gateway (counted; dropped with
+        // `not_forwarded`)
+        crate::credentials::record_dropped(&merchant.name, &req.head.headers);
+
+        // sign exactly those bytes with one snapshot of the keys (or, in API-key mode, send
+        // the merchant's key instead of a signature)
+        let signed_target = self.signed_target(&merchant.client_id, &keys, &req.target);
+        let time;
+        let signature;
+        let auth = match &keys.credential {
+            Credential::Signing(private) => {
+                time = self.request_time();
+                // the digest of the content to sign, hashed where the bytes lie (no copy of
+                // the body)
+                let digest = content_digest(
+                    "POST",
+                    &signed_target,
+                    &merchant.client_id,
+                    &time,
+                    &req.body,
+                );
+                let sign_start = Instant::now();
+                signature = sign_digest(private, &keys.merchant_key_version, &digest)
+                    .map_err(|e| Refusal::new(SidecarError::SigningFailed, e.to_string()))?;
+                report.sign_time = Some(sign_start.elapsed());
+                tracing::debug!(content_sha256 = %digest.to_hex(), path = %signed_target, request_time = %time, "signed request");
+                Auth::Signed {
+                    time: &time,
+                    signature: &signature,
+                    key_version: &keys.merchant_key_version,
+                }
+            }
+            Credential::ApiKey(api_key) => {
+                let path = signed_target.split('?').next().unwrap_or("");
+                if !api_key.env().owns_path(path) {
+                    let (env, wanted) = match api_key.env() {
+                        ApiKeyEnv::Test => ("TEST", "/ams/sandbox/api/…"),
+                        ApiKeyEnv::Prod => ("PROD", "/ams/api/…"),
+                    };
+                    let msg = format!(
+                        "merchant \"{}\" authenticates with a {env} API key, which Alipay \
+                         accepts only on {wanted}; \"{}\" is not such a path (the official \
+                         SDKs send {env}-key calls there themselves)",
+                        merchant.name,
+                        exchange::echo(path)
+                    );
+                    return Err(Refusal::new(SidecarError::PathNotAllowed, msg).into());
+                }
+                tracing::debug!(path = %signed_target, api_key = %api_key.fingerprint(), "request authenticated with the merchant's API key");
+                Auth::Bearer(api_key.authorization())
+            }
+        };
 
         // forward the same bytes, read the whole answer
-        let head = self.gateway_request(
-            merchant,
-            &req.head,
-            &signed_target,
-            &time,
-            &signature,
-            &keys.merchant_key_version,
-            req.body.len(),
-        )?;
+        let head = self.gateway_request(merchant, &req.head, &signed_target, auth, req.body.len())?;
         let gateway_req = UpstreamRequest {
             head,
             body: req.body,
@@ -359,6 +407,26 @@ impl<G: Gateway> Outbound<G> {
             decoded.as_ref(),
             report,
         )?;
+
+        // the gateway refusing the merchant's credentials: counted, and a (throttled) WARN
+        let answer = decoded.as_ref().unwrap_or(&response.body);
+        let unsigned = matches!(
+            verdict.marker,
+            Marker::UnsignedFailure | Marker::UnsignedApiKey
+        );
+        if let Some(rejection) = crate::credentials::classify(
+            exchange::result_code(answer).as_deref(),
+            exchange::result_status(answer).as_deref(),
+            unsigned,
+        ) {
+            crate::credentials::record_rejection(
+                &merchant.name,
+                &merchant.client_id,
+                report.api,
+                &keys,
+                rejection,
+            );
+        }
 
         // hand the exact bytes to the app (decoded when the answer was compressed)
         let mut out = exchange::relayed_response_header(&response.header)?;
@@ -408,6 +476,11 @@ impl<G: Gateway> Outbound<G> {
         let inquire = "Inquire the outcome (e.g. inquiryPayment) before retrying";
         let (sig, time) = match (sig, time) {
             (Some(sig), Some(time)) => (sig, time),
+            (None, None) if keys.credential.api_key().is_some() => {
+                // the API-key protocol has no response signature: relayed, and marked so
+                report.outcome = Outcome::Forwarded;
+                return Ok(Verdict::unchecked(Marker::UnsignedApiKey));
+            }
             (None, None) if status >= 400 => {
                 // an HTTP error carries no result to trust
                 report.outcome = Outcome::UnverifiedStatus;
@@ -470,15 +543,12 @@ impl<G: Gateway> Outbound<G> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn gateway_request(
         &self,
         merchant: &OutboundMerchant<G>,
         app: &RequestHeader,
         target: &str,
-        time: &str,
-        signature: &str,
-        key_version: &str,
+        auth: Auth<'_>,
         len: usize,
     ) -> pingora::Result<RequestHeader> {
         let mut req = RequestHeader::build("POST", target.as_bytes(), Some(app.headers.len() + 6))?;
@@ -488,14 +558,33 @@ impl<G: Gateway> Outbound<G> {
             req.insert_header("Content-Type", "application/json; charset=UTF-8")?;
         }
         req.insert_header("Content-Length", len.to_string())?;
-        req.insert_header("Client-Id", merchant.client_id.as_str())?;
-        req.insert_header("Request-Time", time)?;
-        req.insert_header("Signature", signature)?;
+        match auth {
+            Auth::Signed {
+                time,
+                signature,
+                key_version,
+            } => {
+                req.insert_header("Client-Id", merchant.client_id.as_str())?;
+                req.insert_header("Request-Time", time)?;
+                req.insert_header("Signature", signature)?;
+                if app.headers.contains_key("key-version") {
+                    req.insert_header("Key-Version", key_version)?;
+                }
+            }
+            Auth::Bearer(value) => {
+                let mut value = http::HeaderValue::from_str(&value).map_err(|_| {
+                    pingora::Error::explain(
+                        pingora::ErrorType::InternalError,
+                        "the API key is not a valid header value",
+                    )
+                })?;
+                // HTTP/2 HPACK: never index the secret
+                value.set_sensitive(true);
+                req.insert_header("Authorization", value)?;
+            }
+        }
         // compressed answers would have to be decoded before they can be verified
         req.insert_header("Accept-Encoding", "identity")?;
-        if app.headers.contains_key("key-version") {
-            req.insert_header("Key-Version", key_version)?;
-        }
         if let Some(token) = &merchant.agent_token {
             req.insert_header("Agent-Token", token.as_str())?;
         }

@@ -24,7 +24,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::config::Config;
-use crate::keyset::{KeySet, KeySetError};
+use crate::keyset::{Credential, KeySet, KeySetError};
 use crate::metrics::{self, KeyRole, ReloadResult};
 use crate::state::SidecarState;
 use crate::tls::{Identity, ListenerTls};
@@ -249,11 +249,19 @@ fn is_relevant(event: &notify::Event, names: &BTreeSet<std::ffi::OsString>) -> b
 
 /// `role keyVersion fingerprint` of every key in the set.
 fn describe(keys: &KeySet) -> Vec<String> {
-    let mut out = vec![format!(
-        "merchant_private {} {}",
-        keys.merchant_key_version,
-        keys.merchant.fingerprint()
-    )];
+    let mut out = vec![match &keys.credential {
+        Credential::Signing(private) => format!(
+            "merchant_private {} {}",
+            keys.merchant_key_version,
+            private.fingerprint()
+        ),
+        Credential::ApiKey(api_key) => format!(
+            "api_key {} {} {}",
+            api_key.kind().as_str(),
+            api_key.env().as_str(),
+            api_key.fingerprint()
+        ),
+    }];
     out.extend(
         keys.alipay
             .versions()
@@ -281,11 +289,15 @@ fn describe_all(state: &SidecarState) -> Vec<String> {
 
 /// Publishes `merchant`'s live key set as `alipay_sidecar_key_info` and its reload timestamp.
 pub fn publish_key_metrics(merchant: &str, keys: &KeySet) {
-    let mut items: Vec<(KeyRole, &str, &str)> = vec![(
-        KeyRole::MerchantPrivate,
-        keys.merchant_key_version.as_str(),
-        keys.merchant.fingerprint(),
-    )];
+    let mut items: Vec<(KeyRole, &str, &str)> = vec![match &keys.credential {
+        Credential::Signing(private) => (
+            KeyRole::MerchantPrivate,
+            keys.merchant_key_version.as_str(),
+            private.fingerprint(),
+        ),
+        // an API key has no key version; its SHA-256 prefix only, never the key
+        Credential::ApiKey(api_key) => (KeyRole::ApiKey, "", api_key.fingerprint()),
+    }];
     items.extend(
         keys.alipay
             .versions()

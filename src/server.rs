@@ -444,6 +444,8 @@ pub fn build(
     bound("admin").add_to(&mut admin);
     server.add_service(admin);
     server.add_service(background_service("key reload", ReloadTask::new(reloader)));
+    crate::credentials::metrics()
+        .register_merchants(config.merchants.iter().map(|m| m.name.as_str()));
     // the delivery worker: queued notifications (store-and-forward, reconciled results,
     // replays) to the app, whatever the acknowledge mode
     if let (Some(store), Some(i)) = (state.store(), &config.inbound) {

@@ -11,7 +11,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::handler::{Reply, Request};
 use crate::inbound::App;
-use crate::keyset::{KeySet, KeySources};
+use crate::keyset::{Credential, KeySet, KeySources};
 use crate::outbound::Gateway;
 use crate::protocol::{content_to_sign, sign_content, PrivateKey, PublicKey, Verifier};
 use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
@@ -73,11 +73,11 @@ pub(crate) fn keyset(client_id: &str) -> Arc<KeySet> {
     let alipay = PublicKey::from_text(pem("alipay", "public_spki_pem")).expect("alipay public");
     Arc::new(KeySet {
         client_id: client_id.to_string(),
-        merchant: merchant_key(),
+        credential: Credential::Signing(merchant_key()),
         merchant_key_version: "1".to_string(),
         alipay: Verifier::new([("1".to_string(), alipay)]),
         sources: KeySources {
-            merchant_private_key: "merchant.pem".into(),
+            credential: "merchant.pem".into(),
             alipay_public_keys: BTreeMap::new(),
         },
         warnings: Vec::new(),

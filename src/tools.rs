@@ -10,7 +10,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Acknowledge, Config, InboundMode};
-use crate::keyset::{cross_preflight, merchant_preflight, shared_preflight, KeySet, Severity};
+use crate::keyset::{
+    cross_preflight, merchant_preflight, shared_preflight, Credential, KeySet, Severity,
+};
 use crate::protocol::{
     content_to_sign, generate_keypair, parse_signature_header, sha256_hex, sign_content,
     GeneratedKeyPair, PrivateKey, PublicKey, Verifier, VerifyError,
@@ -697,15 +699,32 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
         } else {
             ""
         };
-        let _ = writeln!(
-            out,
-            "{indent}merchant private key: keyVersion {}, {} ({}-bit {}) from {}",
-            keys.merchant_key_version,
-            keys.merchant.fingerprint(),
-            keys.merchant.bits(),
-            keys.merchant.encoding(),
-            keys.sources.merchant_private_key.display()
-        );
+        match &keys.credential {
+            Credential::Signing(private) => {
+                let _ = writeln!(
+                    out,
+                    "{indent}merchant private key: keyVersion {}, {} ({}-bit {}) from {}",
+                    keys.merchant_key_version,
+                    private.fingerprint(),
+                    private.bits(),
+                    private.encoding(),
+                    keys.sources.credential.display()
+                );
+            }
+            Credential::ApiKey(api_key) => {
+                // the kind, environment and a SHA-256 prefix: never the key
+                let _ = writeln!(
+                    out,
+                    "{indent}API key: {} {}, {} (client id {}) from {}; requests carry \
+                     Authorization: Bearer instead of a signature",
+                    api_key.kind().as_str(),
+                    api_key.env().as_str(),
+                    api_key.fingerprint(),
+                    crate::exchange::echo(api_key.client_id()),
+                    keys.sources.credential.display()
+                );
+            }
+        }
         for (version, key) in keys.alipay.versions() {
             let source = keys
                 .sources

@@ -513,11 +513,37 @@ impl Ctx<'_> {
     }
 
     /// `[keys]` (or `[merchants.keys]`, when `at` is `merchants.N.keys`).
-    pub(super) fn build_keys(&self, raw: RawKeys, at: &str) -> Result<KeysConfig, ConfigError> {
-        let merchant_private_key = self.path_value(
-            &raw.merchant_private_key,
-            &format!("{at}.merchant_private_key"),
-        )?;
+    pub(super) fn build_keys(
+        &self,
+        raw: Spanned<RawKeys>,
+        at: &str,
+    ) -> Result<KeysConfig, ConfigError> {
+        let section = raw.span();
+        let raw = raw.into_inner();
+        let credential = match (&raw.merchant_private_key, &raw.api_key) {
+            (Some(k), None) => CredentialFile::PrivateKey(
+                self.path_value(k, &format!("{at}.merchant_private_key"))?,
+            ),
+            (None, Some(k)) => CredentialFile::ApiKey(self.path_value(k, &format!("{at}.api_key"))?),
+            (Some(_), Some(k)) => {
+                return self.err(
+                    k.span(),
+                    &format!("{at}.api_key"),
+                    "`api_key` and `merchant_private_key` are both set; a merchant either signs \
+                     its requests with its private key or authenticates with an API key \
+                     (Authorization: Bearer), not both: remove one of the two lines",
+                );
+            }
+            (None, None) => {
+                return self.err(
+                    section,
+                    &format!("{at}.merchant_private_key"),
+                    "missing field `merchant_private_key` — this option is required (or, for \
+                     API-key mode, `api_key`); set it to a file path in double quotes, e.g. \
+                     merchant_private_key = \"keys/merchant_private_key.pem\"",
+                );
+            }
+        };
         let merchant_key_version = match raw.merchant_key_version {
             None => default("keys.merchant_key_version"),
             Some(v) => self.key_version(
@@ -551,7 +577,7 @@ impl Ctx<'_> {
             }
         }
         Ok(KeysConfig {
-            merchant_private_key,
+            credential,
             merchant_key_version,
             alipay_public_keys,
         })

@@ -80,7 +80,7 @@ impl Ctx<'_> {
                 name: DEFAULT_MERCHANT.to_string(),
                 client_id,
                 agent_token: None,
-                keys: self.build_keys(keys.into_inner(), "keys")?,
+                keys: self.build_keys(keys, "keys")?,
                 outbound: None,
                 inbound: None,
                 at: String::new(),
@@ -148,7 +148,7 @@ impl Ctx<'_> {
                     ),
                 );
             }
-            let keys = self.build_keys(m.keys.into_inner(), &at(&prefix, "keys"))?;
+            let keys = self.build_keys(m.keys, &at(&prefix, "keys"))?;
             out.push(Draft {
                 name,
                 client_id,
@@ -341,7 +341,7 @@ mod tests {
         assert_eq!(sg.listen, Some("127.0.0.1:8090".parse().unwrap()));
         assert_eq!(sg.forward_to.as_ref().unwrap().port, 3000, "inherited");
         assert_eq!(
-            sg.keys.merchant_private_key,
+            sg.keys.credential.path(),
             Path::new("/etc/sc/keys/sg/m.pem")
         );
         assert_eq!(

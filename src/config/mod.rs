@@ -297,7 +297,7 @@ region = "sea"
     fn defaults_and_resolution() {
         let c = parse(BASE).unwrap();
         assert_eq!(
-            c.keys.merchant_private_key,
+            c.keys.credential.path(),
             Path::new("/etc/sc/keys/merchant_private_key.pem")
         );
         assert_eq!(c.keys.merchant_key_version, "1");

@@ -235,9 +235,11 @@ options! {
 }
 
 options! {
-    /// `[keys]`: the only section a reload applies.
+    /// `[keys]`: the only section a reload applies. Exactly one of `merchant_private_key`
+    /// (RSA signing) and `api_key` (API-key mode: `Authorization: Bearer`).
     struct RawKeys {
-        merchant_private_key: Spanned<String> = Kind::Path, None, Reload;
+        merchant_private_key: Option<Spanned<String>> = Kind::Path, None, Reload;
+        api_key: Option<Spanned<String>> = Kind::Path, None, Reload;
         merchant_key_version: Option<Spanned<RawKeyVersion>> = Kind::KeyVersion, Some("\"1\""), Reload;
         alipay_public_keys: Spanned<BTreeMap<Spanned<String>, Spanned<String>>> = Kind::Table, None, Reload;
     }

@@ -10,13 +10,42 @@ use serde::Deserialize;
 /// `[keys]`: the files holding the merchant private key and Alipay's public keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeysConfig {
-    /// Merchant private key file (PEM or one-line base64), resolved against the config folder.
-    pub merchant_private_key: PathBuf,
+    /// How the merchant authenticates to the gateway: its private key (RSA signing) or an
+    /// API key file, resolved against the config folder.
+    pub credential: CredentialFile,
     /// The `keyVersion` written into outgoing `Signature` headers (digits), default `"1"`.
     pub merchant_key_version: String,
     /// Alipay public key files by `keyVersion` (at least one), resolved against the config
     /// folder. Several at once let Alipay rotate its key without a restart.
     pub alipay_public_keys: BTreeMap<String, PathBuf>,
+}
+
+/// The merchant's credential file: exactly one of `merchant_private_key` and `api_key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialFile {
+    /// `merchant_private_key`: PEM or one-line base64; requests are RSA-signed.
+    PrivateKey(PathBuf),
+    /// `api_key`: one line `{isak|irak}_{TEST|PROD}_…`; requests carry
+    /// `Authorization: Bearer <key>` instead of a signature.
+    ApiKey(PathBuf),
+}
+
+impl CredentialFile {
+    /// The file.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            CredentialFile::PrivateKey(p) | CredentialFile::ApiKey(p) => p,
+        }
+    }
+
+    /// The option naming the file, relative to the keys section (`merchant_private_key`,
+    /// `api_key`).
+    pub fn option(&self) -> &'static str {
+        match self {
+            CredentialFile::PrivateKey(_) => "merchant_private_key",
+            CredentialFile::ApiKey(_) => "api_key",
+        }
+    }
 }
 
 /// `[outbound]`: the signing proxy between the app and Alipay.

@@ -27,7 +27,7 @@ fn the_example_config_parses_and_documents_every_option() {
     let text = std::fs::read_to_string(example_path()).expect("example config");
     let c = Config::parse(&text, &example_path(), Vec::new()).expect("example parses");
     assert_eq!(
-        c.keys.merchant_private_key,
+        c.keys.credential.path(),
         example_path()
             .parent()
             .expect("dir")
@@ -151,7 +151,7 @@ region = \"sea\"\n";
 fn load_reads_files_and_keyset_loads_every_key() {
     let (dir, path) = write_config(GOOD);
     let c = Config::load(&path).expect("loads");
-    assert_eq!(c.keys.merchant_private_key, dir.path().join("merchant.pem"));
+    assert_eq!(c.keys.credential.path(), dir.path().join("merchant.pem"));
     let keys = KeySet::load(&c).expect("keys load");
     assert_eq!(keys.merchant_key_version, "2");
     assert_eq!(
@@ -288,7 +288,7 @@ fn env_overrides_single_values_and_rejects_typos() {
     )
     .expect("overrides apply");
     assert_eq!(
-        c.keys.merchant_private_key,
+        c.keys.credential.path(),
         dir.path().join("other.pem"),
         "resolved against the config folder"
     );

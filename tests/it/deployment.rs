@@ -769,7 +769,8 @@ fn example_configs_parse_with_the_current_schema() {
     assert_eq!(cfg.admin.listen.port(), 9090);
     assert!(cfg
         .keys
-        .merchant_private_key
+        .credential
+        .path()
         .starts_with("/etc/alipay-sidecar/keys"));
 
     let example = read("config/sidecar.example.toml");

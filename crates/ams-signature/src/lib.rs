@@ -17,23 +17,30 @@
 //!
 //! The AMS domain data the sidecar labels its traffic with lives here too, one list each, so
 //! that metrics, logs and tools cannot disagree: the AMS API list ([`api_label`]), the
-//! directions and outcomes ([`Direction`], [`Outcome`]) and the verification failure reasons
-//! ([`Reason`]).
+//! directions and outcomes ([`Direction`], [`Outcome`]), the verification failure reasons
+//! ([`Reason`]), the gateway's credential rejections ([`CREDENTIAL_REJECTIONS`]) and the
+//! API-key format ([`ApiKey`]).
 //!
 //! The sidecar re-exports this crate as `alipay_sidecar::protocol`.
 
 mod ack;
 mod api;
+mod api_key;
 mod content;
 mod engine;
 mod header;
 mod keys;
+mod rejection;
 mod time;
 mod traffic;
 mod verify;
 
 pub use ack::{ack_signature_headers, ACK_BODY};
 pub use api::{api_label, INBOUND_API_LABEL, OTHER_API_LABEL};
+pub use api_key::{ApiKey, ApiKeyEnv, ApiKeyError, ApiKeyKind, MAX_API_KEY_LEN};
+pub use rejection::{
+    credential_rejection, rejection_meaning, CREDENTIAL_REJECTIONS, OTHER_REJECTION_LABEL,
+};
 pub use content::{content_digest, content_to_sign, sha256_hex, ContentDigest, ContentHasher};
 pub use traffic::{Direction, Outcome};
 
