@@ -28,7 +28,14 @@
 //! no signature headers: missing `Client-Id`, `Request-Time` or `Signature`; a client id other
 //! than [`MockGatewayConfig::expected_client_id`] (when set); an algorithm other than RSA256;
 //! a signature that does not verify. The message names the reason and the SHA-256 of the
-//! content the gateway verified, to compare with what the signer signed. A method other than
+//! content the gateway verified, to compare with what the signer signed.
+//!
+//! A request with an `Authorization` header is an API-key call (the SDKs' API-key client):
+//! accepted when it is `Bearer <MockGatewayConfig::api_key>` on a path of the key's
+//! environment (TEST keys on `/ams/sandbox/…`), for the client id encoded in the key; any
+//! other gets Alipay's unsigned `{"result":{"resultCode":"OAUTH_FAIL","resultStatus":"F",…}}`.
+//! Answers to API-key calls are never signed (the API-key protocol has no response
+//! signature). A method other than
 //! POST gets an unsigned `METHOD_NOT_SUPPORTED`/`F`; a body over 16 MiB gets HTTP 413.
 //!
 //! # Routes and state
@@ -189,6 +196,11 @@ pub struct MockGatewayConfig {
     pub alipay_key_version: String,
     /// When set, requests from any other `Client-Id` are rejected as `INVALID_SIGNATURE`.
     pub expected_client_id: Option<String>,
+    /// The API key accepted as `Authorization: Bearer <key>` (for the client id encoded in
+    /// it; TEST keys on `/ams/sandbox/` paths only); any other Bearer value, or any at all
+    /// when `None`, gets Alipay's unsigned `OAUTH_FAIL`/`F`. Answers to API-key calls carry
+    /// no signature.
+    pub api_key: Option<String>,
     /// When set, notifications go here instead of the request's `paymentNotifyUrl`.
     pub notify_url_override: Option<String>,
     /// Wait before each notification attempt (its length is the number of attempts); empty
@@ -216,6 +228,7 @@ impl MockGatewayConfig {
             alipay_private_key: None,
             alipay_key_version: "1".into(),
             expected_client_id: None,
+            api_key: None,
             notify_url_override: None,
             notify_backoff: DEFAULT_NOTIFY_BACKOFF.to_vec(),
             fault: None,
@@ -237,6 +250,7 @@ impl fmt::Debug for MockGatewayConfig {
             )
             .field("alipay_key_version", &self.alipay_key_version)
             .field("expected_client_id", &self.expected_client_id)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
             .field("notify_url_override", &self.notify_url_override)
             .field("notify_backoff", &self.notify_backoff)
             .field("fault", &self.fault)
@@ -480,6 +494,7 @@ pub(crate) struct Shared {
     verifier: crypto::MerchantVerifier,
     signer: crypto::AlipaySigner,
     expected_client_id: Option<String>,
+    api_key: Option<String>,
     notify_url_override: Option<String>,
     notify_backoff: Vec<Duration>,
     fault: Option<Fault>,
@@ -647,6 +662,11 @@ impl MockGateway {
             verifier: crypto::MerchantVerifier::new(merchant),
             signer,
             expected_client_id: config.expected_client_id.clone(),
+            api_key: config
+                .api_key
+                .as_ref()
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty()),
             notify_url_override: config.notify_url_override.clone(),
             notify_backoff: config.notify_backoff.clone(),
             fault: config.fault,
@@ -809,6 +829,10 @@ pub struct MockGatewayArgs {
     /// Accept only this Client-Id (others get INVALID_SIGNATURE); default: any.
     #[arg(long, value_name = "ID")]
     pub client_id: Option<String>,
+    /// Accept the API key in this file (one line, `{isak|irak}_{TEST|PROD}_…`) as
+    /// `Authorization: Bearer`; other keys get an unsigned OAUTH_FAIL. Default: no API key.
+    #[arg(long, value_name = "FILE")]
+    pub api_key: Option<PathBuf>,
     /// Send notifications here instead of the request's paymentNotifyUrl (http:// only).
     #[arg(long, value_name = "URL")]
     pub notify_url: Option<String>,
@@ -880,8 +904,19 @@ pub fn cli_main(args: MockGatewayArgs) -> i32 {
             }
         },
     };
+    let api_key = match &args.api_key {
+        None => None,
+        Some(path) => match read_key_file("API key", path) {
+            Ok(k) => Some(k.trim().to_string()),
+            Err(e) => {
+                eprintln!("{e}");
+                return 2;
+            }
+        },
+    };
     let config = MockGatewayConfig {
         listen: args.listen,
+        api_key,
         tls: args.tls.then(|| args.out_dir.clone()),
         merchant_public_key,
         alipay_private_key,

@@ -206,6 +206,73 @@ fn header<'a>(req: &'a hyper::http::request::Parts, name: &str) -> Option<&'a st
         .filter(|v| !v.is_empty())
 }
 
+/// Who a request authenticated as.
+pub(crate) struct Caller {
+    client_id: String,
+    /// With an API key (`Authorization: Bearer`): the answer carries no signature, as the
+    /// API-key protocol has none.
+    api_key: bool,
+}
+
+/// Why a request was refused: the result code and the detail for the message.
+pub(crate) struct Refused {
+    code: &'static str,
+    detail: String,
+}
+
+impl Refused {
+    fn signature(detail: impl Into<String>) -> Self {
+        Refused {
+            code: "INVALID_SIGNATURE",
+            detail: detail.into(),
+        }
+    }
+
+    fn oauth(detail: impl Into<String>) -> Self {
+        Refused {
+            code: "OAUTH_FAIL",
+            detail: detail.into(),
+        }
+    }
+
+    fn reply(&self) -> Reply {
+        match self.code {
+            "INVALID_SIGNATURE" => invalid_signature(&self.detail),
+            code => Reply::Unsigned(
+                envelope(
+                    code,
+                    Status::F,
+                    &format!(
+                        "The API key is invalid or not authorized. (mock-gateway: {})",
+                        self.detail
+                    ),
+                )
+                .into_bytes(),
+            ),
+        }
+    }
+}
+
+/// The client id of an API key `{isak|irak}_{TEST|PROD}_{base64(client id)}_{secret}` and
+/// whether it is a TEST key; `None` when the key does not have that shape. Decoded here with
+/// the gateway's own code (not the sidecar's parser), like every check of this crate.
+fn api_key_identity(key: &str) -> Option<(String, bool)> {
+    use base64::Engine as _;
+    let mut parts = key.splitn(3, '_');
+    let (kind, env, rest) = (parts.next()?, parts.next()?, parts.next()?);
+    if !matches!(kind, "isak" | "irak") || !matches!(env, "TEST" | "PROD") {
+        return None;
+    }
+    let (id, secret) = rest.split_once('_')?;
+    if secret.is_empty() {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(id)
+        .ok()?;
+    Some((String::from_utf8(bytes).ok()?, env == "TEST"))
+}
+
 fn invalid_signature(detail: &str) -> Reply {
     Reply::Unsigned(
         envelope(
@@ -254,6 +321,7 @@ pub(crate) async fn handle(
     let json = serde_json::from_slice::<Value>(&body).ok();
     let (fault, fault_error) = pick_fault(&shared, json.as_ref());
     let checked = check_request(&shared, &parts, &target, &body);
+    let api_key_caller = matches!(&checked, Ok(Caller { api_key: true, .. }));
     shared.record_request(ReceivedRequest {
         method: parts.method.to_string(),
         target: target.clone(),
@@ -297,7 +365,11 @@ pub(crate) async fn handle(
     }
 
     let reply = if parts.method == Method::POST {
-        respond(&shared, checked, &target, &body, fault, fault_error)
+        match respond(&shared, checked, &target, &body, fault, fault_error) {
+            // the API-key protocol has no response signature
+            Reply::Signed { body, .. } if api_key_caller => Reply::Unsigned(body),
+            reply => reply,
+        }
     } else {
         Reply::Unsigned(
             envelope("METHOD_NOT_SUPPORTED", Status::F, "Only POST is supported.").into_bytes(),
@@ -398,52 +470,87 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<MockBody> {
     resp
 }
 
-/// Verifies a request as Alipay does; `Ok(client id)` or `Err(reason)` for the
-/// INVALID_SIGNATURE message.
+/// Authenticates a request as Alipay does: an `Authorization: Bearer` API key when the
+/// request carries one (refused with `OAUTH_FAIL`), else the RSA signature (refused with
+/// `INVALID_SIGNATURE`).
 fn check_request(
     shared: &Shared,
     parts: &hyper::http::request::Parts,
     target: &str,
     body: &[u8],
-) -> Result<String, String> {
+) -> Result<Caller, Refused> {
+    if let Some(auth) = header(parts, "authorization") {
+        return check_api_key(shared, auth, target);
+    }
     let client_id =
-        header(parts, "client-id").ok_or("the Client-Id header is missing".to_string())?;
-    let request_time =
-        header(parts, "request-time").ok_or("the Request-Time header is missing".to_string())?;
+        header(parts, "client-id").ok_or(Refused::signature("the Client-Id header is missing"))?;
+    let request_time = header(parts, "request-time")
+        .ok_or(Refused::signature("the Request-Time header is missing"))?;
     if let Some(expected) = &shared.expected_client_id {
         if expected != client_id {
-            return Err(format!(
+            return Err(Refused::signature(format!(
                 "client id `{client_id}` is not the one this gateway was started for (`{expected}`)"
-            ));
+            )));
         }
     }
     let signature =
-        header(parts, "signature").ok_or("the Signature header is missing".to_string())?;
+        header(parts, "signature").ok_or(Refused::signature("the Signature header is missing"))?;
     let content = crypto::content(parts.method.as_str(), target, client_id, request_time, body);
     if let Err(reason) = shared.verifier.verify(&content, signature) {
         let sha = crypto::sha256_hex(&content);
         tracing::info!(%target, content_sha256 = %sha, %reason, "mock-gateway: request signature rejected");
-        return Err(format!(
+        return Err(Refused::signature(format!(
             "{reason}; verified content = `{} <request-target>\\n<Client-Id>.<Request-Time>.<body>` \
              for target `{target}`, SHA-256 {sha}",
             parts.method
-        ));
+        )));
     }
-    Ok(client_id.to_string())
+    Ok(Caller {
+        client_id: client_id.to_string(),
+        api_key: false,
+    })
+}
+
+/// `Authorization: Bearer <key>`: accepted only when it is exactly the configured API key,
+/// on a path of the key's environment (TEST keys: `/ams/sandbox/…`).
+fn check_api_key(shared: &Shared, auth: &str, target: &str) -> Result<Caller, Refused> {
+    let key = auth
+        .strip_prefix("Bearer ")
+        .ok_or(Refused::oauth("the Authorization header is not `Bearer <API key>`"))?;
+    let Some(expected) = &shared.api_key else {
+        return Err(Refused::oauth("this gateway accepts no API key (start it with --api-key)"));
+    };
+    if key != expected {
+        tracing::info!(%target, "mock-gateway: API key rejected");
+        return Err(Refused::oauth("the API key is not the one this gateway was started with"));
+    }
+    let (client_id, test) =
+        api_key_identity(key).ok_or(Refused::oauth("the API key is malformed"))?;
+    if test != target.starts_with("/ams/sandbox/") {
+        return Err(Refused::oauth(if test {
+            "a TEST API key is valid only on /ams/sandbox/ paths"
+        } else {
+            "a PROD API key is not valid on /ams/sandbox/ paths"
+        }));
+    }
+    Ok(Caller {
+        client_id,
+        api_key: true,
+    })
 }
 
 /// Method check, verification outcome, fault results and routing, in Alipay's order.
 fn respond(
     shared: &Arc<Shared>,
-    checked: Result<String, String>,
+    checked: Result<Caller, Refused>,
     target: &str,
     body: &[u8],
     fault: Option<Fault>,
     fault_error: Option<String>,
 ) -> Reply {
     let client_id = match checked {
-        Ok(client_id) => client_id,
-        Err(detail) => return invalid_signature(&detail),
+        Ok(caller) => caller.client_id,
+        Err(refused) => return refused.reply(),
     };
     let signed = |body: String| Reply::Signed {
         client_id: client_id.clone(),
