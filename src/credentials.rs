@@ -191,7 +191,10 @@ fn throttle() -> &'static Throttle {
 pub fn hint(code: &str, client_id: &str, keys: &KeySet) -> String {
     let version = &keys.merchant_key_version;
     let credential = match &keys.credential {
-        Credential::Signing(k) => format!("the merchant key {} (keyVersion {version})", k.fingerprint()),
+        Credential::Signing(k) => format!(
+            "the merchant key {} (keyVersion {version})",
+            k.fingerprint()
+        ),
         Credential::ApiKey(k) => format!("the {}", k.describe()),
     };
     match (code, &keys.credential) {
@@ -322,7 +325,11 @@ mod tests {
             Some(99)
         );
         assert_eq!(
-            t.admit("m", "INVALID_SIGNATURE", t0 + WARN_INTERVAL + Duration::from_secs(1)),
+            t.admit(
+                "m",
+                "INVALID_SIGNATURE",
+                t0 + WARN_INTERVAL + Duration::from_secs(1)
+            ),
             None
         );
     }

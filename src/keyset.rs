@@ -568,7 +568,12 @@ pub fn merchant_preflight(
 
     // API-key mode: the key's client id and environment against the merchant's settings.
     if let Credential::ApiKey(api_key) = &keys.credential {
-        out.extend(api_key_preflight(config, merchant, api_key, &credential_key));
+        out.extend(api_key_preflight(
+            config,
+            merchant,
+            api_key,
+            &credential_key,
+        ));
     }
 
     // 1. The merchant's own public key configured as Alipay's.
@@ -605,7 +610,11 @@ pub fn merchant_preflight(
     }
 
     // 3. PKCS#1 merchant key.
-    if let Some(private) = keys.credential.signing_key().filter(|k| is_pkcs1(k.encoding())) {
+    if let Some(private) = keys
+        .credential
+        .signing_key()
+        .filter(|k| is_pkcs1(k.encoding()))
+    {
         out.push(warning(format!(
             "{}: the merchant private key is {}; the sidecar accepts it, but Alipay's SDKs \
              (Java, Go, .NET) and dashboard tooling use PKCS#8, so a copy shared with them will \
@@ -730,7 +739,11 @@ fn api_key_preflight(
             )));
         }
     }
-    if config.inbound.as_ref().is_some_and(|i| i.sign_acknowledgements) {
+    if config
+        .inbound
+        .as_ref()
+        .is_some_and(|i| i.sign_acknowledgements)
+    {
         out.push(warning(format!(
             "{}: `sign_acknowledgements = true`, but merchant \"{}\" uses an API key and has no \
              private key to sign with: its acknowledgements go unsigned (Alipay accepts them)",

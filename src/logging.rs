@@ -6,9 +6,10 @@
 //! Request lines carry direction, api, status, outcome, durations and sizes; the content
 //! SHA-256 appears with verification failures so two sides can compare.
 //!
-//! `Signature` values are kept out at every level, also from pingora's own trace output
-//! (which prints whole header maps): every line goes through [`Redacting`], which replaces
-//! the value after any `signature=` with `<redacted>` before it is written. pingora's
+//! `Signature` values and API keys are kept out at every level, also from pingora's own trace
+//! output (which prints whole header maps): every line goes through [`Redacting`], which
+//! replaces the value after any `signature=`, `Bearer ` or `isak_`/`irak_` with `<redacted>`
+//! before it is written. pingora's
 //! per-connection "Fail to proxy" errors are off by default (`pingora_proxy=off`): each
 //! request already has the sidecar's own log line, and connections closed for breaking a
 //! limit are logged at most once per second with a count ([`Throttle`]). `RUST_LOG`
@@ -60,27 +61,46 @@ impl<W: Write> Write for Redacting<W> {
     }
 }
 
-/// `buf` with the value after every (case-insensitive) `signature=` replaced by
-/// `<redacted>`: the `signature=` field of a `Signature` header is the only secret-like value
-/// a header dump can carry. A value is base64 (or percent-encoded base64).
+/// `buf` with every secret-like value replaced by `<redacted>` (case-insensitive markers):
+/// the value after `signature=` (the `signature=` field of a `Signature` header, base64 or
+/// percent-encoded base64), after `Bearer `/`Basic ` (an `Authorization` or
+/// `Proxy-Authorization` header: the app's or the sidecar's API key, proxy credentials),
+/// after `isak_`/`irak_` (an API key wherever it appears, e.g. in an echoed error) and a
+/// `Cookie` header's value in pingora's header dumps (`cookie": "…` / `cookie: …`).
 pub fn redact_signatures(buf: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    const NEEDLE: &[u8] = b"signature=";
-    let is_value =
-        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'%' | b'-' | b'_');
+    // (marker, whether the value may hold spaces and `;`: a cookie header's whole value)
+    const NEEDLES: [(&[u8], bool); 8] = [
+        (b"signature=", false),
+        (b"bearer ", false),
+        (b"basic ", false),
+        (b"isak_", false),
+        (b"irak_", false),
+        (b"cookie\\\": \\\"", true),
+        (b"cookie\": \"", true),
+        (b"cookie: ", true),
+    ];
+    let is_token = |b: u8| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'\'' | b',' | b'}');
+    let is_text = |b: u8| (b.is_ascii_graphic() || b == b' ') && !matches!(b, b'"' | b'\\');
     let find = |from: usize| {
-        buf[from..]
-            .windows(NEEDLE.len())
-            .position(|w| w.eq_ignore_ascii_case(NEEDLE))
-            .map(|p| p + from)
+        NEEDLES
+            .iter()
+            .filter_map(|(needle, text)| {
+                buf[from..]
+                    .windows(needle.len())
+                    .position(|w| w.eq_ignore_ascii_case(needle))
+                    .map(|p| (p + from, needle.len(), *text))
+            })
+            .min()
     };
-    let Some(mut at) = find(0) else {
+    let Some((mut at, mut len, mut text)) = find(0) else {
         return std::borrow::Cow::Borrowed(buf);
     };
     let mut out = Vec::with_capacity(buf.len());
     let mut copied = 0;
     loop {
-        let value_start = at + NEEDLE.len();
+        let value_start = at + len;
         let mut end = value_start;
+        let is_value = if text { is_text } else { is_token };
         while end < buf.len() && is_value(buf[end]) {
             end += 1;
         }
@@ -90,7 +110,7 @@ pub fn redact_signatures(buf: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         }
         copied = end;
         match find(end) {
-            Some(next) => at = next,
+            Some((next, l, t)) => (at, len, text) = (next, l, t),
             None => break,
         }
     }
@@ -149,6 +169,20 @@ mod tests {
             redact_signatures(b"no secrets"),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn api_keys_and_bearer_values_are_redacted() {
+        let line = br#"{"authorization": "Bearer isak_TEST_VF8x_s3cr3t"} authorization: bearer app-s3cr3t, irak_PROD_eDE_k3y_2 end {\"proxy-authorization\": \"Basic s3cr3t\", \"cookie\": \"a=s3cr3t; b=s3cr3t\"} cookie: x=s3cr3t {"cookie": "y=s3cr3t"}"#;
+        let text = String::from_utf8_lossy(&redact_signatures(line)).into_owned();
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("k3y") && !text.contains("VF8x"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"Bearer <redacted>\"}") && text.contains("irak_<redacted> end"),
+            "{text}"
+        );
     }
 
     #[test]

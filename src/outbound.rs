@@ -363,7 +363,8 @@ impl<G: Gateway> Outbound<G> {
         };
 
         // forward the same bytes, read the whole answer
-        let head = self.gateway_request(merchant, &req.head, &signed_target, auth, req.body.len())?;
+        let head =
+            self.gateway_request(merchant, &req.head, &signed_target, auth, req.body.len())?;
         let gateway_req = UpstreamRequest {
             head,
             body: req.body,

@@ -524,7 +524,9 @@ impl Ctx<'_> {
             (Some(k), None) => CredentialFile::PrivateKey(
                 self.path_value(k, &format!("{at}.merchant_private_key"))?,
             ),
-            (None, Some(k)) => CredentialFile::ApiKey(self.path_value(k, &format!("{at}.api_key"))?),
+            (None, Some(k)) => {
+                CredentialFile::ApiKey(self.path_value(k, &format!("{at}.api_key"))?)
+            }
             (Some(_), Some(k)) => {
                 return self.err(
                     k.span(),

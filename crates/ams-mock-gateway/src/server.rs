@@ -514,15 +514,19 @@ fn check_request(
 /// `Authorization: Bearer <key>`: accepted only when it is exactly the configured API key,
 /// on a path of the key's environment (TEST keys: `/ams/sandbox/…`).
 fn check_api_key(shared: &Shared, auth: &str, target: &str) -> Result<Caller, Refused> {
-    let key = auth
-        .strip_prefix("Bearer ")
-        .ok_or(Refused::oauth("the Authorization header is not `Bearer <API key>`"))?;
+    let key = auth.strip_prefix("Bearer ").ok_or(Refused::oauth(
+        "the Authorization header is not `Bearer <API key>`",
+    ))?;
     let Some(expected) = &shared.api_key else {
-        return Err(Refused::oauth("this gateway accepts no API key (start it with --api-key)"));
+        return Err(Refused::oauth(
+            "this gateway accepts no API key (start it with --api-key)",
+        ));
     };
     if key != expected {
         tracing::info!(%target, "mock-gateway: API key rejected");
-        return Err(Refused::oauth("the API key is not the one this gateway was started with"));
+        return Err(Refused::oauth(
+            "the API key is not the one this gateway was started with",
+        ));
     }
     let (client_id, test) =
         api_key_identity(key).ok_or(Refused::oauth("the API key is malformed"))?;

@@ -255,8 +255,14 @@ mod tests {
             ("isak_TEST__SECRETVALUE", ApiKeyError::Parts),
             (&*format!("isak_TEST_{id}_"), ApiKeyError::Parts),
             ("isak_TEST_!!!_SECRETVALUE", ApiKeyError::ClientId),
-            (&*format!("isak_TEST_{id}_SECRET VALUE"), ApiKeyError::Whitespace),
-            (&*format!("isak_TEST_{id}_SECRETVALUE\nisak_TEST_{id}_x"), ApiKeyError::Whitespace),
+            (
+                &*format!("isak_TEST_{id}_SECRET VALUE"),
+                ApiKeyError::Whitespace,
+            ),
+            (
+                &*format!("isak_TEST_{id}_SECRETVALUE\nisak_TEST_{id}_x"),
+                ApiKeyError::Whitespace,
+            ),
         ];
         for (text, want) in cases {
             let e = ApiKey::parse(text).unwrap_err();

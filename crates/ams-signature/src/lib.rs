@@ -38,10 +38,10 @@ mod verify;
 pub use ack::{ack_signature_headers, ACK_BODY};
 pub use api::{api_label, INBOUND_API_LABEL, OTHER_API_LABEL};
 pub use api_key::{ApiKey, ApiKeyEnv, ApiKeyError, ApiKeyKind, MAX_API_KEY_LEN};
+pub use content::{content_digest, content_to_sign, sha256_hex, ContentDigest, ContentHasher};
 pub use rejection::{
     credential_rejection, rejection_meaning, CREDENTIAL_REJECTIONS, OTHER_REJECTION_LABEL,
 };
-pub use content::{content_digest, content_to_sign, sha256_hex, ContentDigest, ContentHasher};
 pub use traffic::{Direction, Outcome};
 
 /// The crypto engine this build signs and verifies with, so logs and `check-config` can say
