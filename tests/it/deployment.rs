@@ -340,6 +340,7 @@ fn exposed_names() -> BTreeSet<String> {
     let mut names = sample_names(&one_of_each());
     alipay_sidecar::journal::metrics().register_merchants(["default"]);
     alipay_sidecar::reconcile::register_metrics();
+    alipay_sidecar::credentials::metrics().register_merchants(["default"]);
     names.extend(sample_names(&alipay_sidecar::metrics::render()));
     names
 }
@@ -395,6 +396,8 @@ fn dashboard_parses_and_uses_only_exposed_metrics() {
         "alipay_sidecar_notification_time_skew_seconds_bucket",
         "alipay_sidecar_in_flight_requests",
         "alipay_sidecar_build_info",
+        "alipay_sidecar_gateway_rejections_total",
+        "alipay_sidecar_app_credentials_dropped_total",
     ] {
         assert!(
             used.contains(required),
@@ -440,9 +443,14 @@ fn alert_rules_parse_and_use_only_exposed_metrics() {
         "alipay_sidecar_key_reloads_total",
         "alipay_sidecar_errors_total",
         "alipay_sidecar_key_last_reload_timestamp_seconds",
+        "alipay_sidecar_gateway_rejections_total",
     ] {
         assert!(used.contains(required), "no alert on {required}");
     }
+    assert!(
+        text.contains("AlipaySidecarGatewayRejectsCredentials"),
+        "the credential-rejection alert is named as the README says"
+    );
     assert!(text.contains("SIDECAR_GATEWAY_"), "no gateway error alert");
     assert!(text.contains("up{"), "no sidecar-down alert");
 }
