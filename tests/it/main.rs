@@ -16,6 +16,7 @@ mod outbound;
 mod production;
 mod properties;
 mod python_sdk;
+mod python_sdk_api_key;
 mod reconcile;
 mod sdk_compat;
 mod support;
