@@ -438,3 +438,60 @@ fn a_refused_signature_is_a_throttled_warning_with_the_fingerprint_and_a_metric(
     // /readyz stays green: a refusal is not a readiness problem
     assert_eq!(rig.ready_status(), 200);
 }
+
+#[test]
+fn the_fake_gateway_cli_accepts_its_api_key_and_refuses_others_as_alipay_does() {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir().unwrap();
+    write_key(dir.path(), "m.pem", "merchant", "public_spki_pem");
+    std::fs::write(dir.path().join("api_key.txt"), format!("{}\n", prod_key())).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["mock-gateway", "--listen", "127.0.0.1:0", "--merchant-public-key"])
+        .arg(dir.path().join("m.pem"))
+        .arg("--api-key")
+        .arg(dir.path().join("api_key.txt"))
+        .arg("--out-dir")
+        .arg(dir.path().join("out"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.contains("press Ctrl-C");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let summary = lines.join("\n");
+    let addr: std::net::SocketAddr = summary
+        .lines()
+        .find_map(|l| l.strip_prefix("mock-gateway: listening on http://"))
+        .unwrap_or_else(|| panic!("{summary}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!summary.contains(SECRET), "{summary}");
+    let call = |auth: &str| {
+        request(
+            addr,
+            "POST",
+            PAY,
+            &[("Content-Type", "application/json"), ("Authorization", auth)],
+            pay_body(&format!("cli-{}", auth.len()), "100", "").as_bytes(),
+        )
+        .unwrap()
+    };
+    let good = call(&format!("Bearer {}", prod_key()));
+    assert_eq!(good.result_code(), ("S".into(), "SUCCESS".into()));
+    assert_eq!(good.header("signature"), None, "API-key answers are unsigned");
+    let wrong = call(&format!("Bearer {}", api_key("isak", "PROD", CLIENT_ID, APP_SECRET)));
+    assert_eq!(wrong.status, 200);
+    assert_eq!(wrong.result_code(), ("F".into(), "OAUTH_FAIL".into()));
+    assert_eq!(wrong.header("signature"), None, "Alipay's refusal is unsigned");
+    let _ = child.kill();
+    let _ = child.wait();
+}
