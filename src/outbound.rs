@@ -943,7 +943,10 @@ mod tests {
         let h = api_key_outbound(API_KEY, &gw);
         let reply = h
             .handle(pay(&[
-                ("Authorization", "Bearer isak_PROD_VF8xMTEyMjIzMzM_TheAppsOwn"),
+                (
+                    "Authorization",
+                    "Bearer isak_PROD_VF8xMTEyMjIzMzM_TheAppsOwn",
+                ),
                 ("Cookie", "a=b"),
                 ("Proxy-Authorization", "Basic eDp5"),
                 ("Signature", "algorithm=RSA256,keyVersion=1,signature=x"),
@@ -957,7 +960,13 @@ mod tests {
         assert_eq!(auth.len(), 1);
         assert_eq!(auth[0].as_bytes(), format!("Bearer {API_KEY}").as_bytes());
         assert!(auth[0].is_sensitive(), "never indexed by HPACK");
-        for h in ["client-id", "request-time", "signature", "cookie", "proxy-authorization"] {
+        for h in [
+            "client-id",
+            "request-time",
+            "signature",
+            "cookie",
+            "proxy-authorization",
+        ] {
             assert!(!sent.head.headers.contains_key(h), "{h} was sent");
         }
         assert_eq!(&sent.body[..], BODY, "the same bytes");

@@ -447,7 +447,12 @@ fn the_fake_gateway_cli_accepts_its_api_key_and_refuses_others_as_alipay_does() 
     write_key(dir.path(), "m.pem", "merchant", "public_spki_pem");
     std::fs::write(dir.path().join("api_key.txt"), format!("{}\n", prod_key())).unwrap();
     let mut child = std::process::Command::new(bin())
-        .args(["mock-gateway", "--listen", "127.0.0.1:0", "--merchant-public-key"])
+        .args([
+            "mock-gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--merchant-public-key",
+        ])
         .arg(dir.path().join("m.pem"))
         .arg("--api-key")
         .arg(dir.path().join("api_key.txt"))
@@ -480,18 +485,104 @@ fn the_fake_gateway_cli_accepts_its_api_key_and_refuses_others_as_alipay_does() 
             addr,
             "POST",
             PAY,
-            &[("Content-Type", "application/json"), ("Authorization", auth)],
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", auth),
+            ],
             pay_body(&format!("cli-{}", auth.len()), "100", "").as_bytes(),
         )
         .unwrap()
     };
     let good = call(&format!("Bearer {}", prod_key()));
     assert_eq!(good.result_code(), ("S".into(), "SUCCESS".into()));
-    assert_eq!(good.header("signature"), None, "API-key answers are unsigned");
-    let wrong = call(&format!("Bearer {}", api_key("isak", "PROD", CLIENT_ID, APP_SECRET)));
+    assert_eq!(
+        good.header("signature"),
+        None,
+        "API-key answers are unsigned"
+    );
+    let wrong = call(&format!(
+        "Bearer {}",
+        api_key("isak", "PROD", CLIENT_ID, APP_SECRET)
+    ));
     assert_eq!(wrong.status, 200);
     assert_eq!(wrong.result_code(), ("F".into(), "OAUTH_FAIL".into()));
-    assert_eq!(wrong.header("signature"), None, "Alipay's refusal is unsigned");
+    assert_eq!(
+        wrong.header("signature"),
+        None,
+        "Alipay's refusal is unsigned"
+    );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn no_log_level_or_format_shows_a_key() {
+    for level in ["error", "warn", "info", "debug", "trace"] {
+        let rig = Rig::start(
+            RigConfig {
+                keys: API_KEYS,
+                tail: &format!("[log]\nformat = \"text\"\nlevel = \"{level}\"\n"),
+                ..Default::default()
+            },
+            |gw| {
+                gw.api_key = Some(api_key(
+                    "isak",
+                    "PROD",
+                    CLIENT_ID,
+                    "OtherKeyTheGatewayKnows",
+                ))
+            },
+            |dir| std::fs::write(dir.join("api_key.txt"), prod_key()).unwrap(),
+        );
+        // refused by the gateway: the WARN line, the request line, the debug lines
+        let r = pay_with_app_credentials(&rig, &format!("lv-{level}"));
+        assert_eq!(
+            r.result_code(),
+            ("F".into(), "OAUTH_FAIL".into()),
+            "{level}"
+        );
+        rig.reload().assert_status(200, "reload");
+        let logs = rig.sidecar.logs();
+        assert!(
+            !logs.is_empty() || level == "error",
+            "{level}: nothing logged"
+        );
+        assert_no_secret(&format!("the {level} logs"), &logs);
+    }
+}
+
+#[test]
+fn api_key_and_private_key_are_exclusive_and_merchants_may_mix_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_vector_keys(dir.path());
+    std::fs::write(dir.path().join("api_key.txt"), prod_key()).unwrap();
+    let both = "client_id = \"T_111222333\"\n[keys]\nmerchant_private_key = \"merchant_private_key.pem\"\napi_key = \"api_key.txt\"\nalipay_public_keys = { \"1\" = \"alipay_public_key.pem\" }\n[outbound]\nregion = \"sea\"\n";
+    let path = dir.path().join("both.toml");
+    std::fs::write(&path, both).unwrap();
+    let (code, out, err) = run_bounded(
+        &mut command(&["check-config", "--config", &path.display().to_string()]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("both.toml:4:")
+            && err.contains("`api_key` and `merchant_private_key` are both set"),
+        "{err}"
+    );
+
+    let mixed = format!(
+        "[outbound]\nregion = \"sea\"\n\
+         [[merchants]]\nname = \"rsa\"\nclient_id = \"T_1\"\n[merchants.keys]\n{VECTOR_KEYS}\
+         [[merchants]]\nname = \"bearer\"\nclient_id = \"{CLIENT_ID}\"\n[merchants.keys]\n{API_KEYS}"
+    );
+    let path = dir.path().join("mixed.toml");
+    std::fs::write(&path, mixed).unwrap();
+    let (code, out, err) = run_bounded(
+        &mut command(&["check-config", "--config", &path.display().to_string()]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("merchant private key: keyVersion 1"), "{out}");
+    assert!(out.contains("API key: Standard PROD, SHA256:"), "{out}");
+    assert_no_secret("check-config", &format!("{out}{err}"));
 }
