@@ -151,11 +151,14 @@ pub fn classify(
     }
 }
 
+/// (merchant, result code) → (when the last line was written, how many were not logged since).
+type ThrottleState = HashMap<(String, &'static str), (Instant, u64)>;
+
 /// Per merchant and code: when the last line was written, and how many were not logged
 /// since.
 #[derive(Debug, Default)]
 pub struct Throttle {
-    state: Mutex<HashMap<(String, &'static str), (Instant, u64)>>,
+    state: Mutex<ThrottleState>,
 }
 
 impl Throttle {
