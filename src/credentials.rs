@@ -59,7 +59,7 @@ impl CredentialMetrics {
             rejections: IntCounterVec::new(
                 Opts::new(
                     "alipay_sidecar_gateway_rejections_total",
-                    "Gateway answers refusing the merchant's credentials, by result.resultCode (INVALID_SIGNATURE, KEY_NOT_FOUND, INVALID_CLIENT, OAUTH_FAIL, ILLEGAL_CLIENT_IP, ACCESS_DENIED, INVALID_ACCESS_TOKEN; other = an unsigned F with another code).",
+                    "Gateway answers refusing the merchant's credentials, by result.resultCode (INVALID_SIGNATURE, KEY_NOT_FOUND, INVALID_CLIENT, OAUTH_FAIL, ILLEGAL_CLIENT_IP, ACCESS_DENIED, INVALID_ACCESS_TOKEN; other = an unsigned F with another code, signing mode).",
                 ),
                 &["merchant", "result_code"],
             )?,
@@ -122,8 +122,9 @@ pub fn record_dropped(merchant: &str, headers: &http::HeaderMap) {
 pub enum Rejection {
     /// A code of [`CREDENTIAL_REJECTIONS`].
     Credential(&'static str),
-    /// An unsigned `F` with another code: Alipay answers unsigned when it cannot
-    /// authenticate the caller, so this is counted (as `other`) but not warned about.
+    /// An unsigned `F` with another code in signing mode: Alipay answers unsigned when it
+    /// cannot authenticate the caller, so this is counted (as `other`) but not warned about.
+    /// (In API-key mode every answer may be unsigned, so there it is not counted.)
     OtherUnsigned,
 }
 

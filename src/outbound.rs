@@ -411,10 +411,9 @@ impl<G: Gateway> Outbound<G> {
 
         // the gateway refusing the merchant's credentials: counted, and a (throttled) WARN
         let answer = decoded.as_ref().unwrap_or(&response.body);
-        let unsigned = matches!(
-            verdict.marker,
-            Marker::UnsignedFailure | Marker::UnsignedApiKey
-        );
+        // (an unsigned F means "not authenticated" only in signing mode: in API-key mode
+        // every answer may come unsigned, business failures included)
+        let unsigned = verdict.marker == Marker::UnsignedFailure;
         if let Some(rejection) = crate::credentials::classify(
             exchange::result_code(answer).as_deref(),
             exchange::result_status(answer).as_deref(),
