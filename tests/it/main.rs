@@ -7,6 +7,7 @@ mod engine;
 mod inbound;
 mod journal;
 mod limits;
+mod local_ca;
 mod merchants;
 mod metrics;
 mod mock_gateway;
