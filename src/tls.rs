@@ -330,7 +330,7 @@ fn issue_leaf(
     leaf_params.serial_number = Some(random_serial());
     let leaf_key = KeyPair::generate().map_err(err("server key"))?;
     let leaf_cert = leaf_params
-        .signed_by(&leaf_key, &issuer)
+        .signed_by(&leaf_key, issuer)
         .map_err(err("server certificate"))?;
     let der = leaf_cert.der().to_vec();
     let config = server_config(

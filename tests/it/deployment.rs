@@ -983,11 +983,16 @@ fn the_app_trusts_the_sidecar_through_the_ca_secret_and_the_shared_trust_bundle(
         let name = volume["secret"]["secretName"]
             .as_str()
             .unwrap_or_else(|| panic!("{key} is not on a Secret volume"));
+        // `0440` is octal to Kubernetes (YAML 1.1); serde_yaml (YAML 1.2) leaves it a string
+        let mode = &volume["secret"]["defaultMode"];
+        let mode = mode.as_u64().or_else(|| {
+            mode.as_str().and_then(|m| {
+                u64::from_str_radix(m.trim_start_matches("0o").trim_start_matches('0'), 8).ok()
+            })
+        });
         assert!(
-            volume["secret"]["defaultMode"]
-                .as_u64()
-                .is_some_and(|m| m & 0o007 == 0),
-            "{key}: the CA key must not be world-readable"
+            mode.is_some_and(|m| m & 0o007 == 0),
+            "{key}: the CA key must not be world-readable ({mode:?})"
         );
         let secret = secret_named(&objects, name);
         let file_name = file.rsplit('/').next().unwrap();
