@@ -458,6 +458,84 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_local_ca_issues_a_new_leaf_each_time_and_the_bundle_ends_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_pem, key_pem, fp) = new_local_ca().unwrap();
+        let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+        std::fs::write(&cert, &cert_pem).unwrap();
+        std::fs::write(&key, &key_pem).unwrap();
+        let ca = load_ca(&cert, &key).unwrap();
+        assert_eq!(ca.fingerprint(), fp);
+        let one = ca
+            .issue("alipay-sidecar", &["sidecar.local".into()])
+            .unwrap();
+        let two = load(
+            &CertSource::Ca {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            &[],
+        )
+        .unwrap();
+        assert_ne!(one.fingerprint, two.fingerprint, "a new leaf");
+        assert_eq!(
+            (one.ca_fingerprint.as_str(), two.ca_fingerprint.as_str()),
+            (fp.as_str(), fp.as_str())
+        );
+        // the CA apps trust is the file's certificate, once, at the end of the bundle
+        let bundle = trust_bundle(&format!("{}{}", one.ca_pem, one.ca_pem));
+        let certs: Vec<_> = rustls_pemfile::certs(&mut bundle.as_slice())
+            .map(|c| fingerprint(c.unwrap().as_ref()))
+            .collect();
+        assert_eq!(certs.last(), Some(&fp));
+        assert_eq!(certs.iter().filter(|c| **c == fp).count(), 1);
+    }
+
+    #[test]
+    fn load_ca_refuses_a_server_certificate_and_a_foreign_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, ca_key, _) = new_local_ca().unwrap();
+        let (_, other_key, _) = new_local_ca().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let (cert, key, other) = (
+            write("ca.pem", &ca_pem),
+            write("ca.key", &ca_key),
+            write("other.key", &other_key),
+        );
+        let err = load_ca(&cert, &other).err().unwrap();
+        assert!(
+            err.contains("does not belong to the CA certificate"),
+            "{err}"
+        );
+        // a leaf issued by the CA, given as the CA
+        let issuer =
+            Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key).unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf_cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let (leaf_path, leaf_key_path) = (
+            write("leaf.pem", &leaf_cert.pem()),
+            write("leaf.key", &leaf_key.serialize_pem()),
+        );
+        let err = load_ca(&leaf_path, &leaf_key_path).err().unwrap();
+        assert!(
+            err.contains("is not a CA certificate") && err.contains("tls_cert"),
+            "{err}"
+        );
+        // and the CA given as the server certificate
+        let err = from_files(&cert, &key).err().unwrap();
+        assert!(err.contains("tls_ca_cert"), "{err}");
+        // the leaf as a server certificate is fine
+        assert!(from_files(&leaf_path, &leaf_key_path).is_ok());
+    }
+
+    #[test]
     fn the_tls_provider_becomes_aws_lc() {
         assert!(install_tls_provider());
         // A second install (as pingora attempts with ring's) changes nothing.
