@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::tools::{self, ConfigArgs, KeygenArgs, SignArgs, VerifyArgs};
+use crate::tools::{self, ConfigArgs, KeygenArgs, LocalCaArgs, SignArgs, VerifyArgs};
 
 /// The exit-code rule of `run` and `check-config`, shown in `--help` and the README.
 pub const EXIT_CODES_HELP: &str = "\
@@ -126,6 +126,9 @@ enum Command {
     Verify(VerifyArgs),
     /// Generate a new RSA merchant key pair (PEM and the dashboard's one-line base64).
     Keygen(KeygenArgs),
+    /// Make a CA for the HTTPS listener (ca.pem, ca.key) that outlives restarts:
+    /// `[outbound] tls_ca_cert` / `tls_ca_key`; apps trust it once.
+    LocalCa(LocalCaArgs),
     /// Load the config and every key, catch the classic key mix-ups, print a summary.
     #[command(after_help = EXIT_CODES_HELP)]
     CheckConfig(ConfigArgs),
@@ -231,6 +234,7 @@ pub fn main() -> i32 {
             )
         }
         Command::Keygen(args) => tools::keygen(&args, &mut stdout.lock(), &mut stderr.lock()),
+        Command::LocalCa(args) => tools::local_ca(&args, &mut stdout.lock(), &mut stderr.lock()),
         Command::CheckConfig(args) => {
             tools::check_config(&args, &mut stdout.lock(), &mut stderr.lock())
         }

@@ -124,18 +124,23 @@ pub fn ready_json(pid: u32, listeners: &[(String, SocketAddr)]) -> String {
     serde_json::json!({ "pid": pid, "listeners": map }).to_string()
 }
 
-/// A temporary file next to `path` (same folder, so the rename is atomic), readable by all:
-/// it holds addresses and a pid, nothing secret, and a supervisor may run as another user.
+/// A temporary file next to `path` (same folder, so the rename is atomic), readable by all
+/// (0644 whatever the umask): the files written this way (the ready file, the trust bundle)
+/// hold nothing secret, and their reader (a supervisor, an app) may run as another user.
 fn temp_next_to(path: &std::path::Path) -> io::Result<tempfile::NamedTempFile> {
     use std::os::unix::fs::PermissionsExt;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),
     };
-    tempfile::Builder::new()
-        .prefix(".alipay-sidecar-ready-")
+    let tmp = tempfile::Builder::new()
+        .prefix(".alipay-sidecar-")
         .permissions(std::fs::Permissions::from_mode(0o644))
-        .tempfile_in(dir)
+        .tempfile_in(dir)?;
+    // the mode given at creation is filtered by the umask; set it exactly
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    Ok(tmp)
 }
 
 /// Checks at start that the ready file can be written (its folder exists and is writable),
@@ -144,9 +149,11 @@ pub fn check_ready_file(path: &std::path::Path) -> io::Result<()> {
     temp_next_to(path).map(drop)
 }
 
-fn write_atomically(path: &std::path::Path, text: &str) -> io::Result<()> {
+/// Replaces `path` with `bytes` at once (a temporary file in the same folder, renamed), mode
+/// 0644: a reader sees the old content or the new, never half.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp = temp_next_to(path)?;
-    io::Write::write_all(&mut tmp, text.as_bytes())?;
+    io::Write::write_all(&mut tmp, bytes)?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
@@ -193,7 +200,7 @@ impl BackgroundService for ReadyTask {
             tracing::info!(listener = %name, %addr, "accepting connections");
         }
         if let Some(path) = &self.ready_file {
-            match write_atomically(path, &ready_json(std::process::id(), &addrs)) {
+            match write_atomically(path, ready_json(std::process::id(), &addrs).as_bytes()) {
                 Ok(()) => tracing::info!(path = %path.display(), "ready file written"),
                 Err(e) => tracing::error!(
                     path = %path.display(),

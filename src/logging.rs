@@ -14,6 +14,13 @@
 //! request already has the sidecar's own log line, and connections closed for breaking a
 //! limit are logged at most once per second with a count ([`Throttle`]). `RUST_LOG`
 //! replaces the default filter, redaction stays.
+//!
+//! One pingora ERROR line is demoted to DEBUG on its way in ([`DemoteKnownNoise`]):
+//! `failed to acquire reusable stream` (pingora-core 0.9's connector, `reused_stream`). It
+//! means a pooled gateway connection could not be taken back from the pool (its idle watcher
+//! still held it, or it had gone stale); the connector then drops it and opens a new
+//! connection, and the request goes on. It is not an error of the request: a request that
+//! then fails gets the sidecar's own line with the real cause.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -38,11 +45,76 @@ pub fn init(cfg: &LogConfig) {
         .with_writer(|| Redacting(std::io::stdout()))
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal());
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
+    let installed = if json {
+        tracing::subscriber::set_global_default(builder.json().flatten_event(true).finish())
     } else {
-        builder.try_init()
+        tracing::subscriber::set_global_default(builder.finish())
     };
+    if installed.is_ok() {
+        // what `try_init` does for `log` records, through the demotion
+        use tracing_log::AsLog as _;
+        if log::set_boxed_logger(Box::new(DemoteKnownNoise(tracing_log::LogTracer::new()))).is_ok()
+        {
+            log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
+        }
+    }
+}
+
+/// `log` records that pingora logs at ERROR although nothing failed: (target prefix, message).
+const KNOWN_NOISE: &[(&str, &str)] = &[(
+    "pingora_core::connectors",
+    "failed to acquire reusable stream",
+)];
+
+/// A `log` bridge that passes every record on to `inner` unchanged, except the
+/// [`KNOWN_NOISE`] ones, which go on at DEBUG (see the module doc).
+pub struct DemoteKnownNoise<L>(pub L);
+
+impl<L> DemoteKnownNoise<L> {
+    fn is_noise(record: &log::Record<'_>) -> bool {
+        record.level() <= log::Level::Warn
+            && KNOWN_NOISE.iter().any(|(target, message)| {
+                record.target().starts_with(target)
+                    && record
+                        .args()
+                        .as_str()
+                        .map_or_else(|| record.args().to_string() == *message, |s| s == *message)
+            })
+    }
+}
+
+impl<L: log::Log> log::Log for DemoteKnownNoise<L> {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        // a demoted record is asked about again at DEBUG in `log`
+        self.0.enabled(metadata)
+            || (metadata.level() <= log::Level::Warn
+                && self.0.enabled(
+                    &log::Metadata::builder()
+                        .level(log::Level::Debug)
+                        .target(metadata.target())
+                        .build(),
+                ))
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !Self::is_noise(record) {
+            return self.0.log(record);
+        }
+        self.0.log(
+            &log::Record::builder()
+                .args(*record.args())
+                .level(log::Level::Debug)
+                .target(record.target())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        self.0.flush()
+    }
 }
 
 /// A writer that removes `Signature` values from each formatted line (tracing's fmt layer
@@ -169,6 +241,69 @@ mod tests {
             redact_signatures(b"no secrets"),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    /// Records the level of every record it is given.
+    struct Levels(Mutex<Vec<(log::Level, String)>>);
+
+    impl log::Log for Levels {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((record.level(), record.args().to_string()));
+        }
+        fn flush(&self) {}
+    }
+
+    #[test]
+    fn pingoras_reusable_stream_error_is_demoted_to_debug_and_nothing_else_is() {
+        use log::Log as _;
+        let bridge = DemoteKnownNoise(Levels(Mutex::new(Vec::new())));
+        let record = |level, target: &str, args: std::fmt::Arguments<'_>| {
+            bridge.log(
+                &log::Record::builder()
+                    .level(level)
+                    .target(target)
+                    .args(args)
+                    .build(),
+            )
+        };
+        // as pingora-core 0.9.1 writes it (src/connectors/mod.rs, `reused_stream`)
+        record(
+            log::Level::Error,
+            "pingora_core::connectors",
+            format_args!("failed to acquire reusable stream"),
+        );
+        // other errors of the same module, and the same text elsewhere, stay errors
+        record(
+            log::Level::Error,
+            "pingora_core::connectors",
+            format_args!("failed to connect: {}", 7),
+        );
+        record(
+            log::Level::Error,
+            "other_crate",
+            format_args!("failed to acquire reusable stream"),
+        );
+        let got = bridge.0 .0.lock().unwrap().clone();
+        assert_eq!(
+            got,
+            [
+                (
+                    log::Level::Debug,
+                    "failed to acquire reusable stream".to_string()
+                ),
+                (log::Level::Error, "failed to connect: 7".to_string()),
+                (
+                    log::Level::Error,
+                    "failed to acquire reusable stream".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::keyset::{Credential, KeySet, KeySetError};
 use crate::metrics::{self, KeyRole, ReloadResult};
 use crate::state::SidecarState;
-use crate::tls::{Identity, ListenerTls};
+use crate::tls::{CertSource, Identity, ListenerTls};
 
 /// Quiet time after the last file event before reloading (a Secret update is a burst).
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -41,7 +41,8 @@ pub enum ReloadError {
     /// A key failed to load or the preflight found an error.
     #[error("{0}")]
     Keys(#[from] crate::keyset::KeySetError),
-    /// The HTTPS listener's `tls_cert`/`tls_key` failed to load (the old certificate stays).
+    /// The HTTPS listener's `tls_cert`/`tls_key` or `tls_ca_cert`/`tls_ca_key` failed to
+    /// load (the old certificate stays), or its trust bundle could not be written.
     #[error("the HTTPS listener's certificate: {0}")]
     Tls(String),
     /// The loading task itself failed (a bug; the old keys stay).
@@ -74,11 +75,39 @@ pub struct Reloader {
     started_with: Config,
     lock: Mutex<()>,
     /// The HTTPS listener's certificate files, re-read with the keys.
-    tls: Option<TlsFiles>,
+    tls: Option<ListenerCert>,
 }
 
-/// The outbound HTTPS listener's live certificate and the files it comes from.
-pub type TlsFiles = (Arc<ListenerTls>, PathBuf, PathBuf);
+/// The outbound HTTPS listener's live certificate, the files it comes from (`tls_cert` /
+/// `tls_key`, or `tls_ca_cert` / `tls_ca_key` to issue a new leaf from), and the trust
+/// bundle kept current with it (`tls_trust_out`).
+pub struct ListenerCert {
+    /// What the listener serves now.
+    pub live: Arc<ListenerTls>,
+    /// Where it comes from (never [`CertSource::Generated`]: nothing to re-read).
+    pub source: CertSource,
+    /// Extra host names of an issued leaf.
+    pub names: Vec<String>,
+    /// The trust bundle to rewrite when the CA apps must trust changes.
+    pub trust_out: Option<PathBuf>,
+    /// For a leaf issued from `tls_ca_cert`: SHA-256 of the CA files it was issued from, so
+    /// a reload that finds them unchanged keeps serving that leaf instead of issuing another.
+    pub issued_from: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl ListenerCert {
+    /// SHA-256 over the bytes of the source's files (`None` when one cannot be read).
+    pub fn files_digest(source: &CertSource) -> Option<Vec<u8>> {
+        use sha2::Digest as _;
+        let mut hash = sha2::Sha256::new();
+        for f in source.files() {
+            let bytes = crate::keyset::read_bounded(&f, 4 * 1024 * 1024).ok()?;
+            hash.update((bytes.len() as u64).to_be_bytes());
+            hash.update(&bytes);
+        }
+        Some(hash.finalize().to_vec())
+    }
+}
 
 /// What a successful reload did.
 #[derive(Debug)]
@@ -98,7 +127,7 @@ impl Reloader {
         state: Arc<SidecarState>,
         config_path: PathBuf,
         started_with: Config,
-        tls: Option<TlsFiles>,
+        tls: Option<ListenerCert>,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
@@ -116,8 +145,8 @@ impl Reloader {
             files.extend(m.keys().sources.files().into_iter().map(PathBuf::from));
         }
         files.push(self.config_path.clone());
-        if let Some((_, cert, key)) = &self.tls {
-            files.extend([cert.clone(), key.clone()]);
+        if let Some(tls) = &self.tls {
+            files.extend(tls.source.files());
         }
         files
     }
@@ -148,17 +177,40 @@ impl Reloader {
     pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.lock.lock().await;
         let path = self.config_path.clone();
-        let tls_files = self.tls.as_ref().map(|(_, c, k)| (c.clone(), k.clone()));
+        // a leaf issued from tls_ca_cert is issued again only when the CA files changed
+        let tls_source = self.tls.as_ref().and_then(|t| {
+            let digest = ListenerCert::files_digest(&t.source);
+            let unchanged = matches!(t.source, CertSource::Ca { .. })
+                && digest.is_some()
+                && *t.issued_from.lock().unwrap_or_else(|p| p.into_inner()) == digest;
+            (!unchanged).then(|| {
+                (
+                    t.source.clone(),
+                    t.names.clone(),
+                    t.trust_out.clone(),
+                    digest,
+                )
+            })
+        });
         type Loaded = (
             Config,
             Vec<(String, Result<KeySet, KeySetError>)>,
-            Option<Identity>,
+            Option<(Identity, Option<Vec<u8>>)>,
         );
         let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, ReloadError> {
             let config = Config::load(&path)?;
-            let identity = match tls_files {
-                Some((cert, key)) => {
-                    Some(crate::tls::from_files(&cert, &key).map_err(ReloadError::Tls)?)
+            let identity = match tls_source {
+                Some((source, names, trust_out, digest)) => {
+                    let identity = crate::tls::load(&source, &names).map_err(ReloadError::Tls)?;
+                    // the bundle first: a certificate apps could not trust is not served
+                    if let Some(path) = trust_out {
+                        if crate::tls::write_trust_bundle(&path, &identity.ca_pem)
+                            .map_err(ReloadError::Tls)?
+                        {
+                            tracing::info!(trust_out = %path.display(), ca_sha256 = %identity.ca_fingerprint, "trust bundle rewritten: the CA apps must trust changed");
+                        }
+                    }
+                    Some((identity, digest))
                 }
                 None => None,
             };
@@ -179,9 +231,10 @@ impl Reloader {
                 return Err(e);
             }
         };
-        if let (Some((live, _, _)), Some(identity)) = (&self.tls, identity) {
-            live.swap(&identity);
-            tracing::info!(certificate_sha256 = %identity.fingerprint, "HTTPS listener certificate reloaded");
+        if let (Some(tls), Some((identity, digest))) = (&self.tls, identity) {
+            tls.live.swap(&identity);
+            *tls.issued_from.lock().unwrap_or_else(|p| p.into_inner()) = digest;
+            tracing::info!(certificate_sha256 = %identity.fingerprint, ca_sha256 = %identity.ca_fingerprint, "HTTPS listener certificate reloaded");
         }
         if self.started_with.differs_outside_keys(&config) {
             tracing::warn!("the configuration changed outside [keys]; those settings take effect only after a restart");

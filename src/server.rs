@@ -30,10 +30,10 @@ use crate::limits::{Limited, ListenerLimits};
 use crate::listen::{ReadyTask, Reserved};
 use crate::merchants::Merchants;
 use crate::outbound::{Outbound, OutboundMerchant, OutboundPolicy};
-use crate::reload::{publish_key_metrics, ReloadTask, Reloader};
+use crate::reload::{publish_key_metrics, ListenerCert, ReloadTask, Reloader};
 use crate::state::SidecarState;
 use crate::store::StateStore;
-use crate::tls::ListenerTls;
+use crate::tls::{CertSource, ListenerTls};
 use crate::upstream::Upstream;
 
 /// Entry point of `alipay-sidecar run`; returns the process exit code (see
@@ -330,7 +330,7 @@ pub fn build(
             server.add_service(background_service("reconciler", reconciler));
             tracing::info!(reconcile_after = %humantime::format_duration(r.reconcile_after), default_close_after = %humantime::format_duration(r.default_close_after), cancel_on_expiry = r.cancel_on_expiry, "missed-notification reconciler on");
         }
-        let mut shared_tls: Option<(Arc<ListenerTls>, String, bool)> = None;
+        let mut shared_tls: Option<(Arc<ListenerTls>, String, &'static str)> = None;
         for (owner, plain, tls, handler, serves) in groups {
             let proxy = Arc::new(pingora::proxy::http_proxy(
                 &conf,
@@ -351,17 +351,18 @@ pub fn build(
                 continue;
             };
             // every HTTPS outbound listener serves the one certificate of [outbound]
-            // (configured or generated once), so a reload of its files reaches them all
+            // (configured, issued or generated once), so a reload of its files reaches them all
             if shared_tls.is_none() {
                 let t = o.tls.clone().unwrap_or_else(|| crate::config::OutboundTls {
                     listen: configured_listen,
-                    files: None,
+                    source: CertSource::Generated,
                     names: Vec::new(),
                     ca_out: None,
+                    trust_out: None,
                 });
                 let identity = outbound_identity(&t).map_err(|msg| {
-                    let key = if t.files.is_some() {
-                        "outbound.tls_cert".to_string()
+                    let key = if !matches!(t.source, CertSource::Generated) {
+                        t.source.config_key().to_string()
                     } else if o.tls.is_some() {
                         "outbound.tls_listen".to_string()
                     } else {
@@ -372,16 +373,30 @@ pub fn build(
                     config.error_at(&key, msg)
                 })?;
                 let listener_tls = ListenerTls::new(&identity);
-                if let Some((cert, key)) = &t.files {
-                    reload_tls = Some((listener_tls.clone(), cert.clone(), key.clone()));
+                if !matches!(t.source, CertSource::Generated) {
+                    reload_tls = Some(ListenerCert {
+                        live: listener_tls.clone(),
+                        source: t.source.clone(),
+                        names: t.names.clone(),
+                        trust_out: t.trust_out.clone(),
+                        issued_from: std::sync::Mutex::new(ListenerCert::files_digest(&t.source)),
+                    });
                 }
-                shared_tls = Some((
-                    listener_tls,
-                    identity.fingerprint.clone(),
-                    t.files.is_some(),
-                ));
+                let kind = match t.source {
+                    CertSource::Generated => "generated at start (in memory)",
+                    CertSource::Files { .. } => "configured",
+                    CertSource::Ca { .. } => "issued at start from tls_ca_cert",
+                };
+                tracing::info!(
+                    certificate_sha256 = %identity.fingerprint,
+                    ca_sha256 = %identity.ca_fingerprint,
+                    certificate = kind,
+                    trust_out = ?t.trust_out.as_ref().map(|p| p.display().to_string()),
+                    "HTTPS listener certificate"
+                );
+                shared_tls = Some((listener_tls, identity.fingerprint.clone(), kind));
             }
-            let Some((listener_tls, fingerprint, configured)) = shared_tls.clone() else {
+            let Some((listener_tls, fingerprint, kind)) = shared_tls.clone() else {
                 unreachable!("set above");
             };
             let name = listener_name("outbound_tls", owner);
@@ -396,7 +411,7 @@ pub fn build(
                 listener = name,
                 merchants = %serves,
                 certificate_sha256 = %fingerprint,
-                certificate = if configured { "configured" } else { "generated at start (in memory)" },
+                certificate = kind,
                 "outbound signing proxy (https)"
             );
         }
@@ -484,21 +499,22 @@ fn listener_name(kind: &'static str, owner: Option<&MerchantConfig>) -> &'static
     }
 }
 
-/// The HTTPS outbound listener's certificate: the configured files, or one generated now
-/// whose CA certificate goes to `tls_ca_out` when set.
+/// The HTTPS outbound listener's certificate from its source (configured files, issued from
+/// `tls_ca_cert`, or generated now); writes the generated CA to `tls_ca_out` and the trust
+/// bundle to `tls_trust_out` when set.
 pub fn outbound_identity(t: &crate::config::OutboundTls) -> Result<crate::tls::Identity, String> {
-    if let Some((cert, key)) = &t.files {
-        return crate::tls::from_files(cert, key);
-    }
-    let identity = crate::tls::generate("alipay-sidecar", &t.names)?;
-    if let (Some(path), Some(ca)) = (&t.ca_out, &identity.ca_pem) {
-        std::fs::write(path, ca).map_err(|e| {
+    let identity = crate::tls::load(&t.source, &t.names)?;
+    if let Some(path) = &t.ca_out {
+        std::fs::write(path, &identity.ca_pem).map_err(|e| {
             format!(
                 "writing the generated CA certificate to {} (tls_ca_out): {e}; pick a \
                  writable path",
                 path.display()
             )
         })?;
+    }
+    if let Some(path) = &t.trust_out {
+        crate::tls::write_trust_bundle(path, &identity.ca_pem)?;
     }
     Ok(identity)
 }
@@ -521,11 +537,11 @@ pub fn ca_bundle(extra: &Path) -> Result<Vec<u8>, String> {
     // a machine without system roots still works with the configured CA alone
     if let Ok(roots) = rustls_native_certs::load_native_certs() {
         for cert in roots {
-            pem_cert(&mut bundle, cert.as_ref());
+            crate::tls::pem_cert(&mut bundle, cert.as_ref());
         }
     }
     for cert in &certs {
-        pem_cert(&mut bundle, cert.as_ref());
+        crate::tls::pem_cert(&mut bundle, cert.as_ref());
     }
     Ok(bundle)
 }
@@ -553,17 +569,6 @@ fn write_private(bundle: &[u8]) -> Result<(tempfile::TempDir, std::path::PathBuf
     std::fs::write(&path, bundle)
         .map_err(|e| format!("writing the merged CA bundle {}: {e}", path.display()))?;
     Ok((dir, path))
-}
-
-fn pem_cert(out: &mut Vec<u8>, der: &[u8]) {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.extend_from_slice(chunk);
-        out.push(b'\n');
-    }
-    out.extend_from_slice(b"-----END CERTIFICATE-----\n");
 }
 
 /// Waits for SIGTERM, SIGINT or SIGQUIT, drains, then tells pingora to stop.

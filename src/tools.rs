@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::config::{Acknowledge, Config, InboundMode};
+use crate::config::{Acknowledge, CertSource, Config, InboundMode};
 use crate::keyset::{
     cross_preflight, merchant_preflight, shared_preflight, Credential, KeySet, Severity,
 };
@@ -112,6 +112,15 @@ pub struct KeygenArgs {
     /// several times slower.
     #[arg(long, default_value = "2048", value_parser = ["2048", "3072", "4096"])]
     pub bits: String,
+}
+
+/// Options of `alipay-sidecar local-ca`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LocalCaArgs {
+    /// Folder to write ca.pem (certificate, 0644) and ca.key (private key, 0600) into
+    /// (created if missing; existing files are never overwritten).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 /// Options of the commands that read the config file (`check-config`, `run`).
@@ -547,6 +556,90 @@ pub fn keygen(args: &KeygenArgs, out: &mut dyn Write, err: &mut dyn Write) -> i3
     EXIT_OK
 }
 
+/// `alipay-sidecar local-ca`: a CA for the HTTPS listener that lives as long as the
+/// deployment (`tls_ca_cert` / `tls_ca_key`): the sidecar issues a new leaf from it at every
+/// start, so apps trust the CA once. Never overwrites a file.
+pub fn local_ca(args: &LocalCaArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let dir = &args.out;
+    let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let existing: Vec<String> = [&cert_path, &key_path]
+        .into_iter()
+        .filter(|p| p.symlink_metadata().is_ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !existing.is_empty() {
+        let _ = writeln!(
+            err,
+            "error: refusing to overwrite {}: apps already trusting that CA would stop \
+             trusting the sidecar; choose another --out folder, or move the files away first \
+             (nothing was written)",
+            existing.join(", ")
+        );
+        return EXIT_USAGE;
+    }
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        let _ = writeln!(err, "error: cannot create folder {}: {e}", dir.display());
+        return EXIT_USAGE;
+    }
+    let (cert, key, fingerprint) = match crate::tls::new_local_ca() {
+        Ok(ca) => ca,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    // the key first (0600 from its creation), then the certificate (0644 whatever the umask)
+    if let Err(e) = write_new(&key_path, &key, true) {
+        let _ = writeln!(err, "error: cannot write {}: {e}", key_path.display());
+        return EXIT_USAGE;
+    }
+    let cert_written = write_new(&cert_path, &cert, false).and_then(|()| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cert_path, std::fs::Permissions::from_mode(0o644))
+    });
+    if let Err(e) = cert_written {
+        let _ = std::fs::remove_file(&key_path);
+        let _ = std::fs::remove_file(&cert_path);
+        let _ = writeln!(
+            err,
+            "error: cannot write {}: {e} (nothing was kept)",
+            cert_path.display()
+        );
+        return EXIT_USAGE;
+    }
+    let shown = |p: &Path| {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    let (cert_shown, key_shown) = (shown(&cert_path), shown(&key_path));
+    let _ = writeln!(
+        out,
+        "wrote {cert_shown} (the CA certificate, mode 0644: what apps trust)"
+    );
+    let _ = writeln!(
+        out,
+        "wrote {key_shown} (the CA private key, mode 0600: keep it secret, give it to the \
+         sidecar only)"
+    );
+    let _ = writeln!(out, "CA SHA-256 fingerprint: {fingerprint}");
+    let _ = writeln!(
+        out,
+        "\npaste into [outbound] of the sidecar's config (with tls_listen set):\n\
+         tls_ca_cert = {cert_shown:?}\n\
+         tls_ca_key = {key_shown:?}\n\
+         tls_trust_out = \"/run/alipay-sidecar/trust/ca-bundle.pem\"   # system roots + this \
+         CA, for the app's SSL_CERT_FILE\n"
+    );
+    let _ = writeln!(
+        out,
+        "then point the app at the bundle, e.g. SSL_CERT_FILE=/run/alipay-sidecar/trust/ca-bundle.pem \
+         (Python SDK >= 1.7), or have it trust {cert_shown}"
+    );
+    EXIT_OK
+}
+
 /// Reports an error that makes the configuration unusable; the `check-config` exit code
 /// (2, as `run` exits for the same error).
 fn not_usable(err: &mut dyn Write, e: &dyn std::fmt::Display) -> i32 {
@@ -615,21 +708,36 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
     }
     let tls_line = match config.outbound.as_ref().and_then(|o| o.tls.as_ref()) {
         None => None,
-        Some(t) => match &t.files {
-            Some((cert, key)) => match crate::tls::from_files(cert, key) {
-                Ok(id) => Some(format!(
-                    "https listener certificate: {} (SHA-256 {})",
-                    cert.display(),
-                    id.fingerprint
+        Some(t) => {
+            let trust = t.trust_out.as_ref().map_or(String::new(), |p| {
+                format!("; trust bundle for apps -> {}", p.display())
+            });
+            match &t.source {
+                CertSource::Files { cert, key } => match crate::tls::from_files(cert, key) {
+                    Ok(id) => Some(format!(
+                        "https listener certificate: {} (SHA-256 {}; apps trust {}){trust}",
+                        cert.display(),
+                        id.fingerprint,
+                        id.ca_fingerprint
+                    )),
+                    Err(m) => return not_usable(err, &config.error_at("outbound.tls_cert", m)),
+                },
+                CertSource::Ca { cert, key } => match crate::tls::load_ca(cert, key) {
+                    Ok(ca) => Some(format!(
+                        "https listener certificate: issued at every start from the CA {} \
+                         (CA SHA-256 {}){trust}",
+                        cert.display(),
+                        ca.fingerprint()
+                    )),
+                    Err(m) => return not_usable(err, &config.error_at("outbound.tls_ca_cert", m)),
+                },
+                CertSource::Generated => Some(format!(
+                    "https listener certificate: generated at start, in memory, under a new CA \
+                     at every start (its SHA-256 is logged by `run`; for a CA that survives \
+                     restarts see `alipay-sidecar local-ca`){trust}"
                 )),
-                Err(m) => return not_usable(err, &config.error_at("outbound.tls_cert", m)),
-            },
-            None => Some(
-                "https listener certificate: generated at start, in memory (its SHA-256 is \
-                 logged by `run`)"
-                    .to_string(),
-            ),
-        },
+            }
+        }
     };
     let mut findings = Vec::new();
     for (m, keys) in &sets {

@@ -707,8 +707,9 @@ impl Ctx<'_> {
         })
     }
 
-    /// `tls_listen` and what goes with it: `tls_cert` and `tls_key` together or not at all;
-    /// `tls_names` and `tls_ca_out` only for the generated certificate.
+    /// `tls_listen` and what goes with it: one certificate source (`tls_cert` + `tls_key`,
+    /// `tls_ca_cert` + `tls_ca_key`, or neither: generated), each pair whole; `tls_ca_out`
+    /// only for the generated certificate; `tls_trust_out` with any.
     pub(super) fn build_outbound_tls(
         &self,
         raw: &RawOutbound,
@@ -718,6 +719,9 @@ impl Ctx<'_> {
                 (&raw.tls_cert, "outbound.tls_cert"),
                 (&raw.tls_key, "outbound.tls_key"),
                 (&raw.tls_ca_out, "outbound.tls_ca_out"),
+                (&raw.tls_ca_cert, "outbound.tls_ca_cert"),
+                (&raw.tls_ca_key, "outbound.tls_ca_key"),
+                (&raw.tls_trust_out, "outbound.tls_trust_out"),
             ] {
                 if let Some(v) = v {
                     return self.err(
@@ -746,6 +750,40 @@ impl Ctx<'_> {
                 )
             }
         };
+        let ca = match (&raw.tls_ca_cert, &raw.tls_ca_key) {
+            (Some(c), Some(k)) => Some((
+                self.path_value(c, "outbound.tls_ca_cert")?,
+                self.path_value(k, "outbound.tls_ca_key")?,
+            )),
+            (None, None) => None,
+            (Some(v), None) | (None, Some(v)) => {
+                return self.err(
+                    v.span(),
+                    "outbound.tls_ca_cert",
+                    "set both `tls_ca_cert` and `tls_ca_key` (the CA certificate and its \
+                     private key, as `alipay-sidecar local-ca --out DIR` writes them: ca.pem and \
+                     ca.key), or neither",
+                )
+            }
+        };
+        let source = match (files, ca) {
+            (Some(_), Some(_)) => {
+                let at = raw.tls_ca_cert.as_ref().or(raw.tls_ca_key.as_ref());
+                return self.err(
+                    at.expect("tls_ca_cert or tls_ca_key is set").span(),
+                    "outbound.tls_ca_cert",
+                    "tls_cert/tls_key and tls_ca_cert/tls_ca_key are two different ways to get \
+                     the HTTPS listener's certificate; set one pair. tls_cert/tls_key serve a \
+                     server certificate issued elsewhere (the chain and its key); \
+                     tls_ca_cert/tls_ca_key name a CA (from `alipay-sidecar local-ca`) the \
+                     sidecar issues its own certificate from at every start, so apps trust the \
+                     CA once",
+                );
+            }
+            (Some((cert, key)), None) => CertSource::Files { cert, key },
+            (None, Some((cert, key))) => CertSource::Ca { cert, key },
+            (None, None) => CertSource::Generated,
+        };
         let mut names = Vec::new();
         for n in raw.tls_names.clone().unwrap_or_default() {
             let name = n.get_ref().trim().to_ascii_lowercase();
@@ -762,23 +800,37 @@ impl Ctx<'_> {
             }
             names.push(name);
         }
-        let ca_out = match &raw.tls_ca_out {
-            Some(p) if files.is_some() => {
-                return self.err(
+        let ca_out =
+            match &raw.tls_ca_out {
+                Some(p) if matches!(source, CertSource::Files { .. }) => {
+                    return self.err(
+                        p.span(),
+                        "outbound.tls_ca_out",
+                        "tls_ca_out writes the CA of the *generated* certificate; with tls_cert \
+                     and tls_key configured, give apps your own CA (or `tls_trust_out`) instead \
+                     and remove the line",
+                    )
+                }
+                Some(p) if matches!(source, CertSource::Ca { .. }) => return self.err(
                     p.span(),
                     "outbound.tls_ca_out",
-                    "tls_ca_out writes the CA of the *generated* certificate; with tls_cert \
-                     and tls_key configured, give apps your own CA instead and remove the line",
-                )
-            }
-            Some(p) => Some(self.path_value(p, "outbound.tls_ca_out")?),
+                    "tls_ca_out writes the CA of the *generated* certificate; with tls_ca_cert \
+                     the CA apps trust is that file itself (or use `tls_trust_out` for a bundle \
+                     with the system roots): remove the line",
+                ),
+                Some(p) => Some(self.path_value(p, "outbound.tls_ca_out")?),
+                None => None,
+            };
+        let trust_out = match &raw.tls_trust_out {
+            Some(p) => Some(self.path_value(p, "outbound.tls_trust_out")?),
             None => None,
         };
         Ok(Some(OutboundTls {
             listen,
-            files,
+            source,
             names,
             ca_out,
+            trust_out,
         }))
     }
 

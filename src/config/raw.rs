@@ -254,6 +254,9 @@ options! {
         tls_key: Option<Spanned<String>> = Kind::Path, None, Restart;
         tls_names: Option<Vec<Spanned<String>>> = Kind::List, None, Restart;
         tls_ca_out: Option<Spanned<String>> = Kind::Path, None, Restart;
+        tls_ca_cert: Option<Spanned<String>> = Kind::Path, None, Restart;
+        tls_ca_key: Option<Spanned<String>> = Kind::Path, None, Restart;
+        tls_trust_out: Option<Spanned<String>> = Kind::Path, None, Restart;
         gateway: Option<Spanned<String>> = Kind::Url, None, Restart;
         region: Option<Spanned<String>> = Kind::Choice(&["na", "sea", "eu"]), None, Restart;
         allowed_path_prefixes: Option<Spanned<Vec<Spanned<String>>>> = Kind::List, Some("[\"/ams/api/\", \"/ams/sandbox/api/\"]"), Restart;

@@ -90,13 +90,58 @@ pub struct OutboundConfig {
 pub struct OutboundTls {
     /// The HTTPS listener's address (the Python SDK always connects to port 443).
     pub listen: SocketAddr,
-    /// `(tls_cert, tls_key)` PEM files to serve; `None` = a certificate generated at start,
-    /// in memory, for localhost, 127.0.0.1, ::1 and `names`.
-    pub files: Option<(PathBuf, PathBuf)>,
-    /// Extra names for the generated certificate.
+    /// Where the certificate comes from: generated at start, `tls_cert`/`tls_key`, or
+    /// issued from `tls_ca_cert`/`tls_ca_key`.
+    pub source: CertSource,
+    /// Extra names for a generated or issued certificate (besides localhost, 127.0.0.1, ::1).
     pub names: Vec<String>,
     /// Where to write the generated certificate's CA (public part), for apps that verify.
     pub ca_out: Option<PathBuf>,
+    /// Where to write the trust bundle (system roots + the CA apps must trust), for
+    /// `SSL_CERT_FILE` / `REQUESTS_CA_BUNDLE`.
+    pub trust_out: Option<PathBuf>,
+}
+
+/// Where the HTTPS listener's certificate comes from (`[outbound]` tls_* keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertSource {
+    /// A private CA and a leaf generated at start, in memory (no tls_cert, no tls_ca_cert).
+    Generated,
+    /// `tls_cert` / `tls_key`: a chain issued elsewhere and its key.
+    Files {
+        /// The certificate chain (PEM, leaf first).
+        cert: PathBuf,
+        /// Its private key (PEM).
+        key: PathBuf,
+    },
+    /// `tls_ca_cert` / `tls_ca_key`: a leaf issued at start (and reload) from this CA.
+    Ca {
+        /// The CA certificate (PEM).
+        cert: PathBuf,
+        /// The CA's private key (PKCS#8 PEM).
+        key: PathBuf,
+    },
+}
+
+impl CertSource {
+    /// The files a reload re-reads (none for a generated certificate).
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            CertSource::Generated => Vec::new(),
+            CertSource::Files { cert, key } | CertSource::Ca { cert, key } => {
+                vec![cert.clone(), key.clone()]
+            }
+        }
+    }
+
+    /// The config key an error of this source is reported at.
+    pub fn config_key(&self) -> &'static str {
+        match self {
+            CertSource::Generated => "outbound.tls_listen",
+            CertSource::Files { .. } => "outbound.tls_cert",
+            CertSource::Ca { .. } => "outbound.tls_ca_cert",
+        }
+    }
 }
 
 impl OutboundConfig {

@@ -53,7 +53,8 @@ fn the_example_config_parses_and_documents_every_option() {
         .replace("# ca_file", "ca_file")
         .replace("# tls_listen", "tls_listen")
         .replace("# tls_names", "tls_names")
-        .replace("# tls_ca_out", "tls_ca_out");
+        .replace("# tls_ca_out", "tls_ca_out")
+        .replace("# tls_trust_out", "tls_trust_out");
     let c = Config::parse(&uncommented, &example_path(), Vec::new()).expect("alternatives parse");
     assert_eq!(c.log.format, Some(LogFormat::Json));
     assert_eq!(
@@ -65,7 +66,8 @@ fn the_example_config_parses_and_documents_every_option() {
     let tls = o.tls.expect("tls_listen");
     assert_eq!(tls.listen.to_string(), "127.0.0.1:443");
     assert_eq!(tls.names, ["alipay-sidecar"]);
-    assert!(tls.files.is_none() && tls.ca_out.is_some());
+    assert!(tls.source == alipay_sidecar::config::CertSource::Generated && tls.ca_out.is_some());
+    assert!(tls.trust_out.is_some());
 }
 
 #[test]

@@ -494,6 +494,17 @@ fn object<'a>(objects: &'a [(String, Value)], kind: &str) -> &'a Value {
     found[0]
 }
 
+/// The one Secret called `name`.
+fn secret_named<'a>(objects: &'a [(String, Value)], name: &str) -> &'a Value {
+    let found: Vec<&Value> = objects
+        .iter()
+        .map(|(_, o)| o)
+        .filter(|o| o["kind"] == "Secret" && o["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(found.len(), 1, "expected exactly one Secret {name}");
+    found[0]
+}
+
 /// The pod's `alipay-sidecar` init container (a native sidecar).
 fn sidecar_container(pod: &Value) -> &Value {
     pod["initContainers"]
@@ -670,7 +681,7 @@ fn deployment_runs_a_hardened_native_sidecar_with_probes_and_secret_keys() {
     );
 
     // The key files the config names are the ones the example Secret provides.
-    let secret = object(&objects, "Secret");
+    let secret = secret_named(&objects, "alipay-sidecar-keys");
     assert_eq!(secret["metadata"]["name"], "alipay-sidecar-keys");
     let provided: BTreeSet<String> = secret["stringData"]
         .as_mapping()
@@ -920,5 +931,216 @@ fn a_privileged_tls_port_is_bindable_by_the_non_root_sidecar() {
     assert!(
         sysctl_ok || cap_ok,
         "tls_listen = {tls} needs net.ipv4.ip_unprivileged_port_start <= {port} or NET_BIND_SERVICE"
+    );
+}
+
+/// The mount of `container` whose folder holds `file`, and the pod volume behind it.
+fn mount_holding<'a>(pod: &'a Value, container: &'a Value, file: &str) -> (&'a Value, &'a Value) {
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .filter(|m| {
+            m["mountPath"]
+                .as_str()
+                .is_some_and(|p| file.starts_with(&format!("{}/", p.trim_end_matches('/'))))
+        })
+        .max_by_key(|m| m["mountPath"].as_str().map_or(0, str::len))
+        .unwrap_or_else(|| panic!("no mount holds {file}"));
+    let volume = pod["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("no volume {:?}", mount["name"]));
+    (mount, volume)
+}
+
+/// Issue 17: the HTTPS listener's CA comes from a Secret mounted into the sidecar (a
+/// directory mount, so updates arrive), the trust bundle goes to an emptyDir the app mounts
+/// read-only, and the app's `SSL_CERT_FILE` names that bundle where the app sees it.
+#[test]
+fn the_app_trusts_the_sidecar_through_the_ca_secret_and_the_shared_trust_bundle() {
+    let objects = kubernetes_objects();
+    let config = sidecar_toml(&objects);
+    let deployment = object(&objects, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let sidecar = sidecar_container(pod);
+    let outbound = &config["outbound"];
+    assert!(
+        outbound.get("tls_listen").is_some(),
+        "the HTTPS listener is on"
+    );
+    assert!(
+        outbound.get("tls_cert").is_none() && outbound.get("tls_key").is_none(),
+        "tls_ca_cert and tls_cert are exclusive"
+    );
+
+    // the CA: both files from one Secret, read-only, no subPath, not world-readable
+    let mut ca_secret = None;
+    for key in ["tls_ca_cert", "tls_ca_key"] {
+        let file = outbound
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_else(|| panic!("[outbound] {key}"));
+        let (mount, volume) = mount_holding(pod, sidecar, file);
+        assert_eq!(mount["readOnly"], Value::Bool(true), "{key}");
+        assert!(
+            mount["subPath"].is_null(),
+            "{key}: subPath mounts never see updates"
+        );
+        let name = volume["secret"]["secretName"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} is not on a Secret volume"));
+        // `0440` is octal to Kubernetes (YAML 1.1); serde_yaml (YAML 1.2) leaves it a string
+        let mode = &volume["secret"]["defaultMode"];
+        let mode = mode.as_u64().or_else(|| {
+            mode.as_str().and_then(|m| {
+                u64::from_str_radix(m.trim_start_matches("0o").trim_start_matches('0'), 8).ok()
+            })
+        });
+        assert!(
+            mode.is_some_and(|m| m & 0o007 == 0),
+            "{key}: the CA key must not be world-readable ({mode:?})"
+        );
+        let secret = secret_named(&objects, name);
+        let file_name = file.rsplit('/').next().unwrap();
+        let data = &secret["stringData"][file_name];
+        assert!(
+            data.as_str().is_some_and(|v| v.contains("PLACEHOLDER")),
+            "{key}: the example Secret {name} provides {file_name} (a placeholder)"
+        );
+        assert!(ca_secret.is_none_or(|n| n == name), "one Secret for both");
+        ca_secret = Some(name);
+    }
+    assert_ne!(
+        ca_secret,
+        Some("alipay-sidecar-keys"),
+        "the CA lives as long as the deployment, the keys rotate: separate Secrets"
+    );
+
+    // the trust bundle: written by the sidecar on an emptyDir the app mounts read-only
+    let trust = outbound
+        .get("tls_trust_out")
+        .and_then(|v| v.as_str())
+        .expect("[outbound] tls_trust_out");
+    let (mount, volume) = mount_holding(pod, sidecar, trust);
+    assert!(volume["emptyDir"].is_mapping(), "{trust} is on an emptyDir");
+    assert_ne!(
+        mount["readOnly"],
+        Value::Bool(true),
+        "the sidecar writes it"
+    );
+    let apps: Vec<&Value> = pod["containers"]
+        .as_sequence()
+        .expect("containers")
+        .iter()
+        .collect();
+    let mut trusted_by = 0;
+    for app in apps {
+        let Some(app_mount) = app["volumeMounts"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|m| m["name"] == mount["name"])
+        else {
+            continue;
+        };
+        assert_eq!(
+            app_mount["readOnly"],
+            Value::Bool(true),
+            "read-only in the app"
+        );
+        let relative = trust
+            .strip_prefix(mount["mountPath"].as_str().unwrap())
+            .unwrap()
+            .trim_start_matches('/');
+        let seen_at = format!(
+            "{}/{relative}",
+            app_mount["mountPath"]
+                .as_str()
+                .unwrap()
+                .trim_end_matches('/')
+        );
+        let env = app["env"]
+            .as_sequence()
+            .expect("app env")
+            .iter()
+            .find(|e| e["name"] == "SSL_CERT_FILE")
+            .expect("the app's SSL_CERT_FILE");
+        assert_eq!(env["value"].as_str(), Some(seen_at.as_str()));
+        trusted_by += 1;
+    }
+    assert_eq!(trusted_by, 1, "the app container mounts the trust bundle");
+}
+
+/// The compose example wires the same: the CA mounted read-only into the sidecar, the trust
+/// bundle on a volume the sidecar writes and the app reads (read-only), `SSL_CERT_FILE` in
+/// the app, at the paths the Kubernetes example's config uses (the compose file's header
+/// shows those config lines).
+#[test]
+fn compose_file_shares_the_trust_bundle_with_the_app() {
+    let config = sidecar_toml(&kubernetes_objects());
+    let trust = config["outbound"]["tls_trust_out"]
+        .as_str()
+        .expect("tls_trust_out");
+    let ca_dir = config["outbound"]["tls_ca_cert"]
+        .as_str()
+        .and_then(|p| p.rsplit_once('/'))
+        .map(|(d, _)| d)
+        .expect("tls_ca_cert");
+    let (trust_dir, _) = trust.rsplit_once('/').unwrap();
+    let text = read("config/docker-compose.yaml");
+    for line in ["tls_ca_cert = ", "tls_ca_key = ", "tls_trust_out = "] {
+        assert!(text.contains(line), "the header shows `{line}`");
+    }
+    assert!(text.contains(&format!("tls_trust_out = \"{trust}\"")));
+    let docs = yaml_documents("config/docker-compose.yaml");
+    let services = &docs[0]["services"];
+    let volumes_of = |s: &Value| -> Vec<String> {
+        s["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let sidecar = services
+        .as_mapping()
+        .unwrap()
+        .values()
+        .find(|s| s["image"] == "alipay-sidecar:local")
+        .expect("the sidecar service");
+    let app_name = sidecar["network_mode"]
+        .as_str()
+        .and_then(|m| m.strip_prefix("service:"))
+        .unwrap();
+    let app = &services[app_name];
+    let sidecar_volumes = volumes_of(sidecar);
+    let ca = sidecar_volumes
+        .iter()
+        .find(|v| v.split(':').nth(1) == Some(ca_dir))
+        .unwrap_or_else(|| panic!("nothing mounted at {ca_dir}: {sidecar_volumes:?}"));
+    assert!(ca.ends_with(":ro"), "{ca}");
+    let shared = sidecar_volumes
+        .iter()
+        .find(|v| v.split(':').nth(1) == Some(trust_dir))
+        .unwrap_or_else(|| panic!("nothing mounted at {trust_dir}: {sidecar_volumes:?}"));
+    assert!(!shared.ends_with(":ro"), "the sidecar writes {shared}");
+    let volume_name = shared.split(':').next().unwrap();
+    assert!(
+        docs[0]["volumes"][volume_name].is_mapping(),
+        "{volume_name} is a named volume"
+    );
+    let app_volume = volumes_of(app)
+        .into_iter()
+        .find(|v| v.split(':').next() == Some(volume_name))
+        .expect("the app mounts the trust volume");
+    assert!(app_volume.ends_with(":ro"), "{app_volume}");
+    let app_dir = app_volume.split(':').nth(1).unwrap();
+    let file = trust.rsplit('/').next().unwrap();
+    assert_eq!(
+        app["environment"]["SSL_CERT_FILE"].as_str(),
+        Some(format!("{app_dir}/{file}").as_str())
     );
 }

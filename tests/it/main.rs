@@ -8,6 +8,7 @@ mod engine;
 mod inbound;
 mod journal;
 mod limits;
+mod local_ca;
 mod merchants;
 mod metrics;
 mod mock_gateway;

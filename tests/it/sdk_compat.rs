@@ -26,19 +26,19 @@ fn rig(plain_listener: bool, outbound: &str) -> Rig {
     )
 }
 
-fn pay_body(id: &str, extra: &str) -> String {
+pub(crate) fn pay_body(id: &str, extra: &str) -> String {
     crate::support::pay_body(id, "100", extra)
 }
 
 /// A pay request as an SDK writes it: `target` may be absolute-form.
-fn raw_pay(target: &str, host: &str, body: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn raw_pay(target: &str, host: &str, body: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut headers = vec![("Content-Type", "application/json; charset=UTF-8")];
     headers.extend_from_slice(extra);
     raw_bytes("POST", target, host, &headers, body.as_bytes())
 }
 
 /// One request over TLS, trusting `ca_pem`; the answer and the leaf certificate served.
-fn tls_request(addr: SocketAddr, ca_pem: &str, raw: &[u8]) -> (Response, Vec<u8>) {
+pub(crate) fn tls_request(addr: SocketAddr, ca_pem: &str, raw: &[u8]) -> (Response, Vec<u8>) {
     let connector = crate::support::tls_connector(ca_pem.as_bytes());
     rt().block_on(async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -54,7 +54,7 @@ fn tls_request(addr: SocketAddr, ca_pem: &str, raw: &[u8]) -> (Response, Vec<u8>
 }
 
 /// A CA and a leaf for 127.0.0.1 it signed: (CA PEM, leaf PEM, leaf key PEM).
-fn ca_and_leaf(cn: &str) -> (String, String, String) {
+pub(crate) fn ca_and_leaf(cn: &str) -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -72,7 +72,7 @@ fn fingerprint_in_logs(logs: &str, der: &[u8]) -> bool {
     logs.contains(&alipay_sidecar::tls::fingerprint(der))
 }
 
-fn assert_verified(r: &Response) {
+pub(crate) fn assert_verified(r: &Response) {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-alipay-sidecar-verified"), Some("true"));
 }

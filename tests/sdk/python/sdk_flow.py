@@ -1,8 +1,16 @@
-"""The official Alipay Python SDK (global-alipay-sdk-python), unmodified, through the sidecar.
+"""The official Alipay Python SDK, unmodified, through the sidecar.
 
-Run by tests/it/python_sdk.rs with the virtual environment that scripts/sdk-venv.sh builds.
-The SDK always opens HTTPS to port 443 of the gateway URL's host and writes absolute-form
-request lines; the sidecar's HTTPS listener on 127.0.0.1:443 takes both.
+Run by tests/it/python_sdk.rs with the virtual environments that scripts/sdk-venv.sh builds:
+global-alipay-sdk-python 1.0.1 (target/sdk-venv) and global-open-sdk-python 1.7.1
+(target/sdk-venv-open); both ship the same `com.alipay.ams.api` modules used here. The SDK
+always opens HTTPS to port 443 of the gateway URL's host and writes absolute-form request
+lines; the sidecar's HTTPS listener on 127.0.0.1:443 takes both. 1.7.x verifies the
+listener's certificate against the default trust store: the test points SSL_CERT_FILE at the
+sidecar's tls_trust_out (system roots + the sidecar's CA), nothing else changes in the app.
+
+With --restart-after STEP the script stops after that step, prints a "restart" step and waits
+for --resume-file to appear (the test restarts the sidecar meanwhile), then goes on: the calls
+after it show that a restart under the same CA needs nothing from the app.
 
 Flow (the Alipay "Entry Code payment" page): pay (IN_STORE_PAYMENT, EntryCode,
 CONNECT_WALLET) -> the PAYMENT_RESULT notification arrives at a small app that checks it with
@@ -13,7 +21,9 @@ fails). Prints one JSON line per step; exits non-zero on the first failure.
 
 import argparse
 import http.server
+import importlib.metadata
 import json
+import os
 import sys
 import threading
 import time
@@ -113,6 +123,8 @@ def main():
     p.add_argument("--notify-url", required=True)
     p.add_argument("--app-port", type=int, required=True)
     p.add_argument("--run-id", required=True)
+    p.add_argument("--restart-after", default=None)
+    p.add_argument("--resume-file", default=None)
     a = p.parse_args()
     merchant_key = open(a.merchant_private_key, encoding="utf-8").read()
     alipay_key = open(a.alipay_public_key, encoding="utf-8").read()
@@ -121,12 +133,23 @@ def main():
     serve_app(a.app_port, alipay_key, received)
     client = DefaultAlipayClient(a.gateway, a.client_id, merchant_key, alipay_key)
 
+    def pause_if_asked(after):
+        if a.restart_after != after:
+            return
+        step("restart", ok=True)
+        deadline = time.time() + 120
+        while not os.path.exists(a.resume_file):
+            if time.time() > deadline:
+                fail("restart", "no resume file within 120 s")
+            time.sleep(0.1)
+
     def call(name, request):
         try:
             body = json.loads(client.execute(request))
         except Exception as e:  # the SDK raises when its own verification fails
             fail(name, e)
         step(name, ok=True, result=body.get("result"), body=body)
+        pause_if_asked(name)
         return body
 
     pay_id = "py_sdk_pay_" + a.run_id
@@ -157,7 +180,16 @@ def main():
     c = AlipayPayCancelRequest()
     c.payment_request_id = second
     call("cancel", c)
-    step("done", ok=True)
+    step("done", ok=True, sdk=sdk_version())
+
+
+def sdk_version():
+    for dist in ("global-open-sdk-python", "global-alipay-sdk-python"):
+        try:
+            return "%s %s" % (dist, importlib.metadata.version(dist))
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return "unknown"
 
 
 if __name__ == "__main__":
