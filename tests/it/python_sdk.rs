@@ -39,7 +39,7 @@ fn in_ci() -> bool {
 /// Says that `test` cannot run here and why: a failure under CI; elsewhere `SKIPPED <test>:
 /// <why>` written to the real stderr (not through `eprintln!`, which the harness captures
 /// for passing tests).
-fn skip(test: &str, why: &str) {
+pub(crate) fn skip(test: &str, why: &str) {
     assert!(!in_ci(), "CI=true: {test} must run, but {why}");
     let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
 }

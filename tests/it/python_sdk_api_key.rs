@@ -6,7 +6,7 @@
 //! && target/sdk-venv-open/bin/pip install global-open-sdk-python==1.7.1`; scripts/sdk-venv.sh
 //! builds it for CI). The API-key client honours the gateway URL's port, so this test uses a
 //! port-0 HTTPS listener, not 443. Its TLS check is on (`ssl.create_default_context()`):
-//! `SSL_CERT_FILE` names the system roots plus the sidecar's generated CA (`tls_ca_out`).
+//! `SSL_CERT_FILE` is the sidecar's `tls_trust_out` (the system roots plus its generated CA).
 //! Under `CI=true` nothing here skips; elsewhere it prints `SKIPPED <test>: <why>`.
 
 use std::path::PathBuf;
@@ -19,33 +19,15 @@ use crate::support::{run_bounded, Rig, RigConfig, CLIENT_ID, PAY};
 
 const TEST: &str = "python_sdk_api_key::the_python_sdk_api_key_client_works_through_the_sidecar";
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Why the test cannot run here; a failure under CI, a skip elsewhere.
+/// Why the test cannot run here; a failure under CI, a skip elsewhere (`python_sdk::skip`).
 fn unavailable(why: &str) -> bool {
-    assert!(!in_ci(), "CI=true: {TEST} must run, but {why}");
-    eprintln!("SKIPPED {TEST}: {why}");
+    crate::python_sdk::skip(TEST, why);
     true
 }
 
 fn key(client_id: &str, secret: &str) -> String {
     let id = base64::engine::general_purpose::STANDARD_NO_PAD.encode(client_id);
     format!("isak_PROD_{id}_{secret}")
-}
-
-/// The system's trusted roots (the first bundle found), so the app keeps trusting the public
-/// internet with `SSL_CERT_FILE` set.
-fn system_roots() -> String {
-    [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-        "/etc/ssl/cert.pem",
-    ]
-    .iter()
-    .find_map(|p| std::fs::read_to_string(p).ok())
-    .unwrap_or_default()
 }
 
 #[test]
@@ -68,7 +50,7 @@ fn the_python_sdk_api_key_client_works_through_the_sidecar() {
     let rig = Rig::start(
         RigConfig {
             keys: "api_key = \"api_key.txt\"\nalipay_public_keys = { \"1\" = \"alipay_public_key.pem\" }\n",
-            outbound: "tls_listen = \"127.0.0.1:0\"\ntls_ca_out = \"sidecar-ca.pem\"\nrequest_timeout = \"30s\"\n",
+            outbound: "tls_listen = \"127.0.0.1:0\"\ntls_trust_out = \"trust.pem\"\nrequest_timeout = \"30s\"\n",
             plain_listener: false,
             ..Default::default()
         },
@@ -76,10 +58,8 @@ fn the_python_sdk_api_key_client_works_through_the_sidecar() {
         move |dir| std::fs::write(dir.join("api_key.txt"), format!("{file_key}\n")).unwrap(),
     );
     let tls = rig.sidecar.addr("outbound_tls");
-    let ca = std::fs::read_to_string(rig.dir.path().join("sidecar-ca.pem"))
-        .expect("the sidecar wrote its CA to tls_ca_out");
     let bundle = rig.dir.path().join("trust.pem");
-    std::fs::write(&bundle, format!("{}\n{ca}", system_roots())).unwrap();
+    assert!(bundle.exists(), "the sidecar wrote no tls_trust_out");
 
     let (code, out, err) = run_bounded(
         Command::new(&python)
