@@ -197,19 +197,20 @@ impl Verifier {
         }
     }
 
-    /// Parses the header tolerantly and verifies strictly: RSA256 only, strict base64, length
-    /// equal to the key size, PKCS#1 v1.5 with SHA-256 only.
-    pub fn verify(&self, content: &[u8], signature_header: &str) -> Result<Verified, VerifyError> {
-        self.verify_digest(&ContentDigest::of(content), signature_header)
+    /// Every check of [`Verifier::verify`] that needs no content: the header parses, the
+    /// algorithm is RSA256, the key version names a configured key, the value is strict
+    /// base64 of exactly the key's size. Returns the key version that would verify.
+    ///
+    /// Why: a listener can refuse a forged or junk header from the request head alone,
+    /// before it reads (and buffers) a body it would refuse anyway.
+    pub fn precheck(&self, signature_header: &str) -> Result<String, VerifyError> {
+        self.checked(signature_header).map(|(version, _, _)| version)
     }
 
-    /// [`Verifier::verify`] for content given by its digest ([`super::ContentHasher`]), so
-    /// the caller need not assemble the content (a copy of the body) first.
-    pub fn verify_digest(
+    fn checked(
         &self,
-        digest: &ContentDigest,
         signature_header: &str,
-    ) -> Result<Verified, VerifyError> {
+    ) -> Result<(String, &PublicKey, Vec<u8>), VerifyError> {
         let header = parse_signature_header(signature_header)?;
         if let Some(alg) = &header.algorithm {
             if !alg.eq_ignore_ascii_case(ALGORITHM) {
@@ -227,6 +228,23 @@ impl Verifier {
                 actual: signature.len(),
             });
         }
+        Ok((key_version, key, signature))
+    }
+
+    /// Parses the header tolerantly and verifies strictly: RSA256 only, strict base64, length
+    /// equal to the key size, PKCS#1 v1.5 with SHA-256 only.
+    pub fn verify(&self, content: &[u8], signature_header: &str) -> Result<Verified, VerifyError> {
+        self.verify_digest(&ContentDigest::of(content), signature_header)
+    }
+
+    /// [`Verifier::verify`] for content given by its digest ([`super::ContentHasher`]), so
+    /// the caller need not assemble the content (a copy of the body) first.
+    pub fn verify_digest(
+        &self,
+        digest: &ContentDigest,
+        signature_header: &str,
+    ) -> Result<Verified, VerifyError> {
+        let (key_version, key, signature) = self.checked(signature_header)?;
         if key.verify_raw_digest(digest, &signature) {
             Ok(Verified {
                 key_version,
