@@ -1133,6 +1133,112 @@ mod tests {
         assert!(app.seen().is_empty(), "nothing unverified reached the app");
     }
 
+    /// The head-only refusal of `req` (issue 18, H2), with its recorded result.
+    fn head_refusal(h: &Inbound<Arc<Fake>>, req: &Request) -> Option<(SidecarError, VerificationResult)> {
+        h.check_head(&req.head, &req.target)
+            .err()
+            .map(|r| (r.error, r.verification.expect("a verification result")))
+    }
+
+    #[test]
+    fn heads_that_cannot_verify_are_refused_before_the_body() {
+        let app = app(200, ACK);
+        let h = inbound(&app);
+        let time = format_iso8601(now_millis());
+        let good = signed("/merchant/notify", &time, b"{}");
+        assert_eq!(head_refusal(&h, &good), None, "a genuine-looking head passes");
+        let unverified = |r| Some((SidecarError::NotificationUnverified, r));
+        let invalid = |label| unverified(VerificationResult::Invalid(label));
+        for name in ["signature", "client-id", "request-time"] {
+            let mut req = signed("/merchant/notify", &time, b"{}");
+            req.head.remove_header(name);
+            assert_eq!(head_refusal(&h, &req), invalid("missing_header"), "{name}");
+        }
+        let with = |name: &str, value: &str| {
+            let mut req = signed("/merchant/notify", &time, b"{}");
+            req.head.insert_header(name.to_string(), value.to_string()).unwrap();
+            head_refusal(&h, &req)
+        };
+        assert_eq!(with("signature", "junk"), invalid("malformed"));
+        assert_eq!(with("signature", "algorithm=RSA256,keyVersion=1,signature=AAAA"), invalid("wrong_length"));
+        assert_eq!(with("signature", "algorithm=ECC224,keyVersion=1,signature=AAAA"), invalid("unsupported_algorithm"));
+        let sig = header(&good.head.headers, "signature").unwrap().replace("keyVersion=1", "keyVersion=9");
+        assert_eq!(with("signature", &sig), invalid("unknown_key_version"));
+        assert_eq!(with("client-id", "T_OTHER"), unverified(VerificationResult::WrongClientId));
+        let mut twice = signed("/merchant/notify", &time, b"{}");
+        twice.head.append_header("client-id", "T_111222333").unwrap();
+        assert_eq!(head_refusal(&h, &twice), invalid("duplicate_header"));
+        // without a freshness window the time is opaque; with one it must be readable and fresh
+        assert_eq!(with("request-time", "yesterday"), None);
+        let window = InboundPolicy {
+            max_request_time_skew: Some(Duration::from_secs(300)),
+            ..policy()
+        };
+        let h = inbound_with(window, route(&[]), &app);
+        let stale = Some((SidecarError::NotificationStale, VerificationResult::StaleRequestTime));
+        let old = signed("/merchant/notify", "2001-09-09T01:46:40Z", b"{}");
+        assert_eq!(head_refusal(&h, &old), stale);
+        let odd = signed("/merchant/notify", "yesterday", b"{}");
+        assert_eq!(
+            head_refusal(&h, &odd),
+            Some((SidecarError::NotificationStale, VerificationResult::UnparseableRequestTime))
+        );
+        // shadow mode forwards what does not verify, so it refuses nothing from the head
+        let shadow = InboundPolicy {
+            mode: InboundMode::Shadow,
+            ..policy()
+        };
+        let h = inbound_with(shadow, route(&[]), &app);
+        assert_eq!(head_refusal(&h, &old), None);
+    }
+
+    #[tokio::test]
+    async fn exact_copies_are_acknowledged_once_the_app_took_the_first() {
+        let app = app(200, br#"{"from":"app"}"#);
+        let remember = InboundPolicy {
+            replay_window_entries: 4,
+            ..policy()
+        };
+        let h = inbound_with(remember, route(&[]), &app);
+        let time = format_iso8601(now_millis());
+        let copy = || signed("/merchant/notify", &time, b"{\"paymentRequestId\":\"r1\"}");
+        let first = h.handle(copy()).await;
+        assert_eq!(&first.body[..], br#"{"from":"app"}"#);
+        for _ in 0..2 {
+            let again = h.handle(copy()).await;
+            assert_eq!(again.head.status.as_u16(), 200);
+            assert_eq!(&again.body[..], ACK, "the sidecar's SUCCESS acknowledgement");
+        }
+        assert_eq!(app.seen().len(), 1);
+        // a re-signed copy is another content: delivered (the journal de-duplicates those)
+        let later = format_iso8601(now_millis() + 1000);
+        let resigned = signed("/merchant/notify", &later, b"{\"paymentRequestId\":\"r1\"}");
+        assert_eq!(&h.handle(resigned).await.body[..], br#"{"from":"app"}"#);
+        assert_eq!(app.seen().len(), 2);
+
+        // with the window off every copy is delivered, as before
+        let app = self::app(200, ACK);
+        let h = inbound(&app);
+        h.handle(copy()).await;
+        h.handle(copy()).await;
+        assert_eq!(app.seen().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_copy_the_app_refused_is_not_a_replay() {
+        let app = app(500, b"{}");
+        let remember = InboundPolicy {
+            replay_window_entries: 4,
+            ..policy()
+        };
+        let h = inbound_with(remember, route(&[]), &app);
+        let time = format_iso8601(now_millis());
+        let copy = || signed("/merchant/notify", &time, b"{}");
+        assert_eq!(h.handle(copy()).await.head.status.as_u16(), 503);
+        assert_eq!(h.handle(copy()).await.head.status.as_u16(), 503);
+        assert_eq!(app.seen().len(), 2, "every re-send after a failure reaches the app");
+    }
+
     #[tokio::test]
     async fn the_skew_window_refuses_stale_and_unreadable_times() {
         let window = InboundPolicy {

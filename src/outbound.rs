@@ -1172,6 +1172,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_genuine_answer_signed_long_ago_is_withheld_when_the_window_is_on() {
+        let window = OutboundPolicy {
+            max_response_time_skew: Some(Duration::from_secs(600)),
+            ..policy()
+        };
+        let at = |time: &'static str| {
+            Fake::new(move |req| {
+                let target = req.head.uri.path_and_query().expect("target").as_str();
+                let client = header(&req.head.headers, "client-id").expect("client-id");
+                let time = if time.is_empty() {
+                    format_epoch_millis(exchange::now_millis())
+                } else {
+                    time.to_string()
+                };
+                let body = br#"{"result":{"resultStatus":"S"}}"#;
+                let sig = alipay_signature("1", target, client, &time, body);
+                Ok(answer(
+                    200,
+                    &[("response-time", time.as_str()), ("signature", sig.as_str())],
+                    body,
+                ))
+            })
+        };
+        // signed in 2024 (the fake's fixed time): genuine, but not an answer to this call
+        let reply = outbound_with(window.clone(), CLIENT, None, &at("2024-05-01T12:34:57+08:00"))
+            .handle(pay(&[]))
+            .await;
+        refused_with(&reply, SidecarError::ResponseStale);
+        assert_eq!(reply.report.verification, Some(VerificationResult::StaleResponseTime));
+        assert_eq!(marker(&reply), None);
+        let unreadable = outbound_with(window.clone(), CLIENT, None, &at("tuesday"))
+            .handle(pay(&[]))
+            .await;
+        refused_with(&unreadable, SidecarError::ResponseStale);
+        assert_eq!(
+            unreadable.report.verification,
+            Some(VerificationResult::UnparseableResponseTime)
+        );
+        // a fresh answer passes; with the window off the old one passes too (as before)
+        let fresh = outbound_with(window, CLIENT, None, &at("")).handle(pay(&[])).await;
+        assert_eq!(marker(&fresh), Some("true"));
+        let off = outbound(&at("2024-05-01T12:34:57+08:00")).handle(pay(&[])).await;
+        assert_eq!(marker(&off), Some("true"));
+    }
+
+    #[tokio::test]
     async fn a_signed_error_status_is_verified_too() {
         let reply = outbound(&alipay(500, "1", br#"{"result":{"resultStatus":"U"}}"#))
             .handle(pay(&[]))

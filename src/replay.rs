@@ -159,7 +159,12 @@ impl InFlight {
             // registered before the lock is taken again: a turn ending in between still
             // wakes this waiter (it removes the entry and notifies under the same lock)
             wake.as_mut().enable();
-            if !self.lock().contains_key(key) {
+            let same = self
+                .lock()
+                .get(key)
+                .is_some_and(|now| Arc::ptr_eq(now, &notified));
+            if !same {
+                // that turn ended (and maybe another began) before this waiter registered
                 continue;
             }
             if tokio::time::timeout_at(deadline, wake).await.is_err() {

@@ -272,6 +272,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn precheck_refuses_what_cannot_verify_without_the_content() {
+        let kp = crate::generate_keypair().expect("key");
+        let private = crate::PrivateKey::from_text(&kp.private_pkcs8_pem).expect("private");
+        let v = Verifier::new([("1".to_string(), private.public_key())]);
+        let sig = crate::sign_content(&private, "1", b"content").expect("sign");
+        assert_eq!(v.precheck(&sig).as_deref(), Ok("1"));
+        let reason = |h: &str| v.precheck(h).unwrap_err().kind();
+        assert_eq!(reason("junk"), Reason::Malformed);
+        assert_eq!(reason(&sig.replace("keyVersion=1", "keyVersion=2")), Reason::UnknownKeyVersion);
+        assert_eq!(reason(&sig.replace("RSA256", "ECC224")), Reason::UnsupportedAlgorithm);
+        assert_eq!(reason("algorithm=RSA256,keyVersion=1,signature=AAAA"), Reason::WrongLength);
+        assert_eq!(reason("algorithm=RSA256,keyVersion=1,signature=!!"), Reason::BadEncoding);
+        // a header that passes the precheck can still fail the signature itself
+        assert!(v.verify(b"other content", &sig).is_err());
+    }
+
+    #[test]
     fn reason_labels_and_words_are_unique() {
         for (i, a) in Reason::ALL.iter().enumerate() {
             for b in &Reason::ALL[i + 1..] {
