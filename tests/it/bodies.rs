@@ -46,6 +46,20 @@ enum How {
 struct MemoryLimit {
     pid: u32,
     how: How,
+    /// What the process held when it joined a v1 group that could not take its existing
+    /// pages along (`move_charge_at_immigrate` refused): the group's limit is the total
+    /// minus this, and its peak plus this is the process's.
+    base: u64,
+}
+
+/// `VmRSS` of `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }
 
 impl MemoryLimit {
@@ -63,20 +77,25 @@ impl MemoryLimit {
                 .join(rel.trim_start_matches('/'))
                 .join(&name);
             if std::fs::create_dir(&dir).is_ok() {
-                let ok = std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string())
-                    .is_ok()
+                // what the process already holds is charged to the new group where the
+                // kernel can move charges; elsewhere the group gets the rest of the limit
+                let moved = std::fs::write(dir.join("memory.move_charge_at_immigrate"), "3").is_ok();
+                let base = if moved { 0 } else { rss(pid) };
+                let group = bytes.saturating_sub(base).to_string();
+                let ok = std::fs::write(dir.join("memory.limit_in_bytes"), &group).is_ok()
                     // no swap either, when the kernel accounts it
-                    && (std::fs::write(dir.join("memory.memsw.limit_in_bytes"), bytes.to_string())
-                        .is_ok()
+                    && (std::fs::write(dir.join("memory.memsw.limit_in_bytes"), &group).is_ok()
                         || !dir.join("memory.memsw.limit_in_bytes").exists())
-                    // what the process already holds is charged to the new group
-                    && std::fs::write(dir.join("memory.move_charge_at_immigrate"), "3").is_ok()
                     && std::fs::write(dir.join("cgroup.procs"), pid.to_string()).is_ok();
                 if ok {
-                    eprintln!("memory limit: cgroup v1 {} = {bytes} bytes", dir.display());
+                    eprintln!(
+                        "memory limit: cgroup v1 {} = {group} bytes (+ {base} bytes held before joining = {bytes})",
+                        dir.display()
+                    );
                     return MemoryLimit {
                         pid,
                         how: How::CgroupV1(dir),
+                        base,
                     };
                 }
                 let _ = std::fs::remove_dir(&dir);
@@ -99,6 +118,7 @@ impl MemoryLimit {
                     return MemoryLimit {
                         pid,
                         how: How::CgroupV2(dir),
+                        base: 0,
                     };
                 }
                 let _ = std::fs::remove_dir(&dir);
@@ -127,6 +147,7 @@ impl MemoryLimit {
         MemoryLimit {
             pid,
             how: How::Rlimit,
+            base: 0,
         }
     }
 
@@ -142,7 +163,7 @@ impl MemoryLimit {
             How::CgroupV2(d) => read(d.join("memory.peak")),
             How::Rlimit => None,
         };
-        from_group.unwrap_or_else(|| {
+        from_group.map(|p: u64| p + self.base).unwrap_or_else(|| {
             let status =
                 std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
             status
