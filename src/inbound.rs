@@ -43,8 +43,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use sidecar_store::EventKey;
 
-use crate::config::{Acknowledge, AppUpstream, Config, Duplicates, InboundConfig, InboundMode};
 use crate::budget::BodyBudget;
+use crate::config::{Acknowledge, AppUpstream, Config, Duplicates, InboundConfig, InboundMode};
 use crate::envelope::SidecarError;
 use crate::exchange::{self, echo, header_text, now_millis, KEY_VERSION_HEADER, VERIFIED_HEADER};
 use crate::handler::{
@@ -1134,7 +1134,10 @@ mod tests {
     }
 
     /// The head-only refusal of `req` (issue 18, H2), with its recorded result.
-    fn head_refusal(h: &Inbound<Arc<Fake>>, req: &Request) -> Option<(SidecarError, VerificationResult)> {
+    fn head_refusal(
+        h: &Inbound<Arc<Fake>>,
+        req: &Request,
+    ) -> Option<(SidecarError, VerificationResult)> {
         h.check_head(&req.head, &req.target)
             .err()
             .map(|r| (r.error, r.verification.expect("a verification result")))
@@ -1146,7 +1149,11 @@ mod tests {
         let h = inbound(&app);
         let time = format_iso8601(now_millis());
         let good = signed("/merchant/notify", &time, b"{}");
-        assert_eq!(head_refusal(&h, &good), None, "a genuine-looking head passes");
+        assert_eq!(
+            head_refusal(&h, &good),
+            None,
+            "a genuine-looking head passes"
+        );
         let unverified = |r| Some((SidecarError::NotificationUnverified, r));
         let invalid = |label| unverified(VerificationResult::Invalid(label));
         for name in ["signature", "client-id", "request-time"] {
@@ -1156,17 +1163,33 @@ mod tests {
         }
         let with = |name: &str, value: &str| {
             let mut req = signed("/merchant/notify", &time, b"{}");
-            req.head.insert_header(name.to_string(), value.to_string()).unwrap();
+            req.head
+                .insert_header(name.to_string(), value.to_string())
+                .unwrap();
             head_refusal(&h, &req)
         };
         assert_eq!(with("signature", "junk"), invalid("malformed"));
-        assert_eq!(with("signature", "algorithm=RSA256,keyVersion=1,signature=AAAA"), invalid("wrong_length"));
-        assert_eq!(with("signature", "algorithm=ECC224,keyVersion=1,signature=AAAA"), invalid("unsupported_algorithm"));
-        let sig = header(&good.head.headers, "signature").unwrap().replace("keyVersion=1", "keyVersion=9");
+        assert_eq!(
+            with("signature", "algorithm=RSA256,keyVersion=1,signature=AAAA"),
+            invalid("wrong_length")
+        );
+        assert_eq!(
+            with("signature", "algorithm=ECC224,keyVersion=1,signature=AAAA"),
+            invalid("unsupported_algorithm")
+        );
+        let sig = header(&good.head.headers, "signature")
+            .unwrap()
+            .replace("keyVersion=1", "keyVersion=9");
         assert_eq!(with("signature", &sig), invalid("unknown_key_version"));
-        assert_eq!(with("client-id", "T_OTHER"), unverified(VerificationResult::WrongClientId));
+        assert_eq!(
+            with("client-id", "T_OTHER"),
+            unverified(VerificationResult::WrongClientId)
+        );
         let mut twice = signed("/merchant/notify", &time, b"{}");
-        twice.head.append_header("client-id", "T_111222333").unwrap();
+        twice
+            .head
+            .append_header("client-id", "T_111222333")
+            .unwrap();
         assert_eq!(head_refusal(&h, &twice), invalid("duplicate_header"));
         // without a freshness window the time is opaque; with one it must be readable and fresh
         assert_eq!(with("request-time", "yesterday"), None);
@@ -1175,13 +1198,19 @@ mod tests {
             ..policy()
         };
         let h = inbound_with(window, route(&[]), &app);
-        let stale = Some((SidecarError::NotificationStale, VerificationResult::StaleRequestTime));
+        let stale = Some((
+            SidecarError::NotificationStale,
+            VerificationResult::StaleRequestTime,
+        ));
         let old = signed("/merchant/notify", "2001-09-09T01:46:40Z", b"{}");
         assert_eq!(head_refusal(&h, &old), stale);
         let odd = signed("/merchant/notify", "yesterday", b"{}");
         assert_eq!(
             head_refusal(&h, &odd),
-            Some((SidecarError::NotificationStale, VerificationResult::UnparseableRequestTime))
+            Some((
+                SidecarError::NotificationStale,
+                VerificationResult::UnparseableRequestTime
+            ))
         );
         // shadow mode forwards what does not verify, so it refuses nothing from the head
         let shadow = InboundPolicy {
@@ -1207,7 +1236,11 @@ mod tests {
         for _ in 0..2 {
             let again = h.handle(copy()).await;
             assert_eq!(again.head.status.as_u16(), 200);
-            assert_eq!(&again.body[..], ACK, "the sidecar's SUCCESS acknowledgement");
+            assert_eq!(
+                &again.body[..],
+                ACK,
+                "the sidecar's SUCCESS acknowledgement"
+            );
         }
         assert_eq!(app.seen().len(), 1);
         // a re-signed copy is another content: delivered (the journal de-duplicates those)
@@ -1236,7 +1269,11 @@ mod tests {
         let copy = || signed("/merchant/notify", &time, b"{}");
         assert_eq!(h.handle(copy()).await.head.status.as_u16(), 503);
         assert_eq!(h.handle(copy()).await.head.status.as_u16(), 503);
-        assert_eq!(app.seen().len(), 2, "every re-send after a failure reaches the app");
+        assert_eq!(
+            app.seen().len(),
+            2,
+            "every re-send after a failure reaches the app"
+        );
     }
 
     #[tokio::test]

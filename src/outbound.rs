@@ -1190,17 +1190,28 @@ mod tests {
                 let sig = alipay_signature("1", target, client, &time, body);
                 Ok(answer(
                     200,
-                    &[("response-time", time.as_str()), ("signature", sig.as_str())],
+                    &[
+                        ("response-time", time.as_str()),
+                        ("signature", sig.as_str()),
+                    ],
                     body,
                 ))
             })
         };
         // signed in 2024 (the fake's fixed time): genuine, but not an answer to this call
-        let reply = outbound_with(window.clone(), CLIENT, None, &at("2024-05-01T12:34:57+08:00"))
-            .handle(pay(&[]))
-            .await;
+        let reply = outbound_with(
+            window.clone(),
+            CLIENT,
+            None,
+            &at("2024-05-01T12:34:57+08:00"),
+        )
+        .handle(pay(&[]))
+        .await;
         refused_with(&reply, SidecarError::ResponseStale);
-        assert_eq!(reply.report.verification, Some(VerificationResult::StaleResponseTime));
+        assert_eq!(
+            reply.report.verification,
+            Some(VerificationResult::StaleResponseTime)
+        );
         assert_eq!(marker(&reply), None);
         let unreadable = outbound_with(window.clone(), CLIENT, None, &at("tuesday"))
             .handle(pay(&[]))
@@ -1211,9 +1222,13 @@ mod tests {
             Some(VerificationResult::UnparseableResponseTime)
         );
         // a fresh answer passes; with the window off the old one passes too (as before)
-        let fresh = outbound_with(window, CLIENT, None, &at("")).handle(pay(&[])).await;
+        let fresh = outbound_with(window, CLIENT, None, &at(""))
+            .handle(pay(&[]))
+            .await;
         assert_eq!(marker(&fresh), Some("true"));
-        let off = outbound(&at("2024-05-01T12:34:57+08:00")).handle(pay(&[])).await;
+        let off = outbound(&at("2024-05-01T12:34:57+08:00"))
+            .handle(pay(&[]))
+            .await;
         assert_eq!(marker(&off), Some("true"));
     }
 

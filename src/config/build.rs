@@ -689,8 +689,10 @@ impl Ctx<'_> {
             verify_responses: raw
                 .verify_responses
                 .unwrap_or_else(|| default("outbound.verify_responses")),
-            max_response_time_skew: self
-                .window(raw.max_response_time_skew, "outbound.max_response_time_skew")?,
+            max_response_time_skew: self.window(
+                raw.max_response_time_skew,
+                "outbound.max_response_time_skew",
+            )?,
             allow_remote_clients,
             allowed_hosts,
             max_connections: self.positive(raw.max_connections, "outbound.max_connections")?,

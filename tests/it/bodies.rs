@@ -79,7 +79,8 @@ impl MemoryLimit {
             if std::fs::create_dir(&dir).is_ok() {
                 // what the process already holds is charged to the new group where the
                 // kernel can move charges; elsewhere the group gets the rest of the limit
-                let moved = std::fs::write(dir.join("memory.move_charge_at_immigrate"), "3").is_ok();
+                let moved =
+                    std::fs::write(dir.join("memory.move_charge_at_immigrate"), "3").is_ok();
                 let base = if moved { 0 } else { rss(pid) };
                 let group = bytes.saturating_sub(base).to_string();
                 let ok = std::fs::write(dir.join("memory.limit_in_bytes"), &group).is_ok()
@@ -241,7 +242,11 @@ fn hold_bodies(
     head: Vec<u8>,
     length: usize,
     wait: Duration,
-) -> (Vec<Seen>, mpsc::Sender<()>, Vec<std::thread::JoinHandle<()>>) {
+) -> (
+    Vec<Seen>,
+    mpsc::Sender<()>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
     let (seen_tx, seen_rx) = mpsc::channel::<Seen>();
@@ -329,25 +334,60 @@ fn unauthenticated_held_bodies_are_refused_before_they_are_read() {
         ],
         1 << 20,
     );
-    let (seen, release, threads) = hold_bodies(s.inbound, 150, junk, 1 << 20, Duration::from_secs(5));
+    let (seen, release, threads) =
+        hold_bodies(s.inbound, 150, junk, 1 << 20, Duration::from_secs(5));
     // and the other ways a head names no verifiable notification
     let others: [&[(&str, String)]; 4] = [
-        &[("client-id", CLIENT_ID.to_string()), ("Request-Time", format_iso8601(now_ms()))],
-        &[("client-id", "T_SOMEONE_ELSE".to_string()), ("Request-Time", format_iso8601(now_ms())), ("Signature", valid_looking_signature())],
-        &[("client-id", CLIENT_ID.to_string()), ("Request-Time", format_iso8601(now_ms())), ("Signature", valid_looking_signature().replace("keyVersion=1", "keyVersion=7"))],
-        &[("client-id", CLIENT_ID.to_string()), ("Request-Time", "2001-09-09T01:46:40Z".to_string()), ("Signature", valid_looking_signature())],
+        &[
+            ("client-id", CLIENT_ID.to_string()),
+            ("Request-Time", format_iso8601(now_ms())),
+        ],
+        &[
+            ("client-id", "T_SOMEONE_ELSE".to_string()),
+            ("Request-Time", format_iso8601(now_ms())),
+            ("Signature", valid_looking_signature()),
+        ],
+        &[
+            ("client-id", CLIENT_ID.to_string()),
+            ("Request-Time", format_iso8601(now_ms())),
+            (
+                "Signature",
+                valid_looking_signature().replace("keyVersion=1", "keyVersion=7"),
+            ),
+        ],
+        &[
+            ("client-id", CLIENT_ID.to_string()),
+            ("Request-Time", "2001-09-09T01:46:40Z".to_string()),
+            ("Signature", valid_looking_signature()),
+        ],
     ];
     let mut early = Vec::new();
     for h in others {
-        let (seen, _release, _threads) =
-            hold_bodies(s.inbound, 1, head(h, 1 << 20), 1 << 20, Duration::from_secs(20));
-        early.push(seen.into_iter().next().unwrap().early.expect("refused before the body"));
+        let (seen, _release, _threads) = hold_bodies(
+            s.inbound,
+            1,
+            head(h, 1 << 20),
+            1 << 20,
+            Duration::from_secs(20),
+        );
+        early.push(
+            seen.into_iter()
+                .next()
+                .unwrap()
+                .early
+                .expect("refused before the body"),
+        );
     }
 
     // during the attack: genuine notifications are still delivered
     for i in 0..5 {
         let r = s.post(&fresh(&format!("during_{i}")), &[]);
-        assert_eq!(r.status, 200, "during the attack: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "during the attack: {}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
     assert_eq!(wait_received(&app, 6).len(), 6);
     let peak = limit.peak();
@@ -376,12 +416,32 @@ fn unauthenticated_held_bodies_are_refused_before_they_are_read() {
             (401, "SIDECAR_NOTIFICATION_STALE".to_string()),
         ]
     );
-    for (r, words) in early.iter().zip(["no Signature header", "T_SOMEONE_ELSE", "keyVersion", "max_request_time_skew"]) {
-        assert!(result(r).2.contains(words), "{:?} should say {words}", result(r));
-        assert_eq!(r.header("connection"), Some("close"), "refused from the head: closed, the body is never drained");
+    for (r, words) in early.iter().zip([
+        "no Signature header",
+        "T_SOMEONE_ELSE",
+        "keyVersion",
+        "max_request_time_skew",
+    ]) {
+        assert!(
+            result(r).2.contains(words),
+            "{:?} should say {words}",
+            result(r)
+        );
+        assert_eq!(
+            r.header("connection"),
+            Some("close"),
+            "refused from the head: closed, the body is never drained"
+        );
     }
-    for (label, want) in [("missing_header", 1.0), ("wrong_client_id", 1.0), ("unknown_key_version", 1.0), ("stale_request_time", 1.0)] {
-        let sample = format!(r#"alipay_sidecar_signature_verifications_total{{direction="inbound",result="{label}"}}"#);
+    for (label, want) in [
+        ("missing_header", 1.0),
+        ("wrong_client_id", 1.0),
+        ("unknown_key_version", 1.0),
+        ("stale_request_time", 1.0),
+    ] {
+        let sample = format!(
+            r#"alipay_sidecar_signature_verifications_total{{direction="inbound",result="{label}"}}"#
+        );
         assert_eq!(s.metric(&sample), want, "{sample}");
     }
     assert_eq!(
@@ -393,7 +453,11 @@ fn unauthenticated_held_bodies_are_refused_before_they_are_read() {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(app.received().len(), 6, "nothing unverified reached the app");
+    assert_eq!(
+        app.received().len(),
+        6,
+        "nothing unverified reached the app"
+    );
 }
 
 #[test]
@@ -411,23 +475,48 @@ fn held_bodies_of_a_known_client_are_bounded_by_the_budget() {
     ];
 
     // a 1 MiB body is refused from its Content-Length: the default limit is 64 KiB
-    let (seen, _r, _t) = hold_bodies(s.inbound, 1, head(&headers, 1 << 20), 1 << 20, Duration::from_secs(20));
+    let (seen, _r, _t) = hold_bodies(
+        s.inbound,
+        1,
+        head(&headers, 1 << 20),
+        1 << 20,
+        Duration::from_secs(20),
+    );
     let r = seen[0].early.as_ref().expect("refused before the body");
-    assert_eq!((r.status, result(r).1.as_str()), (413, "SIDECAR_BODY_TOO_LARGE"));
+    assert_eq!(
+        (r.status, result(r).1.as_str()),
+        (413, "SIDECAR_BODY_TOO_LARGE")
+    );
 
     // 150 valid-looking heads each declaring 64,000 bytes and holding all but the last one
     let length = 64_000;
-    let (seen, release, threads) =
-        hold_bodies(s.inbound, 150, head(&headers, length), length, Duration::from_secs(3));
+    let (seen, release, threads) = hold_bodies(
+        s.inbound,
+        150,
+        head(&headers, length),
+        length,
+        Duration::from_secs(3),
+    );
     let refused = busy(&seen);
-    let held = seen.iter().filter(|s| s.early.is_none() && s.sent == length - 1).count();
+    let held = seen
+        .iter()
+        .filter(|s| s.early.is_none() && s.sent == length - 1)
+        .count();
     let budget = 8 * 1024 * 1024;
-    eprintln!("150 held 64,000-byte bodies: {held} held, {refused} refused with 503 SIDECAR_INBOUND_BUSY");
+    eprintln!(
+        "150 held 64,000-byte bodies: {held} held, {refused} refused with 503 SIDECAR_INBOUND_BUSY"
+    );
     assert_eq!(held, budget / length, "the budget holds this many bodies");
-    assert_eq!(held + refused, 150, "every other one got the retryable 503: {seen:?}");
+    assert_eq!(
+        held + refused,
+        150,
+        "every other one got the retryable 503: {seen:?}"
+    );
     let busy_answer = seen.iter().find_map(|s| s.early.as_ref()).unwrap();
     assert_eq!(result(busy_answer).0, "U", "retryable, so Alipay re-sends");
-    assert!(result(busy_answer).2.contains("unverified_body_budget_bytes"));
+    assert!(result(busy_answer)
+        .2
+        .contains("unverified_body_budget_bytes"));
     assert_eq!(
         s.metric("alipay_sidecar_inbound_body_budget_refused_total"),
         refused as f64
@@ -440,7 +529,11 @@ fn held_bodies_of_a_known_client_are_bounded_by_the_budget() {
     let r = s.post(&fresh("during"), &[]);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let peak = limit.peak();
-    eprintln!("peak {} KiB under a {} KiB limit", peak / 1024, LIMIT / 1024);
+    eprintln!(
+        "peak {} KiB under a {} KiB limit",
+        peak / 1024,
+        LIMIT / 1024
+    );
     assert!(alive(pid));
     assert_eq!(limit.oom_kills(), 0);
     assert!(peak < LIMIT);
@@ -466,11 +559,19 @@ fn the_same_notification_three_times_is_delivered_once_without_a_store() {
     let n = fresh("thrice");
     let first = s.post(&n, &[]);
     assert_eq!(first.status, 200);
-    assert_eq!(first.body, APP_ACK.as_bytes(), "the app answered the first copy");
+    assert_eq!(
+        first.body,
+        APP_ACK.as_bytes(),
+        "the app answered the first copy"
+    );
     for _ in 0..2 {
         let again = s.post(&n, &[]);
         assert_eq!(again.status, 200);
-        assert_eq!(again.body, ACK.as_bytes(), "a replay gets Alipay's SUCCESS body");
+        assert_eq!(
+            again.body,
+            ACK.as_bytes(),
+            "a replay gets Alipay's SUCCESS body"
+        );
     }
     // the same signature written with lower-case escapes is the same notification
     let lower: Vec<(String, String)> = n
@@ -478,14 +579,22 @@ fn the_same_notification_three_times_is_delivered_once_without_a_store() {
         .iter()
         .map(|(k, v)| {
             let v = if k == "Signature" {
-                v.replace("%2B", "%2b").replace("%2F", "%2f").replace("%3D", "%3d")
+                v.replace("%2B", "%2b")
+                    .replace("%2F", "%2f")
+                    .replace("%3D", "%3d")
             } else {
                 v.clone()
             };
             (k.clone(), v)
         })
         .collect();
-    let r = s.post(&Notification { headers: lower, ..n.clone() }, &[]);
+    let r = s.post(
+        &Notification {
+            headers: lower,
+            ..n.clone()
+        },
+        &[],
+    );
     assert_eq!(r.body, ACK.as_bytes());
     assert_eq!(app.received().len(), 1, "forwarded once");
     assert_eq!(
@@ -497,12 +606,25 @@ fn the_same_notification_three_times_is_delivered_once_without_a_store() {
     assert_eq!(app.received().len(), 2);
 
     // Request-Time in 2001, genuinely signed: refused by the default freshness window
-    let old = signed(&alipay_key(), "1", NOTIFY, CLIENT_ID, "2001-09-09T09:46:40+08:00", r#"{"notifyType":"PAYMENT_RESULT","paymentRequestId":"old"}"#);
+    let old = signed(
+        &alipay_key(),
+        "1",
+        NOTIFY,
+        CLIENT_ID,
+        "2001-09-09T09:46:40+08:00",
+        r#"{"notifyType":"PAYMENT_RESULT","paymentRequestId":"old"}"#,
+    );
     let r = s.post(&old, &[]);
     assert_eq!(r.status, 401);
     let (status, code, message) = result(&r);
-    assert_eq!((status.as_str(), code.as_str()), ("F", "SIDECAR_NOTIFICATION_STALE"));
-    assert!(message.contains("max_request_time_skew = 2days"), "{message}");
+    assert_eq!(
+        (status.as_str(), code.as_str()),
+        ("F", "SIDECAR_NOTIFICATION_STALE")
+    );
+    assert!(
+        message.contains("max_request_time_skew = 2days"),
+        "{message}"
+    );
     assert_eq!(app.received().len(), 2);
 }
 
@@ -514,7 +636,11 @@ fn a_failed_delivery_is_not_remembered_as_a_replay() {
     assert_eq!(s.post(&n, &[]).status, 503);
     app.set(Behaviour::Ack);
     let r = s.post(&n, &[]);
-    assert_eq!(r.body, APP_ACK.as_bytes(), "Alipay's re-send reaches the app");
+    assert_eq!(
+        r.body,
+        APP_ACK.as_bytes(),
+        "Alipay's re-send reaches the app"
+    );
     assert_eq!(s.post(&n, &[]).body, ACK.as_bytes(), "then it is a replay");
     assert_eq!(app.received().len(), 2);
 }
@@ -538,8 +664,15 @@ fn check_config_warns_when_every_replay_protection_is_off() {
     };
     let (code, out) = run("max_request_time_skew = \"off\"\nreplay_window_entries = 0\n");
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("no replay protection on notifications"), "{out}");
-    for kept in ["max_request_time_skew = \"off\"\n", "replay_window_entries = 0\n", ""] {
+    assert!(
+        out.contains("no replay protection on notifications"),
+        "{out}"
+    );
+    for kept in [
+        "max_request_time_skew = \"off\"\n",
+        "replay_window_entries = 0\n",
+        "",
+    ] {
         let (code, out) = run(kept);
         assert_eq!(code, 0, "{out}");
         assert!(!out.contains("no replay protection"), "{kept}: {out}");
@@ -558,7 +691,11 @@ fn check_config_warns_when_every_replay_protection_is_off() {
 // ---------------------------------------------------------------- two copies at once (L4)
 
 /// Posts `a`, then `b` while `a` is still with the (slow) app; both answers.
-fn two_copies(s: &crate::inbound::Setup, a: &Notification, b: &Notification) -> (Response, Response) {
+fn two_copies(
+    s: &crate::inbound::Setup,
+    a: &Notification,
+    b: &Notification,
+) -> (Response, Response) {
     let (addr, a) = (s.inbound, a.clone());
     let first = std::thread::spawn(move || post(addr, &a));
     std::thread::sleep(Duration::from_millis(700));
@@ -567,7 +704,11 @@ fn two_copies(s: &crate::inbound::Setup, a: &Notification, b: &Notification) -> 
 }
 
 fn post(addr: SocketAddr, n: &Notification) -> Response {
-    let headers: Vec<(&str, &str)> = n.headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let headers: Vec<(&str, &str)> = n
+        .headers
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     crate::support::request(addr, "POST", &n.uri, &headers, &n.body).unwrap()
 }
 
@@ -580,10 +721,17 @@ fn a_second_copy_waits_for_the_first_instead_of_both_being_delivered() {
     let (first, second) = two_copies(&s, &n, &n);
     assert_eq!(first.status, 200);
     assert_eq!(second.status, 200);
-    assert_eq!(second.body, ACK.as_bytes(), "the second copy is a replay once the first was taken");
+    assert_eq!(
+        second.body,
+        ACK.as_bytes(),
+        "the second copy is a replay once the first was taken"
+    );
     assert!(started.elapsed() >= Duration::from_secs(3));
     assert_eq!(app.received().len(), 1, "delivered once");
-    assert_eq!(s.metric(r#"alipay_sidecar_notifications_waited_total{merchant="default"}"#), 1.0);
+    assert_eq!(
+        s.metric(r#"alipay_sidecar_notifications_waited_total{merchant="default"}"#),
+        1.0
+    );
 }
 
 #[test]
@@ -591,18 +739,45 @@ fn with_a_store_a_resigned_copy_waits_and_is_suppressed_as_a_duplicate() {
     let app = App::start(Behaviour::Slow(Duration::from_secs(3)));
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
-    let s = start(&app.url(), &format!("\n[store]\npath = {:?}\n", db.display().to_string()));
+    let s = start(
+        &app.url(),
+        &format!("\n[store]\npath = {:?}\n", db.display().to_string()),
+    );
     let body = r#"{"notifyType":"PAYMENT_RESULT","result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"},"paymentRequestId":"resigned","paymentId":"p9"}"#;
-    let a = signed(&alipay_key(), "1", NOTIFY, CLIENT_ID, &format_iso8601(now_ms()), body);
+    let a = signed(
+        &alipay_key(),
+        "1",
+        NOTIFY,
+        CLIENT_ID,
+        &format_iso8601(now_ms()),
+        body,
+    );
     // Alipay's re-send: same event, signed again with a later Request-Time
-    let b = signed(&alipay_key(), "1", NOTIFY, CLIENT_ID, &(now_ms() + 1000).to_string(), body);
+    let b = signed(
+        &alipay_key(),
+        "1",
+        NOTIFY,
+        CLIENT_ID,
+        &(now_ms() + 1000).to_string(),
+        body,
+    );
     let (first, second) = two_copies(&s, &a, &b);
     assert_eq!(first.status, 200);
     assert_eq!(second.status, 200);
-    assert_eq!(second.body, ACK.as_bytes(), "suppressed: acknowledged by the sidecar");
+    assert_eq!(
+        second.body,
+        ACK.as_bytes(),
+        "suppressed: acknowledged by the sidecar"
+    );
     assert_eq!(app.received().len(), 1, "delivered once");
-    assert_eq!(s.metric(r#"alipay_sidecar_notifications_waited_total{merchant="default"}"#), 1.0);
-    assert_eq!(s.metric(r#"alipay_sidecar_notifications_duplicate_total{merchant="default"}"#), 1.0);
+    assert_eq!(
+        s.metric(r#"alipay_sidecar_notifications_waited_total{merchant="default"}"#),
+        1.0
+    );
+    assert_eq!(
+        s.metric(r#"alipay_sidecar_notifications_duplicate_total{merchant="default"}"#),
+        1.0
+    );
 }
 
 // ---------------------------------------------------------------- stale gateway answers (L1)
@@ -626,10 +801,19 @@ fn a_gateway_answer_signed_in_2001_is_refused_not_relayed_as_verified() {
     let r = crate::support::pay(out, "stale_answer", r#","mockFault":"stale_response_time""#);
     assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
     let (status, code) = r.result_code();
-    assert_eq!((status.as_str(), code.as_str()), ("U", "SIDECAR_RESPONSE_STALE"));
+    assert_eq!(
+        (status.as_str(), code.as_str()),
+        ("U", "SIDECAR_RESPONSE_STALE")
+    );
     assert!(r.header("x-alipay-sidecar-verified").is_none());
-    let message = r.json()["result"]["resultMessage"].as_str().unwrap().to_string();
-    assert!(message.contains("max_response_time_skew") && message.contains("inquire"), "{message}");
+    let message = r.json()["result"]["resultMessage"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("max_response_time_skew") && message.contains("inquire"),
+        "{message}"
+    );
     let m = sidecar.metrics();
     assert_eq!(
         m.sum(

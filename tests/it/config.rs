@@ -101,7 +101,10 @@ fn defaults_match_the_documented_schema() {
     assert_eq!(i.max_body_bytes, 65_536);
     assert_eq!(i.unverified_body_budget_bytes, 8 * 1024 * 1024);
     assert_eq!(i.forward_timeout, Duration::from_secs(10));
-    assert_eq!(i.max_request_time_skew, Some(Duration::from_secs(48 * 3600)));
+    assert_eq!(
+        i.max_request_time_skew,
+        Some(Duration::from_secs(48 * 3600))
+    );
     assert_eq!(i.replay_window_entries, 16_384);
     assert_eq!(o.max_response_time_skew, Some(Duration::from_secs(600)));
     assert_eq!(

@@ -215,7 +215,12 @@ pub(crate) fn wait_received(app: &App, n: usize) -> Vec<Received> {
 #[test]
 fn every_notification_vector_through_the_listener() {
     let app = App::start(Behaviour::Ack);
-    let s = start(&app.url(), OLD_VECTORS);
+    // NTF-04 as published carries NTF-01's exact headers and body: the replay window (on by
+    // default since issue 18) would acknowledge it instead of delivering it a second time
+    let s = start(
+        &app.url(),
+        &format!("{OLD_VECTORS}\nreplay_window_entries = 0"),
+    );
     let alipay = alipay_key();
     let mut posted = 0;
     for v in vectors().iter().filter(|v| v["kind"] == "notify_verify") {

@@ -204,7 +204,8 @@ impl Verifier {
     /// Why: a listener can refuse a forged or junk header from the request head alone,
     /// before it reads (and buffers) a body it would refuse anyway.
     pub fn precheck(&self, signature_header: &str) -> Result<String, VerifyError> {
-        self.checked(signature_header).map(|(version, _, _)| version)
+        self.checked(signature_header)
+            .map(|(version, _, _)| version)
     }
 
     fn checked(
@@ -280,10 +281,22 @@ mod tests {
         assert_eq!(v.precheck(&sig).as_deref(), Ok("1"));
         let reason = |h: &str| v.precheck(h).unwrap_err().kind();
         assert_eq!(reason("junk"), Reason::Malformed);
-        assert_eq!(reason(&sig.replace("keyVersion=1", "keyVersion=2")), Reason::UnknownKeyVersion);
-        assert_eq!(reason(&sig.replace("RSA256", "ECC224")), Reason::UnsupportedAlgorithm);
-        assert_eq!(reason("algorithm=RSA256,keyVersion=1,signature=AAAA"), Reason::WrongLength);
-        assert_eq!(reason("algorithm=RSA256,keyVersion=1,signature=!!"), Reason::BadEncoding);
+        assert_eq!(
+            reason(&sig.replace("keyVersion=1", "keyVersion=2")),
+            Reason::UnknownKeyVersion
+        );
+        assert_eq!(
+            reason(&sig.replace("RSA256", "ECC224")),
+            Reason::UnsupportedAlgorithm
+        );
+        assert_eq!(
+            reason("algorithm=RSA256,keyVersion=1,signature=AAAA"),
+            Reason::WrongLength
+        );
+        assert_eq!(
+            reason("algorithm=RSA256,keyVersion=1,signature=!!"),
+            Reason::BadEncoding
+        );
         // a header that passes the precheck can still fail the signature itself
         assert!(v.verify(b"other content", &sig).is_err());
     }
