@@ -11,7 +11,8 @@
 #
 # Outbound: wrk -> sidecar (sign) -> TLS -> nginx -> sidecar (verify) -> wrk; a 2xx without
 # `X-Alipay-Sidecar-Verified: true` counts as a failure. Inbound: wrk sends a notification
-# signed with the "Alipay" key (fixed Request-Time; the config sets no max_request_time_skew)
+# signed with the "Alipay" key (fixed Request-Time, sent again and again: the config switches
+# max_request_time_skew and the replay window off, so every copy is verified and delivered)
 # -> sidecar (verify) -> nginx app. CPU per request is the process's utime + stime
 # (/proc/<pid>/stat) over the phase divided by the requests wrk completed. Peak RSS comes
 # from VmHWM (reset through /proc/<pid>/clear_refs) under 64 connections sending ~1 MiB
@@ -189,6 +190,8 @@ max_body_bytes = 1048576
 [inbound]
 listen = "127.0.0.1:$in"
 forward_to = "http://127.0.0.1:$app"
+max_request_time_skew = "off"
+replay_window_entries = 0
 ${4:-}
 [admin]
 listen = "127.0.0.1:$admin"

@@ -25,6 +25,7 @@ use pingora::http::RequestHeader;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::budget::{BodyBudget, Reservation};
 use crate::envelope::SidecarError;
 use crate::exchange::{echo, origin_form};
 use crate::handler::{BodyPolicy, Handler, Refusal, Reply, Report, Request};
@@ -54,7 +55,14 @@ impl<H: Handler> Adapter<H> {
 
     /// Reads one request (see the module doc): the request for the handler, or the reply
     /// that refuses it.
-    async fn receive(&self, session: &mut Session) -> pingora::Result<Result<Request, Reply>> {
+    ///
+    /// The request comes with its share of the handler's body budget, held until it is
+    /// answered.
+    #[allow(clippy::type_complexity)]
+    async fn receive(
+        &self,
+        session: &mut Session,
+    ) -> pingora::Result<Result<(Request, Option<Reservation>), Reply>> {
         let target = std::str::from_utf8(session.req_header().raw_path())
             .ok()
             .and_then(origin_form);
@@ -79,6 +87,8 @@ impl<H: Handler> Adapter<H> {
         };
         let head = session.req_header();
         if let Err(refusal) = self.handler.check_head(head, &target) {
+            // refused from the head alone: close instead of draining a body nobody reads
+            session.set_keepalive(None);
             return Ok(Err(self.refused(api, refusal)));
         }
         let policy = self.handler.body_policy();
@@ -93,8 +103,19 @@ impl<H: Handler> Adapter<H> {
                 "the body is {n} bytes; the limit is {limit} ({})",
                 policy.limit_key
             );
+            session.set_keepalive(None);
             return refuse(SidecarError::BodyTooLarge, &msg);
         }
+        let mut reservation = match self.handler.body_budget() {
+            None => None,
+            Some(budget) => match budget.reserve(declared.unwrap_or(0)) {
+                Some(r) => Some(r),
+                None => {
+                    session.set_keepalive(None);
+                    return Ok(Err(self.refused(api, over_budget(budget))));
+                }
+            },
+        };
         let expect_continue = head
             .headers
             .get(http::header::EXPECT)
@@ -103,18 +124,36 @@ impl<H: Handler> Adapter<H> {
         if expect_continue {
             session.write_continue_response().await?;
         }
-        let body =
-            match read_body_within(session, H::DIRECTION, policy, declared.unwrap_or(0)).await {
-                Ok(body) => body,
-                Err(refusal) => return Ok(Err(self.refused(api, refusal))),
-            };
-        Ok(Ok(Request {
+        let read = read_body_within(
+            session,
+            H::DIRECTION,
+            policy,
+            declared.unwrap_or(0),
+            reservation.as_mut(),
+        );
+        let body = match read.await {
+            Ok(body) => body,
+            Err(refusal) => return Ok(Err(self.refused(api, refusal))),
+        };
+        let request = Request {
             head,
             target,
             body,
             local_addr: session.server_addr().and_then(|a| a.as_inet()).copied(),
-        }))
+        };
+        Ok(Ok((request, reservation)))
     }
+}
+
+/// The refusal of a body that does not fit the budget: retryable (`U`, 503), so Alipay
+/// re-sends the notification later.
+fn over_budget(budget: &BodyBudget) -> Refusal {
+    let msg = format!(
+        "the sidecar is reading too many notification bodies at once ({} bytes, [inbound] \
+         unverified_body_budget_bytes); nothing was forwarded, send it again later",
+        budget.limit()
+    );
+    Refusal::new(SidecarError::InboundBusy, msg)
 }
 
 /// What the adapter keeps per request between `request_filter` and `logging`.
@@ -137,7 +176,8 @@ impl<H: Handler> ProxyHttp for Adapter<H> {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         let _in_flight = self.state.track(H::DIRECTION);
         let reply = match self.receive(session).await? {
-            Ok(request) => self.handler.handle(request).await,
+            // the reservation is given back once the handler answered
+            Ok((request, _reservation)) => self.handler.handle(request).await,
             Err(refused) => refused,
         };
         let Reply { head, body, report } = reply;
@@ -276,8 +316,15 @@ async fn read_body_within(
     direction: Direction,
     policy: BodyPolicy,
     declared: usize,
+    reservation: Option<&mut Reservation>,
 ) -> Result<Bytes, Refusal> {
-    let read = read_body(session, policy.max_bytes, policy.limit_key, declared);
+    let read = read_body(
+        session,
+        policy.max_bytes,
+        policy.limit_key,
+        declared,
+        reservation,
+    );
     match tokio::time::timeout(policy.timeout, read).await {
         Ok(Ok(Ok(body))) => Ok(body),
         Ok(Ok(Err(refusal))) => Err(refusal),
@@ -302,13 +349,15 @@ async fn read_body_within(
     }
 }
 
-/// The body, whole and bounded; the inner `Err` is a refusal (too large), the outer one a
-/// framing or connection error.
+/// The body, whole and bounded; the inner `Err` is a refusal (too large, or over the body
+/// budget: a chunked body grows its `reservation` as it arrives), the outer one a framing or
+/// connection error.
 async fn read_body(
     session: &mut Session,
     limit: usize,
     limit_key: &str,
     declared: usize,
+    mut reservation: Option<&mut Reservation>,
 ) -> pingora::Result<Result<Bytes, Refusal>> {
     // One body usually arrives in one piece: keep that piece without a copy. Otherwise one
     // allocation of the announced size (already checked against the limit): growing by
@@ -321,6 +370,15 @@ async fn read_body(
         if so_far + chunk.len() > limit {
             let msg = format!("the body exceeds {limit} bytes ({limit_key})");
             return Ok(Err(Refusal::new(SidecarError::BodyTooLarge, msg)));
+        }
+        if let Some(r) = reservation.as_deref_mut() {
+            if !r.grow_to(so_far + chunk.len()) {
+                session.set_keepalive(None);
+                let msg = "the sidecar is reading too many notification bodies at once \
+                           ([inbound] unverified_body_budget_bytes); nothing was forwarded, send \
+                           it again later";
+                return Ok(Err(Refusal::new(SidecarError::InboundBusy, msg)));
+            }
         }
         match first.take() {
             None if body.is_empty() => first = Some(chunk),

@@ -67,11 +67,18 @@ pub enum SidecarError {
     /// Inbound store-and-forward (`acknowledge = "after-store"`): the notification could not
     /// be committed to the store, so it is not acknowledged; Alipay re-sends it.
     StoreUnavailable,
+    /// Inbound: the notification's body did not fit `[inbound] unverified_body_budget_bytes`
+    /// (too many bodies being read at once); nothing was forwarded, Alipay re-sends it.
+    InboundBusy,
+    /// Outbound: a signed answer whose `response-time` is outside
+    /// `[outbound] max_response_time_skew` (a replayed or mis-clocked answer); the request may
+    /// have reached Alipay, so the outcome is unknown: inquire.
+    ResponseStale,
 }
 
 impl SidecarError {
     /// Every code, for documentation checks and pre-created metric series.
-    pub const ALL: [SidecarError; 21] = [
+    pub const ALL: [SidecarError; 23] = [
         SidecarError::MethodNotAllowed,
         SidecarError::PathNotAllowed,
         SidecarError::BodyTooLarge,
@@ -93,6 +100,8 @@ impl SidecarError {
         SidecarError::HostNotAllowed,
         SidecarError::MerchantUnknown,
         SidecarError::StoreUnavailable,
+        SidecarError::InboundBusy,
+        SidecarError::ResponseStale,
     ];
 
     /// The `resultCode`, also the metric label.
@@ -119,6 +128,8 @@ impl SidecarError {
             SidecarError::HostNotAllowed => "SIDECAR_HOST_NOT_ALLOWED",
             SidecarError::MerchantUnknown => "SIDECAR_MERCHANT_UNKNOWN",
             SidecarError::StoreUnavailable => "SIDECAR_STORE_UNAVAILABLE",
+            SidecarError::InboundBusy => "SIDECAR_INBOUND_BUSY",
+            SidecarError::ResponseStale => "SIDECAR_RESPONSE_STALE",
         }
     }
 
@@ -130,7 +141,9 @@ impl SidecarError {
             | SidecarError::GatewayProtocolError
             | SidecarError::GatewayResponseTooLarge
             | SidecarError::AppUnavailable
-            | SidecarError::StoreUnavailable => Status::U,
+            | SidecarError::StoreUnavailable
+            | SidecarError::InboundBusy
+            | SidecarError::ResponseStale => Status::U,
             _ => Status::F,
         }
     }
@@ -148,7 +161,9 @@ impl SidecarError {
             SidecarError::BadRequest | SidecarError::MerchantUnknown => 400,
             SidecarError::GatewayTimeout => 504,
             SidecarError::NotificationUnverified | SidecarError::NotificationStale => 401,
-            SidecarError::AppUnavailable | SidecarError::StoreUnavailable => 503,
+            SidecarError::AppUnavailable
+            | SidecarError::StoreUnavailable
+            | SidecarError::InboundBusy => 503,
             SidecarError::SigningFailed => 500,
             _ => 502,
         }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
+use crate::budget::BodyBudget;
 use crate::envelope::{SidecarError, Status};
 use crate::exchange::ERROR_HEADER;
 use crate::metrics::{Direction, Outcome, VerificationResult};
@@ -54,6 +55,9 @@ pub struct Refusal {
     pub error: SidecarError,
     /// The `resultMessage` sent to the client.
     pub message: String,
+    /// The signature check's result, when the refusal is one (a notification refused from
+    /// its head alone, before its body was read).
+    pub verification: Option<VerificationResult>,
 }
 
 impl Refusal {
@@ -62,7 +66,14 @@ impl Refusal {
         Self {
             error,
             message: message.into(),
+            verification: None,
         }
+    }
+
+    /// The same refusal, recorded as the signature check's `result`.
+    pub fn with_verification(mut self, result: VerificationResult) -> Self {
+        self.verification = Some(result);
+        self
     }
 }
 
@@ -168,8 +179,15 @@ impl Reply {
     /// refusals as `rejected`, an unreadable request as `bad_request`). A detail recorded
     /// earlier (the real cause) wins over the message sent to the client.
     pub fn refuse(refusal: Refusal, mut report: Report) -> Self {
-        let Refusal { error, message } = refusal;
+        let Refusal {
+            error,
+            message,
+            verification,
+        } = refusal;
         report.error = Some(error);
+        if report.verification.is_none() {
+            report.verification = verification;
+        }
         report.outcome = match error {
             // the client's own request was unreadable: not a delivery failure
             SidecarError::BadRequest
@@ -273,6 +291,12 @@ pub trait Handler: Send + Sync + 'static {
 
     /// How request bodies are read (size limit, deadline).
     fn body_policy(&self) -> BodyPolicy;
+
+    /// The budget the bodies of this handler's requests are read against, if any: the
+    /// inbound listener's, which bounds what unauthenticated peers can make it buffer.
+    fn body_budget(&self) -> Option<&Arc<BodyBudget>> {
+        None
+    }
 
     /// The `api` label of a request to `target` (origin form), for the metrics.
     fn api(&self, target: &str) -> &'static str;

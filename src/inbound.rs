@@ -43,6 +43,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use sidecar_store::EventKey;
 
+use crate::budget::BodyBudget;
 use crate::config::{Acknowledge, AppUpstream, Config, Duplicates, InboundConfig, InboundMode};
 use crate::envelope::SidecarError;
 use crate::exchange::{self, echo, header_text, now_millis, KEY_VERSION_HEADER, VERIFIED_HEADER};
@@ -57,6 +58,7 @@ use crate::protocol::{
     ACK_BODY,
 };
 use crate::reconcile::NotificationHook;
+use crate::replay::{self, InFlight, ReplayWindow, StillInFlight, Turn};
 use crate::state::SidecarState;
 use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 
@@ -90,6 +92,10 @@ pub struct InboundPolicy {
     pub body: BodyPolicy,
     /// What a re-send of an event the app already took does (with a journal).
     pub duplicates: Duplicates,
+    /// Bytes of unverified bodies read at once, across all connections.
+    pub body_budget_bytes: usize,
+    /// Digests in the in-memory replay window (without a journal); 0 = off.
+    pub replay_window_entries: usize,
 }
 
 impl InboundPolicy {
@@ -107,6 +113,8 @@ impl InboundPolicy {
                 timeout: config.server.body_read_timeout,
             },
             duplicates: cfg.duplicates,
+            body_budget_bytes: cfg.unverified_body_budget_bytes,
+            replay_window_entries: cfg.replay_window_entries,
         }
     }
 }
@@ -188,6 +196,12 @@ pub struct Inbound<A> {
     reconcile: Option<Arc<dyn NotificationHook>>,
     /// The notification journal, when `[store]` is configured.
     journal: Option<Arc<dyn Journal>>,
+    /// What unverified bodies may hold at once ([`crate::budget`]).
+    budget: Arc<BodyBudget>,
+    /// Exact copies of delivered notifications, without a journal ([`crate::replay`]).
+    replays: Option<ReplayWindow>,
+    /// The deliveries in progress, so a second copy waits for the first.
+    in_flight: Arc<InFlight>,
 }
 
 /// Why a notification was not accepted: the metric label, the error code and what to do.
@@ -225,7 +239,13 @@ impl<A: App> Inbound<A> {
     /// When `merchants` is empty (a validated config always has one).
     pub fn shared(policy: InboundPolicy, merchants: Vec<InboundMerchant<A>>) -> Self {
         let unselected = unselected_label(merchants.iter().map(|m| &m.name));
+        crate::budget::register_metrics();
+        replay::metrics().register_merchants(merchants.iter().map(|m| &*m.name));
         Self {
+            budget: BodyBudget::new(policy.body_budget_bytes),
+            replays: (policy.replay_window_entries > 0)
+                .then(|| ReplayWindow::new(policy.replay_window_entries)),
+            in_flight: InFlight::new(),
             policy,
             unselected,
             merchants,
@@ -277,17 +297,7 @@ impl<A: App> Inbound<A> {
         report: &mut Report,
     ) -> Result<Verified, Rejection> {
         let (req, target) = (&n.head, n.target.as_str());
-        // One value each: a second copy could be read by the app instead of the one verified.
-        if let Some(name) = ["client-id", "request-time", "signature"]
-            .into_iter()
-            .find(|h| req.headers.get_all(*h).iter().count() > 1)
-        {
-            let msg = format!("the notification has more than one {name} header; Alipay sends each signed header once, so this one was altered on the way and is refused");
-            return Err(Rejection::unverified(
-                VerificationResult::Invalid(Reason::DuplicateHeader.label()),
-                msg,
-            ));
-        }
+        duplicate_signed_header(req)?;
         let client_id = header_text(&req.headers, "client-id");
         let time = header_text(&req.headers, "request-time");
         let signature = header_text(&req.headers, "signature").filter(|s| !s.trim().is_empty());
@@ -305,39 +315,10 @@ impl<A: App> Inbound<A> {
         );
         report.content_sha256 = Some(digest.to_hex());
 
-        let missing = [
-            ("Signature", signature.is_none()),
-            ("client-id", client_id.is_none()),
-            ("Request-Time", time.is_none()),
-        ];
-        if let Some((name, _)) = missing.iter().find(|(_, absent)| *absent) {
-            let msg = format!("the notification has no {name} header; Alipay signs every notification, so this one is not from Alipay (or a proxy in front dropped the header)");
-            return Err(Rejection::unverified(
-                VerificationResult::Invalid(Reason::MissingHeader.label()),
-                msg,
-            ));
-        }
+        missing_signed_header(client_id, time, signature)?;
         let received = client_id.unwrap_or("");
-        let merchant = selected.merchant;
-        if received != merchant.client_id {
-            let configured = if self.merchants.len() == 1 {
-                format!("the configured client_id {:?}", merchant.client_id)
-            } else {
-                let ids: Vec<&str> = self
-                    .merchants
-                    .iter()
-                    .map(|m| m.client_id.as_str())
-                    .collect();
-                format!("any configured merchant's client_id ({})", ids.join(", "))
-            };
-            let msg = format!(
-                "the notification is addressed to client-id {:?}, not to {configured}; a notification for another merchant is refused",
-                echo(received),
-            );
-            return Err(Rejection::unverified(
-                VerificationResult::WrongClientId,
-                msg,
-            ));
+        if received != selected.merchant.client_id {
+            return Err(self.wrong_client_id(received));
         }
         let verify_start = Instant::now();
         let verdict = selected
@@ -354,6 +335,55 @@ impl<A: App> Inbound<A> {
         })?;
         self.check_freshness(time.unwrap_or(""), parsed_time, now)?;
         Ok(verified)
+    }
+
+    /// The notification refused for a client id no merchant has.
+    fn wrong_client_id(&self, received: &str) -> Rejection {
+        let configured = if self.merchants.len() == 1 {
+            format!("the configured client_id {:?}", self.merchants[0].client_id)
+        } else {
+            let ids: Vec<&str> = self
+                .merchants
+                .iter()
+                .map(|m| m.client_id.as_str())
+                .collect();
+            format!("any configured merchant's client_id ({})", ids.join(", "))
+        };
+        let msg = format!(
+            "the notification is addressed to client-id {:?}, not to {configured}; a notification for another merchant is refused",
+            echo(received),
+        );
+        Rejection::unverified(VerificationResult::WrongClientId, msg)
+    }
+
+    /// The checks a notification's head alone allows (issue 18, H2), before its body is
+    /// read: the three signed headers present once each, a configured client id, a
+    /// `Signature` that parses and names a configured key version with a value of the key's
+    /// size, and (with the freshness window on) a readable, fresh `Request-Time`. Every
+    /// notification that fails one of them would be refused after its body anyway; refusing
+    /// here means a peer without Alipay's key cannot make the sidecar buffer a body at all.
+    /// The signature itself (over the body) is checked in [`Inbound::check`].
+    fn check_signed_head(&self, req: &RequestHeader) -> Result<(), Rejection> {
+        duplicate_signed_header(req)?;
+        let client_id = header_text(&req.headers, "client-id");
+        let time = header_text(&req.headers, "request-time");
+        let signature = header_text(&req.headers, "signature").filter(|s| !s.trim().is_empty());
+        missing_signed_header(client_id, time, signature)?;
+        let (client_id, time, signature) = (
+            client_id.unwrap_or(""),
+            time.unwrap_or(""),
+            signature.unwrap_or(""),
+        );
+        let Some(merchant) = self.merchants.iter().find(|m| m.client_id == client_id) else {
+            return Err(self.wrong_client_id(client_id));
+        };
+        if let Err(e) = merchant.keys.keys().alipay.precheck(signature) {
+            let msg = format!(
+                "the notification's Signature header cannot verify: {e}; refused before its body was read"
+            );
+            return Err(Rejection::unverified((&e).into(), msg));
+        }
+        self.check_freshness(time, parse_request_time(time), now_millis())
     }
 
     /// The optional replay window (`max_request_time_skew`).
@@ -474,11 +504,15 @@ impl<A: App> Inbound<A> {
         )?;
         let journal = match &self.journal {
             Some(j) if marker == Marker::Verified => j,
+            None if marker == Marker::Verified => {
+                return self.deliver_once(selected, n, head, report).await
+            }
             _ => return self.forward(selected, n, head, report).await,
         };
         let (path, query) = split_target(&n.target);
         let key = EventKey::from_notification(&merchant.client_id, path, &n.body);
         let event_id = key.event_id();
+        let _turn = self.take_turn(&merchant.name, &event_id).await?;
         let after_store = self.policy.acknowledge == Acknowledge::AfterStore;
         let now = now_millis();
         let entry = Entry {
@@ -554,6 +588,57 @@ impl<A: App> Inbound<A> {
         result
     }
 
+    /// Waits until no other copy of `key` is being delivered (L4), up to the app's timeout
+    /// and a little more; a copy still stuck after that gets a 503, so Alipay re-sends it.
+    async fn take_turn(&self, merchant: &str, key: &str) -> Result<Turn, Stop> {
+        let wait = self.policy.forward_timeout + IN_FLIGHT_MARGIN;
+        match self.in_flight.enter(key, wait).await {
+            Ok(turn) => {
+                if turn.waited {
+                    replay::metrics().waited(merchant);
+                    tracing::info!(key, "a copy of a notification arrived while another copy was with the app; it waited for that delivery");
+                }
+                Ok(turn)
+            }
+            Err(StillInFlight) => {
+                let msg = "another copy of this notification is still being delivered to the \
+                           app; this one was not acknowledged, so Alipay will re-send it";
+                Err(Refusal::new(SidecarError::AppUnavailable, msg).into())
+            }
+        }
+    }
+
+    /// Without a journal: an exact copy of a notification the app already took is
+    /// acknowledged, not delivered again (the replay window, M5); a copy arriving while
+    /// another is with the app waits for it (L4).
+    async fn deliver_once(
+        &self,
+        selected: &Selected<'_, InboundMerchant<A>>,
+        n: Request,
+        head: RequestHeader,
+        report: &mut Report,
+    ) -> Result<(ResponseHeader, Bytes), Stop> {
+        let hex = report.content_sha256.clone().unwrap_or_default();
+        let (Some(window), Some(digest)) = (&self.replays, replay::digest_from_hex(&hex)) else {
+            return self.forward(selected, n, head, report).await;
+        };
+        let merchant = &selected.merchant.name;
+        let _turn = self.take_turn(merchant, &hex).await?;
+        if window.seen(&digest) {
+            replay::metrics().replayed(merchant);
+            tracing::info!(content_sha256 = %hex, "exact copy of a notification the app already took; acknowledged without delivering it again");
+            return self.acknowledge(selected, &n.target, report);
+        }
+        let result = self.forward(selected, n, head, report).await;
+        if report
+            .upstream
+            .is_some_and(|u| (200..300).contains(&u.status))
+        {
+            window.remember(digest);
+        }
+        result
+    }
+
     /// The request to the app: same headers (minus hop-by-hop and any `X-Alipay-Sidecar-*`),
     /// the sidecar's markers, the app's Host, the mapped path with the query kept.
     fn app_request(
@@ -621,6 +706,47 @@ impl<A: App> Inbound<A> {
         }
         Ok(())
     }
+}
+
+/// How much longer than the app's timeout a copy waits for another copy's delivery (the
+/// journal's writes around it).
+const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(5);
+
+/// One value each of the signed headers: a second copy could be read by the app instead of
+/// the one verified.
+fn duplicate_signed_header(req: &RequestHeader) -> Result<(), Rejection> {
+    if let Some(name) = ["client-id", "request-time", "signature"]
+        .into_iter()
+        .find(|h| req.headers.get_all(*h).iter().count() > 1)
+    {
+        let msg = format!("the notification has more than one {name} header; Alipay sends each signed header once, so this one was altered on the way and is refused");
+        return Err(Rejection::unverified(
+            VerificationResult::Invalid(Reason::DuplicateHeader.label()),
+            msg,
+        ));
+    }
+    Ok(())
+}
+
+/// All three signed headers present (an empty `Signature` is a missing one).
+fn missing_signed_header(
+    client_id: Option<&str>,
+    time: Option<&str>,
+    signature: Option<&str>,
+) -> Result<(), Rejection> {
+    let missing = [
+        ("Signature", signature.is_none()),
+        ("client-id", client_id.is_none()),
+        ("Request-Time", time.is_none()),
+    ];
+    if let Some((name, _)) = missing.iter().find(|(_, absent)| *absent) {
+        let msg = format!("the notification has no {name} header; Alipay signs every notification, so this one is not from Alipay (or a proxy in front dropped the header)");
+        return Err(Rejection::unverified(
+            VerificationResult::Invalid(Reason::MissingHeader.label()),
+            msg,
+        ));
+    }
+    Ok(())
 }
 
 /// `path?query` → (`path`, `query`).
@@ -696,9 +822,20 @@ impl<A: App> Handler for Inbound<A> {
         self.unselected.clone()
     }
 
-    /// Notifications have no head checks beyond the adapter's own (POST, framing, target).
-    fn check_head(&self, _head: &RequestHeader, _target: &str) -> Result<(), Refusal> {
-        Ok(())
+    /// The signed headers, before the body is read ([`Inbound::check_signed_head`]). Not
+    /// in shadow mode, which forwards what does not verify.
+    fn check_head(&self, head: &RequestHeader, _target: &str) -> Result<(), Refusal> {
+        if self.shadow() {
+            return Ok(());
+        }
+        self.check_signed_head(head).map_err(|r| {
+            tracing::warn!(reason = r.result.as_str(), error = %r.refusal.message, "notification refused from its head, before its body was read");
+            r.refusal.with_verification(r.result)
+        })
+    }
+
+    fn body_budget(&self) -> Option<&Arc<BodyBudget>> {
+        Some(&self.budget)
     }
 
     async fn handle(&self, request: Request) -> Reply {
@@ -766,6 +903,8 @@ mod tests {
                 timeout: Duration::from_secs(10),
             },
             duplicates: Duplicates::Forward,
+            body_budget_bytes: 1 << 20,
+            replay_window_entries: 0,
         }
     }
 
@@ -997,6 +1136,149 @@ mod tests {
         req.head.insert_header("signature", sig).unwrap();
         unverified(h.handle(req).await, "unknown_key_version");
         assert!(app.seen().is_empty(), "nothing unverified reached the app");
+    }
+
+    /// The head-only refusal of `req` (issue 18, H2), with its recorded result.
+    fn head_refusal(
+        h: &Inbound<Arc<Fake>>,
+        req: &Request,
+    ) -> Option<(SidecarError, VerificationResult)> {
+        h.check_head(&req.head, &req.target)
+            .err()
+            .map(|r| (r.error, r.verification.expect("a verification result")))
+    }
+
+    #[test]
+    fn heads_that_cannot_verify_are_refused_before_the_body() {
+        let app = app(200, ACK);
+        let h = inbound(&app);
+        let time = format_iso8601(now_millis());
+        let good = signed("/merchant/notify", &time, b"{}");
+        assert_eq!(
+            head_refusal(&h, &good),
+            None,
+            "a genuine-looking head passes"
+        );
+        let unverified = |r| Some((SidecarError::NotificationUnverified, r));
+        let invalid = |label| unverified(VerificationResult::Invalid(label));
+        for name in ["signature", "client-id", "request-time"] {
+            let mut req = signed("/merchant/notify", &time, b"{}");
+            req.head.remove_header(name);
+            assert_eq!(head_refusal(&h, &req), invalid("missing_header"), "{name}");
+        }
+        let with = |name: &str, value: &str| {
+            let mut req = signed("/merchant/notify", &time, b"{}");
+            req.head
+                .insert_header(name.to_string(), value.to_string())
+                .unwrap();
+            head_refusal(&h, &req)
+        };
+        assert_eq!(with("signature", "junk"), invalid("malformed"));
+        assert_eq!(
+            with("signature", "algorithm=RSA256,keyVersion=1,signature=AAAA"),
+            invalid("wrong_length")
+        );
+        assert_eq!(
+            with("signature", "algorithm=ECC224,keyVersion=1,signature=AAAA"),
+            invalid("unsupported_algorithm")
+        );
+        let sig = header(&good.head.headers, "signature")
+            .unwrap()
+            .replace("keyVersion=1", "keyVersion=9");
+        assert_eq!(with("signature", &sig), invalid("unknown_key_version"));
+        assert_eq!(
+            with("client-id", "T_OTHER"),
+            unverified(VerificationResult::WrongClientId)
+        );
+        let mut twice = signed("/merchant/notify", &time, b"{}");
+        twice
+            .head
+            .append_header("client-id", "T_111222333")
+            .unwrap();
+        assert_eq!(head_refusal(&h, &twice), invalid("duplicate_header"));
+        // without a freshness window the time is opaque; with one it must be readable and fresh
+        assert_eq!(with("request-time", "yesterday"), None);
+        let window = InboundPolicy {
+            max_request_time_skew: Some(Duration::from_secs(300)),
+            ..policy()
+        };
+        let h = inbound_with(window, route(&[]), &app);
+        let stale = Some((
+            SidecarError::NotificationStale,
+            VerificationResult::StaleRequestTime,
+        ));
+        let old = signed("/merchant/notify", "2001-09-09T01:46:40Z", b"{}");
+        assert_eq!(head_refusal(&h, &old), stale);
+        let odd = signed("/merchant/notify", "yesterday", b"{}");
+        assert_eq!(
+            head_refusal(&h, &odd),
+            Some((
+                SidecarError::NotificationStale,
+                VerificationResult::UnparseableRequestTime
+            ))
+        );
+        // shadow mode forwards what does not verify, so it refuses nothing from the head
+        let shadow = InboundPolicy {
+            mode: InboundMode::Shadow,
+            ..policy()
+        };
+        let h = inbound_with(shadow, route(&[]), &app);
+        assert_eq!(head_refusal(&h, &old), None);
+    }
+
+    #[tokio::test]
+    async fn exact_copies_are_acknowledged_once_the_app_took_the_first() {
+        let app = app(200, br#"{"from":"app"}"#);
+        let remember = InboundPolicy {
+            replay_window_entries: 4,
+            ..policy()
+        };
+        let h = inbound_with(remember, route(&[]), &app);
+        let time = format_iso8601(now_millis());
+        let copy = || signed("/merchant/notify", &time, b"{\"paymentRequestId\":\"r1\"}");
+        let first = h.handle(copy()).await;
+        assert_eq!(&first.body[..], br#"{"from":"app"}"#);
+        for _ in 0..2 {
+            let again = h.handle(copy()).await;
+            assert_eq!(again.head.status.as_u16(), 200);
+            assert_eq!(
+                &again.body[..],
+                ACK,
+                "the sidecar's SUCCESS acknowledgement"
+            );
+        }
+        assert_eq!(app.seen().len(), 1);
+        // a re-signed copy is another content: delivered (the journal de-duplicates those)
+        let later = format_iso8601(now_millis() + 1000);
+        let resigned = signed("/merchant/notify", &later, b"{\"paymentRequestId\":\"r1\"}");
+        assert_eq!(&h.handle(resigned).await.body[..], br#"{"from":"app"}"#);
+        assert_eq!(app.seen().len(), 2);
+
+        // with the window off every copy is delivered, as before
+        let app = self::app(200, ACK);
+        let h = inbound(&app);
+        h.handle(copy()).await;
+        h.handle(copy()).await;
+        assert_eq!(app.seen().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_copy_the_app_refused_is_not_a_replay() {
+        let app = app(500, b"{}");
+        let remember = InboundPolicy {
+            replay_window_entries: 4,
+            ..policy()
+        };
+        let h = inbound_with(remember, route(&[]), &app);
+        let time = format_iso8601(now_millis());
+        let copy = || signed("/merchant/notify", &time, b"{}");
+        assert_eq!(h.handle(copy()).await.head.status.as_u16(), 503);
+        assert_eq!(h.handle(copy()).await.head.status.as_u16(), 503);
+        assert_eq!(
+            app.seen().len(),
+            2,
+            "every re-send after a failure reaches the app"
+        );
     }
 
     #[tokio::test]

@@ -808,6 +808,18 @@ pub fn shared_preflight(config: &Config) -> Vec<Finding> {
         )));
     }
     if let Some(i) = &config.inbound {
+        if i.max_request_time_skew.is_none()
+            && i.replay_window_entries == 0
+            && config.store.is_none()
+        {
+            out.push(warning(format!(
+                "{}: no replay protection on notifications: `max_request_time_skew = \"off\"`, \
+                 `replay_window_entries = 0` and no [store], so a captured notification can be \
+                 sent again at any time and reaches the app each time. Keep the defaults \
+                 (\"48h\", 16384) or add a [store]",
+                location(config, "inbound.max_request_time_skew")
+            )));
+        }
         if i.mode == InboundMode::Shadow {
             out.push(warning(format!(
                 "{}: inbound `mode = \"shadow\"`: notifications that fail verification are still \

@@ -28,6 +28,7 @@
 
 pub mod adapter;
 pub mod admin;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod credentials;
@@ -50,6 +51,7 @@ pub mod notifications;
 pub mod outbound;
 pub mod reconcile;
 pub mod reload;
+pub mod replay;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -139,6 +139,10 @@ pub enum VerificationResult {
     UnparseableRequestTime,
     /// Outbound: an unsigned `resultStatus = "F"` response, accepted by policy.
     UnsignedFailure,
+    /// Outbound: a signed answer whose `response-time` is outside `max_response_time_skew`.
+    StaleResponseTime,
+    /// Outbound: `response-time` could not be parsed while `max_response_time_skew` is on.
+    UnparseableResponseTime,
 }
 
 impl VerificationResult {
@@ -155,6 +159,8 @@ impl VerificationResult {
                 VerificationResult::StaleRequestTime,
                 VerificationResult::UnparseableRequestTime,
                 VerificationResult::UnsignedFailure,
+                VerificationResult::StaleResponseTime,
+                VerificationResult::UnparseableResponseTime,
             ])
     }
 
@@ -167,6 +173,8 @@ impl VerificationResult {
             VerificationResult::StaleRequestTime => "stale_request_time",
             VerificationResult::UnparseableRequestTime => "unparseable_request_time",
             VerificationResult::UnsignedFailure => "unsigned_failure",
+            VerificationResult::StaleResponseTime => "stale_response_time",
+            VerificationResult::UnparseableResponseTime => "unparseable_response_time",
         }
     }
 }

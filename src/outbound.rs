@@ -30,7 +30,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::{Config, MerchantConfig, OutboundConfig, RequestTimeFormat};
 use crate::envelope::SidecarError;
-use crate::exchange::{self, KEY_VERSION_HEADER, VERIFIED_HEADER};
+use crate::exchange::{self, echo, now_millis, KEY_VERSION_HEADER, VERIFIED_HEADER};
 use crate::handler::{
     BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
 };
@@ -38,7 +38,8 @@ use crate::keyset::{Credential, KeySet};
 use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
 use crate::metrics::{self, Direction, Outcome, VerificationResult};
 use crate::protocol::{
-    content_digest, format_epoch_millis, format_iso8601, sign_digest, ApiKeyEnv, Reason,
+    content_digest, format_epoch_millis, format_iso8601, parse_request_time, sign_digest,
+    ApiKeyEnv, Reason,
 };
 use crate::reconcile::PayRecording;
 use crate::state::SidecarState;
@@ -93,6 +94,8 @@ pub struct OutboundPolicy {
     pub request_time_format: RequestTimeFormat,
     /// Verify Alipay's response signatures before the app sees them.
     pub verify_responses: bool,
+    /// Refuse a signed answer whose `response-time` is further than this from now.
+    pub max_response_time_skew: Option<Duration>,
     /// Whole-exchange timeout to the gateway.
     pub request_timeout: Duration,
     /// How request bodies are read.
@@ -109,6 +112,7 @@ impl OutboundPolicy {
             sandbox_path_rewrite: cfg.sandbox_path_rewrite,
             request_time_format: cfg.request_time_format,
             verify_responses: cfg.verify_responses,
+            max_response_time_skew: cfg.max_response_time_skew,
             request_timeout: cfg.request_timeout,
             body: BodyPolicy {
                 max_bytes: cfg.max_body_bytes,
@@ -522,9 +526,10 @@ impl<G: Gateway> Outbound<G> {
         report.verify_time = Some(verify_start.elapsed());
         match verdict {
             Ok(v) => {
+                report.key_version = Some(v.key_version.clone());
+                self.check_response_time(time, report)?;
                 report.verification = Some(VerificationResult::Valid);
                 report.outcome = Outcome::Verified;
-                report.key_version = Some(v.key_version.clone());
                 Ok(Verdict {
                     marker: Marker::Verified,
                     key_version: Some(v.key_version),
@@ -541,6 +546,41 @@ impl<G: Gateway> Outbound<G> {
                 ))
             }
         }
+    }
+
+    /// The skew window on a verified answer's `response-time` (issue 18, L1): an answer
+    /// is synchronous, so its time is now on any clock within the window; one signed long
+    /// ago is a replayed answer (a genuine one, captured) and is not relayed as verified. The
+    /// reconciler's inquiries go through this same check. Checked after the signature, so
+    /// a stale verdict is only given to a genuine time.
+    fn check_response_time(&self, time: &str, report: &mut Report) -> Result<(), Refusal> {
+        let Some(window) = self.policy.max_response_time_skew else {
+            return Ok(());
+        };
+        let inquire = "The call may have been processed: inquire the outcome (e.g. \
+                       inquiryPayment) before retrying";
+        let Some(t) = parse_request_time(time) else {
+            report.verification = Some(VerificationResult::UnparseableResponseTime);
+            let msg = format!(
+                "Alipay's answer has a response-time {:?} the sidecar cannot read (epoch millis or ISO-8601), so its freshness cannot be checked while [outbound] max_response_time_skew is set; it was withheld. {inquire}",
+                echo(time)
+            );
+            tracing::warn!(response_time = %echo(time), "gateway answer with an unreadable response-time; withheld from the app");
+            return Err(Refusal::new(SidecarError::ResponseStale, msg));
+        };
+        let skew = Duration::from_millis(now_millis().abs_diff(t));
+        if skew > window {
+            report.verification = Some(VerificationResult::StaleResponseTime);
+            let msg = format!(
+                "Alipay's answer is signed with response-time \"{}\", {} away from the sidecar's clock, more than [outbound] max_response_time_skew = {}; a replayed answer is not relayed as verified and it was withheld. {inquire}",
+                echo(time),
+                humantime::format_duration(Duration::from_secs(skew.as_secs())),
+                humantime::format_duration(window)
+            );
+            tracing::warn!(response_time = %echo(time), skew_s = skew.as_secs(), "gateway answer outside max_response_time_skew; withheld from the app");
+            return Err(Refusal::new(SidecarError::ResponseStale, msg));
+        }
+        Ok(())
     }
 
     fn gateway_request(
@@ -785,6 +825,7 @@ mod tests {
             sandbox_path_rewrite: true,
             request_time_format: RequestTimeFormat::EpochMillis,
             verify_responses: true,
+            max_response_time_skew: None,
             request_timeout: Duration::from_secs(15),
             body: BodyPolicy {
                 max_bytes: 1 << 20,
@@ -1332,6 +1373,67 @@ mod tests {
         assert!(r.verify_time.is_some());
         assert_eq!(r.response_bytes, body.len());
         assert_eq!(r.error, None);
+    }
+
+    #[tokio::test]
+    async fn a_genuine_answer_signed_long_ago_is_withheld_when_the_window_is_on() {
+        let window = OutboundPolicy {
+            max_response_time_skew: Some(Duration::from_secs(600)),
+            ..policy()
+        };
+        let at = |time: &'static str| {
+            Fake::new(move |req| {
+                let target = req.head.uri.path_and_query().expect("target").as_str();
+                let client = header(&req.head.headers, "client-id").expect("client-id");
+                let time = if time.is_empty() {
+                    format_epoch_millis(exchange::now_millis())
+                } else {
+                    time.to_string()
+                };
+                let body = br#"{"result":{"resultStatus":"S"}}"#;
+                let sig = alipay_signature("1", target, client, &time, body);
+                Ok(answer(
+                    200,
+                    &[
+                        ("response-time", time.as_str()),
+                        ("signature", sig.as_str()),
+                    ],
+                    body,
+                ))
+            })
+        };
+        // signed in 2024 (the fake's fixed time): genuine, but not an answer to this call
+        let reply = outbound_with(
+            window.clone(),
+            CLIENT,
+            None,
+            &at("2024-05-01T12:34:57+08:00"),
+        )
+        .handle(pay(&[]))
+        .await;
+        refused_with(&reply, SidecarError::ResponseStale);
+        assert_eq!(
+            reply.report.verification,
+            Some(VerificationResult::StaleResponseTime)
+        );
+        assert_eq!(marker(&reply), None);
+        let unreadable = outbound_with(window.clone(), CLIENT, None, &at("tuesday"))
+            .handle(pay(&[]))
+            .await;
+        refused_with(&unreadable, SidecarError::ResponseStale);
+        assert_eq!(
+            unreadable.report.verification,
+            Some(VerificationResult::UnparseableResponseTime)
+        );
+        // a fresh answer passes; with the window off the old one passes too (as before)
+        let fresh = outbound_with(window, CLIENT, None, &at(""))
+            .handle(pay(&[]))
+            .await;
+        assert_eq!(marker(&fresh), Some("true"));
+        let off = outbound(&at("2024-05-01T12:34:57+08:00"))
+            .handle(pay(&[]))
+            .await;
+        assert_eq!(marker(&off), Some("true"));
     }
 
     #[tokio::test]

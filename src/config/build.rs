@@ -56,6 +56,22 @@ impl Ctx<'_> {
         Ok(d)
     }
 
+    /// A time window (`"off"` switches it off), or the declared default of `key`.
+    pub(super) fn window(
+        &self,
+        v: Option<Spanned<String>>,
+        key: &str,
+    ) -> Result<Option<Duration>, ConfigError> {
+        match v {
+            None => {
+                let d: String = default(key);
+                Ok(humantime::parse_duration(&d).ok())
+            }
+            Some(v) if v.get_ref().trim().eq_ignore_ascii_case("off") => Ok(None),
+            Some(v) => self.duration_value(&v, key).map(Some),
+        }
+    }
+
     /// A listen address, or the declared default of `key`.
     pub(super) fn addr(
         &self,
@@ -701,6 +717,10 @@ impl Ctx<'_> {
             verify_responses: raw
                 .verify_responses
                 .unwrap_or_else(|| default("outbound.verify_responses")),
+            max_response_time_skew: self.window(
+                raw.max_response_time_skew,
+                "outbound.max_response_time_skew",
+            )?,
             allow_remote_clients,
             allowed_hosts,
             max_connections: self.positive(raw.max_connections, "outbound.max_connections")?,
@@ -1078,18 +1098,54 @@ impl Ctx<'_> {
         let forward_to = self.forward_to(&raw.forward_to, "inbound.forward_to")?;
         let path_map = self.path_map(raw.path_map, "inbound.path_map")?;
 
-        let max_request_time_skew = match raw.max_request_time_skew {
-            None => None,
-            Some(v) => Some(self.duration_value(&v, "inbound.max_request_time_skew")?),
+        let max_request_time_skew =
+            self.window(raw.max_request_time_skew, "inbound.max_request_time_skew")?;
+        let max_body_bytes = self.positive(raw.max_body_bytes.clone(), "inbound.max_body_bytes")?;
+        let unverified_body_budget_bytes = self.positive(
+            raw.unverified_body_budget_bytes.clone(),
+            "inbound.unverified_body_budget_bytes",
+        )?;
+        if unverified_body_budget_bytes < max_body_bytes {
+            let span = raw
+                .unverified_body_budget_bytes
+                .as_ref()
+                .or(raw.max_body_bytes.as_ref())
+                .map_or(0..0, Spanned::span);
+            self.err::<()>(
+                span,
+                "inbound.unverified_body_budget_bytes",
+                format!(
+                    "unverified_body_budget_bytes ({unverified_body_budget_bytes}) is smaller than \
+                     max_body_bytes ({max_body_bytes}), so a notification of the largest allowed \
+                     size could never be read; make the budget at least max_body_bytes"
+                ),
+            )?;
+        }
+        let replay_window_entries = match raw.replay_window_entries {
+            None => default::<usize>("inbound.replay_window_entries"),
+            Some(v) => match usize::try_from(*v.get_ref()) {
+                Ok(n) if n <= MAX_REPLAY_WINDOW_ENTRIES => n,
+                _ => self.err(
+                    v.span(),
+                    "inbound.replay_window_entries",
+                    format!(
+                        "{} is not allowed; write 0 (off) or a number up to \
+                         {MAX_REPLAY_WINDOW_ENTRIES} (≈ 80 bytes of memory each)",
+                        v.get_ref()
+                    ),
+                )?,
+            },
         };
 
         Ok(InboundConfig {
             listen,
             forward_to,
             path_map,
-            max_body_bytes: self.positive(raw.max_body_bytes, "inbound.max_body_bytes")?,
+            max_body_bytes,
+            unverified_body_budget_bytes,
             forward_timeout: self.duration(raw.forward_timeout, "inbound.forward_timeout")?,
             max_request_time_skew,
+            replay_window_entries,
             acknowledge,
             sign_acknowledgements: raw
                 .sign_acknowledgements
@@ -1102,6 +1158,10 @@ impl Ctx<'_> {
         })
     }
 }
+
+/// The largest `replay_window_entries` accepted: ≈ 80 MiB of digests, far more than any
+/// merchant's notifications in Alipay's whole re-send period.
+const MAX_REPLAY_WINDOW_ENTRIES: usize = 1 << 20;
 
 /// The most worker threads per listener that make sense here: 4 per core, at most 256.
 fn max_threads() -> usize {

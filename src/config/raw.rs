@@ -268,6 +268,7 @@ options! {
         connect_timeout: Option<Spanned<String>> = Kind::Duration, Some("\"5s\""), Restart;
         request_timeout: Option<Spanned<String>> = Kind::Duration, Some("\"15s\""), Restart;
         verify_responses: Option<bool> = Kind::Bool, Some("true"), Restart;
+        max_response_time_skew: Option<Spanned<String>> = Kind::Duration, Some("\"10m\""), Restart;
         allow_remote_clients: Option<bool> = Kind::Bool, Some("false"), Restart;
         allowed_hosts: Option<Vec<Spanned<String>>> = Kind::List, Some("[]"), Restart;
         max_connections: Option<Spanned<i64>> = Kind::Int, Some("256"), Restart;
@@ -280,9 +281,11 @@ options! {
         listen: Option<Spanned<String>> = Kind::Addr, Some("\"0.0.0.0:8081\""), Restart;
         forward_to: Spanned<String> = Kind::Url, None, Restart;
         path_map: Option<BTreeMap<Spanned<String>, Spanned<String>>> = Kind::Table, Some("{}"), Restart;
-        max_body_bytes: Option<Spanned<i64>> = Kind::Int, Some("1048576"), Restart;
+        max_body_bytes: Option<Spanned<i64>> = Kind::Int, Some("65536"), Restart;
+        unverified_body_budget_bytes: Option<Spanned<i64>> = Kind::Int, Some("8388608"), Restart;
         forward_timeout: Option<Spanned<String>> = Kind::Duration, Some("\"10s\""), Restart;
-        max_request_time_skew: Option<Spanned<String>> = Kind::Duration, None, Restart;
+        max_request_time_skew: Option<Spanned<String>> = Kind::Duration, Some("\"48h\""), Restart;
+        replay_window_entries: Option<Spanned<i64>> = Kind::Int, Some("16384"), Restart;
         acknowledge: Option<Spanned<Acknowledge>> = Kind::Choice(&["app", "sidecar", "after-store"]), Some("\"app\""), Restart;
         sign_acknowledgements: Option<bool> = Kind::Bool, Some("false"), Restart;
         mode: Option<InboundMode> = Kind::Choice(&["enforce", "shadow"]), Some("\"enforce\""), Restart;

@@ -76,6 +76,9 @@ pub struct OutboundConfig {
     pub request_timeout: Duration,
     /// Verify Alipay's response signatures before the app sees them (default true).
     pub verify_responses: bool,
+    /// Refuse a signed answer whose `response-time` is further than this from now (default
+    /// 10 min); off when `None` (`"off"`).
+    pub max_response_time_skew: Option<Duration>,
     /// Allow a non-loopback `listen` address (the listener signs anything it is sent).
     pub allow_remote_clients: bool,
     /// Host names (besides loopback addresses and `localhost`) the app may put in `Host`
@@ -199,13 +202,19 @@ pub struct InboundConfig {
     pub forward_to: AppUpstream,
     /// Notify path → app path; paths not listed are forwarded unchanged.
     pub path_map: BTreeMap<String, String>,
-    /// Largest notification body accepted (default 1 MiB).
+    /// Largest notification body accepted (default 64 KiB: notifications are a few KB).
     pub max_body_bytes: usize,
+    /// Bytes of notification bodies read (not yet verified) at once, across all connections
+    /// (default 8 MiB); beyond it a notification gets a retryable 503.
+    pub unverified_body_budget_bytes: usize,
     /// How long the app may take to answer a forwarded notification (default 10 s).
     pub forward_timeout: Duration,
-    /// Refuse notifications whose `Request-Time` is further than this from now; off when
-    /// `None` (default).
+    /// Refuse notifications whose `Request-Time` is further than this from now (default
+    /// 48 h, longer than Alipay's whole re-send schedule); off when `None` (`"off"`).
     pub max_request_time_skew: Option<Duration>,
+    /// Digests of delivered notifications remembered against exact replays when there is
+    /// no `[store]` (default 16,384; 0 = off).
+    pub replay_window_entries: usize,
     /// Who answers Alipay.
     pub acknowledge: Acknowledge,
     /// Sign the acknowledgement with the merchant key (legacy Java SDK style).

@@ -48,7 +48,6 @@ fn the_example_config_parses_and_documents_every_option() {
     let uncommented = text
         .replace("gateway = \"https://open-sea-global.alipay.com\"", "")
         .replace("# region = \"sea\"", "region = \"sea\"")
-        .replace("# max_request_time_skew", "max_request_time_skew")
         .replace("# format = \"json\"", "format = \"json\"")
         .replace("# ca_file", "ca_file")
         .replace("# tls_listen", "tls_listen")
@@ -59,7 +58,7 @@ fn the_example_config_parses_and_documents_every_option() {
     assert_eq!(c.log.format, Some(LogFormat::Json));
     assert_eq!(
         c.inbound.expect("inbound").max_request_time_skew,
-        Some(Duration::from_secs(600))
+        Some(Duration::from_secs(48 * 3600))
     );
     let o = c.outbound.expect("outbound");
     assert!(o.ca_file.is_some());
@@ -100,9 +99,16 @@ fn defaults_match_the_documented_schema() {
         ),
         ("127.0.0.1", 3000, "")
     );
-    assert_eq!(i.max_body_bytes, 1_048_576);
+    // issue 18: notifications are a few KB; replays and stale times are refused by default
+    assert_eq!(i.max_body_bytes, 65_536);
+    assert_eq!(i.unverified_body_budget_bytes, 8 * 1024 * 1024);
     assert_eq!(i.forward_timeout, Duration::from_secs(10));
-    assert_eq!(i.max_request_time_skew, None);
+    assert_eq!(
+        i.max_request_time_skew,
+        Some(Duration::from_secs(48 * 3600))
+    );
+    assert_eq!(i.replay_window_entries, 16_384);
+    assert_eq!(o.max_response_time_skew, Some(Duration::from_secs(600)));
     assert_eq!(
         (i.acknowledge, i.mode, i.sign_acknowledgements),
         (Acknowledge::App, InboundMode::Enforce, false)

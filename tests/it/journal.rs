@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::inbound::{alipay_key, from_vector, result, signed, Notification};
+use crate::inbound::{alipay_key, from_vector, result, signed, Notification, OLD_VECTORS};
 use crate::support::{
     command, request, run_bounded, vector, write_vector_keys, App, Behaviour, Received, Response,
     Sidecar, CLIENT_ID, VECTOR_KEYS,
@@ -26,11 +26,12 @@ const PG_ENV: &str = "SIDECAR_TEST_PG_URL";
 // ---------------------------------------------------------------- set-up
 
 /// A sidecar config: the vector keys, `[inbound]` to `app` plus `inbound_extra`, `[store]`.
+/// The freshness window is off: NTF-01 and its re-signed copies are from 2019.
 fn config(dir: &Path, app: &str, inbound_extra: &str, store: &str) -> String {
     write_vector_keys(dir);
     format!(
         "client_id = \"{CLIENT_ID}\"\n[keys]\n{VECTOR_KEYS}[inbound]\nlisten = \"127.0.0.1:0\"\n\
-         forward_to = \"{app}\"\n{inbound_extra}\n{store}\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+         forward_to = \"{app}\"\n{OLD_VECTORS}\n{inbound_extra}\n{store}\n[admin]\nlisten = \"127.0.0.1:0\"\n"
     )
 }
 

@@ -1,4 +1,5 @@
 //! All integration tests in one binary (one link of pingora instead of one per file).
+mod bodies;
 mod cli;
 mod config;
 mod credentials;

@@ -138,6 +138,7 @@
 //! | `signed_failure` | signed `PROCESS_FAIL`/`F` | no |
 //! | `no_notify` | pay as usual but send no notification (until [`MockGateway::notify_now`]) | yes |
 //! | `notify_tampered` | pay as usual; the notification's signature is over other bytes | yes |
+//! | `stale_response_time` | the normal answer, genuinely signed, with `response-time` in 2001 (a captured answer replayed) | yes |
 //!
 //! `delay`, `drop` and `http_status` act before signature verification; the others after it
 //! (a request with a bad signature still gets `INVALID_SIGNATURE`). An unknown `mockFault`
@@ -287,6 +288,9 @@ pub enum Fault {
     NoNotify,
     /// `notify_tampered`: the notification's signature is over other bytes.
     NotifyTampered,
+    /// `stale_response_time`: the normal answer, signed over [`STALE_RESPONSE_TIME`] (a
+    /// genuine answer from long ago, replayed).
+    StaleResponseTime,
     /// `gzip`: the signed answer, gzip-compressed with `Content-Encoding: gzip` (signature over
     /// the uncompressed body), as a front end that compresses whatever the client asked for.
     Gzip,
@@ -303,7 +307,7 @@ pub enum Fault {
 
 /// The accepted spellings, for error messages and `--help`.
 const FAULT_KINDS: &str = "delay:<ms>, drop, reset_mid_body, http_status:<400-599>, \
-     status:<200-599>, unsigned_status:<200-599>, gzip, unsigned, tampered, invalid_signature, unknown_exception, signed_failure, no_notify, notify_tampered";
+     status:<200-599>, unsigned_status:<200-599>, gzip, unsigned, tampered, invalid_signature, unknown_exception, signed_failure, no_notify, notify_tampered, stale_response_time";
 
 impl FromStr for Fault {
     type Err = String;
@@ -351,6 +355,7 @@ impl FromStr for Fault {
             "signed_failure" => Fault::SignedFailure,
             "no_notify" => Fault::NoNotify,
             "notify_tampered" => Fault::NotifyTampered,
+            "stale_response_time" => Fault::StaleResponseTime,
             _ => return Err(format!("unknown fault `{s}`; known: {FAULT_KINDS}")),
         })
     }
@@ -371,6 +376,7 @@ impl fmt::Display for Fault {
             Fault::SignedFailure => f.write_str("signed_failure"),
             Fault::NoNotify => f.write_str("no_notify"),
             Fault::NotifyTampered => f.write_str("notify_tampered"),
+            Fault::StaleResponseTime => f.write_str("stale_response_time"),
             Fault::Status { code, signed: true } => write!(f, "status:{code}"),
             Fault::Status {
                 code,
@@ -554,6 +560,9 @@ fn alipay_now() -> chrono::DateTime<FixedOffset> {
 }
 
 /// `response-time` header value, e.g. `2024-05-01T12:34:57+08:00`.
+/// The `response-time` of fault `stale_response_time`: a moment in 2001.
+pub const STALE_RESPONSE_TIME: &str = "2001-09-09T09:46:40+08:00";
+
 pub(crate) fn response_time() -> String {
     alipay_now().format("%Y-%m-%dT%H:%M:%S%:z").to_string()
 }
@@ -848,7 +857,7 @@ pub struct MockGatewayArgs {
     pub notify_backoff: Vec<Duration>,
     /// Fault for every request: delay:<ms>, drop, reset_mid_body, http_status:<code>,
     /// unsigned, tampered, invalid_signature, unknown_exception, signed_failure, no_notify,
-    /// notify_tampered.
+    /// notify_tampered, stale_response_time.
     #[arg(long, value_name = "KIND", value_parser = Fault::from_str)]
     pub fault: Option<Fault>,
     /// When each payment's notification is sent once it is final: immediate, none (only when
@@ -1063,6 +1072,7 @@ mod tests {
             "signed_failure",
             "no_notify",
             "notify_tampered",
+            "stale_response_time",
         ] {
             let f: Fault = s.parse().unwrap();
             assert_eq!(f.to_string(), s);

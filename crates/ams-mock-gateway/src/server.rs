@@ -22,7 +22,9 @@ use tokio::task::JoinSet;
 
 use super::api::{self, envelope, Effect, Status};
 use super::switches::NotifyMode;
-use super::{control, crypto, notify, response_time, Fault, ReceivedRequest, Shared};
+use super::{
+    control, crypto, notify, response_time, Fault, ReceivedRequest, Shared, STALE_RESPONSE_TIME,
+};
 
 /// Largest request body the gateway reads (the sidecar's default limit is 1 MiB).
 pub(crate) const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -394,7 +396,11 @@ pub(crate) async fn handle(
         match fault {
             Some(Fault::Unsigned) | Some(Fault::Status { signed: false, .. }) => {}
             _ => {
-                let time = response_time();
+                let time = if fault == Some(Fault::StaleResponseTime) {
+                    STALE_RESPONSE_TIME.to_string()
+                } else {
+                    response_time()
+                };
                 let signed_body: Vec<u8> = if fault == Some(Fault::Tampered) {
                     let mut other = body.clone();
                     other.extend_from_slice(b" ");

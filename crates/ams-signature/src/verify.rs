@@ -197,19 +197,21 @@ impl Verifier {
         }
     }
 
-    /// Parses the header tolerantly and verifies strictly: RSA256 only, strict base64, length
-    /// equal to the key size, PKCS#1 v1.5 with SHA-256 only.
-    pub fn verify(&self, content: &[u8], signature_header: &str) -> Result<Verified, VerifyError> {
-        self.verify_digest(&ContentDigest::of(content), signature_header)
+    /// Every check of [`Verifier::verify`] that needs no content: the header parses, the
+    /// algorithm is RSA256, the key version names a configured key, the value is strict
+    /// base64 of exactly the key's size. Returns the key version that would verify.
+    ///
+    /// Why: a listener can refuse a forged or junk header from the request head alone,
+    /// before it reads (and buffers) a body it would refuse anyway.
+    pub fn precheck(&self, signature_header: &str) -> Result<String, VerifyError> {
+        self.checked(signature_header)
+            .map(|(version, _, _)| version)
     }
 
-    /// [`Verifier::verify`] for content given by its digest ([`super::ContentHasher`]), so
-    /// the caller need not assemble the content (a copy of the body) first.
-    pub fn verify_digest(
+    fn checked(
         &self,
-        digest: &ContentDigest,
         signature_header: &str,
-    ) -> Result<Verified, VerifyError> {
+    ) -> Result<(String, &PublicKey, Vec<u8>), VerifyError> {
         let header = parse_signature_header(signature_header)?;
         if let Some(alg) = &header.algorithm {
             if !alg.eq_ignore_ascii_case(ALGORITHM) {
@@ -227,6 +229,23 @@ impl Verifier {
                 actual: signature.len(),
             });
         }
+        Ok((key_version, key, signature))
+    }
+
+    /// Parses the header tolerantly and verifies strictly: RSA256 only, strict base64, length
+    /// equal to the key size, PKCS#1 v1.5 with SHA-256 only.
+    pub fn verify(&self, content: &[u8], signature_header: &str) -> Result<Verified, VerifyError> {
+        self.verify_digest(&ContentDigest::of(content), signature_header)
+    }
+
+    /// [`Verifier::verify`] for content given by its digest ([`super::ContentHasher`]), so
+    /// the caller need not assemble the content (a copy of the body) first.
+    pub fn verify_digest(
+        &self,
+        digest: &ContentDigest,
+        signature_header: &str,
+    ) -> Result<Verified, VerifyError> {
+        let (key_version, key, signature) = self.checked(signature_header)?;
         if key.verify_raw_digest(digest, &signature) {
             Ok(Verified {
                 key_version,
@@ -252,6 +271,35 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn precheck_refuses_what_cannot_verify_without_the_content() {
+        let kp = crate::generate_keypair().expect("key");
+        let private = crate::PrivateKey::from_text(&kp.private_pkcs8_pem).expect("private");
+        let v = Verifier::new([("1".to_string(), private.public_key())]);
+        let sig = crate::sign_content(&private, "1", b"content").expect("sign");
+        assert_eq!(v.precheck(&sig).as_deref(), Ok("1"));
+        let reason = |h: &str| v.precheck(h).unwrap_err().kind();
+        assert_eq!(reason("junk"), Reason::Malformed);
+        assert_eq!(
+            reason(&sig.replace("keyVersion=1", "keyVersion=2")),
+            Reason::UnknownKeyVersion
+        );
+        assert_eq!(
+            reason(&sig.replace("RSA256", "ECC224")),
+            Reason::UnsupportedAlgorithm
+        );
+        assert_eq!(
+            reason("algorithm=RSA256,keyVersion=1,signature=AAAA"),
+            Reason::WrongLength
+        );
+        assert_eq!(
+            reason("algorithm=RSA256,keyVersion=1,signature=!!"),
+            Reason::BadEncoding
+        );
+        // a header that passes the precheck can still fail the signature itself
+        assert!(v.verify(b"other content", &sig).is_err());
+    }
 
     #[test]
     fn reason_labels_and_words_are_unique() {
