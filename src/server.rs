@@ -235,6 +235,7 @@ pub fn build(
         max_connections,
         max_header_bytes: config.server.max_header_bytes,
         header_read_timeout: config.server.header_read_timeout,
+        idle_timeout: config.server.idle_timeout,
     };
 
     let mut private_dirs = Vec::new();
@@ -432,7 +433,8 @@ pub fn build(
         .filter(|(_, name, _)| *name != "admin")
         .map(|(_, name, _)| (*name, bound(name).addr()))
         .collect();
-    let admin_app = Admin::new(state.clone(), reloader.clone(), traffic);
+    let admin_app = Admin::new(state.clone(), reloader.clone(), traffic)
+        .with_hosts(config.admin.allowed_hosts.clone());
     let mut admin = Service::new(
         "admin".to_string(),
         Limited::new(
