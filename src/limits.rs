@@ -89,6 +89,38 @@ pub fn return_freed_buffers() {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit (Linux and other Unix systems).
+///
+/// The connection caps of the listeners (1,024 inbound, 256 outbound, 64 admin by default)
+/// plus the gateway and app connections and the store need more descriptors than the usual
+/// soft limit of 1,024: without this, `accept` fails with EMFILE before the caps are reached.
+/// Returns (soft before, soft after) for the start-up log.
+pub fn raise_open_files_limit() -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read/write the struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return None;
+            }
+            let before = lim.rlim_cur;
+            if lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Some((before as u64, before as u64));
+                }
+            }
+            Some((before as u64, lim.rlim_cur as u64))
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 /// The limits of one listener (`[server]` values plus the listener's `max_connections`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerLimits {

@@ -45,6 +45,7 @@ use crate::upstream::Upstream;
 /// address each one is bound to; see [`crate::listen`].
 pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
     crate::limits::return_freed_buffers();
+    let open_files = crate::limits::raise_open_files_limit();
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -77,6 +78,13 @@ pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
         }
     }
     crate::logging::init(&config.log);
+    if let Some((before, after)) = open_files {
+        if after < 2048 {
+            tracing::warn!(open_files = after, "the open-files limit (ulimit -n) is low for the listeners' connection caps; raise it to at least 2048");
+        } else if before != after {
+            tracing::debug!(before, after, "open-files soft limit raised to the hard limit");
+        }
+    }
     match build(config, sets, ready_file.map(Path::to_path_buf)) {
         Ok(server) => {
             let Built {

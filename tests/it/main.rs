@@ -1,6 +1,7 @@
 //! All integration tests in one binary (one link of pingora instead of one per file).
 mod cli;
 mod config;
+mod connections;
 mod demo;
 mod deployment;
 mod engine;
