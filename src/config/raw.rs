@@ -342,7 +342,7 @@ options! {
         threads: Option<Spanned<i64>> = Kind::Int, Some("2"), Restart;
         shutdown_grace: Option<Spanned<String>> = Kind::Duration, Some("\"5s\""), Restart;
         shutdown_timeout: Option<Spanned<String>> = Kind::Duration, Some("\"30s\""), Restart;
-        max_header_bytes: Option<Spanned<i64>> = Kind::Int, Some("32768"), Restart;
+        max_header_bytes: Option<Spanned<i64>> = Kind::Int, Some("16384"), Restart;
         header_read_timeout: Option<Spanned<String>> = Kind::Duration, Some("\"10s\""), Restart;
         idle_timeout: Option<Spanned<String>> = Kind::Duration, Some("\"5s\""), Restart;
         body_read_timeout: Option<Spanned<String>> = Kind::Duration, Some("\"30s\""), Restart;
