@@ -436,7 +436,7 @@ impl Ctx<'_> {
                 Some("server.max_header_bytes"),
                 format!(
                     "{} is outside 1024..=1048576; AMS requests carry a few hundred bytes of \
-                     headers, so the default of 32768 is ample",
+                     headers, so the default of 16384 is ample",
                     server.max_header_bytes
                 ),
             ));

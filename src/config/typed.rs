@@ -271,7 +271,7 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Then wait at most this long for in-flight requests (default 30 s).
     pub shutdown_timeout: Duration,
-    /// Largest request head on every listener (default 32 KiB); more gets 431.
+    /// Largest request head on every listener (default 16 KiB); more gets 431.
     pub max_header_bytes: usize,
     /// The whole request head must arrive within this (default 10 s).
     pub header_read_timeout: Duration,

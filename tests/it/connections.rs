@@ -358,45 +358,6 @@ impl Setup2 {
     }
 }
 
-#[test]
-fn connections_busy_with_a_request_are_not_evicted_and_the_newcomer_is_refused() {
-    let app = App::start(Behaviour::Ack);
-    let s = start(&app.url(), "max_connections = 4");
-    // four requests whose bodies are still arriving: busy, not waiting
-    let n = fresh("busy");
-    let mut head = format!(
-        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
-        n.uri,
-        n.body.len()
-    );
-    for (k, v) in &n.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let busy: Vec<TcpStream> = (0..4)
-        .map(|_| {
-            let mut c = TcpStream::connect(s.inbound).unwrap();
-            c.write_all(head.as_bytes()).unwrap();
-            c.write_all(&n.body[..5]).unwrap();
-            c
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(500));
-    let mut fifth = TcpStream::connect(s.inbound).unwrap();
-    let _ = fifth.write_all(GET);
-    match read_until_closed(&mut fifth, Duration::from_secs(10)) {
-        Ok(b) => assert!(b.is_empty(), "the fifth was served: {:?}", String::from_utf8_lossy(&b)),
-        Err(_) => panic!("the fifth connection was neither served nor closed"),
-    }
-    assert!(
-        metric(
-            &s.sidecar,
-            r#"alipay_sidecar_connections_refused_total{listener="inbound"}"#
-        ) >= 1.0
-    );
-    drop(busy);
-}
-
 // ---------------------------------------------------------------- M3: no implicit listener
 
 #[test]
