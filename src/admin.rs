@@ -277,15 +277,24 @@ mod tests {
     fn browsers_and_foreign_hosts_are_refused() {
         let ok = |h: &[(&str, &str)]| check_caller(&head(h), &["sidecar.internal".into()]);
         assert!(ok(&[("Host", "127.0.0.1:9090")]).is_ok());
-        assert!(ok(&[("Host", "10.1.2.3:9090")]).is_ok(), "pod IP (kubelet, Prometheus)");
+        assert!(
+            ok(&[("Host", "10.1.2.3:9090")]).is_ok(),
+            "pod IP (kubelet, Prometheus)"
+        );
         assert!(ok(&[("Host", "[::1]:9090")]).is_ok());
         assert!(ok(&[("Host", "localhost")]).is_ok());
         assert!(ok(&[("Host", "Sidecar.Internal:9090")]).is_ok());
         assert!(ok(&[]).is_ok(), "HTTP/1.0 without Host");
         assert!(ok(&[("Host", "127.0.0.1"), ("Sec-Fetch-Site", "none")]).is_ok());
         let code = |h: &[(&str, &str)]| ok(h).unwrap_err().0.code();
-        assert_eq!(code(&[("Host", "evil.example:9090")]), "SIDECAR_HOST_NOT_ALLOWED");
-        assert_eq!(code(&[("Host", "127.0.0.1.evil.example")]), "SIDECAR_HOST_NOT_ALLOWED");
+        assert_eq!(
+            code(&[("Host", "evil.example:9090")]),
+            "SIDECAR_HOST_NOT_ALLOWED"
+        );
+        assert_eq!(
+            code(&[("Host", "127.0.0.1.evil.example")]),
+            "SIDECAR_HOST_NOT_ALLOWED"
+        );
         assert_eq!(
             code(&[("Host", "127.0.0.1"), ("Origin", "https://evil.example")]),
             "SIDECAR_BROWSER_REQUEST_REFUSED"

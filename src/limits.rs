@@ -47,10 +47,10 @@
 //! Closed connections are logged at most once per second per listener, with a count, so an
 //! attack cannot flood the logs.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Waker};
@@ -866,8 +866,11 @@ mod tests {
         assert!(old.evicted.load(Ordering::SeqCst), "the oldest waiter goes");
         assert!(!new.evicted.load(Ordering::SeqCst), "the newer one stays");
         s.unwait(old_key); // (already removed by the eviction)
-        // the evicted connection still holds its slot until it notices: it does not count
-        assert!(s.acquire().is_some(), "the second waiter is evicted in turn");
+                           // the evicted connection still holds its slot until it notices: it does not count
+        assert!(
+            s.acquire().is_some(),
+            "the second waiter is evicted in turn"
+        );
         assert!(new.evicted.load(Ordering::SeqCst));
         assert!(
             s.acquire().is_none(),

@@ -444,7 +444,12 @@ impl Metrics {
     pub fn register_listener(&self, listener: &str) {
         self.connections_refused.with_label_values(&[listener]);
         self.open_connections.with_label_values(&[listener]);
-        for reason in ["header_too_large", "header_timeout", "idle_timeout", "evicted"] {
+        for reason in [
+            "header_too_large",
+            "header_timeout",
+            "idle_timeout",
+            "evicted",
+        ] {
             self.connections_closed
                 .with_label_values(&[listener, reason]);
         }

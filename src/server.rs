@@ -82,7 +82,11 @@ pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
         if after < 2048 {
             tracing::warn!(open_files = after, "the open-files limit (ulimit -n) is low for the listeners' connection caps; raise it to at least 2048");
         } else if before != after {
-            tracing::debug!(before, after, "open-files soft limit raised to the hard limit");
+            tracing::debug!(
+                before,
+                after,
+                "open-files soft limit raised to the hard limit"
+            );
         }
     }
     match build(config, sets, ready_file.map(Path::to_path_buf)) {

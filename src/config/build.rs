@@ -537,8 +537,7 @@ impl Ctx<'_> {
         admin: &AdminConfig,
         merchants: &[MerchantConfig],
     ) -> Result<(), ConfigError> {
-        let mut listeners: Vec<(SocketAddr, String)> =
-            vec![(admin.listen, "admin.listen".into())];
+        let mut listeners: Vec<(SocketAddr, String)> = vec![(admin.listen, "admin.listen".into())];
         if let Some(o) = outbound {
             if let Some(l) = o.listen {
                 listeners.push((l, "outbound.listen".into()));
@@ -551,7 +550,10 @@ impl Ctx<'_> {
             listeners.push((i.listen, "inbound.listen".into()));
         }
         for m in merchants {
-            for (l, k) in [(m.listen, "outbound.listen"), (m.tls_listen, "outbound.tls_listen")] {
+            for (l, k) in [
+                (m.listen, "outbound.listen"),
+                (m.tls_listen, "outbound.tls_listen"),
+            ] {
                 if let Some(l) = l {
                     listeners.push((l, m.key(k)));
                 }

@@ -340,10 +340,7 @@ mod tests {
         let c = parse(&two()).unwrap();
         assert_eq!(c.outbound.as_ref().unwrap().listen, None);
         assert!(c.outbound.as_ref().unwrap().listen_addrs().is_empty());
-        let written = two().replace(
-            "[outbound]\n",
-            "[outbound]\nlisten = \"127.0.0.1:8085\"\n",
-        );
+        let written = two().replace("[outbound]\n", "[outbound]\nlisten = \"127.0.0.1:8085\"\n");
         let c = parse(&written).unwrap();
         let shared = c.outbound.as_ref().unwrap().listen;
         assert_eq!(shared, Some("127.0.0.1:8085".parse().unwrap()));

@@ -21,7 +21,8 @@ use crate::support::{
 fn read_until_closed(c: &mut TcpStream, limit: Duration) -> Result<Vec<u8>, Vec<u8>> {
     let start = Instant::now();
     let mut got = Vec::new();
-    c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut buf = [0u8; 4096];
     while start.elapsed() < limit {
         match c.read(&mut buf) {
@@ -116,7 +117,11 @@ fn idle_keep_alive_connections_are_closed_on_every_listener() {
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let r = read_response(&mut c).expect("an answer");
         assert_eq!(r.status, 200, "{listener}");
-        assert_ne!(r.header("connection"), Some("close"), "{listener}: kept alive");
+        assert_ne!(
+            r.header("connection"),
+            Some("close"),
+            "{listener}: kept alive"
+        );
         // pingora 0.9 alone keeps this connection forever; the idle timeout closes it
         let rest = read_until_closed(&mut c, Duration::from_secs(30));
         assert_eq!(
@@ -213,9 +218,7 @@ fn tls_any_certificate() -> tokio_rustls::TlsConnector {
             )
         }
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0
-                .signature_verification_algorithms
-                .supported_schemes()
+            self.0.signature_verification_algorithms.supported_schemes()
         }
     }
     let provider = rustls::crypto::aws_lc_rs::default_provider();
@@ -317,7 +320,10 @@ fn one_peer_cannot_hold_every_slot() {
     assert_eq!(wait_received(&app, 11).len(), 11);
     // the oldest idle connections were the ones closed
     let closed_first = read_until_closed(&mut idle[0], Duration::from_secs(10));
-    assert!(closed_first.is_ok(), "the oldest idle connection is evicted");
+    assert!(
+        closed_first.is_ok(),
+        "the oldest idle connection is evicted"
+    );
     assert!(
         metric(
             &s.sidecar,
@@ -347,7 +353,11 @@ struct Setup2 {
 }
 
 impl Setup2 {
-    fn post(&self, n: &crate::inbound::Notification, extra: &[(&str, &str)]) -> crate::support::Response {
+    fn post(
+        &self,
+        n: &crate::inbound::Notification,
+        extra: &[(&str, &str)],
+    ) -> crate::support::Response {
         let mut headers: Vec<(&str, &str)> = n
             .headers
             .iter()
@@ -436,9 +446,18 @@ fn self_loops_absurd_durations_and_huge_key_versions_are_refused() {
         (self_outbound, "outbound.listen"),
         (self_admin, "admin.listen"),
         (gateway_self, "outbound.tls_listen"),
-        (out_in("request_timeout = \"1ns\"", ""), "outbound.request_timeout"),
-        (out_in("connect_timeout = \"100000000y\"", ""), "outbound.connect_timeout"),
-        (out_in("", "forward_timeout = \"1us\""), "inbound.forward_timeout"),
+        (
+            out_in("request_timeout = \"1ns\"", ""),
+            "outbound.request_timeout",
+        ),
+        (
+            out_in("connect_timeout = \"100000000y\"", ""),
+            "outbound.connect_timeout",
+        ),
+        (
+            out_in("", "forward_timeout = \"1us\""),
+            "inbound.forward_timeout",
+        ),
         (
             out_in("", "") + "[server]\nidle_timeout = \"100000000y\"\n",
             "server.idle_timeout",
@@ -452,10 +471,7 @@ fn self_loops_absurd_durations_and_huge_key_versions_are_refused() {
             "inbound.delivery_schedule",
         ),
         (
-            out_in("", "").replace(
-                "{ \"1\" =",
-                "{ \"123456789012345678901234567890\" =",
-            ),
+            out_in("", "").replace("{ \"1\" =", "{ \"123456789012345678901234567890\" ="),
             "digits",
         ),
         (
@@ -485,8 +501,11 @@ fn self_loops_absurd_durations_and_huge_key_versions_are_refused() {
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("own listener"), "{err}");
     // what stays accepted: a duration of 1 ms, a 9-digit version, 0s in a schedule
-    let fine = out_in("request_timeout = \"1ms\"", "delivery_schedule = [\"0s\", \"1m\"]")
-        .replace("{ \"1\" =", "{ \"123456789\" =");
+    let fine = out_in(
+        "request_timeout = \"1ms\"",
+        "delivery_schedule = [\"0s\", \"1m\"]",
+    )
+    .replace("{ \"1\" =", "{ \"123456789\" =");
     let (code, out) = check_config(dir.path(), &fine);
     assert_eq!(code, 0, "{out}");
 }
@@ -620,7 +639,10 @@ impl MemoryLimit {
                     if std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string()).is_ok()
                     {
                         // no swap to hide in, where the kernel accounts it
-                        let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), bytes.to_string());
+                        let _ = std::fs::write(
+                            dir.join("memory.memsw.limit_in_bytes"),
+                            bytes.to_string(),
+                        );
                         return MemoryLimit {
                             kind: "cgroup v1",
                             dir: Some(dir),
@@ -812,7 +834,10 @@ fn under_the_shipped_memory_limit_a_hostile_crowd_leaves_the_sidecar_serving() {
         (crowd, 150)
     };
     if ci {
-        assert!(crowd >= 1000, "CI: the open-files hard limit {nofile} is too low for this test");
+        assert!(
+            crowd >= 1000,
+            "CI: the open-files hard limit {nofile} is too low for this test"
+        );
     }
     let limit = MemoryLimit::new(SHIPPED_LIMIT);
     eprintln!("memory limit: {} MiB via {}", limit.bytes >> 20, limit.kind);
@@ -839,7 +864,12 @@ fn under_the_shipped_memory_limit_a_hostile_crowd_leaves_the_sidecar_serving() {
     let inbound = s.addr("inbound");
     let out = s.addr("outbound");
     // warm up both directions
-    assert_eq!(crate::support::pay(out, "warm", "").status, 200, "{}", s.logs());
+    assert_eq!(
+        crate::support::pay(out, "warm", "").status,
+        200,
+        "{}",
+        s.logs()
+    );
     let post = |id: &str| {
         let n = fresh(id);
         let headers: Vec<(&str, &str)> = n
@@ -875,7 +905,12 @@ fn under_the_shipped_memory_limit_a_hostile_crowd_leaves_the_sidecar_serving() {
                     &[("Content-Type", "application/json; charset=UTF-8")],
                     crate::support::pay_body(&format!("big_{i}"), "5800", &pad).as_bytes(),
                 )
-                .map(|r| (r.status, r.header("x-alipay-sidecar-verified").map(str::to_string)))
+                .map(|r| {
+                    (
+                        r.status,
+                        r.header("x-alipay-sidecar-verified").map(str::to_string),
+                    )
+                })
             })
         })
         .collect();
@@ -932,7 +967,10 @@ fn under_the_shipped_memory_limit_a_hostile_crowd_leaves_the_sidecar_serving() {
         "peak {peak} bytes reached the limit {}",
         limit.bytes
     );
-    assert_eq!(genuine_ok, 20, "genuine notifications failed: {genuine_failed:?}");
+    assert_eq!(
+        genuine_ok, 20,
+        "genuine notifications failed: {genuine_failed:?}"
+    );
     assert_eq!(calls_ok, 16, "1 MiB app calls failed");
     assert_eq!(small_calls_ok, 10);
     assert!(wait_received(&app, 21).len() >= 21);
