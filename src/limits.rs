@@ -95,6 +95,7 @@ pub fn return_freed_buffers() {
 /// plus the gateway and app connections and the store need more descriptors than the usual
 /// soft limit of 1,024: without this, `accept` fails with EMFILE before the caps are reached.
 /// Returns (soft before, soft after) for the start-up log.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every Unix
 pub fn raise_open_files_limit() -> Option<(u64, u64)> {
     #[cfg(unix)]
     {
