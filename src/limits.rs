@@ -866,8 +866,9 @@ mod tests {
         let c = s.acquire().expect("a waiting connection gives up its slot");
         assert!(old.evicted.load(Ordering::SeqCst), "the oldest waiter goes");
         assert!(!new.evicted.load(Ordering::SeqCst), "the newer one stays");
-        s.unwait(old_key); // (already removed by the eviction)
-                           // the evicted connection still holds its slot until it notices: it does not count
+        // already removed by the eviction: a no-op
+        s.unwait(old_key);
+        // the evicted connection still holds its slot until it notices; it does not count
         assert!(
             s.acquire().is_some(),
             "the second waiter is evicted in turn"
