@@ -10,6 +10,9 @@
 //! 100-continue` answered locally (forwarding it crashes pingora 0.9's client), and the whole
 //! body within `body_read_timeout`. A malformed, truncated or too slow body is answered
 //! `400`/`408` in the envelope and counted as `bad_request`, never as a delivery failure.
+//! Every request refused here is answered with `Connection: close` and ends its connection
+//! (pingora would otherwise keep it alive after a framing error, reading on from a point
+//! that may not be a request boundary).
 //!
 //! When: the handler's metrics (signature checks, timings, body sizes, error codes) are
 //! recorded before the reply is written, so a client that reads `/metrics` after its answer
@@ -178,7 +181,15 @@ impl<H: Handler> ProxyHttp for Adapter<H> {
         let reply = match self.receive(session).await? {
             // the reservation is given back once the handler answered
             Ok((request, _reservation)) => self.handler.handle(request).await,
-            Err(refused) => refused,
+            Err(refused) => {
+                // A request refused before its body was read whole (bad framing, a body too
+                // large, too slow, or any check of the head): the rest of the stream cannot be
+                // trusted to start at a request boundary, and draining it would keep reading
+                // for an unauthenticated peer. The answer says `Connection: close` and the
+                // connection ends with it.
+                session.set_keepalive(None);
+                refused
+            }
         };
         let Reply { head, body, report } = reply;
         observe(H::DIRECTION, &report);

@@ -1,6 +1,15 @@
 //! The admin listener (separate from traffic): `GET /metrics`, `GET /healthz`,
 //! `GET /readyz`, `POST /admin/reload`; and the `healthcheck` subcommand that container
 //! runtimes call (distroless images have no curl).
+//!
+//! Like the outbound listener, the admin listener refuses what a web page could send it: a
+//! request with `Origin`, or with `Sec-Fetch-Site` other than `none` (a browser sends `none`
+//! only for an address typed by the user), is refused `403 SIDECAR_BROWSER_REQUEST_REFUSED`
+//! (a cross-site form could otherwise `POST /admin/reload`); and a `Host` that is neither an
+//! IP literal, `localhost` nor in `[admin] allowed_hosts` is refused `403
+//! SIDECAR_HOST_NOT_ALLOWED` (a page whose DNS name re-binds to the sidecar's address would
+//! otherwise read `/metrics` as same-origin). IP literals pass on every address: kubelet
+//! probes and Prometheus scrape by pod IP, and DNS rebinding needs a name.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -12,6 +21,7 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::envelope::SidecarError;
 use crate::reload::Reloader;
 use crate::state::SidecarState;
 
@@ -20,6 +30,8 @@ pub struct Admin {
     state: Arc<SidecarState>,
     reloader: Arc<Reloader>,
     listeners: Vec<(&'static str, SocketAddr)>,
+    /// `[admin] allowed_hosts`: names besides IP literals and `localhost`.
+    allowed_hosts: Vec<String>,
 }
 
 impl Admin {
@@ -34,7 +46,14 @@ impl Admin {
             state,
             reloader,
             listeners,
+            allowed_hosts: Vec::new(),
         }
+    }
+
+    /// Answers also to these host names (`[admin] allowed_hosts`).
+    pub fn with_hosts(mut self, allowed_hosts: Vec<String>) -> Self {
+        self.allowed_hosts = allowed_hosts;
+        self
     }
 
     /// Ready = keys loaded (the process only starts with a usable key set, and a failed
@@ -63,6 +82,11 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        if let Err((error, message)) = check_caller(session.req_header(), &self.allowed_hosts) {
+            // nothing of the request is read further, and the connection ends
+            session.set_keepalive(None);
+            return refusal(error, &message);
+        }
         let _ = session.drain_request_body().await;
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => reply(200, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render()),
@@ -79,6 +103,74 @@ impl ServeHttp for Admin {
             _ => reply(404, "text/plain", "not found: try /metrics, /healthz, /readyz, POST /admin/reload\n"),
         }
     }
+}
+
+/// A 403 in plain text with the error code, also in `X-Alipay-Sidecar-Error`.
+fn refusal(error: SidecarError, message: &str) -> Response<Vec<u8>> {
+    let mut r = reply(403, "text/plain", format!("{}: {message}\n", error.code()));
+    if let Ok(v) = http::HeaderValue::from_str(error.code()) {
+        r.headers_mut().insert(crate::exchange::ERROR_HEADER, v);
+    }
+    crate::metrics::metrics().record_error(error.code());
+    r
+}
+
+/// The browser and Host checks (see the module doc), pure.
+fn check_caller(
+    head: &pingora::http::RequestHeader,
+    allowed_hosts: &[String],
+) -> Result<(), (SidecarError, String)> {
+    let browser = head.headers.contains_key(http::header::ORIGIN)
+        || head
+            .headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"none"));
+    if browser {
+        return Err((
+            SidecarError::BrowserRequestRefused,
+            "the request carries Origin or a cross-site Sec-Fetch-Site header, so a web page \
+             sent it; the admin listener only answers probes, scrapers and operators (open the \
+             address directly, or use curl)"
+                .into(),
+        ));
+    }
+    let host = head
+        .headers
+        .get(http::header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+    if let Some(host) = host {
+        if !admin_host_allowed(&host, allowed_hosts) {
+            return Err((
+                SidecarError::HostNotAllowed,
+                format!(
+                    "Host \"{}\" is neither an IP address, localhost nor listed in [admin] \
+                     allowed_hosts; a page that re-binds its DNS name to this address must not \
+                     reach the admin listener. Use the IP address, or add the name your \
+                     scraper uses to allowed_hosts",
+                    crate::exchange::echo(&host)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An IP literal (any address: probes and scrapers use the pod IP), `localhost`, or a listed
+/// name, with or without port.
+fn admin_host_allowed(host: &str, allowed: &[String]) -> bool {
+    if crate::outbound::host_allowed(host, allowed) {
+        return true;
+    }
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Connects to each listener (a wildcard address on loopback); the first that does not
@@ -172,6 +264,46 @@ fn probe(url: &str, timeout: Duration) -> Result<u16, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn head(headers: &[(&str, &str)]) -> pingora::http::RequestHeader {
+        let mut h = pingora::http::RequestHeader::build("GET", b"/metrics", None).unwrap();
+        for (k, v) in headers {
+            h.insert_header(k.to_string(), *v).unwrap();
+        }
+        h
+    }
+
+    #[test]
+    fn browsers_and_foreign_hosts_are_refused() {
+        let ok = |h: &[(&str, &str)]| check_caller(&head(h), &["sidecar.internal".into()]);
+        assert!(ok(&[("Host", "127.0.0.1:9090")]).is_ok());
+        assert!(
+            ok(&[("Host", "10.1.2.3:9090")]).is_ok(),
+            "pod IP (kubelet, Prometheus)"
+        );
+        assert!(ok(&[("Host", "[::1]:9090")]).is_ok());
+        assert!(ok(&[("Host", "localhost")]).is_ok());
+        assert!(ok(&[("Host", "Sidecar.Internal:9090")]).is_ok());
+        assert!(ok(&[]).is_ok(), "HTTP/1.0 without Host");
+        assert!(ok(&[("Host", "127.0.0.1"), ("Sec-Fetch-Site", "none")]).is_ok());
+        let code = |h: &[(&str, &str)]| ok(h).unwrap_err().0.code();
+        assert_eq!(
+            code(&[("Host", "evil.example:9090")]),
+            "SIDECAR_HOST_NOT_ALLOWED"
+        );
+        assert_eq!(
+            code(&[("Host", "127.0.0.1.evil.example")]),
+            "SIDECAR_HOST_NOT_ALLOWED"
+        );
+        assert_eq!(
+            code(&[("Host", "127.0.0.1"), ("Origin", "https://evil.example")]),
+            "SIDECAR_BROWSER_REQUEST_REFUSED"
+        );
+        assert_eq!(
+            code(&[("Host", "127.0.0.1"), ("Sec-Fetch-Site", "cross-site")]),
+            "SIDECAR_BROWSER_REQUEST_REFUSED"
+        );
+    }
 
     #[tokio::test]
     async fn readiness_names_a_listener_that_is_down() {

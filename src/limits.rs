@@ -22,20 +22,38 @@
 //!
 //! Why a stream wrapper rather than a patch of pingora or an accept loop of our own: it keeps
 //! pingora's listener, HTTP/1.1 parser, keep-alive and graceful shutdown untouched, works for
-//! every listener alike, and needs no fork. Between requests on a keep-alive connection the
-//! wait for the next request's first byte is pingora's own keep-alive timeout (60 s); the
-//! body's deadline (`body_read_timeout`) is enforced where the body is read
-//! ([`crate::adapter`]), which can answer in the envelope.
+//! every listener alike, and needs no fork. The body's deadline (`body_read_timeout`) is
+//! enforced where the body is read ([`crate::adapter`]), which can answer in the envelope.
+//!
+//! Idle connections. pingora 0.9 keeps an HTTP/1.1 keep-alive connection without a
+//! `Keep-Alive: timeout=` header open forever (`KeepaliveStatus::Infinite` in
+//! `respect_keepalive`), so 1,024 clients that each send one request and then nothing would
+//! hold every slot. Two bounds, both here, for every listener:
+//! - **`idle_timeout`**: after an answer, the wait for the next request's first byte is
+//!   bounded; when it passes the connection is closed quietly (nothing to answer) and counted
+//!   (`reason="idle_timeout"`).
+//! - **eviction at the cap**: a connection that arrives when the listener is at
+//!   `max_connections` closes the *oldest waiting* connection (idle between requests, or still
+//!   sending its head) and takes its slot (`reason="evicted"`); only when every connection is
+//!   busy with a complete request is the newcomer refused. Chosen over a per-IP share because
+//!   the sidecar's peers come from few addresses: every app is on loopback (a per-IP share
+//!   would cap the one legitimate client of the outbound and admin listeners at a fraction of
+//!   the slots) and Alipay notifies from a handful of IPs that a hostile share could not be
+//!   told apart from. Eviction needs no knowledge of addresses: an attacker's connections only
+//!   ever wait, a genuine client sends its head at once, so the genuine one is never the
+//!   oldest waiting connection unless the attacker opens `max_connections` connections within
+//!   the few milliseconds its head takes.
 //!
 //! Closed connections are logged at most once per second per listener, with a count, so an
 //! attack cannot flood the logs.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -71,6 +89,39 @@ pub fn return_freed_buffers() {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit (Linux and other Unix systems).
+///
+/// The connection caps of the listeners (1,024 inbound, 256 outbound, 64 admin by default)
+/// plus the gateway and app connections and the store need more descriptors than the usual
+/// soft limit of 1,024: without this, `accept` fails with EMFILE before the caps are reached.
+/// Returns (soft before, soft after) for the start-up log.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every Unix
+pub fn raise_open_files_limit() -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read/write the struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return None;
+            }
+            let before = lim.rlim_cur;
+            if lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Some((before as u64, before as u64));
+                }
+            }
+            Some((before as u64, lim.rlim_cur as u64))
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 /// The limits of one listener (`[server]` values plus the listener's `max_connections`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerLimits {
@@ -80,6 +131,8 @@ pub struct ListenerLimits {
     pub max_header_bytes: usize,
     /// The whole head must arrive within this.
     pub header_read_timeout: Duration,
+    /// How long a connection may wait, after an answer, for its next request's first byte.
+    pub idle_timeout: Duration,
 }
 
 /// A listener's app behind the connection limits (see the module doc).
@@ -95,9 +148,36 @@ struct Shared {
     listener: &'static str,
     limits: ListenerLimits,
     open: AtomicUsize,
+    /// Connections told to close by an eviction that still hold their slot (a few µs).
+    evicting: AtomicUsize,
+    /// The connections waiting for a request (idle or sending a head), oldest first: the
+    /// candidates for eviction.
+    waiting: Mutex<BTreeMap<u64, Arc<Evict>>>,
+    /// Orders `waiting` by when a connection started to wait.
+    seq: AtomicU64,
     gauge: IntGauge,
     refused_log: Throttle,
     closed_log: Throttle,
+}
+
+/// How an eviction reaches a waiting connection: the flag, and the waker of its pending read.
+#[derive(Default)]
+struct Evict {
+    evicted: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Evict {
+    fn fire(&self) {
+        self.evicted.store(true, Ordering::SeqCst);
+        if let Some(w) = lock(&self.waker).take() {
+            w.wake();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<A> Limited<A> {
@@ -123,6 +203,9 @@ impl<A> Limited<A> {
                 gauge: metrics::metrics().open_connections(listener),
                 limits,
                 open: AtomicUsize::new(0),
+                evicting: AtomicUsize::new(0),
+                waiting: Mutex::new(BTreeMap::new()),
+                seq: AtomicU64::new(0),
                 refused_log: Throttle::new(),
                 closed_log: Throttle::new(),
             }),
@@ -169,15 +252,50 @@ fn trim_after_burst() {
 }
 
 impl Shared {
+    /// A slot for a new connection: a free one, or the slot of the oldest waiting
+    /// connection, which is told to close (see the module doc). `None`: every slot is busy
+    /// with a request.
     fn acquire(self: &Arc<Self>) -> Option<Slot> {
         let max = self.limits.max_connections;
-        self.open
+        let free = self
+            .open
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()?;
+            .is_ok();
+        if !free {
+            let oldest = {
+                let mut waiting = lock(&self.waiting);
+                // connections already being evicted do not count against the cap
+                if self
+                    .open
+                    .load(Ordering::SeqCst)
+                    .saturating_sub(self.evicting.load(Ordering::SeqCst))
+                    > max
+                {
+                    return None;
+                }
+                waiting.pop_first().map(|(_, e)| e)
+            }?;
+            self.evicting.fetch_add(1, Ordering::SeqCst);
+            oldest.fire();
+            self.open.fetch_add(1, Ordering::SeqCst);
+            metrics::metrics().record_connection_closed(self.listener, "evicted");
+        }
         self.gauge.inc();
         Some(Slot(self.clone()))
+    }
+
+    /// Registers a connection that starts waiting for a request; returns its key.
+    fn wait(&self, evict: &Arc<Evict>) -> u64 {
+        let key = self.seq.fetch_add(1, Ordering::SeqCst);
+        lock(&self.waiting).insert(key, evict.clone());
+        key
+    }
+
+    /// A connection stopped waiting (its head is complete, or it closed).
+    fn unwait(&self, key: u64) {
+        lock(&self.waiting).remove(&key);
     }
 }
 
@@ -271,6 +389,14 @@ pub struct HeadLimited {
     reply: Option<(Vec<u8>, usize)>,
     /// Set once a limit was broken: every later read fails.
     broken: bool,
+    /// Waiting for the first byte of a head after an answer (the `idle_timeout` runs).
+    idle: bool,
+    /// Set when an eviction took this connection's slot.
+    evict: Arc<Evict>,
+    /// The key in the listener's waiting set, while the connection waits for a request.
+    waiting: Option<u64>,
+    /// Whether this connection was evicted (its slot already counts as given back).
+    evicted: bool,
 }
 
 impl fmt::Debug for HeadLimited {
@@ -296,6 +422,8 @@ impl HeadLimited {
         let deadline = Some(Box::pin(tokio::time::sleep(
             shared.limits.header_read_timeout,
         )));
+        let evict = Arc::new(Evict::default());
+        let waiting = Some(shared.wait(&evict));
         Self {
             inner,
             shared,
@@ -305,6 +433,34 @@ impl HeadLimited {
             deadline,
             reply: None,
             broken: false,
+            idle: false,
+            evict,
+            waiting,
+            evicted: false,
+        }
+    }
+
+    /// Ends the wait for a request (head complete, or the connection closing).
+    fn stop_waiting(&mut self) {
+        if let Some(key) = self.waiting.take() {
+            self.shared.unwait(key);
+        }
+    }
+
+    /// Closes the connection without an answer: it was idle too long, or evicted.
+    fn close_quietly(&mut self, reason: &'static str) -> Poll<std::io::Result<()>> {
+        self.broken = true;
+        self.stop_waiting();
+        if reason == "idle_timeout" {
+            metrics::metrics().record_connection_closed(self.shared.listener, reason);
+        }
+        if self.head.bytes == 0 {
+            Poll::Ready(Ok(())) // end of stream: pingora closes a connection that sent nothing
+        } else {
+            Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                format!("connection closed ({reason})"),
+            )))
         }
     }
 
@@ -312,6 +468,7 @@ impl HeadLimited {
     /// returns the error pingora sees.
     fn violate(&mut self, v: Violation) -> std::io::Error {
         self.broken = true;
+        self.stop_waiting();
         let limits = &self.shared.limits;
         let (error, reason, message) = match v {
             Violation::TooLarge => (
@@ -363,8 +520,15 @@ impl HeadLimited {
         self.phase = Phase::Head;
         self.head = HeadScan::default();
         self.answered = false;
-        // armed at the first byte: the idle wait before it is pingora's keep-alive timeout
-        self.deadline = None;
+        // the idle wait for the next request's first byte; the head's own deadline is armed
+        // at that byte
+        self.idle = true;
+        self.deadline = Some(Box::pin(tokio::time::sleep(
+            self.shared.limits.idle_timeout,
+        )));
+        if self.waiting.is_none() {
+            self.waiting = Some(self.shared.wait(&self.evict));
+        }
     }
 
     fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
@@ -412,6 +576,13 @@ impl AsyncRead for HeadLimited {
         if this.phase == Phase::Body {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
+        if this.evict.evicted.load(Ordering::SeqCst) {
+            if !this.evicted {
+                this.evicted = true;
+                this.shared.evicting.fetch_sub(1, Ordering::SeqCst);
+            }
+            return this.close_quietly("evicted");
+        }
         // Head: read at most one byte past the limit, so the buffer never holds more.
         let allowance = this.shared.limits.max_header_bytes + 1 - this.head.bytes;
         let before = buf.filled().len();
@@ -423,7 +594,15 @@ impl AsyncRead for HeadLimited {
         match polled {
             (Poll::Pending, _) => {
                 if this.deadline_passed(cx) {
+                    if this.idle {
+                        return this.close_quietly("idle_timeout");
+                    }
                     return Poll::Ready(Err(this.violate(Violation::Timeout)));
+                }
+                *lock(&this.evict.waker) = Some(cx.waker().clone());
+                // an eviction between the check above and the waker's registration
+                if this.evict.evicted.load(Ordering::SeqCst) {
+                    cx.waker().wake_by_ref();
                 }
                 Poll::Pending
             }
@@ -436,7 +615,8 @@ impl AsyncRead for HeadLimited {
                 if n == 0 {
                     return Poll::Ready(Ok(())); // EOF
                 }
-                if this.head.bytes == 0 && this.deadline.is_none() {
+                if this.head.bytes == 0 && (this.deadline.is_none() || this.idle) {
+                    this.idle = false;
                     this.deadline = Some(Box::pin(tokio::time::sleep_until(
                         Instant::now() + this.shared.limits.header_read_timeout,
                     )));
@@ -444,6 +624,7 @@ impl AsyncRead for HeadLimited {
                 if this.head.feed(&buf.filled()[before..before + n]) {
                     this.phase = Phase::Body;
                     this.deadline = None;
+                    this.stop_waiting();
                 } else if this.head.bytes > this.shared.limits.max_header_bytes {
                     return Poll::Ready(Err(this.violate(Violation::TooLarge)));
                 } else if this.deadline_passed(cx) {
@@ -515,6 +696,16 @@ fn ends_head(b: &[u8]) -> bool {
 
 fn is_interim(data: &[u8]) -> bool {
     data.len() > 9 && data.starts_with(b"HTTP/1.") && data[9] == b'1'
+}
+
+impl Drop for HeadLimited {
+    fn drop(&mut self) {
+        self.stop_waiting();
+        if self.evict.evicted.load(Ordering::SeqCst) && !self.evicted {
+            // evicted, but never polled again to notice
+            self.shared.evicting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 #[async_trait]
@@ -642,8 +833,12 @@ mod tests {
                 max_connections: max,
                 max_header_bytes: 64,
                 header_read_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(1),
             },
             open: AtomicUsize::new(0),
+            evicting: AtomicUsize::new(0),
+            waiting: Mutex::new(BTreeMap::new()),
+            seq: AtomicU64::new(0),
             gauge: IntGauge::new("t", "t").unwrap(),
             refused_log: Throttle::new(),
             closed_log: Throttle::new(),
@@ -658,6 +853,32 @@ mod tests {
         assert!(s.acquire().is_none(), "a third connection must be refused");
         drop(a);
         assert!(s.acquire().is_some(), "a closed connection frees its slot");
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_waiting_connection_is_evicted() {
+        let s = shared(2);
+        let _a = s.acquire().expect("first");
+        let _b = s.acquire().expect("second");
+        let (old, new) = (Arc::new(Evict::default()), Arc::new(Evict::default()));
+        let old_key = s.wait(&old);
+        let _new_key = s.wait(&new);
+        let c = s.acquire().expect("a waiting connection gives up its slot");
+        assert!(old.evicted.load(Ordering::SeqCst), "the oldest waiter goes");
+        assert!(!new.evicted.load(Ordering::SeqCst), "the newer one stays");
+        // already removed by the eviction: a no-op
+        s.unwait(old_key);
+        // the evicted connection still holds its slot until it notices; it does not count
+        assert!(
+            s.acquire().is_some(),
+            "the second waiter is evicted in turn"
+        );
+        assert!(new.evicted.load(Ordering::SeqCst));
+        assert!(
+            s.acquire().is_none(),
+            "no connection waits: every slot is busy with a request, the newcomer is refused"
+        );
+        drop(c);
     }
 
     #[test]

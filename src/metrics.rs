@@ -371,7 +371,7 @@ impl Metrics {
         let connections_closed = IntCounterVec::new(
             Opts::new(
                 "alipay_sidecar_connections_closed_total",
-                "Connections the sidecar closed because the client broke a limit: header_too_large (max_header_bytes), header_timeout (header_read_timeout).",
+                "Connections the sidecar closed: header_too_large (max_header_bytes), header_timeout (header_read_timeout), idle_timeout (idle_timeout between requests), evicted (the oldest waiting connection, to admit a new one at max_connections).",
             ),
             &["listener", "reason"],
         )?;
@@ -455,7 +455,12 @@ impl Metrics {
     pub fn register_listener(&self, listener: &str) {
         self.connections_refused.with_label_values(&[listener]);
         self.open_connections.with_label_values(&[listener]);
-        for reason in ["header_too_large", "header_timeout"] {
+        for reason in [
+            "header_too_large",
+            "header_timeout",
+            "idle_timeout",
+            "evicted",
+        ] {
             self.connections_closed
                 .with_label_values(&[listener, reason]);
         }

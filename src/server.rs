@@ -45,6 +45,7 @@ use crate::upstream::Upstream;
 /// address each one is bound to; see [`crate::listen`].
 pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
     crate::limits::return_freed_buffers();
+    let open_files = crate::limits::raise_open_files_limit();
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -77,6 +78,17 @@ pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
         }
     }
     crate::logging::init(&config.log);
+    if let Some((before, after)) = open_files {
+        if after < 2048 {
+            tracing::warn!(open_files = after, "the open-files limit (ulimit -n) is low for the listeners' connection caps; raise it to at least 2048");
+        } else if before != after {
+            tracing::debug!(
+                before,
+                after,
+                "open-files soft limit raised to the hard limit"
+            );
+        }
+    }
     match build(config, sets, ready_file.map(Path::to_path_buf)) {
         Ok(server) => {
             let Built {
@@ -235,6 +247,7 @@ pub fn build(
         max_connections,
         max_header_bytes: config.server.max_header_bytes,
         header_read_timeout: config.server.header_read_timeout,
+        idle_timeout: config.server.idle_timeout,
     };
 
     let mut private_dirs = Vec::new();
@@ -447,7 +460,8 @@ pub fn build(
         .filter(|(_, name, _)| *name != "admin")
         .map(|(_, name, _)| (*name, bound(name).addr()))
         .collect();
-    let admin_app = Admin::new(state.clone(), reloader.clone(), traffic);
+    let admin_app = Admin::new(state.clone(), reloader.clone(), traffic)
+        .with_hosts(config.admin.allowed_hosts.clone());
     let mut admin = Service::new(
         "admin".to_string(),
         Limited::new(

@@ -53,6 +53,35 @@ impl Ctx<'_> {
         if d.is_zero() {
             return self.err(v.span(), key, "the duration must be greater than zero");
         }
+        self.duration_in_range(d, v, key)
+    }
+
+    /// Refuses a duration no timer can honour: below [`MIN_DURATION`] (a `1ns` timeout fires
+    /// before any reply can arrive) or above the key's ceiling (`100000000y` overflows the
+    /// clock and would panic a timer; a timeout of days is a typo).
+    pub(super) fn duration_in_range(
+        &self,
+        d: Duration,
+        v: &Spanned<String>,
+        key: &str,
+    ) -> Result<Duration, ConfigError> {
+        let max = max_duration(key);
+        if d < MIN_DURATION || d > max {
+            return self.err(
+                v.span(),
+                key,
+                format!(
+                    "\"{}\" is outside {}..={}; write a duration in that range, e.g. the default{}",
+                    v.get_ref(),
+                    humantime::format_duration(MIN_DURATION),
+                    humantime::format_duration(max),
+                    super::raw::known(key)
+                        .and_then(|d| d.opt.default)
+                        .map(|d| format!(" {d}"))
+                        .unwrap_or_default()
+                ),
+            );
+        }
         Ok(d)
     }
 
@@ -145,7 +174,7 @@ impl Ctx<'_> {
         v.get_ref()
             .iter()
             .map(|d| {
-                humantime::parse_duration(d.get_ref().trim()).or_else(|e| {
+                let parsed = humantime::parse_duration(d.get_ref().trim()).or_else(|e| {
                     self.err(
                         d.span(),
                         key,
@@ -155,7 +184,11 @@ impl Ctx<'_> {
                             Kind::Duration.hint()
                         ),
                     )
-                })
+                })?;
+                if parsed.is_zero() {
+                    return Ok(parsed); // "0s": at once
+                }
+                self.duration_in_range(parsed, d, key)
             })
             .collect()
     }
@@ -288,6 +321,10 @@ impl Ctx<'_> {
 
     pub(super) fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let drafts = self.merchant_drafts(raw.client_id, raw.keys, raw.merchants)?;
+        let outbound_listen_named = raw
+            .outbound
+            .as_ref()
+            .is_some_and(|o| o.get_ref().listen.is_some());
 
         let outbound = match raw.outbound {
             None => None,
@@ -342,13 +379,14 @@ impl Ctx<'_> {
             }));
         }
 
-        let (admin_listen, admin_max) = match raw.admin {
-            Some(a) => (a.listen, a.max_connections),
-            None => (None, None),
+        let (admin_listen, admin_max, admin_hosts) = match raw.admin {
+            Some(a) => (a.listen, a.max_connections, a.allowed_hosts),
+            None => (None, None, None),
         };
         let admin = AdminConfig {
             listen: self.addr(admin_listen, "admin.listen")?,
             max_connections: self.positive(admin_max, "admin.max_connections")?,
+            allowed_hosts: self.host_names(admin_hosts, "admin.allowed_hosts")?,
         };
 
         let log = match raw.log {
@@ -392,6 +430,7 @@ impl Ctx<'_> {
             max_header_bytes: self.positive(s.max_header_bytes, "server.max_header_bytes")?,
             header_read_timeout: self
                 .duration(s.header_read_timeout, "server.header_read_timeout")?,
+            idle_timeout: self.duration(s.idle_timeout, "server.idle_timeout")?,
             body_read_timeout: self.duration(s.body_read_timeout, "server.body_read_timeout")?,
         };
         let max_threads = max_threads();
@@ -413,13 +452,26 @@ impl Ctx<'_> {
                 Some("server.max_header_bytes"),
                 format!(
                     "{} is outside 1024..=1048576; AMS requests carry a few hundred bytes of \
-                     headers, so the default of 32768 is ample",
+                     headers, so the default of 16384 is ample",
                     server.max_header_bytes
                 ),
             ));
         }
         let merchants = self.resolve_merchants(drafts, outbound.as_ref(), inbound.as_ref())?;
+        let mut outbound = outbound;
+        if let Some(o) = outbound.as_mut() {
+            // No implicit listener: the shared plain listener's default address applies only
+            // to a file that names no outbound listener at all (the single-merchant quick
+            // start). Once a merchant has its own, the shared one exists only if written.
+            let merchant_listeners = merchants
+                .iter()
+                .any(|m| m.listen.is_some() || m.tls_listen.is_some());
+            if merchant_listeners && !outbound_listen_named {
+                o.listen = None;
+            }
+        }
         self.distinct_listeners(&outbound, &inbound, &admin, &merchants)?;
+        self.no_self_loops(&outbound, &inbound, &admin, &merchants)?;
 
         Ok(Config {
             path: self.path.to_path_buf(),
@@ -490,6 +542,76 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// A notification forwarded to one of the sidecar's own listeners (or the gateway being
+    /// one of them) loops: each pass makes one more request, until every slot is taken. The
+    /// `forward_to` (shared and per merchant) and the gateway (shared and per merchant) must
+    /// not name a listener's address. Host names other than `localhost` are not resolved.
+    pub(super) fn no_self_loops(
+        &self,
+        outbound: &Option<OutboundConfig>,
+        inbound: &Option<InboundConfig>,
+        admin: &AdminConfig,
+        merchants: &[MerchantConfig],
+    ) -> Result<(), ConfigError> {
+        let mut listeners: Vec<(SocketAddr, String)> = vec![(admin.listen, "admin.listen".into())];
+        if let Some(o) = outbound {
+            if let Some(l) = o.listen {
+                listeners.push((l, "outbound.listen".into()));
+            }
+            if let Some(t) = &o.tls {
+                listeners.push((t.listen, "outbound.tls_listen".into()));
+            }
+        }
+        if let Some(i) = inbound {
+            listeners.push((i.listen, "inbound.listen".into()));
+        }
+        for m in merchants {
+            for (l, k) in [
+                (m.listen, "outbound.listen"),
+                (m.tls_listen, "outbound.tls_listen"),
+            ] {
+                if let Some(l) = l {
+                    listeners.push((l, m.key(k)));
+                }
+            }
+        }
+        let mut targets: Vec<(String, u16, String, &str)> = Vec::new();
+        if let Some(i) = inbound {
+            let f = &i.forward_to;
+            targets.push((f.host.clone(), f.port, "inbound.forward_to".into(), "app"));
+        }
+        if let Some(o) = outbound {
+            let g = &o.gateway;
+            targets.push((g.host.clone(), g.port, "outbound.gateway".into(), "gateway"));
+        }
+        for m in merchants {
+            if let Some(f) = &m.forward_to {
+                targets.push((f.host.clone(), f.port, m.key("inbound.forward_to"), "app"));
+            }
+            if let Some(g) = &m.gateway {
+                targets.push((g.host.clone(), g.port, m.key("outbound.gateway"), "gateway"));
+            }
+        }
+        for (host, port, key, what) in &targets {
+            let hit = listeners
+                .iter()
+                .find(|(l, _)| l.port() != 0 && l.port() == *port && reaches(host, l.ip()));
+            if let Some((addr, listener_key)) = hit {
+                return Err(self.error_span(
+                    None,
+                    Some(key.as_str()),
+                    format!(
+                        "{host}:{port} is the sidecar's own listener `{listener_key}` ({addr}); \
+                         the {what} must be another process, or every request would come \
+                         back to the sidecar (and each pass make one more, until every \
+                         connection slot is taken)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn key_version(
         &self,
         v: &str,
@@ -522,6 +644,18 @@ impl Ctx<'_> {
                 format!(
                     "\"{v}\" is not a key version; key versions are numbers (1, 2, …) as shown \
                      next to the key in the Alipay dashboard"
+                ),
+            );
+        }
+        if v.len() > MAX_KEY_VERSION_DIGITS {
+            return self.err(
+                span,
+                key,
+                format!(
+                    "\"{v}\" has {} digits; key versions are small numbers (1, 2, …) as shown \
+                     next to the key in the Alipay dashboard, at most {MAX_KEY_VERSION_DIGITS} \
+                     digits",
+                    v.len()
                 ),
             );
         }
@@ -668,25 +802,7 @@ impl Ctx<'_> {
             }
         };
 
-        let mut allowed_hosts = Vec::new();
-        for h in raw.allowed_hosts.unwrap_or_default() {
-            let host = h.get_ref().trim().to_ascii_lowercase();
-            if host.is_empty()
-                || host.contains(['/', ':', ' ', '@'])
-                || host.chars().any(|c| c.is_control())
-            {
-                return self.err(
-                    h.span(),
-                    "outbound.allowed_hosts",
-                    format!(
-                        "{:?} is not a host name; list bare names such as \"alipay-sidecar\" (no \
-                         scheme, port or path)",
-                        crate::exchange::echo(h.get_ref())
-                    ),
-                );
-            }
-            allowed_hosts.push(host);
-        }
+        let allowed_hosts = self.host_names(raw.allowed_hosts, "outbound.allowed_hosts")?;
         self.agent_token(raw.agent_token.as_deref(), None, "outbound.agent_token")?;
 
         // The SANDBOX_ / live consistency checks live in keyset::preflight, with the other
@@ -920,6 +1036,34 @@ impl Ctx<'_> {
                  can reach this address, set `allow_remote_clients = true` in [outbound]"
             ),
         ))
+    }
+
+    /// `allowed_hosts`: bare host names, lower-cased.
+    pub(super) fn host_names(
+        &self,
+        raw: Option<Vec<Spanned<String>>>,
+        key: &str,
+    ) -> Result<Vec<String>, ConfigError> {
+        let mut out = Vec::new();
+        for h in raw.unwrap_or_default() {
+            let host = h.get_ref().trim().to_ascii_lowercase();
+            if host.is_empty()
+                || host.contains(['/', ':', ' ', '@'])
+                || host.chars().any(|c| c.is_control())
+            {
+                return self.err(
+                    h.span(),
+                    key,
+                    format!(
+                        "{:?} is not a host name; list bare names such as \"alipay-sidecar\" (no \
+                         scheme, port or path)",
+                        crate::exchange::echo(h.get_ref())
+                    ),
+                );
+            }
+            out.push(host);
+        }
+        Ok(out)
     }
 
     /// An `Agent-Token` value: nothing that could break or inject a header.
@@ -1162,6 +1306,41 @@ impl Ctx<'_> {
 /// The largest `replay_window_entries` accepted: ≈ 80 MiB of digests, far more than any
 /// merchant's notifications in Alipay's whole re-send period.
 const MAX_REPLAY_WINDOW_ENTRIES: usize = 1 << 20;
+
+/// The shortest duration accepted anywhere: a timer below a millisecond fires before any
+/// peer can answer.
+pub(super) const MIN_DURATION: Duration = Duration::from_millis(1);
+
+/// Longest key version (digits): Alipay numbers key versions 1, 2, …
+const MAX_KEY_VERSION_DIGITS: usize = 9;
+
+/// The longest value a duration key takes: timeouts (and the grace/skew windows) at most a
+/// day; ages, schedules and retention at most ten years (a longer one overflows the clock).
+pub(super) fn max_duration(key: &str) -> Duration {
+    const DAY: u64 = 24 * 3600;
+    let last = key.rsplit('.').next().unwrap_or(key);
+    if last.ends_with("_timeout") || last == "shutdown_grace" || last.ends_with("_skew") {
+        Duration::from_secs(DAY)
+    } else {
+        Duration::from_secs(3650 * DAY)
+    }
+}
+
+/// Whether `host` (a URL host: an IP literal or a name) reaches a listener bound to `ip`.
+fn reaches(host: &str, ip: std::net::IpAddr) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let target: Option<std::net::IpAddr> = if host.eq_ignore_ascii_case("localhost") {
+        Some(std::net::Ipv4Addr::LOCALHOST.into())
+    } else {
+        host.parse().ok()
+    };
+    let Some(target) = target else {
+        return false; // a name: not resolved here
+    };
+    target == ip
+        || (ip.is_unspecified() && (target.is_loopback() || target.is_unspecified()))
+        || (target.is_unspecified() && ip.is_loopback())
+}
 
 /// The most worker threads per listener that make sense here: 4 per core, at most 256.
 fn max_threads() -> usize {

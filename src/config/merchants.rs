@@ -327,6 +327,26 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_exists_only_where_the_config_names_one() {
+        let single = format!(
+            "client_id = \"T_1\"\n[keys]\nmerchant_private_key = \"m.pem\"\n\
+             alipay_public_keys = {{ \"1\" = \"a.pem\" }}\n{SHARED}"
+        );
+        // the quick start: [outbound] names the shared listener, at its default address
+        let c = parse(&single).unwrap();
+        let shared = c.outbound.as_ref().unwrap().listen;
+        assert_eq!(shared, Some("127.0.0.1:8080".parse().unwrap()));
+        // a merchant with its own listener: no shared one unless written
+        let c = parse(&two()).unwrap();
+        assert_eq!(c.outbound.as_ref().unwrap().listen, None);
+        assert!(c.outbound.as_ref().unwrap().listen_addrs().is_empty());
+        let written = two().replace("[outbound]\n", "[outbound]\nlisten = \"127.0.0.1:8085\"\n");
+        let c = parse(&written).unwrap();
+        let shared = c.outbound.as_ref().unwrap().listen;
+        assert_eq!(shared, Some("127.0.0.1:8085".parse().unwrap()));
+    }
+
+    #[test]
     fn several_merchants_inherit_and_override() {
         let c = parse(&two()).unwrap();
         let [sg, eu] = &c.merchants[..] else {

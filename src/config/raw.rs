@@ -248,6 +248,7 @@ options! {
 options! {
     /// `[outbound]`.
     struct RawOutbound {
+        // the default applies only where no other outbound listener is named (see build_outbound)
         listen: Option<Spanned<String>> = Kind::Addr, Some("\"127.0.0.1:8080\""), Restart;
         tls_listen: Option<Spanned<String>> = Kind::Addr, None, Restart;
         tls_cert: Option<Spanned<String>> = Kind::Path, None, Restart;
@@ -329,6 +330,7 @@ options! {
     struct RawAdmin {
         listen: Option<Spanned<String>> = Kind::Addr, Some("\"127.0.0.1:9090\""), Restart;
         max_connections: Option<Spanned<i64>> = Kind::Int, Some("64"), Restart;
+        allowed_hosts: Option<Vec<Spanned<String>>> = Kind::List, Some("[]"), Restart;
     }
 }
 
@@ -348,8 +350,9 @@ options! {
         threads: Option<Spanned<i64>> = Kind::Int, Some("2"), Restart;
         shutdown_grace: Option<Spanned<String>> = Kind::Duration, Some("\"5s\""), Restart;
         shutdown_timeout: Option<Spanned<String>> = Kind::Duration, Some("\"30s\""), Restart;
-        max_header_bytes: Option<Spanned<i64>> = Kind::Int, Some("32768"), Restart;
+        max_header_bytes: Option<Spanned<i64>> = Kind::Int, Some("16384"), Restart;
         header_read_timeout: Option<Spanned<String>> = Kind::Duration, Some("\"10s\""), Restart;
+        idle_timeout: Option<Spanned<String>> = Kind::Duration, Some("\"5s\""), Restart;
         body_read_timeout: Option<Spanned<String>> = Kind::Duration, Some("\"30s\""), Restart;
     }
 }

@@ -322,6 +322,8 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Connections open at once on the admin listener (default 64).
     pub max_connections: usize,
+    /// Host names (besides IP literals and `localhost`) the admin listener answers to.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[log]`.
@@ -352,10 +354,12 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Then wait at most this long for in-flight requests (default 30 s).
     pub shutdown_timeout: Duration,
-    /// Largest request head on every listener (default 32 KiB); more gets 431.
+    /// Largest request head on every listener (default 16 KiB); more gets 431.
     pub max_header_bytes: usize,
     /// The whole request head must arrive within this (default 10 s).
     pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may wait idle for its next request (default 5 s).
+    pub idle_timeout: Duration,
     /// The whole request body must arrive within this (default 30 s).
     pub body_read_timeout: Duration,
 }

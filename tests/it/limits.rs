@@ -154,8 +154,25 @@ fn a_thousand_slow_header_clients_cannot_take_the_sidecar_down() {
 fn connections_beyond_max_connections_are_closed_unread() {
     let app = App::start(Behaviour::Ack);
     let s = start(&app.url(), "max_connections = 4");
+    // four connections busy with a request (its body still arriving): a connection that only
+    // waits would be evicted to admit the fifth (issue 18, tests/it/connections.rs)
+    let n = fresh("busy");
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+        n.uri,
+        n.body.len()
+    );
+    for (k, v) in &n.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
     let held: Vec<TcpStream> = (0..4)
-        .map(|_| TcpStream::connect(s.inbound).unwrap())
+        .map(|_| {
+            let mut c = TcpStream::connect(s.inbound).unwrap();
+            c.write_all(head.as_bytes()).unwrap();
+            c.write_all(&n.body[..5]).unwrap();
+            c
+        })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(

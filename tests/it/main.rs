@@ -2,6 +2,7 @@
 mod bodies;
 mod cli;
 mod config;
+mod connections;
 mod credentials;
 mod demo;
 mod deployment;

@@ -169,13 +169,32 @@ impl Sidecar {
 
     /// `run --config config_path` plus `args`, its output in a log file next to the config.
     pub fn launch(config_path: &Path, args: &[&str], env: &[(&str, &str)]) -> Sidecar {
+        Self::launch_via(&[], config_path, args, env)
+    }
+
+    /// As [`Sidecar::launch`], the binary started through `via` (a program and its
+    /// arguments that end by exec'ing the rest of the command line, e.g. a shell that first
+    /// enters a memory cgroup); empty: directly.
+    pub fn launch_via(
+        via: &[String],
+        config_path: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Sidecar {
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = config_path.parent().expect("the config is in a folder");
         let log_path = dir.join(format!("sidecar-{n}.log"));
         let ready_path = dir.join(format!("sidecar-{n}.ready.json"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = match via.split_first() {
+            None => Command::new(bin()),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin());
+                c
+            }
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(config_path)
