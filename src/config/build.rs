@@ -1314,13 +1314,17 @@ pub(super) const MIN_DURATION: Duration = Duration::from_millis(1);
 /// Longest key version (digits): Alipay numbers key versions 1, 2, …
 const MAX_KEY_VERSION_DIGITS: usize = 9;
 
-/// The longest value a duration key takes: timeouts (and the grace/skew windows) at most a
-/// day; ages, schedules and retention at most ten years (a longer one overflows the clock).
+/// The longest value a duration key takes: timeouts and the shutdown grace at most a day;
+/// freshness windows (`*_skew`) at most 30 days (the inbound default is 48 h: Alipay re-sends
+/// for about a day, and its event log keeps 30 days); ages, schedules and retention at most
+/// ten years (a longer one overflows the clock).
 pub(super) fn max_duration(key: &str) -> Duration {
     const DAY: u64 = 24 * 3600;
     let last = key.rsplit('.').next().unwrap_or(key);
-    if last.ends_with("_timeout") || last == "shutdown_grace" || last.ends_with("_skew") {
+    if last.ends_with("_timeout") || last == "shutdown_grace" {
         Duration::from_secs(DAY)
+    } else if last.ends_with("_skew") {
+        Duration::from_secs(30 * DAY)
     } else {
         Duration::from_secs(3650 * DAY)
     }

@@ -457,6 +457,26 @@ mod tests {
         }
     }
 
+    /// An explicit default must pass the same range check as any other value: writing
+    /// the documented default may never be refused.
+    #[test]
+    fn every_duration_default_is_within_its_keys_range() {
+        for d in declared().iter().filter(|d| matches!(d.kind(), Kind::Duration)) {
+            let Some(literal) = d.opt.default else {
+                continue;
+            };
+            let text: String = default(&d.dotted());
+            let value = humantime::parse_duration(&text)
+                .unwrap_or_else(|e| panic!("{}: default {literal}: {e}", d.dotted()));
+            let max = super::super::build::max_duration(&d.dotted());
+            assert!(
+                (super::super::build::MIN_DURATION..=max).contains(&value),
+                "{}: default {literal} is outside the range its key accepts (max {max:?})",
+                d.dotted()
+            );
+        }
+    }
+
     #[test]
     fn keys_are_unique_and_env_names_too() {
         let keys = known_keys();
