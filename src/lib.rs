@@ -48,6 +48,7 @@ pub mod notifications;
 pub mod outbound;
 pub mod reconcile;
 pub mod reload;
+pub mod retention;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use super::api::{self, envelope, Effect, Status};
-use super::switches::NotifyMode;
+use super::switches::{InquiryAnswer, NotifyMode};
 use super::{control, crypto, notify, response_time, Fault, ReceivedRequest, Shared};
 
 /// Largest request body the gateway reads (the sidecar's default limit is 1 MiB).
@@ -495,6 +495,21 @@ fn respond(
         },
         outcome: &shared.outcome,
         tampered: fault == Some(Fault::NotifyTampered),
+    };
+    let lie = match route {
+        "inquiryPayment" => shared.inquiry_answer.lock().ok().and_then(|a| a.clone()),
+        _ => None,
+    };
+    let asked_about;
+    let body = match &lie {
+        Some(InquiryAnswer::AboutPayment(other)) => {
+            asked_about = api::obj(&[("paymentRequestId", api::js(other))]);
+            asked_about.as_bytes()
+        }
+        Some(InquiryAnswer::SuccessWithoutIds) => {
+            return signed(api::success_without_ids());
+        }
+        None => body,
     };
     let outcome = match shared.store.lock() {
         Ok(mut store) => store.call(route, body, &stamp, &ctx),

@@ -103,6 +103,7 @@ mod error;
 mod event;
 mod journal;
 mod pays;
+mod retention;
 mod store;
 
 pub use error::StoreError;
@@ -111,4 +112,5 @@ pub use journal::{
     Delivery, ListFilter, NewNotification, NotificationRecord, NotificationStatus, Recorded,
 };
 pub use pays::{pay_id, NewPay, PayOutcome, PayOwner, PayRecord, PayRecorded};
-pub use store::{BackendKind, Store, StoreConfig};
+pub use retention::{Pruned, BATCH as PRUNE_BATCH};
+pub use store::{BackendKind, Store, StoreConfig, DEFAULT_TIMEOUT};
