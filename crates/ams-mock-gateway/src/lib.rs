@@ -112,7 +112,8 @@
 //! - [`MockGateway::payment_status`]: what `inquiryPayment` would say.
 //! - [`MockGateway::set_inquiry_answer`]: from now on every `inquiryPayment` gets a genuinely
 //!   signed lie ([`InquiryAnswer`]: the answer about another payment, or SUCCESS without
-//!   `paymentRequestId`), to test that a client checks what an answer is about.
+//!   `paymentRequestId`), or the truth unsigned, to test that a client checks what an answer
+//!   is about and that it is signed.
 //!
 //! # Fault switches
 //!

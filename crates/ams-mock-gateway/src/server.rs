@@ -509,7 +509,7 @@ fn respond(
         Some(InquiryAnswer::SuccessWithoutIds) => {
             return signed(api::success_without_ids());
         }
-        None => body,
+        Some(InquiryAnswer::Unsigned) | None => body,
     };
     let outcome = match shared.store.lock() {
         Ok(mut store) => store.call(route, body, &stamp, &ctx),
@@ -530,6 +530,9 @@ fn respond(
             result,
         }) => control::settle_after(shared, request_id, after, result),
         None => {}
+    }
+    if lie == Some(InquiryAnswer::Unsigned) {
+        return Reply::Unsigned(outcome.body);
     }
     Reply::Signed {
         client_id,
