@@ -17,5 +17,6 @@ mod properties;
 mod python_sdk;
 mod reconcile;
 mod sdk_compat;
+mod store_hardening;
 mod support;
 mod vectors;
