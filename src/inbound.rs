@@ -820,7 +820,14 @@ mod tests {
         let h = inbound(&app).with_reconcile(Arc::new(Hook::default()));
         let time = format_iso8601(now_millis());
         let body = br#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"S"},"paymentRequestId":"p-cancelled"}"#;
-        assert_eq!(h.handle(signed("/merchant/notify", &time, body)).await.head.status.as_u16(), 200);
+        assert_eq!(
+            h.handle(signed("/merchant/notify", &time, body))
+                .await
+                .head
+                .status
+                .as_u16(),
+            200
+        );
         let sent = app.only();
         let marks: Vec<_> = sent.head.headers.get_all(CONFLICT_HEADER).iter().collect();
         assert_eq!(marks.len(), 1);
@@ -830,7 +837,9 @@ mod tests {
         let h = inbound(&app).with_reconcile(Arc::new(Hook::default()));
         let body = br#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"S"},"paymentRequestId":"p1"}"#;
         let mut req = signed("/merchant/notify", &time, body);
-        req.head.insert_header(CONFLICT_HEADER, "recorded=forged").unwrap();
+        req.head
+            .insert_header(CONFLICT_HEADER, "recorded=forged")
+            .unwrap();
         assert_eq!(h.handle(req).await.head.status.as_u16(), 200);
         assert!(app.only().head.headers.get(CONFLICT_HEADER).is_none());
     }

@@ -1274,7 +1274,9 @@ mod tests {
     #[test]
     fn a_successful_inquiry_maps_to_the_payment_result_alipay_sends() {
         let answer = br#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"},"paymentStatus":"SUCCESS","paymentResultCode":"SUCCESS","paymentRequestId":"p-1","paymentId":"2024X","paymentAmount":{"currency":"SGD","value":"100"},"paymentCreateTime":"2024-05-01T12:00:00+08:00","paymentTime":"2024-05-01T12:00:05+08:00","extra":"dropped"}"#;
-        let Inquired::Final { body, outcome } = payment_result_body(answer, asked("p-1", Some("2024X"))) else {
+        let Inquired::Final { body, outcome } =
+            payment_result_body(answer, asked("p-1", Some("2024X")))
+        else {
             panic!("final");
         };
         assert_eq!(outcome, PayOutcome::InquiredSuccess);
@@ -1306,7 +1308,8 @@ mod tests {
     #[test]
     fn a_failed_inquiry_carries_the_payment_result_code() {
         let answer = br#"{"result":{"resultCode":"SUCCESS","resultStatus":"S"},"paymentStatus":"FAIL","paymentResultCode":"USER_BALANCE_NOT_ENOUGH","paymentResultMessage":"not enough","paymentRequestId":"p-2"}"#;
-        let Inquired::Final { body, outcome } = payment_result_body(answer, asked("p-2", None)) else {
+        let Inquired::Final { body, outcome } = payment_result_body(answer, asked("p-2", None))
+        else {
             panic!("final");
         };
         assert_eq!(outcome, PayOutcome::InquiredFail);
@@ -1368,26 +1371,51 @@ mod tests {
             )
         };
         let refused = |answer: &str, a: Asked<'_>| {
-            matches!(payment_result_body(answer.as_bytes(), a), Inquired::Refused(_))
+            matches!(
+                payment_result_body(answer.as_bytes(), a),
+                Inquired::Refused(_)
+            )
         };
         // another paymentRequestId (a replayed answer), none at all, a non-string one
-        assert!(refused(&success(r#","paymentRequestId":"p-other","paymentId":"2024Y""#), asked("p-1", None)));
+        assert!(refused(
+            &success(r#","paymentRequestId":"p-other","paymentId":"2024Y""#),
+            asked("p-1", None)
+        ));
         assert!(refused(&success(""), asked("p-1", None)));
-        assert!(refused(&success(r#","paymentRequestId":null"#), asked("p-1", None)));
-        assert!(refused(&success(r#","paymentRequestId":1"#), asked("p-1", None)));
+        assert!(refused(
+            &success(r#","paymentRequestId":null"#),
+            asked("p-1", None)
+        ));
+        assert!(refused(
+            &success(r#","paymentRequestId":1"#),
+            asked("p-1", None)
+        ));
         // the right paymentRequestId but another paymentId than the pay answer's, or none
-        assert!(refused(&success(r#","paymentRequestId":"p-1","paymentId":"2024Y""#), asked("p-1", Some("2024X"))));
-        assert!(refused(&success(r#","paymentRequestId":"p-1""#), asked("p-1", Some("2024X"))));
+        assert!(refused(
+            &success(r#","paymentRequestId":"p-1","paymentId":"2024Y""#),
+            asked("p-1", Some("2024X"))
+        ));
+        assert!(refused(
+            &success(r#","paymentRequestId":"p-1""#),
+            asked("p-1", Some("2024X"))
+        ));
         // not-final answers about another payment are refused too (they would count as answers)
         let processing = r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S"},"paymentStatus":"PROCESSING","paymentRequestId":"p-other"}"#;
         assert!(refused(processing, asked("p-1", None)));
         // the payment asked: accepted; paymentId unknown → only paymentRequestId matters
         let ok = success(r#","paymentRequestId":"p-1","paymentId":"2024X""#);
-        assert!(matches!(payment_result_body(ok.as_bytes(), asked("p-1", Some("2024X"))), Inquired::Final { .. }));
-        assert!(matches!(payment_result_body(ok.as_bytes(), asked("p-1", None)), Inquired::Final { .. }));
+        assert!(matches!(
+            payment_result_body(ok.as_bytes(), asked("p-1", Some("2024X"))),
+            Inquired::Final { .. }
+        ));
+        assert!(matches!(
+            payment_result_body(ok.as_bytes(), asked("p-1", None)),
+            Inquired::Final { .. }
+        ));
         // the reason names both ids, bounded
         let long = success(&format!(r#","paymentRequestId":"{}""#, "x".repeat(10_000)));
-        let Inquired::Refused(why) = payment_result_body(long.as_bytes(), asked("p-1", None)) else {
+        let Inquired::Refused(why) = payment_result_body(long.as_bytes(), asked("p-1", None))
+        else {
             panic!("refused");
         };
         assert!(why.len() < 200 && why.contains("p-1"), "{why}");
@@ -1404,9 +1432,18 @@ mod tests {
     /// Issue 18 M2.
     #[test]
     fn results_that_contradict_the_recorded_outcome_are_conflicts() {
-        assert_eq!(conflict("S", PayOutcome::Cancelled).as_deref(), Some("recorded=cancelled"));
-        assert_eq!(conflict("S", PayOutcome::InquiredFail).as_deref(), Some("recorded=inquired_fail"));
-        assert_eq!(conflict("F", PayOutcome::InquiredSuccess).as_deref(), Some("recorded=inquired_success"));
+        assert_eq!(
+            conflict("S", PayOutcome::Cancelled).as_deref(),
+            Some("recorded=cancelled")
+        );
+        assert_eq!(
+            conflict("S", PayOutcome::InquiredFail).as_deref(),
+            Some("recorded=inquired_fail")
+        );
+        assert_eq!(
+            conflict("F", PayOutcome::InquiredSuccess).as_deref(),
+            Some("recorded=inquired_success")
+        );
         for (status, o) in [
             ("S", PayOutcome::InquiredSuccess),
             ("F", PayOutcome::Cancelled),

@@ -550,10 +550,11 @@ const CANCELS: &str = "alipay_sidecar_reconcile_cancels_total";
 /// Waits until the reconciler withheld the cancel of a payment past its close time at least
 /// `n` times (it keeps inquiring), and returns the metrics then.
 fn withheld(s: &Setup, n: f64) -> Metrics {
-    s.rig.eventually("the cancel at the close time is withheld", || {
-        let m = s.rig.scrape();
-        (count(&m, CANCELS, "withheld") >= n).then_some(m)
-    })
+    s.rig
+        .eventually("the cancel at the close time is withheld", || {
+            let m = s.rig.scrape();
+            (count(&m, CANCELS, "withheld") >= n).then_some(m)
+        })
 }
 
 /// Nothing about `id` was closed, cancelled or delivered.
@@ -562,11 +563,11 @@ fn untouched(s: &Setup, id: &str) {
     assert_eq!(open.outcome, None, "still open: {open:?}");
     assert_eq!(open.answers, 0, "no verified answer about it: {open:?}");
     assert_eq!(calls(&s.rig.gw, CANCEL, id), 0, "never cancelled");
-    assert_eq!(
-        s.rig.gw.payment_status(id),
-        Some(PaymentStatus::Processing)
+    assert_eq!(s.rig.gw.payment_status(id), Some(PaymentStatus::Processing));
+    assert!(
+        events(&s.store, id).is_empty(),
+        "nothing recorded for the app"
     );
-    assert!(events(&s.store, id).is_empty(), "nothing recorded for the app");
     assert!(s.app.received().is_empty(), "the app got nothing");
 }
 
@@ -586,8 +587,7 @@ fn a_replayed_answer_about_another_payment_is_refused_and_nothing_is_cancelled_o
         )));
     s.pay_held("rc-m1-x", "never", "");
     assert!(
-        s.record("rc-m1-x")
-            .is_some_and(|r| r.payment_id.is_some()),
+        s.record("rc-m1-x").is_some_and(|r| r.payment_id.is_some()),
         "the pay answer's paymentId is recorded"
     );
     // past the close time (3 s) with only answers about the other payment
@@ -598,12 +598,16 @@ fn a_replayed_answer_about_another_payment_is_refused_and_nothing_is_cancelled_o
     assert_eq!(outcomes(&m, "cancelled"), 0.0);
     assert_eq!(count(&m, CANCELS, "success"), 0.0);
     untouched(&s, "rc-m1-x");
-    assert!(calls(&s.rig.gw, INQUIRY, "rc-m1-x") >= 3, "it keeps inquiring");
+    assert!(
+        calls(&s.rig.gw, INQUIRY, "rc-m1-x") >= 3,
+        "it keeps inquiring"
+    );
     let logs = s.rig.sidecar.logs();
     assert!(
-        logs.lines().any(|l| l.contains("not about the payment asked")
-            && l.contains("rc-m1-paid")
-            && l.contains("WARN")),
+        logs.lines()
+            .any(|l| l.contains("not about the payment asked")
+                && l.contains("rc-m1-paid")
+                && l.contains("WARN")),
         "a warn line names both payments:\n{logs}"
     );
     // the truth again: the first verified answer about the payment (PROCESSING) allows the
@@ -642,15 +646,18 @@ fn without_a_verified_answer_the_close_time_cancels_nothing_and_alerts() {
         .set_inquiry_answer(Some(ams_mock_gateway::InquiryAnswer::Unsigned));
     s.pay_held("rc-l6-x", "never", "");
     let m = withheld(&s, 2.0);
-    assert!(count(&m, INQUIRIES, "error") >= 2.0, "unsigned: no verified answer");
+    assert!(
+        count(&m, INQUIRIES, "error") >= 2.0,
+        "unsigned: no verified answer"
+    );
     assert_eq!(count(&m, CANCELS, "success"), 0.0);
     assert_eq!(outcomes(&m, "cancelled") + outcomes(&m, "expired"), 0.0);
     untouched(&s, "rc-l6-x");
     let logs = s.rig.sidecar.logs();
     assert!(
-        logs.lines()
-            .any(|l| l.contains("no verified inquiry answer about this payment")
-                && l.contains("ERROR")),
+        logs.lines().any(
+            |l| l.contains("no verified inquiry answer about this payment") && l.contains("ERROR")
+        ),
         "an error line says why it does not cancel:\n{logs}"
     );
     // signed again: cancelled at the next turn

@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sidecar_store::{EventKey, ListFilter, NewNotification, NewPay, PayOutcome, Store, StoreConfig};
+use sidecar_store::{
+    EventKey, ListFilter, NewNotification, NewPay, PayOutcome, Store, StoreConfig,
+};
 use tempfile::TempDir;
 
 use crate::inbound::{alipay_key, result, signed, Notification};
@@ -25,7 +27,11 @@ fn now_ms() -> i64 {
 }
 
 fn body(id: &str, status: &str) -> String {
-    let code = if status == "S" { "SUCCESS" } else { "PROCESS_FAIL" };
+    let code = if status == "S" {
+        "SUCCESS"
+    } else {
+        "PROCESS_FAIL"
+    };
     format!(
         r#"{{"notifyType":"PAYMENT_RESULT","result":{{"resultCode":"{code}","resultStatus":"{status}","resultMessage":"m"}},"paymentRequestId":"{id}","paymentAmount":{{"currency":"HKD","value":"100"}}}}"#
     )
@@ -34,7 +40,14 @@ fn body(id: &str, status: &str) -> String {
 /// A PAYMENT_RESULT signed by the vectors' Alipay key now (fresh `Request-Time`).
 fn fresh(id: &str, status: &str) -> Notification {
     let time = alipay_sidecar::protocol::format_iso8601(now_ms());
-    signed(&alipay_key(), "1", NOTIFY, CLIENT_ID, &time, &body(id, status))
+    signed(
+        &alipay_key(),
+        "1",
+        NOTIFY,
+        CLIENT_ID,
+        &time,
+        &body(id, status),
+    )
 }
 
 fn open(path: &Path) -> Store {
@@ -62,7 +75,12 @@ fn the_sqlite_store_and_its_wal_and_shm_are_private() {
             .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
             .permissions()
             .mode();
-        assert_eq!(mode & 0o777, 0o600, "{} holds notification bodies", f.display());
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "{} holds notification bodies",
+            f.display()
+        );
     }
 }
 
@@ -90,7 +108,8 @@ fn retention_prunes_finished_work_and_the_cli_prunes_on_demand() {
         .event_id
     };
     let delivered = record("old-delivered", old);
-    rt().block_on(store.mark_delivered(&delivered, old)).unwrap();
+    rt().block_on(store.mark_delivered(&delivered, old))
+        .unwrap();
     let pending = record("old-pending", old);
     fn pay(id: &str, old: i64) -> NewPay<'_> {
         NewPay {
@@ -104,26 +123,49 @@ fn retention_prunes_finished_work_and_the_cli_prunes_on_demand() {
             now: old,
         }
     }
-    let closed = rt().block_on(store.record_pay(&pay("old-closed", old))).unwrap().id;
-    rt().block_on(store.finish_pay(&closed, PayOutcome::Expired, old)).unwrap();
-    let open_pay = rt().block_on(store.record_pay(&pay("old-open", old))).unwrap().id;
+    let closed = rt()
+        .block_on(store.record_pay(&pay("old-closed", old)))
+        .unwrap()
+        .id;
+    rt().block_on(store.finish_pay(&closed, PayOutcome::Expired, old))
+        .unwrap();
+    let open_pay = rt()
+        .block_on(store.record_pay(&pay("old-open", old)))
+        .unwrap()
+        .id;
 
     // a sidecar with the default retention (30 days) prunes by itself shortly after start
     let app = App::start(Behaviour::Ack);
     let toml = config(dir.path(), &app.url(), "", &sqlite(dir.path()));
     let s = Sidecar::start(dir.path(), &toml);
     s.eventually("the retention pruned the finished work", || {
-        (metric(&s, "alipay_sidecar_store_pruned_total", &[("kind", "notifications")]) >= 1.0)
+        (metric(
+            &s,
+            "alipay_sidecar_store_pruned_total",
+            &[("kind", "notifications")],
+        ) >= 1.0)
             .then_some(())
     });
     assert_eq!(
         metric(&s, "alipay_sidecar_store_pruned_total", &[("kind", "pays")]),
         1.0
     );
-    assert!(rt().block_on(store.show(&delivered)).unwrap().is_none(), "delivered: pruned");
-    assert!(rt().block_on(store.show(&pending)).unwrap().is_some(), "pending: kept");
-    assert!(rt().block_on(store.pay(&closed)).unwrap().is_none(), "closed: pruned");
-    assert!(rt().block_on(store.pay(&open_pay)).unwrap().is_some(), "open: kept");
+    assert!(
+        rt().block_on(store.show(&delivered)).unwrap().is_none(),
+        "delivered: pruned"
+    );
+    assert!(
+        rt().block_on(store.show(&pending)).unwrap().is_some(),
+        "pending: kept"
+    );
+    assert!(
+        rt().block_on(store.pay(&closed)).unwrap().is_none(),
+        "closed: pruned"
+    );
+    assert!(
+        rt().block_on(store.pay(&open_pay)).unwrap().is_some(),
+        "open: kept"
+    );
 
     // on demand: everything finished, whatever its age; a dry run first
     assert_success(&post(&s, &fresh("new-1", "S")), "delivered now");
@@ -132,7 +174,10 @@ fn retention_prunes_finished_work_and_the_cli_prunes_on_demand() {
     let (code, out, err) = cli(path, &["prune", "--older-than", "0s", "--dry-run"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("would prune 1 delivered"), "{out}");
-    assert!(rt().block_on(store.show(&new)).unwrap().is_some(), "a dry run deletes nothing");
+    assert!(
+        rt().block_on(store.show(&new)).unwrap().is_some(),
+        "a dry run deletes nothing"
+    );
     let (code, out, err) = cli(path, &["prune", "--older-than", "0s"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("pruned 1 delivered"), "{out}");
@@ -142,11 +187,18 @@ fn retention_prunes_finished_work_and_the_cli_prunes_on_demand() {
         .into_iter()
         .map(|e| e.event_id)
         .collect();
-    assert_eq!(left, vec![pending.clone()], "only the pending event is left");
+    assert_eq!(
+        left,
+        vec![pending.clone()],
+        "only the pending event is left"
+    );
     // the default is the config's retention: nothing left is that old and finished
     let (code, out, _) = cli(path, &["prune"]);
     assert_eq!(code, 0);
-    assert!(out.contains("pruned 0 delivered") && out.contains("30days"), "{out}");
+    assert!(
+        out.contains("pruned 0 delivered") && out.contains("30days"),
+        "{out}"
+    );
     let (code, _, err) = cli(path, &["prune", "--older-than", "soon"]);
     assert_eq!(code, 2, "a bad duration is a usage error: {err}");
 }
@@ -190,7 +242,12 @@ fn a_sidecar_started_while_postgresql_is_down_starts_and_recovers() {
     let inline = Sidecar::start(dl.path(), &config(dl.path(), &app.url(), "", &store));
     let saf = Sidecar::start(
         ds.path(),
-        &config(ds.path(), &app.url(), "acknowledge = \"after-store\"\n", &store),
+        &config(
+            ds.path(),
+            &app.url(),
+            "acknowledge = \"after-store\"\n",
+            &store,
+        ),
     );
     for s in [&inline, &saf] {
         assert!(
@@ -207,7 +264,10 @@ fn a_sidecar_started_while_postgresql_is_down_starts_and_recovers() {
         );
     }
     // in line: delivered without the journal
-    assert_success(&post(&inline, &fresh("pg-down-1", "S")), "in line, store down");
+    assert_success(
+        &post(&inline, &fresh("pg-down-1", "S")),
+        "in line, store down",
+    );
     assert_eq!(app.received().len(), 1);
     assert!(event_id(&app.received()[0]).starts_with("evt_"));
     // after-store: fail closed, so that Alipay re-sends
@@ -227,7 +287,10 @@ fn a_sidecar_started_while_postgresql_is_down_starts_and_recovers() {
         );
     }
     // Alipay's re-send to the store-and-forward sidecar is stored now, then delivered
-    assert_success(&post(&saf, &fresh("pg-down-2", "S")), "stored after recovery");
+    assert_success(
+        &post(&saf, &fresh("pg-down-2", "S")),
+        "stored after recovery",
+    );
     inline.eventually("the queued notification is delivered", || {
         (app.received().len() >= 2).then_some(())
     });
@@ -245,7 +308,10 @@ fn a_sidecar_started_while_postgresql_is_down_starts_and_recovers() {
         .into_iter()
         .map(|e| e.business_id)
         .collect();
-    assert!(ids.contains(&"pg-down-2".to_string()) && ids.contains(&"pg-down-3".to_string()), "{ids:?}");
+    assert!(
+        ids.contains(&"pg-down-2".to_string()) && ids.contains(&"pg-down-3".to_string()),
+        "{ids:?}"
+    );
 }
 
 /// A store that cannot be opened for another reason than being unreachable is a configuration

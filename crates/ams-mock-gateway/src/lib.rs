@@ -149,8 +149,8 @@ mod switches;
 mod tls;
 
 pub use switches::{
-    ControlError, InquiryAnswer, NotifyMode, PaymentOutcome, PaymentResult, PaymentStatus, DEFAULT_FAIL_CODE,
-    MAX_SWITCH_DELAY,
+    ControlError, InquiryAnswer, NotifyMode, PaymentOutcome, PaymentResult, PaymentStatus,
+    DEFAULT_FAIL_CODE, MAX_SWITCH_DELAY,
 };
 
 use std::collections::HashMap;

@@ -38,7 +38,9 @@ impl Store {
     pub async fn prune(&self, before: i64, dry_run: bool) -> Result<Pruned, StoreError> {
         if dry_run {
             return Ok(Pruned {
-                notifications: self.count("notifications", NOTIFICATIONS_WHERE, before).await?,
+                notifications: self
+                    .count("notifications", NOTIFICATIONS_WHERE, before)
+                    .await?,
                 pays: self.count("pay_records", PAYS_WHERE, before).await?,
             });
         }
@@ -46,9 +48,7 @@ impl Store {
             notifications: self
                 .delete("notifications", "event_id", NOTIFICATIONS_WHERE, before)
                 .await?,
-            pays: self
-                .delete("pay_records", "id", PAYS_WHERE, before)
-                .await?,
+            pays: self.delete("pay_records", "id", PAYS_WHERE, before).await?,
         })
     }
 

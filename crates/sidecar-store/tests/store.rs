@@ -1058,22 +1058,71 @@ fn with_database_replaces_the_path_only() {
 /// go; pending and dead notifications and open records stay; a dry run deletes nothing.
 async fn prune_removes_only_finished_work(db: &TestDb) {
     let store = db.open().await;
-    let delivered = record(&store, "sg", pay_body("pr-d", "S", "SUCCESS").as_bytes(), 1_000, None).await;
-    assert!(store.mark_delivered(&delivered.event_id, 2_000).await.unwrap());
-    let pending = record(&store, "sg", pay_body("pr-p", "S", "SUCCESS").as_bytes(), 1_000, None).await;
-    let dead = record(&store, "sg", pay_body("pr-x", "S", "SUCCESS").as_bytes(), 1_000, Some(1_000)).await;
-    assert!(store.mark_dead(&dead.event_id, "too old", 2_000).await.unwrap());
-    let late = record(&store, "sg", pay_body("pr-l", "S", "SUCCESS").as_bytes(), 1_000, None).await;
+    let delivered = record(
+        &store,
+        "sg",
+        pay_body("pr-d", "S", "SUCCESS").as_bytes(),
+        1_000,
+        None,
+    )
+    .await;
+    assert!(store
+        .mark_delivered(&delivered.event_id, 2_000)
+        .await
+        .unwrap());
+    let pending = record(
+        &store,
+        "sg",
+        pay_body("pr-p", "S", "SUCCESS").as_bytes(),
+        1_000,
+        None,
+    )
+    .await;
+    let dead = record(
+        &store,
+        "sg",
+        pay_body("pr-x", "S", "SUCCESS").as_bytes(),
+        1_000,
+        Some(1_000),
+    )
+    .await;
+    assert!(store
+        .mark_dead(&dead.event_id, "too old", 2_000)
+        .await
+        .unwrap());
+    let late = record(
+        &store,
+        "sg",
+        pay_body("pr-l", "S", "SUCCESS").as_bytes(),
+        1_000,
+        None,
+    )
+    .await;
     assert!(store.mark_delivered(&late.event_id, 9_000).await.unwrap());
-    let closed = store.record_pay(&new_pay("pr-c", 61_000, 1_801_000)).await.unwrap();
-    assert!(store.finish_pay(&closed.id, PayOutcome::Expired, 3_000).await.unwrap());
-    let open = store.record_pay(&new_pay("pr-o", 61_000, 1_801_000)).await.unwrap();
+    let closed = store
+        .record_pay(&new_pay("pr-c", 61_000, 1_801_000))
+        .await
+        .unwrap();
+    assert!(store
+        .finish_pay(&closed.id, PayOutcome::Expired, 3_000)
+        .await
+        .unwrap());
+    let open = store
+        .record_pay(&new_pay("pr-o", 61_000, 1_801_000))
+        .await
+        .unwrap();
 
-    let want = sidecar_store::Pruned { notifications: 1, pays: 1 };
+    let want = sidecar_store::Pruned {
+        notifications: 1,
+        pays: 1,
+    };
     assert_eq!(store.prune(5_000, true).await.unwrap(), want, "dry run");
     assert_eq!(store.list(&ListFilter::default()).await.unwrap().len(), 4);
     assert_eq!(store.prune(5_000, false).await.unwrap(), want);
-    assert_eq!(store.prune(5_000, false).await.unwrap(), sidecar_store::Pruned::default());
+    assert_eq!(
+        store.prune(5_000, false).await.unwrap(),
+        sidecar_store::Pruned::default()
+    );
     let left: Vec<String> = store
         .list(&ListFilter::default())
         .await
@@ -1089,7 +1138,14 @@ async fn prune_removes_only_finished_work(db: &TestDb) {
     assert!(store.pay(&open.id).await.unwrap().is_some());
     // more than one batch
     for i in 0..(sidecar_store::PRUNE_BATCH + 3) {
-        let r = record(&store, "sg", pay_body(&format!("pr-b{i}"), "S", "SUCCESS").as_bytes(), 1_000, None).await;
+        let r = record(
+            &store,
+            "sg",
+            pay_body(&format!("pr-b{i}"), "S", "SUCCESS").as_bytes(),
+            1_000,
+            None,
+        )
+        .await;
         store.mark_delivered(&r.event_id, 2_000).await.unwrap();
     }
     let n = store.prune(5_000, false).await.unwrap();
@@ -1101,22 +1157,41 @@ async fn prune_removes_only_finished_work(db: &TestDb) {
 /// the outcome of a closed record can be read back.
 async fn pay_answers_and_closed_outcomes(db: &TestDb) {
     let store = db.open().await;
-    let rec = store.record_pay(&new_pay("pa-1", 0, 1_801_000)).await.unwrap();
+    let rec = store
+        .record_pay(&new_pay("pa-1", 0, 1_801_000))
+        .await
+        .unwrap();
     let p = store.pay(&rec.id).await.unwrap().unwrap();
     assert_eq!(p.payment_id.as_deref(), Some("2024010112345"));
     assert_eq!(p.answers, 0);
     let lease = std::time::Duration::from_secs(30);
-    assert_eq!(store.claim_due_pays(10, "a", lease, 5).await.unwrap().len(), 1);
-    assert!(store.reschedule_pay_answered(&rec.id, "a", 20, false).await.unwrap());
+    assert_eq!(
+        store.claim_due_pays(10, "a", lease, 5).await.unwrap().len(),
+        1
+    );
+    assert!(store
+        .reschedule_pay_answered(&rec.id, "a", 20, false)
+        .await
+        .unwrap());
     let c = store.claim_due_pays(20, "a", lease, 5).await.unwrap();
     assert_eq!((c[0].inquiries, c[0].answers), (1, 0));
-    assert!(store.reschedule_pay_answered(&rec.id, "a", 30, true).await.unwrap());
+    assert!(store
+        .reschedule_pay_answered(&rec.id, "a", 30, true)
+        .await
+        .unwrap());
     let p = store.pay(&rec.id).await.unwrap().unwrap();
     assert_eq!((p.inquiries, p.answers), (2, 1));
 
     let owner = sidecar_store::PayOwner::Merchant("sg");
-    assert_eq!(store.closed_pay_outcome(owner, "pa-1").await.unwrap(), None, "open");
-    assert!(store.finish_pay(&rec.id, PayOutcome::Cancelled, 40).await.unwrap());
+    assert_eq!(
+        store.closed_pay_outcome(owner, "pa-1").await.unwrap(),
+        None,
+        "open"
+    );
+    assert!(store
+        .finish_pay(&rec.id, PayOutcome::Cancelled, 40)
+        .await
+        .unwrap());
     assert_eq!(
         store.closed_pay_outcome(owner, "pa-1").await.unwrap(),
         Some(PayOutcome::Cancelled)
@@ -1135,7 +1210,10 @@ async fn pay_answers_and_closed_outcomes(db: &TestDb) {
             .unwrap(),
         None
     );
-    assert_eq!(store.closed_pay_outcome(owner, "pa-none").await.unwrap(), None);
+    assert_eq!(
+        store.closed_pay_outcome(owner, "pa-none").await.unwrap(),
+        None
+    );
     store.close().await;
 }
 
@@ -1152,7 +1230,14 @@ async fn sqlite_files_are_private() {
         ["", "-wal", "-shm"].map(|s| std::path::PathBuf::from(format!("{}{s}", path.display())))
     };
     let store = Store::open(&StoreConfig::sqlite(&path)).await.unwrap();
-    record(&store, "sg", pay_body("perm-1", "S", "SUCCESS").as_bytes(), 1, None).await;
+    record(
+        &store,
+        "sg",
+        pay_body("perm-1", "S", "SUCCESS").as_bytes(),
+        1,
+        None,
+    )
+    .await;
     for f in files(&path) {
         assert_eq!(mode(&f), 0o600, "{}", f.display());
     }
