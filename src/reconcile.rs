@@ -28,6 +28,14 @@
 //!    `cancel_on_expiry` `payments/cancel` is called (verified) and its outcome delivered the
 //!    same way ([`cancelled_body`]), else the record ends `expired` (logged, counted).
 //!
+//! 5. **Trust** (issue 18): an answer is acted on only when it is about the payment asked
+//!    ([`about_payment`]: same `paymentRequestId`, and the pay answer's `paymentId` when it had
+//!    one); a replayed answer about another payment is refused and counted. The cancel at the
+//!    close time waits for at least one verified answer about the payment ([`cancel_allowed`]);
+//!    until then the record is inquired again and the withheld cancel counted. A later verified
+//!    PAYMENT_RESULT that contradicts a recorded outcome ([`conflict`]) reaches the app marked
+//!    [`CONFLICT_HEADER`].
+//!
 //! The JSON of requests and answers is parsed only to read fields; what is forwarded is never
 //! re-serialised. The bodies the sidecar builds itself (the inquiry and cancel requests, the
 //! reconciled PAYMENT_RESULT) are built with `serde_json` from the verified values.
