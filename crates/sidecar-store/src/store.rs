@@ -72,7 +72,8 @@ pub(crate) use dispatch;
 /// statement waits for a pooled connection before the store counts as unavailable (the
 /// receiver then lets the notification flow without the store, or answers 503), and how long
 /// opening waits for PostgreSQL to answer (a filtered port never refuses). Short: while
-/// PostgreSQL is down every notification would wait this long.
+/// PostgreSQL is down every notification would wait this long. SQLite waits at least its
+/// busy timeout (5 s) for a connection: a local file is busy, not down.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an SQLite writer waits for another writer (other task, process or the CLI).
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -189,7 +190,9 @@ async fn open_sqlite(path: &Path, timeout: Duration) -> Result<Store, StoreError
         .foreign_keys(true);
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
-        .acquire_timeout(timeout)
+        // a local file is never "down": a connection may be busy for the busy timeout while
+        // another writer commits, so waiting for one is allowed at least that long
+        .acquire_timeout(timeout.max(SQLITE_BUSY_TIMEOUT))
         .connect_with(options)
         .await
         .map_err(unwritable)?;
