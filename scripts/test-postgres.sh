@@ -5,6 +5,8 @@
 #                                    # print the URL on stdout (logs go to stderr)
 #   scripts/test-postgres.sh url     # print the URL of the running cluster
 #   scripts/test-postgres.sh stop    # stop it and remove its folder (nothing running: no-op)
+#   scripts/test-postgres.sh pause   # stop the server, keep its folder and port ("PostgreSQL down")
+#   scripts/test-postgres.sh resume  # start it again on the same port with the same data
 #
 #   export SIDECAR_TEST_PG_URL="$(scripts/test-postgres.sh start)"
 #
@@ -130,6 +132,24 @@ cmd_stop() {
   log "stopped and removed $PG_DIR"
 }
 
+cmd_pause() {
+  [ -f "$STATE" ] || die "not started (scripts/test-postgres.sh start)"
+  # shellcheck disable=SC1090
+  . "$STATE"
+  as_user "$PG_USER" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >&2
+  log "paused (stopped, data kept in $PG_DIR, port $PG_PORT)"
+}
+
+cmd_resume() {
+  [ -f "$STATE" ] || die "not started (scripts/test-postgres.sh start)"
+  # shellcheck disable=SC1090
+  . "$STATE"
+  as_user "$PG_USER" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories=$PG_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB" \
+    start >&2 || { tail -5 "$PG_DIR/server.log" >&2; die "PostgreSQL did not start again on port $PG_PORT"; }
+  log "resumed on 127.0.0.1:$PG_PORT"
+}
+
 cmd_url() {
   running || die "not running (scripts/test-postgres.sh start)"
   echo "$PG_URL"
@@ -139,5 +159,7 @@ case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   url) cmd_url ;;
-  *) echo "usage: $0 start|stop|url" >&2; exit 2 ;;
+  pause) cmd_pause ;;
+  resume) cmd_resume ;;
+  *) echo "usage: $0 start|stop|url|pause|resume" >&2; exit 2 ;;
 esac

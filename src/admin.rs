@@ -92,6 +92,9 @@ impl ServeHttp for Admin {
             ("GET", "/metrics") => reply(200, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render()),
             ("GET", "/healthz") => reply(200, "text/plain", "ok\n"),
             ("GET", "/readyz") => match self.readiness().await {
+                // a store that is down does not take the sidecar out of service (issue 18
+                // L5): signing and in-line delivery work without it; the body says so
+                Ok(()) if self.state.store().is_some_and(|s| !s.is_up()) => reply(200, "text/plain", "ready; store unavailable: notifications flow in line without the journal (503 with acknowledge = after-store)\n"),
                 Ok(()) => reply(200, "text/plain", "ready\n"),
                 Err(why) => reply(503, "text/plain", format!("not ready: {why}\n")),
             },

@@ -21,7 +21,8 @@ Exit status (run and check-config):
   1  runtime failure: the configuration is valid but the sidecar could not start or keep
      running (an address already in use, a file it must write, …)
   2  usage, configuration or key error: nothing was started; the message names the file, the
-     line and what to change (the same errors check-config reports)";
+     line and what to change (the same errors check-config reports; also a [store] that
+     cannot be opened; a PostgreSQL that does not answer is no error: run starts without it)";
 
 const NOTIFICATIONS_HELP: &str = "\
 Each subcommand takes --config FILE (or ALIPAY_SIDECAR_CONFIG) like run and opens its [store].

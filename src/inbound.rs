@@ -57,7 +57,7 @@ use crate::protocol::{
     ack_signature_headers, content_digest, format_iso8601, parse_request_time, Reason, Verified,
     ACK_BODY,
 };
-use crate::reconcile::NotificationHook;
+use crate::reconcile::{NotificationHook, CONFLICT_HEADER};
 use crate::replay::{self, InFlight, ReplayWindow, StillInFlight, Turn};
 use crate::state::SidecarState;
 use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
@@ -491,6 +491,7 @@ impl<A: App> Inbound<A> {
         n: Request,
         marker: Marker,
         key_version: Option<&str>,
+        conflict: Option<&str>,
         report: &mut Report,
     ) -> Result<(ResponseHeader, Bytes), Stop> {
         let merchant = selected.merchant;
@@ -502,6 +503,10 @@ impl<A: App> Inbound<A> {
             key_version,
             n.body.len(),
         )?;
+        // before the journal copies the headers: a queued delivery carries the mark too
+        if let Some(c) = conflict {
+            head.insert_header(CONFLICT_HEADER, c)?;
+        }
         let journal = match &self.journal {
             Some(j) if marker == Marker::Verified => j,
             None if marker == Marker::Verified => {
@@ -847,13 +852,14 @@ impl<A: App> Handler for Inbound<A> {
         };
         let mut report = Report::new(label, INBOUND_API_LABEL);
         report.request_bytes = Some(request.body.len());
+        let mut conflict = None;
         let (marker, key_version) = match self.check(&selected, &request, &mut report) {
             Ok(v) => {
                 report.verification = Some(VerificationResult::Valid);
                 report.outcome = Outcome::Verified;
                 report.key_version = Some(v.key_version);
                 if let Some(hook) = &self.reconcile {
-                    hook.verified(&selected.merchant.name, &request.body).await;
+                    conflict = hook.verified(&selected.merchant.name, &request.body).await;
                 }
                 (Marker::Verified, report.key_version.clone())
             }
@@ -874,6 +880,7 @@ impl<A: App> Handler for Inbound<A> {
                 request,
                 marker,
                 key_version.as_deref(),
+                conflict.as_deref(),
                 &mut report,
             )
             .await;
@@ -939,12 +946,46 @@ mod tests {
 
     #[async_trait::async_trait]
     impl NotificationHook for Hook {
-        async fn verified(&self, merchant: &str, body: &[u8]) {
+        async fn verified(&self, merchant: &str, body: &[u8]) -> Option<String> {
             self.0
                 .lock()
                 .unwrap()
                 .push((merchant.into(), body.to_vec()));
+            // a payment the fake "cancelled": its result is a conflict
+            String::from_utf8_lossy(body)
+                .contains("\"p-cancelled\"")
+                .then(|| "recorded=cancelled".to_string())
         }
+    }
+
+    #[tokio::test]
+    async fn a_conflict_the_hook_reports_marks_the_delivery() {
+        let app = app(200, ACK);
+        let h = inbound(&app).with_reconcile(Arc::new(Hook::default()));
+        let time = format_iso8601(now_millis());
+        let body = br#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"S"},"paymentRequestId":"p-cancelled"}"#;
+        assert_eq!(
+            h.handle(signed("/merchant/notify", &time, body))
+                .await
+                .head
+                .status
+                .as_u16(),
+            200
+        );
+        let sent = app.only();
+        let marks: Vec<_> = sent.head.headers.get_all(CONFLICT_HEADER).iter().collect();
+        assert_eq!(marks.len(), 1);
+        assert_eq!(marks[0].as_bytes(), b"recorded=cancelled");
+        // an incoming header of that name never passes (it is the sidecar's)
+        let app = self::app(200, ACK);
+        let h = inbound(&app).with_reconcile(Arc::new(Hook::default()));
+        let body = br#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"S"},"paymentRequestId":"p1"}"#;
+        let mut req = signed("/merchant/notify", &time, body);
+        req.head
+            .insert_header(CONFLICT_HEADER, "recorded=forged")
+            .unwrap();
+        assert_eq!(h.handle(req).await.head.status.as_u16(), 200);
+        assert!(app.only().head.headers.get(CONFLICT_HEADER).is_none());
     }
 
     #[tokio::test]

@@ -52,6 +52,7 @@ pub mod outbound;
 pub mod reconcile;
 pub mod reload;
 pub mod replay;
+pub mod retention;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -1,5 +1,7 @@
 //! `alipay-sidecar notifications …`: the operator's view of the notification journal (issue
-//! 13): list, show, replay one event, retry the dead ones.
+//! 13): list, show, replay one event, retry the dead ones; prune finished work (issue 18 L3,
+//! the rule in `sidecar_store`'s `retention` module: delivered notifications and closed pay
+//! records only).
 //!
 //! Each command takes `--config FILE` (or `ALIPAY_SIDECAR_CONFIG`) like `run` and opens the
 //! store named by its `[store]`, so it works next to a running sidecar on the same store
@@ -17,7 +19,7 @@ use std::path::Path;
 use clap::{Subcommand, ValueEnum};
 use sidecar_store::{ListFilter, NotificationRecord, NotificationStatus};
 
-use crate::config::Config;
+use crate::config::{Config, StoreOptions};
 use crate::exchange::now_millis;
 use crate::protocol::format_iso8601;
 use crate::store::StateStore;
@@ -34,6 +36,10 @@ pub enum NotificationsCommand {
     Replay(EventArgs),
     /// Deliver every dead event again (store-and-forward gave up after max_delivery_age).
     Retry(RetryArgs),
+    /// Delete delivered notifications and closed pay records older than --older-than
+    /// (default: [store] retention). Pending and dead notifications and open pay records are
+    /// never deleted. A running sidecar also prunes by itself.
+    Prune(PruneArgs),
 }
 
 /// `--status` values.
@@ -98,14 +104,34 @@ pub struct RetryArgs {
     dead: bool,
 }
 
+/// Options of `notifications prune`.
+#[derive(clap::Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Delete what finished longer ago than this (e.g. `30d`, `12h`; `0s`: everything
+    /// finished). Default: `[store] retention` of the config (30d unless set).
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    older_than: Option<std::time::Duration>,
+    /// Only count what would be deleted.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 30d, 12h, 90m"))
+}
+
 /// Runs a `notifications` subcommand; returns the exit code.
 pub fn run(command: &NotificationsCommand, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let config = match command {
         NotificationsCommand::List(a) => &a.config,
         NotificationsCommand::Show(a) | NotificationsCommand::Replay(a) => &a.config,
         NotificationsCommand::Retry(a) => &a.config,
+        NotificationsCommand::Prune(a) => &a.config,
     };
-    let store = match open(&config.config, err) {
+    let (store, options) = match open(&config.config, err) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -114,6 +140,12 @@ pub fn run(command: &NotificationsCommand, out: &mut dyn Write, err: &mut dyn Wr
         NotificationsCommand::Show(a) => show(&store, a, out),
         NotificationsCommand::Replay(a) => replay(&store, &a.id, out),
         NotificationsCommand::Retry(_) => retry_dead(&store, out),
+        NotificationsCommand::Prune(a) => prune(
+            &store,
+            a.older_than.unwrap_or(options.retention),
+            a.dry_run,
+            out,
+        ),
     };
     match result {
         Ok(()) => EXIT_OK,
@@ -126,7 +158,10 @@ pub fn run(command: &NotificationsCommand, out: &mut dyn Write, err: &mut dyn Wr
 
 /// The store of the config at `path`: 2 for a config that cannot be used or has no
 /// `[store]`, 1 for a store that cannot be opened.
-fn open(path: &Path, err: &mut dyn Write) -> Result<std::sync::Arc<StateStore>, i32> {
+fn open(
+    path: &Path,
+    err: &mut dyn Write,
+) -> Result<(std::sync::Arc<StateStore>, StoreOptions), i32> {
     let config = Config::load(path).map_err(|e| {
         let _ = writeln!(err, "error: {e}");
         EXIT_USAGE
@@ -141,10 +176,38 @@ fn open(path: &Path, err: &mut dyn Write) -> Result<std::sync::Arc<StateStore>, 
         );
         return Err(EXIT_USAGE);
     };
-    StateStore::open(store).map_err(|e| {
-        let _ = writeln!(err, "error: {e}");
-        EXIT_INVALID
-    })
+    let options = config.store_options;
+    StateStore::open(store, options.timeout)
+        .map(|s| (s, options))
+        .map_err(|e| {
+            let _ = writeln!(err, "error: {e}");
+            EXIT_INVALID
+        })
+}
+
+/// `notifications prune`: what finished before now − `older_than` goes (or is counted).
+fn prune(
+    store: &StateStore,
+    older_than: std::time::Duration,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<(), String> {
+    let age = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+    let before = now_millis().saturating_sub(age).max(0);
+    let n = store
+        .block_on(|s| async move { s.prune(before, dry_run).await })
+        .map_err(|e| e.to_string())?;
+    let verb = if dry_run { "would prune" } else { "pruned" };
+    writeln!(
+        out,
+        "{verb} {} delivered notification(s) and {} closed pay record(s) finished before {} \
+         (older than {}); pending and dead notifications and open pay records are kept",
+        n.notifications,
+        n.pays,
+        format_iso8601(before),
+        humantime::format_duration(older_than)
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn list(store: &StateStore, args: &ListArgs, out: &mut dyn Write) -> Result<(), String> {

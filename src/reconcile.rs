@@ -28,6 +28,14 @@
 //!    `cancel_on_expiry` `payments/cancel` is called (verified) and its outcome delivered the
 //!    same way ([`cancelled_body`]), else the record ends `expired` (logged, counted).
 //!
+//! 5. **Trust** (issue 18): an answer is acted on only when it is about the payment asked
+//!    ([`about_payment`]: same `paymentRequestId`, and the pay answer's `paymentId` when it had
+//!    one); a replayed answer about another payment is refused and counted. The cancel at the
+//!    close time waits for at least one verified answer about the payment ([`cancel_allowed`]);
+//!    until then the record is inquired again and the withheld cancel counted. A later verified
+//!    PAYMENT_RESULT that contradicts a recorded outcome ([`conflict`]) reaches the app marked
+//!    [`CONFLICT_HEADER`].
+//!
 //! The JSON of requests and answers is parsed only to read fields; what is forwarded is never
 //! re-serialised. The bodies the sidecar builds itself (the inquiry and cancel requests, the
 //! reconciled PAYMENT_RESULT) are built with `serde_json` from the verified values.
@@ -57,6 +65,11 @@ pub const SOURCE_HEADER: &str = "X-Alipay-Sidecar-Source";
 /// Internal header recorded with a reconciled event when `[reconcile] deliver_path` is set:
 /// the journal's delivery worker delivers to that path instead of the notify path.
 pub use crate::journal::DELIVER_PATH_HEADER;
+/// Marks a verified PAYMENT_RESULT that contradicts the outcome the sidecar recorded and
+/// delivered for that payment (issue 18 M2), e.g. `recorded=cancelled`: Alipay's late S after
+/// the sidecar cancelled the payment at its close time. The notification is still delivered
+/// (it is Alipay's word); the app must inquire (a cancel of a paid payment refunds it).
+pub const CONFLICT_HEADER: &str = "X-Alipay-Sidecar-Conflict";
 /// The value of [`SOURCE_HEADER`].
 pub const SOURCE_INQUIRY: &str = "inquiryPayment";
 
@@ -81,12 +94,20 @@ struct ReconcileMetrics {
     cancels: IntCounterVec,
     recorded: IntCounter,
     store_errors: IntCounterVec,
+    conflicts: IntCounterVec,
 }
 
 /// `result` label values of `alipay_sidecar_reconcile_inquiries_total`.
-const INQUIRY_RESULTS: [&str; 4] = ["success", "fail", "not_final", "error"];
+const INQUIRY_RESULTS: [&str; 5] = ["success", "fail", "not_final", "error", "refused"];
 /// `result` label values of `alipay_sidecar_reconcile_cancels_total`.
-const CANCEL_RESULTS: [&str; 2] = ["success", "error"];
+const CANCEL_RESULTS: [&str; 3] = ["success", "error", "withheld"];
+/// `recorded` label values of `alipay_sidecar_reconcile_conflicts_total`: the recorded
+/// outcomes a later PAYMENT_RESULT can contradict.
+const CONFLICT_OUTCOMES: [PayOutcome; 3] = [
+    PayOutcome::Cancelled,
+    PayOutcome::InquiredFail,
+    PayOutcome::InquiredSuccess,
+];
 /// `op` label values of `alipay_sidecar_reconcile_store_errors_total`.
 const STORE_OPS: [&str; 4] = ["record_pay", "close_pay", "work", "deliver"];
 
@@ -109,6 +130,7 @@ fn metrics() -> &'static ReconcileMetrics {
             Box::new(m.cancels.clone()),
             Box::new(m.recorded.clone()),
             Box::new(m.store_errors.clone()),
+            Box::new(m.conflicts.clone()),
         ] {
             if let Err(e) = registry.register(c) {
                 tracing::error!(error = %e, "registering a reconciler metric failed");
@@ -125,6 +147,9 @@ fn metrics() -> &'static ReconcileMetrics {
         }
         for op in STORE_OPS {
             m.store_errors.with_label_values(&[op]);
+        }
+        for o in CONFLICT_OUTCOMES {
+            m.conflicts.with_label_values(&[o.as_str()]);
         }
         m
     })
@@ -146,14 +171,14 @@ fn build_metrics() -> Result<ReconcileMetrics, prometheus::Error> {
         inquiries: IntCounterVec::new(
             Opts::new(
                 "alipay_sidecar_reconcile_inquiries_total",
-                "inquiryPayment calls made by the reconciler, by result: success, fail, not_final, error (no verified answer).",
+                "inquiryPayment calls made by the reconciler, by result: success, fail, not_final, error (no verified answer), refused (a verified answer about another payment, or naming none: not acted on).",
             ),
             &["result"],
         )?,
         cancels: IntCounterVec::new(
             Opts::new(
                 "alipay_sidecar_reconcile_cancels_total",
-                "payments/cancel calls made at the close time (cancel_on_expiry), by result: success, error.",
+                "payments/cancel at the close time (cancel_on_expiry), by result: success, error, withheld (not called: no verified inquiry answer about the payment yet; it is inquired again).",
             ),
             &["result"],
         )?,
@@ -167,6 +192,13 @@ fn build_metrics() -> Result<ReconcileMetrics, prometheus::Error> {
                 "Store failures of the reconciler, by operation (record_pay, close_pay, work, deliver).",
             ),
             &["op"],
+        )?,
+        conflicts: IntCounterVec::new(
+            Opts::new(
+                "alipay_sidecar_reconcile_conflicts_total",
+                "Verified PAYMENT_RESULT notifications that contradict the outcome the sidecar recorded and delivered for the payment (delivered marked X-Alipay-Sidecar-Conflict), by recorded outcome: cancelled, inquired_fail, inquired_success.",
+            ),
+            &["recorded"],
         )?,
     })
 }
@@ -257,6 +289,8 @@ pub struct PendingPay {
     pub client_id: String,
     pub payment_request_id: String,
     pub payment_notify_url: Option<String>,
+    /// Alipay's `paymentId` in the pay answer, when it has one: inquiry answers must name it.
+    pub payment_id: Option<String>,
     /// UTC ms.
     pub close_time: i64,
     /// UTC ms.
@@ -301,6 +335,11 @@ pub fn pending_pay(
         payment_notify_url: str_field(&request, "paymentNotifyUrl")
             .filter(|u| u.len() <= MAX_URL_LEN)
             .map(str::to_string),
+        payment_id: json_object(answer)
+            .as_ref()
+            .and_then(|a| str_field(a, "paymentId"))
+            .filter(|id| id.len() <= MAX_ID_LEN)
+            .map(str::to_string),
         close_time,
         reconcile_at: add(now, timing.reconcile_after),
         now,
@@ -310,14 +349,21 @@ pub fn pending_pay(
 /// The `paymentRequestId` of a notification that reports a final payment result
 /// (`notifyType` PAYMENT_RESULT, `result.resultStatus` `S` or `F`); `None` otherwise.
 pub fn final_payment_result(body: &[u8]) -> Option<String> {
+    final_result(body).map(|(id, _)| id)
+}
+
+/// [`final_payment_result`] with the result status (`"S"` or `"F"`).
+fn final_result(body: &[u8]) -> Option<(String, &'static str)> {
     let o = json_object(body)?;
     if str_field(&o, "notifyType") != Some("PAYMENT_RESULT") {
         return None;
     }
-    if !matches!(result_field(&o, "resultStatus"), Some("S" | "F")) {
-        return None;
-    }
-    str_field(&o, "paymentRequestId").map(str::to_string)
+    let status = match result_field(&o, "resultStatus") {
+        Some("S") => "S",
+        Some("F") => "F",
+        _ => return None,
+    };
+    str_field(&o, "paymentRequestId").map(|id| (id.to_string(), status))
 }
 
 /// What a verified inquiryPayment answer says.
@@ -325,9 +371,52 @@ pub fn final_payment_result(body: &[u8]) -> Option<String> {
 pub enum Inquired {
     /// `paymentStatus` SUCCESS or FAIL: the PAYMENT_RESULT body to deliver, and the outcome.
     Final { body: Vec<u8>, outcome: PayOutcome },
-    /// The inquiry worked but the status is not final (PROCESSING, PENDING, CANCELLED, …),
-    /// or the inquiry itself did not succeed (`result.resultStatus` not `S`).
+    /// An answer about this payment whose status is not final (PROCESSING, PENDING,
+    /// CANCELLED, …): the payment is known to Alipay and still open.
     NotFinal(String),
+    /// The inquiry itself did not succeed (`result.resultStatus` not `S`, or no JSON object):
+    /// it says nothing about the payment.
+    Failed(String),
+    /// Signed, but not an answer about the payment asked (issue 18 M1): its
+    /// `paymentRequestId` is absent or another one, or its `paymentId` is not the one the pay
+    /// answer gave. A replayed answer about another payment would otherwise close this one.
+    Refused(String),
+}
+
+/// The payment an inquiry asked about: the `paymentRequestId` asked, and Alipay's
+/// `paymentId` when the pay answer had one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asked<'a> {
+    pub payment_request_id: &'a str,
+    pub payment_id: Option<&'a str>,
+}
+
+/// Whether `answer` (a JSON object) is about the payment `asked` (pure, issue 18 M1): its
+/// `paymentRequestId` must be present and equal; when the `paymentId` is known, the answer's
+/// must be present and equal too. `Err` says why not.
+pub fn about_payment(answer: &Map<String, Value>, asked: Asked<'_>) -> Result<(), String> {
+    let shown = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => "none".to_string(),
+        // a hostile answer must not put a megabyte into one log line
+        Some(v) => v.to_string().chars().take(80).collect(),
+    };
+    let field = |name: &str| answer.get(name).and_then(Value::as_str);
+    if field("paymentRequestId") != Some(asked.payment_request_id) {
+        return Err(format!(
+            "the answer is about paymentRequestId {}, not {:?}",
+            shown(answer.get("paymentRequestId")),
+            asked.payment_request_id
+        ));
+    }
+    if let Some(known) = asked.payment_id {
+        if field("paymentId") != Some(known) {
+            return Err(format!(
+                "the answer is about paymentId {}, not {known:?} (the pay answer's)",
+                shown(answer.get("paymentId"))
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The fields copied from the inquiry answer into the reconciled PAYMENT_RESULT.
@@ -339,22 +428,26 @@ const COPIED: [&str; 5] = [
     "paymentTime",
 ];
 
-/// Maps a verified inquiryPayment answer (pure; see the README's mapping table):
-/// `paymentStatus` SUCCESS → `result` `{"resultCode":"SUCCESS","resultStatus":"S",
-/// "resultMessage":"success"}`; FAIL → `resultStatus` `F` with the answer's
-/// `paymentResultCode`/`paymentResultMessage`; anything else is not final.
-/// `paymentRequestId`, `paymentId`, `paymentAmount`, `paymentCreateTime`, `paymentTime` are
-/// copied when present; `paymentRequestId` falls back to `payment_request_id`.
-pub fn payment_result_body(answer: &[u8], payment_request_id: &str) -> Inquired {
+/// Maps a verified inquiryPayment answer (pure; see the README's mapping table). First the
+/// answer must be about the payment asked ([`about_payment`]), else it is
+/// [`Inquired::Refused`]. `paymentStatus` SUCCESS → `result`
+/// `{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"}`; FAIL →
+/// `resultStatus` `F` with the answer's `paymentResultCode`/`paymentResultMessage`; anything
+/// else is not final. `paymentRequestId`, `paymentId`, `paymentAmount`, `paymentCreateTime`,
+/// `paymentTime` are copied when present.
+pub fn payment_result_body(answer: &[u8], asked: Asked<'_>) -> Inquired {
     let Some(o) = json_object(answer) else {
-        return Inquired::NotFinal("the answer is not a JSON object".into());
+        return Inquired::Failed("the answer is not a JSON object".into());
     };
     if result_field(&o, "resultStatus") != Some("S") {
-        return Inquired::NotFinal(format!(
+        return Inquired::Failed(format!(
             "the inquiry did not succeed ({}/{})",
             result_field(&o, "resultStatus").unwrap_or("-"),
             result_field(&o, "resultCode").unwrap_or("-")
         ));
+    }
+    if let Err(why) = about_payment(&o, asked) {
+        return Inquired::Refused(why);
     }
     let status = str_field(&o, "paymentStatus").unwrap_or("");
     let (result, outcome) = match status {
@@ -381,16 +474,24 @@ pub fn payment_result_body(answer: &[u8], payment_request_id: &str) -> Inquired 
             fields.push((name, v.to_string()));
         }
     }
-    if !fields.iter().any(|(name, _)| *name == "paymentRequestId") {
-        fields.push((
-            "paymentRequestId",
-            Value::from(payment_request_id).to_string(),
-        ));
-    }
     Inquired::Final {
         body: ordered(&fields).into_bytes(),
         outcome,
     }
+}
+
+/// The value of [`CONFLICT_HEADER`] for a verified PAYMENT_RESULT with `result.resultStatus`
+/// `status` about a payment whose record was closed with `recorded` (pure, issue 18 M2):
+/// `recorded=<outcome>` when the result contradicts what the sidecar already delivered to the
+/// app — S after the sidecar cancelled the payment or found it failed, F after it found it
+/// paid — else `None` (`notified` and `expired` delivered no result of the sidecar's own).
+pub fn conflict(status: &str, recorded: PayOutcome) -> Option<String> {
+    let contradicts = match status {
+        "S" => matches!(recorded, PayOutcome::Cancelled | PayOutcome::InquiredFail),
+        "F" => recorded == PayOutcome::InquiredSuccess,
+        _ => false,
+    };
+    contradicts.then(|| format!("recorded={}", recorded.as_str()))
 }
 
 /// A JSON object with `fields` (name, value already JSON) in this order: the order Alipay's
@@ -421,7 +522,7 @@ fn result_object(code: &str, status: &str, message: &str) -> String {
 /// was paid, so this is the app's only word that the payment is closed.
 pub fn cancelled_body(cancel_answer: &[u8], payment_request_id: &str) -> Vec<u8> {
     let o = json_object(cancel_answer).unwrap_or_default();
-    let id = str_field(&o, "paymentRequestId").unwrap_or(payment_request_id);
+    let id = payment_request_id;
     let mut fields = vec![
         ("notifyType", Value::from("PAYMENT_RESULT").to_string()),
         (
@@ -440,6 +541,15 @@ pub fn cancelled_body(cancel_answer: &[u8], payment_request_id: &str) -> Vec<u8>
         }
     }
     ordered(&fields).into_bytes()
+}
+
+/// Whether the reconciler may cancel a payment at its close time (pure, issue 18 L6): only
+/// after at least one verified inquiry answer about that very payment (`answers` recorded
+/// before, or `answered_now` in this turn). Unsigned, badly signed or foreign answers say
+/// nothing about the payment: cancelling on them would let whoever controls the path (or a
+/// broken key) cancel paid orders.
+pub fn cancel_allowed(answers: i64, answered_now: bool) -> bool {
+    answers > 0 || answered_now
 }
 
 /// When a record whose inquiry was not final is worked next: after the `inquiries`-th gap
@@ -479,6 +589,7 @@ impl PayRecorder for StateStore {
                     client_id: &pay.client_id,
                     payment_request_id: &pay.payment_request_id,
                     payment_notify_url: pay.payment_notify_url.as_deref(),
+                    payment_id: pay.payment_id.as_deref(),
                     close_time: pay.close_time,
                     reconcile_at: pay.reconcile_at,
                     now: pay.now,
@@ -554,11 +665,14 @@ impl PayRecording {
 /// Called by the inbound handler for every notification whose signature verified.
 #[async_trait]
 pub trait NotificationHook: Send + Sync + 'static {
-    /// `merchant` is the configured name the notification's client id selected.
-    async fn verified(&self, merchant: &str, body: &[u8]);
+    /// `merchant` is the configured name the notification's client id selected. Returns the
+    /// value of [`CONFLICT_HEADER`] when the notification contradicts a recorded outcome: the
+    /// delivery to the app carries it.
+    async fn verified(&self, merchant: &str, body: &[u8]) -> Option<String>;
 }
 
-/// Closes the merchant's pay record when a final PAYMENT_RESULT arrives (outcome `notified`).
+/// Closes the merchant's pay record when a final PAYMENT_RESULT arrives (outcome `notified`),
+/// and recognises one that contradicts the outcome of an already closed record.
 #[derive(Debug)]
 pub struct PayCloser {
     store: Arc<StateStore>,
@@ -574,32 +688,44 @@ impl PayCloser {
 
 #[async_trait]
 impl NotificationHook for PayCloser {
-    async fn verified(&self, merchant: &str, body: &[u8]) {
-        let Some(id) = final_payment_result(body) else {
-            return;
-        };
+    async fn verified(&self, merchant: &str, body: &[u8]) -> Option<String> {
+        let (id, status) = final_result(body)?;
         let owner = merchant.to_string();
         let key = id.clone();
         let closed = self
             .store
             .run(move |store| async move {
-                store
-                    .close_pay(
-                        PayOwner::Merchant(&owner),
-                        &key,
-                        PayOutcome::Notified,
-                        now_millis(),
-                    )
-                    .await
+                let now = now_millis();
+                let owner = PayOwner::Merchant(&owner);
+                if store
+                    .close_pay(owner, &key, PayOutcome::Notified, now)
+                    .await?
+                {
+                    return Ok(Ok(()));
+                }
+                store.closed_pay_outcome(owner, &key).await.map(Err)
             })
             .await;
         match closed {
-            Ok(true) => {
+            Ok(Ok(())) => {
                 count_outcome(PayOutcome::Notified);
                 tracing::info!(merchant, payment_request_id = %id, "reconcile: the result notification arrived; record closed");
+                None
             }
-            Ok(false) => {}
-            Err(e) => store_error("close_pay", &e),
+            Ok(Err(Some(recorded))) => {
+                let value = conflict(status, recorded)?;
+                metrics()
+                    .conflicts
+                    .with_label_values(&[recorded.as_str()])
+                    .inc();
+                tracing::warn!(merchant, payment_request_id = %id, result_status = status, recorded = recorded.as_str(), "reconcile: Alipay's payment result contradicts the outcome the sidecar recorded and delivered; delivered marked X-Alipay-Sidecar-Conflict: the app must inquire the payment (a cancel of a paid payment refunds it)");
+                Some(value)
+            }
+            Ok(Err(None)) => None,
+            Err(e) => {
+                store_error("close_pay", &e);
+                None
+            }
         }
     }
 }
@@ -699,13 +825,19 @@ impl<G: Gateway> Reconciler<G> {
     }
 
     /// One turn of one claimed record: inquire; final → deliver and close; else at the close
-    /// time expire (cancel or not), before it reschedule.
+    /// time expire (cancel or not), before it reschedule. An answer that is not about this
+    /// payment is refused ([`Inquired::Refused`]); the cancel at the close time waits for at
+    /// least one verified answer about the payment ([`cancel_allowed`]).
     async fn work(&self, rec: &PayRecord) {
         let now = now_millis();
         let inquiry = serde_json::json!({"paymentRequestId": rec.payment_request_id}).to_string();
+        let asked = Asked {
+            payment_request_id: &rec.payment_request_id,
+            payment_id: rec.payment_id.as_deref(),
+        };
+        let mut answered = false;
         let why = match self.call(rec, INQUIRY_TAIL, inquiry).await {
-            Called::Verified(answer) => match payment_result_body(&answer, &rec.payment_request_id)
-            {
+            Called::Verified(answer) => match payment_result_body(&answer, asked) {
                 Inquired::Final { body, outcome } => {
                     let label = if outcome == PayOutcome::InquiredSuccess {
                         "success"
@@ -718,6 +850,16 @@ impl<G: Gateway> Reconciler<G> {
                 }
                 Inquired::NotFinal(why) => {
                     metrics().inquiries.with_label_values(&["not_final"]).inc();
+                    answered = true;
+                    why
+                }
+                Inquired::Failed(why) => {
+                    metrics().inquiries.with_label_values(&["not_final"]).inc();
+                    why
+                }
+                Inquired::Refused(why) => {
+                    metrics().inquiries.with_label_values(&["refused"]).inc();
+                    tracing::warn!(merchant = %rec.merchant, payment_request_id = %rec.payment_request_id, reason = %why, "reconcile: a verified inquiry answer is not about the payment asked; refused, not acted on");
                     why
                 }
             },
@@ -727,7 +869,14 @@ impl<G: Gateway> Reconciler<G> {
             }
         };
         if now >= rec.close_time {
-            self.expire(rec, &why).await;
+            if !self.config.cancel_on_expiry || cancel_allowed(rec.answers, answered) {
+                self.expire(rec, &why).await;
+                return;
+            }
+            metrics().cancels.with_label_values(&["withheld"]).inc();
+            let next = add(now, self.last_gap());
+            tracing::error!(merchant = %rec.merchant, payment_request_id = %rec.payment_request_id, status = %why, inquiries = rec.inquiries + 1, "reconcile: close time passed, but no verified inquiry answer about this payment yet; not cancelling on an unverified status, inquiring again (check the gateway, the keys and alipay_sidecar_reconcile_inquiries_total)");
+            self.reschedule(rec, next, answered).await;
             return;
         }
         let next = next_inquiry(
@@ -737,14 +886,23 @@ impl<G: Gateway> Reconciler<G> {
             rec.close_time,
         );
         tracing::info!(merchant = %rec.merchant, payment_request_id = %rec.payment_request_id, inquiries = rec.inquiries + 1, status = %why, next_in_ms = next - now, "reconcile: no final status yet");
-        self.reschedule(rec, next).await;
+        self.reschedule(rec, next, answered).await;
     }
 
-    async fn reschedule(&self, rec: &PayRecord, next: i64) {
+    /// The last gap of `inquiry_schedule` (the one that repeats).
+    fn last_gap(&self) -> Duration {
+        self.config
+            .inquiry_schedule
+            .last()
+            .copied()
+            .unwrap_or(Duration::from_secs(30))
+    }
+
+    async fn reschedule(&self, rec: &PayRecord, next: i64, answered: bool) {
         let (id, owner) = (rec.id.clone(), self.owner.clone());
         match self
             .store
-            .run(move |s| async move { s.reschedule_pay(&id, &owner, next).await })
+            .run(move |s| async move { s.reschedule_pay_answered(&id, &owner, next, answered).await })
             .await
         {
             Ok(true) => {}
@@ -763,7 +921,22 @@ impl<G: Gateway> Reconciler<G> {
             return;
         }
         let body = serde_json::json!({"paymentRequestId": rec.payment_request_id}).to_string();
+        let asked = Asked {
+            payment_request_id: &rec.payment_request_id,
+            payment_id: rec.payment_id.as_deref(),
+        };
         let failed = match self.call(rec, CANCEL_TAIL, body).await {
+            Called::Verified(answer)
+                if result_field(&json_object(&answer).unwrap_or_default(), "resultStatus")
+                    == Some("S")
+                    && about_payment(&json_object(&answer).unwrap_or_default(), asked).is_err() =>
+            {
+                let why = about_payment(&json_object(&answer).unwrap_or_default(), asked)
+                    .err()
+                    .unwrap_or_default();
+                tracing::warn!(merchant = %rec.merchant, payment_request_id = %rec.payment_request_id, reason = %why, "reconcile: a verified cancel answer is not about the payment asked; refused, not acted on");
+                format!("cancel answer refused: {why}")
+            }
             Called::Verified(answer)
                 if result_field(&json_object(&answer).unwrap_or_default(), "resultStatus")
                     == Some("S") =>
@@ -786,19 +959,14 @@ impl<G: Gateway> Reconciler<G> {
         };
         metrics().cancels.with_label_values(&["error"]).inc();
         // keep trying (inquire again, then cancel) for a few more gaps, then give up
-        let gap = self
-            .config
-            .inquiry_schedule
-            .last()
-            .copied()
-            .unwrap_or(Duration::from_secs(30));
+        let gap = self.last_gap();
         let now = now_millis();
         if now > add(rec.close_time, gap * CANCEL_ATTEMPTS) {
             tracing::error!(merchant = %rec.merchant, payment_request_id = %rec.payment_request_id, error = %failed, "reconcile: cancelling at the close time failed repeatedly; giving up (expired): cancel it yourself");
             self.conclude(rec, None, PayOutcome::Expired).await;
         } else {
             tracing::warn!(merchant = %rec.merchant, payment_request_id = %rec.payment_request_id, error = %failed, "reconcile: cancelling at the close time failed; trying again");
-            self.reschedule(rec, add(now, gap)).await;
+            self.reschedule(rec, add(now, gap), true).await;
         }
     }
 
@@ -1015,6 +1183,7 @@ mod tests {
                 client_id: "T_1".into(),
                 payment_request_id: "p-1".into(),
                 payment_notify_url: Some("https://shop.example/alipay/notify?x=1".into()),
+                payment_id: None,
                 close_time: NOW + 1_800_000,
                 reconcile_at: NOW + 60_000,
                 now: NOW,
@@ -1113,7 +1282,9 @@ mod tests {
     #[test]
     fn a_successful_inquiry_maps_to_the_payment_result_alipay_sends() {
         let answer = br#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"},"paymentStatus":"SUCCESS","paymentResultCode":"SUCCESS","paymentRequestId":"p-1","paymentId":"2024X","paymentAmount":{"currency":"SGD","value":"100"},"paymentCreateTime":"2024-05-01T12:00:00+08:00","paymentTime":"2024-05-01T12:00:05+08:00","extra":"dropped"}"#;
-        let Inquired::Final { body, outcome } = payment_result_body(answer, "p-1") else {
+        let Inquired::Final { body, outcome } =
+            payment_result_body(answer, asked("p-1", Some("2024X")))
+        else {
             panic!("final");
         };
         assert_eq!(outcome, PayOutcome::InquiredSuccess);
@@ -1145,7 +1316,8 @@ mod tests {
     #[test]
     fn a_failed_inquiry_carries_the_payment_result_code() {
         let answer = br#"{"result":{"resultCode":"SUCCESS","resultStatus":"S"},"paymentStatus":"FAIL","paymentResultCode":"USER_BALANCE_NOT_ENOUGH","paymentResultMessage":"not enough","paymentRequestId":"p-2"}"#;
-        let Inquired::Final { body, outcome } = payment_result_body(answer, "p-2") else {
+        let Inquired::Final { body, outcome } = payment_result_body(answer, asked("p-2", None))
+        else {
             panic!("final");
         };
         assert_eq!(outcome, PayOutcome::InquiredFail);
@@ -1161,21 +1333,137 @@ mod tests {
     #[test]
     fn unclear_or_failed_inquiries_are_not_final() {
         for answer in [
-            r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S"},"paymentStatus":"PROCESSING"}"#,
-            r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S"},"paymentStatus":"CANCELLED"}"#,
-            r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S"}}"#,
+            r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S"},"paymentStatus":"PROCESSING","paymentRequestId":"p"}"#,
+            r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S"},"paymentStatus":"CANCELLED","paymentRequestId":"p"}"#,
+            r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S"},"paymentRequestId":"p"}"#,
             r#"{"result":{"resultCode":"ORDER_NOT_EXIST","resultStatus":"F"},"paymentStatus":"SUCCESS"}"#,
             r#"{"result":{"resultCode":"UNKNOWN_EXCEPTION","resultStatus":"U"}}"#,
             "[]",
         ] {
             assert!(
                 matches!(
-                    payment_result_body(answer.as_bytes(), "p"),
-                    Inquired::NotFinal(_)
+                    payment_result_body(answer.as_bytes(), asked("p", None)),
+                    Inquired::NotFinal(_) | Inquired::Failed(_)
                 ),
                 "{answer}"
             );
         }
+    }
+
+    fn asked(id: &'static str, payment_id: Option<&'static str>) -> Asked<'static> {
+        Asked {
+            payment_request_id: id,
+            payment_id,
+        }
+    }
+
+    #[test]
+    fn the_pay_answers_payment_id_is_recorded() {
+        let req = r#"{"paymentRequestId":"p-1"}"#;
+        let answer = r#"{"result":{"resultCode":"PAYMENT_IN_PROCESS","resultStatus":"U"},"paymentId":"2024X"}"#;
+        let pay = decide(PAY, req, answer).unwrap().unwrap();
+        assert_eq!(pay.payment_id.as_deref(), Some("2024X"));
+        let long = format!(
+            r#"{{"result":{{"resultStatus":"U"}},"paymentId":"{}"}}"#,
+            "9".repeat(300)
+        );
+        assert_eq!(decide(PAY, req, &long).unwrap().unwrap().payment_id, None);
+    }
+
+    /// Issue 18 M1: a signed answer about another payment, or naming none, is refused.
+    #[test]
+    fn answers_about_another_payment_are_refused() {
+        let success = |ids: &str| {
+            format!(
+                r#"{{"result":{{"resultCode":"SUCCESS","resultStatus":"S"}},"paymentStatus":"SUCCESS"{ids}}}"#
+            )
+        };
+        let refused = |answer: &str, a: Asked<'_>| {
+            matches!(
+                payment_result_body(answer.as_bytes(), a),
+                Inquired::Refused(_)
+            )
+        };
+        // another paymentRequestId (a replayed answer), none at all, a non-string one
+        assert!(refused(
+            &success(r#","paymentRequestId":"p-other","paymentId":"2024Y""#),
+            asked("p-1", None)
+        ));
+        assert!(refused(&success(""), asked("p-1", None)));
+        assert!(refused(
+            &success(r#","paymentRequestId":null"#),
+            asked("p-1", None)
+        ));
+        assert!(refused(
+            &success(r#","paymentRequestId":1"#),
+            asked("p-1", None)
+        ));
+        // the right paymentRequestId but another paymentId than the pay answer's, or none
+        assert!(refused(
+            &success(r#","paymentRequestId":"p-1","paymentId":"2024Y""#),
+            asked("p-1", Some("2024X"))
+        ));
+        assert!(refused(
+            &success(r#","paymentRequestId":"p-1""#),
+            asked("p-1", Some("2024X"))
+        ));
+        // not-final answers about another payment are refused too (they would count as answers)
+        let processing = r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S"},"paymentStatus":"PROCESSING","paymentRequestId":"p-other"}"#;
+        assert!(refused(processing, asked("p-1", None)));
+        // the payment asked: accepted; paymentId unknown → only paymentRequestId matters
+        let ok = success(r#","paymentRequestId":"p-1","paymentId":"2024X""#);
+        assert!(matches!(
+            payment_result_body(ok.as_bytes(), asked("p-1", Some("2024X"))),
+            Inquired::Final { .. }
+        ));
+        assert!(matches!(
+            payment_result_body(ok.as_bytes(), asked("p-1", None)),
+            Inquired::Final { .. }
+        ));
+        // the reason names both ids, bounded
+        let long = success(&format!(r#","paymentRequestId":"{}""#, "x".repeat(10_000)));
+        let Inquired::Refused(why) = payment_result_body(long.as_bytes(), asked("p-1", None))
+        else {
+            panic!("refused");
+        };
+        assert!(why.len() < 200 && why.contains("p-1"), "{why}");
+    }
+
+    /// Issue 18 L6.
+    #[test]
+    fn a_cancel_needs_a_verified_answer_about_the_payment() {
+        assert!(!cancel_allowed(0, false));
+        assert!(cancel_allowed(0, true));
+        assert!(cancel_allowed(3, false));
+    }
+
+    /// Issue 18 M2.
+    #[test]
+    fn results_that_contradict_the_recorded_outcome_are_conflicts() {
+        assert_eq!(
+            conflict("S", PayOutcome::Cancelled).as_deref(),
+            Some("recorded=cancelled")
+        );
+        assert_eq!(
+            conflict("S", PayOutcome::InquiredFail).as_deref(),
+            Some("recorded=inquired_fail")
+        );
+        assert_eq!(
+            conflict("F", PayOutcome::InquiredSuccess).as_deref(),
+            Some("recorded=inquired_success")
+        );
+        for (status, o) in [
+            ("S", PayOutcome::InquiredSuccess),
+            ("F", PayOutcome::Cancelled),
+            ("F", PayOutcome::InquiredFail),
+            ("S", PayOutcome::Notified),
+            ("F", PayOutcome::Notified),
+            ("S", PayOutcome::Expired),
+            ("U", PayOutcome::Cancelled),
+        ] {
+            assert_eq!(conflict(status, o), None, "{status} after {o:?}");
+        }
+        assert_eq!(final_result(br#"{"notifyType":"PAYMENT_RESULT","result":{"resultStatus":"S"},"paymentRequestId":"p"}"#), Some(("p".into(), "S")));
     }
 
     #[test]

@@ -105,7 +105,7 @@ pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
         }
         Err(e) => {
             eprintln!("error: cannot start: {e}");
-            crate::tools::EXIT_INVALID
+            e.exit_code()
         }
     }
 }
@@ -124,9 +124,28 @@ pub struct Built {
 /// Why the server could not start once the configuration and keys loaded: a listener address
 /// that cannot be bound, or an unusable `ca_file`. Both are reported against the config key
 /// (file and line) that has to change.
+///
+/// A state store that cannot be opened (other than an unreachable PostgreSQL, which the
+/// sidecar starts without) is a configuration error: [`StartError::Config`], exit code 2.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartError(#[from] crate::config::ConfigError);
+pub enum StartError {
+    /// The configuration is valid but cannot be started here (exit 1).
+    #[error("{0}")]
+    Runtime(#[from] crate::config::ConfigError),
+    /// A setting must change (exit 2, as `check-config`'s errors).
+    #[error("{0}")]
+    Config(crate::config::ConfigError),
+}
+
+impl StartError {
+    /// The process exit code of this error (see [`run`]).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Runtime(_) => crate::tools::EXIT_INVALID,
+            StartError::Config(_) => crate::tools::EXIT_USAGE,
+        }
+    }
+}
 
 /// Builds the server from a loaded configuration and each merchant's key set (which already
 /// passed preflight). `ready_file`: see [`run`].
@@ -147,7 +166,7 @@ pub fn build(
         tracing::warn!(finding = %w.message, "preflight warning");
     }
     let Some(merchants) = Merchants::new(sets) else {
-        return Err(StartError(config.error_at(
+        return Err(StartError::Runtime(config.error_at(
             "merchants",
             "no merchant is configured; add client_id and [keys], or [[merchants]]".to_string(),
         )));
@@ -161,8 +180,15 @@ pub fn build(
                 crate::config::StoreConfig::Sqlite(_) => "store.path",
                 crate::config::StoreConfig::Postgres(_) => "store.url",
             };
-            let store = StateStore::open(cfg).map_err(|e| config.error_at(key, e.to_string()))?;
-            tracing::info!(store = %store.location(), "state store open");
+            // an unreachable PostgreSQL is not a reason to stay down (issue 18 L5): start
+            // without it; anything else (login, database, schema, SQLite file) is a
+            // configuration error, exit 2 like check-config's
+            let store = StateStore::open_or_later(cfg, config.store_options.timeout)
+                .map_err(|e| StartError::Config(config.error_at(key, e.to_string())))?;
+            if store.is_up() {
+                tracing::info!(store = %store.location(), "state store open");
+            }
+            crate::store::register_metrics();
             Some(store)
         }
     };
@@ -482,6 +508,10 @@ pub fn build(
             .register_merchants(config.merchants.iter().map(|m| m.name.as_str()));
         let worker = crate::delivery::DeliveryWorker::from_config(store.clone(), &config, i);
         server.add_service(background_service("delivery worker", worker));
+    }
+    if let Some(store) = state.store() {
+        let pruner = crate::retention::Pruner::new(store.clone(), config.store_options.retention);
+        server.add_service(background_service("store retention", pruner));
     }
     let admin_listen = bound("admin").addr();
     server.add_service(background_service(

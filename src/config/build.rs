@@ -194,10 +194,64 @@ impl Ctx<'_> {
     }
 
     /// `[store]`: exactly one of `path` (SQLite) and `url` (PostgreSQL).
-    pub(super) fn build_store(&self, raw: Spanned<RawStore>) -> Result<StoreConfig, ConfigError> {
+    pub(super) fn build_store(
+        &self,
+        raw: Spanned<RawStore>,
+    ) -> Result<(StoreConfig, StoreOptions), ConfigError> {
         let span = raw.span();
         let raw = raw.into_inner();
-        match (raw.path, raw.url) {
+        let options = self.store_options(raw.timeout, raw.retention)?;
+        let location = self.store_location(span, raw.path, raw.url)?;
+        Ok((location, options))
+    }
+
+    /// `[store] timeout` and `retention`, bounded (see [`STORE_TIMEOUT_RANGE`],
+    /// [`MIN_RETENTION`]); the defaults for `None`.
+    pub(super) fn store_options(
+        &self,
+        timeout: Option<Spanned<String>>,
+        retention: Option<Spanned<String>>,
+    ) -> Result<StoreOptions, ConfigError> {
+        let span = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.span());
+        let (timeout_span, retention_span) = (span(&timeout), span(&retention));
+        let options = StoreOptions {
+            timeout: self.duration(timeout, "store.timeout")?,
+            retention: self.duration(retention, "store.retention")?,
+        };
+        let (low, high) = STORE_TIMEOUT_RANGE;
+        if options.timeout < low || options.timeout > high {
+            return Err(self.error_span(
+                timeout_span,
+                Some("store.timeout"),
+                format!(
+                    "the store timeout must be between {} and {}: shorter and a busy store \
+                     looks down, longer and a store that is down stalls every notification",
+                    humantime::format_duration(low),
+                    humantime::format_duration(high)
+                ),
+            ));
+        }
+        if options.retention < MIN_RETENTION {
+            return Err(self.error_span(
+                retention_span,
+                Some("store.retention"),
+                format!(
+                    "the retention must be at least {}: Alipay re-sends a notification for \
+                     24 h, and a re-send of a pruned event would reach the app again",
+                    humantime::format_duration(MIN_RETENTION)
+                ),
+            ));
+        }
+        Ok(options)
+    }
+
+    fn store_location(
+        &self,
+        span: Range<usize>,
+        path: Option<Spanned<String>>,
+        url: Option<Spanned<String>>,
+    ) -> Result<StoreConfig, ConfigError> {
+        match (path, url) {
             (Some(p), None) => Ok(StoreConfig::Sqlite(self.path_value(&p, "store.path")?)),
             (None, Some(u)) => {
                 let url = u.get_ref().trim();
@@ -330,9 +384,12 @@ impl Ctx<'_> {
             None => None,
             Some(o) => Some(self.build_outbound(o.into_inner())?),
         };
-        let store = match raw.store {
-            None => None,
-            Some(s) => Some(self.build_store(s)?),
+        let (store, store_options) = match raw.store {
+            None => (None, self.store_options(None, None)?),
+            Some(s) => {
+                let (location, options) = self.build_store(s)?;
+                (Some(location), options)
+            }
         };
         let inbound = match raw.inbound {
             None => None,
@@ -483,6 +540,7 @@ impl Ctx<'_> {
             log,
             server,
             store,
+            store_options,
             reconcile,
             origins: BTreeMap::new(),
             settings: Default::default(),

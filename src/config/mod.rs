@@ -111,6 +111,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The state store; `None` without `[store]` (stateless, as before).
     pub store: Option<StoreConfig>,
+    /// `[store] timeout` and `retention` (their defaults without `[store]`).
+    pub store_options: StoreOptions,
     /// The missed-notification reconciler; `None` unless `[reconcile] enabled = true`.
     pub reconcile: Option<ReconcileConfig>,
     /// Where each value came from (file line or environment variable), for later error

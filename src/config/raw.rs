@@ -309,6 +309,8 @@ options! {
     struct RawStore {
         path: Option<Spanned<String>> = Kind::Path, None, Restart;
         url: Option<Spanned<String>> = Kind::Str, None, Restart;
+        timeout: Option<Spanned<String>> = Kind::Duration, Some("\"2s\""), Restart;
+        retention: Option<Spanned<String>> = Kind::Duration, Some("\"30d\""), Restart;
     }
 }
 

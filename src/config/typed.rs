@@ -252,6 +252,26 @@ pub enum StoreConfig {
     Postgres(String),
 }
 
+/// How the store is used (`[store] timeout`, `retention`; issue 18 L3, L5). The defaults
+/// when there is no `[store]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// How long one store call may wait (a pooled connection, PostgreSQL's answer to a
+    /// connect) before the store counts as unavailable: short, because while PostgreSQL is
+    /// down every notification would wait this long.
+    pub timeout: Duration,
+    /// Delivered notifications and closed pay records older than this are pruned.
+    pub retention: Duration,
+}
+
+/// Bounds of `[store] timeout`: below, a busy store looks down; above, a down one stalls
+/// every notification.
+pub const STORE_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(60));
+/// Shortest `[store] retention`: Alipay re-sends a notification for 24 h; a pruned event's
+/// re-send would be delivered again instead of recognised.
+pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
 /// The missed-notification reconciler (`[reconcile]` with `enabled = true`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReconcileConfig {

@@ -341,6 +341,8 @@ fn exposed_names() -> BTreeSet<String> {
     alipay_sidecar::journal::metrics().register_merchants(["default"]);
     alipay_sidecar::reconcile::register_metrics();
     alipay_sidecar::credentials::metrics().register_merchants(["default"]);
+    alipay_sidecar::store::register_metrics();
+    alipay_sidecar::retention::register_metrics();
     names.extend(sample_names(&alipay_sidecar::metrics::render()));
     names
 }
@@ -444,12 +446,25 @@ fn alert_rules_parse_and_use_only_exposed_metrics() {
         "alipay_sidecar_errors_total",
         "alipay_sidecar_key_last_reload_timestamp_seconds",
         "alipay_sidecar_gateway_rejections_total",
+        "alipay_sidecar_store_up",
+        "alipay_sidecar_reconcile_cancels_total",
+        "alipay_sidecar_reconcile_inquiries_total",
+        "alipay_sidecar_reconcile_conflicts_total",
     ] {
         assert!(used.contains(required), "no alert on {required}");
     }
     assert!(
         text.contains("AlipaySidecarGatewayRejectsCredentials"),
         "the credential-rejection alert is named as the README says"
+    );
+    // issue 18: the reconciler's withheld cancel (L6) and refused answers (M1) alert
+    assert!(
+        text.contains(r#"result="withheld""#),
+        "no alert on withheld cancels"
+    );
+    assert!(
+        text.contains(r#"result="refused""#),
+        "no alert on refused answers"
     );
     assert!(text.contains("SIDECAR_GATEWAY_"), "no gateway error alert");
     assert!(text.contains("up{"), "no sidecar-down alert");

@@ -27,7 +27,7 @@ const PG_ENV: &str = "SIDECAR_TEST_PG_URL";
 
 /// A sidecar config: the vector keys, `[inbound]` to `app` plus `inbound_extra`, `[store]`.
 /// The freshness window is off: NTF-01 and its re-signed copies are from 2019.
-fn config(dir: &Path, app: &str, inbound_extra: &str, store: &str) -> String {
+pub(crate) fn config(dir: &Path, app: &str, inbound_extra: &str, store: &str) -> String {
     write_vector_keys(dir);
     format!(
         "client_id = \"{CLIENT_ID}\"\n[keys]\n{VECTOR_KEYS}[inbound]\nlisten = \"127.0.0.1:0\"\n\
@@ -35,12 +35,12 @@ fn config(dir: &Path, app: &str, inbound_extra: &str, store: &str) -> String {
     )
 }
 
-fn sqlite(dir: &Path) -> String {
+pub(crate) fn sqlite(dir: &Path) -> String {
     format!("[store]\npath = \"{}\"\n", dir.join("state.db").display())
 }
 
 /// An app that acks and a sidecar in front of it on an SQLite store in a temp folder.
-fn started(inbound_extra: &str) -> (TempDir, App, Sidecar) {
+pub(crate) fn started(inbound_extra: &str) -> (TempDir, App, Sidecar) {
     let dir = TempDir::new().unwrap();
     let app = App::start(Behaviour::Ack);
     let toml = config(dir.path(), &app.url(), inbound_extra, &sqlite(dir.path()));
@@ -48,7 +48,7 @@ fn started(inbound_extra: &str) -> (TempDir, App, Sidecar) {
     (dir, app, s)
 }
 
-fn post(sidecar: &Sidecar, n: &Notification) -> Response {
+pub(crate) fn post(sidecar: &Sidecar, n: &Notification) -> Response {
     let headers: Vec<(&str, &str)> = n
         .headers
         .iter()
@@ -58,26 +58,26 @@ fn post(sidecar: &Sidecar, n: &Notification) -> Response {
 }
 
 /// Alipay's acknowledgement check: 200 and a SUCCESS result.
-fn assert_success(r: &Response, what: &str) {
+pub(crate) fn assert_success(r: &Response, what: &str) {
     assert_eq!(r.status, 200, "{what}: {r:?}");
     let (status, code, _) = result(r);
     assert_eq!((status.as_str(), code.as_str()), ("S", "SUCCESS"), "{what}");
 }
 
 /// NTF-01 as Alipay posts it.
-fn ntf01() -> Notification {
+pub(crate) fn ntf01() -> Notification {
     from_vector(&vector("NTF-01"))
 }
 
 /// NTF-01's body re-signed by the vectors' Alipay key with another `Request-Time` (what a
 /// re-send looks like), with `edit` applied to the body first.
-fn resigned(time: &str, edit: impl FnOnce(String) -> String) -> Notification {
+pub(crate) fn resigned(time: &str, edit: impl FnOnce(String) -> String) -> Notification {
     let body = edit(String::from_utf8(ntf01().body).unwrap());
     signed(&alipay_key(), "1", NOTIFY, CLIENT_ID, time, &body)
 }
 
 /// The same payment, failed: another event.
-fn failed_result() -> Notification {
+pub(crate) fn failed_result() -> Notification {
     resigned("2019-07-12T12:10:00.000+05:30", |b| {
         let f = b.replacen(
             r#""resultCode":"SUCCESS","resultStatus":"S""#,
@@ -89,13 +89,13 @@ fn failed_result() -> Notification {
     })
 }
 
-fn event_id(r: &Received) -> String {
+pub(crate) fn event_id(r: &Received) -> String {
     r.one(EVENT_ID)
         .expect("every delivery carries X-Alipay-Sidecar-Event-Id")
         .to_string()
 }
 
-fn metric(s: &Sidecar, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(s: &Sidecar, name: &str, labels: &[(&str, &str)]) -> f64 {
     s.metrics().sum(name, labels)
 }
 
@@ -108,7 +108,7 @@ fn deliveries(s: &Sidecar, outcome: &str) -> f64 {
 }
 
 /// `alipay-sidecar notifications ARGS --config CONFIG`: (exit code, stdout, stderr).
-fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
     let mut all = vec!["notifications"];
     all.extend_from_slice(args);
     let mut cmd = command(&all);
@@ -423,14 +423,14 @@ fn two_replicas_on_one_postgresql_deliver_once() {
 
 /// A PostgreSQL cluster of this test's own (scripts/test-postgres.sh, copied into a temp
 /// folder so that its state file is not the checkout's): stopped mid-test.
-struct OwnCluster {
+pub(crate) struct OwnCluster {
     script: PathBuf,
-    url: String,
+    pub(crate) url: String,
     _dir: TempDir,
 }
 
 impl OwnCluster {
-    fn start() -> OwnCluster {
+    pub(crate) fn start() -> OwnCluster {
         let dir = TempDir::new().unwrap();
         std::fs::create_dir(dir.path().join("scripts")).unwrap();
         let script = dir.path().join("scripts/test-postgres.sh");
@@ -452,11 +452,16 @@ impl OwnCluster {
     }
 
     fn stop(&self) {
+        self.script("stop");
+    }
+
+    /// `pause` / `resume` / `stop` of scripts/test-postgres.sh on this cluster.
+    pub(crate) fn script(&self, command: &str) {
         let (code, _, err) = run_bounded(
-            Command::new("bash").arg(&self.script).arg("stop"),
+            Command::new("bash").arg(&self.script).arg(command),
             Duration::from_secs(120),
         );
-        assert_eq!(code, 0, "stop the cluster: {err}");
+        assert_eq!(code, 0, "{command} the cluster: {err}");
     }
 }
 

@@ -22,5 +22,6 @@ mod python_sdk;
 mod python_sdk_api_key;
 mod reconcile;
 mod sdk_compat;
+mod store_hardening;
 mod support;
 mod vectors;

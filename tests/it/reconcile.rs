@@ -535,3 +535,189 @@ fn two_replicas_on_postgres_share_pay_records_and_reconcile_each_once() {
     assert_eq!(evs[0].seen_count, 1, "recorded by one replica only");
     assert_eq!(total(a.scrape()) + total(b.metrics()) - before, 1.0);
 }
+
+// ------------------------------------------------------------------------------------------
+// Issue 18: answers about the payment asked (M1), cancel only after a verified answer (L6),
+// a late result that contradicts the recorded outcome (M2)
+
+fn count(m: &Metrics, name: &str, result: &str) -> f64 {
+    m.sum(name, &[("result", result)])
+}
+
+const INQUIRIES: &str = "alipay_sidecar_reconcile_inquiries_total";
+const CANCELS: &str = "alipay_sidecar_reconcile_cancels_total";
+
+/// Waits until the reconciler withheld the cancel of a payment past its close time at least
+/// `n` times (it keeps inquiring), and returns the metrics then.
+fn withheld(s: &Setup, n: f64) -> Metrics {
+    s.rig
+        .eventually("the cancel at the close time is withheld", || {
+            let m = s.rig.scrape();
+            (count(&m, CANCELS, "withheld") >= n).then_some(m)
+        })
+}
+
+/// Nothing about `id` was closed, cancelled or delivered.
+fn untouched(s: &Setup, id: &str) {
+    let open = s.record(id).expect("recorded");
+    assert_eq!(open.outcome, None, "still open: {open:?}");
+    assert_eq!(open.answers, 0, "no verified answer about it: {open:?}");
+    assert_eq!(calls(&s.rig.gw, CANCEL, id), 0, "never cancelled");
+    assert_eq!(s.rig.gw.payment_status(id), Some(PaymentStatus::Processing));
+    assert!(
+        events(&s.store, id).is_empty(),
+        "nothing recorded for the app"
+    );
+    assert!(s.app.received().is_empty(), "the app got nothing");
+}
+
+#[test]
+fn a_replayed_answer_about_another_payment_is_refused_and_nothing_is_cancelled_on_it() {
+    let s = Setup::start(&format!("{FAST}cancel_on_expiry = true\n"));
+    // a paid payment: its genuinely signed inquiry answer is what the gateway replays
+    pay(s.rig.outbound, "rc-m1-paid", "").assert_status(200, "pay");
+    assert_eq!(
+        s.rig.gw.payment_status("rc-m1-paid"),
+        Some(PaymentStatus::Success)
+    );
+    s.rig
+        .gw
+        .set_inquiry_answer(Some(ams_mock_gateway::InquiryAnswer::AboutPayment(
+            "rc-m1-paid".into(),
+        )));
+    s.pay_held("rc-m1-x", "never", "");
+    assert!(
+        s.record("rc-m1-x").is_some_and(|r| r.payment_id.is_some()),
+        "the pay answer's paymentId is recorded"
+    );
+    // past the close time (3 s) with only answers about the other payment
+    let m = withheld(&s, 2.0);
+    assert!(count(&m, INQUIRIES, "refused") >= 2.0);
+    assert_eq!(count(&m, INQUIRIES, "success"), 0.0);
+    assert_eq!(outcomes(&m, "inquired_success"), 0.0);
+    assert_eq!(outcomes(&m, "cancelled"), 0.0);
+    assert_eq!(count(&m, CANCELS, "success"), 0.0);
+    untouched(&s, "rc-m1-x");
+    assert!(
+        calls(&s.rig.gw, INQUIRY, "rc-m1-x") >= 3,
+        "it keeps inquiring"
+    );
+    let logs = s.rig.sidecar.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("not about the payment asked")
+                && l.contains("rc-m1-paid")
+                && l.contains("WARN")),
+        "a warn line names both payments:\n{logs}"
+    );
+    // the truth again: the first verified answer about the payment (PROCESSING) allows the
+    // cancel, and the app hears of it
+    s.rig.gw.set_inquiry_answer(None);
+    assert_eq!(s.closed("rc-m1-x").outcome, Some(PayOutcome::Cancelled));
+    let got = s.app.wait_received(1);
+    let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["paymentRequestId"], "rc-m1-x");
+    assert_eq!(body["result"]["resultCode"], "ORDER_IS_CANCELED");
+}
+
+#[test]
+fn a_signed_success_naming_no_payment_is_refused() {
+    let s = Setup::start(FAST);
+    s.rig
+        .gw
+        .set_inquiry_answer(Some(ams_mock_gateway::InquiryAnswer::SuccessWithoutIds));
+    s.pay_held("rc-m1-noid", "never", "");
+    // cancel_on_expiry = false: at the close time the record expires, never inquired_success
+    let closed = s.closed("rc-m1-noid");
+    assert_eq!(closed.outcome, Some(PayOutcome::Expired));
+    let m = s.rig.scrape();
+    assert!(count(&m, INQUIRIES, "refused") >= 1.0);
+    assert_eq!(count(&m, INQUIRIES, "success"), 0.0);
+    assert_eq!(outcomes(&m, "inquired_success"), 0.0);
+    assert!(events(&s.store, "rc-m1-noid").is_empty());
+    assert!(s.app.received().is_empty(), "the app got no verified S");
+}
+
+#[test]
+fn without_a_verified_answer_the_close_time_cancels_nothing_and_alerts() {
+    let s = Setup::start(&format!("{FAST}cancel_on_expiry = true\n"));
+    s.rig
+        .gw
+        .set_inquiry_answer(Some(ams_mock_gateway::InquiryAnswer::Unsigned));
+    s.pay_held("rc-l6-x", "never", "");
+    let m = withheld(&s, 2.0);
+    assert!(
+        count(&m, INQUIRIES, "error") >= 2.0,
+        "unsigned: no verified answer"
+    );
+    assert_eq!(count(&m, CANCELS, "success"), 0.0);
+    assert_eq!(outcomes(&m, "cancelled") + outcomes(&m, "expired"), 0.0);
+    untouched(&s, "rc-l6-x");
+    let logs = s.rig.sidecar.logs();
+    assert!(
+        logs.lines().any(
+            |l| l.contains("no verified inquiry answer about this payment") && l.contains("ERROR")
+        ),
+        "an error line says why it does not cancel:\n{logs}"
+    );
+    // signed again: cancelled at the next turn
+    s.rig.gw.set_inquiry_answer(None);
+    let closed = s.closed("rc-l6-x");
+    assert_eq!(closed.outcome, Some(PayOutcome::Cancelled));
+    assert_eq!(calls(&s.rig.gw, CANCEL, "rc-l6-x"), 1);
+}
+
+#[test]
+fn a_late_success_after_the_cancel_reaches_the_app_marked_as_a_conflict() {
+    use crate::inbound::{alipay_key, signed};
+    let s = Setup::start(&format!("{FAST}cancel_on_expiry = true\n"));
+    s.pay_held("rc-m2-x", "never", "");
+    assert_eq!(s.closed("rc-m2-x").outcome, Some(PayOutcome::Cancelled));
+    let first = s.app.wait_received(1);
+    let f: serde_json::Value = serde_json::from_slice(&first[0].body).unwrap();
+    assert_eq!(f["result"]["resultStatus"], "F", "the app got F first");
+    assert_eq!(first[0].one("X-Alipay-Sidecar-Conflict"), None);
+
+    // Alipay's late PAYMENT_RESULT S for the same payment (the customer paid at the last
+    // moment), signed with Alipay's key
+    let body = format!(
+        r#"{{"notifyType":"PAYMENT_RESULT","result":{{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"}},"paymentRequestId":"rc-m2-x","paymentId":"{}","paymentAmount":{{"currency":"HKD","value":"5800"}}}}"#,
+        f["paymentId"].as_str().unwrap_or("2024X")
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let time = alipay_sidecar::protocol::format_iso8601(now);
+    let n = signed(&alipay_key(), "1", NOTIFY_PATH, CLIENT_ID, &time, &body);
+    let r = crate::journal::post(&s.rig.sidecar, &n);
+    crate::journal::assert_success(&r, "the late S is acknowledged");
+    let got = s.app.wait_received(2);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[1].body, body.as_bytes(), "delivered as Alipay sent it");
+    assert_eq!(
+        got[1].one("X-Alipay-Sidecar-Conflict"),
+        Some("recorded=cancelled")
+    );
+    assert_eq!(got[1].one("X-Alipay-Sidecar-Verified"), Some("true"));
+    let m = s.rig.scrape();
+    assert_eq!(
+        m.sum(
+            "alipay_sidecar_reconcile_conflicts_total",
+            &[("recorded", "cancelled")]
+        ),
+        1.0
+    );
+    let logs = s.rig.sidecar.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("contradicts the outcome")
+            && l.contains("rc-m2-x")
+            && l.contains("WARN")),
+        "a warn line:\n{logs}"
+    );
+    // the recorded outcome stays: the merchant must inquire (the cancel refunded it)
+    assert_eq!(
+        s.record("rc-m2-x").unwrap().outcome,
+        Some(PayOutcome::Cancelled)
+    );
+}

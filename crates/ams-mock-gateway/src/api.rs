@@ -67,6 +67,17 @@ fn success() -> String {
     result("SUCCESS", Status::S, "success")
 }
 
+/// A signed-looking inquiryPayment answer that says SUCCESS about no payment at all (no
+/// `paymentRequestId`, no `paymentId`): [`crate::InquiryAnswer::SuccessWithoutIds`].
+pub(crate) fn success_without_ids() -> String {
+    obj(&[
+        ("result", success()),
+        ("paymentStatus", js("SUCCESS")),
+        ("paymentResultCode", js("SUCCESS")),
+        ("paymentResultMessage", js("success")),
+    ])
+}
+
 fn param_illegal(message: &str) -> String {
     envelope("PARAM_ILLEGAL", Status::F, message)
 }

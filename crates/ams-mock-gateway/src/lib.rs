@@ -117,6 +117,10 @@
 //! - [`MockGateway::complete_payment`] / `POST /mock/succeed/<id>`,
 //!   `POST /mock/fail/<id>[?code=CODE]`: make a processing payment final now.
 //! - [`MockGateway::payment_status`]: what `inquiryPayment` would say.
+//! - [`MockGateway::set_inquiry_answer`]: from now on every `inquiryPayment` gets a genuinely
+//!   signed lie ([`InquiryAnswer`]: the answer about another payment, or SUCCESS without
+//!   `paymentRequestId`), or the truth unsigned, to test that a client checks what an answer
+//!   is about and that it is signed.
 //!
 //! # Fault switches
 //!
@@ -153,8 +157,8 @@ mod switches;
 mod tls;
 
 pub use switches::{
-    ControlError, NotifyMode, PaymentOutcome, PaymentResult, PaymentStatus, DEFAULT_FAIL_CODE,
-    MAX_SWITCH_DELAY,
+    ControlError, InquiryAnswer, NotifyMode, PaymentOutcome, PaymentResult, PaymentStatus,
+    DEFAULT_FAIL_CODE, MAX_SWITCH_DELAY,
 };
 
 use std::collections::HashMap;
@@ -517,6 +521,8 @@ pub(crate) struct Shared {
     runtime: tokio::runtime::Handle,
     /// Late notifications still waiting, by paymentRequestId; dropping the sender cancels.
     pending_late: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
+    /// A lying inquiryPayment, set by the test ([`MockGateway::set_inquiry_answer`]).
+    inquiry_answer: Mutex<Option<InquiryAnswer>>,
 }
 
 impl Shared {
@@ -689,6 +695,7 @@ impl MockGateway {
             notify_client: notify::client(),
             runtime: tokio::runtime::Handle::current(),
             pending_late: Mutex::new(HashMap::new()),
+            inquiry_answer: Mutex::new(None),
         });
         let accept_task = tokio::spawn(server::accept_loop(listener, acceptor, shared.clone()));
         tracing::info!(%base_url, "mock-gateway: listening");
@@ -752,6 +759,15 @@ impl MockGateway {
             .lock()
             .ok()
             .and_then(|store| store.status(payment_request_id))
+    }
+
+    /// From now on, every `inquiryPayment` (signed request, whatever it asks about) gets this
+    /// signed answer instead of the truth; `None` restores the truth. For testing that a
+    /// client checks which payment an answer is about.
+    pub fn set_inquiry_answer(&self, answer: Option<InquiryAnswer>) {
+        if let Ok(mut a) = self.shared.inquiry_answer.lock() {
+            *a = answer;
+        }
     }
 
     /// Sends the payment's PAYMENT_RESULT notification now (re-sent with the back-off until

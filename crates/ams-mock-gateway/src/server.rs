@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use super::api::{self, envelope, Effect, Status};
-use super::switches::NotifyMode;
+use super::switches::{InquiryAnswer, NotifyMode};
 use super::{
     control, crypto, notify, response_time, Fault, ReceivedRequest, Shared, STALE_RESPONSE_TIME,
 };
@@ -613,6 +613,21 @@ fn respond(
         outcome: &shared.outcome,
         tampered: fault == Some(Fault::NotifyTampered),
     };
+    let lie = match route {
+        "inquiryPayment" => shared.inquiry_answer.lock().ok().and_then(|a| a.clone()),
+        _ => None,
+    };
+    let asked_about;
+    let body = match &lie {
+        Some(InquiryAnswer::AboutPayment(other)) => {
+            asked_about = api::obj(&[("paymentRequestId", api::js(other))]);
+            asked_about.as_bytes()
+        }
+        Some(InquiryAnswer::SuccessWithoutIds) => {
+            return signed(api::success_without_ids());
+        }
+        Some(InquiryAnswer::Unsigned) | None => body,
+    };
     let outcome = match shared.store.lock() {
         Ok(mut store) => store.call(route, body, &stamp, &ctx),
         Err(_) => {
@@ -632,6 +647,9 @@ fn respond(
             result,
         }) => control::settle_after(shared, request_id, after, result),
         None => {}
+    }
+    if lie == Some(InquiryAnswer::Unsigned) {
+        return Reply::Unsigned(outcome.body);
     }
     Reply::Signed {
         client_id,

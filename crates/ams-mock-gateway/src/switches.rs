@@ -149,6 +149,22 @@ pub enum PaymentResult {
     },
 }
 
+/// A lying `inquiryPayment` ([`crate::MockGateway::set_inquiry_answer`]): the first two are
+/// still genuinely signed by the gateway's key, so only a client that checks *what* the answer
+/// is about (not only that it verifies) notices. For the reconciler's tests (issue 18, M1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InquiryAnswer {
+    /// Every inquiry gets the answer about this other payment (by `paymentRequestId`): a
+    /// replayed, genuinely signed answer about a payment nobody asked about.
+    AboutPayment(String),
+    /// Every inquiry gets `result` SUCCESS/S and `paymentStatus` SUCCESS without
+    /// `paymentRequestId` or `paymentId`.
+    SuccessWithoutIds,
+    /// Every inquiry gets the true answer without `client-id`/`response-time`/`signature`
+    /// headers (as fault `unsigned`, for inquiries only).
+    Unsigned,
+}
+
 /// A payment's state as `inquiryPayment` reports it in `paymentStatus`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentStatus {

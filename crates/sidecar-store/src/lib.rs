@@ -38,7 +38,11 @@
 //! * `pay_records`: one row per merchant + `paymentRequestId` whose pay answer was not final:
 //!   `paymentNotifyUrl`, close time, `status` (`open` → `closed` with an outcome:
 //!   `notified`, `inquired_success`, `inquired_fail`, `cancelled`, `expired`), `next_at`,
-//!   inquiries made, and a lease.
+//!   inquiries made, and a lease; since migration 2 (`0002_pay_answers.sql`) also the pay
+//!   answer's `paymentId` and the count of verified inquiry answers about the payment.
+//!
+//! Finished work is pruned by [`Store::prune`] (the rule: `retention.rs`). An SQLite
+//! database, `-wal` and `-shm` are owner-only (0600).
 //!
 //! # De-duplication key
 //!
@@ -103,6 +107,7 @@ mod error;
 mod event;
 mod journal;
 mod pays;
+mod retention;
 mod store;
 
 pub use error::StoreError;
@@ -111,4 +116,5 @@ pub use journal::{
     Delivery, ListFilter, NewNotification, NotificationRecord, NotificationStatus, Recorded,
 };
 pub use pays::{pay_id, NewPay, PayOutcome, PayOwner, PayRecord, PayRecorded};
-pub use store::{BackendKind, Store, StoreConfig};
+pub use retention::{Pruned, BATCH as PRUNE_BATCH};
+pub use store::{BackendKind, Store, StoreConfig, DEFAULT_TIMEOUT};

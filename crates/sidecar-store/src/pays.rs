@@ -56,6 +56,8 @@ pub struct NewPay<'a> {
     pub client_id: &'a str,
     pub payment_request_id: &'a str,
     pub payment_notify_url: Option<&'a str>,
+    /// Alipay's `paymentId` from the pay answer, when it had one.
+    pub payment_id: Option<&'a str>,
     /// `paymentExpireTime`, else now + `default_close_after` (UTC ms).
     pub close_time: i64,
     /// When to start inquiring: the pay answer's time + `reconcile_after` (UTC ms).
@@ -101,10 +103,16 @@ pub struct PayRecord {
     pub inquiries: i64,
     pub claim_owner: Option<String>,
     pub claim_until: Option<i64>,
+    /// Alipay's `paymentId` from the pay answer, when it had one.
+    pub payment_id: Option<String>,
+    /// Verified inquiry answers about this very payment so far (the reconciler cancels at
+    /// the close time only after at least one).
+    pub answers: i64,
 }
 
 const PAY_COLS: &str = "id, merchant, client_id, payment_request_id, payment_notify_url, \
-    close_time, created_at, outcome, finished_at, next_at, inquiries, claim_owner, claim_until";
+    close_time, created_at, outcome, finished_at, next_at, inquiries, claim_owner, claim_until, \
+    payment_id, answers";
 
 const CLAIM_PAYS_PG: &str = "\
 UPDATE pay_records SET claim_owner = $1, claim_until = $2
@@ -115,7 +123,8 @@ WHERE id IN (
     LIMIT $4
     FOR UPDATE SKIP LOCKED)
 RETURNING id, merchant, client_id, payment_request_id, payment_notify_url, close_time,
-    created_at, outcome, finished_at, next_at, inquiries, claim_owner, claim_until";
+    created_at, outcome, finished_at, next_at, inquiries, claim_owner, claim_until, payment_id,
+    answers";
 
 /// [`CLAIM_PAYS_PG`] without row locks, run in `BEGIN IMMEDIATE` (SQLite: one writer).
 const CLAIM_PAYS_SQLITE: &str = "\
@@ -126,7 +135,8 @@ WHERE id IN (
     ORDER BY next_at, id
     LIMIT $4)
 RETURNING id, merchant, client_id, payment_request_id, payment_notify_url, close_time,
-    created_at, outcome, finished_at, next_at, inquiries, claim_owner, claim_until";
+    created_at, outcome, finished_at, next_at, inquiries, claim_owner, claim_until, payment_id,
+    answers";
 
 /// `pay_` + 128 bits of SHA-256 over merchant and paymentRequestId (length-prefixed).
 pub fn pay_id(merchant: &str, payment_request_id: &str) -> String {
@@ -152,8 +162,9 @@ impl Store {
         let next_at = p.reconcile_at.min(p.close_time);
         let n = dispatch!(self.backend, |pool| sqlx::query(
             "INSERT INTO pay_records (id, merchant, client_id, payment_request_id,
-                 payment_notify_url, close_time, created_at, status, next_at, inquiries)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, 0)
+                 payment_notify_url, close_time, created_at, status, next_at, inquiries,
+                 payment_id, answers)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, 0, $9, 0)
              ON CONFLICT DO NOTHING"
         )
         .bind(&id)
@@ -164,6 +175,7 @@ impl Store {
         .bind(p.close_time)
         .bind(p.now)
         .bind(next_at)
+        .bind(p.payment_id)
         .execute(pool)
         .await
         .map_err(|e| StoreError::query("record pay", e))?
@@ -241,14 +253,28 @@ impl Store {
         owner: &str,
         next_at: i64,
     ) -> Result<bool, StoreError> {
+        self.reschedule_pay_answered(id, owner, next_at, false)
+            .await
+    }
+
+    /// [`reschedule_pay`](Self::reschedule_pay), also counting a verified inquiry answer
+    /// about this very payment when `answered` ([`PayRecord::answers`]).
+    pub async fn reschedule_pay_answered(
+        &self,
+        id: &str,
+        owner: &str,
+        next_at: i64,
+        answered: bool,
+    ) -> Result<bool, StoreError> {
         let n = dispatch!(self.backend, |pool| sqlx::query(
             "UPDATE pay_records SET next_at = $3, inquiries = inquiries + 1,
-                 claim_owner = NULL, claim_until = NULL
+                 answers = answers + $4, claim_owner = NULL, claim_until = NULL
              WHERE id = $1 AND status = 'open' AND claim_owner = $2"
         )
         .bind(id)
         .bind(owner)
         .bind(next_at)
+        .bind(i64::from(answered))
         .execute(pool)
         .await
         .map_err(|e| StoreError::query("reschedule pay", e))?
@@ -293,6 +319,38 @@ impl Store {
         })
     }
 
+    /// The outcome of this payment's *closed* record (`None`: no record, or still open): a
+    /// later PAYMENT_RESULT that contradicts it is a conflict the app must hear of.
+    pub async fn closed_pay_outcome(
+        &self,
+        owner: PayOwner<'_>,
+        payment_request_id: &str,
+    ) -> Result<Option<PayOutcome>, StoreError> {
+        let (by_merchant, by_client) = match owner {
+            PayOwner::Merchant(m) => (Some(m), None),
+            PayOwner::ClientId(c) => (None, Some(c)),
+        };
+        let outcome = dispatch!(self.backend, |pool| {
+            let row = sqlx::query(
+                "SELECT outcome FROM pay_records
+                 WHERE payment_request_id = $1 AND status = 'closed'
+                   AND ($2 IS NULL OR merchant = $2) AND ($3 IS NULL OR client_id = $3)
+                 ORDER BY finished_at DESC LIMIT 1",
+            )
+            .bind(payment_request_id)
+            .bind(by_merchant)
+            .bind(by_client)
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| StoreError::query("read pay outcome", e))?;
+            match row {
+                Some(r) => r.opt_text("outcome")?,
+                None => None,
+            }
+        });
+        Ok(outcome.as_deref().and_then(PayOutcome::parse))
+    }
+
     /// Open records (the `open records` gauge).
     pub async fn open_pay_count(&self) -> Result<i64, StoreError> {
         dispatch!(self.backend, |pool| {
@@ -327,6 +385,8 @@ fn pay_from_row(row: &dyn Cols) -> Result<PayRecord, StoreError> {
         inquiries: row.int("inquiries")?,
         claim_owner: row.opt_text("claim_owner")?,
         claim_until: row.opt_int("claim_until")?,
+        payment_id: row.opt_text("payment_id")?,
+        answers: row.int("answers")?,
     })
 }
 

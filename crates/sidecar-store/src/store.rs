@@ -68,11 +68,13 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
-/// How long a statement waits for a pooled connection before the store counts as unavailable
-/// (the receiver then lets the notification flow without the store, or answers 503).
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long opening waits for PostgreSQL to answer (a filtered port never refuses).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default of [`Store::open_with_timeout`]'s timeout (`[store] timeout`): how long a
+/// statement waits for a pooled connection before the store counts as unavailable (the
+/// receiver then lets the notification flow without the store, or answers 503), and how long
+/// opening waits for PostgreSQL to answer (a filtered port never refuses). Short: while
+/// PostgreSQL is down every notification would wait this long. SQLite waits at least its
+/// busy timeout (5 s) for a connection: a local file is busy, not down.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an SQLite writer waits for another writer (other task, process or the CLI).
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -96,22 +98,39 @@ impl std::fmt::Debug for Store {
 /// The migrations, embedded in the binary (no files to ship). Never edit an applied one: the
 /// migrator stores a checksum and refuses a changed migration; add a new numbered file.
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_init.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "init".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/0001_init.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "pay answers".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/0002_pay_answers.sql").into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 impl Store {
     /// Opens (creating an SQLite file when missing) and migrates the store. Safe to call from
     /// several processes at once on one database (PostgreSQL migrations hold an advisory lock).
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        Self::open_with_timeout(config, DEFAULT_TIMEOUT).await
+    }
+
+    /// [`Store::open`] with the store timeout (`[store] timeout`, see [`DEFAULT_TIMEOUT`]).
+    pub async fn open_with_timeout(
+        config: &StoreConfig,
+        timeout: Duration,
+    ) -> Result<Store, StoreError> {
         match config {
-            StoreConfig::Sqlite { path } => open_sqlite(path).await,
-            StoreConfig::Postgres { url } => open_postgres(url).await,
+            StoreConfig::Sqlite { path } => open_sqlite(path, timeout).await,
+            StoreConfig::Postgres { url } => open_postgres(url, timeout).await,
         }
     }
 
@@ -123,6 +142,15 @@ impl Store {
         }
     }
 
+    /// One round trip to the database (`SELECT 1`): whether it answers now.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self.backend, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(|e| StoreError::query("ping", e)))
+    }
+
     /// Closes every connection, waiting for running statements (graceful shutdown).
     pub async fn close(&self) {
         match &self.backend {
@@ -132,7 +160,7 @@ impl Store {
     }
 }
 
-async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+async fn open_sqlite(path: &Path, timeout: Duration) -> Result<Store, StoreError> {
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -149,6 +177,7 @@ async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
             detail: "it is a folder".into(),
         });
     }
+    private_files(path)?;
     let unwritable = |e: sqlx::Error| sqlite_open_error(path, e);
     let options = SqliteConnectOptions::new()
         .filename(path)
@@ -161,7 +190,9 @@ async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
         .foreign_keys(true);
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
+        // a local file is never "down": a connection may be busy for the busy timeout while
+        // another writer commits, so waiting for one is allowed at least that long
+        .acquire_timeout(timeout.max(SQLITE_BUSY_TIMEOUT))
         .connect_with(options)
         .await
         .map_err(unwritable)?;
@@ -184,6 +215,51 @@ async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
     Ok(Store {
         backend: Backend::Sqlite(pool),
     })
+}
+
+/// The SQLite database and its `-wal` and `-shm` files hold notification bodies (payment
+/// data): owner-only (0600), issue 18 L2. A missing database file is created 0600 before
+/// SQLite opens it; SQLite creates `-wal` and `-shm` with the database file's permissions.
+/// Existing files readable by group or others are tightened to 0600 (an operator who wants a
+/// backup group to read them should copy a snapshot, `sqlite3 .backup`, rather than widen
+/// the live files): silently widening back would be the only other choice, and a warning
+/// without the fix leaves the data exposed.
+#[cfg(unix)]
+fn private_files(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |p: &Path, e: std::io::Error| StoreError::SqliteUnwritable {
+        path: p.to_path_buf(),
+        detail: format!("making it private (0600): {e}"),
+    };
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| failed(path, e))?;
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    for p in [path.to_path_buf(), PathBuf::from(wal), PathBuf::from(shm)] {
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o700))
+                .map_err(|e| failed(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_files(_path: &Path) -> Result<(), StoreError> {
+    Ok(())
 }
 
 fn sqlite_open_error(path: &Path, e: sqlx::Error) -> StoreError {
@@ -213,7 +289,7 @@ fn sqlite_open_error(path: &Path, e: sqlx::Error) -> StoreError {
     }
 }
 
-async fn open_postgres(url: &str) -> Result<Store, StoreError> {
+async fn open_postgres(url: &str, timeout: Duration) -> Result<Store, StoreError> {
     let shown = redact_url(url);
     let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl {
         url: shown.clone(),
@@ -221,30 +297,30 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
     })?;
     // One direct connection first: the pool retries a refused connection until its acquire
     // timeout and then reports only the timeout; this reports the cause, at once.
-    let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+    let probe = tokio::time::timeout(timeout, PgConnection::connect_with(&options))
         .await
         .map_err(|_| StoreError::PostgresUnreachable {
             url: shown.clone(),
-            detail: format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+            detail: format!("no answer within {timeout:?}"),
         })?
-        .map_err(|e| postgres_open_error(&shown, e))?;
+        .map_err(|e| postgres_open_error(&shown, e, timeout))?;
     let _ = probe.close().await;
     let pool = PgPoolOptions::new()
         .max_connections(8)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .acquire_timeout(timeout)
         .connect_with(options)
         .await
-        .map_err(|e| postgres_open_error(&shown, e))?;
+        .map_err(|e| postgres_open_error(&shown, e, timeout))?;
     migrator()
         .run(&pool)
         .await
-        .map_err(|e| migrate_error(e, |e| postgres_open_error(&shown, e)))?;
+        .map_err(|e| migrate_error(e, |e| postgres_open_error(&shown, e, timeout)))?;
     Ok(Store {
         backend: Backend::Postgres(pool),
     })
 }
 
-fn postgres_open_error(url: &str, e: sqlx::Error) -> StoreError {
+fn postgres_open_error(url: &str, e: sqlx::Error, timeout: Duration) -> StoreError {
     let url = url.to_owned();
     match &e {
         sqlx::Error::Configuration(_) => StoreError::InvalidUrl {
@@ -273,7 +349,7 @@ fn postgres_open_error(url: &str, e: sqlx::Error) -> StoreError {
         }
         sqlx::Error::PoolTimedOut => StoreError::PostgresUnreachable {
             url,
-            detail: format!("no connection within {}s", ACQUIRE_TIMEOUT.as_secs()),
+            detail: format!("no connection within {timeout:?}"),
         },
         _ => StoreError::PostgresUnreachable {
             url,

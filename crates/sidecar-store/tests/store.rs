@@ -149,6 +149,8 @@ on_both!(
     two_stores_claim_each_record_once,
     reopen_keeps_data_and_migrations_are_idempotent,
     unknown_ids_are_reported_not_errors,
+    prune_removes_only_finished_work,
+    pay_answers_and_closed_outcomes,
 );
 
 fn pay_body(prid: &str, status: &str, code: &str) -> String {
@@ -526,6 +528,7 @@ fn new_pay<'a>(prid: &'a str, reconcile_at: i64, close_time: i64) -> NewPay<'a> 
         client_id: CLIENT,
         payment_request_id: prid,
         payment_notify_url: Some("https://shop.example/alipay/notify"),
+        payment_id: Some("2024010112345"),
         close_time,
         reconcile_at,
         now: 1_000,
@@ -1049,4 +1052,203 @@ fn with_database_replaces_the_path_only() {
         with_database("postgres://u@h:5", "t1"),
         "postgres://u@h:5/t1"
     );
+}
+
+/// Issue 18 L3: only delivered notifications and closed pay records older than the cut-off
+/// go; pending and dead notifications and open records stay; a dry run deletes nothing.
+async fn prune_removes_only_finished_work(db: &TestDb) {
+    let store = db.open().await;
+    let delivered = record(
+        &store,
+        "sg",
+        pay_body("pr-d", "S", "SUCCESS").as_bytes(),
+        1_000,
+        None,
+    )
+    .await;
+    assert!(store
+        .mark_delivered(&delivered.event_id, 2_000)
+        .await
+        .unwrap());
+    let pending = record(
+        &store,
+        "sg",
+        pay_body("pr-p", "S", "SUCCESS").as_bytes(),
+        1_000,
+        None,
+    )
+    .await;
+    let dead = record(
+        &store,
+        "sg",
+        pay_body("pr-x", "S", "SUCCESS").as_bytes(),
+        1_000,
+        Some(1_000),
+    )
+    .await;
+    assert!(store
+        .mark_dead(&dead.event_id, "too old", 2_000)
+        .await
+        .unwrap());
+    let late = record(
+        &store,
+        "sg",
+        pay_body("pr-l", "S", "SUCCESS").as_bytes(),
+        1_000,
+        None,
+    )
+    .await;
+    assert!(store.mark_delivered(&late.event_id, 9_000).await.unwrap());
+    let closed = store
+        .record_pay(&new_pay("pr-c", 61_000, 1_801_000))
+        .await
+        .unwrap();
+    assert!(store
+        .finish_pay(&closed.id, PayOutcome::Expired, 3_000)
+        .await
+        .unwrap());
+    let open = store
+        .record_pay(&new_pay("pr-o", 61_000, 1_801_000))
+        .await
+        .unwrap();
+
+    let want = sidecar_store::Pruned {
+        notifications: 1,
+        pays: 1,
+    };
+    assert_eq!(store.prune(5_000, true).await.unwrap(), want, "dry run");
+    assert_eq!(store.list(&ListFilter::default()).await.unwrap().len(), 4);
+    assert_eq!(store.prune(5_000, false).await.unwrap(), want);
+    assert_eq!(
+        store.prune(5_000, false).await.unwrap(),
+        sidecar_store::Pruned::default()
+    );
+    let left: Vec<String> = store
+        .list(&ListFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+    for kept in [&pending.event_id, &dead.event_id, &late.event_id] {
+        assert!(left.contains(kept), "{kept} kept");
+    }
+    assert!(store.pay(&closed.id).await.unwrap().is_none());
+    assert!(store.pay(&open.id).await.unwrap().is_some());
+    // more than one batch
+    for i in 0..(sidecar_store::PRUNE_BATCH + 3) {
+        let r = record(
+            &store,
+            "sg",
+            pay_body(&format!("pr-b{i}"), "S", "SUCCESS").as_bytes(),
+            1_000,
+            None,
+        )
+        .await;
+        store.mark_delivered(&r.event_id, 2_000).await.unwrap();
+    }
+    let n = store.prune(5_000, false).await.unwrap();
+    assert_eq!(n.notifications, sidecar_store::PRUNE_BATCH as u64 + 3);
+    store.close().await;
+}
+
+/// Issue 18 M1/L6/M2: the pay answer's paymentId is kept, verified answers are counted, and
+/// the outcome of a closed record can be read back.
+async fn pay_answers_and_closed_outcomes(db: &TestDb) {
+    let store = db.open().await;
+    let rec = store
+        .record_pay(&new_pay("pa-1", 0, 1_801_000))
+        .await
+        .unwrap();
+    let p = store.pay(&rec.id).await.unwrap().unwrap();
+    assert_eq!(p.payment_id.as_deref(), Some("2024010112345"));
+    assert_eq!(p.answers, 0);
+    let lease = std::time::Duration::from_secs(30);
+    assert_eq!(
+        store.claim_due_pays(10, "a", lease, 5).await.unwrap().len(),
+        1
+    );
+    assert!(store
+        .reschedule_pay_answered(&rec.id, "a", 20, false)
+        .await
+        .unwrap());
+    let c = store.claim_due_pays(20, "a", lease, 5).await.unwrap();
+    assert_eq!((c[0].inquiries, c[0].answers), (1, 0));
+    assert!(store
+        .reschedule_pay_answered(&rec.id, "a", 30, true)
+        .await
+        .unwrap());
+    let p = store.pay(&rec.id).await.unwrap().unwrap();
+    assert_eq!((p.inquiries, p.answers), (2, 1));
+
+    let owner = sidecar_store::PayOwner::Merchant("sg");
+    assert_eq!(
+        store.closed_pay_outcome(owner, "pa-1").await.unwrap(),
+        None,
+        "open"
+    );
+    assert!(store
+        .finish_pay(&rec.id, PayOutcome::Cancelled, 40)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.closed_pay_outcome(owner, "pa-1").await.unwrap(),
+        Some(PayOutcome::Cancelled)
+    );
+    assert_eq!(
+        store
+            .closed_pay_outcome(sidecar_store::PayOwner::ClientId(CLIENT), "pa-1")
+            .await
+            .unwrap(),
+        Some(PayOutcome::Cancelled)
+    );
+    assert_eq!(
+        store
+            .closed_pay_outcome(sidecar_store::PayOwner::Merchant("other"), "pa-1")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.closed_pay_outcome(owner, "pa-none").await.unwrap(),
+        None
+    );
+    store.close().await;
+}
+
+/// Issue 18 L2: the SQLite database, `-wal` and `-shm` hold notification bodies: 0600, also
+/// when they existed with wider permissions.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let files = |path: &std::path::Path| {
+        ["", "-wal", "-shm"].map(|s| std::path::PathBuf::from(format!("{}{s}", path.display())))
+    };
+    let store = Store::open(&StoreConfig::sqlite(&path)).await.unwrap();
+    record(
+        &store,
+        "sg",
+        pay_body("perm-1", "S", "SUCCESS").as_bytes(),
+        1,
+        None,
+    )
+    .await;
+    for f in files(&path) {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+    // an existing database made world-readable is tightened at the next open
+    for f in files(&path) {
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let again = Store::open(&StoreConfig::sqlite(&path)).await.unwrap();
+    for f in files(&path) {
+        assert_eq!(mode(&f), 0o600, "{} tightened", f.display());
+    }
+    again.close().await;
+    store.close().await;
 }
