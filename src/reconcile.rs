@@ -339,7 +339,7 @@ const COPIED: [&str; 5] = [
     "paymentTime",
 ];
 
-/// Maps a verified inquiryPayment answer (pure; see the README's mapping table):
+/// Maps a verified inquiryPayment answer (pure; see the mapping table in docs/notifications.md):
 /// `paymentStatus` SUCCESS → `result` `{"resultCode":"SUCCESS","resultStatus":"S",
 /// "resultMessage":"success"}`; FAIL → `resultStatus` `F` with the answer's
 /// `paymentResultCode`/`paymentResultMessage`; anything else is not final.
