@@ -282,12 +282,19 @@ mod tests {
     fn metrics_are_defined_and_documented() {
         let m = CredentialMetrics::new().expect("definitions");
         m.register_merchants(["default"]);
-        let readme = include_str!("../README.md");
+        let readme = [
+            include_str!("../docs/configuration.md"),
+            include_str!("../docs/operating.md"),
+        ]
+        .concat();
         for name in [
             "alipay_sidecar_app_credentials_dropped_total",
             "alipay_sidecar_gateway_rejections_total",
         ] {
-            assert!(readme.contains(name), "README does not document {name}");
+            assert!(
+                readme.contains(name),
+                "docs/configuration.md and docs/operating.md do not document {name}"
+            );
         }
     }
 

@@ -3,7 +3,7 @@
 //! Apps already handle `{"result":{"resultStatus", "resultCode", "resultMessage"}}`; using the
 //! same shape means their existing retry/inquiry logic works unchanged (spec §9):
 //! `U` = outcome unknown, retry with the same request id or inquire; `F` = definite refusal,
-//! fix the request or the configuration. Every code is listed in the README.
+//! fix the request or the configuration. Every code is listed in docs/outbound.md.
 
 use bytes::Bytes;
 
@@ -185,11 +185,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_code_is_documented_in_the_readme() {
-        let readme = include_str!("../README.md");
+    fn every_code_is_documented_in_docs_outbound() {
+        let readme = include_str!("../docs/outbound.md");
         for e in SidecarError::ALL {
             let row = format!("| `{}` | {} |", e.code(), e.http_status());
-            assert!(readme.contains(&row), "README has no row {row}");
+            assert!(readme.contains(&row), "docs/outbound.md has no row {row}");
         }
     }
 

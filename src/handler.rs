@@ -426,11 +426,18 @@ mod tests {
             (Marker::UnsignedFailure, "unsigned-failure"),
             (Marker::UnsignedApiKey, "unsigned-api-key"),
         ];
-        let readme = include_str!("../README.md");
+        let readme = [
+            include_str!("../docs/outbound.md"),
+            include_str!("../docs/notifications.md"),
+        ]
+        .concat();
         for (marker, value) in all {
             assert_eq!(marker.as_str(), value);
             let documented = format!("`X-Alipay-Sidecar-Verified: {value}`");
-            assert!(readme.contains(&documented), "README lacks {documented}");
+            assert!(
+                readme.contains(&documented),
+                "docs/outbound.md and docs/notifications.md lack {documented}"
+            );
         }
     }
 }

@@ -248,14 +248,17 @@ mod tests {
     fn metrics_are_defined_and_documented() {
         let m = JournalMetrics::new().expect("definitions");
         m.register_merchants(["default"]);
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../docs/notifications.md");
         for name in [
             "alipay_sidecar_notifications_recorded_total",
             "alipay_sidecar_notifications_duplicate_total",
             "alipay_sidecar_store_errors_total",
             "alipay_sidecar_deliveries_total",
         ] {
-            assert!(readme.contains(name), "README does not document {name}");
+            assert!(
+                readme.contains(name),
+                "docs/notifications.md does not document {name}"
+            );
         }
     }
 }

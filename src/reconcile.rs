@@ -428,7 +428,7 @@ const COPIED: [&str; 5] = [
     "paymentTime",
 ];
 
-/// Maps a verified inquiryPayment answer (pure; see the README's mapping table). First the
+/// Maps a verified inquiryPayment answer (pure; see the mapping table in docs/notifications.md). First the
 /// answer must be about the payment asked ([`about_payment`]), else it is
 /// [`Inquired::Refused`]. `paymentStatus` SUCCESS → `result`
 /// `{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"}`; FAIL →

@@ -12,7 +12,7 @@
 //! attempts), rcgen generates the listener's certificate with it, and the fake gateway
 //! (`ams-mock-gateway`, tests and demo only) deliberately uses ring so that it shares no
 //! crypto code with the sidecar it tests. None of those is on the request path (`cargo tree
-//! -e normal -i ring` shows the chains; README, "Performance").
+//! -e normal -i ring` shows the chains; docs/performance.md).
 //!
 //! Three sources of the listener's certificate ([`CertSource`]):
 //! - **generated** at start, in memory: a private CA and a leaf it signed; the CA's key is

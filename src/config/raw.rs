@@ -463,7 +463,10 @@ mod tests {
     /// the documented default may never be refused.
     #[test]
     fn every_duration_default_is_within_its_keys_range() {
-        for d in declared().iter().filter(|d| matches!(d.kind(), Kind::Duration)) {
+        for d in declared()
+            .iter()
+            .filter(|d| matches!(d.kind(), Kind::Duration))
+        {
             let Some(literal) = d.opt.default else {
                 continue;
             };

@@ -455,7 +455,7 @@ fn alert_rules_parse_and_use_only_exposed_metrics() {
     }
     assert!(
         text.contains("AlipaySidecarGatewayRejectsCredentials"),
-        "the credential-rejection alert is named as the README says"
+        "the credential-rejection alert is named as docs/operating.md says"
     );
     // issue 18: the reconciler's withheld cancel (L6) and refused answers (M1) alert
     assert!(
