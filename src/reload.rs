@@ -24,7 +24,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::config::Config;
-use crate::keyset::{Credential, KeySet, KeySetError};
+use crate::keyset::{Credential, Finding, KeySet, KeySetError};
 use crate::metrics::{self, KeyRole, ReloadResult};
 use crate::state::SidecarState;
 use crate::tls::{CertSource, Identity, ListenerTls};
@@ -101,7 +101,7 @@ impl ListenerCert {
         use sha2::Digest as _;
         let mut hash = sha2::Sha256::new();
         for f in source.files() {
-            let bytes = crate::keyset::read_bounded(&f, 4 * 1024 * 1024).ok()?;
+            let bytes = crate::files::read_bounded(&f, 4 * 1024 * 1024).ok()?;
             hash.update((bytes.len() as u64).to_be_bytes());
             hash.update(&bytes);
         }
@@ -195,6 +195,7 @@ impl Reloader {
         type Loaded = (
             Config,
             Vec<(String, Result<KeySet, KeySetError>)>,
+            Vec<Finding>,
             Option<(Identity, Option<Vec<u8>>)>,
         );
         let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, ReloadError> {
@@ -214,16 +215,16 @@ impl Reloader {
                 }
                 None => None,
             };
-            let sets = config
-                .merchants
-                .iter()
-                .map(|m| (m.name.clone(), KeySet::load_merchant(&config, m)))
-                .collect();
-            Ok((config, sets, identity))
+            // the whole preflight, as at start-up and in check-config: each merchant's set,
+            // and the warnings across merchants
+            let loaded = crate::preflight::load(&config);
+            let names = config.merchants.iter().map(|m| m.name.clone());
+            let sets = names.zip(loaded.sets).collect();
+            Ok((config, sets, loaded.cross, identity))
         })
         .await
         .unwrap_or_else(|e| Err(ReloadError::Task(e.to_string())));
-        let (config, mut sets, identity) = match loaded {
+        let (config, mut sets, cross, identity) = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
                 metrics::metrics().record_key_reload(ReloadResult::Failure);
@@ -238,6 +239,10 @@ impl Reloader {
         }
         if self.started_with.differs_outside_keys(&config) {
             tracing::warn!("the configuration changed outside [keys]; those settings take effect only after a restart");
+        }
+        // warnings, as at start-up: the new sets are served (check-config exits 0 with them)
+        for w in &cross {
+            tracing::warn!(trigger, finding = %w.message, "preflight warning");
         }
         let mut changed = false;
         let mut failed = Vec::new();

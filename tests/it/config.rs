@@ -7,7 +7,8 @@ use std::time::Duration;
 use alipay_sidecar::config::{
     known_keys, Acknowledge, Config, InboundMode, LogFormat, RequestTimeFormat,
 };
-use alipay_sidecar::keyset::{preflight, KeySet, Severity};
+use alipay_sidecar::keyset::{KeySet, Severity};
+use alipay_sidecar::preflight;
 
 use crate::support::key;
 
@@ -175,7 +176,8 @@ fn load_reads_files_and_keyset_loads_every_key() {
         keys.warnings
     );
     // The preflight is pure and repeatable.
-    assert_eq!(preflight(&c, &keys), keys.warnings);
+    let again = preflight::run(&c, &[(&c.merchants[0], &keys)]);
+    assert_eq!(again.all().cloned().collect::<Vec<_>>(), keys.warnings);
 }
 
 #[test]
