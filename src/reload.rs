@@ -9,7 +9,9 @@
 //! the file and the problem and counted as a failed reload. Each merchant's set loads and is
 //! checked on its own: one merchant's broken key keeps that merchant's old set and does not
 //! hold back the others, which are swapped; the reload then fails naming the merchants that
-//! kept their old keys. Settings outside `[keys]` need a
+//! kept their old keys. The checks are [`crate::preflight::run`], as at start-up and in
+//! `check-config`, so the warnings across merchants (one key file for two merchants) are
+//! logged as there and do not stop the swap. Settings outside `[keys]` need a
 //! restart; a reload that sees them changed says so in the log.
 
 use std::collections::BTreeSet;
