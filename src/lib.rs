@@ -8,8 +8,8 @@
 //!   format/parse, key loading, sign and verify, the acknowledgement's signature headers; and
 //!   the AMS domain data (API list and labels, directions, outcomes, verification reasons).
 //! - [`config`]: the TOML configuration schema, environment overrides and validation.
-//! - [`keyset`]: the immutable set of loaded keys plus the preflight checks that catch
-//!   classic key mix-ups; [`reload`] swaps it atomically at run time.
+//! - [`keyset`]: the immutable set of loaded keys; [`preflight`]: the checks that catch
+//!   classic key mix-ups before a set goes live; [`reload`] swaps it atomically at run time.
 //! - [`handler`]: the request-handling core as data in, data out; [`outbound`] and
 //!   [`inbound`] are its two handlers (pure policy, the gateway and the app behind small
 //!   client traits); [`merchants`]: the merchants with their live keys, and what a
@@ -38,6 +38,7 @@ pub mod demo;
 pub mod encoding;
 pub mod envelope;
 pub mod exchange;
+pub(crate) mod files;
 pub mod handler;
 pub mod inbound;
 pub mod journal;
@@ -45,10 +46,12 @@ pub mod keyset;
 pub mod limits;
 pub mod listen;
 pub mod logging;
+pub(crate) mod memory;
 pub mod merchants;
 pub mod metrics;
 pub mod notifications;
 pub mod outbound;
+pub mod preflight;
 pub mod reconcile;
 pub mod reload;
 pub mod replay;

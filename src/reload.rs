@@ -9,7 +9,9 @@
 //! the file and the problem and counted as a failed reload. Each merchant's set loads and is
 //! checked on its own: one merchant's broken key keeps that merchant's old set and does not
 //! hold back the others, which are swapped; the reload then fails naming the merchants that
-//! kept their old keys. Settings outside `[keys]` need a
+//! kept their old keys. The checks are [`crate::preflight::run`], as at start-up and in
+//! `check-config`, so the warnings across merchants (one key file for two merchants) are
+//! logged as there and do not stop the swap. Settings outside `[keys]` need a
 //! restart; a reload that sees them changed says so in the log.
 
 use std::collections::BTreeSet;
@@ -24,7 +26,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::config::Config;
-use crate::keyset::{Credential, KeySet, KeySetError};
+use crate::keyset::{Credential, Finding, KeySet, KeySetError};
 use crate::metrics::{self, KeyRole, ReloadResult};
 use crate::state::SidecarState;
 use crate::tls::{CertSource, Identity, ListenerTls};
@@ -101,7 +103,7 @@ impl ListenerCert {
         use sha2::Digest as _;
         let mut hash = sha2::Sha256::new();
         for f in source.files() {
-            let bytes = crate::keyset::read_bounded(&f, 4 * 1024 * 1024).ok()?;
+            let bytes = crate::files::read_bounded(&f, 4 * 1024 * 1024).ok()?;
             hash.update((bytes.len() as u64).to_be_bytes());
             hash.update(&bytes);
         }
@@ -195,6 +197,7 @@ impl Reloader {
         type Loaded = (
             Config,
             Vec<(String, Result<KeySet, KeySetError>)>,
+            Vec<Finding>,
             Option<(Identity, Option<Vec<u8>>)>,
         );
         let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, ReloadError> {
@@ -214,16 +217,16 @@ impl Reloader {
                 }
                 None => None,
             };
-            let sets = config
-                .merchants
-                .iter()
-                .map(|m| (m.name.clone(), KeySet::load_merchant(&config, m)))
-                .collect();
-            Ok((config, sets, identity))
+            // the whole preflight, as at start-up and in check-config: each merchant's set,
+            // and the warnings across merchants
+            let loaded = crate::preflight::load(&config);
+            let names = config.merchants.iter().map(|m| m.name.clone());
+            let sets = names.zip(loaded.sets).collect();
+            Ok((config, sets, loaded.cross, identity))
         })
         .await
         .unwrap_or_else(|e| Err(ReloadError::Task(e.to_string())));
-        let (config, mut sets, identity) = match loaded {
+        let (config, mut sets, cross, identity) = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
                 metrics::metrics().record_key_reload(ReloadResult::Failure);
@@ -238,6 +241,10 @@ impl Reloader {
         }
         if self.started_with.differs_outside_keys(&config) {
             tracing::warn!("the configuration changed outside [keys]; those settings take effect only after a restart");
+        }
+        // warnings, as at start-up: the new sets are served (check-config exits 0 with them)
+        for w in &cross {
+            tracing::warn!(trigger, finding = %w.message, "preflight warning");
         }
         let mut changed = false;
         let mut failed = Vec::new();

@@ -44,7 +44,7 @@ use crate::upstream::Upstream;
 /// `ready_file`: written (atomically) once every listener accepts connections, naming the
 /// address each one is bound to; see [`crate::listen`].
 pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
-    crate::limits::return_freed_buffers();
+    crate::memory::return_freed_buffers();
     let open_files = crate::limits::raise_open_files_limit();
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -53,9 +53,10 @@ pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
             return crate::tools::EXIT_USAGE;
         }
     };
+    let loaded = crate::preflight::load(&config);
     let mut sets = Vec::with_capacity(config.merchants.len());
-    for m in &config.merchants {
-        match KeySet::load_merchant(&config, m) {
+    for (m, keys) in config.merchants.iter().zip(loaded.sets) {
+        match keys {
             Ok(k) => sets.push((m.clone(), k)),
             Err(e) if config.merchants.len() > 1 => {
                 eprintln!("error: merchant {}: {e}", m.name);
@@ -89,7 +90,12 @@ pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
             );
         }
     }
-    match build(config, sets, ready_file.map(Path::to_path_buf)) {
+    match build(
+        config,
+        sets,
+        loaded.cross,
+        ready_file.map(Path::to_path_buf),
+    ) {
         Ok(server) => {
             let Built {
                 server,
@@ -148,10 +154,12 @@ impl StartError {
 }
 
 /// Builds the server from a loaded configuration and each merchant's key set (which already
-/// passed preflight). `ready_file`: see [`run`].
+/// passed preflight; `cross`: the preflight's warnings across merchants, logged here with
+/// the sets' own). `ready_file`: see [`run`].
 pub fn build(
     config: Config,
     sets: Vec<(MerchantConfig, KeySet)>,
+    cross: Vec<crate::keyset::Finding>,
     ready_file: Option<std::path::PathBuf>,
 ) -> Result<Built, StartError> {
     // preflight warnings: remote clients allowed, verify_responses = false, shadow mode, …
@@ -161,8 +169,7 @@ pub fn build(
         }
         publish_key_metrics(&m.name, keys);
     }
-    let pairs: Vec<_> = sets.iter().map(|(m, k)| (m, k)).collect();
-    for w in crate::keyset::cross_preflight(&config, &pairs) {
+    for w in &cross {
         tracing::warn!(finding = %w.message, "preflight warning");
     }
     let Some(merchants) = Merchants::new(sets) else {
@@ -567,7 +574,7 @@ pub fn outbound_identity(t: &crate::config::OutboundTls) -> Result<crate::tls::I
 /// (pingora's connector takes one file, and replaces the system roots with it). `check-config`
 /// runs the same checks. The CA file is read like a key file: a regular file of bounded size.
 pub fn ca_bundle(extra: &Path) -> Result<Vec<u8>, String> {
-    let extra_pem = crate::keyset::read_bounded(extra, MAX_CA_FILE_BYTES)?;
+    let extra_pem = crate::files::read_bounded(extra, MAX_CA_FILE_BYTES)?;
     let mut reader = std::io::BufReader::new(extra_pem.as_slice());
     let certs: Vec<_> = rustls_pemfile::certs(&mut reader)
         .collect::<Result<_, _>>()

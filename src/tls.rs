@@ -29,6 +29,9 @@
 //! *and* the sidecar). A self-signed leaf used directly as trust anchor is rejected by
 //! rustls/webpki, hence the two-level chain in the first two cases. Files are re-read on every
 //! key reload; one that fails to load keeps the old certificate serving.
+//!
+//! Termination (`tls/termination.rs`): [`ListenerTls::accept`] runs the handshake of a
+//! connection the HTTPS listener accepted and hands pingora the decrypted stream.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -44,6 +47,10 @@ use sha2::Digest;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::TlsAcceptor;
+
+mod termination;
+
+pub use termination::Handshake;
 
 /// Installs the aws-lc-rs rustls `CryptoProvider` as the process default, so the TLS
 /// configs pingora builds later use it instead of ring. Idempotent; returns whether the
@@ -239,7 +246,7 @@ pub fn load_ca(cert: &Path, key: &Path) -> Result<LocalCa, String> {
             x509.validity().not_after
         ));
     }
-    let key_pem = crate::keyset::read_bounded(key, MAX_TLS_KEY_BYTES)
+    let key_pem = crate::files::read_bounded(key, MAX_TLS_KEY_BYTES)
         .map_err(|e| format!("{}: {e}", key.display()))?;
     let key_pem = String::from_utf8(key_pem)
         .map_err(|_| format!("{}: not a PEM file (not text)", key.display()))?;
@@ -285,7 +292,7 @@ fn first_certificate(path: &Path) -> Result<Vec<u8>, String> {
 
 /// Every certificate of a PEM file (bounded read); an error when there is none.
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = crate::keyset::read_bounded(path, MAX_CHAIN_BYTES)
+    let pem = crate::files::read_bounded(path, MAX_CHAIN_BYTES)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let chain: Vec<CertificateDer<'static>> =
         rustls_pemfile::certs(&mut std::io::BufReader::new(pem.as_slice()))
@@ -363,7 +370,7 @@ pub fn from_files(cert: &Path, key: &Path) -> Result<Identity, String> {
     }
     let fp = fingerprint(leaf.as_ref());
     let top = chain.last().map(|c| c.to_vec()).unwrap_or_default();
-    let key_pem = crate::keyset::read_bounded(key, MAX_TLS_KEY_BYTES)
+    let key_pem = crate::files::read_bounded(key, MAX_TLS_KEY_BYTES)
         .map_err(|e| format!("{}: {e}", key.display()))?;
     let private = rustls_pemfile::private_key(&mut std::io::BufReader::new(key_pem.as_slice()))
         .map_err(|e| format!("{}: not PEM: {e}", key.display()))?

@@ -10,9 +10,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Acknowledge, CertSource, Config, InboundMode};
-use crate::keyset::{
-    cross_preflight, merchant_preflight, shared_preflight, Credential, KeySet, Severity,
-};
+use crate::keyset::{Credential, KeySet, Severity};
 use crate::protocol::{
     content_to_sign, generate_keypair, parse_signature_header, sha256_hex, sign_content,
     GeneratedKeyPair, PrivateKey, PublicKey, Verifier, VerifyError,
@@ -739,13 +737,11 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
             }
         }
     };
-    let mut findings = Vec::new();
-    for (m, keys) in &sets {
-        findings.extend(merchant_preflight(&config, m, keys));
-    }
-    findings.extend(shared_preflight(&config));
     let pairs: Vec<_> = sets.iter().map(|(m, k)| (*m, k)).collect();
-    findings.extend(cross_preflight(&config, &pairs));
+    let findings: Vec<_> = crate::preflight::run(&config, &pairs)
+        .all()
+        .cloned()
+        .collect();
 
     let _ = writeln!(out, "config: {}", config.path.display());
     let several = sets.len() > 1;

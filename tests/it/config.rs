@@ -7,7 +7,8 @@ use std::time::Duration;
 use alipay_sidecar::config::{
     known_keys, Acknowledge, Config, InboundMode, LogFormat, RequestTimeFormat,
 };
-use alipay_sidecar::keyset::{preflight, KeySet, Severity};
+use alipay_sidecar::keyset::{KeySet, Severity};
+use alipay_sidecar::preflight;
 
 use crate::support::key;
 
@@ -175,7 +176,8 @@ fn load_reads_files_and_keyset_loads_every_key() {
         keys.warnings
     );
     // The preflight is pure and repeatable.
-    assert_eq!(preflight(&c, &keys), keys.warnings);
+    let again = preflight::run(&c, &[(&c.merchants[0], &keys)]);
+    assert_eq!(again.all().cloned().collect::<Vec<_>>(), keys.warnings);
 }
 
 #[test]
@@ -543,6 +545,70 @@ fn check_config_warns_about_keys_shared_between_merchants() {
         );
         assert!(!err.contains(not_expected), "{err}");
     }
+}
+
+/// A reload runs the same preflight as `check-config` and start-up, across merchants too: a
+/// reload that gives two merchants one private key logs the warning `check-config` prints
+/// for the same files, word for word, and (a warning, as there) swaps the keys.
+#[test]
+fn a_reload_reports_a_cross_merchant_problem_as_check_config_does() {
+    let (dir, path) = two_merchants(
+        ("sg", "2188120012345678"),
+        ("eu", "2188220087654321"),
+        false,
+    );
+    let text = std::fs::read_to_string(&path).expect("config");
+    let text = text
+        .replace("127.0.0.1:18080", "127.0.0.1:0")
+        .replace("127.0.0.1:18081", "127.0.0.1:0")
+        .replace("127.0.0.1:18090", "127.0.0.1:0")
+        .replacen(
+            "[[merchants]]",
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n[[merchants]]",
+            1,
+        );
+    std::fs::write(&path, text).expect("config");
+    let (code, out, err) = check_config(&path);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("warning:"), "distinct keys: {err}");
+    let sidecar = crate::support::Sidecar::launch(&path, &[], &[]);
+
+    // eu's files become copies of sg's: one private key for two client ids
+    for (name, (who, form)) in [
+        ("eu_m.pem", ("merchant", "private_pkcs8_pem")),
+        ("eu_a.pem", ("alipay", "public_spki_pem")),
+    ] {
+        std::fs::write(dir.path().join(name), key(who, form)).expect("key file");
+    }
+    let (code, out, err) = check_config(&path);
+    assert_eq!(code, 0, "warnings only: {out}\n{err}");
+    let expected = err
+        .lines()
+        .find_map(|l| l.strip_prefix("warning: "))
+        .filter(|w| w.contains("the same private key for two client ids"))
+        .unwrap_or_else(|| panic!("check-config warns: {err}"))
+        .to_string();
+    let findings = |logs: &str| -> Vec<String> {
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "preflight warning")
+            .filter_map(|v| v["finding"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(
+        !findings(&sidecar.logs()).contains(&expected),
+        "not before the reload: {}",
+        sidecar.logs()
+    );
+
+    let r = sidecar.reload();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let body = r.json();
+    assert_eq!(body["reloaded"], true, "a warning does not block: {body}");
+    assert_eq!(body["changed"], true, "{body}");
+    sidecar.eventually("the reload logs check-config's warning", || {
+        findings(&sidecar.logs()).contains(&expected).then_some(())
+    });
 }
 
 #[test]
