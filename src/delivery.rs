@@ -38,8 +38,8 @@ use crate::inbound::{AppRoute, MAX_APP_RESPONSE_BYTES};
 use crate::journal::{
     self, DeliveryOutcome, DELIVER_PATH_HEADER, DELIVER_QUERY_HEADER, EVENT_ID_HEADER,
 };
-use crate::store::StateStore;
 use crate::schedule::next_attempt_at;
+use crate::store::StateStore;
 use crate::upstream::{Upstream, UpstreamClient, UpstreamRequest};
 
 /// How long the worker sleeps when nothing was due.

@@ -46,10 +46,10 @@ use crate::budget::BodyBudget;
 use crate::config::{Acknowledge, AppUpstream, Config, Duplicates, InboundConfig, InboundMode};
 use crate::envelope::SidecarError;
 use crate::exchange::{self, echo, header_text, now_millis, KEY_VERSION_HEADER, VERIFIED_HEADER};
-use crate::hooks::{NotificationHook, CONFLICT_HEADER};
 use crate::handler::{
     BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
 };
+use crate::hooks::{NotificationHook, CONFLICT_HEADER};
 use crate::journal::{self, Entry, Journal, DELIVER_QUERY_HEADER, EVENT_ID_HEADER};
 use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
 use crate::metrics::{Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
@@ -787,7 +787,7 @@ impl Inbound<Arc<Upstream>> {
                 InboundMerchant::new(
                     &m.name,
                     &m.client_id,
-                    LiveKeys::new(state.clone(), index),
+                    LiveKeys::new(state.merchants(), index),
                     Arc::new(upstream),
                     AppRoute::new(app, m.path_map.clone()),
                 )

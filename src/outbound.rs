@@ -30,10 +30,10 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use crate::config::{Config, MerchantConfig, OutboundConfig, RequestTimeFormat};
 use crate::envelope::SidecarError;
 use crate::exchange::{self, echo, now_millis, KEY_VERSION_HEADER, VERIFIED_HEADER};
-use crate::hooks::PayHook;
 use crate::handler::{
     BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
 };
+use crate::hooks::PayHook;
 use crate::keyset::{Credential, KeySet};
 use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
 use crate::metrics::{self, Direction, Outcome, VerificationResult};
@@ -42,9 +42,7 @@ use crate::protocol::{
     ApiKeyEnv, Reason,
 };
 use crate::state::SidecarState;
-use crate::upstream::{
-    Upstream, UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse,
-};
+use crate::upstream::{Upstream, UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
 
 /// Responses larger than this are refused (Alipay's answers are a few KiB).
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
@@ -645,7 +643,7 @@ impl OutboundMerchant<Arc<Upstream>> {
             &merchant.name,
             &merchant.client_id,
             merchant.agent_token.clone(),
-            LiveKeys::new(state.clone(), index),
+            LiveKeys::new(state.merchants(), index),
             upstream,
             (&gateway.host, gateway.port),
         )

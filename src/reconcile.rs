@@ -64,12 +64,12 @@ use crate::upstream::UpstreamClient;
 /// Marks a delivery the sidecar built from an API answer instead of relaying Alipay's
 /// notification (value `inquiryPayment`, also for the outcome of a cancel at expiry).
 pub const SOURCE_HEADER: &str = "X-Alipay-Sidecar-Source";
-/// Internal header recorded with a reconciled event when `[reconcile] deliver_path` is set:
-/// the journal's delivery worker delivers to that path instead of the notify path.
-pub use crate::journal::DELIVER_PATH_HEADER;
 /// Marks a verified PAYMENT_RESULT that contradicts a recorded outcome (declared beside the
 /// hook that returns its value, [`crate::hooks`]).
 pub use crate::hooks::CONFLICT_HEADER;
+/// Internal header recorded with a reconciled event when `[reconcile] deliver_path` is set:
+/// the journal's delivery worker delivers to that path instead of the notify path.
+pub use crate::journal::DELIVER_PATH_HEADER;
 /// The value of [`SOURCE_HEADER`].
 pub const SOURCE_INQUIRY: &str = "inquiryPayment";
 
