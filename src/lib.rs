@@ -40,6 +40,8 @@ pub mod envelope;
 pub mod exchange;
 pub mod handler;
 pub mod hooks;
+#[cfg(test)]
+mod import_graph;
 pub mod inbound;
 pub mod journal;
 pub mod keyset;
