@@ -113,8 +113,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// `ca_file`: a PEM bundle to trust (see `server.rs`, which merges it with the system
-    /// roots); `None` = system roots only.
+    /// `ca_file`: a PEM bundle to trust (see [`crate::tls::ca_bundle`], which merges it with
+    /// the system roots); `None` = system roots only.
     pub fn new(
         host: &str,
         port: u16,
