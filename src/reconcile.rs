@@ -6,8 +6,8 @@
 //! is unclear, and call `cancel` on failure or timeout. The sidecar sees every outbound pay and
 //! every inbound notification and holds the keys, so it does this once, for every app:
 //!
-//! 1. **Recording** ([`PayRecording`], the outbound handler's [`crate::hooks::PayHook`]): a verified pay
-//!    answer that is not final (`result.resultStatus` `U`, or `resultCode`
+//! 1. **Recording** ([`PayRecording`], the outbound handler's [`crate::hooks::PayHook`]): a
+//!    verified pay answer that is not final (`result.resultStatus` `U`, or `resultCode`
 //!    `PAYMENT_IN_PROCESS`) is recorded in the store *before* the answer goes back to the app,
 //!    with its `paymentNotifyUrl` and its close time (`paymentExpireTime` of the pay request,
 //!    else now + `default_close_after`); it is due at now + `reconcile_after`.
