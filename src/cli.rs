@@ -13,16 +13,9 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::tools::{self, ConfigArgs, KeygenArgs, LocalCaArgs, SignArgs, VerifyArgs};
 
-/// The exit-code rule of `run` and `check-config`, shown in `--help` and the README.
-pub const EXIT_CODES_HELP: &str = "\
-Exit status (run and check-config):
-  0  success: check-config found the configuration usable (warnings allowed); run stopped
-     cleanly after SIGTERM/SIGINT/SIGQUIT
-  1  runtime failure: the configuration is valid but the sidecar could not start or keep
-     running (an address already in use, a file it must write, …)
-  2  usage, configuration or key error: nothing was started; the message names the file, the
-     line and what to change (the same errors check-config reports; also a [store] that
-     cannot be opened; a PostgreSQL that does not answer is no error: run starts without it)";
+pub mod exit;
+
+pub use exit::EXIT_CODES_HELP;
 
 const NOTIFICATIONS_HELP: &str = "\
 Each subcommand takes --config FILE (or ALIPAY_SIDECAR_CONFIG) like run and opens its [store].
@@ -291,7 +284,7 @@ fn healthcheck(args: &HealthcheckArgs) -> i32 {
             Ok(config) => readyz_url(config.admin.listen),
             Err(e) => {
                 eprintln!("error: {e}");
-                return tools::EXIT_USAGE;
+                return exit::EXIT_USAGE;
             }
         },
         (None, None) => "http://127.0.0.1:9090/readyz".to_string(),

@@ -34,19 +34,18 @@ use sidecar_store::Delivery;
 
 use crate::config::{Config, InboundConfig};
 use crate::exchange::{now_millis, VERIFIED_HEADER};
-use crate::inbound::{App, AppRoute, MAX_APP_RESPONSE_BYTES};
+use crate::inbound::{AppRoute, MAX_APP_RESPONSE_BYTES};
 use crate::journal::{
     self, DeliveryOutcome, DELIVER_PATH_HEADER, DELIVER_QUERY_HEADER, EVENT_ID_HEADER,
 };
+use crate::schedule::next_attempt_at;
 use crate::store::StateStore;
-use crate::upstream::{Upstream, UpstreamRequest};
+use crate::upstream::{Upstream, UpstreamClient, UpstreamRequest};
 
 /// How long the worker sleeps when nothing was due.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// Rows claimed per turn (delivered concurrently).
 const BATCH: i64 = 16;
-/// Used when `delivery_schedule` is empty (the config refuses that; belt and braces).
-const FALLBACK_GAP: Duration = Duration::from_secs(60);
 
 /// Headers of a stored row the worker never copies: its own framing and host, the markers it
 /// sets itself, the internal ones it consumes.
@@ -70,22 +69,8 @@ struct Route<A> {
     route: AppRoute,
 }
 
-/// When the next attempt is due after `failures` failed attempts (this one included):
-/// `delivery_schedule[failures]`, the last gap repeating, capped at `deadline` so that the
-/// last attempt happens at `max_delivery_age`.
-pub fn next_attempt_at(schedule: &[Duration], failures: i64, now: i64, deadline: i64) -> i64 {
-    let index = usize::try_from(failures.max(0)).unwrap_or(usize::MAX);
-    let gap = schedule
-        .get(index)
-        .or(schedule.last())
-        .copied()
-        .unwrap_or(FALLBACK_GAP);
-    let gap = i64::try_from(gap.as_millis()).unwrap_or(i64::MAX);
-    now.saturating_add(gap).min(deadline)
-}
-
 /// The worker: shared by its turn's concurrent deliveries.
-pub struct DeliveryWorker<A: App = Arc<Upstream>> {
+pub struct DeliveryWorker<A: UpstreamClient = Arc<Upstream>> {
     inner: Arc<Inner<A>>,
 }
 
@@ -139,7 +124,7 @@ impl DeliveryWorker<Arc<Upstream>> {
     }
 }
 
-impl<A: App> DeliveryWorker<A> {
+impl<A: UpstreamClient> DeliveryWorker<A> {
     fn new(store: Arc<StateStore>, routes: HashMap<String, Route<A>>, cfg: &InboundConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -183,7 +168,7 @@ impl<A: App> DeliveryWorker<A> {
     }
 }
 
-impl<A: App> Inner<A> {
+impl<A: UpstreamClient> Inner<A> {
     /// Delivers one claimed row and records the outcome (which releases the claim).
     async fn work(&self, row: Delivery) {
         let result = self.attempt(&row).await;
@@ -240,7 +225,7 @@ impl<A: App> Inner<A> {
         };
         let request = delivery_request(&route.route, row, self.timeout)
             .map_err(|e| format!("cannot build the request to the app: {e}"))?;
-        match route.app.deliver(&request).await {
+        match route.app.send(&request).await {
             Ok(r) if r.header.status.is_success() => Ok(r.header.status.as_u16()),
             Ok(r) => Err(format!(
                 "the app answered HTTP {}",
@@ -292,7 +277,7 @@ fn delivery_request(
 }
 
 #[async_trait::async_trait]
-impl<A: App> BackgroundService for DeliveryWorker<A> {
+impl<A: UpstreamClient> BackgroundService for DeliveryWorker<A> {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         tracing::info!(owner = %self.inner.owner, store = self.inner.store.location(), "delivery worker started");
         let mut failing = false;
@@ -404,19 +389,5 @@ mod tests {
         .unwrap();
         assert_eq!(r.head.uri.to_string(), "/base/app/results");
         assert!(header(&r, DELIVER_PATH_HEADER).is_empty());
-    }
-
-    #[test]
-    fn the_schedule_repeats_its_last_gap_and_stops_at_the_deadline() {
-        let s = [
-            Duration::ZERO,
-            Duration::from_secs(2),
-            Duration::from_secs(10),
-        ];
-        assert_eq!(next_attempt_at(&s, 1, 1000, i64::MAX), 3000);
-        assert_eq!(next_attempt_at(&s, 2, 1000, i64::MAX), 11_000);
-        assert_eq!(next_attempt_at(&s, 9, 1000, i64::MAX), 11_000);
-        assert_eq!(next_attempt_at(&s, 9, 1000, 5000), 5000);
-        assert_eq!(next_attempt_at(&[], 0, 0, i64::MAX), 60_000);
     }
 }

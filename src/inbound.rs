@@ -6,8 +6,8 @@
 //! byte, and never acknowledges on the app's behalf.
 //!
 //! [`Inbound`] is the verifier's policy as a handler over plain values ([`crate::handler`]),
-//! with the app behind the small [`App`] trait (pingora's connector in production, an
-//! in-memory fake in the unit tests); [`crate::adapter`] is the pingora side.
+//! with the app behind the small [`UpstreamClient`] trait (pingora's connector in production,
+//! an in-memory fake in the unit tests); [`crate::adapter`] is the pingora side.
 //!
 //! Design. As in [`crate::outbound`], the whole exchange happens before Alipay gets an
 //! answer; pingora's upstream phases are never entered:
@@ -34,7 +34,6 @@
 //! forwarded; the app's answer body is relayed as received.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +49,7 @@ use crate::exchange::{self, echo, header_text, now_millis, KEY_VERSION_HEADER, V
 use crate::handler::{
     BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
 };
+use crate::hooks::{NotificationHook, CONFLICT_HEADER};
 use crate::journal::{self, Entry, Journal, DELIVER_QUERY_HEADER, EVENT_ID_HEADER};
 use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
 use crate::metrics::{Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
@@ -57,23 +57,12 @@ use crate::protocol::{
     ack_signature_headers, content_digest, format_iso8601, parse_request_time, Reason, Verified,
     ACK_BODY,
 };
-use crate::reconcile::{NotificationHook, CONFLICT_HEADER};
 use crate::replay::{self, InFlight, ReplayWindow, StillInFlight, Turn};
 use crate::state::SidecarState;
-use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::upstream::{Upstream, UpstreamClient, UpstreamRequest};
 
 /// Largest app answer relayed to Alipay (an acknowledgement is ~80 bytes).
 pub const MAX_APP_RESPONSE_BYTES: usize = 1024 * 1024;
-
-/// The app as the inbound handler needs it: one verified notification delivered, the whole
-/// answer back (bounded by `request.max_response`, within `request.timeout`).
-pub trait App: Send + Sync + 'static {
-    /// Delivers the notification and reads the app's whole answer.
-    fn deliver(
-        &self,
-        request: &UpstreamRequest,
-    ) -> impl Future<Output = Result<UpstreamResponse, UpstreamError>> + Send;
-}
 
 /// The inbound policy settings (from `[inbound]` and `[server]`), shared by every merchant.
 #[derive(Debug, Clone)]
@@ -165,7 +154,7 @@ pub struct InboundMerchant<A> {
     route: AppRoute,
 }
 
-impl<A: App> InboundMerchant<A> {
+impl<A: UpstreamClient> InboundMerchant<A> {
     /// A merchant called `name` that takes notifications for `client_id`, verified with the
     /// keys of `keys`, delivered to `app` along `route`.
     pub fn new(
@@ -226,7 +215,7 @@ impl Rejection {
     }
 }
 
-impl<A: App> Inbound<A> {
+impl<A: UpstreamClient> Inbound<A> {
     /// A verifier for one merchant.
     pub fn new(policy: InboundPolicy, merchant: InboundMerchant<A>) -> Self {
         Self::shared(policy, vec![merchant])
@@ -429,7 +418,7 @@ impl<A: App> Inbound<A> {
             max_response: MAX_APP_RESPONSE_BYTES,
             timeout: self.policy.forward_timeout,
         };
-        let response = match merchant.app.deliver(&app_req).await {
+        let response = match merchant.app.send(&app_req).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, app = %merchant.route.url, "the app did not take the notification; answering 503 so that Alipay re-sends it");
@@ -798,7 +787,7 @@ impl Inbound<Arc<Upstream>> {
                 InboundMerchant::new(
                     &m.name,
                     &m.client_id,
-                    LiveKeys::new(state.clone(), index),
+                    LiveKeys::new(state.merchants(), index),
                     Arc::new(upstream),
                     AppRoute::new(app, m.path_map.clone()),
                 )
@@ -812,7 +801,7 @@ impl Inbound<Arc<Upstream>> {
     }
 }
 
-impl<A: App> Handler for Inbound<A> {
+impl<A: UpstreamClient> Handler for Inbound<A> {
     const DIRECTION: Direction = Direction::Inbound;
 
     fn body_policy(&self) -> BodyPolicy {

@@ -11,11 +11,13 @@
 //! - [`keyset`]: the immutable set of loaded keys; [`preflight`]: the checks that catch
 //!   classic key mix-ups before a set goes live; [`reload`] swaps it atomically at run time.
 //! - [`handler`]: the request-handling core as data in, data out; [`outbound`] and
-//!   [`inbound`] are its two handlers (pure policy, the gateway and the app behind small
-//!   client traits); [`merchants`]: the merchants with their live keys, and what a
-//!   handler's one selection step yields.
+//!   [`inbound`] are its two handlers (pure policy, the gateway and the app behind one client
+//!   trait, [`upstream::UpstreamClient`]; what they call after a verified exchange behind the
+//!   traits of [`hooks`], so they never import the reconciler); [`merchants`]: the merchants
+//!   with their live keys, and what a handler's one selection step yields.
 //! - [`adapter`]: the one pingora adapter that reads requests, writes replies and records
-//!   metrics and the log line; [`upstream`] is pingora's connector behind the client traits.
+//!   metrics and the log line; [`upstream`] is pingora's connector behind the client trait.
+//! - Imports run one way, between files too (a unit test, `import_graph`, fails on a cycle).
 //! - [`admin`], [`server`], [`listen`]: the running sidecar ([`listen`]: port-0 listeners
 //!   and the ready file).
 //! - [`store`]: the state store of `[store]` (crate `sidecar-store`) on a runtime of its own.
@@ -40,6 +42,9 @@ pub mod envelope;
 pub mod exchange;
 pub(crate) mod files;
 pub mod handler;
+pub mod hooks;
+#[cfg(test)]
+mod import_graph;
 pub mod inbound;
 pub mod journal;
 pub mod keyset;
@@ -56,6 +61,7 @@ pub mod reconcile;
 pub mod reload;
 pub mod replay;
 pub mod retention;
+pub mod schedule;
 pub mod server;
 pub mod state;
 pub mod store;

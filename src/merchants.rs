@@ -20,7 +20,6 @@ pub use crate::config::DEFAULT_MERCHANT;
 pub const UNSELECTED_MERCHANT: &str = "unknown";
 use crate::config::MerchantConfig;
 use crate::keyset::KeySet;
-use crate::state::SidecarState;
 
 /// Where a merchant's live key set comes from. A request takes one snapshot at selection and
 /// uses it from start to end, so a concurrent reload never mixes keys inside one request.
@@ -37,23 +36,25 @@ impl KeySource for Arc<KeySet> {
 }
 
 /// The live keys of the merchant at `index` in the process's registry: what the production
-/// handlers hold, so a reload of that merchant reaches them and no other.
+/// handlers hold, so a reload of that merchant reaches them and no other. It shares the
+/// merchant's own swap cell, so it needs neither the registry nor the process state.
 pub struct LiveKeys {
-    state: Arc<SidecarState>,
-    index: usize,
+    keys: Arc<ArcSwap<KeySet>>,
 }
 
 impl LiveKeys {
-    /// The live keys of the `index`-th merchant (config order) of `state`.
-    pub fn new(state: Arc<SidecarState>, index: usize) -> Arc<Self> {
-        assert!(index < state.merchants().len(), "no merchant #{index}");
-        Arc::new(Self { state, index })
+    /// The live keys of the `index`-th merchant (config order) of `merchants`.
+    pub fn new(merchants: &Merchants, index: usize) -> Arc<Self> {
+        assert!(index < merchants.len(), "no merchant #{index}");
+        Arc::new(Self {
+            keys: merchants.list[index].keys.clone(),
+        })
     }
 }
 
 impl KeySource for LiveKeys {
     fn keys(&self) -> Arc<KeySet> {
-        self.state.merchants().list[self.index].keys()
+        self.keys.load_full()
     }
 }
 
@@ -81,7 +82,8 @@ pub struct Selected<'a, M> {
 /// One merchant: its resolved settings and its live key set.
 pub struct Merchant {
     config: MerchantConfig,
-    keys: ArcSwap<KeySet>,
+    /// Shared with the handlers' [`LiveKeys`]: a swap here reaches them.
+    keys: Arc<ArcSwap<KeySet>>,
 }
 
 impl Merchant {
@@ -128,7 +130,7 @@ impl Merchants {
             .into_iter()
             .map(|(config, keys)| Merchant {
                 config,
-                keys: ArcSwap::from_pointee(keys),
+                keys: Arc::new(ArcSwap::from_pointee(keys)),
             })
             .collect();
         Some(Merchants { list })

@@ -19,11 +19,12 @@ use std::path::Path;
 use clap::{Subcommand, ValueEnum};
 use sidecar_store::{ListFilter, NotificationRecord, NotificationStatus};
 
+use crate::cli::exit::{EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 use crate::config::{Config, StoreOptions};
 use crate::exchange::now_millis;
 use crate::protocol::format_iso8601;
 use crate::store::StateStore;
-use crate::tools::{ConfigArgs, EXIT_INVALID, EXIT_OK, EXIT_USAGE};
+use crate::tools::ConfigArgs;
 
 /// `notifications` subcommands.
 #[derive(Subcommand, Debug)]

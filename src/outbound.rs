@@ -2,8 +2,8 @@
 //!
 //! [`Outbound`] is the signing proxy's policy as a handler over plain values
 //! ([`crate::handler`]): a [`Request`] in, a [`Reply`] out, the gateway behind the small
-//! [`Gateway`] trait (pingora's connector in production, [`crate::upstream::Upstream`]; an
-//! in-memory fake in the unit tests). The pingora side (reading the request, writing the
+//! [`UpstreamClient`] trait (pingora's connector in production, [`crate::upstream::Upstream`];
+//! an in-memory fake in the unit tests). The pingora side (reading the request, writing the
 //! reply, metrics, the log line) is [`crate::adapter`].
 //!
 //! Why the whole gateway exchange happens before the app sees anything (and not in
@@ -19,7 +19,6 @@
 //! returned. JSON is never re-serialised (the response body is parsed only to read
 //! `result.resultStatus` of an unsigned answer).
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,6 +33,7 @@ use crate::exchange::{self, echo, now_millis, KEY_VERSION_HEADER, VERIFIED_HEADE
 use crate::handler::{
     BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
 };
+use crate::hooks::PayHook;
 use crate::keyset::{Credential, KeySet};
 use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
 use crate::metrics::{self, Direction, Outcome, VerificationResult};
@@ -41,9 +41,8 @@ use crate::protocol::{
     content_digest, format_epoch_millis, format_iso8601, parse_request_time, sign_digest,
     ApiKeyEnv, Reason,
 };
-use crate::reconcile::PayRecording;
 use crate::state::SidecarState;
-use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::upstream::{Upstream, UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
 
 /// Responses larger than this are refused (Alipay's answers are a few KiB).
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
@@ -67,16 +66,6 @@ enum Auth<'a> {
     },
     /// `Authorization: Bearer <key>`.
     Bearer(String),
-}
-
-/// The Alipay gateway as the outbound handler needs it: one signed request out, the whole
-/// answer back (bounded by `request.max_response`, within `request.timeout`).
-pub trait Gateway: Send + Sync + 'static {
-    /// Sends the signed request and reads the whole answer.
-    fn send(
-        &self,
-        request: &UpstreamRequest,
-    ) -> impl Future<Output = Result<UpstreamResponse, UpstreamError>> + Send;
 }
 
 /// The outbound policy settings (from `[outbound]` and `[server]`), shared by every merchant.
@@ -137,7 +126,7 @@ pub struct OutboundMerchant<G> {
     not_forwarded: Vec<&'static str>,
 }
 
-impl<G: Gateway> OutboundMerchant<G> {
+impl<G: UpstreamClient> OutboundMerchant<G> {
     /// A merchant called `name` signing as `client_id` with the keys of `keys`, through
     /// `gateway` at `gateway_host:gateway_port`.
     pub fn new(
@@ -181,8 +170,9 @@ pub struct Outbound<G> {
     /// The merchant label of requests refused before selection.
     unselected: Arc<str>,
     app_signature_replaced: AtomicBool,
-    /// `[reconcile]`: records pays whose verified answer is not final.
-    pay_recording: Option<PayRecording>,
+    /// `[reconcile]`: records pays whose verified answer is not final (the reconciler's
+    /// `PayRecording`, behind [`PayHook`] so that this handler does not import it).
+    pay_recording: Option<Arc<dyn PayHook>>,
 }
 
 /// What the app is told about the gateway's answer.
@@ -203,7 +193,7 @@ impl Verdict {
     }
 }
 
-impl<G: Gateway> Outbound<G> {
+impl<G: UpstreamClient> Outbound<G> {
     /// A handler for one merchant.
     pub fn new(policy: OutboundPolicy, merchant: OutboundMerchant<G>) -> Self {
         Self::shared(policy, vec![merchant])
@@ -227,8 +217,8 @@ impl<G: Gateway> Outbound<G> {
 
     /// Records every `payments/pay` whose verified answer is not final with `recording`
     /// (the reconciler, `[reconcile]`), before the answer goes back to the app.
-    pub fn with_pay_recording(mut self, recording: PayRecording) -> Self {
-        self.pay_recording = Some(recording);
+    pub fn with_pay_recording(mut self, recording: impl PayHook) -> Self {
+        self.pay_recording = Some(Arc::new(recording));
         self
     }
 
@@ -653,14 +643,14 @@ impl OutboundMerchant<Arc<Upstream>> {
             &merchant.name,
             &merchant.client_id,
             merchant.agent_token.clone(),
-            LiveKeys::new(state.clone(), index),
+            LiveKeys::new(state.merchants(), index),
             upstream,
             (&gateway.host, gateway.port),
         )
     }
 }
 
-impl<G: Gateway> Handler for Outbound<G> {
+impl<G: UpstreamClient> Handler for Outbound<G> {
     const DIRECTION: Direction = Direction::Outbound;
 
     fn body_policy(&self) -> BodyPolicy {

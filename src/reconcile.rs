@@ -6,8 +6,8 @@
 //! is unclear, and call `cancel` on failure or timeout. The sidecar sees every outbound pay and
 //! every inbound notification and holds the keys, so it does this once, for every app:
 //!
-//! 1. **Recording** ([`PayRecording`], called by [`crate::outbound::Outbound`]): a verified pay
-//!    answer that is not final (`result.resultStatus` `U`, or `resultCode`
+//! 1. **Recording** ([`PayRecording`], the outbound handler's [`crate::hooks::PayHook`]): a
+//!    verified pay answer that is not final (`result.resultStatus` `U`, or `resultCode`
 //!    `PAYMENT_IN_PROCESS`) is recorded in the store *before* the answer goes back to the app,
 //!    with its `paymentNotifyUrl` and its close time (`paymentExpireTime` of the pay request,
 //!    else now + `default_close_after`); it is due at now + `reconcile_after`.
@@ -55,21 +55,21 @@ use sidecar_store::{EventKey, NewNotification, NewPay, PayOutcome, PayOwner, Pay
 use crate::config::ReconcileConfig;
 use crate::exchange::{now_millis, VERIFIED_HEADER};
 use crate::handler::{Handler, Marker, Request};
+use crate::hooks::{NotificationHook, PayHook};
 use crate::metrics::{api_label, Direction};
-use crate::outbound::{Gateway, Outbound, MERCHANT_HEADER};
+use crate::outbound::{Outbound, MERCHANT_HEADER};
 use crate::store::StateStore;
+use crate::upstream::UpstreamClient;
 
 /// Marks a delivery the sidecar built from an API answer instead of relaying Alipay's
 /// notification (value `inquiryPayment`, also for the outcome of a cancel at expiry).
 pub const SOURCE_HEADER: &str = "X-Alipay-Sidecar-Source";
+/// Marks a verified PAYMENT_RESULT that contradicts a recorded outcome (declared beside the
+/// hook that returns its value, [`crate::hooks`]).
+pub use crate::hooks::CONFLICT_HEADER;
 /// Internal header recorded with a reconciled event when `[reconcile] deliver_path` is set:
 /// the journal's delivery worker delivers to that path instead of the notify path.
 pub use crate::journal::DELIVER_PATH_HEADER;
-/// Marks a verified PAYMENT_RESULT that contradicts the outcome the sidecar recorded and
-/// delivered for that payment (issue 18 M2), e.g. `recorded=cancelled`: Alipay's late S after
-/// the sidecar cancelled the payment at its close time. The notification is still delivered
-/// (it is Alipay's word); the app must inquire (a cancel of a paid payment refunds it).
-pub const CONFLICT_HEADER: &str = "X-Alipay-Sidecar-Conflict";
 /// The value of [`SOURCE_HEADER`].
 pub const SOURCE_INQUIRY: &str = "inquiryPayment";
 
@@ -556,7 +556,7 @@ pub fn cancel_allowed(answers: i64, answered_now: bool) -> bool {
 /// of `schedule` (the last one repeats), never after the close time (the delivery worker's
 /// schedule rule, with the close time as the deadline).
 pub fn next_inquiry(schedule: &[Duration], inquiries: i64, now: i64, close_time: i64) -> i64 {
-    crate::delivery::next_attempt_at(schedule, inquiries, now, close_time.max(now))
+    crate::schedule::next_attempt_at(schedule, inquiries, now, close_time.max(now))
 }
 
 /// The path part of `paymentNotifyUrl` (its host is ignored; the query is not part of the
@@ -623,10 +623,13 @@ impl PayRecording {
         init_metrics();
         Self { recorder, timing }
     }
+}
 
+#[async_trait]
+impl PayHook for PayRecording {
     /// Called by the outbound handler once a verified answer is ready and before it goes
     /// back to the app. A store failure is logged and counted; the app gets its answer anyway.
-    pub async fn after_verified_answer(
+    async fn after_verified_answer(
         &self,
         merchant: &str,
         client_id: &str,
@@ -661,15 +664,6 @@ impl PayRecording {
 
 // ---------------------------------------------------------------------------------------
 // Closing (inbound)
-
-/// Called by the inbound handler for every notification whose signature verified.
-#[async_trait]
-pub trait NotificationHook: Send + Sync + 'static {
-    /// `merchant` is the configured name the notification's client id selected. Returns the
-    /// value of [`CONFLICT_HEADER`] when the notification contradicts a recorded outcome: the
-    /// delivery to the app carries it.
-    async fn verified(&self, merchant: &str, body: &[u8]) -> Option<String>;
-}
 
 /// Closes the merchant's pay record when a final PAYMENT_RESULT arrives (outcome `notified`),
 /// and recognises one that contradicts the outcome of an already closed record.
@@ -751,7 +745,7 @@ enum Called {
     Failed(String),
 }
 
-impl<G: Gateway> Reconciler<G> {
+impl<G: UpstreamClient> Reconciler<G> {
     /// A reconciler on `store`, calling the gateway through `outbound` (a handler serving
     /// every merchant: the call names its merchant in [`MERCHANT_HEADER`]). `request_timeout`
     /// is the outbound one: a claim's lease outlasts an inquiry plus a cancel with it.
@@ -1115,7 +1109,7 @@ impl<G: Gateway> Reconciler<G> {
 const CANCEL_ATTEMPTS: u32 = 5;
 
 #[async_trait]
-impl<G: Gateway> BackgroundService for Reconciler<G> {
+impl<G: UpstreamClient> BackgroundService for Reconciler<G> {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         tracing::info!(owner = %self.owner, tick_ms = self.tick.as_millis() as u64, lease_s = self.lease.as_secs(), "reconciler started");
         let mut interval = tokio::time::interval(self.tick);

@@ -37,7 +37,7 @@ use crate::tls::{CertSource, ListenerTls};
 use crate::upstream::Upstream;
 
 /// Entry point of `alipay-sidecar run`; returns the process exit code (see
-/// [`crate::cli::EXIT_CODES_HELP`]): 0 after a graceful shutdown, 2 when the config file or the
+/// [`crate::cli::exit::EXIT_CODES_HELP`]): 0 after a graceful shutdown, 2 when the config file or the
 /// keys are unusable (nothing was started), 1 when a valid configuration could not be started
 /// (e.g. an address in use). Each error is printed once, as plain text on stderr: nothing is
 /// running yet that a log collector would follow.
@@ -50,7 +50,7 @@ pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return crate::tools::EXIT_USAGE;
+            return crate::cli::exit::EXIT_USAGE;
         }
     };
     let loaded = crate::preflight::load(&config);
@@ -60,11 +60,11 @@ pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
             Ok(k) => sets.push((m.clone(), k)),
             Err(e) if config.merchants.len() > 1 => {
                 eprintln!("error: merchant {}: {e}", m.name);
-                return crate::tools::EXIT_USAGE;
+                return crate::cli::exit::EXIT_USAGE;
             }
             Err(e) => {
                 eprintln!("error: {e}");
-                return crate::tools::EXIT_USAGE;
+                return crate::cli::exit::EXIT_USAGE;
             }
         }
     }
@@ -75,7 +75,7 @@ pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
                  an existing, writable folder",
                 path.display()
             );
-            return crate::tools::EXIT_INVALID;
+            return crate::cli::exit::EXIT_INVALID;
         }
     }
     crate::logging::init(&config.log);
@@ -107,7 +107,7 @@ pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
             });
             drop(private_dirs); // the merged CA bundles go with them
             tracing::info!("stopped");
-            crate::tools::EXIT_OK
+            crate::cli::exit::EXIT_OK
         }
         Err(e) => {
             eprintln!("error: cannot start: {e}");
@@ -147,8 +147,8 @@ impl StartError {
     /// The process exit code of this error (see [`run`]).
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Runtime(_) => crate::tools::EXIT_INVALID,
-            StartError::Config(_) => crate::tools::EXIT_USAGE,
+            StartError::Runtime(_) => crate::cli::exit::EXIT_INVALID,
+            StartError::Config(_) => crate::cli::exit::EXIT_USAGE,
         }
     }
 }
@@ -300,7 +300,8 @@ pub fn build(
                         } else {
                             m.key("outbound.ca_file")
                         };
-                        let written = ca_bundle(path).and_then(|pem| write_private(&pem));
+                        let written =
+                            crate::tls::ca_bundle(path).and_then(|pem| write_private(&pem));
                         let (dir, file) = written.map_err(|msg| {
                             config.error_at(&key, format!("cannot use {}: {msg}", path.display()))
                         })?;
@@ -569,36 +570,6 @@ pub fn outbound_identity(t: &crate::config::OutboundTls) -> Result<crate::tls::I
     }
     Ok(identity)
 }
-
-/// System trust roots plus the configured CA file, as one PEM bundle for the connector
-/// (pingora's connector takes one file, and replaces the system roots with it). `check-config`
-/// runs the same checks. The CA file is read like a key file: a regular file of bounded size.
-pub fn ca_bundle(extra: &Path) -> Result<Vec<u8>, String> {
-    let extra_pem = crate::files::read_bounded(extra, MAX_CA_FILE_BYTES)?;
-    let mut reader = std::io::BufReader::new(extra_pem.as_slice());
-    let certs: Vec<_> = rustls_pemfile::certs(&mut reader)
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    if certs.is_empty() {
-        return Err("the file holds no PEM certificate; put the CA certificate \
-                    (-----BEGIN CERTIFICATE-----) that issued the gateway's certificate there"
-            .into());
-    }
-    let mut bundle = Vec::new();
-    // a machine without system roots still works with the configured CA alone
-    if let Ok(roots) = rustls_native_certs::load_native_certs() {
-        for cert in roots {
-            crate::tls::pem_cert(&mut bundle, cert.as_ref());
-        }
-    }
-    for cert in &certs {
-        crate::tls::pem_cert(&mut bundle, cert.as_ref());
-    }
-    Ok(bundle)
-}
-
-/// Largest `ca_file` read (a CA bundle of a few hundred certificates).
-const MAX_CA_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Writes `bundle` into a new private folder (mode 0700, unpredictable name, removed when the
 /// returned handle drops), because pingora's connector reads its trust roots from a path.

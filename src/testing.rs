@@ -10,11 +10,9 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::handler::{Reply, Request};
-use crate::inbound::App;
 use crate::keyset::{Credential, KeySet, KeySources};
-use crate::outbound::Gateway;
 use crate::protocol::{content_to_sign, sign_content, PrivateKey, PublicKey, Verifier};
-use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::upstream::{UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
 
 /// `tests/data/ams-public.json`, parsed once.
 pub(crate) fn vectors() -> &'static serde_json::Value {
@@ -168,14 +166,8 @@ impl Fake {
     }
 }
 
-impl Gateway for Arc<Fake> {
+impl UpstreamClient for Arc<Fake> {
     async fn send(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
-        self.answer(request)
-    }
-}
-
-impl App for Arc<Fake> {
-    async fn deliver(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
         self.answer(request)
     }
 }

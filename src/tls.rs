@@ -460,6 +460,36 @@ impl ListenerTls {
     }
 }
 
+/// System trust roots plus the configured CA file, as one PEM bundle for the connector
+/// (pingora's connector takes one file, and replaces the system roots with it). `check-config`
+/// runs the same checks. The CA file is read like a key file: a regular file of bounded size.
+pub fn ca_bundle(extra: &Path) -> Result<Vec<u8>, String> {
+    let extra_pem = crate::files::read_bounded(extra, MAX_CA_FILE_BYTES)?;
+    let mut reader = std::io::BufReader::new(extra_pem.as_slice());
+    let certs: Vec<_> = rustls_pemfile::certs(&mut reader)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("the file holds no PEM certificate; put the CA certificate \
+                    (-----BEGIN CERTIFICATE-----) that issued the gateway's certificate there"
+            .into());
+    }
+    let mut bundle = Vec::new();
+    // a machine without system roots still works with the configured CA alone
+    if let Ok(roots) = rustls_native_certs::load_native_certs() {
+        for cert in roots {
+            pem_cert(&mut bundle, cert.as_ref());
+        }
+    }
+    for cert in &certs {
+        pem_cert(&mut bundle, cert.as_ref());
+    }
+    Ok(bundle)
+}
+
+/// Largest `ca_file` read (a CA bundle of a few hundred certificates).
+const MAX_CA_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::cli::exit::{EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 use crate::config::{Acknowledge, CertSource, Config, InboundMode};
 use crate::keyset::{Credential, KeySet, Severity};
 use crate::protocol::{
@@ -19,13 +20,6 @@ use crate::protocol::{
 /// Default config path (the container image mounts config and keys under
 /// `/etc/alipay-sidecar/`).
 pub const DEFAULT_CONFIG: &str = "/etc/alipay-sidecar/sidecar.toml";
-
-/// Exit code: success / signature valid / config usable / clean shutdown.
-pub const EXIT_OK: i32 = 0;
-/// Exit code: signature invalid (`verify`); runtime failure with a valid configuration (`run`).
-pub const EXIT_INVALID: i32 = 1;
-/// Exit code: usage error, or a config or key that cannot be used (every command).
-pub const EXIT_USAGE: i32 = 2;
 
 /// Extra help for `verify`: how to check a captured notification or response offline.
 pub const VERIFY_HELP: &str = "\
@@ -699,7 +693,7 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
             Some((m.key("outbound.ca_file"), ca))
         }));
     for (key, path) in cas {
-        if let Err(m) = crate::server::ca_bundle(path) {
+        if let Err(m) = crate::tls::ca_bundle(path) {
             let e = config.error_at(&key, format!("cannot use {}: {m}", path.display()));
             return not_usable(err, &e);
         }

@@ -113,8 +113,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// `ca_file`: a PEM bundle to trust (see `server.rs`, which merges it with the system
-    /// roots); `None` = system roots only.
+    /// `ca_file`: a PEM bundle to trust (see [`crate::tls::ca_bundle`], which merges it with
+    /// the system roots); `None` = system roots only.
     pub fn new(
         host: &str,
         port: u16,
@@ -357,16 +357,25 @@ impl Upstream {
     }
 }
 
-/// Production gateway client: pingora's pooled HTTPS connector.
-impl crate::outbound::Gateway for std::sync::Arc<Upstream> {
-    async fn send(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
-        self.exchange(request).await
-    }
+/// The one upstream trait of the handlers and the delivery worker: one request out (signed
+/// for the gateway, verified for the app), the whole answer back (bounded by
+/// `request.max_response`, within `request.timeout`). Pingora's pooled connector in
+/// production ([`Upstream`]: HTTPS to the gateway, plain HTTP to the app); an in-memory fake
+/// in the handlers' unit tests, so they run without sockets.
+///
+/// Declared here, beside its production implementation, so that the handlers import the
+/// connector and never the other way round.
+pub trait UpstreamClient: Send + Sync + 'static {
+    /// Sends the request and reads the whole answer.
+    fn send(
+        &self,
+        request: &UpstreamRequest,
+    ) -> impl std::future::Future<Output = Result<UpstreamResponse, UpstreamError>> + Send;
 }
 
-/// Production app client: pingora's pooled plain-HTTP connector.
-impl crate::inbound::App for std::sync::Arc<Upstream> {
-    async fn deliver(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+/// Production client: pingora's pooled connector.
+impl UpstreamClient for std::sync::Arc<Upstream> {
+    async fn send(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
         self.exchange(request).await
     }
 }

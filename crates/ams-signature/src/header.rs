@@ -3,7 +3,7 @@
 use base64::Engine as _;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::verify::VerifyError;
+use super::error::VerifyError;
 
 /// The only algorithm name the SDKs produce and the sidecar accepts.
 pub const ALGORITHM: &str = "RSA256";

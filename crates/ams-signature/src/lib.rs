@@ -28,6 +28,7 @@ mod api;
 mod api_key;
 mod content;
 mod engine;
+mod error;
 mod header;
 mod keys;
 mod rejection;
@@ -47,10 +48,11 @@ pub use traffic::{Direction, Outcome};
 /// The crypto engine this build signs and verifies with, so logs and `check-config` can say
 /// which one runs.
 pub const ENGINE: &str = engine::ENGINE;
+pub use error::{Reason, VerifyError};
 pub use header::{format_signature_header, parse_signature_header, SignatureHeader, ALGORITHM};
 pub use keys::{generate_keypair, GeneratedKeyPair, KeyEncoding, KeyError, PrivateKey, PublicKey};
 pub use time::{format_epoch_millis, format_iso8601, parse_request_time};
-pub use verify::{Reason, Verified, Verifier, VerifyError};
+pub use verify::{Verified, Verifier};
 
 /// Received text made safe to echo in an error, a response or a log line: at most
 /// [`ECHO_CHARS`] characters, control and non-ASCII characters escaped, an ellipsis when cut.
