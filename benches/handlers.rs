@@ -341,8 +341,16 @@ fn ratios(since: SystemTime) {
     let root = criterion_home();
     let est = |id| estimate(&root, id, since);
     let pairs = [
-        ("outbound handler ÷ engine sign", "outbound_handle", "engine_sign"),
-        ("inbound handler ÷ engine verify", "inbound_handle", "engine_verify"),
+        (
+            "outbound handler ÷ engine sign",
+            "outbound_handle",
+            "engine_sign",
+        ),
+        (
+            "inbound handler ÷ engine verify",
+            "inbound_handle",
+            "engine_verify",
+        ),
     ];
     for (label, handler, engine) in pairs {
         match (est(handler), est(engine)) {
