@@ -21,7 +21,7 @@
 # It installs nothing: it needs the Debian packages nginx-light, wrk and openssl (and
 # util-linux's taskset), and exits 2 naming the missing ones.
 #
-# usage: scripts/bench-sidecar.sh [SECONDS=10]
+# usage: benches/sidecar.sh [SECONDS=10]
 #   SIDECAR_BIN=path  use this binary instead of building target/release/alipay-sidecar
 #   CONNS=16          connections for the throughput phases
 #   LOG_LEVEL=info    the sidecar's log level (info, the default, logs one JSON line per request)
