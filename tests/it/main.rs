@@ -15,7 +15,7 @@ mod listeners; // keep-alive, framing errors, slots per peer, only configured li
 mod logs; // what the logs never show: key material, Signature values, at any level
 mod merchants; // several merchants in one sidecar: routing by listener, header and client-id
 mod metrics; // metric families and labels the dashboard and alerts rely on
-mod mock_gateway; // the fake gateway in-process (raw HTTP, TLS, faults, notifications) and its CLI
+mod mock_gateway; // the real binary's `mock-gateway` subcommand (the library's tests: crates/ams-mock-gateway/tests/)
 mod notifications; // notifications under pressure: held bodies, replays, stale ones, concurrent copies
 mod outbound; // the outbound listener: sign, forward over verified TLS, verify the answer
 mod properties; // property tests: round trips, tamper detection, parser robustness

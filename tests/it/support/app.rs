@@ -19,8 +19,6 @@ pub enum Behaviour {
     Status(u16, &'static str),
     /// Waits this long, then acks (longer than the sidecar's forward_timeout).
     Slow(Duration),
-    /// The n-th request gets the n-th answer; the last one repeats.
-    Answers(Vec<(u16, &'static str)>),
 }
 
 /// One request the app received.
@@ -135,11 +133,7 @@ fn serve_one(mut s: TcpStream, received: &Mutex<Vec<Received>>, behaviour: &Mute
     let Some(req) = read_request(&mut s) else {
         return;
     };
-    let index = {
-        let mut received = received.lock().unwrap();
-        received.push(req);
-        received.len() - 1
-    };
+    received.lock().unwrap().push(req);
     let behaviour = behaviour.lock().unwrap().clone();
     let (status, body, extra) = match behaviour {
         Behaviour::Ack => (200, APP_ACK, "X-App: stand-in\r\n"),
@@ -147,10 +141,6 @@ fn serve_one(mut s: TcpStream, received: &Mutex<Vec<Received>>, behaviour: &Mute
         Behaviour::Slow(d) => {
             std::thread::sleep(d);
             (200, APP_ACK, "")
-        }
-        Behaviour::Answers(list) => {
-            let (status, body) = list[index.min(list.len() - 1)];
-            (status, body, "")
         }
     };
     let head = format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());

@@ -14,8 +14,6 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     /// The exact body bytes (de-chunked).
     pub body: Vec<u8>,
-    /// The body is as long as its framing announced (false only from [`parse_response`]).
-    pub complete: bool,
 }
 
 impl Response {
@@ -112,6 +110,5 @@ pub fn request(
         status,
         headers,
         body,
-        complete: true,
     })
 }

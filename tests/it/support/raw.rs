@@ -106,7 +106,6 @@ fn read_framed(s: &mut dyn Read, allow_short: bool) -> std::io::Result<Response>
             continue; // interim answer: the real one follows
         }
         let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        let mut complete = true;
         let body = if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
             let mut body = Vec::new();
             loop {
@@ -143,7 +142,6 @@ fn read_framed(s: &mut dyn Read, allow_short: bool) -> std::io::Result<Response>
             while buf.len() < len {
                 if !fill(s, &mut buf)? {
                     if allow_short {
-                        complete = false;
                         break;
                     }
                     return Err(eof("body shorter than Content-Length"));
@@ -159,7 +157,6 @@ fn read_framed(s: &mut dyn Read, allow_short: bool) -> std::io::Result<Response>
             status,
             headers,
             body,
-            complete,
         });
     }
 }
