@@ -1,6 +1,6 @@
-//! Inbound listener (issue 4): Alipay's notifications through the REAL binary to a small app
-//! stand-in on a real socket. Valid notifications reach the app byte-identical; forged,
-//! tampered, mis-addressed or stale ones never do; app failures become 503 so Alipay re-sends.
+//! Inbound listener: Alipay's notifications through the REAL binary to a small app stand-in on
+//! a real socket. Valid notifications reach the app byte-identical; forged, tampered,
+//! mis-addressed or stale ones never do; app failures become 503 so Alipay re-sends.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -1,7 +1,7 @@
-//! Notification journal, de-duplication and store-and-forward (issue 13) through the REAL
-//! binary: real SQLite files, real PostgreSQL servers (`SIDECAR_TEST_PG_URL`, and a
-//! dedicated throw-away cluster for the store-failure test), the app stand-in on a real
-//! socket, the `notifications` CLI against a running sidecar's store.
+//! Notification journal, de-duplication and store-and-forward through the REAL binary: real
+//! SQLite files, real PostgreSQL servers (`SIDECAR_TEST_PG_URL`, and a dedicated throw-away
+//! cluster for the store-failure test), the app stand-in on a real socket, the `notifications`
+//! CLI against a running sidecar's store.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,6 @@
-//! Hardening (issue 8) through the REAL binary: what an unauthenticated peer can make a
-//! listener hold (connections, header bytes, time), key files that are not files, the merged
-//! CA bundle's folder, `check-config` refusals, and Signature values kept out of trace logs.
+//! Listener limits through the REAL binary: what an unauthenticated peer can make a listener
+//! hold (connections, header bytes, time), request smuggling shapes, key files that are not
+//! files, and `check-config` refusals of values that would fail or mislead later.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,7 +11,7 @@ use alipay_sidecar::mock_gateway::MockGateway;
 
 use crate::inbound::{fresh, start, wait_received};
 use crate::support::{
-    bin, request, run_bounded, vector_gateway, write_vector_keys, App, Behaviour, Rig, RigConfig,
+    bin, request, run_bounded, vector_gateway, write_vector_keys, App, Behaviour,
 };
 
 /// `VmRSS` / `VmHWM` of a process, in KiB.
@@ -43,7 +43,7 @@ fn gateway(dir: &std::path::Path) -> (MockGateway, String) {
     (gw, toml)
 }
 
-fn pay(out: SocketAddr, id: &str) -> crate::support::Response {
+pub(crate) fn pay(out: SocketAddr, id: &str) -> crate::support::Response {
     crate::support::pay(out, id, "")
 }
 
@@ -155,7 +155,7 @@ fn connections_beyond_max_connections_are_closed_unread() {
     let app = App::start(Behaviour::Ack);
     let s = start(&app.url(), "max_connections = 4");
     // four connections busy with a request (its body still arriving): a connection that only
-    // waits would be evicted to admit the fifth (issue 18, tests/it/connections.rs)
+    // waits would be evicted to admit the fifth (tests/it/listeners.rs)
     let n = fresh("busy");
     let mut head = format!(
         "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
@@ -403,157 +403,6 @@ fn key_files_that_are_not_files_are_refused_without_blocking() {
 }
 
 #[test]
-fn a_fifo_key_keeps_the_old_keys_and_every_reload_trigger_answering() {
-    let app = App::start(Behaviour::Ack);
-    let s = start(&app.url(), "");
-    let dir = s.sidecar.config_path.parent().unwrap().to_path_buf();
-    let key_file = dir.join("alipay_public_key.pem");
-    let good = std::fs::read(&key_file).unwrap();
-    std::fs::remove_file(&key_file).unwrap();
-    assert!(Command::new("mkfifo")
-        .arg(&key_file)
-        .status()
-        .unwrap()
-        .success());
-    for _ in 0..2 {
-        // each reload answers (it does not hang on the FIFO) and names the file
-        let r = request(s.sidecar.admin, "POST", "/admin/reload", &[], b"").unwrap();
-        assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
-        let text = String::from_utf8_lossy(&r.body);
-        assert!(
-            text.contains("named pipe") && text.contains("alipay_public_key.pem"),
-            "{text}"
-        );
-    }
-    s.sidecar.signal("HUP");
-    // the old keys keep serving
-    assert_eq!(s.post(&fresh("after_fifo"), &[]).status, 200);
-    // and a good file is picked up again
-    std::fs::remove_file(&key_file).unwrap();
-    std::fs::write(&key_file, good).unwrap();
-    let r = request(s.sidecar.admin, "POST", "/admin/reload", &[], b"").unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-}
-
-#[test]
-fn the_merged_ca_bundle_lives_in_a_private_folder_removed_at_exit() {
-    let dir = tempfile::tempdir().unwrap();
-    let tmp = dir.path().join("tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    let tmp_text = tmp.display().to_string();
-    let Rig {
-        gw,
-        sidecar: mut s,
-        outbound: out,
-        ..
-    } = Rig::start(
-        RigConfig {
-            env: &[("TMPDIR", &tmp_text)],
-            ..Default::default()
-        },
-        |_| {},
-        |_| {},
-    );
-    assert_eq!(pay(out, "ca_bundle").status, 200, "{}", s.logs());
-    let entries: Vec<_> = std::fs::read_dir(&tmp)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    let private: Vec<_> = entries
-        .iter()
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("alipay-sidecar-")
-        })
-        .collect();
-    assert_eq!(private.len(), 1, "{entries:?}");
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(private[0]).unwrap().permissions().mode() & 0o777;
-    assert!(
-        private[0].is_dir() && mode == 0o700,
-        "{:?} mode {mode:o}",
-        private[0]
-    );
-    assert!(private[0].join("ca-bundle.pem").is_file());
-    let predictable = tmp.join(format!("alipay-sidecar-{}-ca-bundle.pem", s.pid()));
-    assert!(!predictable.exists());
-    s.signal("TERM");
-    assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(0));
-    assert!(
-        !private[0].exists(),
-        "the private folder outlived the process"
-    );
-    drop(gw);
-}
-
-#[test]
-fn signature_values_never_reach_the_logs_even_at_trace() {
-    let app = App::start(Behaviour::Ack);
-    let tail = crate::support::inbound_section(&app.url());
-    let rig = Rig::start(
-        RigConfig {
-            tail: &tail,
-            env: &[("RUST_LOG", "trace")],
-            ..Default::default()
-        },
-        |_| {},
-        |_| {},
-    );
-    let (gw, s) = (&rig.gw, &rig.sidecar);
-    let r = rig.pay("trace_logs", "");
-    assert_eq!(r.status, 200);
-    let n = fresh("trace_logs");
-    let r = request(
-        s.addr("inbound"),
-        "POST",
-        &n.uri,
-        &n.headers
-            .iter()
-            .map(|(a, b)| (a.as_str(), b.as_str()))
-            .collect::<Vec<_>>(),
-        &n.body,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200);
-    std::thread::sleep(Duration::from_millis(300));
-    let logs = s.logs();
-    assert!(
-        logs.len() > 10_000,
-        "trace logging is on: {} bytes",
-        logs.len()
-    );
-    // the signature values that crossed the sidecar: the gateway's answer, the notification
-    let mut values: Vec<String> = gw
-        .received()
-        .iter()
-        .flat_map(|r| r.headers.iter())
-        .filter(|(k, _)| k.eq_ignore_ascii_case("signature"))
-        .map(|(_, v)| v.clone())
-        .collect();
-    values.extend(
-        n.headers
-            .iter()
-            .filter(|(k, _)| k == "Signature")
-            .map(|(_, v)| v.clone()),
-    );
-    assert!(!values.is_empty());
-    for v in values {
-        let sig = v.rsplit("signature=").next().unwrap();
-        let probe = &sig[..40.min(sig.len())];
-        assert!(
-            !logs.contains(probe),
-            "a Signature value is in the trace log"
-        );
-    }
-    assert!(
-        logs.contains("signature=<redacted>"),
-        "pingora's header dumps are redacted"
-    );
-}
-
-#[test]
 fn request_smuggling_shapes_are_refused_and_never_forwarded() {
     let app = App::start(Behaviour::Ack);
     let s = start(&app.url(), "");
@@ -602,4 +451,37 @@ fn request_smuggling_shapes_are_refused_and_never_forwarded() {
         app.received().is_empty(),
         "a smuggling shape reached the app"
     );
+}
+
+#[test]
+fn a_fifo_key_keeps_the_old_keys_and_every_reload_trigger_answering() {
+    let app = App::start(Behaviour::Ack);
+    let s = start(&app.url(), "");
+    let dir = s.sidecar.config_path.parent().unwrap().to_path_buf();
+    let key_file = dir.join("alipay_public_key.pem");
+    let good = std::fs::read(&key_file).unwrap();
+    std::fs::remove_file(&key_file).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&key_file)
+        .status()
+        .unwrap()
+        .success());
+    for _ in 0..2 {
+        // each reload answers (it does not hang on the FIFO) and names the file
+        let r = request(s.sidecar.admin, "POST", "/admin/reload", &[], b"").unwrap();
+        assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+        let text = String::from_utf8_lossy(&r.body);
+        assert!(
+            text.contains("named pipe") && text.contains("alipay_public_key.pem"),
+            "{text}"
+        );
+    }
+    s.sidecar.signal("HUP");
+    // the old keys keep serving
+    assert_eq!(s.post(&fresh("after_fifo"), &[]).status, 200);
+    // and a good file is picked up again
+    std::fs::remove_file(&key_file).unwrap();
+    std::fs::write(&key_file, good).unwrap();
+    let r = request(s.sidecar.admin, "POST", "/admin/reload", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }

@@ -1,10 +1,11 @@
 //! Outbound: the real `alipay-sidecar run` binary between a plain HTTP client and the fake
-//! Alipay gateway over verified TLS, on 127.0.0.1 ephemeral ports.
+//! Alipay gateway over verified TLS, on 127.0.0.1 ephemeral ports; a stale gateway answer is
+//! refused, not relayed as verified.
 
 use alipay_sidecar::mock_gateway::MockGatewayConfig;
 
 use crate::support::{raw_bytes, raw_request, request, rt, Response, Rig, RigConfig, VECTOR_KEYS};
-use crate::support::{CLIENT_ID, PAY};
+use crate::support::{vector_gateway, write_vector_keys, Sidecar, CLIENT_ID, PAY};
 
 /// The outbound timeouts these tests run with.
 const TIMEOUTS: &str = "request_timeout = \"2s\"\nconnect_timeout = \"1s\"\n";
@@ -545,4 +546,47 @@ fn a_request_the_gateway_read_is_never_sent_twice() {
             .filter(|r| String::from_utf8_lossy(&r.body).contains("pay_read_then_closed"))
             .count();
     assert_eq!(copies, 1, "the gateway got the pay {copies} times");
+}
+
+#[test]
+fn a_gateway_answer_signed_in_2001_is_refused_not_relayed_as_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    write_vector_keys(dir.path());
+    let gw = vector_gateway(dir.path(), |_| {});
+    let toml = format!(
+        "client_id = \"{CLIENT_ID}\"\n[keys]\nmerchant_private_key = \"merchant_private_key.pem\"\nalipay_public_keys = {{ \"1\" = \"alipay_public_key.pem\" }}\n[outbound]\nlisten = \"127.0.0.1:0\"\ngateway = \"https://127.0.0.1:{}\"\nca_file = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        gw.local_addr().port(),
+        gw.ca_file().expect("ca").display().to_string()
+    );
+    let sidecar = Sidecar::start(dir.path(), &toml);
+    let out = sidecar.addr("outbound");
+    let ok = crate::support::pay(out, "fresh_answer", "");
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("x-alipay-sidecar-verified"), Some("true"));
+
+    let r = crate::support::pay(out, "stale_answer", r#","mockFault":"stale_response_time""#);
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    let (status, code) = r.result_code();
+    assert_eq!(
+        (status.as_str(), code.as_str()),
+        ("U", "SIDECAR_RESPONSE_STALE")
+    );
+    assert!(r.header("x-alipay-sidecar-verified").is_none());
+    let message = r.json()["result"]["resultMessage"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("max_response_time_skew") && message.contains("inquire"),
+        "{message}"
+    );
+    let m = sidecar.metrics();
+    assert_eq!(
+        m.sum(
+            "alipay_sidecar_signature_verifications_total",
+            &[("direction", "outbound"), ("result", "stale_response_time")]
+        ),
+        1.0
+    );
+    drop(gw);
 }

@@ -1,7 +1,7 @@
 """The official Python SDK's API-key client (global-open-sdk-python 1.7.1), unmodified,
 through the sidecar's HTTPS listener with a merchant in API-key mode.
 
-Run by tests/it/python_sdk_api_key.rs with the virtual environment target/sdk-venv-open and
+Run by tests/it/python_sdk/api_key.rs with the virtual environment target/sdk-venv-open and
 SSL_CERT_FILE naming a bundle of the system roots plus the sidecar's CA (the SDK verifies
 TLS with ssl.create_default_context()). The app holds only a DUMMY key of the right shape:
 the sidecar replaces it with the merchant's own, so the gateway never sees the app's.

@@ -1,6 +1,7 @@
-//! Issue 17, credentials: API-key mode end to end (the sidecar's Bearer key only, refused
-//! keys, reload, redaction at every log level), the app's credential headers dropped in
-//! signing mode, and the loud, throttled warning when the gateway refuses the merchant.
+//! Merchant credentials through the REAL binary: API-key mode end to end (the sidecar's Bearer
+//! key only, refused keys, reload, redaction at every log level), the app's credential headers
+//! dropped in signing mode, and the loud, throttled warning when the gateway refuses the
+//! merchant.
 
 use std::path::Path;
 use std::time::Duration;

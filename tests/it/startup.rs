@@ -1,8 +1,8 @@
 //! An operator's first deploy, with the real binary: the exit-code rule of `run` and
-//! `check-config`, the key-file permission and placeholder checks, shell completions, the man
-//! page, `healthcheck --config/--timeout`, `keygen --bits` and `run --log-format`.
+//! `check-config`, port-0 listeners named in the ready file, the key-file permission and
+//! placeholder checks, `run --log-format`, `--help`, shell completions, the man page and
+//! `keygen --bits`.
 
-use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -10,16 +10,16 @@ use std::process::Output;
 
 use crate::support::{command, key, Sidecar};
 
-fn run(args: &[&str]) -> Output {
+pub(crate) fn run(args: &[&str]) -> Output {
     command(args).output().expect("run alipay-sidecar")
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 /// A folder with the vectors' keys (private key mode 0600) and a sidecar.toml on free ports.
-struct Setup {
+pub(crate) struct Setup {
     dir: tempfile::TempDir,
     config: PathBuf,
 }
@@ -28,7 +28,7 @@ struct Setup {
 const ADMIN_ON_PORT_0: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
 impl Setup {
-    fn new(client_id: &str, extra_outbound: &str) -> Setup {
+    pub(crate) fn new(client_id: &str, extra_outbound: &str) -> Setup {
         // Under /tmp (world-traversable), so a check run as another uid reaches the config.
         let dir = tempfile::tempdir_in("/tmp").expect("tempdir");
         let private = dir.path().join("merchant_private_key.pem");
@@ -56,21 +56,21 @@ impl Setup {
     }
 
     /// Moves the admin listener to `listen`.
-    fn set_admin(&self, listen: &str) {
+    pub(crate) fn set_admin(&self, listen: &str) {
         let text = std::fs::read_to_string(&self.config).expect("read");
         let admin = format!("[admin]\nlisten = \"{listen}\"\n");
         std::fs::write(&self.config, text.replace(ADMIN_ON_PORT_0, &admin)).expect("write");
     }
 
-    fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         self.config.display().to_string()
     }
 
-    fn private_key(&self) -> PathBuf {
+    pub(crate) fn private_key(&self) -> PathBuf {
         self.dir.path().join("merchant_private_key.pem")
     }
 
-    fn check(&self) -> Output {
+    pub(crate) fn check(&self) -> Output {
         run(&["check-config", "--config", &self.path()])
     }
 }
@@ -412,60 +412,6 @@ fn completions_for_bash_zsh_and_fish_and_a_man_page() {
         }
         _ => assert!(!version.contains("git"), "{version}"),
     }
-}
-
-/// Answers every connection with `answer`, or (`None`) accepts and stays silent. Serves
-/// every connection, so a stray one from a parallel test cannot take the test's turn.
-fn serve(answer: Option<&'static str>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for tcp in listener.incoming() {
-            let Ok(mut tcp) = tcp else { break };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                let _ = tcp.read(&mut buf);
-                match answer {
-                    Some(a) => {
-                        let _ = tcp.write_all(a.as_bytes());
-                    }
-                    // hold the connection until the client gives up
-                    None => while tcp.read(&mut buf).is_ok_and(|n| n > 0) {},
-                }
-            });
-        }
-    });
-    port
-}
-
-#[test]
-fn healthcheck_takes_the_admin_address_from_the_config_and_has_a_timeout() {
-    let port = serve(Some("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
-    let s = Setup::new("T_111222333", "");
-    // A wildcard admin address, as in a container: probed on loopback.
-    s.set_admin(&format!("0.0.0.0:{port}"));
-    let out = run(&["healthcheck", "--config", &s.path()]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-
-    // A listener that never answers: the timeout ends the probe, unhealthy.
-    let port = serve(None);
-    let url = format!("http://127.0.0.1:{port}/readyz");
-    let out = run(&["healthcheck", "--url", &url, "--timeout", "300ms"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("no answer"),
-        "{}",
-        text(&out.stderr)
-    );
-
-    let out = run(&["healthcheck", "--timeout", "soon"]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "a bad duration is a usage error"
-    );
-    let out = run(&["healthcheck", "--url", &url, "--config", &s.path()]);
-    assert_eq!(out.status.code(), Some(2), "--url and --config conflict");
 }
 
 #[test]

@@ -1,6 +1,6 @@
-//! Issue 18, the store rows through the REAL binary: private SQLite files (L2), retention and
-//! `notifications prune` (L3), PostgreSQL down at start and back (L5, a cluster of the test's
-//! own, paused and resumed), exit codes of a store that cannot be opened.
+//! The store's files and servers through the REAL binary: private SQLite files, retention and
+//! `notifications prune`, PostgreSQL down at start and back (a cluster of the test's own,
+//! paused and resumed), exit codes of a store that cannot be opened.
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,9 +1,11 @@
-//! A local CA that lives as long as the deployment (issue 17), through the REAL binary:
-//! `local-ca` (files, modes, no overwrite, fingerprint), `[outbound] tls_ca_cert` /
-//! `tls_ca_key` (a new leaf at every start under the same CA, reloaded when the files change,
-//! a broken file keeps the old certificate), `tls_trust_out` (system roots + the CA apps must
-//! trust, rewritten when that CA changes) and check-config's explanation of a mix-up.
+//! TLS files through the REAL binary: the merged CA bundle's private folder; a local CA that
+//! lives as long as the deployment: `local-ca` (files, modes, no overwrite, fingerprint),
+//! `[outbound] tls_ca_cert` / `tls_ca_key` (a new leaf at every start under the same CA,
+//! reloaded when the files change, a broken file keeps the old certificate), `tls_trust_out`
+//! (system roots + the CA apps must trust, rewritten when that CA changes) and check-config's
+//! explanation of a mix-up.
 
+use crate::limits::pay;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -448,4 +450,57 @@ fn check_config_explains_a_tls_cert_and_tls_ca_cert_mix_up() {
         }
         assert!(err.contains("NOT USABLE"), "{err}");
     }
+}
+
+#[test]
+fn the_merged_ca_bundle_lives_in_a_private_folder_removed_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let tmp_text = tmp.display().to_string();
+    let Rig {
+        gw,
+        sidecar: mut s,
+        outbound: out,
+        ..
+    } = Rig::start(
+        RigConfig {
+            env: &[("TMPDIR", &tmp_text)],
+            ..Default::default()
+        },
+        |_| {},
+        |_| {},
+    );
+    assert_eq!(pay(out, "ca_bundle").status, 200, "{}", s.logs());
+    let entries: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let private: Vec<_> = entries
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("alipay-sidecar-")
+        })
+        .collect();
+    assert_eq!(private.len(), 1, "{entries:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(private[0]).unwrap().permissions().mode() & 0o777;
+    assert!(
+        private[0].is_dir() && mode == 0o700,
+        "{:?} mode {mode:o}",
+        private[0]
+    );
+    assert!(private[0].join("ca-bundle.pem").is_file());
+    let predictable = tmp.join(format!("alipay-sidecar-{}-ca-bundle.pem", s.pid()));
+    assert!(!predictable.exists());
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(
+        !private[0].exists(),
+        "the private folder outlived the process"
+    );
+    drop(gw);
 }

@@ -17,7 +17,7 @@ use base64::Engine as _;
 
 use crate::support::{run_bounded, Rig, RigConfig, CLIENT_ID, PAY};
 
-const TEST: &str = "python_sdk_api_key::the_python_sdk_api_key_client_works_through_the_sidecar";
+const TEST: &str = "python_sdk::api_key::the_python_sdk_api_key_client_works_through_the_sidecar";
 
 /// Why the test cannot run here; a failure under CI, a skip elsewhere (`python_sdk::skip`).
 fn unavailable(why: &str) -> bool {

@@ -16,6 +16,8 @@
 //! running `cargo test` sees it next to the `ok`. The tests share port 443, so they take turns
 //! ([`PORT_443`]).
 
+mod api_key;
+
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

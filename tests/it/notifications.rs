@@ -1,5 +1,5 @@
-//! Issue 18 (H2, M5, L1, L4) through the REAL binary: unverified notification bodies that
-//! used to kill the pod, replayed and stale notifications, stale gateway answers, and two
+//! Notifications under pressure, through the REAL binary: unverified bodies held open (bounded
+//! before they are read, within the memory budget), replayed and stale notifications, and two
 //! copies of one notification while the first is still with the app.
 //!
 //! The memory tests run the sidecar under a real 128 MiB limit, the shipped Kubernetes one:
@@ -16,8 +16,7 @@ use alipay_sidecar::protocol::{content_to_sign, format_iso8601, sign_content};
 
 use crate::inbound::{alipay_key, fresh, result, signed, start, wait_received, Notification};
 use crate::support::{
-    read_response, run_bounded, vector_gateway, write_vector_keys, App, Behaviour, Response,
-    Sidecar, APP_ACK,
+    read_response, run_bounded, write_vector_keys, App, Behaviour, Response, APP_ACK,
 };
 
 const CLIENT_ID: &str = "T_111222333";
@@ -778,49 +777,4 @@ fn with_a_store_a_resigned_copy_waits_and_is_suppressed_as_a_duplicate() {
         s.metric(r#"alipay_sidecar_notifications_duplicate_total{merchant="default"}"#),
         1.0
     );
-}
-
-// ---------------------------------------------------------------- stale gateway answers (L1)
-
-#[test]
-fn a_gateway_answer_signed_in_2001_is_refused_not_relayed_as_verified() {
-    let dir = tempfile::tempdir().unwrap();
-    write_vector_keys(dir.path());
-    let gw = vector_gateway(dir.path(), |_| {});
-    let toml = format!(
-        "client_id = \"{CLIENT_ID}\"\n[keys]\nmerchant_private_key = \"merchant_private_key.pem\"\nalipay_public_keys = {{ \"1\" = \"alipay_public_key.pem\" }}\n[outbound]\nlisten = \"127.0.0.1:0\"\ngateway = \"https://127.0.0.1:{}\"\nca_file = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-        gw.local_addr().port(),
-        gw.ca_file().expect("ca").display().to_string()
-    );
-    let sidecar = Sidecar::start(dir.path(), &toml);
-    let out = sidecar.addr("outbound");
-    let ok = crate::support::pay(out, "fresh_answer", "");
-    assert_eq!(ok.status, 200);
-    assert_eq!(ok.header("x-alipay-sidecar-verified"), Some("true"));
-
-    let r = crate::support::pay(out, "stale_answer", r#","mockFault":"stale_response_time""#);
-    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
-    let (status, code) = r.result_code();
-    assert_eq!(
-        (status.as_str(), code.as_str()),
-        ("U", "SIDECAR_RESPONSE_STALE")
-    );
-    assert!(r.header("x-alipay-sidecar-verified").is_none());
-    let message = r.json()["result"]["resultMessage"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        message.contains("max_response_time_skew") && message.contains("inquire"),
-        "{message}"
-    );
-    let m = sidecar.metrics();
-    assert_eq!(
-        m.sum(
-            "alipay_sidecar_signature_verifications_total",
-            &[("direction", "outbound"), ("result", "stale_response_time")]
-        ),
-        1.0
-    );
-    drop(gw);
 }
