@@ -164,16 +164,9 @@ fn admin_host_allowed(host: &str, allowed: &[String]) -> bool {
     if crate::outbound::host_allowed(host, allowed) {
         return true;
     }
-    let host = host.trim();
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        match host.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => host,
-        }
-    };
-    name.parse::<std::net::IpAddr>().is_ok()
+    crate::outbound::host_name(host)
+        .parse::<std::net::IpAddr>()
+        .is_ok()
 }
 
 /// Connects to each listener (a wildcard address on loopback); the first that does not

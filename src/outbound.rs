@@ -774,19 +774,23 @@ pub fn target_allowed(target: &str, prefixes: &[String]) -> Result<(), String> {
     }
 }
 
-/// Whether a `Host` header value names this sidecar on a loopback listener: a loopback IP
-/// (`127.0.0.1`, `[::1]`, with or without port), `localhost`, or an `allowed_hosts` entry.
-pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+/// The host of a `Host` header value, without its port and IPv6 brackets.
+pub fn host_name(host: &str) -> &str {
     let host = host.trim();
-    let name = if let Some(rest) = host.strip_prefix('[') {
+    if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
         match host.rsplit_once(':') {
             Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
             _ => host,
         }
-    };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    }
+}
+
+/// Whether a `Host` header value names this sidecar on a loopback listener: a loopback IP
+/// (`127.0.0.1`, `[::1]`, with or without port), `localhost`, or an `allowed_hosts` entry.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = host_name(host).trim_end_matches('.').to_ascii_lowercase();
     if name == "localhost" || allowed.contains(&name) {
         return true;
     }
