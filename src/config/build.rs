@@ -556,26 +556,7 @@ impl Ctx<'_> {
         admin: &AdminConfig,
         merchants: &[MerchantConfig],
     ) -> Result<(), ConfigError> {
-        let mut seen: Vec<(SocketAddr, String)> = vec![(admin.listen, "admin.listen".into())];
-        if let Some(o) = outbound {
-            if let Some(l) = o.listen {
-                seen.push((l, "outbound.listen".into()));
-            }
-            if let Some(t) = &o.tls {
-                seen.push((t.listen, "outbound.tls_listen".into()));
-            }
-        }
-        if let Some(i) = inbound {
-            seen.push((i.listen, "inbound.listen".into()));
-        }
-        for m in merchants {
-            if let Some(l) = m.listen {
-                seen.push((l, m.key("outbound.listen")));
-            }
-            if let Some(l) = m.tls_listen {
-                seen.push((l, m.key("outbound.tls_listen")));
-            }
-        }
+        let seen = listener_addresses(outbound, inbound, admin, merchants);
         for (i, (addr, key)) in seen.iter().enumerate() {
             if addr.port() == 0 {
                 continue; // an ephemeral port never collides
@@ -611,28 +592,7 @@ impl Ctx<'_> {
         admin: &AdminConfig,
         merchants: &[MerchantConfig],
     ) -> Result<(), ConfigError> {
-        let mut listeners: Vec<(SocketAddr, String)> = vec![(admin.listen, "admin.listen".into())];
-        if let Some(o) = outbound {
-            if let Some(l) = o.listen {
-                listeners.push((l, "outbound.listen".into()));
-            }
-            if let Some(t) = &o.tls {
-                listeners.push((t.listen, "outbound.tls_listen".into()));
-            }
-        }
-        if let Some(i) = inbound {
-            listeners.push((i.listen, "inbound.listen".into()));
-        }
-        for m in merchants {
-            for (l, k) in [
-                (m.listen, "outbound.listen"),
-                (m.tls_listen, "outbound.tls_listen"),
-            ] {
-                if let Some(l) = l {
-                    listeners.push((l, m.key(k)));
-                }
-            }
-        }
+        let listeners = listener_addresses(outbound, inbound, admin, merchants);
         let mut targets: Vec<(String, u16, String, &str)> = Vec::new();
         if let Some(i) = inbound {
             let f = &i.forward_to;
@@ -1386,6 +1346,37 @@ pub(super) fn max_duration(key: &str) -> Duration {
     } else {
         Duration::from_secs(3650 * DAY)
     }
+}
+
+/// Every listener address the config names, with the key that names it (admin first, then
+/// the shared outbound and inbound listeners, then each merchant's own).
+fn listener_addresses(
+    outbound: &Option<OutboundConfig>,
+    inbound: &Option<InboundConfig>,
+    admin: &AdminConfig,
+    merchants: &[MerchantConfig],
+) -> Vec<(SocketAddr, String)> {
+    let mut out: Vec<(SocketAddr, String)> = vec![(admin.listen, "admin.listen".into())];
+    if let Some(o) = outbound {
+        if let Some(l) = o.listen {
+            out.push((l, "outbound.listen".into()));
+        }
+        if let Some(t) = &o.tls {
+            out.push((t.listen, "outbound.tls_listen".into()));
+        }
+    }
+    if let Some(i) = inbound {
+        out.push((i.listen, "inbound.listen".into()));
+    }
+    for m in merchants {
+        if let Some(l) = m.listen {
+            out.push((l, m.key("outbound.listen")));
+        }
+        if let Some(l) = m.tls_listen {
+            out.push((l, m.key("outbound.tls_listen")));
+        }
+    }
+    out
 }
 
 /// Whether `host` (a URL host: an IP literal or a name) reaches a listener bound to `ip`.
