@@ -329,6 +329,24 @@ impl Ctx<'_> {
         }
     }
 
+    /// Two paths that only make sense together (a certificate and its key): both, or
+    /// neither; one alone is refused with `both_or_neither`, pointing at the one given.
+    fn path_pair(
+        &self,
+        (a, a_key): (&Option<Spanned<String>>, &str),
+        (b, b_key): (&Option<Spanned<String>>, &str),
+        both_or_neither: &str,
+    ) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+        match (a, b) {
+            (Some(x), Some(y)) => Ok(Some((
+                self.path_value(x, a_key)?,
+                self.path_value(y, b_key)?,
+            ))),
+            (None, None) => Ok(None),
+            (Some(v), None) | (None, Some(v)) => self.err(v.span(), a_key, both_or_neither),
+        }
+    }
+
     pub(super) fn path_value(
         &self,
         v: &Spanned<String>,
@@ -889,37 +907,18 @@ impl Ctx<'_> {
             return Ok(None);
         };
         let listen = self.addr(Some(l), "outbound.tls_listen")?;
-        let files = match (&raw.tls_cert, &raw.tls_key) {
-            (Some(c), Some(k)) => Some((
-                self.path_value(c, "outbound.tls_cert")?,
-                self.path_value(k, "outbound.tls_key")?,
-            )),
-            (None, None) => None,
-            (Some(v), None) | (None, Some(v)) => {
-                return self.err(
-                    v.span(),
-                    "outbound.tls_cert",
-                    "set both `tls_cert` and `tls_key` (the certificate chain and its private \
-                     key, PEM), or neither to have the sidecar generate a certificate at start",
-                )
-            }
-        };
-        let ca = match (&raw.tls_ca_cert, &raw.tls_ca_key) {
-            (Some(c), Some(k)) => Some((
-                self.path_value(c, "outbound.tls_ca_cert")?,
-                self.path_value(k, "outbound.tls_ca_key")?,
-            )),
-            (None, None) => None,
-            (Some(v), None) | (None, Some(v)) => {
-                return self.err(
-                    v.span(),
-                    "outbound.tls_ca_cert",
-                    "set both `tls_ca_cert` and `tls_ca_key` (the CA certificate and its \
-                     private key, as `alipay-sidecar local-ca --out DIR` writes them: ca.pem and \
-                     ca.key), or neither",
-                )
-            }
-        };
+        let files = self.path_pair(
+            (&raw.tls_cert, "outbound.tls_cert"),
+            (&raw.tls_key, "outbound.tls_key"),
+            "set both `tls_cert` and `tls_key` (the certificate chain and its private key, \
+             PEM), or neither to have the sidecar generate a certificate at start",
+        )?;
+        let ca = self.path_pair(
+            (&raw.tls_ca_cert, "outbound.tls_ca_cert"),
+            (&raw.tls_ca_key, "outbound.tls_ca_key"),
+            "set both `tls_ca_cert` and `tls_ca_key` (the CA certificate and its private key, \
+             as `alipay-sidecar local-ca --out DIR` writes them: ca.pem and ca.key), or neither",
+        )?;
         let source = match (files, ca) {
             (Some(_), Some(_)) => {
                 let at = raw.tls_ca_cert.as_ref().or(raw.tls_ca_key.as_ref());
