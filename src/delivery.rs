@@ -7,8 +7,8 @@
 //! is delivered, whatever the acknowledge mode: the worker runs whenever `[store]` and
 //! `[inbound]` are configured.
 //!
-//! How: every turn claims the due rows with a lease (`claim_due_deliveries`, owner unique to
-//! this process, lease longer than `forward_timeout`), so that with several replicas on one
+//! How: every turn claims the due rows with a lease ([`DeliveryQueue::claim_due`], owner
+//! [`crate::schedule::claim_owner`], lease longer than `forward_timeout`), so that with several replicas on one
 //! PostgreSQL database each row is worked by one of them, and a replica that dies mid-turn
 //! loses its rows to the next claim after the lease. Each row goes to its merchant's app
 //! (`forward_to`, `path_map` and `base_path`, as in line) through the same pooled connector
@@ -21,6 +21,10 @@
 //! first copy arrived, then dead (a warn line, `alipay_sidecar_deliveries_total{outcome="dead"}`;
 //! `notifications retry --dead` revives it). Delivery is at-least-once: the app may see an
 //! event id twice (a crash between its 2xx and the commit), never zero times.
+//!
+//! The worker reaches the store through [`DeliveryQueue`] and the app through
+//! [`UpstreamClient`]: its state machine is unit-tested below against in-memory fakes of both
+//! ([`crate::testing`]). [`service`] is its wiring, called by the server.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,16 +33,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
+use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
 use sidecar_store::Delivery;
 
-use crate::config::{Config, InboundConfig};
+use crate::config::Config;
 use crate::exchange::{now_millis, VERIFIED_HEADER};
 use crate::inbound::{AppRoute, MAX_APP_RESPONSE_BYTES};
 use crate::journal::{
-    self, DeliveryOutcome, DELIVER_PATH_HEADER, DELIVER_QUERY_HEADER, EVENT_ID_HEADER,
+    self, DeliveryOutcome, DeliveryQueue, DELIVER_PATH_HEADER, DELIVER_QUERY_HEADER,
+    EVENT_ID_HEADER,
 };
-use crate::schedule::next_attempt_at;
+use crate::schedule::{claim_owner, next_attempt_at};
 use crate::store::StateStore;
 use crate::upstream::{Upstream, UpstreamClient, UpstreamRequest};
 
@@ -75,7 +80,7 @@ pub struct DeliveryWorker<A: UpstreamClient = Arc<Upstream>> {
 }
 
 struct Inner<A> {
-    store: Arc<StateStore>,
+    store: Arc<dyn DeliveryQueue>,
     routes: HashMap<String, Route<A>>,
     schedule: Vec<Duration>,
     max_age: Duration,
@@ -84,27 +89,37 @@ struct Inner<A> {
     lease: Duration,
 }
 
-/// A claim owner unique to this process: host name, pid and 64 random bits (a restarted
-/// process with the same pid in a new container must not look like the old one).
-fn owner_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "sidecar".into());
-    let mut random = [0u8; 8];
-    // without randomness the pid alone still separates the processes of one host
-    let _ = getrandom::fill(&mut random);
-    format!(
-        "{host}-{}-{:016x}",
-        std::process::id(),
-        u64::from_be_bytes(random)
-    )
+/// The worker's timings (from `[inbound]`).
+#[derive(Debug, Clone)]
+struct Timings {
+    /// `delivery_schedule`.
+    schedule: Vec<Duration>,
+    /// `max_delivery_age`.
+    max_age: Duration,
+    /// `forward_timeout`.
+    timeout: Duration,
+}
+
+/// The delivery worker as a background service of the server, when there are a store and
+/// `[inbound]` (whatever the acknowledge mode: replays and reconciled results are queued too).
+/// Creates the journal's series of every merchant at zero.
+pub fn service(
+    config: &Config,
+    store: Option<&Arc<StateStore>>,
+) -> Option<GenBackgroundService<DeliveryWorker>> {
+    let (store, inbound) = (store?, config.inbound.as_ref()?);
+    journal::metrics().register_merchants(config.merchants.iter().map(|m| m.name.as_str()));
+    let worker = DeliveryWorker::from_config(store.clone(), config, inbound);
+    Some(background_service("delivery worker", worker))
 }
 
 impl DeliveryWorker<Arc<Upstream>> {
     /// The worker of `config`: every merchant's app as the inbound listener reaches it.
-    pub fn from_config(store: Arc<StateStore>, config: &Config, cfg: &InboundConfig) -> Self {
+    pub fn from_config(
+        store: Arc<StateStore>,
+        config: &Config,
+        cfg: &crate::config::InboundConfig,
+    ) -> Self {
         let routes = config
             .merchants
             .iter()
@@ -120,22 +135,31 @@ impl DeliveryWorker<Arc<Upstream>> {
                 )
             })
             .collect();
-        Self::new(store, routes, cfg)
+        let timings = Timings {
+            schedule: cfg.delivery_schedule.clone(),
+            max_age: cfg.max_delivery_age,
+            timeout: cfg.forward_timeout,
+        };
+        Self::new(store, routes, timings)
     }
 }
 
 impl<A: UpstreamClient> DeliveryWorker<A> {
-    fn new(store: Arc<StateStore>, routes: HashMap<String, Route<A>>, cfg: &InboundConfig) -> Self {
+    fn new(
+        store: Arc<dyn DeliveryQueue>,
+        routes: HashMap<String, Route<A>>,
+        timings: Timings,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 routes,
-                schedule: cfg.delivery_schedule.clone(),
-                max_age: cfg.max_delivery_age,
-                timeout: cfg.forward_timeout,
-                owner: owner_id(),
+                schedule: timings.schedule,
+                max_age: timings.max_age,
+                timeout: timings.timeout,
+                owner: claim_owner(),
                 // one turn delivers its rows concurrently, each within forward_timeout
-                lease: cfg.forward_timeout + Duration::from_secs(5),
+                lease: timings.timeout + Duration::from_secs(5),
             }),
         }
     }
@@ -145,10 +169,7 @@ impl<A: UpstreamClient> DeliveryWorker<A> {
     pub async fn turn(&self) -> Option<usize> {
         let inner = &self.inner;
         let (owner, lease, now) = (inner.owner.clone(), inner.lease, now_millis());
-        let claimed = inner
-            .store
-            .run(move |s| async move { s.claim_due_deliveries(now, &owner, lease, BATCH).await })
-            .await;
+        let claimed = inner.store.claim_due(now, &owner, lease, BATCH).await;
         let rows = match claimed {
             Ok(rows) => rows,
             Err(e) => {
@@ -181,31 +202,21 @@ impl<A: UpstreamClient> Inner<A> {
             Ok(status) => {
                 m.delivery(&merchant, DeliveryOutcome::Delivered);
                 tracing::info!(event_id = %id, merchant = %merchant, status, failed_attempts = row.attempts, notify_type = %row.notify_type, "queued notification delivered to the app");
-                let r = self
-                    .store
-                    .run(move |s| async move { s.mark_delivered(&id, now).await })
-                    .await;
-                ("mark_delivered", r)
+                ("mark_delivered", self.store.mark_delivered(&id, now).await)
             }
             Err(error) if now >= deadline => {
                 m.delivery(&merchant, DeliveryOutcome::Dead);
                 tracing::warn!(event_id = %id, merchant = %merchant, attempts = row.attempts + 1, error = %error, max_delivery_age = %humantime::format_duration(self.max_age), "the app did not take the notification within max_delivery_age; marked dead (alipay-sidecar notifications retry --dead delivers it again)");
-                let r = self
-                    .store
-                    .run(move |s| async move { s.mark_dead(&id, &error, now).await })
-                    .await;
-                ("record_failure", r)
+                (
+                    "record_failure",
+                    self.store.mark_dead(&id, &error, now).await,
+                )
             }
             Err(error) => {
                 m.delivery(&merchant, DeliveryOutcome::Failed);
                 let next = next_attempt_at(&self.schedule, row.attempts + 1, now, deadline);
                 tracing::warn!(event_id = %id, merchant = %merchant, attempts = row.attempts + 1, error = %error, retry_in_ms = next - now, "the app did not take a queued notification; retrying later");
-                let r = self
-                    .store
-                    .run(move |s| async move {
-                        s.record_attempt_failure(&id, &error, Some(next), now).await
-                    })
-                    .await;
+                let r = self.store.retry_at(&id, &error, next, now).await;
                 ("record_failure", r)
             }
         };
@@ -389,5 +400,142 @@ mod tests {
         .unwrap();
         assert_eq!(r.head.uri.to_string(), "/base/app/results");
         assert!(header(&r, DELIVER_PATH_HEADER).is_empty());
+    }
+
+    // ---- the state machine, against an in-memory queue and app (crate::testing) ----
+
+    use crate::testing::{answer, Fake, FakeQueue, QueueOutcome};
+
+    const SCHEDULE: [Duration; 3] = [
+        Duration::ZERO,
+        Duration::from_secs(2),
+        Duration::from_secs(10),
+    ];
+    const MAX_AGE: Duration = Duration::from_secs(3600);
+
+    fn worker(queue: Arc<FakeQueue>, app: Arc<Fake>) -> DeliveryWorker<Arc<Fake>> {
+        let routes = [(
+            "default".to_string(),
+            Route {
+                app,
+                route: route(),
+            },
+        )];
+        let timings = Timings {
+            schedule: SCHEDULE.to_vec(),
+            max_age: MAX_AGE,
+            timeout: Duration::from_secs(3),
+        };
+        DeliveryWorker::new(queue, routes.into_iter().collect(), timings)
+    }
+
+    fn app(status: u16) -> Arc<Fake> {
+        Fake::new(move |_| Ok(answer(status, &[], b"")))
+    }
+
+    /// A queued row first seen `age` ago, after `attempts` failed attempts.
+    fn queued(event_id: &str, merchant: &str, attempts: i64, age: Duration) -> Delivery {
+        let mut r = row(&[("Content-Type", "application/json")]);
+        r.event_id = event_id.into();
+        r.merchant = merchant.into();
+        r.attempts = attempts;
+        r.first_seen = now_millis() - age.as_millis() as i64;
+        r
+    }
+
+    #[tokio::test]
+    async fn a_2xx_from_the_app_marks_the_row_delivered() {
+        let queue = FakeQueue::with([queued("evt_a", "default", 0, Duration::ZERO)]);
+        let app = app(204);
+        let w = worker(queue.clone(), app.clone());
+        assert_eq!(w.turn().await, Some(1));
+        assert_eq!(queue.outcomes(), [QueueOutcome::Delivered("evt_a".into())]);
+        let sent = app.only();
+        assert_eq!(sent.head.uri.to_string(), "/base/hooks/alipay");
+        assert_eq!(header(&sent, "x-alipay-sidecar-event-id"), ["evt_a"]);
+        // nothing left: the next turn works nothing and sends nothing
+        assert_eq!(w.turn().await, Some(0));
+        assert_eq!(app.seen().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_delivery_is_retried_on_the_schedule() {
+        let queue = FakeQueue::with([
+            queued("evt_b", "default", 0, Duration::ZERO),
+            queued("evt_c", "default", 7, Duration::ZERO),
+        ]);
+        let w = worker(queue.clone(), app(500));
+        let before = now_millis();
+        assert_eq!(w.turn().await, Some(2));
+        let after = now_millis();
+        let mut outcomes = queue.outcomes();
+        outcomes.sort_by_key(|o| format!("{o:?}"));
+        let [QueueOutcome::Retry {
+            event_id: b,
+            error,
+            next_at: next_b,
+        }, QueueOutcome::Retry {
+            event_id: c,
+            next_at: next_c,
+            ..
+        }] = &outcomes[..]
+        else {
+            panic!("two retries: {outcomes:?}");
+        };
+        assert_eq!((b.as_str(), c.as_str()), ("evt_b", "evt_c"));
+        assert_eq!(error, "the app answered HTTP 500");
+        // first failure: the schedule's second gap; many failures: the last gap repeats
+        assert!((before + 2000..=after + 2000).contains(next_b), "{next_b}");
+        assert!(
+            (before + 10_000..=after + 10_000).contains(next_c),
+            "{next_c}"
+        );
+    }
+
+    #[tokio::test]
+    async fn retries_end_dead_at_max_delivery_age() {
+        let old = queued("evt_d", "default", 12, MAX_AGE + Duration::from_secs(1));
+        let queue = FakeQueue::with([old]);
+        let w = worker(queue.clone(), app(503));
+        w.turn().await;
+        assert_eq!(
+            queue.outcomes(),
+            [QueueOutcome::Dead {
+                event_id: "evt_d".into(),
+                error: "the app answered HTTP 503".into(),
+            }]
+        );
+        // the last retry is capped at max_delivery_age after the first copy
+        let nearly = queued("evt_e", "default", 12, MAX_AGE - Duration::from_secs(1));
+        let first_seen = nearly.first_seen;
+        let queue = FakeQueue::with([nearly]);
+        worker(queue.clone(), app(503)).turn().await;
+        let [QueueOutcome::Retry { next_at, .. }] = &queue.outcomes()[..] else {
+            panic!("a retry");
+        };
+        assert_eq!(*next_at, first_seen + MAX_AGE.as_millis() as i64);
+    }
+
+    #[tokio::test]
+    async fn a_row_of_an_unknown_merchant_is_retried_not_sent() {
+        let queue = FakeQueue::with([queued("evt_f", "gone", 0, Duration::ZERO)]);
+        let app = app(200);
+        worker(queue.clone(), app.clone()).turn().await;
+        assert!(app.seen().is_empty());
+        let [QueueOutcome::Retry { error, .. }] = &queue.outcomes()[..] else {
+            panic!("a retry");
+        };
+        assert!(error.contains("no merchant \"gone\""), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_store_out_of_reach_ends_the_turn() {
+        let queue = FakeQueue::with([queued("evt_g", "default", 0, Duration::ZERO)]);
+        queue
+            .broken
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let app = app(200);
+        assert_eq!(worker(queue.clone(), app.clone()).turn().await, None);
+        assert!(app.seen().is_empty());
     }
 }

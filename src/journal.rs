@@ -1,11 +1,14 @@
 //! The notification journal as the inbound handler and the delivery worker need it (issue
 //! 13): record a verified notification, report what the app answered, count what happened.
 //!
-//! Why a trait: the inbound handler ([`crate::inbound::Inbound`]) decides, per notification,
+//! Why traits: the inbound handler ([`crate::inbound::Inbound`]) decides, per notification,
 //! between delivering, suppressing a re-send, acknowledging after the commit and letting the
 //! notification flow past a broken store. Every one of those branches is unit-tested against
 //! an in-memory journal, without sockets or a database; [`StateStore`] is the production
-//! implementation (crate `sidecar-store`, on the store's own runtime).
+//! implementation (crate `sidecar-store`, on the store's own runtime). The delivery worker
+//! ([`crate::delivery`]) takes the queued rows through [`DeliveryQueue`] for the same reason:
+//! its state machine (deliver, retry on the schedule, dead at `max_delivery_age`) is
+//! unit-tested against an in-memory queue.
 //!
 //! What is recorded: the de-duplication key ([`EventKey::from_notification`]: client id, the
 //! notify path without its query, `notifyType`, the business id, the result), the exact body
@@ -14,11 +17,12 @@
 //! the key alone, so it is the same on every re-send, every replica and after a restart.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus::{IntCounterVec, Opts};
-use sidecar_store::{EventKey, NewNotification, Recorded, StoreError};
+use sidecar_store::{Delivery, EventKey, NewNotification, Recorded, StoreError};
 
 use crate::store::StateStore;
 
@@ -105,6 +109,82 @@ impl Journal for StateStore {
                 .map(drop)
         })
         .await
+    }
+}
+
+/// The queue of deliveries the delivery worker works.
+#[async_trait]
+pub trait DeliveryQueue: Send + Sync + 'static {
+    /// Where the store is (no password), for log lines.
+    fn location(&self) -> &str;
+
+    /// Claims up to `limit` due rows for `owner` for `lease` (one replica per row).
+    async fn claim_due(
+        &self,
+        now: i64,
+        owner: &str,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// The app answered 2xx: delivered (releases the claim).
+    async fn mark_delivered(&self, event_id: &str, now: i64) -> Result<(), StoreError>;
+
+    /// An attempt failed: the next one at `next_at` (releases the claim).
+    async fn retry_at(
+        &self,
+        event_id: &str,
+        error: &str,
+        next_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError>;
+
+    /// `max_delivery_age` passed: dead (releases the claim).
+    async fn mark_dead(&self, event_id: &str, error: &str, now: i64) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+impl DeliveryQueue for StateStore {
+    fn location(&self) -> &str {
+        StateStore::location(self)
+    }
+
+    async fn claim_due(
+        &self,
+        now: i64,
+        owner: &str,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let owner = owner.to_string();
+        self.run(move |s| async move { s.claim_due_deliveries(now, &owner, lease, limit).await })
+            .await
+    }
+
+    async fn mark_delivered(&self, event_id: &str, now: i64) -> Result<(), StoreError> {
+        Journal::delivered(self, event_id, now).await
+    }
+
+    async fn retry_at(
+        &self,
+        event_id: &str,
+        error: &str,
+        next_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (id, error) = (event_id.to_string(), error.to_string());
+        self.run(move |s| async move {
+            s.record_attempt_failure(&id, &error, Some(next_at), now)
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn mark_dead(&self, event_id: &str, error: &str, now: i64) -> Result<(), StoreError> {
+        let (id, error) = (event_id.to_string(), error.to_string());
+        self.run(move |s| async move { s.mark_dead(&id, &error, now).await.map(drop) })
+            .await
     }
 }
 

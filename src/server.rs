@@ -201,16 +201,8 @@ pub fn build(
     };
     let state = SidecarState::with_store(merchants, store);
     // [reconcile] (validated: it has a store, [outbound] and [inbound])
-    let reconcile = match (&config.reconcile, state.store()) {
-        (Some(r), Some(store)) => Some((r.clone(), store.clone())),
-        _ => None,
-    };
-    let pay_recording = reconcile.as_ref().map(|(r, store)| {
-        crate::reconcile::PayRecording::new(
-            store.clone(),
-            crate::reconcile::PayTiming::from_config(r),
-        )
-    });
+    let reconcile = crate::reconcile::Wiring::new(config.reconcile.as_ref(), state.store());
+    let pay_recording = reconcile.as_ref().map(|r| r.pay_hook());
 
     // Fail early with a clear message rather than inside pingora's listener setup, and pick
     // the ports of port-0 listeners (held until pingora has bound them). Each listener with
@@ -363,19 +355,12 @@ pub fn build(
             }
             groups.push((Some(m), m.listen, m.tls_listen, handler, m.name.clone()));
         }
-        if let Some((r, store)) = &reconcile {
+        if let Some(r) = &reconcile {
             // the reconciler's calls go through an outbound handler of every merchant, on
             // the merchants' gateway clients: signed, verified, counted like the app's
             let all = (0..config.merchants.len()).map(merchant).collect();
             let handler = Outbound::shared(OutboundPolicy::from_config(&config, &o, &[]), all);
-            let reconciler = crate::reconcile::Reconciler::new(
-                store.clone(),
-                handler,
-                r.clone(),
-                o.request_timeout,
-            );
-            server.add_service(background_service("reconciler", reconciler));
-            tracing::info!(reconcile_after = %humantime::format_duration(r.reconcile_after), default_close_after = %humantime::format_duration(r.default_close_after), cancel_on_expiry = r.cancel_on_expiry, "missed-notification reconciler on");
+            server.add_service(crate::reconcile::service(r, handler, o.request_timeout));
         }
         let mut shared_tls: Option<(Arc<ListenerTls>, String, &'static str)> = None;
         for (owner, plain, tls, handler, serves) in groups {
@@ -468,9 +453,8 @@ pub fn build(
         let app = i.forward_to.url();
         let max = i.max_connections;
         let mut handler = Inbound::from_config(state.clone(), &config, &i);
-        if let Some((_, store)) = &reconcile {
-            handler =
-                handler.with_reconcile(Arc::new(crate::reconcile::PayCloser::new(store.clone())));
+        if let Some(r) = &reconcile {
+            handler = handler.with_reconcile(r.notification_hook());
         }
         let proxy = pingora::proxy::http_proxy(&conf, Adapter::new(handler, state.clone()));
         let mut svc = Service::new(
@@ -511,11 +495,8 @@ pub fn build(
         .register_merchants(config.merchants.iter().map(|m| m.name.as_str()));
     // the delivery worker: queued notifications (store-and-forward, reconciled results,
     // replays) to the app, whatever the acknowledge mode
-    if let (Some(store), Some(i)) = (state.store(), &config.inbound) {
-        crate::journal::metrics()
-            .register_merchants(config.merchants.iter().map(|m| m.name.as_str()));
-        let worker = crate::delivery::DeliveryWorker::from_config(store.clone(), &config, i);
-        server.add_service(background_service("delivery worker", worker));
+    if let Some(worker) = crate::delivery::service(&config, state.store()) {
+        server.add_service(worker);
     }
     if let Some(store) = state.store() {
         let pruner = crate::retention::Pruner::new(store.clone(), config.store_options.retention);

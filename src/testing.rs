@@ -280,3 +280,111 @@ impl crate::journal::Journal for FakeJournal {
         Ok(())
     }
 }
+
+/// What [`FakeQueue`] was told about a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum QueueOutcome {
+    Delivered(String),
+    Retry {
+        event_id: String,
+        error: String,
+        next_at: i64,
+    },
+    Dead {
+        event_id: String,
+        error: String,
+    },
+}
+
+/// An in-memory delivery queue: every row put in is due; a claim takes them out (as a lease
+/// would hide them); the outcomes are kept in order. `broken` makes every call fail as an
+/// unreachable store does.
+#[derive(Default)]
+pub(crate) struct FakeQueue {
+    rows: Mutex<Vec<sidecar_store::Delivery>>,
+    outcomes: Mutex<Vec<QueueOutcome>>,
+    pub(crate) broken: std::sync::atomic::AtomicBool,
+}
+
+impl FakeQueue {
+    pub(crate) fn with(rows: impl IntoIterator<Item = sidecar_store::Delivery>) -> Arc<Self> {
+        let q = Arc::new(Self::default());
+        q.rows.lock().expect("rows").extend(rows);
+        q
+    }
+
+    /// The outcomes recorded so far, in order.
+    pub(crate) fn outcomes(&self) -> Vec<QueueOutcome> {
+        self.outcomes.lock().expect("outcomes").clone()
+    }
+
+    fn check(&self) -> Result<(), sidecar_store::StoreError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(sidecar_store::StoreError::Unavailable {
+                op: "fake",
+                detail: "the fake store is down".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn push(&self, o: QueueOutcome) -> Result<(), sidecar_store::StoreError> {
+        self.check()?;
+        self.outcomes.lock().expect("outcomes").push(o);
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::journal::DeliveryQueue for FakeQueue {
+    fn location(&self) -> &str {
+        "fake.db"
+    }
+
+    async fn claim_due(
+        &self,
+        _now: i64,
+        _owner: &str,
+        _lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<sidecar_store::Delivery>, sidecar_store::StoreError> {
+        self.check()?;
+        let mut rows = self.rows.lock().expect("rows");
+        let n = rows.len().min(usize::try_from(limit).unwrap_or(0));
+        Ok(rows.drain(..n).collect())
+    }
+
+    async fn mark_delivered(
+        &self,
+        event_id: &str,
+        _now: i64,
+    ) -> Result<(), sidecar_store::StoreError> {
+        self.push(QueueOutcome::Delivered(event_id.into()))
+    }
+
+    async fn retry_at(
+        &self,
+        event_id: &str,
+        error: &str,
+        next_at: i64,
+        _now: i64,
+    ) -> Result<(), sidecar_store::StoreError> {
+        self.push(QueueOutcome::Retry {
+            event_id: event_id.into(),
+            error: error.into(),
+            next_at,
+        })
+    }
+
+    async fn mark_dead(
+        &self,
+        event_id: &str,
+        error: &str,
+        _now: i64,
+    ) -> Result<(), sidecar_store::StoreError> {
+        self.push(QueueOutcome::Dead {
+            event_id: event_id.into(),
+            error: error.into(),
+        })
+    }
+}
