@@ -6,16 +6,16 @@
 //! is unclear, and call `cancel` on failure or timeout. The sidecar sees every outbound pay and
 //! every inbound notification and holds the keys, so it does this once, for every app:
 //!
-//! 1. **Recording** ([`PayRecording`] in `record.rs`, the outbound handler's [`crate::hooks::PayHook`]): a
-//!    verified pay answer that is not final (`result.resultStatus` `U`, or `resultCode`
+//! 1. **Recording** ([`PayRecording`], `record.rs`, the outbound handler's
+//!    [`crate::hooks::PayHook`]): a verified pay answer that is not final (`result.resultStatus` `U`, or `resultCode`
 //!    `PAYMENT_IN_PROCESS`) is recorded in the store *before* the answer goes back to the app,
 //!    with its `paymentNotifyUrl` and its close time (`paymentExpireTime` of the pay request,
 //!    else now + `default_close_after`); it is due at now + `reconcile_after`.
-//! 2. **Closing** ([`PayCloser`] in `close.rs`, the inbound handler's [`NotificationHook`]): a
+//! 2. **Closing** ([`PayCloser`], `close.rs`, the inbound handler's [`NotificationHook`]): a
 //!    verified PAYMENT_RESULT with a final result (`S` or `F`) closes the record (outcome
 //!    `notified`): no inquiry is made.
-//! 3. **Inquiring** ([`Reconciler`], this file, a background service): due records are claimed with a
-//!    lease (one replica per record), `inquiryPayment` is called through the same outbound
+//! 3. **Inquiring** ([`Reconciler`], this file, a background service): due records are
+//!    claimed with a lease (one replica per record), `inquiryPayment` is called through the same outbound
 //!    handler the listeners use (signed, answer verified, same metrics and log line), and a
 //!    final status is recorded in the notification journal as a PAYMENT_RESULT built from the
 //!    verified answer ([`payment_result_body`]); the journal's delivery worker delivers it
@@ -27,7 +27,6 @@
 //! 4. **Expiry**: at the close time the record is inquired once more; still not final → with
 //!    `cancel_on_expiry` `payments/cancel` is called (verified) and its outcome delivered the
 //!    same way ([`cancelled_body`]), else the record ends `expired` (logged, counted).
-//!
 //! 5. **Trust** (issue 18): an answer is acted on only when it is about the payment asked
 //!    ([`about_payment`]: same `paymentRequestId`, and the pay answer's `paymentId` when it had
 //!    one); a replayed answer about another payment is refused and counted. The cancel at the
@@ -48,7 +47,8 @@
 //! of the gateway calls; `metrics.rs` the `alipay_sidecar_reconcile_*` families. The state
 //! machine below is unit-tested against in-memory fakes of both traits (`tests.rs`,
 //! `testing.rs`). Imports run one way: the handlers know only [`crate::hooks`]; this module
-//! drives [`crate::outbound`]'s handler and is imported by nobody but the wiring.
+//! drives [`crate::outbound`]'s handler and is imported only by the wiring (and the demo, for
+//! the names of its headers).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
