@@ -37,5 +37,3 @@ pub fn raw_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
     s.write_all(raw)?;
     read_response(&mut s)
 }
-
-use super::http::Response;
