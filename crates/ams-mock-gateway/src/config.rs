@@ -18,11 +18,11 @@ pub const DEFAULT_NOTIFY_BACKOFF: &[Duration] = &[
     Duration::from_secs(300),
 ];
 
-/// Everything needed to start a [`MockGateway`]; fields are public so tests and the demo can
+/// Everything needed to start a [`crate::MockGateway`]; fields are public so tests and the demo can
 /// set exactly what they need on top of [`MockGatewayConfig::new`].
 #[derive(Clone)]
 pub struct MockGatewayConfig {
-    /// Address to listen on; port 0 picks a free port (see [`MockGateway::local_addr`]).
+    /// Address to listen on; port 0 picks a free port (see [`crate::MockGateway::local_addr`]).
     pub listen: SocketAddr,
     /// `Some(dir)`: serve HTTPS with a generated CA and server certificate and write the CA
     /// as `dir/ca.pem` (created if missing) for the sidecar's `ca_file`. `None`: plain HTTP.
@@ -30,7 +30,7 @@ pub struct MockGatewayConfig {
     /// The merchant public key Alipay would hold: SPKI or PKCS#1 PEM, or one-line base64 DER.
     pub merchant_public_key: String,
     /// The gateway's "Alipay" private key (PEM or base64 DER); `None` generates an RSA-2048
-    /// key pair at start (published by [`MockGateway::alipay_public_key_pem`]).
+    /// key pair at start (published by [`crate::MockGateway::alipay_public_key_pem`]).
     pub alipay_private_key: Option<String>,
     /// `keyVersion` announced in response and notification signatures.
     pub alipay_key_version: String,

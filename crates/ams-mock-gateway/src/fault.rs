@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// A misbehaviour to inject, so clients can test their handling of each failure mode; see
-/// the table in the module documentation. Parsed from the same strings as `--fault` and
+/// the table in docs/mock-gateway.md. Parsed from the same strings as `--fault` and
 /// `"mockFault"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -31,7 +31,7 @@ pub enum Fault {
     NoNotify,
     /// `notify_tampered`: the notification's signature is over other bytes.
     NotifyTampered,
-    /// `stale_response_time`: the normal answer, signed over [`STALE_RESPONSE_TIME`] (a
+    /// `stale_response_time`: the normal answer, signed over [`crate::STALE_RESPONSE_TIME`] (a
     /// genuine answer from long ago, replayed).
     StaleResponseTime,
     /// `gzip`: the signed answer, gzip-compressed with `Content-Encoding: gzip` (signature over

@@ -63,7 +63,7 @@ impl ReceivedRequest {
     }
 }
 
-/// How many received requests [`MockGateway::received`] keeps (oldest dropped first), so a
+/// How many received requests [`crate::MockGateway::received`] keeps (oldest dropped first), so a
 /// long-running gateway does not grow without bound.
 pub const RECEIVED_LOG_LIMIT: usize = 256;
 /// Total body bytes the received-request log keeps (oldest entries dropped first; the
@@ -91,11 +91,11 @@ pub(crate) struct Shared {
     pub(crate) shutdown_rx: watch::Receiver<bool>,
     pub(crate) notify_client: NotifyClient,
     /// The runtime the gateway was started in: timers and notifications are spawned there,
-    /// also when a test calls [`MockGateway::notify_now`] from outside it.
+    /// also when a test calls [`crate::MockGateway::notify_now`] from outside it.
     pub(crate) runtime: tokio::runtime::Handle,
     /// Late notifications still waiting, by paymentRequestId; dropping the sender cancels.
     pub(crate) pending_late: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
-    /// A lying inquiryPayment, set by the test ([`MockGateway::set_inquiry_answer`]).
+    /// A lying inquiryPayment, set by the test ([`crate::MockGateway::set_inquiry_answer`]).
     pub(crate) inquiry_answer: Mutex<Option<InquiryAnswer>>,
 }
 
