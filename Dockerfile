@@ -56,11 +56,12 @@ COPY Cargo.toml Cargo.lock ./
 COPY crates/ams-signature/Cargo.toml crates/ams-signature/
 COPY crates/ams-mock-gateway/Cargo.toml crates/ams-mock-gateway/
 COPY crates/sidecar-store/Cargo.toml crates/sidecar-store/
+COPY crates/test-support/Cargo.toml crates/test-support/
 RUN mkdir -p src crates/ams-signature/src crates/ams-signature/benches crates/ams-mock-gateway/src \
-        crates/sidecar-store/src \
+        crates/sidecar-store/src crates/test-support/src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs crates/ams-signature/src/lib.rs crates/ams-mock-gateway/src/lib.rs \
-        crates/sidecar-store/src/lib.rs \
+        crates/sidecar-store/src/lib.rs crates/test-support/src/lib.rs \
     && echo 'fn main() {}' > crates/ams-signature/benches/signature.rs \
     && cargo build --release --locked --no-default-features -p alipay-sidecar --bin alipay-sidecar \
     && rm -rf src crates \
@@ -70,9 +71,9 @@ RUN mkdir -p src crates/ams-signature/src crates/ams-signature/benches crates/am
         target/release/deps/ams_signature-* target/release/deps/libams_signature-* \
         target/release/.fingerprint/ams-signature-*
 
-# 2. The sidecar itself (its `ams-signature` crate; the manifests of `ams-mock-gateway` and
-#    `sidecar-store`, workspace members, must be present even though this build leaves them
-#    out).
+# 2. The sidecar itself (its `ams-signature` crate; the manifests of `ams-mock-gateway`,
+#    `sidecar-store` and `test-support`, workspace members, must be present even though this
+#    build leaves them out).
 COPY src ./src
 COPY crates ./crates
 

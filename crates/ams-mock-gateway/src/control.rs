@@ -7,10 +7,12 @@ use std::time::Duration;
 use hyper::StatusCode;
 
 use super::api::{js, obj};
+use super::clock::stamp;
+use super::notify;
+use super::state::{stopped, Shared};
 use super::switches::{
     check_fail_code, ControlError, PaymentResult, PaymentStatus, DEFAULT_FAIL_CODE,
 };
-use super::{notify, Shared};
 
 /// Longest paymentRequestId accepted in a control path (Alipay's limit is 64).
 const MAX_ID_LEN: usize = 64;
@@ -31,7 +33,7 @@ pub(crate) fn settle_after(
         let _guard = guard;
         tokio::select! {
             _ = tokio::time::sleep(after) => {}
-            _ = super::stopped(&mut shutdown) => return,
+            _ = stopped(&mut shutdown) => return,
         }
         if let Err(e) = complete(&shared, &request_id, &result) {
             tracing::debug!(error = %e, "mock-gateway: outcome delay ended with nothing to do");
@@ -47,7 +49,7 @@ pub(crate) fn complete(
 ) -> Result<PaymentStatus, ControlError> {
     let status = {
         let mut store = shared.store.lock().map_err(|_| ControlError::Stopped)?;
-        store.settle(request_id, result, &super::stamp())?;
+        store.settle(request_id, result, &stamp())?;
         store
             .status(request_id)
             .unwrap_or(PaymentStatus::Processing)

@@ -7,15 +7,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use tokio::sync::oneshot;
 
 use super::api::NotifyJob;
+use super::clock::notification_time;
+use super::crypto;
+use super::state::{NotificationAttempt, NotifyClient, Shared};
 use super::switches::{ControlError, NotifyMode};
-use super::{crypto, notification_time, NotificationAttempt, Shared};
 
 /// How long one delivery attempt may take before it counts as failed.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,8 +24,6 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_ACK_BYTES: usize = 64 * 1024;
 
 /// The hyper client used for every notification (plain HTTP only, pooled).
-pub(crate) type NotifyClient = Client<HttpConnector, Full<Bytes>>;
-
 pub(crate) fn client() -> NotifyClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
@@ -125,7 +124,7 @@ fn spawn(shared: &Arc<Shared>, job: NotifyJob, late: Option<Duration>) -> Result
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = cancelled => return,
-                _ = super::stopped(&mut shutdown) => return,
+                _ = super::state::stopped(&mut shutdown) => return,
             }
             // Whoever takes the entry sends: `now` may have taken it just as the delay ended.
             let mine = shared
@@ -139,7 +138,7 @@ fn spawn(shared: &Arc<Shared>, job: NotifyJob, late: Option<Duration>) -> Result
         }
         tokio::select! {
             _ = deliver(&shared, &job, &url) => {}
-            _ = super::stopped(&mut shutdown) => {}
+            _ = super::state::stopped(&mut shutdown) => {}
         }
     });
     Ok(())

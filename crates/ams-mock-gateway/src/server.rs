@@ -21,10 +21,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use super::api::{self, envelope, Effect, Status};
+use super::clock::{response_time, stamp, STALE_RESPONSE_TIME};
+use super::fault::Fault;
+use super::state::{stopped, ReceivedRequest, Shared};
 use super::switches::{InquiryAnswer, NotifyMode};
-use super::{
-    control, crypto, notify, response_time, Fault, ReceivedRequest, Shared, STALE_RESPONSE_TIME,
-};
+use super::{control, crypto, notify};
 
 /// Largest request body the gateway reads (the sidecar's default limit is 1 MiB).
 pub(crate) const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -48,7 +49,7 @@ pub(crate) async fn accept_loop(
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
-            _ = super::stopped(&mut shutdown) => break,
+            _ = stopped(&mut shutdown) => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _peer)) => {
@@ -99,7 +100,7 @@ where
                 tracing::debug!(error = %e, "mock-gateway: connection ended with an error");
             }
         }
-        _ = super::stopped(&mut shutdown) => {
+        _ = stopped(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
@@ -602,7 +603,7 @@ fn respond(
             "The API is not defined.",
         ));
     };
-    let stamp = super::stamp();
+    let stamp = stamp();
     let ctx = api::PayContext {
         client_id: &client_id,
         notify: if fault == Some(Fault::NoNotify) {

@@ -3,8 +3,6 @@
 //! the published vectors; the gateway verifies with its own, independent code. (The
 //! `mock-gateway` subcommand of the sidecar's binary is tested in the sidecar's `tests/it/`.)
 
-mod support;
-
 use std::time::Duration;
 
 use ams_mock_gateway::{
@@ -17,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 
-use support::{input, key, pay_body, vectors, App, Behaviour, Received, Response};
+use test_support::{input, key, pay_body, vectors, App, Behaviour, Received, Response};
 
 const CLIENT_ID: &str = "T_111222333";
 const PAY: &str = "/ams/api/v1/payments/pay";
@@ -55,7 +53,7 @@ impl Answer for Response {
 }
 
 fn parse_response(raw: &[u8]) -> Option<Response> {
-    support::parse_response(raw).ok()
+    test_support::parse_response(raw).ok()
 }
 
 /// Sends raw bytes, reads until the server closes (or fails), returns everything read.
@@ -145,7 +143,7 @@ impl Client {
 
 fn connector(ca: Option<&std::path::Path>) -> tokio_rustls::TlsConnector {
     let pem = ca.map(|ca| std::fs::read(ca).unwrap()).unwrap_or_default();
-    support::tls_connector(&pem)
+    test_support::tls_connector(&pem)
 }
 
 fn request(target: &str, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {

@@ -31,4 +31,4 @@ pub fn inbound_section(forward_to: &str) -> String {
     format!("[inbound]\nlisten = \"127.0.0.1:0\"\nforward_to = \"{forward_to}\"\n")
 }
 
-use super::vectors::key;
+use test_support::key;

@@ -1,55 +1,9 @@
-//! One HTTP client (ureq) for well-formed requests, and the [`Response`] every helper returns.
+//! One HTTP client (ureq) for well-formed requests.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::raw::values;
-
-/// A response: from [`request`] (ureq) or from the raw helpers (httparse).
-#[derive(Debug, Clone)]
-pub struct Response {
-    /// Status code.
-    pub status: u16,
-    /// Headers in order, names lowercased.
-    pub headers: Vec<(String, String)>,
-    /// The exact body bytes (de-chunked).
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    /// First header value by name (any case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        values(&self.headers, name).first().copied()
-    }
-
-    /// Fails unless the status is `status`, showing `what` and the body.
-    pub fn assert_status(&self, status: u16, what: &str) -> &Self {
-        assert_eq!(
-            self.status,
-            status,
-            "{what}: {}",
-            String::from_utf8_lossy(&self.body)
-        );
-        self
-    }
-
-    /// The body as JSON.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    /// `(result.resultStatus, result.resultCode)` of a JSON body ("" when absent).
-    pub fn result_code(&self) -> (String, String) {
-        let v = self.json();
-        let s = |f: &str| v["result"][f].as_str().unwrap_or("").to_string();
-        (s("resultStatus"), s("resultCode"))
-    }
-}
+use test_support::Response;
 
 /// The tests' HTTP client: no redirects, no added `User-Agent`/`Accept`, no pooled
 /// connections (each request its own connection, as a listener limit test expects), any
@@ -110,5 +64,6 @@ pub fn request(
         status,
         headers,
         body,
+        complete: true,
     })
 }

@@ -1,8 +1,8 @@
 //! Shared helpers for the integration tests, one file per job. The tests import them from
 //! `crate::support` (re-exported here), so a helper can move between files without touching
-//! a test.
+//! a test. The helpers the fake gateway's tests need too (vectors, raw responses, the app
+//! stand-in, runtime and TLS client) live in `crates/test-support`, re-exported here.
 
-pub mod app;
 pub mod files;
 pub mod gateway;
 pub mod http;
@@ -11,9 +11,7 @@ pub mod metrics;
 pub mod raw;
 pub mod rig;
 pub mod sidecar;
-pub mod vectors;
 
-pub use app::*;
 pub use files::*;
 pub use gateway::*;
 pub use http::*;
@@ -22,4 +20,4 @@ pub use metrics::*;
 pub use raw::*;
 pub use rig::*;
 pub use sidecar::*;
-pub use vectors::*;
+pub use test_support::*;

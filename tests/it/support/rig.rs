@@ -11,14 +11,6 @@ pub const CLIENT_ID: &str = "T_111222333";
 /// The live pay path.
 pub const PAY: &str = "/ams/api/v1/payments/pay";
 
-/// A pay request body (`extra` is spliced in before the closing brace, e.g.
-/// `,"mockFault":"drop"`).
-pub fn pay_body(id: &str, value: &str, extra: &str) -> String {
-    format!(
-        r#"{{"paymentRequestId":"{id}","paymentAmount":{{"currency":"HKD","value":"{value}"}},"order":{{"orderDescription":"珍珠奶茶 🧋"}}{extra}}}"#
-    )
-}
-
 /// POSTs [`pay_body`]`(id, "5800", extra)` to the outbound listener at `outbound`.
 pub fn pay(outbound: SocketAddr, id: &str, extra: &str) -> Response {
     request(
@@ -31,9 +23,13 @@ pub fn pay(outbound: SocketAddr, id: &str, extra: &str) -> Response {
     .unwrap()
 }
 
+use test_support::pay_body;
+
 use super::files::{write_vector_keys, VECTOR_KEYS};
 use super::gateway::vector_gateway;
-use super::http::{request, Response};
+use test_support::Response;
+
+use super::http::request;
 use super::metrics::Metrics;
 use super::sidecar::Sidecar;
 

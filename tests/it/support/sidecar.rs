@@ -32,7 +32,9 @@ pub fn command(args: &[&str]) -> Command {
     cmd
 }
 
-use super::http::{request, Response};
+use test_support::Response;
+
+use super::http::request;
 use super::metrics::Metrics;
 
 /// A running `alipay-sidecar run` process; killed on drop. Its listeners say port 0 in the

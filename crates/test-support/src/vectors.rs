@@ -39,6 +39,14 @@ pub fn input<'a>(v: &'a Value, field: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{}: no inputs.{field}", v["id"]))
 }
 
+/// One vector by id.
+pub fn vector(id: &str) -> Value {
+    vectors()
+        .into_iter()
+        .find(|v| v["id"] == id)
+        .unwrap_or_else(|| panic!("no vector {id}"))
+}
+
 /// A pay request body (`extra` is spliced in before the closing brace, e.g.
 /// `,"mockFault":"drop"`).
 pub fn pay_body(id: &str, value: &str, extra: &str) -> String {

@@ -1,16 +1,18 @@
-//! Helpers for the fake gateway's tests: the published vectors, the gateway's answers parsed
-//! from raw bytes, a merchant app stand-in receiving its notifications, a TLS client. (Copies,
-//! trimmed, of the sidecar's `tests/it/support/`: this crate does not depend on the sidecar.)
+//! The tests' one tokio runtime for in-process servers, and their TLS client.
 
 use std::sync::Arc;
 
-pub mod app;
-pub mod vectors;
-pub mod wire;
-
-pub use app::*;
-pub use vectors::*;
-pub use wire::*;
+/// One tokio runtime for every in-process server the tests start (fake gateways).
+pub fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
 
 /// A TLS client (rustls with ring) trusting the certificates in `ca_pem` (none: nothing).
 pub fn tls_connector(ca_pem: &[u8]) -> tokio_rustls::TlsConnector {

@@ -1,9 +1,9 @@
-//! The gateway's answers read as bytes (httparse): a [`Response`] parsed from everything read
-//! until the peer closed.
+//! HTTP/1.1 read as bytes (httparse): the [`Response`] every helper returns, read from a stream
+//! or parsed from everything read until the peer closed, and the header helpers.
 
 use std::io::Read;
 
-/// A response: from [`request`] (ureq) or from the raw helpers (httparse).
+/// A response: from an HTTP client or from the raw helpers here.
 #[derive(Debug, Clone)]
 pub struct Response {
     /// Status code.
@@ -22,6 +22,17 @@ impl Response {
         values(&self.headers, name).first().copied()
     }
 
+    /// Fails unless the status is `status`, showing `what` and the body.
+    pub fn assert_status(&self, status: u16, what: &str) -> &Self {
+        assert_eq!(
+            self.status,
+            status,
+            "{what}: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self
+    }
+
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
@@ -38,6 +49,12 @@ impl Response {
         let s = |f: &str| v["result"][f].as_str().unwrap_or("").to_string();
         (s("resultStatus"), s("resultCode"))
     }
+}
+
+/// Reads one HTTP/1.1 response from a stream (Content-Length, chunked, or until close),
+/// skipping interim 1xx answers.
+pub fn read_response(s: &mut dyn Read) -> std::io::Result<Response> {
+    read_framed(s, false)
 }
 
 /// Parses a whole response as read until the peer closed; a body cut short is returned

@@ -5,7 +5,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::raw::{fill, header_pairs, values};
+use crate::runtime::rt;
+use crate::wire::{fill, header_pairs, values};
 
 /// The stand-in app's own acknowledgement: distinguishable from the sidecar's.
 pub const APP_ACK: &str = r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"},"answeredBy":"app"}"#;
@@ -19,6 +20,8 @@ pub enum Behaviour {
     Status(u16, &'static str),
     /// Waits this long, then acks (longer than the sidecar's forward_timeout).
     Slow(Duration),
+    /// The n-th request gets the n-th status and body; the last one repeats.
+    Answers(Vec<(u16, &'static str)>),
 }
 
 /// One request the app received.
@@ -33,8 +36,6 @@ pub struct Received {
     /// The body bytes.
     pub body: Vec<u8>,
 }
-
-use super::gateway::rt;
 
 impl Received {
     /// Every value of a header (any case).
@@ -133,7 +134,11 @@ fn serve_one(mut s: TcpStream, received: &Mutex<Vec<Received>>, behaviour: &Mute
     let Some(req) = read_request(&mut s) else {
         return;
     };
-    received.lock().unwrap().push(req);
+    let index = {
+        let mut received = received.lock().unwrap();
+        received.push(req);
+        received.len() - 1
+    };
     let behaviour = behaviour.lock().unwrap().clone();
     let (status, body, extra) = match behaviour {
         Behaviour::Ack => (200, APP_ACK, "X-App: stand-in\r\n"),
@@ -141,6 +146,10 @@ fn serve_one(mut s: TcpStream, received: &Mutex<Vec<Received>>, behaviour: &Mute
         Behaviour::Slow(d) => {
             std::thread::sleep(d);
             (200, APP_ACK, "")
+        }
+        Behaviour::Answers(list) => {
+            let (status, body) = list[index.min(list.len() - 1)];
+            (status, body, "")
         }
     };
     let head = format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
