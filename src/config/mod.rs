@@ -133,7 +133,7 @@ impl PartialEq for Config {
 
 impl Config {
     /// Reads and validates the config file at `path`, applying `ALIPAY_SIDECAR_*` environment
-    /// overrides. Does not read the key files (that is [`crate::keyset::KeySet::load`]'s job),
+    /// overrides. Does not read the key files (that is [`crate::preflight::load`]'s job),
     /// but checks that `ca_file`, when set, exists.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
