@@ -30,9 +30,9 @@ use alipay_sidecar::config::Config;
 use alipay_sidecar::handler::{Handler, Reply, Request};
 use alipay_sidecar::inbound::{AppRoute, Inbound, InboundMerchant, InboundPolicy};
 use alipay_sidecar::keyset::KeySet;
-use alipay_sidecar::preflight;
 use alipay_sidecar::merchants::KeySource;
 use alipay_sidecar::outbound::{Outbound, OutboundMerchant, OutboundPolicy};
+use alipay_sidecar::preflight;
 use alipay_sidecar::protocol::{
     content_to_sign, format_iso8601, sign_content, Outcome, PrivateKey, ACK_BODY,
 };

@@ -654,10 +654,7 @@ mod tests {
             "private_pkcs8_pem",
             "alipay.public_spki_pem",
         );
-        assert!(load_first(&c)
-            .unwrap_err()
-            .to_string()
-            .contains("live one"));
+        assert!(load_first(&c).unwrap_err().to_string().contains("live one"));
         let (_d, mut c) = setup(
             "allowed_path_prefixes = [\"/ams/api/\"]\n",
             "private_pkcs8_pem",

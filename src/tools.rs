@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::cli::exit::{EXIT_INVALID, EXIT_OK, EXIT_USAGE};
-use crate::config::{Acknowledge, CertSource, Config, InboundMode};
+use crate::config::{CertSource, Config};
 use crate::keyset::{Credential, KeySet, Severity};
 use crate::protocol::{
     content_to_sign, generate_keypair, parse_signature_header, sha256_hex, sign_content,
@@ -771,15 +771,8 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
                 "inbound: listening on {} -> app {} (mode {}, acknowledge {})",
                 i.listen,
                 i.forward_to.url(),
-                match i.mode {
-                    InboundMode::Enforce => "enforce",
-                    InboundMode::Shadow => "shadow",
-                },
-                match i.acknowledge {
-                    Acknowledge::App => "app",
-                    Acknowledge::Sidecar => "sidecar",
-                    Acknowledge::AfterStore => "after-store",
-                }
+                i.mode,
+                i.acknowledge
             );
         }
         None => {

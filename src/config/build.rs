@@ -15,7 +15,7 @@ use super::raw::{
 };
 use super::typed::*;
 use super::url::parse_url;
-use super::{Config, REGIONS};
+use super::Config;
 
 impl Ctx<'_> {
     /// A duration, or the declared default of `key`.
@@ -798,9 +798,16 @@ impl Ctx<'_> {
                 return Err(self.error_span(
                     None,
                     Some("outbound.gateway"),
-                    "[outbound] needs the Alipay gateway: set `gateway = \"https://open-sea-global.alipay.com\"` \
-                     (a full https URL) or `region = \"na\" | \"sea\" | \"eu\"`"
-                        .to_string(),
+                    format!(
+                        "[outbound] needs the Alipay gateway: set `gateway = \"https://{}\"` \
+                         (a full https URL) or `region = {}`",
+                        Region::Sea.host(),
+                        Region::NAMES
+                            .iter()
+                            .map(|n| format!("\"{n}\""))
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    ),
                 ));
             }
         };
@@ -997,7 +1004,11 @@ impl Ctx<'_> {
     ) -> Result<Option<Gateway>, ConfigError> {
         Ok(Some(match (gateway, region) {
             (Some(g), Some(r)) => {
-                let later = if g.span().start > r.span().start { g.span() } else { r.span() };
+                let later = if g.span().start > r.span().start {
+                    g.span()
+                } else {
+                    r.span()
+                };
                 return self.err(
                     later,
                     &format!("{at}.gateway"),
@@ -1007,24 +1018,28 @@ impl Ctx<'_> {
             }
             (None, None) => return Ok(None),
             (Some(g), None) => self.gateway(&g, &format!("{at}.gateway"))?,
-            (None, Some(r)) => match REGIONS.iter().find(|(name, _)| *name == r.get_ref().trim()) {
-                Some((_, host)) => Gateway {
-                    host: (*host).to_string(),
+            (None, Some(r)) => match Region::ALL
+                .iter()
+                .find(|x| x.as_str() == r.get_ref().trim())
+            {
+                Some(region) => Gateway {
+                    host: region.host().to_string(),
                     port: 443,
                 },
                 None => {
+                    let choices: Vec<String> = Region::ALL
+                        .iter()
+                        .map(|x| format!("\"{x}\" ({}, {})", x.help(), x.host()))
+                        .collect();
                     return self.err(
                         r.span(),
                         &format!("{at}.region"),
                         format!(
-                            "unknown region \"{}\"; write \"na\" (North America, {}), \"sea\" \
-                             (Asia, {}) or \"eu\" (Europe, {}), or set `gateway` to a full URL instead",
+                            "unknown region \"{}\"; write {}, or set `gateway` to a full URL instead",
                             r.get_ref(),
-                            REGIONS[0].1,
-                            REGIONS[1].1,
-                            REGIONS[2].1
+                            one_of(&choices),
                         ),
-                    )
+                    );
                 }
             },
         }))
@@ -1398,4 +1413,13 @@ fn reaches(host: &str, ip: std::net::IpAddr) -> bool {
 fn max_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (cores * 4).min(256)
+}
+
+/// `a, b or c`.
+fn one_of(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [only] => only.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
 }

@@ -45,6 +45,7 @@
 //!   paths written in the file.
 
 mod build;
+mod choice;
 mod env;
 mod error;
 mod merchants;
@@ -75,17 +76,6 @@ pub const ENV_PREFIX: &str = "ALIPAY_SIDECAR_";
 /// reported as typos): `ALIPAY_SIDECAR_CONFIG` is the config file path used by the CLI;
 /// `ALIPAY_SIDECAR_GIT_COMMIT` stamps the build (it may still be exported in a CI shell).
 pub const RESERVED_ENV_VARS: &[&str] = &["ALIPAY_SIDECAR_CONFIG", "ALIPAY_SIDECAR_GIT_COMMIT"];
-
-/// The region shortcuts of `[outbound] region`, and the gateway each one means.
-///
-/// Kept as a table so the documentation, the example config and the code cannot disagree:
-/// `na` = North America, `sea` = Asia (South-East Asia), `eu` = Europe (Alipay's `-de-global`
-/// host), as used by Alipay's current SDK samples (spec §8).
-pub const REGIONS: &[(&str, &str)] = &[
-    ("na", "open-na-global.alipay.com"),
-    ("sea", "open-sea-global.alipay.com"),
-    ("eu", "open-de-global.alipay.com"),
-];
 
 /// The whole, validated configuration. Built only by [`Config::load`] / [`Config::parse`], so
 /// every consumer can trust the values (paths resolved, addresses parsed, rules checked).
@@ -321,9 +311,9 @@ region = "sea"
 
     #[test]
     fn regions() {
-        for (r, host) in REGIONS {
+        for r in Region::ALL {
             let c = parse(&BASE.replace("\"sea\"", &format!("\"{r}\""))).unwrap();
-            assert_eq!(c.outbound.unwrap().gateway.host, *host);
+            assert_eq!(c.outbound.unwrap().gateway.host, r.host());
         }
         let e = parse(&BASE.replace("\"sea\"", "\"us\""))
             .unwrap_err()
@@ -332,6 +322,19 @@ region = "sea"
             e.contains("sidecar.toml:6") && e.contains("outbound.region"),
             "{e}"
         );
+        // the list comes from `Region`: every shortcut with its area and host
+        assert!(
+            e.contains(
+                "unknown region \"us\"; write \"na\" (North America, open-na-global.alipay.com), \
+                 \"sea\" (Asia, open-sea-global.alipay.com) or \"eu\" (Europe, \
+                 open-de-global.alipay.com), or set `gateway` to a full URL instead"
+            ),
+            "{e}"
+        );
+        let e = parse(&BASE.replace("region = \"sea\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("or `region = \"na\" | \"sea\" | \"eu\"`"), "{e}");
     }
 
     #[test]
