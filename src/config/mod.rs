@@ -16,8 +16,9 @@
 //! # Where things are
 //!
 //! `raw.rs` declares every option once (name, kind, default, reload or restart) and derives
-//! the serde structs from it; `typed.rs` holds the resolved sections; `build.rs` checks and
-//! converts; `env.rs` applies environment overrides; `settings.rs` compares configurations
+//! the serde structs from it; `typed.rs` holds the resolved sections, `choice.rs` declares
+//! each closed set of values once; `build/` checks and converts (a file per section);
+//! `env.rs` applies environment overrides; `settings.rs` compares configurations
 //! (equality, "restart needed"); `error.rs` turns spans into `file:line:col` messages;
 //! `url.rs` parses the gateway and app URLs.
 //!
