@@ -15,7 +15,7 @@ mod keygen;
 mod sign;
 mod verify;
 
-pub use check_config::{check_config, ConfigArgs, DEFAULT_CONFIG};
+pub use check_config::{check_config, ConfigArgs};
 pub use keygen::{keygen, local_ca, KeygenArgs, LocalCaArgs};
 pub use sign::{sign, SignArgs};
 pub use verify::{verify, VerifyArgs, VERIFY_HELP};
