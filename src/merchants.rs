@@ -92,11 +92,6 @@ impl Merchant {
         &self.config.name
     }
 
-    /// The merchant's Alipay client id.
-    pub fn client_id(&self) -> &str {
-        &self.config.client_id
-    }
-
     /// The current key set. A request loads it once (lock-free) and uses that snapshot from
     /// start to end, so a concurrent reload never mixes keys inside one request.
     pub fn keys(&self) -> Arc<KeySet> {

@@ -63,7 +63,6 @@ use toml::de::{DeTable, Deserializer};
 use toml::Spanned;
 
 pub use error::{ConfigError, InvalidValue, Origin};
-pub use merchants::valid_name as valid_merchant_name;
 pub use raw::known_keys;
 pub use typed::*;
 
@@ -87,9 +86,6 @@ pub struct Config {
     /// Every merchant, in file order (at least one; a single-merchant file is the merchant
     /// named [`DEFAULT_MERCHANT`]), with its inherited values resolved.
     pub merchants: Vec<MerchantConfig>,
-    /// The first merchant's keys (the only merchant's in a single-merchant file): kept for
-    /// callers that know only one merchant; the same as `merchants[0].keys`.
-    pub keys: KeysConfig,
     /// The outbound signing proxy; `None` when the file has no `[outbound]` section.
     pub outbound: Option<OutboundConfig>,
     /// The inbound notification verifier; `None` when the file has no `[inbound]` section.
@@ -290,10 +286,10 @@ region = "sea"
     fn defaults_and_resolution() {
         let c = parse(BASE).unwrap();
         assert_eq!(
-            c.keys.credential.path(),
+            c.merchants[0].keys.credential.path(),
             Path::new("/etc/sc/keys/merchant_private_key.pem")
         );
-        assert_eq!(c.keys.merchant_key_version, "1");
+        assert_eq!(c.merchants[0].keys.merchant_key_version, "1");
         let o = c.outbound.clone().unwrap();
         assert_eq!(o.gateway.url(), "https://open-sea-global.alipay.com");
         assert_eq!(o.listen, Some("127.0.0.1:8080".parse().unwrap()));
@@ -497,7 +493,7 @@ region = "sea"
         assert_eq!(o.gateway.url(), "https://gw.example:444");
         assert!(!o.verify_responses);
         assert_eq!(c.server.threads, 4);
-        assert_eq!(c.keys.merchant_key_version, "3");
+        assert_eq!(c.merchants[0].keys.merchant_key_version, "3");
         assert!(
             matches!(c.origin("client_id"), Origin::Env { ref var, .. } if var == "ALIPAY_SIDECAR_CLIENT_ID")
         );

@@ -28,7 +28,7 @@ fn the_example_config_parses_and_documents_every_option() {
     let text = std::fs::read_to_string(example_path()).expect("example config");
     let c = Config::parse(&text, &example_path(), Vec::new()).expect("example parses");
     assert_eq!(
-        c.keys.credential.path(),
+        c.merchants[0].keys.credential.path(),
         example_path()
             .parent()
             .expect("dir")
@@ -121,8 +121,11 @@ fn defaults_match_the_documented_schema() {
         (c.server.shutdown_grace, c.server.shutdown_timeout),
         (Duration::from_secs(5), Duration::from_secs(30))
     );
-    assert_eq!(c.keys.merchant_key_version, "1");
-    assert_eq!(c.keys.alipay_public_keys["1"], Path::new("/srv/a.pem"));
+    assert_eq!(c.merchants[0].keys.merchant_key_version, "1");
+    assert_eq!(
+        c.merchants[0].keys.alipay_public_keys["1"],
+        Path::new("/srv/a.pem")
+    );
 }
 
 /// A folder with the vectors' keys and a config; returns (dir, config path).
@@ -166,7 +169,10 @@ region = \"sea\"\n";
 fn load_reads_files_and_keyset_loads_every_key() {
     let (dir, path) = write_config(GOOD);
     let c = Config::load(&path).expect("loads");
-    assert_eq!(c.keys.credential.path(), dir.path().join("merchant.pem"));
+    assert_eq!(
+        c.merchants[0].keys.credential.path(),
+        dir.path().join("merchant.pem")
+    );
     let keys = first_keys(&c).expect("keys load");
     assert_eq!(keys.merchant_key_version, "2");
     assert_eq!(
@@ -304,7 +310,7 @@ fn env_overrides_single_values_and_rejects_typos() {
     )
     .expect("overrides apply");
     assert_eq!(
-        c.keys.credential.path(),
+        c.merchants[0].keys.credential.path(),
         dir.path().join("other.pem"),
         "resolved against the config folder"
     );

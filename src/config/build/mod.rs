@@ -185,7 +185,6 @@ impl Ctx<'_> {
 
         Ok(Config {
             path: self.path.to_path_buf(),
-            keys: merchants[0].keys.clone(),
             merchants,
             outbound,
             inbound,
