@@ -13,7 +13,6 @@ use clap::builder::PossibleValue;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::config::LogFormat;
-
 use crate::tools::{self, ConfigArgs, KeygenArgs, LocalCaArgs, SignArgs, VerifyArgs};
 
 pub mod exit;

@@ -27,6 +27,9 @@
 //!   the default `mock-gateway` feature: the fake Alipay gateway used by the demo, the tests
 //!   and users.
 //! - [`cli`], [`tools`], `demo` (`mock-gateway` feature): the command-line front end.
+//!
+//! Modules are `pub(crate)` unless `tests/it` or `benches/handlers.rs` use them (or `main.rs`:
+//! [`cli`]), so the compiler's dead-code lint sees what nothing in the crate uses.
 
 pub(crate) mod adapter;
 pub(crate) mod admin;
