@@ -15,7 +15,7 @@
 //! (`benches/sidecar.sh`) does, for later changes to the request path to quote.
 //!
 //! The handlers are built the way the binary builds them: the policies from a parsed config
-//! (the production defaults), the keys by `KeySet::load` from key files (the
+//! (the production defaults), the keys by `preflight::load` (start-up's path) from key files (the
 //! published vectors' keys, tests/data/ams-public.json) written to a temporary folder. Two
 //! settings are changed, each said where it is.
 //!
@@ -32,6 +32,7 @@ use alipay_sidecar::inbound::{AppRoute, Inbound, InboundMerchant, InboundPolicy}
 use alipay_sidecar::keyset::KeySet;
 use alipay_sidecar::merchants::KeySource;
 use alipay_sidecar::outbound::{Outbound, OutboundMerchant, OutboundPolicy};
+use alipay_sidecar::preflight;
 use alipay_sidecar::protocol::{
     content_to_sign, format_iso8601, sign_content, Outcome, PrivateKey, ACK_BODY,
 };
@@ -147,7 +148,10 @@ fn setup() -> Setup {
     );
     let config = Config::parse(&text, &dir.path().join("sidecar.toml"), [])
         .unwrap_or_else(|e| panic!("bench config: {e}"));
-    let keys = KeySet::load(&config).unwrap_or_else(|e| panic!("bench keys: {e}"));
+    let keys = preflight::load(&config)
+        .sets
+        .swap_remove(0)
+        .unwrap_or_else(|e| panic!("bench keys: {e}"));
     Setup {
         keys: Arc::new(keys),
         alipay: PrivateKey::from_text(pem(&v, "alipay", "private_pkcs8_pem")).expect("alipay key"),

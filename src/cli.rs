@@ -9,8 +9,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::PossibleValue;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+use crate::config::LogFormat;
 use crate::tools::{self, ConfigArgs, KeygenArgs, LocalCaArgs, SignArgs, VerifyArgs};
 
 pub mod exit;
@@ -42,13 +44,15 @@ struct Cli {
     command: Command,
 }
 
-/// Log line format for `run --log-format`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormatArg {
-    /// One JSON object per line (for log collectors).
-    Json,
-    /// Human-readable lines.
-    Text,
+/// `run --log-format`'s values are the config's `[log] format` values (one declaration).
+impl ValueEnum for LogFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        LogFormat::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.as_str()).help(self.help()))
+    }
 }
 
 /// Options of `alipay-sidecar run`.
@@ -64,7 +68,7 @@ pub struct RunArgs {
     /// Log line format, overriding `[log] format` [default: json when stdout is not a
     /// terminal, text otherwise].
     #[arg(long, value_name = "FORMAT", env = "ALIPAY_SIDECAR_LOG_FORMAT")]
-    log_format: Option<LogFormatArg>,
+    log_format: Option<LogFormat>,
     /// Once every listener accepts connections, write this file (atomically) as JSON naming
     /// the address each listener is bound to, e.g. {"pid":7,"listeners":{"admin":
     /// "127.0.0.1:41234",…}}; with `listen = "127.0.0.1:0"` the port is picked at start and
@@ -194,11 +198,7 @@ pub fn main() -> i32 {
                 std::env::set_var("ALIPAY_SIDECAR_LOG_LEVEL", level);
             }
             if let Some(format) = args.log_format {
-                let name = match format {
-                    LogFormatArg::Json => "json",
-                    LogFormatArg::Text => "text",
-                };
-                std::env::set_var("ALIPAY_SIDECAR_LOG_FORMAT", name);
+                std::env::set_var("ALIPAY_SIDECAR_LOG_FORMAT", format.as_str());
             }
             crate::server::run(&args.config.config, args.ready_file.as_deref())
         }

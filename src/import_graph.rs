@@ -245,7 +245,7 @@ mod tests {
         assert!(out.contains(&src.join("upstream.rs")), "{out:?}");
         assert!(out.contains(&src.join("hooks.rs")), "{out:?}");
         assert!(!out.contains(&src.join("reconcile.rs")), "{out:?}");
-        assert!(graph[&src.join("config/build.rs")]
+        assert!(graph[&src.join("config/build/mod.rs")]
             .iter()
             .any(|p| p.starts_with(src.join("config"))));
     }

@@ -4,7 +4,7 @@
 //! (swapped atomically by [`crate::reload`]), so a reload can never mix an old merchant key
 //! with a new Alipay key inside one request. Reading and parsing the key files is here; the
 //! checks a set must pass before it goes live are [`crate::preflight`]'s, whose
-//! [`crate::preflight::load`] (start-up and reload) and `KeySet::load` build checked sets.
+//! [`crate::preflight::load`] (start-up and reload) builds checked sets.
 
 use std::collections::BTreeMap;
 use std::fmt;

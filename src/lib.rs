@@ -27,48 +27,51 @@
 //!   the default `mock-gateway` feature: the fake Alipay gateway used by the demo, the tests
 //!   and users.
 //! - [`cli`], [`tools`], `demo` (`mock-gateway` feature): the command-line front end.
+//!
+//! Modules are `pub(crate)` unless `tests/it` or `benches/handlers.rs` use them (or `main.rs`:
+//! [`cli`]), so the compiler's dead-code lint sees what nothing in the crate uses.
 
-pub mod adapter;
-pub mod admin;
-pub mod budget;
+pub(crate) mod adapter;
+pub(crate) mod admin;
+pub(crate) mod budget;
 pub mod cli;
 pub mod config;
 pub mod credentials;
-pub mod delivery;
+pub(crate) mod delivery;
 #[cfg(feature = "mock-gateway")]
-pub mod demo;
-pub mod encoding;
-pub mod envelope;
-pub mod exchange;
+pub(crate) mod demo;
+pub(crate) mod encoding;
+pub(crate) mod envelope;
+pub(crate) mod exchange;
 pub(crate) mod files;
 pub mod handler;
-pub mod hooks;
+pub(crate) mod hooks;
 #[cfg(test)]
 mod import_graph;
 pub mod inbound;
 pub mod journal;
 pub mod keyset;
-pub mod limits;
-pub mod listen;
-pub mod logging;
+pub(crate) mod limits;
+pub(crate) mod listen;
+pub(crate) mod logging;
 pub(crate) mod memory;
 pub mod merchants;
 pub mod metrics;
-pub mod notifications;
+pub(crate) mod notifications;
 pub mod outbound;
 pub mod preflight;
 pub mod reconcile;
-pub mod reload;
-pub mod replay;
+pub(crate) mod reload;
+pub(crate) mod replay;
 pub mod retention;
-pub mod schedule;
-pub mod server;
-pub mod state;
+pub(crate) mod schedule;
+pub(crate) mod server;
+pub(crate) mod state;
 pub mod store;
 #[cfg(test)]
 mod testing;
 pub mod tls;
-pub mod tools;
+pub(crate) mod tools;
 pub mod upstream;
 
 /// The fake Alipay gateway (crate `ams-mock-gateway`), under its old path so callers keep

@@ -92,16 +92,6 @@ impl Merchant {
         &self.config.name
     }
 
-    /// The merchant's Alipay client id.
-    pub fn client_id(&self) -> &str {
-        &self.config.client_id
-    }
-
-    /// The merchant's settings as resolved at start.
-    pub fn config(&self) -> &MerchantConfig {
-        &self.config
-    }
-
     /// The current key set. A request loads it once (lock-free) and uses that snapshot from
     /// start to end, so a concurrent reload never mixes keys inside one request.
     pub fn keys(&self) -> Arc<KeySet> {
@@ -136,16 +126,6 @@ impl Merchants {
         Some(Merchants { list })
     }
 
-    /// The merchant called `name`.
-    pub fn by_name(&self, name: &str) -> Option<&Merchant> {
-        self.list.iter().find(|m| m.name() == name)
-    }
-
-    /// The merchant with this client id.
-    pub fn by_client_id(&self, client_id: &str) -> Option<&Merchant> {
-        self.list.iter().find(|m| m.client_id() == client_id)
-    }
-
     /// The names, in config order (for "unknown merchant" answers).
     pub fn names(&self) -> Vec<&str> {
         self.list.iter().map(Merchant::name).collect()
@@ -164,12 +144,5 @@ impl Merchants {
     /// Always false: the registry holds at least one merchant.
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
-    }
-
-    /// The only merchant of a single-merchant config, or the first one of several: for code
-    /// that does not route by merchant yet.
-    pub fn only_or_first(&self) -> &Merchant {
-        // `new` refuses an empty list
-        &self.list[0]
     }
 }

@@ -122,22 +122,6 @@ fn checked(mut keys: KeySet, findings: Vec<Finding>) -> Result<KeySet, KeySetErr
     Ok(keys)
 }
 
-// Here rather than in keyset.rs: the key set must not depend on the checks that use it.
-impl KeySet {
-    /// The first merchant's keys (the only merchant's in a single-merchant config), read,
-    /// parsed and checked as [`load`] checks every merchant's: refused when a finding is an
-    /// error, the warnings kept in [`KeySet::warnings`].
-    pub fn load(config: &Config) -> Result<KeySet, KeySetError> {
-        let merchant = first(config);
-        let keys = Self::load_unchecked(config, merchant)?;
-        let own = {
-            let sets = [(merchant, &keys)];
-            run(config, &sets).per_set(config, &sets).pop()
-        };
-        checked(keys, own.unwrap_or_default())
-    }
-}
-
 /// Client ids that are obviously the placeholder of an example config, not a real id.
 fn is_placeholder_client_id(id: &str) -> bool {
     let upper = id.to_ascii_uppercase();
@@ -532,6 +516,11 @@ pub fn cross(config: &Config, sets: &[(&MerchantConfig, &KeySet)]) -> Vec<Findin
 mod tests {
     use super::*;
 
+    /// The first merchant's set as start-up loads it.
+    fn load_first(c: &Config) -> Result<KeySet, KeySetError> {
+        load(c).sets.swap_remove(0)
+    }
+
     #[test]
     fn placeholders_are_recognised() {
         for id in [
@@ -594,7 +583,7 @@ mod tests {
     #[test]
     fn good_set_loads_and_debug_hides_material() {
         let (_d, c) = setup("", "private_pkcs8_pem", "alipay.public_spki_pem");
-        let k = KeySet::load(&c).unwrap();
+        let k = load_first(&c).unwrap();
         assert!(k.warnings.is_empty());
         let dbg = format!("{k:?}");
         assert!(dbg.contains("SHA256:") && !dbg.contains("MII"), "{dbg}");
@@ -603,7 +592,7 @@ mod tests {
     #[test]
     fn own_key_as_alipay_key_is_refused() {
         let (_d, c) = setup("", "private_pkcs8_pem", "merchant.public_spki_pem");
-        let e = KeySet::load(&c).unwrap_err().to_string();
+        let e = load_first(&c).unwrap_err().to_string();
         assert!(
             e.contains("you configured your own public key as Alipay's"),
             "{e}"
@@ -614,7 +603,7 @@ mod tests {
     #[test]
     fn pkcs1_is_a_warning() {
         let (_d, c) = setup("", "private_pkcs1_pem", "alipay.public_spki_pem");
-        let k = KeySet::load(&c).unwrap();
+        let k = load_first(&c).unwrap();
         assert_eq!(k.warnings.len(), 1);
         assert!(k.warnings[0].message.contains("openssl pkcs8 -topk8"));
     }
@@ -623,13 +612,13 @@ mod tests {
     fn key_file_problems_name_file_and_line() {
         let (d, c) = setup("", "private_pkcs8_pem", "alipay.public_spki_pem");
         std::fs::remove_file(d.path().join("a.pem")).unwrap();
-        let e = KeySet::load(&c).unwrap_err().to_string();
+        let e = load_first(&c).unwrap_err().to_string();
         assert!(
             e.contains("sidecar.toml:4") && e.contains("a.pem") && e.contains("does not exist"),
             "{e}"
         );
         std::fs::write(d.path().join("a.pem"), "").unwrap();
-        let e = KeySet::load(&c).unwrap_err().to_string();
+        let e = load_first(&c).unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");
         let v = vectors();
         std::fs::write(
@@ -637,11 +626,11 @@ mod tests {
             v["keys"]["alipay"]["private_pkcs8_pem"].as_str().unwrap(),
         )
         .unwrap();
-        let e = KeySet::load(&c).unwrap_err().to_string();
+        let e = load_first(&c).unwrap_err().to_string();
         assert!(e.contains("PUBLIC key"), "{e}");
         let pem = v["keys"]["merchant"]["private_pkcs8_pem"].as_str().unwrap();
         std::fs::write(d.path().join("m.pem"), &pem[..pem.len() / 2]).unwrap();
-        let e = KeySet::load(&c).unwrap_err().to_string();
+        let e = load_first(&c).unwrap_err().to_string();
         assert!(
             e.contains("sidecar.toml:3") && e.contains("truncated"),
             "{e}"
@@ -655,7 +644,7 @@ mod tests {
             "private_pkcs8_pem",
             "alipay.public_spki_pem",
         );
-        let e = KeySet::load(&c).unwrap_err().to_string();
+        let e = load_first(&c).unwrap_err().to_string();
         assert!(
             e.contains("live client id") && e.contains("sidecar.toml:7"),
             "{e}"
@@ -665,21 +654,18 @@ mod tests {
             "private_pkcs8_pem",
             "alipay.public_spki_pem",
         );
-        assert!(KeySet::load(&c)
-            .unwrap_err()
-            .to_string()
-            .contains("live one"));
+        assert!(load_first(&c).unwrap_err().to_string().contains("live one"));
         let (_d, mut c) = setup(
             "allowed_path_prefixes = [\"/ams/api/\"]\n",
             "private_pkcs8_pem",
             "alipay.public_spki_pem",
         );
         c.merchants[0].client_id = "SANDBOX_1".into();
-        assert!(KeySet::load(&c)
+        assert!(load_first(&c)
             .unwrap_err()
             .to_string()
             .contains("sandbox one"));
         c.outbound.as_mut().unwrap().sandbox_path_rewrite = true;
-        assert!(KeySet::load(&c).is_ok());
+        assert!(load_first(&c).is_ok());
     }
 }

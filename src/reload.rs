@@ -334,8 +334,8 @@ fn describe(keys: &KeySet) -> Vec<String> {
 /// there are several.
 fn describe_all(state: &SidecarState) -> Vec<String> {
     let merchants = state.merchants();
-    if merchants.len() == 1 {
-        return describe(&merchants.only_or_first().keys());
+    if let (1, Some(only)) = (merchants.len(), merchants.iter().next()) {
+        return describe(&only.keys());
     }
     merchants
         .iter()

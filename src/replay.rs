@@ -92,14 +92,10 @@ impl ReplayWindow {
         }
     }
 
-    /// Digests held now.
-    pub fn len(&self) -> usize {
+    /// Digests held now (the tests' view of the bound).
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().order.len()
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
@@ -173,14 +169,10 @@ impl InFlight {
         }
     }
 
-    /// Keys being delivered now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether nothing is being delivered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Whether nothing is being delivered (the tests' view of the gate).
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {

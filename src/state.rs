@@ -17,12 +17,8 @@ pub struct SidecarState {
 }
 
 impl SidecarState {
-    /// Starts serving with key sets that already passed loading and preflight.
-    pub fn new(merchants: Merchants) -> Arc<Self> {
-        Self::with_store(merchants, None)
-    }
-
-    /// Like [`SidecarState::new`], with the state store of `[store]` (already open).
+    /// Starts serving with key sets that already passed loading and preflight, and the state
+    /// store of `[store]` (already open) when there is one.
     pub fn with_store(merchants: Merchants, store: Option<Arc<StateStore>>) -> Arc<Self> {
         Arc::new(Self {
             merchants,
@@ -32,8 +28,8 @@ impl SidecarState {
         })
     }
 
-    /// The merchants, each with its live key set (`merchants().by_name(..)?.keys()` is the
-    /// snapshot a request uses).
+    /// The merchants, each with its live key set (a request uses one
+    /// [`crate::merchants::Merchant::keys`] snapshot).
     pub fn merchants(&self) -> &Merchants {
         &self.merchants
     }

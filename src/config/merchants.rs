@@ -314,7 +314,7 @@ mod tests {
             (m.name.as_str(), m.client_id.as_str()),
             (DEFAULT_MERCHANT, "T_1")
         );
-        assert_eq!(m.keys, c.keys);
+        assert!(m.keys.credential.path().ends_with("m.pem"));
         assert_eq!(
             m.gateway.as_ref().unwrap().host,
             "open-sea-global.alipay.com"
@@ -377,7 +377,6 @@ mod tests {
             eu.key("keys.merchant_private_key"),
             "merchants.1.keys.merchant_private_key"
         );
-        assert_eq!(c.keys, sg.keys, "Config.keys is the first merchant's");
         // where each value is, for later errors
         assert!(matches!(
             c.origin(&eu.key("keys.merchant_private_key")),

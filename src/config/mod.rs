@@ -16,8 +16,9 @@
 //! # Where things are
 //!
 //! `raw.rs` declares every option once (name, kind, default, reload or restart) and derives
-//! the serde structs from it; `typed.rs` holds the resolved sections; `build.rs` checks and
-//! converts; `env.rs` applies environment overrides; `settings.rs` compares configurations
+//! the serde structs from it; `typed.rs` holds the resolved sections, `choice.rs` declares
+//! each closed set of values once; `build/` checks and converts (a file per section);
+//! `env.rs` applies environment overrides; `settings.rs` compares configurations
 //! (equality, "restart needed"); `error.rs` turns spans into `file:line:col` messages;
 //! `url.rs` parses the gateway and app URLs.
 //!
@@ -45,6 +46,7 @@
 //!   paths written in the file.
 
 mod build;
+mod choice;
 mod env;
 mod error;
 mod merchants;
@@ -61,7 +63,6 @@ use toml::de::{DeTable, Deserializer};
 use toml::Spanned;
 
 pub use error::{ConfigError, InvalidValue, Origin};
-pub use merchants::valid_name as valid_merchant_name;
 pub use raw::known_keys;
 pub use typed::*;
 
@@ -76,17 +77,6 @@ pub const ENV_PREFIX: &str = "ALIPAY_SIDECAR_";
 /// `ALIPAY_SIDECAR_GIT_COMMIT` stamps the build (it may still be exported in a CI shell).
 pub const RESERVED_ENV_VARS: &[&str] = &["ALIPAY_SIDECAR_CONFIG", "ALIPAY_SIDECAR_GIT_COMMIT"];
 
-/// The region shortcuts of `[outbound] region`, and the gateway each one means.
-///
-/// Kept as a table so the documentation, the example config and the code cannot disagree:
-/// `na` = North America, `sea` = Asia (South-East Asia), `eu` = Europe (Alipay's `-de-global`
-/// host), as used by Alipay's current SDK samples (spec §8).
-pub const REGIONS: &[(&str, &str)] = &[
-    ("na", "open-na-global.alipay.com"),
-    ("sea", "open-sea-global.alipay.com"),
-    ("eu", "open-de-global.alipay.com"),
-];
-
 /// The whole, validated configuration. Built only by [`Config::load`] / [`Config::parse`], so
 /// every consumer can trust the values (paths resolved, addresses parsed, rules checked).
 #[derive(Clone, Debug)]
@@ -96,9 +86,6 @@ pub struct Config {
     /// Every merchant, in file order (at least one; a single-merchant file is the merchant
     /// named [`DEFAULT_MERCHANT`]), with its inherited values resolved.
     pub merchants: Vec<MerchantConfig>,
-    /// The first merchant's keys (the only merchant's in a single-merchant file): kept for
-    /// callers that know only one merchant; the same as `merchants[0].keys`.
-    pub keys: KeysConfig,
     /// The outbound signing proxy; `None` when the file has no `[outbound]` section.
     pub outbound: Option<OutboundConfig>,
     /// The inbound notification verifier; `None` when the file has no `[inbound]` section.
@@ -133,7 +120,7 @@ impl PartialEq for Config {
 
 impl Config {
     /// Reads and validates the config file at `path`, applying `ALIPAY_SIDECAR_*` environment
-    /// overrides. Does not read the key files (that is [`crate::keyset::KeySet::load`]'s job),
+    /// overrides. Does not read the key files (that is [`crate::preflight::load`]'s job),
     /// but checks that `ca_file`, when set, exists.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
@@ -299,10 +286,10 @@ region = "sea"
     fn defaults_and_resolution() {
         let c = parse(BASE).unwrap();
         assert_eq!(
-            c.keys.credential.path(),
+            c.merchants[0].keys.credential.path(),
             Path::new("/etc/sc/keys/merchant_private_key.pem")
         );
-        assert_eq!(c.keys.merchant_key_version, "1");
+        assert_eq!(c.merchants[0].keys.merchant_key_version, "1");
         let o = c.outbound.clone().unwrap();
         assert_eq!(o.gateway.url(), "https://open-sea-global.alipay.com");
         assert_eq!(o.listen, Some("127.0.0.1:8080".parse().unwrap()));
@@ -321,9 +308,9 @@ region = "sea"
 
     #[test]
     fn regions() {
-        for (r, host) in REGIONS {
+        for r in Region::ALL {
             let c = parse(&BASE.replace("\"sea\"", &format!("\"{r}\""))).unwrap();
-            assert_eq!(c.outbound.unwrap().gateway.host, *host);
+            assert_eq!(c.outbound.unwrap().gateway.host, r.host());
         }
         let e = parse(&BASE.replace("\"sea\"", "\"us\""))
             .unwrap_err()
@@ -332,6 +319,19 @@ region = "sea"
             e.contains("sidecar.toml:6") && e.contains("outbound.region"),
             "{e}"
         );
+        // the list comes from `Region`: every shortcut with its area and host
+        assert!(
+            e.contains(
+                "unknown region \"us\"; write \"na\" (North America, open-na-global.alipay.com), \
+                 \"sea\" (Asia, open-sea-global.alipay.com) or \"eu\" (Europe, \
+                 open-de-global.alipay.com), or set `gateway` to a full URL instead"
+            ),
+            "{e}"
+        );
+        let e = parse(&BASE.replace("region = \"sea\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("or `region = \"na\" | \"sea\" | \"eu\"`"), "{e}");
     }
 
     #[test]
@@ -493,7 +493,7 @@ region = "sea"
         assert_eq!(o.gateway.url(), "https://gw.example:444");
         assert!(!o.verify_responses);
         assert_eq!(c.server.threads, 4);
-        assert_eq!(c.keys.merchant_key_version, "3");
+        assert_eq!(c.merchants[0].keys.merchant_key_version, "3");
         assert!(
             matches!(c.origin("client_id"), Origin::Env { ref var, .. } if var == "ALIPAY_SIDECAR_CLIENT_ID")
         );

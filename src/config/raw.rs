@@ -16,7 +16,7 @@ use serde::de::{self, DeserializeOwned, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::typed::{Acknowledge, Duplicates, InboundMode, LogFormat, RequestTimeFormat};
+use super::typed::{Acknowledge, Duplicates, InboundMode, LogFormat, Region, RequestTimeFormat};
 use super::ENV_PREFIX;
 
 /// What kind of value an option takes: the hint in error messages, how an environment value
@@ -218,7 +218,7 @@ options! {
     #[derive(Default)]
     struct RawMerchantOutbound {
         gateway: Option<Spanned<String>> = Kind::Url, None, Restart;
-        region: Option<Spanned<String>> = Kind::Choice(&["na", "sea", "eu"]), None, Restart;
+        region: Option<Spanned<String>> = Kind::Choice(Region::NAMES), None, Restart;
         ca_file: Option<Spanned<String>> = Kind::Path, None, Restart;
         listen: Option<Spanned<String>> = Kind::Addr, None, Restart;
         tls_listen: Option<Spanned<String>> = Kind::Addr, None, Restart;
@@ -259,10 +259,10 @@ options! {
         tls_ca_key: Option<Spanned<String>> = Kind::Path, None, Restart;
         tls_trust_out: Option<Spanned<String>> = Kind::Path, None, Restart;
         gateway: Option<Spanned<String>> = Kind::Url, None, Restart;
-        region: Option<Spanned<String>> = Kind::Choice(&["na", "sea", "eu"]), None, Restart;
+        region: Option<Spanned<String>> = Kind::Choice(Region::NAMES), None, Restart;
         allowed_path_prefixes: Option<Spanned<Vec<Spanned<String>>>> = Kind::List, Some("[\"/ams/api/\", \"/ams/sandbox/api/\"]"), Restart;
         max_body_bytes: Option<Spanned<i64>> = Kind::Int, Some("1048576"), Restart;
-        request_time_format: Option<RequestTimeFormat> = Kind::Choice(&["epoch_millis", "iso8601"]), Some("\"epoch_millis\""), Restart;
+        request_time_format: Option<RequestTimeFormat> = Kind::Choice(RequestTimeFormat::NAMES), Some("\"epoch_millis\""), Restart;
         agent_token: Option<String> = Kind::Str, None, Restart;
         sandbox_path_rewrite: Option<bool> = Kind::Bool, Some("false"), Restart;
         ca_file: Option<Spanned<String>> = Kind::Path, None, Restart;
@@ -287,11 +287,11 @@ options! {
         forward_timeout: Option<Spanned<String>> = Kind::Duration, Some("\"10s\""), Restart;
         max_request_time_skew: Option<Spanned<String>> = Kind::Duration, Some("\"48h\""), Restart;
         replay_window_entries: Option<Spanned<i64>> = Kind::Int, Some("16384"), Restart;
-        acknowledge: Option<Spanned<Acknowledge>> = Kind::Choice(&["app", "sidecar", "after-store"]), Some("\"app\""), Restart;
+        acknowledge: Option<Spanned<Acknowledge>> = Kind::Choice(Acknowledge::NAMES), Some("\"app\""), Restart;
         sign_acknowledgements: Option<bool> = Kind::Bool, Some("false"), Restart;
-        mode: Option<InboundMode> = Kind::Choice(&["enforce", "shadow"]), Some("\"enforce\""), Restart;
+        mode: Option<InboundMode> = Kind::Choice(InboundMode::NAMES), Some("\"enforce\""), Restart;
         max_connections: Option<Spanned<i64>> = Kind::Int, Some("1024"), Restart;
-        duplicates: Option<Spanned<Duplicates>> = Kind::Choice(&["suppress", "forward"]), None, Restart;
+        duplicates: Option<Spanned<Duplicates>> = Kind::Choice(Duplicates::NAMES), None, Restart;
         delivery_schedule: Option<Spanned<Vec<Spanned<String>>>> = Kind::List, Some(DEFAULT_DELIVERY_SCHEDULE), Restart;
         max_delivery_age: Option<Spanned<String>> = Kind::Duration, Some("\"7d\""), Restart;
     }
@@ -340,7 +340,7 @@ options! {
     /// `[log]`.
     #[derive(Default)]
     struct RawLog {
-        format: Option<LogFormat> = Kind::Choice(&["json", "text"]), None, Restart;
+        format: Option<LogFormat> = Kind::Choice(LogFormat::NAMES), None, Restart;
         level: Option<Spanned<String>> = Kind::Str, Some("\"info\""), Restart;
     }
 }

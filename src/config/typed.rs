@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use super::choice::choice;
 
 /// `[keys]`: the files holding the merchant private key and Alipay's public keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,14 +183,39 @@ impl Gateway {
     }
 }
 
+choice! {
+/// The region shortcuts of `[outbound] region` (`region = "sea"` for
+/// `gateway = "https://open-sea-global.alipay.com"`), as used by Alipay's current SDK samples
+/// (spec §8). One declaration, so the documentation, the errors and the code cannot disagree.
+pub enum Region {
+    /// North America.
+    Na = "na",
+    /// Asia.
+    Sea = "sea",
+    /// Europe.
+    Eu = "eu",
+}
+}
+
+impl Region {
+    /// The gateway host the shortcut stands for (Europe's is Alipay's `-de-global` one).
+    pub fn host(self) -> &'static str {
+        match self {
+            Region::Na => "open-na-global.alipay.com",
+            Region::Sea => "open-sea-global.alipay.com",
+            Region::Eu => "open-de-global.alipay.com",
+        }
+    }
+}
+
+choice! {
 /// How the sidecar writes `Request-Time` (the value is signed verbatim either way, spec §1.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum RequestTimeFormat {
     /// Epoch milliseconds (`1714538096000`), what the Java and Go SDKs send. Default.
-    EpochMillis,
+    EpochMillis = "epoch_millis",
     /// ISO-8601 UTC with milliseconds (`2024-05-01T04:34:56.123Z`).
-    Iso8601,
+    Iso8601 = "iso8601",
+}
 }
 
 /// `[inbound]`: the listener that verifies Alipay's notifications before the app sees them.
@@ -233,14 +258,14 @@ pub struct InboundConfig {
     pub max_delivery_age: Duration,
 }
 
+choice! {
 /// What the inbound verifier does with a re-send of an event the app already took.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum Duplicates {
     /// Acknowledge it to Alipay without delivering it again (the default with a store).
-    Suppress,
+    Suppress = "suppress",
     /// Deliver every copy, as without a store.
-    Forward,
+    Forward = "forward",
+}
 }
 
 /// Where the sidecar keeps its state (`[store]`).
@@ -311,28 +336,27 @@ impl AppUpstream {
     }
 }
 
+choice! {
 /// Who answers Alipay's notification.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum Acknowledge {
     /// Relay the app's own answer (default).
-    App,
+    App = "app",
     /// Answer with the exact SUCCESS body once the app returned 2xx.
-    Sidecar,
+    Sidecar = "sidecar",
     /// Answer SUCCESS once the notification is durably stored, then deliver it to the app
     /// with retries (store-and-forward; needs `[store]`).
-    #[serde(rename = "after-store")]
-    AfterStore,
+    AfterStore = "after-store",
+}
 }
 
+choice! {
 /// Whether a failed notification verification blocks the notification.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum InboundMode {
     /// Refuse what does not verify (default).
-    Enforce,
+    Enforce = "enforce",
     /// Verify and record, but forward anyway (marked unverified), for roll-outs.
-    Shadow,
+    Shadow = "shadow",
+}
 }
 
 /// `[admin]`: the metrics / health / reload listener.
@@ -355,14 +379,14 @@ pub struct LogConfig {
     pub level: String,
 }
 
+choice! {
 /// Log line format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// One JSON object per line (for log collectors).
-    Json,
+    Json = "json",
     /// Human-readable lines.
-    Text,
+    Text = "text",
+}
 }
 
 /// `[server]`: process-level settings.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use alipay_sidecar::config::{
     known_keys, Acknowledge, Config, InboundMode, LogFormat, RequestTimeFormat,
 };
-use alipay_sidecar::keyset::{KeySet, Severity};
+use alipay_sidecar::keyset::{KeySet, KeySetError, Severity};
 use alipay_sidecar::preflight;
 
 use crate::support::key;
@@ -28,7 +28,7 @@ fn the_example_config_parses_and_documents_every_option() {
     let text = std::fs::read_to_string(example_path()).expect("example config");
     let c = Config::parse(&text, &example_path(), Vec::new()).expect("example parses");
     assert_eq!(
-        c.keys.credential.path(),
+        c.merchants[0].keys.credential.path(),
         example_path()
             .parent()
             .expect("dir")
@@ -121,11 +121,20 @@ fn defaults_match_the_documented_schema() {
         (c.server.shutdown_grace, c.server.shutdown_timeout),
         (Duration::from_secs(5), Duration::from_secs(30))
     );
-    assert_eq!(c.keys.merchant_key_version, "1");
-    assert_eq!(c.keys.alipay_public_keys["1"], Path::new("/srv/a.pem"));
+    assert_eq!(c.merchants[0].keys.merchant_key_version, "1");
+    assert_eq!(
+        c.merchants[0].keys.alipay_public_keys["1"],
+        Path::new("/srv/a.pem")
+    );
 }
 
 /// A folder with the vectors' keys and a config; returns (dir, config path).
+/// The (first) merchant's key set as start-up and reload load it: read, parsed and
+/// preflighted by `preflight::load`.
+fn first_keys(c: &Config) -> Result<KeySet, KeySetError> {
+    preflight::load(c).sets.swap_remove(0)
+}
+
 fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
@@ -160,8 +169,11 @@ region = \"sea\"\n";
 fn load_reads_files_and_keyset_loads_every_key() {
     let (dir, path) = write_config(GOOD);
     let c = Config::load(&path).expect("loads");
-    assert_eq!(c.keys.credential.path(), dir.path().join("merchant.pem"));
-    let keys = KeySet::load(&c).expect("keys load");
+    assert_eq!(
+        c.merchants[0].keys.credential.path(),
+        dir.path().join("merchant.pem")
+    );
+    let keys = first_keys(&c).expect("keys load");
     assert_eq!(keys.merchant_key_version, "2");
     assert_eq!(
         keys.alipay.versions().map(|(v, _)| v).collect::<Vec<_>>(),
@@ -221,7 +233,7 @@ fn load_errors_name_file_key_and_line() {
     let (dir, path) = write_config(GOOD);
     std::fs::remove_file(dir.path().join("merchant.pem")).expect("rm");
     let c = Config::load(&path).expect("config itself is fine");
-    let e = KeySet::load(&c).expect_err("missing key").to_string();
+    let e = first_keys(&c).expect_err("missing key").to_string();
     assert!(
         e.contains(&format!("{}:3", path.display()))
             && e.contains("keys.merchant_private_key")
@@ -255,7 +267,7 @@ fn key_problems_are_named() {
         let (dir, path) = write_config(GOOD);
         std::fs::write(dir.path().join("alipay.pem"), content).expect("write");
         let c = Config::load(&path).expect("config");
-        let e = KeySet::load(&c).expect_err(what).to_string();
+        let e = first_keys(&c).expect_err(what).to_string();
         assert!(
             e.contains(":5") && e.contains("keys.alipay_public_keys.1") && e.contains(needle),
             "{what}: {e}"
@@ -267,7 +279,7 @@ fn key_problems_are_named() {
         key("merchant", "public_spki_pem"),
     )
     .expect("write");
-    let e = KeySet::load(&Config::load(&path).expect("config"))
+    let e = first_keys(&Config::load(&path).expect("config"))
         .expect_err("public in private slot")
         .to_string();
     assert!(
@@ -298,7 +310,7 @@ fn env_overrides_single_values_and_rejects_typos() {
     )
     .expect("overrides apply");
     assert_eq!(
-        c.keys.credential.path(),
+        c.merchants[0].keys.credential.path(),
         dir.path().join("other.pem"),
         "resolved against the config folder"
     );
@@ -314,13 +326,13 @@ fn env_overrides_single_values_and_rejects_typos() {
         c.inbound.is_some(),
         "a section created from the environment"
     );
-    let keys = KeySet::load(&c).expect("keys");
+    let keys = first_keys(&c).expect("keys");
     assert!(
         keys.warnings.iter().any(|w| w.message.contains("PKCS#1")),
         "{:?}",
         keys.warnings
     );
-    let e = KeySet::load(
+    let e = first_keys(
         &Config::parse(
             &text,
             &path,

@@ -801,7 +801,7 @@ fn example_configs_parse_with_the_current_schema() {
     );
     assert_eq!(cfg.inbound.as_ref().map(|i| i.listen.port()), Some(8081));
     assert_eq!(cfg.admin.listen.port(), 9090);
-    assert!(cfg
+    assert!(cfg.merchants[0]
         .keys
         .credential
         .path()
