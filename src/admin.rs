@@ -112,7 +112,7 @@ impl ServeHttp for Admin {
 fn refusal(error: SidecarError, message: &str) -> Response<Vec<u8>> {
     let mut r = reply(403, "text/plain", format!("{}: {message}\n", error.code()));
     if let Ok(v) = http::HeaderValue::from_str(error.code()) {
-        r.headers_mut().insert(crate::exchange::ERROR_HEADER, v);
+        r.headers_mut().insert(crate::headers::ERROR_HEADER, v);
     }
     crate::metrics::metrics().record_error(error.code());
     r

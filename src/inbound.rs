@@ -45,19 +45,20 @@ use sidecar_store::EventKey;
 use crate::budget::BodyBudget;
 use crate::config::{Acknowledge, AppUpstream, Config, Duplicates, InboundConfig, InboundMode};
 use crate::envelope::SidecarError;
-use crate::exchange::{self, echo, header_text, now_millis, KEY_VERSION_HEADER, VERIFIED_HEADER};
-use crate::handler::{
-    BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
+use crate::exchange::{self, echo, header_text, now_millis};
+use crate::handler::{BodyPolicy, Handler, Marker, Refusal, Reply, Request, Stop};
+use crate::headers::{
+    CONFLICT_HEADER, DELIVER_QUERY_HEADER, EVENT_ID_HEADER, KEY_VERSION_HEADER, VERIFIED_HEADER,
 };
-use crate::hooks::{NotificationHook, CONFLICT_HEADER};
-use crate::journal::{self, Entry, Journal, DELIVER_QUERY_HEADER, EVENT_ID_HEADER};
+use crate::hooks::NotificationHook;
+use crate::journal::{self, Entry, Journal};
 use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
-use crate::metrics::{Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
 use crate::protocol::{
     ack_signature_headers, content_digest, format_iso8601, parse_request_time, Reason, Verified,
-    ACK_BODY,
+    ACK_BODY, INBOUND_API_LABEL,
 };
 use crate::replay::{self, InFlight, ReplayWindow, StillInFlight, Turn};
+use crate::report::{Direction, Outcome, Report, UpstreamTiming, VerificationResult};
 use crate::state::SidecarState;
 use crate::upstream::{Upstream, UpstreamClient, UpstreamRequest};
 

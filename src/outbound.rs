@@ -29,14 +29,14 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::{Config, MerchantConfig, OutboundConfig, RequestTimeFormat};
 use crate::envelope::SidecarError;
-use crate::exchange::{self, echo, now_millis, KEY_VERSION_HEADER, VERIFIED_HEADER};
-use crate::handler::{
-    BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
-};
+use crate::exchange::{self, echo, now_millis};
+use crate::handler::{BodyPolicy, Handler, Marker, Refusal, Reply, Request, Stop};
+use crate::headers::{KEY_VERSION_HEADER, VERIFIED_HEADER};
 use crate::hooks::PayHook;
 use crate::keyset::{Credential, KeySet};
 use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
-use crate::metrics::{self, Direction, Outcome, VerificationResult};
+use crate::metrics;
+use crate::report::{Direction, Outcome, Report, UpstreamTiming, VerificationResult};
 use crate::protocol::{
     content_digest, format_epoch_millis, format_iso8601, parse_request_time, sign_digest,
     ApiKeyEnv, Reason,
@@ -155,10 +155,8 @@ impl<G: UpstreamClient> OutboundMerchant<G> {
     }
 }
 
-/// Names the merchant of a request on a shared outbound listener with several merchants.
-/// Stripped before forwarding (like every `X-Alipay-Sidecar-*` header), ignored where the
-/// listener already decides the merchant.
-pub const MERCHANT_HEADER: &str = "X-Alipay-Sidecar-Merchant";
+// re-exported for the reconciler, which names it here; the name lives in crate::headers
+pub use crate::headers::MERCHANT_HEADER;
 
 /// The outbound signing handler.
 pub struct Outbound<G> {
