@@ -73,6 +73,7 @@ mod testing;
 pub mod tls;
 pub mod tools;
 pub mod upstream;
+pub mod wiring;
 
 /// The fake Alipay gateway (crate `ams-mock-gateway`), under its old path so callers keep
 /// `alipay_sidecar::mock_gateway::…`.
