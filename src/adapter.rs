@@ -32,9 +32,9 @@ use crate::budget::{BodyBudget, Reservation};
 use crate::envelope::SidecarError;
 use crate::exchange::{echo, origin_form};
 use crate::handler::{BodyPolicy, Handler, Refusal, Reply, Request};
-use crate::report::Report;
 use crate::logging::Throttle;
 use crate::metrics::{self, BodyKind, Direction};
+use crate::report::Report;
 use crate::state::SidecarState;
 
 /// A [`Handler`] served by pingora.

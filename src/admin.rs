@@ -40,8 +40,8 @@ pub fn service(
     traffic: Vec<(&'static str, SocketAddr)>,
     wiring: &Wiring,
 ) -> Box<dyn ServiceWithDependents> {
-    let app = Admin::new(state.clone(), reloader, traffic)
-        .with_hosts(config.admin.allowed_hosts.clone());
+    let app =
+        Admin::new(state.clone(), reloader, traffic).with_hosts(config.admin.allowed_hosts.clone());
     let mut admin = Service::new(
         "admin".to_string(),
         Limited::new(

@@ -66,7 +66,10 @@ mod tests {
             DELIVER_PATH_HEADER,
             DELIVER_QUERY_HEADER,
         ] {
-            assert!(name.to_ascii_lowercase().starts_with(SIDECAR_PREFIX), "{name}");
+            assert!(
+                name.to_ascii_lowercase().starts_with(SIDECAR_PREFIX),
+                "{name}"
+            );
         }
     }
 }

@@ -35,11 +35,11 @@ use crate::hooks::PayHook;
 use crate::keyset::{Credential, KeySet};
 use crate::merchants::{unselected_label, KeySource, Selected};
 use crate::metrics;
-use crate::report::{Direction, Outcome, Report, UpstreamTiming, VerificationResult};
 use crate::protocol::{
     content_digest, format_epoch_millis, format_iso8601, parse_request_time, sign_digest,
     ApiKeyEnv, Reason,
 };
+use crate::report::{Direction, Outcome, Report, UpstreamTiming, VerificationResult};
 use crate::upstream::{UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
 
 /// Responses larger than this are refused (Alipay's answers are a few KiB).
