@@ -66,6 +66,7 @@ pub mod report;
 pub mod retention;
 pub mod schedule;
 pub mod server;
+pub mod shutdown;
 pub mod state;
 pub mod store;
 #[cfg(test)]

@@ -1,22 +1,18 @@
 //! `alipay-sidecar run`: one pingora server with three listeners — outbound (signing proxy),
-//! inbound (notification verifier) and admin — plus the key-reload background task.
+//! inbound (notification verifier) and admin — plus the background tasks (key reload, the
+//! reconciler, the delivery worker, retention, readiness).
 //!
-//! Shutdown: pingora stops accepting the moment its shutdown watch returns, and its grace
-//! period is a fixed sleep. The sidecar's own [`ShutdownSignalWatch`] therefore does the
-//! draining before it returns: on SIGTERM or SIGINT it turns readiness to 503 at once, keeps
-//! serving (including new connections) for `shutdown_grace` so load balancers notice, then
-//! waits up to `shutdown_timeout` for in-flight requests to finish, and only then lets pingora
-//! stop the listeners. SIGQUIT does the same (pingora's socket hand-over on SIGQUIT needs an
-//! `--upgrade` process this binary does not offer).
+//! Each service is built beside its handler (`outbound::services`, `inbound::service`,
+//! `admin::service`) from the [`Wiring`] this file prepares; this file loads the
+//! configuration and keys, opens what the services share, adds them and runs the server until
+//! [`DrainOnSignal`] (in [`crate::shutdown`]) says to stop.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 
 use crate::config::{Config, MerchantConfig};
@@ -24,6 +20,7 @@ use crate::keyset::KeySet;
 use crate::listen::{ReadyTask, Reserved};
 use crate::merchants::Merchants;
 use crate::reload::{publish_key_metrics, ReloadTask, Reloader};
+use crate::shutdown::DrainOnSignal;
 use crate::state::SidecarState;
 use crate::store::StateStore;
 use crate::wiring::{Wanted, Wiring};
@@ -295,11 +292,11 @@ pub fn build(
     ));
     tracing::info!(listen = %admin_listen, merchants = ?config.merchants.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), engine = crate::protocol::ENGINE, "admin listener; sidecar starting");
 
-    let drain = DrainOnSignal {
+    let drain = DrainOnSignal::new(
         state,
-        grace: config.server.shutdown_grace,
-        timeout: config.server.shutdown_timeout,
-    };
+        config.server.shutdown_grace,
+        config.server.shutdown_timeout,
+    );
     Ok(Built {
         server,
         drain,
@@ -351,54 +348,4 @@ fn server_conf(config: &Config) -> ServerConf {
         .display()
         .to_string();
     conf
-}
-
-/// Waits for SIGTERM, SIGINT or SIGQUIT, drains, then tells pingora to stop.
-pub struct DrainOnSignal {
-    state: Arc<SidecarState>,
-    grace: Duration,
-    timeout: Duration,
-}
-
-#[async_trait]
-impl ShutdownSignalWatch for DrainOnSignal {
-    async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::quit()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stopping");
-            return ShutdownSignal::FastShutdown;
-        };
-        // SIGQUIT drains too: pingora's socket hand-over to a new process (`--upgrade`) is
-        // not offered by this binary, so an "upgrade" would hand the sockets to nobody.
-        let which = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-            _ = quit.recv() => "SIGQUIT",
-        };
-        self.state.start_draining();
-        tracing::info!(
-            signal = which,
-            grace_s = self.grace.as_secs_f64(),
-            "shutdown: readiness is now 503; still serving during the grace period"
-        );
-        tokio::time::sleep(self.grace).await;
-        let start = Instant::now();
-        while self.state.in_flight() > 0 && start.elapsed() < self.timeout {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let left = self.state.in_flight();
-        if left > 0 {
-            tracing::warn!(
-                in_flight = left,
-                "shutdown_timeout reached with requests still in flight"
-            );
-        } else {
-            tracing::info!("shutdown: all in-flight requests finished");
-        }
-        ShutdownSignal::GracefulTerminate
-    }
 }
