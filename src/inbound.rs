@@ -32,6 +32,10 @@
 //!
 //! Byte-exactness: the body is read once; those bytes are verified and those same bytes are
 //! forwarded; the app's answer body is relayed as received.
+//!
+//! Layout: this file checks and decides; `deliver.rs` hands a verified notification to the
+//! app (through the journal, or in line once); `service.rs` builds the listener
+//! ([`service`]); `tests/` holds the unit tests by concern.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

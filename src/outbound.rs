@@ -18,6 +18,10 @@
 //! same bytes are sent; the response body is verified as received and those same bytes are
 //! returned. JSON is never re-serialised (the response body is parsed only to read
 //! `result.resultStatus` of an unsigned answer).
+//!
+//! Layout: this file signs, forwards and judges the answer; `policy.rs` holds the settings and
+//! the pure path and `Host` checks; `service.rs` builds the listeners ([`services`]); `tests/`
+//! holds the unit tests by concern.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
