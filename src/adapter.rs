@@ -33,8 +33,8 @@ use crate::envelope::SidecarError;
 use crate::exchange::{echo, origin_form};
 use crate::handler::{BodyPolicy, Handler, Refusal, Reply, Request};
 use crate::logging::Throttle;
-use crate::metrics::{self, BodyKind, Direction};
-use crate::report::Report;
+use crate::metrics::{self, BodyKind};
+use crate::report::{Direction, Report};
 use crate::state::SidecarState;
 
 /// A [`Handler`] served by pingora.
