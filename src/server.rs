@@ -17,7 +17,7 @@ use pingora::services::background::background_service;
 
 use crate::config::{Config, MerchantConfig};
 use crate::keyset::KeySet;
-use crate::listen::{ReadyTask, Reserved};
+use crate::listen::ReadyTask;
 use crate::merchants::Merchants;
 use crate::reload::{publish_key_metrics, ReloadTask, Reloader};
 use crate::shutdown::DrainOnSignal;
@@ -195,16 +195,7 @@ pub fn build(
     if let Some(i) = &config.inbound {
         wanted.push((i.listen, "inbound", "inbound.listen".to_string()));
     }
-    let mut listeners: Vec<Reserved> = Vec::new();
-    for (addr, name, key) in &wanted {
-        let reserved = crate::listen::reserve(*name, *addr).map_err(|e| {
-            config.error_at(
-                key,
-                format!("cannot listen on {addr}: {e}; pick a free address or stop the process using it"),
-            )
-        })?;
-        listeners.push(reserved);
-    }
+    let listeners = crate::wiring::reserve(&config, &wanted)?;
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();

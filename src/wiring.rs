@@ -13,7 +13,7 @@ use std::sync::Arc;
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 
-use crate::config::ServerConfig;
+use crate::config::{Config, ConfigError, ServerConfig};
 use crate::limits::ListenerLimits;
 use crate::listen::Reserved;
 
@@ -21,6 +21,23 @@ use crate::listen::Reserved;
 /// `listener` label, logs, readiness) and the config key that names the address (for the
 /// error when it cannot be bound).
 pub type Wanted = (SocketAddr, &'static str, String);
+
+/// Reserves every `wanted` listener (picking the port of a port-0 one, held until pingora has
+/// bound it), before pingora's listener setup, so that an address in use fails early with a
+/// message naming its config key.
+pub fn reserve(config: &Config, wanted: &[Wanted]) -> Result<Vec<Reserved>, ConfigError> {
+    wanted
+        .iter()
+        .map(|(addr, name, key)| {
+            crate::listen::reserve(*name, *addr).map_err(|e| {
+                config.error_at(
+                    key,
+                    format!("cannot listen on {addr}: {e}; pick a free address or stop the process using it"),
+                )
+            })
+        })
+        .collect()
+}
 
 /// The shared inputs of the service constructors.
 pub struct Wiring {
