@@ -31,10 +31,11 @@ use alipay_sidecar::handler::{Handler, Reply, Request};
 use alipay_sidecar::inbound::{AppRoute, Inbound, InboundMerchant, InboundPolicy};
 use alipay_sidecar::keyset::KeySet;
 use alipay_sidecar::merchants::KeySource;
+use alipay_sidecar::metrics::Outcome;
 use alipay_sidecar::outbound::{Outbound, OutboundMerchant, OutboundPolicy};
 use alipay_sidecar::preflight;
 use alipay_sidecar::protocol::{
-    content_to_sign, format_iso8601, sign_content, Outcome, PrivateKey, ACK_BODY,
+    content_to_sign, format_iso8601, sign_content, PrivateKey, ACK_BODY,
 };
 use alipay_sidecar::upstream::{UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
 use bytes::Bytes;

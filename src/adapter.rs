@@ -31,9 +31,10 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::budget::{BodyBudget, Reservation};
 use crate::envelope::SidecarError;
 use crate::exchange::{echo, origin_form};
-use crate::handler::{BodyPolicy, Handler, Refusal, Reply, Report, Request};
+use crate::handler::{BodyPolicy, Handler, Refusal, Reply, Request};
 use crate::logging::Throttle;
-use crate::metrics::{self, BodyKind, Direction};
+use crate::metrics::{self, BodyKind};
+use crate::report::{Direction, Report};
 use crate::state::SidecarState;
 
 /// A [`Handler`] served by pingora.

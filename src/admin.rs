@@ -18,12 +18,41 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Response;
-use pingora::apps::http_app::ServeHttp;
+use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::protocols::http::ServerSession;
+use pingora::services::listening::Service;
+use pingora::services::ServiceWithDependents;
 
+use crate::config::Config;
 use crate::envelope::SidecarError;
+use crate::limits::Limited;
 use crate::reload::Reloader;
 use crate::state::SidecarState;
+use crate::wiring::Wiring;
+
+/// The `admin` listener of `[admin]`: serves `state`, reloads through `reloader`; its
+/// readiness checks that every traffic listener (name, address actually bound) accepts
+/// connections.
+pub fn service(
+    config: &Config,
+    state: &Arc<SidecarState>,
+    reloader: Arc<Reloader>,
+    traffic: Vec<(&'static str, SocketAddr)>,
+    wiring: &Wiring,
+) -> Box<dyn ServiceWithDependents> {
+    let app =
+        Admin::new(state.clone(), reloader, traffic).with_hosts(config.admin.allowed_hosts.clone());
+    let mut admin = Service::new(
+        "admin".to_string(),
+        Limited::new(
+            HttpServer::new_app(app),
+            "admin",
+            wiring.limits(config.admin.max_connections),
+        ),
+    );
+    wiring.listen("admin", &mut admin);
+    Box::new(admin)
+}
 
 /// The admin HTTP app.
 pub struct Admin {
@@ -112,7 +141,7 @@ impl ServeHttp for Admin {
 fn refusal(error: SidecarError, message: &str) -> Response<Vec<u8>> {
     let mut r = reply(403, "text/plain", format!("{}: {message}\n", error.code()));
     if let Ok(v) = http::HeaderValue::from_str(error.code()) {
-        r.headers_mut().insert(crate::exchange::ERROR_HEADER, v);
+        r.headers_mut().insert(crate::headers::ERROR_HEADER, v);
     }
     crate::metrics::metrics().record_error(error.code());
     r

@@ -37,12 +37,11 @@ use pingora::services::background::{background_service, BackgroundService, GenBa
 use sidecar_store::Delivery;
 
 use crate::config::Config;
-use crate::exchange::{now_millis, VERIFIED_HEADER};
+use crate::exchange::now_millis;
+use crate::headers::VERIFIED_HEADER;
+use crate::headers::{DELIVER_PATH_HEADER, DELIVER_QUERY_HEADER, EVENT_ID_HEADER};
 use crate::inbound::{AppRoute, MAX_APP_RESPONSE_BYTES};
-use crate::journal::{
-    self, DeliveryOutcome, DeliveryQueue, DELIVER_PATH_HEADER, DELIVER_QUERY_HEADER,
-    EVENT_ID_HEADER,
-};
+use crate::journal::{self, DeliveryOutcome, DeliveryQueue};
 use crate::schedule::{claim_owner, next_attempt_at};
 use crate::store::StateStore;
 use crate::upstream::{Upstream, UpstreamClient, UpstreamRequest};

@@ -1,20 +1,15 @@
 //! What the outbound and inbound handlers share, pure: the request target in origin form,
-//! copying headers across a hop, the sidecar's own header names, and small readers
-//! (`result.resultStatus`, a header's text, the clock).
+//! copying headers across a hop (the sidecar's own header names are in [`crate::headers`]),
+//! and small readers (`result.resultStatus`, a header's text, the clock).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-/// Header the sidecar adds to what it hands on, saying what was checked.
-pub const VERIFIED_HEADER: &str = "X-Alipay-Sidecar-Verified";
-/// The Alipay key version that verified the message.
-pub const KEY_VERSION_HEADER: &str = "X-Alipay-Sidecar-Key-Version";
-/// The sidecar's error code, also in the JSON body, for clients that only read headers.
-pub const ERROR_HEADER: &str = "X-Alipay-Sidecar-Error";
-/// Prefix of the sidecar's own headers; incoming ones are dropped so none can be forged.
-const SIDECAR_PREFIX: &str = "x-alipay-sidecar-";
+use crate::headers::SIDECAR_PREFIX;
+// re-exported for the files that still name it here (delivery, reconcile); the name lives in
+// crate::headers
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and framing, which each hop sets for itself.
 const HOP_BY_HOP: &[&str] = &[

@@ -1,6 +1,7 @@
 //! The request-handling core as data in, data out: what a direction's handler takes
 //! ([`Request`]), what it gives back ([`Reply`], carrying a [`Report`] of what happened), and
-//! the [`Handler`] contract the one pingora adapter ([`crate::adapter`]) drives.
+//! the [`Handler`] contract the one pingora adapter ([`crate::adapter`]) drives. The
+//! [`Report`] and its closed label sets are in [`crate::report`].
 //!
 //! Why: a handler that only turns a value into a value can be unit-tested for every policy
 //! branch without sockets, and the side effects (reading the request, writing the reply, the
@@ -19,8 +20,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::budget::BodyBudget;
 use crate::envelope::{SidecarError, Status};
-use crate::exchange::ERROR_HEADER;
-use crate::metrics::{Direction, Outcome, VerificationResult};
+use crate::headers::ERROR_HEADER;
+use crate::report::{Direction, Outcome, Report, VerificationResult};
 
 /// One request as received, whole: what is signed or verified, and what is forwarded.
 #[derive(Debug)]
@@ -74,92 +75,6 @@ impl Refusal {
     pub fn with_verification(mut self, result: VerificationResult) -> Self {
         self.verification = Some(result);
         self
-    }
-}
-
-/// What an upstream exchange took (gateway outbound, the app inbound).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UpstreamTiming {
-    /// Time spent waiting for the upstream, its body included.
-    pub elapsed: Duration,
-    /// The upstream's HTTP status.
-    pub status: u16,
-    /// The size of the upstream's body as received.
-    pub body_bytes: usize,
-}
-
-/// The facts of one handled request: what the adapter turns into the request metrics and
-/// one log line. Built by whoever decided the answer (the handler, or the adapter when the
-/// request was refused before it reached the handler); read once.
-#[derive(Debug, Clone)]
-pub struct Report {
-    /// The merchant the request was for (`default` with a single-merchant config): a
-    /// metric label bounded by the config.
-    pub merchant: Arc<str>,
-    /// `api` label (closed set, see [`crate::metrics::api_label`]).
-    pub api: &'static str,
-    /// How the request ended.
-    pub outcome: Outcome,
-    /// The status the sidecar answered with.
-    pub status: u16,
-    /// The sidecar error code, when the sidecar refused.
-    pub error: Option<SidecarError>,
-    /// The result of the one signature check, when one was made.
-    pub verification: Option<VerificationResult>,
-    /// What went wrong, for the log line (never key material or bodies).
-    pub detail: Option<String>,
-    /// The key version that verified.
-    pub key_version: Option<String>,
-    /// SHA-256 of the content that was checked, for comparing with the other side.
-    pub content_sha256: Option<String>,
-    /// The request body size, once it was read.
-    pub request_bytes: Option<usize>,
-    /// The upstream exchange, when one completed.
-    pub upstream: Option<UpstreamTiming>,
-    /// The size of the body the sidecar answered with.
-    pub response_bytes: usize,
-    /// Time one signing took (the request outbound, the acknowledgement inbound).
-    pub sign_time: Option<Duration>,
-    /// Time the signature verification took.
-    pub verify_time: Option<Duration>,
-    /// Outbound: the gateway's `result.resultStatus` of a 200 answer (`S`, `F`, `U`, `none`).
-    pub gateway_result_status: Option<&'static str>,
-    /// Inbound: the skew between `Request-Time` and the sidecar's clock, when it parsed.
-    pub time_skew_ms: Option<i64>,
-    /// Inbound: signing the acknowledgement failed (it was sent unsigned).
-    pub ack_signing_failed: bool,
-}
-
-impl Report {
-    /// A report for a request to `merchant` and `api`, not decided yet (`error`, status 0).
-    pub fn new(merchant: Arc<str>, api: &'static str) -> Self {
-        Self {
-            merchant,
-            api,
-            outcome: Outcome::Error,
-            status: 0,
-            error: None,
-            verification: None,
-            detail: None,
-            key_version: None,
-            content_sha256: None,
-            request_bytes: None,
-            upstream: None,
-            response_bytes: 0,
-            sign_time: None,
-            verify_time: None,
-            gateway_result_status: None,
-            time_skew_ms: None,
-            ack_signing_failed: false,
-        }
-    }
-
-    /// Why a signature check failed (log field), when one did.
-    pub fn reason(&self) -> Option<&'static str> {
-        match self.verification? {
-            VerificationResult::Valid | VerificationResult::UnsignedFailure => None,
-            other => Some(other.as_str()),
-        }
     }
 }
 

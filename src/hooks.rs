@@ -8,11 +8,7 @@
 
 use async_trait::async_trait;
 
-/// Marks a verified PAYMENT_RESULT that contradicts the outcome the sidecar recorded and
-/// delivered for that payment (issue 18 M2), e.g. `recorded=cancelled`: Alipay's late S after
-/// the sidecar cancelled the payment at its close time. The notification is still delivered
-/// (it is Alipay's word); the app must inquire (a cancel of a paid payment refunds it).
-pub const CONFLICT_HEADER: &str = "X-Alipay-Sidecar-Conflict";
+// re-exported for the reconciler, which names it here; the name lives in crate::headers
 
 /// Called by the outbound handler for every `payments/pay` whose answer verified (status 200),
 /// once the answer is ready and before it goes back to the app: the reconciler records a pay

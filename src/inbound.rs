@@ -32,6 +32,10 @@
 //!
 //! Byte-exactness: the body is read once; those bytes are verified and those same bytes are
 //! forwarded; the app's answer body is relayed as received.
+//!
+//! Layout: this file checks and decides; `deliver.rs` hands a verified notification to the
+//! app (through the journal, or in line once); `service.rs` builds the listener
+//! ([`service`]); `tests/` holds the unit tests by concern.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,26 +44,21 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use sidecar_store::EventKey;
-
 use crate::budget::BodyBudget;
 use crate::config::{Acknowledge, AppUpstream, Config, Duplicates, InboundConfig, InboundMode};
 use crate::envelope::SidecarError;
-use crate::exchange::{self, echo, header_text, now_millis, KEY_VERSION_HEADER, VERIFIED_HEADER};
-use crate::handler::{
-    BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
-};
-use crate::hooks::{NotificationHook, CONFLICT_HEADER};
-use crate::journal::{self, Entry, Journal, DELIVER_QUERY_HEADER, EVENT_ID_HEADER};
-use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
-use crate::metrics::{Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
+use crate::exchange::{self, echo, header_text, now_millis};
+use crate::handler::{BodyPolicy, Handler, Marker, Refusal, Reply, Request, Stop};
+use crate::hooks::NotificationHook;
+use crate::journal::Journal;
+use crate::merchants::{unselected_label, KeySource, Selected};
 use crate::protocol::{
     ack_signature_headers, content_digest, format_iso8601, parse_request_time, Reason, Verified,
-    ACK_BODY,
+    ACK_BODY, INBOUND_API_LABEL,
 };
-use crate::replay::{self, InFlight, ReplayWindow, StillInFlight, Turn};
-use crate::state::SidecarState;
-use crate::upstream::{Upstream, UpstreamClient, UpstreamRequest};
+use crate::replay::{self, InFlight, ReplayWindow};
+use crate::report::{Direction, Outcome, Report, UpstreamTiming, VerificationResult};
+use crate::upstream::{UpstreamClient, UpstreamRequest};
 
 /// Largest app answer relayed to Alipay (an acknowledgement is ~80 bytes).
 pub const MAX_APP_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -469,198 +468,6 @@ impl<A: UpstreamClient> Inbound<A> {
         Ok((out, answer))
     }
 
-    /// Delivers a notification through the journal (when there is one and it verified):
-    /// records it, suppresses a re-send the app already took, acknowledges a stored one in
-    /// store-and-forward mode, and marks the in-line delivery's outcome. A store failure
-    /// never stops an in-line delivery (the store must never be the reason a payment result
-    /// is lost); in store-and-forward mode it is a 503, so that Alipay re-sends.
-    async fn deliver(
-        &self,
-        selected: &Selected<'_, InboundMerchant<A>>,
-        n: Request,
-        marker: Marker,
-        key_version: Option<&str>,
-        conflict: Option<&str>,
-        report: &mut Report,
-    ) -> Result<(ResponseHeader, Bytes), Stop> {
-        let merchant = selected.merchant;
-        let mut head = self.app_request(
-            &merchant.route,
-            &n.head,
-            &n.target,
-            marker,
-            key_version,
-            n.body.len(),
-        )?;
-        // before the journal copies the headers: a queued delivery carries the mark too
-        if let Some(c) = conflict {
-            head.insert_header(CONFLICT_HEADER, c)?;
-        }
-        let journal = match &self.journal {
-            Some(j) if marker == Marker::Verified => j,
-            None if marker == Marker::Verified => {
-                return self.deliver_once(selected, n, head, report).await
-            }
-            _ => return self.forward(selected, n, head, report).await,
-        };
-        let (path, query) = split_target(&n.target);
-        let key = EventKey::from_notification(&merchant.client_id, path, &n.body);
-        let event_id = key.event_id();
-        let _turn = self.take_turn(&merchant.name, &event_id).await?;
-        let after_store = self.policy.acknowledge == Acknowledge::AfterStore;
-        let now = now_millis();
-        let entry = Entry {
-            merchant: merchant.name.to_string(),
-            key,
-            body: n.body.clone(),
-            headers: stored_headers(&head, query),
-            now,
-            deliver_at: after_store.then_some(now),
-        };
-        let m = journal::metrics();
-        let recorded = match journal.record(entry).await {
-            Ok(r) => r,
-            Err(e) => {
-                m.store_error("record");
-                if after_store {
-                    tracing::warn!(store = journal.location(), error = %e, event_id, "the notification could not be stored; answering 503 so that Alipay re-sends it");
-                    report.detail = Some(e.to_string());
-                    let msg = "the sidecar's store is unavailable; the notification was not \
-                               acknowledged, so Alipay will re-send it";
-                    return Err(Refusal::new(SidecarError::StoreUnavailable, msg).into());
-                }
-                tracing::warn!(store = journal.location(), error = %e, event_id, "the notification could not be recorded in the store; delivering it without de-duplication");
-                head.insert_header(EVENT_ID_HEADER, event_id.as_str())?;
-                return self.forward(selected, n, head, report).await;
-            }
-        };
-        m.recorded(&merchant.name, recorded.inserted);
-        if after_store {
-            if !recorded.inserted {
-                m.duplicate(&merchant.name);
-            }
-            tracing::debug!(
-                event_id,
-                first = recorded.inserted,
-                "notification stored; acknowledged, the delivery worker delivers it"
-            );
-            return self.acknowledge(selected, &n.target, report);
-        }
-        if recorded.already_delivered && self.policy.duplicates == Duplicates::Suppress {
-            m.duplicate(&merchant.name);
-            tracing::info!(event_id, copies = recorded.seen_count, "re-send of a notification the app already took; acknowledged without delivering it again");
-            return self.acknowledge(selected, &n.target, report);
-        }
-        head.insert_header(EVENT_ID_HEADER, event_id.as_str())?;
-        let result = self.forward(selected, n, head, report).await;
-        let now = now_millis();
-        let outcome = match report.upstream.map(|u| u.status) {
-            Some(s) if (200..300).contains(&s) => journal.delivered(&event_id, now).await,
-            status => {
-                let error = match status {
-                    Some(s) => format!("the app answered HTTP {s}"),
-                    None => report
-                        .detail
-                        .clone()
-                        .unwrap_or_else(|| "the app did not answer".into()),
-                };
-                journal.failed(&event_id, &error, now).await
-            }
-        };
-        if let Err(e) = outcome {
-            let op = if report
-                .upstream
-                .is_some_and(|u| (200..300).contains(&u.status))
-            {
-                "mark_delivered"
-            } else {
-                "record_failure"
-            };
-            m.store_error(op);
-            tracing::warn!(store = journal.location(), error = %e, event_id, "the delivery's outcome could not be recorded in the store");
-        }
-        result
-    }
-
-    /// Waits until no other copy of `key` is being delivered (L4), up to the app's timeout
-    /// and a little more; a copy still stuck after that gets a 503, so Alipay re-sends it.
-    async fn take_turn(&self, merchant: &str, key: &str) -> Result<Turn, Stop> {
-        let wait = self.policy.forward_timeout + IN_FLIGHT_MARGIN;
-        match self.in_flight.enter(key, wait).await {
-            Ok(turn) => {
-                if turn.waited {
-                    replay::metrics().waited(merchant);
-                    tracing::info!(key, "a copy of a notification arrived while another copy was with the app; it waited for that delivery");
-                }
-                Ok(turn)
-            }
-            Err(StillInFlight) => {
-                let msg = "another copy of this notification is still being delivered to the \
-                           app; this one was not acknowledged, so Alipay will re-send it";
-                Err(Refusal::new(SidecarError::AppUnavailable, msg).into())
-            }
-        }
-    }
-
-    /// Without a journal: an exact copy of a notification the app already took is
-    /// acknowledged, not delivered again (the replay window, M5); a copy arriving while
-    /// another is with the app waits for it (L4).
-    async fn deliver_once(
-        &self,
-        selected: &Selected<'_, InboundMerchant<A>>,
-        n: Request,
-        head: RequestHeader,
-        report: &mut Report,
-    ) -> Result<(ResponseHeader, Bytes), Stop> {
-        let hex = report.content_sha256.clone().unwrap_or_default();
-        let (Some(window), Some(digest)) = (&self.replays, replay::digest_from_hex(&hex)) else {
-            return self.forward(selected, n, head, report).await;
-        };
-        let merchant = &selected.merchant.name;
-        let _turn = self.take_turn(merchant, &hex).await?;
-        if window.seen(&digest) {
-            replay::metrics().replayed(merchant);
-            tracing::info!(content_sha256 = %hex, "exact copy of a notification the app already took; acknowledged without delivering it again");
-            return self.acknowledge(selected, &n.target, report);
-        }
-        let result = self.forward(selected, n, head, report).await;
-        if report
-            .upstream
-            .is_some_and(|u| (200..300).contains(&u.status))
-        {
-            window.remember(digest);
-        }
-        result
-    }
-
-    /// The request to the app: same headers (minus hop-by-hop and any `X-Alipay-Sidecar-*`),
-    /// the sidecar's markers, the app's Host, the mapped path with the query kept.
-    fn app_request(
-        &self,
-        route: &AppRoute,
-        received: &RequestHeader,
-        target: &str,
-        marker: Marker,
-        key_version: Option<&str>,
-        len: usize,
-    ) -> pingora::Result<RequestHeader> {
-        let (path, query) = split_target(target);
-        let app_target = route.target(path, query);
-        let mut req = RequestHeader::build(
-            "POST",
-            app_target.as_bytes(),
-            Some(received.headers.len() + 4),
-        )?;
-        exchange::forward_request_headers(received, &mut req, &[])?;
-        req.insert_header("Host", route.authority.as_str())?;
-        req.insert_header("Content-Length", len.to_string())?;
-        req.insert_header(VERIFIED_HEADER, marker.as_str())?;
-        if let Some(v) = key_version {
-            req.insert_header(KEY_VERSION_HEADER, v)?;
-        }
-        Ok(req)
-    }
-
     /// Adds `client-id`, `response-time` and `signature` to an acknowledgement. A signing
     /// failure leaves it unsigned (Alipay does not require the signature, spec §6, while an
     /// error would make Alipay re-deliver a notification the app already took).
@@ -702,10 +509,6 @@ impl<A: UpstreamClient> Inbound<A> {
     }
 }
 
-/// How much longer than the app's timeout a copy waits for another copy's delivery (the
-/// journal's writes around it).
-const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(5);
-
 /// One value each of the signed headers: a second copy could be read by the app instead of
 /// the one verified.
 fn duplicate_signed_header(req: &RequestHeader) -> Result<(), Rejection> {
@@ -741,64 +544,6 @@ fn missing_signed_header(
         ));
     }
     Ok(())
-}
-
-/// `path?query` → (`path`, `query`).
-fn split_target(target: &str) -> (&str, Option<&str>) {
-    match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    }
-}
-
-/// The headers a later delivery of this notification carries: those of the in-line request
-/// to the app (`Host` and the framing are the delivery's own), plus the query of the notify
-/// URL as an internal header.
-fn stored_headers(head: &RequestHeader, query: Option<&str>) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = head
-        .headers
-        .iter()
-        .filter(|(name, _)| *name != http::header::HOST && *name != http::header::CONTENT_LENGTH)
-        .map(|(name, value)| {
-            (
-                name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    if let Some(q) = query {
-        out.push((DELIVER_QUERY_HEADER.to_string(), q.to_string()));
-    }
-    out
-}
-
-impl Inbound<Arc<Upstream>> {
-    /// The production handler of `[inbound]`: every merchant of `config`, its live keys from
-    /// `state`, its app (`forward_to`, `path_map`, inherited or its own) through pingora's
-    /// plain-HTTP connector.
-    pub fn from_config(state: Arc<SidecarState>, config: &Config, cfg: &InboundConfig) -> Self {
-        let merchants = config
-            .merchants
-            .iter()
-            .enumerate()
-            .map(|(index, m)| {
-                let app = m.forward_to.as_ref().unwrap_or(&cfg.forward_to);
-                let upstream = Upstream::new(&app.host, app.port, false, None, cfg.forward_timeout);
-                InboundMerchant::new(
-                    &m.name,
-                    &m.client_id,
-                    LiveKeys::new(state.merchants(), index),
-                    Arc::new(upstream),
-                    AppRoute::new(app, m.path_map.clone()),
-                )
-            })
-            .collect();
-        let handler = Self::shared(InboundPolicy::from_config(config, cfg), merchants);
-        match state.store() {
-            Some(store) => handler.with_journal(journal::from_store(store)),
-            None => handler,
-        }
-    }
 }
 
 impl<A: UpstreamClient> Handler for Inbound<A> {
@@ -876,6 +621,11 @@ impl<A: UpstreamClient> Handler for Inbound<A> {
         Reply::finish(result, report)
     }
 }
+
+mod deliver;
+mod service;
+
+pub use service::service;
 
 #[cfg(test)]
 mod tests;

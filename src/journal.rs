@@ -26,18 +26,8 @@ use sidecar_store::{Delivery, EventKey, NewNotification, Recorded, StoreError};
 
 use crate::store::StateStore;
 
-/// The header carrying the event id to the app, stable across Alipay's re-sends.
-pub const EVENT_ID_HEADER: &str = "X-Alipay-Sidecar-Event-Id";
-
-/// Internal header of a stored delivery: the app path to deliver to instead of the notify
-/// path (set by the reconciler from `[reconcile] deliver_path`). Consumed by the delivery
-/// worker, never sent.
-pub const DELIVER_PATH_HEADER: &str = "x-alipay-sidecar-deliver-path";
-
-/// Internal header of a stored delivery: the query string of the notify URL Alipay posted to
-/// (the key and the `path` column hold the path alone). Consumed by the delivery worker,
-/// never sent.
-pub const DELIVER_QUERY_HEADER: &str = "x-alipay-sidecar-deliver-query";
+// re-exported for the delivery worker and the reconciler, which name them here; the names
+// live in crate::headers
 
 /// One verified notification to record.
 #[derive(Debug, Clone)]

@@ -6,11 +6,12 @@
 //! - [`protocol`]: the `ams-signature` crate (crates/ams-signature), re-exported: the AMS
 //!   signature protocol, pure (no I/O, no clock): content to sign, `Signature` header
 //!   format/parse, key loading, sign and verify, the acknowledgement's signature headers; and
-//!   the AMS domain data (API list and labels, directions, outcomes, verification reasons).
+//!   the AMS domain data (API list and labels, verification reasons).
 //! - [`config`]: the TOML configuration schema, environment overrides and validation.
 //! - [`keyset`]: the immutable set of loaded keys; [`preflight`]: the checks that catch
 //!   classic key mix-ups before a set goes live; [`reload`] swaps it atomically at run time.
-//! - [`handler`]: the request-handling core as data in, data out; [`outbound`] and
+//! - [`handler`]: the request-handling core as data in, data out ([`report`]: what a handled
+//!   request records, with its closed label sets; [`headers`]: the sidecar's header names); [`outbound`] and
 //!   [`inbound`] are its two handlers (pure policy, the gateway and the app behind one client
 //!   trait, [`upstream::UpstreamClient`]; what they call after a verified exchange behind the
 //!   traits of [`hooks`], so they never import the reconciler); [`merchants`]: the merchants
@@ -45,6 +46,7 @@ pub(crate) mod envelope;
 pub(crate) mod exchange;
 pub(crate) mod files;
 pub mod handler;
+pub(crate) mod headers;
 pub(crate) mod hooks;
 #[cfg(test)]
 mod import_graph;
@@ -63,9 +65,11 @@ pub mod preflight;
 pub mod reconcile;
 pub(crate) mod reload;
 pub(crate) mod replay;
+pub(crate) mod report;
 pub mod retention;
 pub(crate) mod schedule;
 pub(crate) mod server;
+pub(crate) mod shutdown;
 pub(crate) mod state;
 pub mod store;
 #[cfg(test)]
@@ -73,6 +77,7 @@ mod testing;
 pub mod tls;
 pub(crate) mod tools;
 pub mod upstream;
+pub(crate) mod wiring;
 
 /// The fake Alipay gateway (crate `ams-mock-gateway`), under its old path so callers keep
 /// `alipay_sidecar::mock_gateway::…`.

@@ -27,8 +27,9 @@ use prometheus::{
 
 // The AMS domain data behind the labels lives with the protocol (crate `ams-signature`), one
 // list each; re-exported here because it is what callers label metrics with.
-pub use crate::protocol::{api_label, Direction, Outcome, INBOUND_API_LABEL, OTHER_API_LABEL};
-use crate::protocol::{Reason, VerifyError};
+pub use crate::protocol::{api_label, INBOUND_API_LABEL, OTHER_API_LABEL};
+// re-exported: tests/ and the files that label with them name them here
+pub use crate::report::{Direction, Outcome, VerificationResult};
 
 /// Whole-request and upstream latency buckets (seconds): sub-millisecond sidecar refusals up
 /// to the 15 s default gateway timeout and a bit beyond.
@@ -119,69 +120,6 @@ impl ReloadResult {
             ReloadResult::Success => "success",
             ReloadResult::Failure => "failure",
         }
-    }
-}
-
-/// The result of one signature check, for `alipay_sidecar_signature_verifications_total`.
-/// Failure reasons are static strings so request data can never become a label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum VerificationResult {
-    /// The signature verified.
-    Valid,
-    /// The signature did not verify; pass a [`Reason`] label (`VerifyError::reason()`,
-    /// `Reason::label()`).
-    Invalid(&'static str),
-    /// Inbound: the notification's `client-id` is not the configured client id.
-    WrongClientId,
-    /// Inbound: `Request-Time` is outside `max_request_time_skew`.
-    StaleRequestTime,
-    /// Inbound: `Request-Time` could not be parsed while `max_request_time_skew` is on.
-    UnparseableRequestTime,
-    /// Outbound: an unsigned `resultStatus = "F"` response, accepted by policy.
-    UnsignedFailure,
-    /// Outbound: a signed answer whose `response-time` is outside `max_response_time_skew`.
-    StaleResponseTime,
-    /// Outbound: `response-time` could not be parsed while `max_response_time_skew` is on.
-    UnparseableResponseTime,
-}
-
-impl VerificationResult {
-    /// Every result with a fixed label, for pre-creating series at zero: every signature
-    /// failure [`Reason`] and every policy result.
-    fn fixed() -> impl Iterator<Item = VerificationResult> {
-        let invalid = Reason::ALL
-            .iter()
-            .map(|reason| VerificationResult::Invalid(reason.label()));
-        std::iter::once(VerificationResult::Valid)
-            .chain(invalid)
-            .chain([
-                VerificationResult::WrongClientId,
-                VerificationResult::StaleRequestTime,
-                VerificationResult::UnparseableRequestTime,
-                VerificationResult::UnsignedFailure,
-                VerificationResult::StaleResponseTime,
-                VerificationResult::UnparseableResponseTime,
-            ])
-    }
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VerificationResult::Valid => "valid",
-            VerificationResult::Invalid(reason) => reason,
-            VerificationResult::WrongClientId => "wrong_client_id",
-            VerificationResult::StaleRequestTime => "stale_request_time",
-            VerificationResult::UnparseableRequestTime => "unparseable_request_time",
-            VerificationResult::UnsignedFailure => "unsigned_failure",
-            VerificationResult::StaleResponseTime => "stale_response_time",
-            VerificationResult::UnparseableResponseTime => "unparseable_response_time",
-        }
-    }
-}
-
-impl From<&VerifyError> for VerificationResult {
-    fn from(error: &VerifyError) -> Self {
-        VerificationResult::Invalid(error.reason())
     }
 }
 

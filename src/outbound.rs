@@ -18,8 +18,11 @@
 //! same bytes are sent; the response body is verified as received and those same bytes are
 //! returned. JSON is never re-serialised (the response body is parsed only to read
 //! `result.resultStatus` of an unsigned answer).
+//!
+//! Layout: this file signs, forwards and judges the answer; `policy.rs` holds the settings and
+//! the pure path and `Host` checks; `service.rs` builds the listeners ([`services`]); `tests/`
+//! holds the unit tests by concern.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,22 +30,21 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::config::{Config, MerchantConfig, OutboundConfig, RequestTimeFormat};
+use crate::config::RequestTimeFormat;
 use crate::envelope::SidecarError;
-use crate::exchange::{self, echo, now_millis, KEY_VERSION_HEADER, VERIFIED_HEADER};
-use crate::handler::{
-    BodyPolicy, Handler, Marker, Refusal, Reply, Report, Request, Stop, UpstreamTiming,
-};
+use crate::exchange::{self, echo, now_millis};
+use crate::handler::{BodyPolicy, Handler, Marker, Refusal, Reply, Request, Stop};
+use crate::headers::{KEY_VERSION_HEADER, VERIFIED_HEADER};
 use crate::hooks::PayHook;
 use crate::keyset::{Credential, KeySet};
-use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
-use crate::metrics::{self, Direction, Outcome, VerificationResult};
+use crate::merchants::{unselected_label, KeySource, Selected};
+use crate::metrics;
 use crate::protocol::{
     content_digest, format_epoch_millis, format_iso8601, parse_request_time, sign_digest,
     ApiKeyEnv, Reason,
 };
-use crate::state::SidecarState;
-use crate::upstream::{Upstream, UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::report::{Direction, Outcome, Report, UpstreamTiming, VerificationResult};
+use crate::upstream::{UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
 
 /// Responses larger than this are refused (Alipay's answers are a few KiB).
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
@@ -66,50 +68,6 @@ enum Auth<'a> {
     },
     /// `Authorization: Bearer <key>`.
     Bearer(String),
-}
-
-/// The outbound policy settings (from `[outbound]` and `[server]`), shared by every merchant.
-#[derive(Debug, Clone)]
-pub struct OutboundPolicy {
-    /// Request paths the proxy forwards (whole segments).
-    pub allowed_path_prefixes: Vec<String>,
-    /// Names besides loopback and `localhost` accepted in `Host` on a loopback listener.
-    pub allowed_hosts: Vec<String>,
-    /// Every outbound listener is on loopback: then `Host` must name this sidecar.
-    pub loopback_only: bool,
-    /// Rewrite `/ams/api/` to `/ams/sandbox/api/` for `SANDBOX_` client ids.
-    pub sandbox_path_rewrite: bool,
-    /// Form of the `Request-Time` header the sidecar writes.
-    pub request_time_format: RequestTimeFormat,
-    /// Verify Alipay's response signatures before the app sees them.
-    pub verify_responses: bool,
-    /// Refuse a signed answer whose `response-time` is further than this from now.
-    pub max_response_time_skew: Option<Duration>,
-    /// Whole-exchange timeout to the gateway.
-    pub request_timeout: Duration,
-    /// How request bodies are read.
-    pub body: BodyPolicy,
-}
-
-impl OutboundPolicy {
-    /// The policy of `[outbound]` in `config` for a handler serving on `listeners`.
-    pub fn from_config(config: &Config, cfg: &OutboundConfig, listeners: &[SocketAddr]) -> Self {
-        Self {
-            allowed_path_prefixes: cfg.allowed_path_prefixes.clone(),
-            allowed_hosts: cfg.allowed_hosts.clone(),
-            loopback_only: listeners.iter().all(|a| a.ip().is_loopback()),
-            sandbox_path_rewrite: cfg.sandbox_path_rewrite,
-            request_time_format: cfg.request_time_format,
-            verify_responses: cfg.verify_responses,
-            max_response_time_skew: cfg.max_response_time_skew,
-            request_timeout: cfg.request_timeout,
-            body: BodyPolicy {
-                max_bytes: cfg.max_body_bytes,
-                limit_key: "[outbound] max_body_bytes",
-                timeout: config.server.body_read_timeout,
-            },
-        }
-    }
 }
 
 /// One merchant as the outbound handler needs it.
@@ -155,10 +113,8 @@ impl<G: UpstreamClient> OutboundMerchant<G> {
     }
 }
 
-/// Names the merchant of a request on a shared outbound listener with several merchants.
-/// Stripped before forwarding (like every `X-Alipay-Sidecar-*` header), ignored where the
-/// listener already decides the merchant.
-pub const MERCHANT_HEADER: &str = "X-Alipay-Sidecar-Merchant";
+// re-exported for the reconciler, which names it here; the name lives in crate::headers
+use crate::headers::MERCHANT_HEADER;
 
 /// The outbound signing handler.
 pub struct Outbound<G> {
@@ -628,28 +584,6 @@ impl<G: UpstreamClient> Outbound<G> {
     }
 }
 
-impl OutboundMerchant<Arc<Upstream>> {
-    /// The production form of the `index`-th merchant of the config: its live keys from
-    /// `state`, its gateway through `upstream` (pingora's connector, shared by every listener
-    /// that serves this merchant, so they share one connection pool).
-    pub fn from_config(
-        state: &Arc<SidecarState>,
-        index: usize,
-        merchant: &MerchantConfig,
-        gateway: &crate::config::Gateway,
-        upstream: Arc<Upstream>,
-    ) -> Self {
-        OutboundMerchant::new(
-            &merchant.name,
-            &merchant.client_id,
-            merchant.agent_token.clone(),
-            LiveKeys::new(state.merchants(), index),
-            upstream,
-            (&gateway.host, gateway.port),
-        )
-    }
-}
-
 impl<G: UpstreamClient> Handler for Outbound<G> {
     const DIRECTION: Direction = Direction::Outbound;
 
@@ -731,72 +665,11 @@ impl<G: UpstreamClient> Handler for Outbound<G> {
     }
 }
 
-/// The outbound target check (pure): the path (the part before `?`) must not hold a dot
-/// segment in any spelling (`.`, `..`, `%2e`, `.%2E`, …), an encoded slash or backslash
-/// (`%2f`, `%5c`), a raw backslash, a `;` path parameter or a `#`, and must lie inside one
-/// of `prefixes` by whole segments (`/a/b` allows `/a/b` and `/a/b/c`, never `/a/bc`). The
-/// bytes that are signed and sent stay exactly those received; this only decides.
-pub fn target_allowed(target: &str, prefixes: &[String]) -> Result<(), String> {
-    let path = target.split('?').next().unwrap_or("");
-    let lower = path.to_ascii_lowercase();
-    let problem = if path.contains('\\') || lower.contains("%5c") {
-        Some("a backslash")
-    } else if lower.contains("%2f") {
-        Some("an encoded slash (%2F)")
-    } else if path.contains(';') {
-        Some("a ';' path parameter")
-    } else if path.contains('#') {
-        Some("a '#'")
-    } else if lower
-        .split('/')
-        .any(|seg| matches!(seg.replace("%2e", ".").as_str(), "." | ".."))
-    {
-        Some("a dot segment (. or .., also percent-encoded)")
-    } else {
-        None
-    };
-    let inside = |p: &String| {
-        path.starts_with(p.as_str())
-            && (p.ends_with('/') || path.len() == p.len() || path[p.len()..].starts_with('/'))
-    };
-    match problem {
-        None if prefixes.iter().any(inside) => Ok(()),
-        None => Err(format!(
-            "path \"{}\" is not allowed; allowed prefixes (whole path segments): {}",
-            exchange::echo(path),
-            prefixes.join(", ")
-        )),
-        Some(what) => Err(format!(
-            "path \"{}\" holds {what}, which the gateway could resolve outside the allowed \
-             prefixes; send the plain path",
-            exchange::echo(path)
-        )),
-    }
-}
+mod policy;
+mod service;
 
-/// The host of a `Host` header value, without its port and IPv6 brackets.
-pub fn host_name(host: &str) -> &str {
-    let host = host.trim();
-    if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        match host.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => host,
-        }
-    }
-}
-
-/// Whether a `Host` header value names this sidecar on a loopback listener: a loopback IP
-/// (`127.0.0.1`, `[::1]`, with or without port), `localhost`, or an `allowed_hosts` entry.
-pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
-    let name = host_name(host).trim_end_matches('.').to_ascii_lowercase();
-    if name == "localhost" || allowed.contains(&name) {
-        return true;
-    }
-    name.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
-}
+pub use policy::{host_allowed, host_name, target_allowed, OutboundPolicy};
+pub use service::{listeners, services, OutboundServices};
 
 #[cfg(test)]
 mod tests;

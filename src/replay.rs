@@ -37,7 +37,7 @@ use tokio::sync::Notify;
 /// The SHA-256 of a notification's signed content.
 pub type Digest = [u8; 32];
 
-/// Parses a 64-digit hex SHA-256 (as [`crate::handler::Report::content_sha256`] holds it).
+/// Parses a 64-digit hex SHA-256 (as [`crate::report::Report::content_sha256`] holds it).
 pub fn digest_from_hex(hex: &str) -> Option<Digest> {
     let bytes = hex.as_bytes();
     if bytes.len() != 64 {

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::merchants::Merchants;
-use crate::metrics::{self, Direction, InFlightGuard};
+use crate::metrics::{self, InFlightGuard};
+use crate::report::Direction;
 use crate::store::StateStore;
 
 /// Shared by the outbound, inbound and admin services and the reload task.

@@ -49,7 +49,7 @@ pub(super) async fn start_receiver(
                             .to_string();
                         let source = req
                             .headers()
-                            .get(crate::reconcile::SOURCE_HEADER)
+                            .get(crate::headers::SOURCE_HEADER)
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_string);
                         let body = req

@@ -152,7 +152,7 @@ impl HeadLimited {
                 "HTTP/1.1 {} {}\r\nContent-Type: application/json; charset=UTF-8\r\n{}: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 error.http_status(),
                 if matches!(v, Violation::TooLarge) { "Request Header Fields Too Large" } else { "Request Timeout" },
-                crate::exchange::ERROR_HEADER,
+                crate::headers::ERROR_HEADER,
                 error.code(),
                 body.len()
             );

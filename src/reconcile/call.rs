@@ -9,10 +9,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 
-use crate::exchange::VERIFIED_HEADER;
 use crate::handler::{Handler, Marker, Request};
+use crate::headers::MERCHANT_HEADER;
+use crate::headers::VERIFIED_HEADER;
 use crate::metrics::Direction;
-use crate::outbound::{Outbound, MERCHANT_HEADER};
+use crate::outbound::Outbound;
 use crate::upstream::UpstreamClient;
 
 /// The inquiry, after `/ams/api/` (or `/ams/sandbox/api/`).

@@ -1,6 +1,6 @@
 //! Closing (the inbound side): a verified PAYMENT_RESULT with a final result closes the
 //! merchant's pay record (outcome `notified`, no inquiry made); one that contradicts the
-//! outcome of an already closed record is marked for the app ([`crate::hooks::CONFLICT_HEADER`]).
+//! outcome of an already closed record is marked for the app ([`crate::headers::CONFLICT_HEADER`]).
 
 use std::sync::Arc;
 
@@ -33,7 +33,7 @@ fn final_result(body: &[u8]) -> Option<(String, &'static str)> {
     str_field(&o, "paymentRequestId").map(|id| (id.to_string(), status))
 }
 
-/// The value of [`crate::hooks::CONFLICT_HEADER`] for a verified PAYMENT_RESULT with `result.resultStatus`
+/// The value of [`crate::headers::CONFLICT_HEADER`] for a verified PAYMENT_RESULT with `result.resultStatus`
 /// `status` about a payment whose record was closed with `recorded` (pure, issue 18 M2):
 /// `recorded=<outcome>` when the result contradicts what the sidecar already delivered to the
 /// app — S after the sidecar cancelled the payment or found it failed, F after it found it

@@ -59,8 +59,9 @@ use pingora::services::background::{background_service, BackgroundService, GenBa
 use sidecar_store::{EventKey, PayOutcome, PayRecord};
 
 use crate::config::ReconcileConfig;
-use crate::exchange::{now_millis, VERIFIED_HEADER};
+use crate::exchange::now_millis;
 use crate::handler::Marker;
+use crate::headers::VERIFIED_HEADER;
 use crate::hooks::NotificationHook;
 use crate::journal::Entry;
 use crate::outbound::Outbound;
@@ -94,15 +95,7 @@ pub use result::{
 use result::{json_object, result_field};
 pub use store::{Closed, PayStore};
 
-/// Marks a delivery the sidecar built from an API answer instead of relaying Alipay's
-/// notification (value `inquiryPayment`, also for the outcome of a cancel at expiry).
-pub const SOURCE_HEADER: &str = "X-Alipay-Sidecar-Source";
-/// Marks a verified PAYMENT_RESULT that contradicts a recorded outcome (declared beside the
-/// hook that returns its value, [`crate::hooks`]).
-pub use crate::hooks::CONFLICT_HEADER;
-/// Internal header recorded with a reconciled event when `[reconcile] deliver_path` is set:
-/// the journal's delivery worker delivers to that path instead of the notify path.
-pub use crate::journal::DELIVER_PATH_HEADER;
+pub(crate) use crate::headers::{DELIVER_PATH_HEADER, SOURCE_HEADER};
 /// The value of [`SOURCE_HEADER`].
 pub const SOURCE_INQUIRY: &str = "inquiryPayment";
 

@@ -17,7 +17,7 @@
 //!
 //! The AMS domain data the sidecar labels its traffic with lives here too, one list each, so
 //! that metrics, logs and tools cannot disagree: the AMS API list ([`api_label`]), the
-//! directions and outcomes ([`Direction`], [`Outcome`]), the verification failure reasons
+//! verification failure reasons
 //! ([`Reason`]), the gateway's credential rejections ([`CREDENTIAL_REJECTIONS`]) and the
 //! API-key format ([`ApiKey`]).
 //!
@@ -33,7 +33,6 @@ mod header;
 mod keys;
 mod rejection;
 mod time;
-mod traffic;
 mod verify;
 
 pub use ack::{ack_signature_headers, ACK_BODY};
@@ -43,7 +42,6 @@ pub use content::{content_digest, content_to_sign, sha256_hex, ContentDigest, Co
 pub use rejection::{
     credential_rejection, rejection_meaning, CREDENTIAL_REJECTIONS, OTHER_REJECTION_LABEL,
 };
-pub use traffic::{Direction, Outcome};
 
 /// The crypto engine this build signs and verifies with, so logs and `check-config` can say
 /// which one runs.
