@@ -187,8 +187,10 @@ fn java_url_decode(value: &str) -> Result<Vec<u8>, String> {
 }
 
 /// The gateway's signing half: the "Alipay" private key and the keyVersion it announces.
+/// Cheap to clone (the key is shared), so a signature can be made on a blocking thread.
+#[derive(Clone)]
 pub(crate) struct AlipaySigner {
-    key: SigningKey<Sha256>,
+    key: std::sync::Arc<SigningKey<Sha256>>,
     key_version: String,
     public_pem: String,
 }
@@ -200,7 +202,7 @@ impl AlipaySigner {
             .to_public_key_pem(LineEnding::LF)
             .map_err(|e| format!("cannot encode the public key as PEM ({e})"))?;
         Ok(AlipaySigner {
-            key: SigningKey::<Sha256>::new(key),
+            key: std::sync::Arc::new(SigningKey::<Sha256>::new(key)),
             key_version,
             public_pem,
         })
@@ -208,6 +210,32 @@ impl AlipaySigner {
 
     pub(crate) fn public_pem(&self) -> &str {
         &self.public_pem
+    }
+
+    /// [`Self::signature_header`] on tokio's blocking pool, then `hold` more there (fault
+    /// `slow_sign`).
+    ///
+    /// Why: an RSA-2048 signature with the `rsa` crate is pure CPU, tens of milliseconds in a
+    /// debug build and more on a loaded machine. Made on the async workers (two, shared by
+    /// every gateway of the test binary), 64 answers signed at once held them for seconds,
+    /// so the TLS handshakes of the sidecar's new connections waited behind them and ran
+    /// past its `connect_timeout`: one of 64 concurrent requests came back 504 (issue 20,
+    /// item 9). Off the workers, accepting and handshaking never wait for signing.
+    pub(crate) async fn signature_header_off_runtime(
+        &self,
+        content: Vec<u8>,
+        hold: Option<std::time::Duration>,
+    ) -> Result<String, String> {
+        let signer = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let header = signer.signature_header(&content);
+            if let Some(hold) = hold {
+                std::thread::sleep(hold);
+            }
+            header
+        })
+        .await
+        .map_err(|e| format!("the signing task failed ({e})"))?
     }
 
     /// Signs `content` and returns the complete `Signature` header value.
