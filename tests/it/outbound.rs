@@ -409,7 +409,9 @@ fn a_gateway_busy_signing_does_not_stall_the_handshakes_of_other_requests() {
         "the check is only meaningful while slow signatures are still being made"
     );
     for h in slow {
-        h.join().unwrap().assert_status(200, "a slowly signed answer");
+        h.join()
+            .unwrap()
+            .assert_status(200, "a slowly signed answer");
     }
 }
 
@@ -633,4 +635,3 @@ fn a_gateway_answer_signed_in_2001_is_refused_not_relayed_as_verified() {
     );
     drop(gw);
 }
-

@@ -66,7 +66,10 @@ impl TestDb {
                 let why = format!(
                     "{PG_ENV} is not set (export {PG_ENV}=\"$(scripts/test-postgres.sh start)\" to run it)"
                 );
-                assert!(!under_ci(), "CI=true: {test} (PostgreSQL) must run, but {why}");
+                assert!(
+                    !under_ci(),
+                    "CI=true: {test} (PostgreSQL) must run, but {why}"
+                );
                 use std::io::Write;
                 let _ = writeln!(std::io::stderr(), "SKIPPED {test} (PostgreSQL): {why}");
                 return None;

@@ -41,7 +41,10 @@ pub fn scaled_connections(test: &str, wanted: usize, reserve: u64) -> usize {
         "{fits} connections instead of {wanted}: the open-files limit is {limit} even after \
          raising the soft limit to the hard limit (`ulimit -Hn`; `ulimit -n 4096` runs it at full size)"
     );
-    assert!(!super::under_ci(), "CI=true: {test} must run at full size, but {why}");
+    assert!(
+        !super::under_ci(),
+        "CI=true: {test} must run at full size, but {why}"
+    );
     let _ = writeln!(std::io::stderr().lock(), "SCALED {test}: {why}");
     fits
 }

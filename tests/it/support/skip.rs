@@ -89,5 +89,8 @@ fn every_test_skips_through_the_one_helper() {
             }
         }
     }
-    assert!(offenders.is_empty(), "skip through support::skip: {offenders:#?}");
+    assert!(
+        offenders.is_empty(),
+        "skip through support::skip: {offenders:#?}"
+    );
 }
