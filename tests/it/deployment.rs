@@ -144,7 +144,12 @@ fn the_ci_replay_executes_every_line_of_the_dockerfile_build_stage() {
     assert!(plan.iter().any(|l| l.starts_with("COPY src ")));
 
     // the step-2 build refreshes every workspace member the step-1 placeholders stood for
-    let members = ["alipay-sidecar", "ams-signature", "sidecar-store", "ams-mock-gateway"];
+    let members = [
+        "alipay-sidecar",
+        "ams-signature",
+        "sidecar-store",
+        "ams-mock-gateway",
+    ];
     let step1 = plan
         .iter()
         .find(|l| l.contains("fn main() {}"))
@@ -161,11 +166,19 @@ fn the_ci_replay_executes_every_line_of_the_dockerfile_build_stage() {
     for (what, edited) in [
         (
             "a cache mount",
-            original.replacen("RUN find src", "RUN --mount=type=cache,target=/x find src", 1),
+            original.replacen(
+                "RUN find src",
+                "RUN --mount=type=cache,target=/x find src",
+                1,
+            ),
         ),
         (
             "an unknown instruction",
-            original.replacen("ARG GIT_COMMIT", "ADD https://example.com/x /x\nARG GIT_COMMIT", 1),
+            original.replacen(
+                "ARG GIT_COMMIT",
+                "ADD https://example.com/x /x\nARG GIT_COMMIT",
+                1,
+            ),
         ),
         (
             "a COPY with flags",
