@@ -65,11 +65,12 @@ fn a_thousand_slow_header_clients_cannot_take_the_sidecar_down() {
 
     // 1,000 clients, each trying to trickle a 1 MiB header into the public port (fewer, and
     // said so, when even the raised open-files limit cannot hold them and what else runs)
-    let n = crate::support::scaled_connections(
+    let crowd = crate::support::scaled_connections(
         "limits::a_thousand_slow_header_clients_cannot_take_the_sidecar_down",
         1000,
         400,
     );
+    let n = crowd.n;
     let clients: Vec<TcpStream> = (0..n)
         .map(|_| {
             let c = TcpStream::connect(s.inbound).expect("connect");

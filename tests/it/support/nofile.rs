@@ -26,16 +26,32 @@ pub fn raise_nofile() -> u64 {
     soft
 }
 
-/// How many of `wanted` client sockets `test` may open here: all of them when the (raised)
-/// limit leaves `reserve` descriptors for everything else this process and the tests running
-/// beside it hold; fewer otherwise, said on stderr as `SCALED <test>: …` (libtest hides a
-/// passing test's `eprintln!`). Under `CI=true` scaling down is a failure: CI must run the
-/// test at full size.
-pub fn scaled_connections(test: &str, wanted: usize, reserve: u64) -> usize {
+/// The tests that hold hundreds of sockets take turns: two of them at once would share one
+/// limit that each sized itself against.
+static CROWD_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A crowd of client sockets a test may open: `n` of them, for as long as it holds this
+/// (its turn among the tests that open crowds, see [`CROWD_TURN`]).
+pub struct Crowd {
+    /// How many client sockets the test may open.
+    pub n: usize,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+/// How many of `wanted` client sockets `test` may open here (waiting for its turn among the
+/// tests that open crowds): all of them when the (raised) limit leaves `reserve` descriptors
+/// for everything else this process and the ordinary tests running beside it hold; fewer
+/// otherwise, said on stderr as `SCALED <test>: …` (libtest hides a passing test's
+/// `eprintln!`). Under `CI=true` scaling down is a failure: CI must run the test at full size.
+pub fn scaled_connections(test: &str, wanted: usize, reserve: u64) -> Crowd {
+    let turn = CROWD_TURN.lock().unwrap_or_else(|p| p.into_inner());
     let limit = raise_nofile();
     let fits = usize::try_from(limit.saturating_sub(reserve)).unwrap_or(usize::MAX);
     if fits >= wanted {
-        return wanted;
+        return Crowd {
+            n: wanted,
+            _turn: turn,
+        };
     }
     let why = format!(
         "{fits} connections instead of {wanted}: the open-files limit is {limit} even after \
@@ -46,5 +62,8 @@ pub fn scaled_connections(test: &str, wanted: usize, reserve: u64) -> usize {
         "CI=true: {test} must run at full size, but {why}"
     );
     let _ = writeln!(std::io::stderr().lock(), "SCALED {test}: {why}");
-    fits
+    Crowd {
+        n: fits,
+        _turn: turn,
+    }
 }
