@@ -68,7 +68,9 @@ fn a_thousand_slow_header_clients_cannot_take_the_sidecar_down() {
     let crowd = crate::support::scaled_connections(
         "limits::a_thousand_slow_header_clients_cannot_take_the_sidecar_down",
         1000,
-        400,
+        // what the fake gateways of the tests running beside this one (in this process)
+        // need to keep accepting
+        600,
     );
     let n = crowd.n;
     let clients: Vec<TcpStream> = (0..n)

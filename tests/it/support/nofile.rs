@@ -40,7 +40,9 @@ pub struct Crowd {
 
 /// How many of `wanted` client sockets `test` may open here (waiting for its turn among the
 /// tests that open crowds): all of them when the (raised) limit leaves `reserve` descriptors
-/// for everything else this process and the ordinary tests running beside it hold; fewer
+/// for everything else this process and the ordinary tests running beside it hold (their
+/// fake gateways run in this process: a crowd that takes every descriptor makes their
+/// `accept` fail); fewer
 /// otherwise, said on stderr as `SCALED <test>: …` (libtest hides a passing test's
 /// `eprintln!`). Under `CI=true` scaling down is a failure: CI must run the test at full size.
 pub fn scaled_connections(test: &str, wanted: usize, reserve: u64) -> Crowd {
