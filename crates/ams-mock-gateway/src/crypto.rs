@@ -212,8 +212,8 @@ impl AlipaySigner {
         &self.public_pem
     }
 
-    /// [`Self::signature_header`] on tokio's blocking pool, then `hold` more there (fault
-    /// `slow_sign`).
+    /// [`Self::signature_header`] on tokio's blocking pool (at most one per CPU at a time),
+    /// then a blocking thread kept busy `hold` more (fault `slow_sign`).
     ///
     /// Why: an RSA-2048 signature with the `rsa` crate is pure CPU, tens of milliseconds in a
     /// debug build and more on a loaded machine. Made on the async workers (two, shared by
@@ -226,16 +226,28 @@ impl AlipaySigner {
         content: Vec<u8>,
         hold: Option<std::time::Duration>,
     ) -> Result<String, String> {
+        // At most one signature per CPU at a time: 64 signing threads at once would take the
+        // CPUs from everything else in the process (the async workers' handshakes included).
+        static SIGNING: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+        let permits = SIGNING.get_or_init(|| {
+            tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        });
+        let permit = permits
+            .acquire()
+            .await
+            .map_err(|e| format!("the signing queue is closed ({e})"))?;
         let signer = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let header = signer.signature_header(&content);
-            if let Some(hold) = hold {
-                std::thread::sleep(hold);
-            }
-            header
-        })
-        .await
-        .map_err(|e| format!("the signing task failed ({e})"))?
+        let header = tokio::task::spawn_blocking(move || signer.signature_header(&content))
+            .await
+            .map_err(|e| format!("the signing task failed ({e})"))?;
+        drop(permit);
+        if let Some(hold) = hold {
+            // the slow CPU of fault `slow_sign`: the thread stays busy, the queue moves on
+            tokio::task::spawn_blocking(move || std::thread::sleep(hold))
+                .await
+                .map_err(|e| format!("the signing task failed ({e})"))?;
+        }
+        header
     }
 
     /// Signs `content` and returns the complete `Signature` header value.
