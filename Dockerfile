@@ -69,28 +69,40 @@ RUN mkdir -p src crates/ams-signature/src crates/ams-signature/benches crates/am
         target/release/deps/alipay_sidecar-* target/release/deps/libalipay_sidecar-* \
         target/release/.fingerprint/alipay-sidecar-* \
         target/release/deps/ams_signature-* target/release/deps/libams_signature-* \
-        target/release/.fingerprint/ams-signature-*
+        target/release/.fingerprint/ams-signature-* \
+        target/release/deps/sidecar_store-* target/release/deps/libsidecar_store-* \
+        target/release/.fingerprint/sidecar-store-* \
+        target/release/deps/ams_mock_gateway-* target/release/deps/libams_mock_gateway-* \
+        target/release/.fingerprint/ams-mock-gateway-*
 
-# 2. The sidecar itself (its `ams-signature` crate; the manifests of `ams-mock-gateway`,
-#    `sidecar-store` and `test-support`, workspace members, must be present even though this
-#    build leaves them out).
+# 2. The sidecar itself and every workspace crate it builds (`ams-signature`,
+#    `sidecar-store`; the manifests of `ams-mock-gateway` and `test-support` must be present
+#    even though this build leaves them out). Step 1 built each of them from an empty placeholder: their artifacts
+#    and fingerprints were removed above (every workspace member, not only the binary's
+#    crate: a stale placeholder `sidecar-store` would otherwise be linked in, issue 20), and
+#    every source file is touched here, because COPY keeps the context's modification times,
+#    which can be older than the placeholders' artifacts. scripts/dockerfile-replay.sh
+#    replays this stage in CI without Docker.
 COPY src ./src
 COPY crates ./crates
 
 # Baked into `--version` and alipay_sidecar_build_info{git_commit}; "unknown" when not given.
 ARG GIT_COMMIT=unknown
-RUN touch src/main.rs src/lib.rs crates/ams-signature/src/lib.rs \
+RUN find src crates -type f -exec touch {} + \
     && ALIPAY_SIDECAR_GIT_COMMIT="${GIT_COMMIT}" \
         cargo build --release --locked --no-default-features -p alipay-sidecar --bin alipay-sidecar
 
 # ---- runtime stage ---------------------------------------------------------------------
 # glibc + libgcc only, no shell, no package manager; the :nonroot tag runs as uid 65532.
-# Pinned by digest, so a rebuild gets the bytes that were tested. The digest was not looked
-# up from the registry (this file was written offline); before relying on it, and to update
-# it (e.g. monthly, for Debian security fixes), run
-#   docker buildx imagetools inspect gcr.io/distroless/cc-debian12:nonroot
-# (or `crane digest gcr.io/distroless/cc-debian12:nonroot`) and paste the index digest here,
-# or let Renovate/Dependabot (docker ecosystem) bump it.
+# Pinned by digest, so a rebuild gets the same bytes. Where the digest comes from: no machine
+# this file was written on can reach a container registry, so it was NOT read from
+# gcr.io; it is the digest that several independent public Dockerfiles pin for this same
+# tag (found by searching public repositories, December 2026). It MUST be checked against
+# the registry before a release, and updated regularly (e.g. monthly, for Debian security
+# fixes):
+#   crane digest gcr.io/distroless/cc-debian12:nonroot
+#   (or: docker buildx imagetools inspect gcr.io/distroless/cc-debian12:nonroot, "Digest:")
+# and paste the index digest here, or let Renovate/Dependabot (docker ecosystem) bump it.
 FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 
 COPY --from=build /src/target/release/alipay-sidecar /usr/local/bin/alipay-sidecar

@@ -325,7 +325,9 @@ impl<G: UpstreamClient> Outbound<G> {
             let code = match &e {
                 UpstreamError::Connect { .. } => SidecarError::GatewayUnreachable,
                 UpstreamError::Tls { .. } => SidecarError::GatewayTlsError,
-                UpstreamError::Timeout { .. } => SidecarError::GatewayTimeout,
+                UpstreamError::Timeout { .. } | UpstreamError::ConnectTimeout { .. } => {
+                    SidecarError::GatewayTimeout
+                }
                 UpstreamError::Protocol { .. } => SidecarError::GatewayProtocolError,
                 UpstreamError::TooLarge { .. } => SidecarError::GatewayResponseTooLarge,
             };

@@ -109,6 +109,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, StoreError> {
         })
 }
 
+/// What `check-config` checks of `[store]`: the checks `run` makes before it opens the store
+/// ([`sidecar_store::check_store`]: the same code, writing nothing). `Ok(Some(warning))`: a
+/// PostgreSQL server that does not answer, which `run` starts without.
+pub fn check(config: &StoreConfig, timeout: Duration) -> Result<Option<String>, StoreError> {
+    let runtime = runtime()?;
+    match runtime.block_on(sidecar_store::check_store(&backend(config), timeout)) {
+        Ok(()) => Ok(None),
+        Err(e @ StoreError::PostgresUnreachable { .. }) => Ok(Some(format!(
+            "{e}; run starts without the store and opens it when it answers"
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
 impl StateStore {
     /// Opens and migrates the store on its own runtime; any failure is an error (the
     /// `notifications` CLI). Blocking: call it at start-up or from a CLI command, not from

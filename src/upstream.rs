@@ -46,6 +46,16 @@ pub enum UpstreamError {
         /// what failed
         detail: String,
     },
+    /// No connection (TCP connect and TLS handshake) within the connect timeout. Told apart
+    /// from [`UpstreamError::Timeout`] because the remedy differs: a slow handshake points
+    /// at the network or an overloaded peer, not at a slow answer.
+    #[error("no connection to {target} within the connect timeout of {timeout:?} (TCP connect and TLS handshake)")]
+    ConnectTimeout {
+        /// host:port
+        target: String,
+        /// the connect timeout
+        timeout: Duration,
+    },
     /// No complete response within the deadline.
     #[error("no complete response from {target} within {timeout:?}")]
     Timeout {
@@ -336,7 +346,7 @@ impl Upstream {
                 target: self.target(),
                 detail,
             },
-            ErrorType::ConnectTimedout => UpstreamError::Timeout {
+            ErrorType::ConnectTimedout => UpstreamError::ConnectTimeout {
                 target: self.target(),
                 timeout: self.connect_timeout,
             },

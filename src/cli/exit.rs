@@ -12,7 +12,9 @@ pub const EXIT_INVALID: i32 = 1;
 /// Exit code: usage error, or a config or key that cannot be used (every command).
 pub const EXIT_USAGE: i32 = 2;
 
-/// The exit-code rule of `run` and `check-config`, shown in `--help` and the README.
+/// The exit-code rule of `run` and `check-config`, shown in `--help`; the README's table has
+/// one row per code, each starting with the same headline (`tests/it/startup.rs` checks both
+/// against [`EXIT_OK`], [`EXIT_INVALID`] and [`EXIT_USAGE`]).
 pub const EXIT_CODES_HELP: &str = "\
 Exit status (run and check-config):
   0  success: check-config found the configuration usable (warnings allowed); run stopped
@@ -20,5 +22,5 @@ Exit status (run and check-config):
   1  runtime failure: the configuration is valid but the sidecar could not start or keep
      running (an address already in use, a file it must write, …)
   2  usage, configuration or key error: nothing was started; the message names the file, the
-     line and what to change (the same errors check-config reports; also a [store] that
-     cannot be opened; a PostgreSQL that does not answer is no error: run starts without it)";
+     line and what to change (check-config and run make the same checks, [store] included;
+     a PostgreSQL that does not answer is only a warning: run starts without it)";

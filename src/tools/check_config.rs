@@ -120,10 +120,27 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
         }
     };
     let pairs: Vec<_> = sets.iter().map(|(m, k)| (*m, k)).collect();
-    let findings: Vec<_> = crate::preflight::run(&config, &pairs)
+    let mut findings: Vec<_> = crate::preflight::run(&config, &pairs)
         .all()
         .cloned()
         .collect();
+    // the store checks `run` makes before it opens [store] (issue 20, item 6)
+    if let Some(store) = &config.store {
+        match crate::store::check(store, config.store_options.timeout) {
+            Ok(None) => {}
+            Ok(Some(warning)) => findings.push(crate::keyset::Finding {
+                severity: Severity::Warning,
+                message: format!("[store]: {warning}"),
+            }),
+            Err(e) => {
+                let key = match store {
+                    crate::config::StoreConfig::Sqlite(_) => "store.path",
+                    crate::config::StoreConfig::Postgres(_) => "store.url",
+                };
+                return not_usable(err, &config.error_at(key, e.to_string()));
+            }
+        }
+    }
 
     let _ = writeln!(out, "config: {}", config.path.display());
     let several = sets.len() > 1;

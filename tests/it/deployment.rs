@@ -105,6 +105,94 @@ fn exec_form(args: &str) -> Vec<String> {
     serde_json::from_str(&args[start..]).unwrap_or_else(|e| panic!("bad exec form {args}: {e}"))
 }
 
+/// `scripts/dockerfile-replay.sh --plan` (what CI replays of the build stage) against a
+/// Dockerfile; `Err` with its stderr when it refuses it.
+fn replay_plan(dockerfile: &Path) -> Result<Vec<String>, String> {
+    let out = std::process::Command::new("bash")
+        .arg(repo_file("scripts/dockerfile-replay.sh"))
+        .arg("--plan")
+        .env("REPLAY_DOCKERFILE", dockerfile)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect())
+}
+
+/// Issue 20 item 2: the CI replay of the image build (scripts/dockerfile-replay.sh) reads the
+/// Dockerfile's actual build stage, every instruction of it, as this file's own parser does;
+/// and an instruction it could not execute faithfully stops it rather than being skipped.
+#[test]
+fn the_ci_replay_executes_every_line_of_the_dockerfile_build_stage() {
+    let stages = dockerfile_stages(&read("Dockerfile"));
+    let expected: Vec<String> = stages[0]
+        .iter()
+        .map(|i| {
+            format!("{} {}", i.keyword, i.args)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let plan = replay_plan(&repo_file("Dockerfile")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan, expected, "the replay's reading of the build stage");
+    assert!(plan.iter().filter(|l| l.starts_with("RUN ")).count() >= 3);
+    assert!(plan.iter().any(|l| l.starts_with("COPY src ")));
+
+    // the step-2 build refreshes every workspace member the step-1 placeholders stood for
+    let members = [
+        "alipay-sidecar",
+        "ams-signature",
+        "sidecar-store",
+        "ams-mock-gateway",
+    ];
+    let step1 = plan
+        .iter()
+        .find(|l| l.contains("fn main() {}"))
+        .expect("the placeholder step");
+    for m in members {
+        assert!(
+            step1.contains(&format!("target/release/.fingerprint/{m}-*")),
+            "step 1 leaves the placeholder {m} built: {step1}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let original = read("Dockerfile");
+    for (what, edited) in [
+        (
+            "a cache mount",
+            original.replacen(
+                "RUN find src",
+                "RUN --mount=type=cache,target=/x find src",
+                1,
+            ),
+        ),
+        (
+            "an unknown instruction",
+            original.replacen(
+                "ARG GIT_COMMIT",
+                "ADD https://example.com/x /x\nARG GIT_COMMIT",
+                1,
+            ),
+        ),
+        (
+            "a COPY with flags",
+            original.replacen("COPY src ./src", "COPY --chown=1:1 src ./src", 1),
+        ),
+    ] {
+        assert_ne!(edited, original, "{what}: the edit applies");
+        let path = dir.path().join("Dockerfile");
+        std::fs::write(&path, edited).unwrap();
+        let err = replay_plan(&path).expect_err(what);
+        assert!(err.contains("dockerfile-replay:"), "{what}: {err}");
+    }
+}
+
 #[test]
 fn dockerfile_is_multi_stage_pinned_non_root_and_healthchecked() {
     let stages = dockerfile_stages(&read("Dockerfile"));

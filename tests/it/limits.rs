@@ -63,8 +63,17 @@ fn a_thousand_slow_header_clients_cannot_take_the_sidecar_down() {
     let pid = s.sidecar.pid();
     let idle = mem_kib(pid, "VmRSS:");
 
-    // 1,000 clients, each trying to trickle a 1 MiB header into the public port
-    let clients: Vec<TcpStream> = (0..1000)
+    // 1,000 clients, each trying to trickle a 1 MiB header into the public port (fewer, and
+    // said so, when even the raised open-files limit cannot hold them and what else runs)
+    let crowd = crate::support::scaled_connections(
+        "limits::a_thousand_slow_header_clients_cannot_take_the_sidecar_down",
+        1000,
+        // what the fake gateways of the tests running beside this one (in this process)
+        // need to keep accepting
+        600,
+    );
+    let n = crowd.n;
+    let clients: Vec<TcpStream> = (0..n)
         .map(|_| {
             let c = TcpStream::connect(s.inbound).expect("connect");
             c.set_nonblocking(true).unwrap();
@@ -136,8 +145,8 @@ fn a_thousand_slow_header_clients_cannot_take_the_sidecar_down() {
         r#"alipay_sidecar_connections_closed_total{listener="inbound",reason="header_timeout"}"#,
     );
     assert!(
-        closed >= 1000.0,
-        "only {closed} slow connections were closed"
+        closed >= n as f64,
+        "only {closed} of {n} slow connections were closed"
     );
     assert_eq!(wait_received(&app, 6).len(), 6);
     // the log says so a few times, not 1,000

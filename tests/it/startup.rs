@@ -461,3 +461,52 @@ fn keygen_bits() {
         text(&signed.stderr)
     );
 }
+
+/// The README's exit-code table is the code's (issue 20 item 6): one row per code of
+/// `EXIT_CODES_HELP` (what `--help` prints), in order, each starting with the same
+/// headline, and those codes are the constants the commands return.
+#[test]
+fn the_readme_exit_code_table_matches_the_code() {
+    use alipay_sidecar::cli::exit::{EXIT_CODES_HELP, EXIT_INVALID, EXIT_OK, EXIT_USAGE};
+    // "  0  success: …" in the help text
+    let help: Vec<(i32, String)> = EXIT_CODES_HELP
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("  ")?;
+            let (code, text) = rest.split_once("  ")?;
+            Some((
+                code.parse().ok()?,
+                text.split(':').next()?.trim().to_string(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        help.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        vec![EXIT_OK, EXIT_INVALID, EXIT_USAGE],
+        "{EXIT_CODES_HELP}"
+    );
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let section = readme
+        .split("### Exit codes, options, completions")
+        .nth(1)
+        .expect("the README's exit-code section");
+    // "| 0 | success: … |" rows of the table
+    let rows: Vec<(i32, String)> = section
+        .lines()
+        .take_while(|l| !l.starts_with("## "))
+        .filter_map(|l| {
+            let mut cells = l.strip_prefix('|')?.split('|').map(str::trim);
+            let code = cells.next()?.parse().ok()?;
+            Some((code, cells.next()?.split(':').next()?.trim().to_string()))
+        })
+        .collect();
+    assert_eq!(rows, help, "README.md's table against EXIT_CODES_HELP");
+    // and `run --help` prints the rule
+    let out = command(&["run", "--help"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(EXIT_CODES_HELP.lines().nth(1).unwrap()),
+        "run --help"
+    );
+}

@@ -315,19 +315,47 @@ fn a_sidecar_started_while_postgresql_is_down_starts_and_recovers() {
 }
 
 /// A store that cannot be opened for another reason than being unreachable is a configuration
-/// error: exit 2, naming the key (the README's exit-code table).
+/// error: exit 2, naming the key (the README's exit-code table), from `run` and from
+/// `check-config` alike (issue 20 item 6: `check-config` passed a missing store folder), and
+/// `check-config` creates nothing.
 #[test]
-fn a_store_that_cannot_be_opened_is_exit_2() {
+fn a_store_that_cannot_be_opened_is_exit_2_for_run_and_check_config() {
     let dir = TempDir::new().unwrap();
     let missing = dir.path().join("no-such-folder/state.db");
     let store = format!("[store]\npath = \"{}\"\n", missing.display());
     let toml = config(dir.path(), "http://127.0.0.1:3000", "", &store);
     let path = dir.path().join("sidecar.toml");
     std::fs::write(&path, toml).unwrap();
-    let (code, _, err) = run_bounded(
-        command(&["run", "--config"]).arg(&path),
+    let mut said = Vec::new();
+    for cmd in ["run", "check-config"] {
+        let (code, _, err) = run_bounded(
+            command(&[cmd, "--config"]).arg(&path),
+            Duration::from_secs(60),
+        );
+        assert_eq!(code, 2, "{cmd}: {err}");
+        assert!(err.contains("store.path"), "{cmd}: {err}");
+        assert!(err.contains("no-such-folder"), "{cmd}: {err}");
+        said.push(err.lines().next().unwrap_or_default().to_string());
+    }
+    assert_eq!(
+        said[0],
+        said[1].replace("error: ", "error: cannot start: "),
+        "the same error"
+    );
+
+    // a usable store folder passes check-config, which leaves no file behind
+    let ok = dir.path().join("state.db");
+    let toml = config(
+        dir.path(),
+        "http://127.0.0.1:3000",
+        "",
+        &format!("[store]\npath = \"{}\"\n", ok.display()),
+    );
+    std::fs::write(&path, toml).unwrap();
+    let (code, out, err) = run_bounded(
+        command(&["check-config", "--config"]).arg(&path),
         Duration::from_secs(60),
     );
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("store.path"), "{err}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!ok.exists(), "check-config created {}", ok.display());
 }

@@ -60,7 +60,7 @@ pub struct MockGatewayArgs {
         default_value = "0s,2s,10s,60s,300s"
     )]
     pub notify_backoff: Vec<Duration>,
-    /// Fault for every request: delay:<ms>, drop, reset_mid_body, http_status:<code>,
+    /// Fault for every request: delay:<ms>, slow_sign:<ms>, drop, reset_mid_body, http_status:<code>,
     /// unsigned, tampered, invalid_signature, unknown_exception, signed_failure, no_notify,
     /// notify_tampered, stale_response_time.
     #[arg(long, value_name = "KIND", value_parser = Fault::from_str)]

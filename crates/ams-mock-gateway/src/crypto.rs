@@ -187,8 +187,10 @@ fn java_url_decode(value: &str) -> Result<Vec<u8>, String> {
 }
 
 /// The gateway's signing half: the "Alipay" private key and the keyVersion it announces.
+/// Cheap to clone (the key is shared), so a signature can be made on a blocking thread.
+#[derive(Clone)]
 pub(crate) struct AlipaySigner {
-    key: SigningKey<Sha256>,
+    key: std::sync::Arc<SigningKey<Sha256>>,
     key_version: String,
     public_pem: String,
 }
@@ -200,7 +202,7 @@ impl AlipaySigner {
             .to_public_key_pem(LineEnding::LF)
             .map_err(|e| format!("cannot encode the public key as PEM ({e})"))?;
         Ok(AlipaySigner {
-            key: SigningKey::<Sha256>::new(key),
+            key: std::sync::Arc::new(SigningKey::<Sha256>::new(key)),
             key_version,
             public_pem,
         })
@@ -208,6 +210,44 @@ impl AlipaySigner {
 
     pub(crate) fn public_pem(&self) -> &str {
         &self.public_pem
+    }
+
+    /// [`Self::signature_header`] on tokio's blocking pool (at most one per CPU at a time),
+    /// then a blocking thread kept busy `hold` more (fault `slow_sign`).
+    ///
+    /// Why: an RSA-2048 signature with the `rsa` crate is pure CPU, tens of milliseconds in a
+    /// debug build and more on a loaded machine. Made on the async workers (two, shared by
+    /// every gateway of the test binary), 64 answers signed at once held them for seconds,
+    /// so the TLS handshakes of the sidecar's new connections waited behind them and ran
+    /// past its `connect_timeout`: one of 64 concurrent requests came back 504 (issue 20,
+    /// item 9). Off the workers, accepting and handshaking never wait for signing.
+    pub(crate) async fn signature_header_off_runtime(
+        &self,
+        content: Vec<u8>,
+        hold: Option<std::time::Duration>,
+    ) -> Result<String, String> {
+        // At most one signature per CPU at a time: 64 signing threads at once would take the
+        // CPUs from everything else in the process (the async workers' handshakes included).
+        static SIGNING: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+        let permits = SIGNING.get_or_init(|| {
+            tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        });
+        let permit = permits
+            .acquire()
+            .await
+            .map_err(|e| format!("the signing queue is closed ({e})"))?;
+        let signer = self.clone();
+        let header = tokio::task::spawn_blocking(move || signer.signature_header(&content))
+            .await
+            .map_err(|e| format!("the signing task failed ({e})"))?;
+        drop(permit);
+        if let Some(hold) = hold {
+            // the slow CPU of fault `slow_sign`: the thread stays busy, the queue moves on
+            tokio::task::spawn_blocking(move || std::thread::sleep(hold))
+                .await
+                .map_err(|e| format!("the signing task failed ({e})"))?;
+        }
+        header
     }
 
     /// Signs `content` and returns the complete `Signature` header value.

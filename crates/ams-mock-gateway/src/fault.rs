@@ -11,6 +11,9 @@ use std::time::Duration;
 pub enum Fault {
     /// `delay:<ms>`: answer late.
     Delay(Duration),
+    /// `slow_sign:<ms>`: sign the answer, then keep the signing thread <ms> longer, as a slow
+    /// CPU signing with a large key would (the answer is otherwise normal).
+    SlowSign(Duration),
     /// `drop`: close the connection without answering.
     Drop,
     /// `reset_mid_body`: headers and half the body, then close.
@@ -49,7 +52,7 @@ pub enum Fault {
 }
 
 /// The accepted spellings, for error messages and `--help`.
-const FAULT_KINDS: &str = "delay:<ms>, drop, reset_mid_body, http_status:<400-599>, \
+const FAULT_KINDS: &str = "delay:<ms>, slow_sign:<ms>, drop, reset_mid_body, http_status:<400-599>, \
      status:<200-599>, unsigned_status:<200-599>, gzip, unsigned, tampered, invalid_signature, unknown_exception, signed_failure, no_notify, notify_tampered, stale_response_time";
 
 impl FromStr for Fault {
@@ -66,6 +69,13 @@ impl FromStr for Fault {
                 })?,
             };
             return Ok(Fault::Delay(d));
+        }
+        if let Some(ms) = s.strip_prefix("slow_sign:") {
+            return ms
+                .trim()
+                .parse::<u64>()
+                .map(|ms| Fault::SlowSign(Duration::from_millis(ms)))
+                .map_err(|_| format!("`{s}`: the hold must be milliseconds (slow_sign:500)"));
         }
         if let Some(code) = s.strip_prefix("http_status:") {
             return match code.trim().parse::<u16>() {
@@ -108,6 +118,7 @@ impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Fault::Delay(d) => write!(f, "delay:{}", d.as_millis()),
+            Fault::SlowSign(d) => write!(f, "slow_sign:{}", d.as_millis()),
             Fault::Drop => f.write_str("drop"),
             Fault::Gzip => f.write_str("gzip"),
             Fault::ResetMidBody => f.write_str("reset_mid_body"),
@@ -137,6 +148,7 @@ mod tests {
     fn faults_round_trip() {
         for s in [
             "delay:250",
+            "slow_sign:250",
             "drop",
             "reset_mid_body",
             "http_status:503",

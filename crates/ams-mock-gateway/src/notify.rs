@@ -150,7 +150,7 @@ fn record(shared: &Shared, attempt: NotificationAttempt) {
     }
 }
 
-async fn deliver(shared: &Shared, job: &NotifyJob, url: &str) {
+async fn deliver(shared: &Arc<Shared>, job: &NotifyJob, url: &str) {
     let base = NotificationAttempt {
         url: url.to_string(),
         payment_request_id: job.payment_request_id.clone(),
@@ -236,7 +236,7 @@ async fn deliver(shared: &Shared, job: &NotifyJob, url: &str) {
 
 /// One POST; `Ok((status, acknowledged))` when an HTTP answer came back.
 async fn attempt_once(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     uri: &hyper::Uri,
     path: &str,
     client_id: &str,
@@ -252,7 +252,10 @@ async fn attempt_once(
         body.to_vec()
     };
     let content = crypto::content("POST", path, client_id, &time, &signed_body);
-    let signature = shared.signer.signature_header(&content)?;
+    let signature = shared
+        .signer
+        .signature_header_off_runtime(content, None)
+        .await?;
     let request = Request::post(uri.clone())
         .header("Content-Type", "application/json")
         .header("client-id", client_id)

@@ -416,7 +416,15 @@ pub(crate) async fn handle(
                     &time,
                     &signed_body,
                 );
-                match shared.signer.signature_header(&content) {
+                let hold = match fault {
+                    Some(Fault::SlowSign(d)) => Some(d),
+                    _ => None,
+                };
+                match shared
+                    .signer
+                    .signature_header_off_runtime(content, hold)
+                    .await
+                {
                     Ok(sig) => {
                         headers.push(("client-id", client_id));
                         headers.push(("response-time", time));

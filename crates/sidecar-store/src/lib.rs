@@ -24,4 +24,4 @@ pub use journal::{
 };
 pub use pays::{pay_id, NewPay, PayOutcome, PayOwner, PayRecord, PayRecorded};
 pub use retention::{Pruned, BATCH as PRUNE_BATCH};
-pub use store::{BackendKind, Store, StoreConfig, DEFAULT_TIMEOUT};
+pub use store::{check_store, BackendKind, Store, StoreConfig, DEFAULT_TIMEOUT};

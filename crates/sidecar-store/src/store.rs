@@ -160,7 +160,44 @@ impl Store {
     }
 }
 
-async fn open_sqlite(path: &Path, timeout: Duration) -> Result<Store, StoreError> {
+/// The checks of [`Store::open`] that write nothing, in the same order and with the same
+/// errors: `check-config` runs these, `run` runs them as the first part of opening, so the two
+/// cannot disagree about a store (issue 20, item 6: a missing SQLite folder passed
+/// `check-config` and failed `run`).
+///
+/// SQLite: the folder exists, the path is not a folder, and an existing file opens for
+/// reading and writing (nothing is created: a check run as another user, root say, must not
+/// leave a file the sidecar's own user then cannot write). PostgreSQL: the URL parses and one
+/// connection is made and closed (no migration); an unreachable server is
+/// [`StoreError::PostgresUnreachable`], which `run` starts without.
+pub async fn check_store(config: &StoreConfig, timeout: Duration) -> Result<(), StoreError> {
+    match config {
+        StoreConfig::Sqlite { path } => {
+            check_sqlite(path)?;
+            if path.exists() {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| StoreError::SqliteUnwritable {
+                        path: path.to_path_buf(),
+                        detail: e.to_string(),
+                    })?;
+            }
+            Ok(())
+        }
+        StoreConfig::Postgres { url } => {
+            let shown = redact_url(url);
+            let options = postgres_options(url, &shown)?;
+            let probe = probe_postgres(&options, &shown, timeout).await?;
+            let _ = probe.close().await;
+            Ok(())
+        }
+    }
+}
+
+/// The SQLite path checks shared by [`check_store`] and [`open_sqlite`].
+fn check_sqlite(path: &Path) -> Result<(), StoreError> {
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -177,6 +214,11 @@ async fn open_sqlite(path: &Path, timeout: Duration) -> Result<Store, StoreError
             detail: "it is a folder".into(),
         });
     }
+    Ok(())
+}
+
+async fn open_sqlite(path: &Path, timeout: Duration) -> Result<Store, StoreError> {
+    check_sqlite(path)?;
     private_files(path)?;
     let unwritable = |e: sqlx::Error| sqlite_open_error(path, e);
     let options = SqliteConnectOptions::new()
@@ -291,19 +333,10 @@ fn sqlite_open_error(path: &Path, e: sqlx::Error) -> StoreError {
 
 async fn open_postgres(url: &str, timeout: Duration) -> Result<Store, StoreError> {
     let shown = redact_url(url);
-    let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl {
-        url: shown.clone(),
-        detail: e.to_string(),
-    })?;
+    let options = postgres_options(url, &shown)?;
     // One direct connection first: the pool retries a refused connection until its acquire
     // timeout and then reports only the timeout; this reports the cause, at once.
-    let probe = tokio::time::timeout(timeout, PgConnection::connect_with(&options))
-        .await
-        .map_err(|_| StoreError::PostgresUnreachable {
-            url: shown.clone(),
-            detail: format!("no answer within {timeout:?}"),
-        })?
-        .map_err(|e| postgres_open_error(&shown, e, timeout))?;
+    let probe = probe_postgres(&options, &shown, timeout).await?;
     let _ = probe.close().await;
     let pool = PgPoolOptions::new()
         .max_connections(8)
@@ -318,6 +351,28 @@ async fn open_postgres(url: &str, timeout: Duration) -> Result<Store, StoreError
     Ok(Store {
         backend: Backend::Postgres(pool),
     })
+}
+
+fn postgres_options(url: &str, shown: &str) -> Result<PgConnectOptions, StoreError> {
+    PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl {
+        url: shown.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// One direct connection, within `timeout`, its failure classified as [`Store::open`] does.
+async fn probe_postgres(
+    options: &PgConnectOptions,
+    shown: &str,
+    timeout: Duration,
+) -> Result<PgConnection, StoreError> {
+    tokio::time::timeout(timeout, PgConnection::connect_with(options))
+        .await
+        .map_err(|_| StoreError::PostgresUnreachable {
+            url: shown.to_owned(),
+            detail: format!("no answer within {timeout:?}"),
+        })?
+        .map_err(|e| postgres_open_error(shown, e, timeout))
 }
 
 fn postgres_open_error(url: &str, e: sqlx::Error, timeout: Duration) -> StoreError {

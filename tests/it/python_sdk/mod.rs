@@ -18,7 +18,7 @@
 
 mod api_key;
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -34,16 +34,10 @@ use crate::support::{
 /// The tests of this file bind 127.0.0.1:443 one at a time.
 static PORT_443: Mutex<()> = Mutex::new(());
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Says that `test` cannot run here and why: a failure under CI; elsewhere `SKIPPED <test>:
-/// <why>` written to the real stderr (not through `eprintln!`, which the harness captures
-/// for passing tests).
+/// Says that `test` cannot run here and why (`SKIPPED <test>: <why>`, a failure under CI):
+/// [`crate::support::skip`], the one helper of every such test.
 pub(crate) fn skip(test: &str, why: &str) {
-    assert!(!in_ci(), "CI=true: {test} must run, but {why}");
-    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+    crate::support::skip(test, why);
 }
 
 /// The venv's python when the test can run (venv there, port 443 free); `None` after
