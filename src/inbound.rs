@@ -54,7 +54,7 @@ use crate::journal::{self, Entry, Journal, DELIVER_QUERY_HEADER, EVENT_ID_HEADER
 use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
 use crate::metrics::{Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
 use crate::protocol::{
-    ack_signature_headers, content_digest, format_iso8601, parse_request_time, Reason, Verified,
+    content_digest, content_to_sign, ContentDigest, format_iso8601, parse_request_time, Reason, Verified,
     ACK_BODY,
 };
 use crate::replay::{self, InFlight, ReplayWindow, StillInFlight, Turn};
@@ -443,18 +443,19 @@ impl<A: UpstreamClient> Inbound<A> {
         }
         let success = (200..300).contains(&status);
         if success && self.policy.acknowledge != Acknowledge::App {
-            return self.acknowledge(selected, &n.target, report);
+            return self.acknowledge(selected, &n.target, report).await;
         }
         let mut out = exchange::relayed_response_header(&response.header)?;
         if success && self.policy.sign_acknowledgements {
-            self.sign_answer(&mut out, selected, &n.target, &response.body, report)?;
+            self.sign_answer(&mut out, selected, &n.target, &response.body, report)
+                .await?;
         }
         Ok((out, response.body))
     }
 
     /// The sidecar's own SUCCESS acknowledgement (the exact [`ACK_BODY`]), signed when
     /// `sign_acknowledgements` is on.
-    fn acknowledge(
+    async fn acknowledge(
         &self,
         selected: &Selected<'_, InboundMerchant<A>>,
         target: &str,
@@ -464,7 +465,8 @@ impl<A: UpstreamClient> Inbound<A> {
         out.insert_header("Content-Type", "application/json; charset=UTF-8")?;
         let answer = Bytes::from_static(ACK_BODY.as_bytes());
         if self.policy.sign_acknowledgements {
-            self.sign_answer(&mut out, selected, target, &answer, report)?;
+            self.sign_answer(&mut out, selected, target, &answer, report)
+                .await?;
         }
         Ok((out, answer))
     }
@@ -544,12 +546,12 @@ impl<A: UpstreamClient> Inbound<A> {
                 first = recorded.inserted,
                 "notification stored; acknowledged, the delivery worker delivers it"
             );
-            return self.acknowledge(selected, &n.target, report);
+            return self.acknowledge(selected, &n.target, report).await;
         }
         if recorded.already_delivered && self.policy.duplicates == Duplicates::Suppress {
             m.duplicate(&merchant.name);
             tracing::info!(event_id, copies = recorded.seen_count, "re-send of a notification the app already took; acknowledged without delivering it again");
-            return self.acknowledge(selected, &n.target, report);
+            return self.acknowledge(selected, &n.target, report).await;
         }
         head.insert_header(EVENT_ID_HEADER, event_id.as_str())?;
         let result = self.forward(selected, n, head, report).await;
@@ -621,7 +623,7 @@ impl<A: UpstreamClient> Inbound<A> {
         if window.seen(&digest) {
             replay::metrics().replayed(merchant);
             tracing::info!(content_sha256 = %hex, "exact copy of a notification the app already took; acknowledged without delivering it again");
-            return self.acknowledge(selected, &n.target, report);
+            return self.acknowledge(selected, &n.target, report).await;
         }
         let result = self.forward(selected, n, head, report).await;
         if report
@@ -664,7 +666,7 @@ impl<A: UpstreamClient> Inbound<A> {
     /// Adds `client-id`, `response-time` and `signature` to an acknowledgement. A signing
     /// failure leaves it unsigned (Alipay does not require the signature, spec §6, while an
     /// error would make Alipay re-deliver a notification the app already took).
-    fn sign_answer(
+    async fn sign_answer(
         &self,
         out: &mut ResponseHeader,
         selected: &Selected<'_, InboundMerchant<A>>,
@@ -679,14 +681,21 @@ impl<A: UpstreamClient> Inbound<A> {
             return Ok(());
         };
         let sign_start = Instant::now();
-        match ack_signature_headers(
-            private,
-            &keys.merchant_key_version,
-            &selected.merchant.client_id,
-            target,
-            &format_iso8601(now_millis()),
-            body,
-        ) {
+        // through the merchant's signer (in process, or a PKCS#11 token): the same headers as
+        // `ack_signature_headers`, spec §6
+        let client_id = &selected.merchant.client_id;
+        let time = format_iso8601(now_millis());
+        let digest = ContentDigest::of(&content_to_sign("POST", target, client_id, &time, body));
+        match private
+            .sign_header(&keys.merchant_key_version, &digest)
+            .await
+            .map(|signature| {
+                [
+                    ("client-id", client_id.clone()),
+                    ("response-time", time),
+                    ("signature", signature),
+                ]
+            }) {
             Ok(headers) => {
                 report.sign_time = Some(sign_start.elapsed());
                 for (name, value) in headers {

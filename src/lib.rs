@@ -63,6 +63,7 @@ pub mod replay;
 pub mod retention;
 pub mod schedule;
 pub mod server;
+pub mod signer;
 pub mod state;
 pub mod store;
 #[cfg(test)]

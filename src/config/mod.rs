@@ -48,6 +48,7 @@ mod build;
 mod env;
 mod error;
 mod merchants;
+mod pkcs11;
 mod raw;
 mod settings;
 mod typed;
@@ -62,6 +63,7 @@ use toml::Spanned;
 
 pub use error::{ConfigError, InvalidValue, Origin};
 pub use merchants::valid_name as valid_merchant_name;
+pub use pkcs11::{is_pkcs11_uri, parse_uri as parse_pkcs11_uri, Pkcs11Key};
 pub use raw::known_keys;
 pub use typed::*;
 

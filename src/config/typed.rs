@@ -28,6 +28,9 @@ pub enum CredentialFile {
     /// `api_key`: one line `{isak|irak}_{TEST|PROD}_…`; requests carry
     /// `Authorization: Bearer <key>` instead of a signature.
     ApiKey(PathBuf),
+    /// `merchant_private_key = "pkcs11:…"`: the key stays in a PKCS#11 token; requests are
+    /// RSA-signed by the token.
+    Pkcs11(super::pkcs11::Pkcs11Key),
 }
 
 impl CredentialFile {
@@ -35,6 +38,8 @@ impl CredentialFile {
     pub fn path(&self) -> &std::path::Path {
         match self {
             CredentialFile::PrivateKey(p) | CredentialFile::ApiKey(p) => p,
+            // the file a token key depends on (and the reload watcher watches): the PIN file
+            CredentialFile::Pkcs11(k) => &k.pin_file,
         }
     }
 
@@ -42,7 +47,7 @@ impl CredentialFile {
     /// `api_key`).
     pub fn option(&self) -> &'static str {
         match self {
-            CredentialFile::PrivateKey(_) => "merchant_private_key",
+            CredentialFile::PrivateKey(_) | CredentialFile::Pkcs11(_) => "merchant_private_key",
             CredentialFile::ApiKey(_) => "api_key",
         }
     }
