@@ -111,7 +111,7 @@ fn token_label(ctx: &Pkcs11, slot: Slot) -> Option<String> {
 /// The slot holding the token labelled `label` (or the only token when `None`).
 pub fn find_token(ctx: &Pkcs11, label: Option<&str>) -> Result<Slot, TokenError> {
     let slots = ctx
-        .get_slots_with_token()
+        .get_slots_with_initialized_token()
         .map_err(|e| ck("listing the module's tokens failed", e))?;
     let labels: Vec<(Slot, String)> = slots
         .iter()
@@ -146,7 +146,7 @@ pub fn find_token(ctx: &Pkcs11, label: Option<&str>) -> Result<Slot, TokenError>
             }),
         None if labels.len() == 1 => Ok(labels[0].0),
         None => Err(TokenError(format!(
-            "the URI names no token and the module has {} ({}); add `token=<label>` to the URI",
+            "the URI names no token and the module has {} ({}); add `token=<label>` to the URI (`--token` for `pkcs11` commands)",
             labels.len(),
             present()
         ))),
