@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod raw;
 pub mod rig;
 pub mod sidecar;
+pub mod softhsm;
 pub mod vectors;
 
 pub use app::*;
@@ -22,4 +23,5 @@ pub use metrics::*;
 pub use raw::*;
 pub use rig::*;
 pub use sidecar::*;
+pub use softhsm::*;
 pub use vectors::*;
