@@ -228,3 +228,13 @@ pub fn refusal_code(key: &SigningKey, _failure: &SignFailure) -> crate::envelope
         Backend::Pkcs11 => crate::envelope::SidecarError::SignerUnavailable,
     }
 }
+
+/// Registers the signer metrics with `merchant`'s series at zero, as a token key's load does
+/// (for checks of the dashboards and alert rules against what the code exposes).
+pub fn register_metrics(merchant: &str) {
+    metrics::announce(merchant, Backend::Pkcs11);
+    metrics::get()
+        .breaker_open
+        .with_label_values(&[merchant])
+        .set(0);
+}
