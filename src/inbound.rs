@@ -54,8 +54,8 @@ use crate::journal::{self, Entry, Journal, DELIVER_QUERY_HEADER, EVENT_ID_HEADER
 use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
 use crate::metrics::{Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
 use crate::protocol::{
-    content_digest, content_to_sign, ContentDigest, format_iso8601, parse_request_time, Reason, Verified,
-    ACK_BODY,
+    content_digest, content_to_sign, format_iso8601, parse_request_time, ContentDigest, Reason,
+    Verified, ACK_BODY,
 };
 use crate::replay::{self, InFlight, ReplayWindow, StillInFlight, Turn};
 use crate::state::SidecarState;

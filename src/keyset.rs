@@ -252,15 +252,15 @@ impl KeySet {
                     })?,
                 ))
             }
-            CredentialFile::Pkcs11(token) => Credential::Signing(
-                crate::signer::pkcs11::load(&merchant.name, token).map_err(|e| {
-                    KeySetError::Token {
+            CredentialFile::Pkcs11(token) => {
+                Credential::Signing(crate::signer::pkcs11::load(&merchant.name, token).map_err(
+                    |e| KeySetError::Token {
                         location: location(config, key),
                         uri: token.uri.clone(),
                         reason: e.0,
-                    }
-                })?,
-            ),
+                    },
+                )?)
+            }
             CredentialFile::ApiKey(path) => {
                 let text = read_key_file(config, key, "API key", path)?;
                 Credential::ApiKey(ApiKey::parse(&text).map_err(|source| {

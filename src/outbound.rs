@@ -38,8 +38,7 @@ use crate::keyset::{Credential, KeySet};
 use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
 use crate::metrics::{self, Direction, Outcome, VerificationResult};
 use crate::protocol::{
-    content_digest, format_epoch_millis, format_iso8601, parse_request_time,
-    ApiKeyEnv, Reason,
+    content_digest, format_epoch_millis, format_iso8601, parse_request_time, ApiKeyEnv, Reason,
 };
 use crate::state::SidecarState;
 use crate::upstream::{Upstream, UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
@@ -328,7 +327,9 @@ impl<G: UpstreamClient> Outbound<G> {
                 signature = private
                     .sign_header(&keys.merchant_key_version, &digest)
                     .await
-                    .map_err(|e| Refusal::new(crate::signer::refusal_code(private, &e), e.message))?;
+                    .map_err(|e| {
+                        Refusal::new(crate::signer::refusal_code(private, &e), e.message)
+                    })?;
                 report.sign_time = Some(sign_start.elapsed());
                 tracing::debug!(content_sha256 = %digest.to_hex(), path = %signed_target, request_time = %time, "signed request");
                 Auth::Signed {

@@ -173,7 +173,8 @@ fn describe_key(session: &Session, h: ObjectHandle, class: ObjectClass, token: &
     if kind != Some(KeyType::RSA) {
         line.push_str(&format!(
             "{} (not usable: the sidecar signs with RSA)",
-            kind.map(|k| k.to_string()).unwrap_or_else(|| "unknown type".into())
+            kind.map(|k| k.to_string())
+                .unwrap_or_else(|| "unknown type".into())
         ));
         return line;
     }
@@ -237,7 +238,11 @@ fn uri(token: &str, object: &str) -> String {
             })
             .collect()
     }
-    format!("pkcs11:token={};object={};type=private", enc(token), enc(object))
+    format!(
+        "pkcs11:token={};object={};type=private",
+        enc(token),
+        enc(object)
+    )
 }
 
 fn keygen(
@@ -248,7 +253,9 @@ fn keygen(
     let t = &args.token;
     let label = args.label.trim();
     if label.is_empty() {
-        return Err(TokenError("--label is empty; name the key, e.g. merchant-2026".into()));
+        return Err(TokenError(
+            "--label is empty; name the key, e.g. merchant-2026".into(),
+        ));
     }
     let Some(pin_file) = &t.pin_file else {
         return Err(TokenError(
@@ -308,7 +315,11 @@ fn keygen(
     ]
     .concat();
     let (_, private) = session
-        .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public_template, &private_template)
+        .generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &public_template,
+            &private_template,
+        )
         .map_err(|e| TokenError(format!("the token could not make the key pair: {e}")))?;
     let public = public_half(&session, private)?;
     let _ = writeln!(out, "{}", public.to_spki_base64());

@@ -712,7 +712,9 @@ impl Ctx<'_> {
             }
             (Some(k), None) => {
                 self.no_pkcs11_options(&raw, at)?;
-                CredentialFile::PrivateKey(self.path_value(k, &format!("{at}.merchant_private_key"))?)
+                CredentialFile::PrivateKey(
+                    self.path_value(k, &format!("{at}.merchant_private_key"))?,
+                )
             }
             (None, Some(k)) => {
                 CredentialFile::ApiKey(self.path_value(k, &format!("{at}.api_key"))?)

@@ -36,7 +36,10 @@ pub struct Pkcs11Key {
 
 /// Whether a `merchant_private_key` value names a token key rather than a file.
 pub fn is_pkcs11_uri(value: &str) -> bool {
-    value.trim_start().get(..7).is_some_and(|p| p.eq_ignore_ascii_case("pkcs11:"))
+    value
+        .trim_start()
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("pkcs11:"))
 }
 
 /// The attributes of an RFC 7512 URI this sidecar uses.
@@ -72,7 +75,9 @@ pub fn parse_uri(uri: &str) -> Result<ParsedUri, String> {
             .split_once('=')
             .ok_or_else(|| format!("`{attr}` is not an attribute (write name=value)"))?;
         let bytes = pct_decode(value).ok_or_else(|| {
-            format!("`{attr}`: a `%` must be followed by two hex digits (RFC 7512 percent-encoding)")
+            format!(
+                "`{attr}`: a `%` must be followed by two hex digits (RFC 7512 percent-encoding)"
+            )
         })?;
         let text = || {
             String::from_utf8(bytes.clone())
@@ -91,17 +96,28 @@ pub fn parse_uri(uri: &str) -> Result<ParsedUri, String> {
                     ));
                 }
             }
-            ("manufacturer" | "model" | "serial" | "library-description"
-            | "library-manufacturer" | "library-version" | "slot-description"
-            | "slot-manufacturer" | "slot-id", true) => {}
+            (
+                "manufacturer"
+                | "model"
+                | "serial"
+                | "library-description"
+                | "library-manufacturer"
+                | "library-version"
+                | "slot-description"
+                | "slot-manufacturer"
+                | "slot-id",
+                true,
+            ) => {}
             ("pin-source", false) => out.pin_source = Some(text()?),
             ("module-path", false) => out.module_path = Some(text()?),
             ("module-name", false) => {}
             ("pin-value", false) => {
-                return Err("`pin-value` puts the PIN in the configuration; put the PIN in a \
+                return Err(
+                    "`pin-value` puts the PIN in the configuration; put the PIN in a \
                             file readable only by the sidecar and name it with \
                             `pkcs11_pin_file` (or `?pin-source=file:/path`)"
-                    .into())
+                        .into(),
+                )
             }
             (other, _) => {
                 return Err(format!(
@@ -158,10 +174,11 @@ impl Ctx<'_> {
                 )
             }
         };
-        let pin_source = parsed
-            .pin_source
-            .as_deref()
-            .map(|p| p.strip_prefix("file:").unwrap_or(p).trim_start_matches("//"));
+        let pin_source = parsed.pin_source.as_deref().map(|p| {
+            p.strip_prefix("file:")
+                .unwrap_or(p)
+                .trim_start_matches("//")
+        });
         let pin_file = match (&raw.pkcs11_pin_file, pin_source) {
             (Some(p), None) => self.path_value(p, &format!("{at}.pkcs11_pin_file"))?,
             (None, Some(p)) if !p.is_empty() => self.resolve(p),
@@ -206,9 +223,18 @@ impl Ctx<'_> {
     /// The token options are refused next to a key file: they would silently do nothing.
     pub(super) fn no_pkcs11_options(&self, raw: &RawKeys, at: &str) -> Result<(), ConfigError> {
         let set = [
-            ("pkcs11_module", raw.pkcs11_module.as_ref().map(Spanned::span)),
-            ("pkcs11_pin_file", raw.pkcs11_pin_file.as_ref().map(Spanned::span)),
-            ("max_concurrent_signs", raw.max_concurrent_signs.as_ref().map(Spanned::span)),
+            (
+                "pkcs11_module",
+                raw.pkcs11_module.as_ref().map(Spanned::span),
+            ),
+            (
+                "pkcs11_pin_file",
+                raw.pkcs11_pin_file.as_ref().map(Spanned::span),
+            ),
+            (
+                "max_concurrent_signs",
+                raw.max_concurrent_signs.as_ref().map(Spanned::span),
+            ),
             ("sign_timeout", raw.sign_timeout.as_ref().map(Spanned::span)),
         ];
         if let Some((name, Some(span))) = set.into_iter().find(|(_, s)| s.is_some()) {
@@ -252,7 +278,9 @@ mod tests {
             .unwrap_err()
             .contains("PIN"));
         assert!(parse_uri("pkcs11:objet=k").unwrap_err().contains("objet"));
-        assert!(parse_uri("pkcs11:token=t").unwrap_err().contains("names no key"));
+        assert!(parse_uri("pkcs11:token=t")
+            .unwrap_err()
+            .contains("names no key"));
         assert!(parse_uri("pkcs11:object=k;type=public").is_err());
         assert!(parse_uri("pkcs11:object=%zz").is_err());
     }

@@ -235,7 +235,9 @@ mod tests {
         let b = for_merchant("budget-unit-test", 2);
         for _ in 0..FAILURES_TO_OPEN {
             let r = b
-                .run("m", Duration::from_secs(5), || Err("CKR_DEVICE_ERROR".into()))
+                .run("m", Duration::from_secs(5), || {
+                    Err("CKR_DEVICE_ERROR".into())
+                })
                 .await;
             assert_eq!(r.unwrap_err().reason, FailureReason::TokenError);
         }
@@ -244,7 +246,12 @@ mod tests {
         assert_eq!(r.unwrap_err().reason, FailureReason::BreakerOpen);
         // cool-down over: the next sign is the probe
         b.lock().open_until = Some(Instant::now());
-        assert_eq!(b.run("m", Duration::from_secs(5), || Ok(vec![1])).await.unwrap(), vec![1]);
+        assert_eq!(
+            b.run("m", Duration::from_secs(5), || Ok(vec![1]))
+                .await
+                .unwrap(),
+            vec![1]
+        );
         assert!(!open_breakers().contains(&"budget-unit-test".to_string()));
     }
 

@@ -80,7 +80,8 @@ pub(crate) fn get() -> &'static SignerMetrics {
 pub(crate) fn announce(merchant: &str, backend: Backend) {
     let m = get();
     for r in FailureReason::ALL {
-        m.errors.with_label_values(&[merchant, backend.label(), r.label()]);
+        m.errors
+            .with_label_values(&[merchant, backend.label(), r.label()]);
     }
     m.seconds.with_label_values(&[merchant, backend.label()]);
     if backend == Backend::Pkcs11 {

@@ -203,7 +203,12 @@ impl SigningKey {
         let start = Instant::now();
         let backend = self.signer.backend();
         let result = self.signer.sign(digest).await;
-        metrics::observe(&self.merchant, backend, start.elapsed(), result.as_ref().err());
+        metrics::observe(
+            &self.merchant,
+            backend,
+            start.elapsed(),
+            result.as_ref().err(),
+        );
         Ok(format_signature_header(key_version, &result?))
     }
 }

@@ -35,8 +35,8 @@ use crate::protocol::{ContentDigest, PublicKey};
 
 /// DER prefix of the PKCS#1 v1.5 DigestInfo for SHA-256 (RFC 8017 §9.2 note 1).
 const SHA256_DIGEST_INFO: [u8; 19] = [
-    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
-    0x05, 0x00, 0x04, 0x20,
+    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
+    0x00, 0x04, 0x20,
 ];
 
 /// Concurrent signs when neither `max_concurrent_signs` nor the token's session limit says.
@@ -89,23 +89,24 @@ pub fn module(path: &Path) -> Result<Pkcs11, TokenError> {
 
 /// Reads the user PIN from its file (trailing newline and spaces dropped).
 pub fn read_pin(path: &Path) -> Result<AuthPin, TokenError> {
-    let bytes = crate::files::read_file(path, MAX_PIN_BYTES).map_err(|e| {
-        TokenError(format!(
-            "cannot read the PIN file {}: {e}",
-            path.display()
-        ))
-    })?;
+    let bytes = crate::files::read_file(path, MAX_PIN_BYTES)
+        .map_err(|e| TokenError(format!("cannot read the PIN file {}: {e}", path.display())))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| TokenError(format!("the PIN file {} is not text", path.display())))?;
     let pin = text.trim_end_matches(['\n', '\r', ' ', '\t']);
     if pin.is_empty() {
-        return Err(TokenError(format!("the PIN file {} is empty", path.display())));
+        return Err(TokenError(format!(
+            "the PIN file {} is empty",
+            path.display()
+        )));
     }
     Ok(AuthPin::new(pin.into()))
 }
 
 fn token_label(ctx: &Pkcs11, slot: Slot) -> Option<String> {
-    ctx.get_token_info(slot).ok().map(|t| t.label().trim_end().to_string())
+    ctx.get_token_info(slot)
+        .ok()
+        .map(|t| t.label().trim_end().to_string())
 }
 
 /// The slot holding the token labelled `label` (or the only token when `None`).
@@ -182,7 +183,9 @@ pub struct SessionPool {
 
 impl std::fmt::Debug for SessionPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionPool").field("slot", &self.slot.id()).finish()
+        f.debug_struct("SessionPool")
+            .field("slot", &self.slot.id())
+            .finish()
     }
 }
 
@@ -207,17 +210,23 @@ impl SessionPool {
 
     /// Concurrent signs the token allows: its session limit, or [`DEFAULT_SLOTS`].
     fn session_limit(&self) -> usize {
-        match self.ctx.get_token_info(self.slot).map(|t| t.max_session_count()) {
+        match self
+            .ctx
+            .get_token_info(self.slot)
+            .map(|t| t.max_session_count())
+        {
             Ok(Limit::Max(n)) if n > 0 => n.min(MAX_DEFAULT_SLOTS) as usize,
             _ => DEFAULT_SLOTS,
         }
     }
 }
 
-/// The pool for (module, token, PIN): one per process.
+/// Module, token slot and PIN file: what a pool is shared by.
+type PoolId = (PathBuf, u64, PathBuf);
+
+/// The pool for (module, token, PIN file): one per process.
 fn pool(key: &Pkcs11Key) -> Result<Arc<SessionPool>, TokenError> {
-    static POOLS: OnceLock<Mutex<HashMap<(PathBuf, u64, PathBuf), Arc<SessionPool>>>> =
-        OnceLock::new();
+    static POOLS: OnceLock<Mutex<HashMap<PoolId, Arc<SessionPool>>>> = OnceLock::new();
     let ctx = module(&key.module)?;
     let slot = find_token(&ctx, key.token.as_deref())?;
     let pin = read_pin(&key.pin_file)?;
@@ -346,7 +355,8 @@ pub fn public_half(session: &Session, handle: ObjectHandle) -> Result<PublicKey,
         return Err(TokenError(format!(
             "key not RSA: the object is a {} key; Alipay signs with RSA (2048–4096 bits): \
              make an RSA key in the token (`alipay-sidecar pkcs11 keygen`)",
-            kind.map(|k| k.to_string()).unwrap_or_else(|| "unknown".into())
+            kind.map(|k| k.to_string())
+                .unwrap_or_else(|| "unknown".into())
         )));
     }
     let (Some(n), Some(e)) = (n, e) else {
@@ -384,7 +394,11 @@ fn der_len(len: usize, out: &mut Vec<u8>) {
     if len < 0x80 {
         out.push(len as u8);
     } else {
-        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
         out.push(0x80 | bytes.len() as u8);
         out.extend(bytes);
     }

@@ -27,8 +27,17 @@ fn pem(b64: &str) -> String {
 /// `check-config` on a config whose `[keys]` are `keys` (the vector Alipay key beside it),
 /// with the token's environment: (exit code, stdout + stderr).
 fn check_config(hsm: &SoftHsm, keys: &str) -> (i32, String) {
+    check_config_with(hsm, keys, |_| {})
+}
+
+fn check_config_with(
+    hsm: &SoftHsm,
+    keys: &str,
+    prepare: impl FnOnce(&std::path::Path),
+) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     write_vector_keys(dir.path());
+    prepare(dir.path());
     let config = dir.path().join("sidecar.toml");
     std::fs::write(
         &config,
@@ -61,11 +70,35 @@ fn check_config_accepts_a_token_key_and_shows_its_fingerprint() {
         return;
     };
     let public = hsm.keygen("merchant");
-    let fingerprint = PublicKey::from_text(&public).unwrap().fingerprint().to_string();
+    let fingerprint = PublicKey::from_text(&public)
+        .unwrap()
+        .fingerprint()
+        .to_string();
     let (code, out) = check_config(&hsm, &hsm.keys("merchant", None));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&fingerprint), "{out}");
-    assert!(out.contains("PKCS#11 token pkcs11:token=alipay;object=merchant"), "{out}");
+    assert!(
+        out.contains("PKCS#11 token pkcs11:token=alipay;object=merchant"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_preflight_catches_the_token_keys_public_half_configured_as_alipays() {
+    let Some(hsm) =
+        softhsm("the_preflight_catches_the_token_keys_public_half_configured_as_alipays")
+    else {
+        return;
+    };
+    let public = hsm.keygen("merchant");
+    let (code, out) = check_config_with(&hsm, &hsm.keys("merchant", None), |dir| {
+        std::fs::write(dir.join("alipay_public_key.pem"), pem(&public)).unwrap()
+    });
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("you configured your own public key as Alipay's"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -73,8 +106,15 @@ fn check_config_says_the_module_is_missing() {
     let Some(hsm) = softhsm("check_config_says_the_module_is_missing") else {
         return;
     };
-    let keys = hsm.keys("merchant", Some(std::path::Path::new("/nonexistent/libvendor.so")));
-    refused(&hsm, &keys, &["module missing", "/nonexistent/libvendor.so"]);
+    let keys = hsm.keys(
+        "merchant",
+        Some(std::path::Path::new("/nonexistent/libvendor.so")),
+    );
+    refused(
+        &hsm,
+        &keys,
+        &["module missing", "/nonexistent/libvendor.so"],
+    );
 }
 
 #[test]
@@ -85,7 +125,11 @@ fn check_config_says_the_token_is_not_found() {
     let keys = hsm
         .keys("merchant", None)
         .replace("token=alipay", "token=elsewhere");
-    refused(&hsm, &keys, &["token not found", "\"elsewhere\"", "\"alipay\""]);
+    refused(
+        &hsm,
+        &keys,
+        &["token not found", "\"elsewhere\"", "\"alipay\""],
+    );
 }
 
 #[test]
@@ -95,7 +139,11 @@ fn check_config_says_the_pin_is_wrong() {
     };
     hsm.keygen("merchant");
     std::fs::write(&hsm.pin_file, "9999\n").unwrap();
-    refused(&hsm, &hsm.keys("merchant", None), &["wrong PIN", "CKR_PIN_INCORRECT"]);
+    refused(
+        &hsm,
+        &hsm.keys("merchant", None),
+        &["wrong PIN", "CKR_PIN_INCORRECT"],
+    );
 }
 
 #[test]
@@ -137,7 +185,9 @@ fn check_config_refuses_a_key_without_the_sign_permission() {
 
 #[test]
 fn check_config_refuses_a_pin_in_the_uri_and_token_options_next_to_a_file_key() {
-    let Some(hsm) = softhsm("check_config_refuses_a_pin_in_the_uri_and_token_options_next_to_a_file_key") else {
+    let Some(hsm) =
+        softhsm("check_config_refuses_a_pin_in_the_uri_and_token_options_next_to_a_file_key")
+    else {
         return;
     };
     let keys = hsm
@@ -213,7 +263,10 @@ fn pay_flow_is_signed_by_the_token_and_verified_by_the_gateway() {
         m.text
     );
     assert_eq!(
-        m.sum("alipay_sidecar_signer_breaker_open", &[("merchant", "default")]),
+        m.sum(
+            "alipay_sidecar_signer_breaker_open",
+            &[("merchant", "default")]
+        ),
         0.0
     );
     assert_eq!(rig.ready_status(), 200);
@@ -232,7 +285,11 @@ fn acknowledgement_is_signed_through_the_token() {
     let (rig, public) = token_rig(&hsm, "merchant", None, &tail);
     let inbound = rig.sidecar.addr("inbound");
     let n = crate::inbound::fresh("hsm-ack");
-    let headers: Vec<(&str, &str)> = n.headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let headers: Vec<(&str, &str)> = n
+        .headers
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     let r = request(inbound, "POST", &n.uri, &headers, &n.body).unwrap();
     assert_eq!(r.status, 200, "{}", rig.sidecar.logs());
     let time = r.header("response-time").expect("response-time");
@@ -249,7 +306,11 @@ fn reload_switches_to_another_token_object() {
         return;
     };
     let (rig, first) = token_rig(&hsm, "merchant-a", None, "[log]\nformat = \"json\"\n");
-    assert_verified_ok(&rig.pay("hsm-reload-1", ""), "before the reload", &rig.sidecar);
+    assert_verified_ok(
+        &rig.pay("hsm-reload-1", ""),
+        "before the reload",
+        &rig.sidecar,
+    );
     let second = hsm.keygen("merchant-b");
     let config = std::fs::read_to_string(&rig.sidecar.config_path).unwrap();
     std::fs::write(
@@ -259,7 +320,10 @@ fn reload_switches_to_another_token_object() {
     .unwrap();
     let r = rig.reload();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let fingerprint = PublicKey::from_text(&second).unwrap().fingerprint().to_string();
+    let fingerprint = PublicKey::from_text(&second)
+        .unwrap()
+        .fingerprint()
+        .to_string();
     rig.eventually("the new key is live", || {
         rig.scrape().text.contains(&fingerprint).then_some(())
     });
@@ -267,7 +331,10 @@ fn reload_switches_to_another_token_object() {
     let _ = rig.pay("hsm-reload-2", "");
     let sent = rig.last_pay();
     assert!(signed_with(&sent, &pem(&second)), "signed with merchant-b");
-    assert!(!signed_with(&sent, &pem(&first)), "no longer with merchant-a");
+    assert!(
+        !signed_with(&sent, &pem(&first)),
+        "no longer with merchant-a"
+    );
 }
 
 #[test]
@@ -321,7 +388,10 @@ fn no_code_path_reads_a_secret_key_attribute() {
             }
         }
     }
-    assert!(files.iter().any(|p| p.ends_with("signer/pkcs11.rs")), "the scan sees the token code");
+    assert!(
+        files.iter().any(|p| p.ends_with("signer/pkcs11.rs")),
+        "the scan sees the token code"
+    );
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         for s in SECRET {
@@ -338,12 +408,7 @@ fn a_stalling_token_times_out_opens_the_breaker_and_recovers() {
         return;
     };
     let shim = stall_shim();
-    let (rig, _) = token_rig(
-        &hsm,
-        "merchant",
-        Some(&shim),
-        "[log]\nformat = \"json\"\n",
-    );
+    let (rig, _) = token_rig(&hsm, "merchant", Some(&shim), "[log]\nformat = \"json\"\n");
     let config = std::fs::read_to_string(&rig.sidecar.config_path).unwrap();
     assert!(config.contains("libstallshim.so"), "{config}");
     assert_verified_ok(&rig.pay("stall-0", ""), "before the stall", &rig.sidecar);
@@ -356,20 +421,41 @@ fn a_stalling_token_times_out_opens_the_breaker_and_recovers() {
         let r = rig.pay(&format!("stall-{}", i + 1), "");
         assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
         let (status, code) = r.result_code();
-        assert_eq!((status.as_str(), code.as_str()), ("U", "SIDECAR_SIGNER_UNAVAILABLE"));
+        assert_eq!(
+            (status.as_str(), code.as_str()),
+            ("U", "SIDECAR_SIGNER_UNAVAILABLE")
+        );
     }
-    assert_eq!(rig.gw.received().len(), sent_before, "nothing reached the gateway");
+    assert_eq!(
+        rig.gw.received().len(),
+        sent_before,
+        "nothing reached the gateway"
+    );
     // the breaker is open: refused at once, not ready, the gauge says so
     let r = rig.pay("stall-open", "");
     assert_eq!(r.result_code().1, "SIDECAR_SIGNER_UNAVAILABLE");
-    assert!(String::from_utf8_lossy(&r.body).contains("circuit breaker"), "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("circuit breaker"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert_eq!(rig.ready_status(), 503);
     let m = rig.scrape();
-    assert_eq!(m.sum("alipay_sidecar_signer_breaker_open", &[("merchant", "default")]), 1.0);
+    assert_eq!(
+        m.sum(
+            "alipay_sidecar_signer_breaker_open",
+            &[("merchant", "default")]
+        ),
+        1.0
+    );
     assert_eq!(
         m.sum(
             "alipay_sidecar_signer_errors_total",
-            &[("merchant", "default"), ("backend", "pkcs11"), ("reason", "timeout")]
+            &[
+                ("merchant", "default"),
+                ("backend", "pkcs11"),
+                ("reason", "timeout")
+            ]
         ),
         5.0,
         "{}",
@@ -391,7 +477,13 @@ fn a_stalling_token_times_out_opens_the_breaker_and_recovers() {
         is_verified_ok(&rig.pay("stall-probe", "")).then_some(())
     });
     let m = rig.scrape();
-    assert_eq!(m.sum("alipay_sidecar_signer_breaker_open", &[("merchant", "default")]), 0.0);
+    assert_eq!(
+        m.sum(
+            "alipay_sidecar_signer_breaker_open",
+            &[("merchant", "default")]
+        ),
+        0.0
+    );
 }
 
 #[test]
@@ -407,7 +499,11 @@ fn a_token_error_is_counted_and_the_session_reopened() {
     assert_eq!(r.result_code().1, "SIDECAR_SIGNER_UNAVAILABLE");
     assert!(String::from_utf8_lossy(&r.body).contains("could not sign"));
     std::fs::remove_file(&fail).unwrap();
-    assert_verified_ok(&rig.pay("fail-2", ""), "after the token error", &rig.sidecar);
+    assert_verified_ok(
+        &rig.pay("fail-2", ""),
+        "after the token error",
+        &rig.sidecar,
+    );
     let m = rig.scrape();
     assert_eq!(
         m.sum(
@@ -422,16 +518,24 @@ fn a_token_error_is_counted_and_the_session_reopened() {
 
 #[test]
 fn pkcs11_keygen_prints_the_dashboards_public_key_and_list_shows_its_fingerprint() {
-    let Some(hsm) = softhsm("pkcs11_keygen_prints_the_dashboards_public_key_and_list_shows_its_fingerprint") else {
+    let Some(hsm) =
+        softhsm("pkcs11_keygen_prints_the_dashboards_public_key_and_list_shows_its_fingerprint")
+    else {
         return;
     };
     let (code, out, err) = hsm.cli(&["keygen", "--label", "merchant-2026"]);
     assert_eq!(code, 0, "{err}");
     let line = out.trim();
-    assert!(!line.contains('\n') && !line.contains("BEGIN"), "one line: {out}");
+    assert!(
+        !line.contains('\n') && !line.contains("BEGIN"),
+        "one line: {out}"
+    );
     let public = PublicKey::from_text(line).expect("a base64 SPKI public key");
     assert_eq!(public.bits(), 2048);
-    assert!(err.contains("pkcs11:token=alipay;object=merchant-2026;type=private"), "{err}");
+    assert!(
+        err.contains("pkcs11:token=alipay;object=merchant-2026;type=private"),
+        "{err}"
+    );
     // the same label twice is refused, nothing made
     let (code, _, err) = hsm.cli(&["keygen", "--label", "merchant-2026"]);
     assert_ne!(code, 0);
@@ -441,7 +545,11 @@ fn pkcs11_keygen_prints_the_dashboards_public_key_and_list_shows_its_fingerprint
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("token \"alipay\""), "{out}");
     assert!(out.contains(public.fingerprint()), "{out}");
-    assert_eq!(out.matches("private key \"merchant-2026\"").count(), 1, "{out}");
+    assert_eq!(
+        out.matches("private key \"merchant-2026\"").count(),
+        1,
+        "{out}"
+    );
 }
 
 // ---------------------------------------------------------------- helper (child process)

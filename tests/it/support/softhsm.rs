@@ -143,7 +143,12 @@ impl SoftHsm {
         let exe = std::env::current_exe().unwrap();
         let (k, v) = self.env();
         let out = Command::new(exe)
-            .args(["pkcs11::token_helper", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "pkcs11::token_helper",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(k, v)
             .env("PKCS11_TEST_HELPER", args.join(" "))
             .env("PKCS11_TEST_MODULE", &self.module)
@@ -205,7 +210,8 @@ CK_RV C_GetFunctionList(ck_list **out) {
 pub fn stall_shim() -> PathBuf {
     static SHIM: OnceLock<PathBuf> = OnceLock::new();
     SHIM.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("alipay-sidecar-pkcs11-shim-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("alipay-sidecar-pkcs11-shim-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let src = dir.join("shim.c");
         let lib = dir.join("libstallshim.so");
