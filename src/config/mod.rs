@@ -63,7 +63,7 @@ use toml::Spanned;
 
 pub use error::{ConfigError, InvalidValue, Origin};
 pub use merchants::valid_name as valid_merchant_name;
-pub use pkcs11::{is_pkcs11_uri, parse_uri as parse_pkcs11_uri, Pkcs11Key};
+pub use pkcs11::{is_pkcs11_uri, parse_uri as parse_pkcs11_uri};
 pub use raw::known_keys;
 pub use typed::*;
 

@@ -4,35 +4,11 @@
 //! Why here and pure: the URI is configuration; reaching the token is `crate::signer`'s
 //! business (at start, reload and `check-config`), so a config build never loads a module.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use toml::Spanned;
 
-use super::error::Ctx;
+use super::error::{ConfigError, Ctx};
 use super::raw::RawKeys;
-use super::ConfigError;
-
-/// Where the merchant key lives in a token, and how to reach it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pkcs11Key {
-    /// The URI as written (for messages; it holds no secret: `pin-value` is refused).
-    pub uri: String,
-    /// `token=`: the token label.
-    pub token: Option<String>,
-    /// `object=`: the key's label.
-    pub object: Option<String>,
-    /// `id=`: the key's CKA_ID bytes.
-    pub id: Option<Vec<u8>>,
-    /// `[keys] pkcs11_module` (or the URI's `module-path`): the vendor's PKCS#11 library.
-    pub module: PathBuf,
-    /// `[keys] pkcs11_pin_file` (or the URI's `pin-source`): the file holding the user PIN.
-    pub pin_file: PathBuf,
-    /// `[keys] max_concurrent_signs`: `None` = the token's session limit, or 8.
-    pub max_concurrent_signs: Option<usize>,
-    /// `[keys] sign_timeout` (default 2 s).
-    pub sign_timeout: Duration,
-}
+use super::typed::Pkcs11Key;
 
 /// Whether a `merchant_private_key` value names a token key rather than a file.
 pub fn is_pkcs11_uri(value: &str) -> bool {
