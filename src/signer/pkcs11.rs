@@ -31,7 +31,7 @@ use cryptoki::types::AuthPin;
 use super::budget::{self, Budget};
 use super::{Backend, SignFailure, Signer, SigningKey};
 use crate::config::Pkcs11Key;
-use crate::protocol::{ContentDigest, PublicKey};
+use crate::protocol::{sha256_hex, ContentDigest, PublicKey};
 
 /// DER prefix of the PKCS#1 v1.5 DigestInfo for SHA-256 (RFC 8017 §9.2 note 1).
 const SHA256_DIGEST_INFO: [u8; 19] = [
@@ -89,6 +89,12 @@ pub fn module(path: &Path) -> Result<Pkcs11, TokenError> {
 
 /// Reads the user PIN from its file (trailing newline and spaces dropped).
 pub fn read_pin(path: &Path) -> Result<AuthPin, TokenError> {
+    read_pin_and_digest(path).map(|(pin, _)| pin)
+}
+
+/// The PIN and the SHA-256 of its text: a changed PIN file (a rotated PIN) makes a new pool
+/// at the next reload; the PIN itself is never kept outside the `AuthPin`.
+fn read_pin_and_digest(path: &Path) -> Result<(AuthPin, String), TokenError> {
     let bytes = crate::files::read_file(path, MAX_PIN_BYTES)
         .map_err(|e| TokenError(format!("cannot read the PIN file {}: {e}", path.display())))?;
     let text = String::from_utf8(bytes)
@@ -100,7 +106,7 @@ pub fn read_pin(path: &Path) -> Result<AuthPin, TokenError> {
             path.display()
         )));
     }
-    Ok(AuthPin::new(pin.into()))
+    Ok((AuthPin::new(pin.into()), sha256_hex(pin.as_bytes())))
 }
 
 fn token_label(ctx: &Pkcs11, slot: Slot) -> Option<String> {
@@ -221,16 +227,16 @@ impl SessionPool {
     }
 }
 
-/// Module, token slot and PIN file: what a pool is shared by.
-type PoolId = (PathBuf, u64, PathBuf);
+/// Module, token slot and the PIN's SHA-256: what a pool is shared by.
+type PoolId = (PathBuf, u64, String);
 
-/// The pool for (module, token, PIN file): one per process.
+/// The pool for (module, token, PIN): one per process.
 fn pool(key: &Pkcs11Key) -> Result<Arc<SessionPool>, TokenError> {
     static POOLS: OnceLock<Mutex<HashMap<PoolId, Arc<SessionPool>>>> = OnceLock::new();
     let ctx = module(&key.module)?;
     let slot = find_token(&ctx, key.token.as_deref())?;
-    let pin = read_pin(&key.pin_file)?;
-    let id = (key.module.clone(), slot.id(), key.pin_file.clone());
+    let (pin, pin_digest) = read_pin_and_digest(&key.pin_file)?;
+    let id = (key.module.clone(), slot.id(), pin_digest);
     let mut pools = POOLS
         .get_or_init(Default::default)
         .lock()
