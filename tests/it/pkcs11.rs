@@ -102,6 +102,47 @@ fn the_preflight_catches_the_token_keys_public_half_configured_as_alipays() {
 }
 
 #[test]
+fn merchants_keys_take_token_keys_and_the_cross_merchant_preflight_sees_them() {
+    let Some(hsm) =
+        softhsm("merchants_keys_take_token_keys_and_the_cross_merchant_preflight_sees_them")
+    else {
+        return;
+    };
+    let public = hsm.keygen("shared");
+    let fingerprint = PublicKey::from_text(&public)
+        .unwrap()
+        .fingerprint()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    write_vector_keys(dir.path());
+    let keys = hsm.keys("shared", None);
+    let config = dir.path().join("sidecar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[outbound]\ngateway = \"https://open-na-global.alipay.com\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[merchants]]\nname = \"sg\"\nclient_id = \"T_1\"\n[merchants.keys]\n{keys}\
+             [merchants.outbound]\nlisten = \"127.0.0.1:0\"\n\
+             [[merchants]]\nname = \"eu\"\nclient_id = \"T_2\"\n[merchants.keys]\n{keys}\
+             [merchants.outbound]\nlisten = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = command(&["check-config", "--config", &config.display().to_string()]);
+    let (k, v) = hsm.env();
+    cmd.env(k, v);
+    let (code, out, err) = run_bounded(&mut cmd, Duration::from_secs(60));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let all = format!("{out}\n{err}");
+    assert!(all.matches(&fingerprint).count() >= 2, "{all}");
+    assert!(
+        all.contains("use the same private key for two client ids"),
+        "{all}"
+    );
+}
+
+#[test]
 fn check_config_says_the_module_is_missing() {
     let Some(hsm) = softhsm("check_config_says_the_module_is_missing") else {
         return;
