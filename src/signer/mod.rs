@@ -243,3 +243,38 @@ pub fn register_metrics(merchant: &str) {
         .with_label_values(&[merchant])
         .set(0);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::sign_digest;
+
+    #[tokio::test]
+    async fn the_file_signer_writes_todays_header_and_its_metrics() {
+        let key = crate::testing::merchant_key();
+        let signing = SigningKey::file("signer-unit", key.clone());
+        assert_eq!(signing.backend(), Backend::File);
+        assert_eq!(signing.fingerprint(), key.fingerprint());
+        assert!(signing.file_key().is_some() && signing.token_location().is_none());
+        let digest = ContentDigest::of(b"POST /ams/api/v1/payments/pay\nT_1.1.{}");
+        let header = signing.sign_header("7", &digest).await.unwrap();
+        assert_eq!(header, sign_digest(&key, "7", &digest).unwrap());
+        let m = metrics::get();
+        assert_eq!(
+            m.seconds
+                .with_label_values(&["signer-unit", "file"])
+                .get_sample_count(),
+            1
+        );
+        assert_eq!(
+            refusal_code(
+                &signing,
+                &SignFailure {
+                    reason: FailureReason::TokenError,
+                    message: String::new()
+                }
+            ),
+            crate::envelope::SidecarError::SigningFailed
+        );
+    }
+}
