@@ -327,9 +327,7 @@ impl<G: UpstreamClient> Outbound<G> {
                 signature = private
                     .sign_header(&keys.merchant_key_version, &digest)
                     .await
-                    .map_err(|e| {
-                        Refusal::new(crate::signer::refusal_code(private, &e), e.message)
-                    })?;
+                    .map_err(|e| Refusal::new(crate::signer::refusal_code(private), e.message))?;
                 report.sign_time = Some(sign_start.elapsed());
                 tracing::debug!(content_sha256 = %digest.to_hex(), path = %signed_target, request_time = %time, "signed request");
                 Auth::Signed {

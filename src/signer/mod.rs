@@ -227,7 +227,7 @@ impl SigningKey {
 /// The sidecar error for a failed sign: an in-process engine failure is
 /// `SIDECAR_SIGNING_FAILED` (as before); a key store that did not sign is
 /// `SIDECAR_SIGNER_UNAVAILABLE` (`U`: nothing was sent to Alipay, a retry can succeed).
-pub fn refusal_code(key: &SigningKey, _failure: &SignFailure) -> crate::envelope::SidecarError {
+pub fn refusal_code(key: &SigningKey) -> crate::envelope::SidecarError {
     match key.backend() {
         Backend::File => crate::envelope::SidecarError::SigningFailed,
         Backend::Pkcs11 => crate::envelope::SidecarError::SignerUnavailable,
@@ -267,13 +267,7 @@ mod tests {
             1
         );
         assert_eq!(
-            refusal_code(
-                &signing,
-                &SignFailure {
-                    reason: FailureReason::TokenError,
-                    message: String::new()
-                }
-            ),
+            refusal_code(&signing),
             crate::envelope::SidecarError::SigningFailed
         );
     }
