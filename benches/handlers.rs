@@ -225,7 +225,12 @@ fn outbound(c: &mut Criterion, s: &Setup, rt: &tokio::runtime::Runtime) {
     check("outbound", &run(request()));
 
     // The engine alone on the same request's content and key.
-    let key = s.keys.credential.signing_key().expect("signing mode");
+    let key = s
+        .keys
+        .credential
+        .signing_key()
+        .and_then(|k| k.file_key())
+        .expect("signing mode, file key");
     let content = content_to_sign("POST", PAY, CLIENT_ID, &time, &body);
 
     let mut g = c.benchmark_group(GROUP);

@@ -34,6 +34,11 @@
 #                     would be), then with duplicates = "suppress" (every copy after the
 #                     first is acknowledged from the journal), at 1 connection and at CONNS;
 #                     prints the p50 each adds over no store (target ≤ 1 ms at 1 connection)
+#   TOKEN=1           only the signer's cost (issue 21): the outbound phases with the merchant
+#                     key in a file (in-process aws-lc), then in a SoftHSM 2 token made in the
+#                     work folder (PKCS#11; SoftHSM runs inside the sidecar's process, so its
+#                     CPU is counted), at 1 connection and at CONNS; prints CPU per signed
+#                     request and requests per second of each, same run (needs softhsm2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -174,13 +179,15 @@ proxy_master=$!
 wait_port "$gw"; wait_port "$app"; wait_port "$proxy"
 
 # --- the sidecar --------------------------------------------------------------------------
+# The merchant key lines of [keys] (TOKEN=1 swaps in a PKCS#11 URI).
+merchant_key_lines='merchant_private_key = "merchant/merchant_private_key.pem"'
 start_sidecar() { # name threads cpus [lines after [inbound] forward_to, e.g. a [store] section]
   local out in admin
   out=$(port); in=$(port); admin=$(port)
   cat >"$1.toml" <<TOML
 client_id = "$client_id"
 [keys]
-merchant_private_key = "merchant/merchant_private_key.pem"
+$merchant_key_lines
 alipay_public_keys = { "1" = "alipay/merchant_public_key.pem" }
 [outbound]
 listen = "127.0.0.1:$out"
@@ -358,6 +365,47 @@ if [ -n "${JOURNAL:-}" ]; then
     echo "store, duplicates = $m: p50 at 1 conn $a1 ms (no store $p50_1_nostore ms: +$add1 ms, target ≤ 1 ms: $(verdict "$add1" 1)); at $conns conns $an ms (+$addn ms); CPU $c µs/notification (no store $cpu_nostore)"
   done
   echo "non-2xx / socket errors over all phases: $total_bad (target 0: $(verdict "$total_bad" 0))"
+  [ "$total_bad" -eq 0 ]
+  exit
+fi
+
+if [ -n "${TOKEN:-}" ]; then
+  module=""
+  for m in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so \
+    /usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so /usr/lib64/pkcs11/libsofthsm2.so; do
+    [ -e "$m" ] && { module=$m; break; }
+  done
+  if [ -z "$module" ] || ! command -v softhsm2-util >/dev/null 2>&1; then
+    echo "bench-sidecar: TOKEN=1 needs the Debian package softhsm2" >&2
+    exit 2
+  fi
+  mkdir -p hsm/tokens
+  printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$dir/hsm/tokens" >hsm/softhsm2.conf
+  export SOFTHSM2_CONF="$dir/hsm/softhsm2.conf"
+  softhsm2-util --init-token --free --label bench --pin 1234 --so-pin 5678 >/dev/null
+  printf '1234\n' >hsm/pin
+  chmod 600 hsm/pin
+  "$bin" pkcs11 keygen --module "$module" --pin-file hsm/pin --label merchant >/dev/null 2>&1
+  phase() { # name
+    start_sidecar "$1" 1 0
+    run_wrk "outbound, key $1, 1 conn" ticks "$sidecar_pid" outbound.lua 1 "$out_url$api"
+    eval "p50_$1=\$p50"
+    run_wrk "outbound, key $1, $conns conns" ticks "$sidecar_pid" outbound.lua "$conns" "$out_url$api"
+    eval "cpu_$1=\$cpu_us; rps_$1=\$rps"
+    stop_sidecar
+  }
+  phase file
+  merchant_key_lines=$(printf 'merchant_private_key = "pkcs11:token=bench;object=merchant;type=private"\npkcs11_module = "%s"\npkcs11_pin_file = "hsm/pin"' "$module")
+  phase pkcs11
+  echo
+  echo "== signer summary (1 sidecar thread on CPU 0; SoftHSM $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null || echo '?') in process)"
+  for k in file pkcs11; do
+    eval "c=\$cpu_$k; r=\$rps_$k; p=\$p50_$k"
+    echo "key $k: CPU $c µs per signed + verified request, $r req/s at $conns conns, p50 $p ms at 1 conn"
+  done
+  r=$(awk -v a="$cpu_pkcs11" -v b="$cpu_file" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "nan"}')
+  echo "the token costs ${r}× the in-process engine's CPU per request"
+  echo "non-2xx / unverified / socket errors over all phases: $total_bad (target 0: $(verdict "$total_bad" 0))"
   [ "$total_bad" -eq 0 ]
   exit
 fi

@@ -91,6 +91,7 @@ impl Admin {
         if !self.state.is_ready() {
             return Err("shutting down".into());
         }
+        crate::signer::budget::readiness()?;
         listeners_accepting(&self.listeners).await
     }
 }

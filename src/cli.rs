@@ -16,6 +16,7 @@ use crate::config::LogFormat;
 use crate::tools::{self, ConfigArgs, KeygenArgs, LocalCaArgs, SignArgs, VerifyArgs};
 
 pub mod exit;
+pub mod pkcs11;
 
 pub use exit::EXIT_CODES_HELP;
 
@@ -140,6 +141,9 @@ enum Command {
     /// retry --dead); works while a sidecar runs on the same store.
     #[command(subcommand, after_help = NOTIFICATIONS_HELP)]
     Notifications(crate::notifications::NotificationsCommand),
+    /// The merchant key in a PKCS#11 token (HSM, cloud KMS): list tokens and keys, make a key
+    /// pair inside the token (docs/hsm.md).
+    Pkcs11(pkcs11::Pkcs11Args),
     /// Exit 0 when the sidecar's readiness endpoint answers 200 (container HEALTHCHECK).
     Healthcheck(HealthcheckArgs),
     /// Print a shell completion script, e.g. `alipay-sidecar completions bash >
@@ -239,6 +243,7 @@ pub fn main() -> i32 {
         Command::Notifications(command) => {
             crate::notifications::run(&command, &mut stdout.lock(), &mut stderr.lock())
         }
+        Command::Pkcs11(args) => pkcs11::run(&args, &mut stdout.lock(), &mut stderr.lock()),
         Command::Healthcheck(args) => healthcheck(&args),
         Command::Completions { shell } => {
             let mut cmd = command();

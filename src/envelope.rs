@@ -74,11 +74,15 @@ pub enum SidecarError {
     /// `[outbound] max_response_time_skew` (a replayed or mis-clocked answer); the request may
     /// have reached Alipay, so the outcome is unknown: inquire.
     ResponseStale,
+    /// Outbound: the merchant's key store (a PKCS#11 token) did not sign: it failed, timed
+    /// out (`[keys] sign_timeout`), every sign slot was busy, or its circuit breaker is open.
+    /// Nothing was sent to Alipay; retry later with the same request id.
+    SignerUnavailable,
 }
 
 impl SidecarError {
     /// Every code, for documentation checks and pre-created metric series.
-    pub const ALL: [SidecarError; 23] = [
+    pub const ALL: [SidecarError; 24] = [
         SidecarError::MethodNotAllowed,
         SidecarError::PathNotAllowed,
         SidecarError::BodyTooLarge,
@@ -102,6 +106,7 @@ impl SidecarError {
         SidecarError::StoreUnavailable,
         SidecarError::InboundBusy,
         SidecarError::ResponseStale,
+        SidecarError::SignerUnavailable,
     ];
 
     /// The `resultCode`, also the metric label.
@@ -130,6 +135,7 @@ impl SidecarError {
             SidecarError::StoreUnavailable => "SIDECAR_STORE_UNAVAILABLE",
             SidecarError::InboundBusy => "SIDECAR_INBOUND_BUSY",
             SidecarError::ResponseStale => "SIDECAR_RESPONSE_STALE",
+            SidecarError::SignerUnavailable => "SIDECAR_SIGNER_UNAVAILABLE",
         }
     }
 
@@ -143,7 +149,8 @@ impl SidecarError {
             | SidecarError::AppUnavailable
             | SidecarError::StoreUnavailable
             | SidecarError::InboundBusy
-            | SidecarError::ResponseStale => Status::U,
+            | SidecarError::ResponseStale
+            | SidecarError::SignerUnavailable => Status::U,
             _ => Status::F,
         }
     }
@@ -163,7 +170,8 @@ impl SidecarError {
             SidecarError::NotificationUnverified | SidecarError::NotificationStale => 401,
             SidecarError::AppUnavailable
             | SidecarError::StoreUnavailable
-            | SidecarError::InboundBusy => 503,
+            | SidecarError::InboundBusy
+            | SidecarError::SignerUnavailable => 503,
             SidecarError::SigningFailed => 500,
             _ => 502,
         }

@@ -53,8 +53,8 @@ use crate::hooks::NotificationHook;
 use crate::journal::Journal;
 use crate::merchants::{unselected_label, KeySource, Selected};
 use crate::protocol::{
-    ack_signature_headers, content_digest, format_iso8601, parse_request_time, Reason, Verified,
-    ACK_BODY, INBOUND_API_LABEL,
+    content_digest, content_to_sign, format_iso8601, parse_request_time, ContentDigest, Reason,
+    Verified, ACK_BODY, INBOUND_API_LABEL,
 };
 use crate::replay::{self, InFlight, ReplayWindow};
 use crate::report::{Direction, Outcome, Report, UpstreamTiming, VerificationResult};
@@ -442,18 +442,19 @@ impl<A: UpstreamClient> Inbound<A> {
         }
         let success = (200..300).contains(&status);
         if success && self.policy.acknowledge != Acknowledge::App {
-            return self.acknowledge(selected, &n.target, report);
+            return self.acknowledge(selected, &n.target, report).await;
         }
         let mut out = exchange::relayed_response_header(&response.header)?;
         if success && self.policy.sign_acknowledgements {
-            self.sign_answer(&mut out, selected, &n.target, &response.body, report)?;
+            self.sign_answer(&mut out, selected, &n.target, &response.body, report)
+                .await?;
         }
         Ok((out, response.body))
     }
 
     /// The sidecar's own SUCCESS acknowledgement (the exact [`ACK_BODY`]), signed when
     /// `sign_acknowledgements` is on.
-    fn acknowledge(
+    async fn acknowledge(
         &self,
         selected: &Selected<'_, InboundMerchant<A>>,
         target: &str,
@@ -463,7 +464,8 @@ impl<A: UpstreamClient> Inbound<A> {
         out.insert_header("Content-Type", "application/json; charset=UTF-8")?;
         let answer = Bytes::from_static(ACK_BODY.as_bytes());
         if self.policy.sign_acknowledgements {
-            self.sign_answer(&mut out, selected, target, &answer, report)?;
+            self.sign_answer(&mut out, selected, target, &answer, report)
+                .await?;
         }
         Ok((out, answer))
     }
@@ -471,7 +473,7 @@ impl<A: UpstreamClient> Inbound<A> {
     /// Adds `client-id`, `response-time` and `signature` to an acknowledgement. A signing
     /// failure leaves it unsigned (Alipay does not require the signature, spec §6, while an
     /// error would make Alipay re-deliver a notification the app already took).
-    fn sign_answer(
+    async fn sign_answer(
         &self,
         out: &mut ResponseHeader,
         selected: &Selected<'_, InboundMerchant<A>>,
@@ -486,14 +488,21 @@ impl<A: UpstreamClient> Inbound<A> {
             return Ok(());
         };
         let sign_start = Instant::now();
-        match ack_signature_headers(
-            private,
-            &keys.merchant_key_version,
-            &selected.merchant.client_id,
-            target,
-            &format_iso8601(now_millis()),
-            body,
-        ) {
+        // through the merchant's signer (in process, or a PKCS#11 token): the same headers as
+        // `ack_signature_headers`, spec §6
+        let client_id = &selected.merchant.client_id;
+        let time = format_iso8601(now_millis());
+        let digest = ContentDigest::of(&content_to_sign("POST", target, client_id, &time, body));
+        match private
+            .sign_header(&keys.merchant_key_version, &digest)
+            .await
+            .map(|signature| {
+                [
+                    ("client-id", client_id.clone()),
+                    ("response-time", time),
+                    ("signature", signature),
+                ]
+            }) {
             Ok(headers) => {
                 report.sign_time = Some(sign_start.elapsed());
                 for (name, value) in headers {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, CredentialFile, MerchantConfig, Origin};
 use crate::files::{file_access, permission_denied_hint, read_file, FileAccess, FileError};
 use crate::protocol::{ApiKey, ApiKeyError, KeyError, PrivateKey, PublicKey, Verifier};
+use crate::signer::SigningKey;
 
 /// Everything needed to sign and verify, loaded and checked together. Cheap to clone (keys are
 /// reference-counted); hold it in an `Arc`/`ArcSwap` for hot reload.
@@ -39,15 +40,16 @@ pub struct KeySet {
 /// The merchant's credential toward the gateway.
 #[derive(Clone, Debug)]
 pub enum Credential {
-    /// RSA signing with the merchant private key (`merchant_private_key`).
-    Signing(PrivateKey),
+    /// RSA signing with the merchant private key (`merchant_private_key`): a key file read
+    /// into the process, or a key kept in a PKCS#11 token ([`crate::signer`]).
+    Signing(SigningKey),
     /// `Authorization: Bearer <key>` (`api_key`); there is no merchant private key.
     ApiKey(ApiKey),
 }
 
 impl Credential {
     /// The merchant private key, in signing mode.
-    pub fn signing_key(&self) -> Option<&PrivateKey> {
+    pub fn signing_key(&self) -> Option<&SigningKey> {
         match self {
             Credential::Signing(k) => Some(k),
             Credential::ApiKey(_) => None,
@@ -156,6 +158,17 @@ pub enum KeySetError {
         /// The parser's verdict (missing, empty, truncated, wrong kind, too small …).
         source: KeyError,
     },
+    /// The merchant key is in a PKCS#11 token that cannot be used (module missing, token not
+    /// found, wrong PIN, no such object, not RSA 2048–4096, no sign permission).
+    #[error("{location}: the merchant key in the PKCS#11 token ({uri}) is not usable: {reason}")]
+    Token {
+        /// Config file and line (or environment variable) naming the key.
+        location: String,
+        /// The URI as configured.
+        uri: String,
+        /// What is wrong, in words.
+        reason: String,
+    },
     /// The keys loaded but the preflight found errors.
     #[error("the keys are not usable as configured:\n{}", findings.iter().map(|f| format!("  - {f}")).collect::<Vec<_>>().join("\n"))]
     Preflight {
@@ -229,14 +242,24 @@ impl KeySet {
             CredentialFile::PrivateKey(path) => {
                 let role = "merchant private key";
                 let text = read_key_file(config, key, role, path)?;
-                Credential::Signing(PrivateKey::from_text(&text).map_err(|source| {
-                    KeySetError::BadKey {
+                Credential::Signing(SigningKey::file(
+                    &merchant.name,
+                    PrivateKey::from_text(&text).map_err(|source| KeySetError::BadKey {
                         location: location(config, key),
                         role: role.to_string(),
                         path: path.clone(),
                         source,
-                    }
-                })?)
+                    })?,
+                ))
+            }
+            CredentialFile::Pkcs11(token) => {
+                Credential::Signing(crate::signer::pkcs11::load(&merchant.name, token).map_err(
+                    |e| KeySetError::Token {
+                        location: location(config, key),
+                        uri: token.uri.clone(),
+                        reason: e.0,
+                    },
+                )?)
             }
             CredentialFile::ApiKey(path) => {
                 let text = read_key_file(config, key, "API key", path)?;

@@ -70,6 +70,7 @@ pub mod retention;
 pub(crate) mod schedule;
 pub(crate) mod server;
 pub(crate) mod shutdown;
+pub mod signer;
 pub(crate) mod state;
 pub mod store;
 #[cfg(test)]

@@ -40,8 +40,7 @@ use crate::keyset::{Credential, KeySet};
 use crate::merchants::{unselected_label, KeySource, Selected};
 use crate::metrics;
 use crate::protocol::{
-    content_digest, format_epoch_millis, format_iso8601, parse_request_time, sign_digest,
-    ApiKeyEnv, Reason,
+    content_digest, format_epoch_millis, format_iso8601, parse_request_time, ApiKeyEnv, Reason,
 };
 use crate::report::{Direction, Outcome, Report, UpstreamTiming, VerificationResult};
 use crate::upstream::{UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
@@ -281,8 +280,10 @@ impl<G: UpstreamClient> Outbound<G> {
                     &req.body,
                 );
                 let sign_start = Instant::now();
-                signature = sign_digest(private, &keys.merchant_key_version, &digest)
-                    .map_err(|e| Refusal::new(SidecarError::SigningFailed, e.to_string()))?;
+                signature = private
+                    .sign_header(&keys.merchant_key_version, &digest)
+                    .await
+                    .map_err(|e| Refusal::new(crate::signer::refusal_code(private), e.message))?;
                 report.sign_time = Some(sign_start.elapsed());
                 tracing::debug!(content_sha256 = %digest.to_hex(), path = %signed_target, request_time = %time, "signed request");
                 Auth::Signed {

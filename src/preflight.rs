@@ -22,7 +22,8 @@ use crate::config::{Config, InboundMode, MerchantConfig};
 use crate::files::FileAccess;
 use crate::keyset::{location, Credential, KeySet, KeySetError};
 pub use crate::keyset::{Finding, Severity};
-use crate::protocol::{ApiKey, ApiKeyEnv, KeyEncoding, PrivateKey, PublicKey};
+use crate::protocol::{ApiKey, ApiKeyEnv, KeyEncoding, PublicKey};
+use crate::signer::SigningKey;
 
 /// Everything the preflight found about a configuration and the key sets loaded for it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -212,7 +213,7 @@ pub fn merchant(config: &Config, merchant: &MerchantConfig, keys: &KeySet) -> Ve
     }
 
     // 1. The merchant's own public key configured as Alipay's.
-    let own = keys.credential.signing_key().map(PrivateKey::public_key);
+    let own = keys.credential.signing_key().map(SigningKey::public_key);
     for (version, public) in keys.alipay.versions() {
         if let Some(own) = own.as_ref().filter(|own| *own == public) {
             out.push(error(format!(
@@ -248,6 +249,7 @@ pub fn merchant(config: &Config, merchant: &MerchantConfig, keys: &KeySet) -> Ve
     if let Some(private) = keys
         .credential
         .signing_key()
+        .and_then(SigningKey::file_key)
         .filter(|k| is_pkcs1(k.encoding()))
     {
         out.push(warning(format!(

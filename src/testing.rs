@@ -71,7 +71,7 @@ pub(crate) fn keyset(client_id: &str) -> Arc<KeySet> {
     let alipay = PublicKey::from_text(pem("alipay", "public_spki_pem")).expect("alipay public");
     Arc::new(KeySet {
         client_id: client_id.to_string(),
-        credential: Credential::Signing(merchant_key()),
+        credential: Credential::Signing(crate::signer::SigningKey::file("default", merchant_key())),
         merchant_key_version: "1".to_string(),
         alipay: Verifier::new([("1".to_string(), alipay)]),
         sources: KeySources {

@@ -50,6 +50,7 @@ mod choice;
 mod env;
 mod error;
 mod merchants;
+mod pkcs11;
 mod raw;
 mod settings;
 mod typed;
@@ -63,6 +64,7 @@ use toml::de::{DeTable, Deserializer};
 use toml::Spanned;
 
 pub use error::{ConfigError, InvalidValue, Origin};
+pub use pkcs11::{is_pkcs11_uri, parse_uri as parse_pkcs11_uri};
 pub use raw::known_keys;
 pub use typed::*;
 

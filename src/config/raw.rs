@@ -242,6 +242,13 @@ options! {
         api_key: Option<Spanned<String>> = Kind::Path, None, Reload;
         merchant_key_version: Option<Spanned<RawKeyVersion>> = Kind::KeyVersion, Some("\"1\""), Reload;
         alipay_public_keys: Spanned<BTreeMap<Spanned<String>, Spanned<String>>> = Kind::Table, None, Reload;
+        // A `pkcs11:` merchant_private_key (src/config/pkcs11.rs, docs/hsm.md): the module,
+        // the PIN file, and the signing budget (max_concurrent_signs: the token's session
+        // limit, or 8, when unset).
+        pkcs11_module: Option<Spanned<String>> = Kind::Path, None, Reload;
+        pkcs11_pin_file: Option<Spanned<String>> = Kind::Path, None, Reload;
+        max_concurrent_signs: Option<Spanned<i64>> = Kind::Int, None, Restart;
+        sign_timeout: Option<Spanned<String>> = Kind::Duration, Some("\"2s\""), Reload;
     }
 }
 

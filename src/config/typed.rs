@@ -28,6 +28,9 @@ pub enum CredentialFile {
     /// `api_key`: one line `{isak|irak}_{TEST|PROD}_…`; requests carry
     /// `Authorization: Bearer <key>` instead of a signature.
     ApiKey(PathBuf),
+    /// `merchant_private_key = "pkcs11:…"`: the key stays in a PKCS#11 token; requests are
+    /// RSA-signed by the token.
+    Pkcs11(Pkcs11Key),
 }
 
 impl CredentialFile {
@@ -35,6 +38,8 @@ impl CredentialFile {
     pub fn path(&self) -> &std::path::Path {
         match self {
             CredentialFile::PrivateKey(p) | CredentialFile::ApiKey(p) => p,
+            // the file a token key depends on (and the reload watcher watches): the PIN file
+            CredentialFile::Pkcs11(k) => &k.pin_file,
         }
     }
 
@@ -42,10 +47,32 @@ impl CredentialFile {
     /// `api_key`).
     pub fn option(&self) -> &'static str {
         match self {
-            CredentialFile::PrivateKey(_) => "merchant_private_key",
+            CredentialFile::PrivateKey(_) | CredentialFile::Pkcs11(_) => "merchant_private_key",
             CredentialFile::ApiKey(_) => "api_key",
         }
     }
+}
+
+/// `merchant_private_key = "pkcs11:…"` (src/config/pkcs11.rs): where the merchant key lives
+/// in a token, and how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pkcs11Key {
+    /// The URI as written (for messages; it holds no secret: `pin-value` is refused).
+    pub uri: String,
+    /// `token=`: the token label.
+    pub token: Option<String>,
+    /// `object=`: the key's label.
+    pub object: Option<String>,
+    /// `id=`: the key's CKA_ID bytes.
+    pub id: Option<Vec<u8>>,
+    /// `[keys] pkcs11_module` (or the URI's `module-path`): the vendor's PKCS#11 library.
+    pub module: PathBuf,
+    /// `[keys] pkcs11_pin_file` (or the URI's `pin-source`): the file holding the user PIN.
+    pub pin_file: PathBuf,
+    /// `[keys] max_concurrent_signs`: `None` = the token's session limit, or 8.
+    pub max_concurrent_signs: Option<usize>,
+    /// `[keys] sign_timeout` (default 2 s).
+    pub sign_timeout: Duration,
 }
 
 /// `[outbound]`: the signing proxy between the app and Alipay.

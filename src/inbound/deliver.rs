@@ -99,12 +99,12 @@ impl<A: UpstreamClient> Inbound<A> {
                 first = recorded.inserted,
                 "notification stored; acknowledged, the delivery worker delivers it"
             );
-            return self.acknowledge(selected, &n.target, report);
+            return self.acknowledge(selected, &n.target, report).await;
         }
         if recorded.already_delivered && self.policy.duplicates == Duplicates::Suppress {
             m.duplicate(&merchant.name);
             tracing::info!(event_id, copies = recorded.seen_count, "re-send of a notification the app already took; acknowledged without delivering it again");
-            return self.acknowledge(selected, &n.target, report);
+            return self.acknowledge(selected, &n.target, report).await;
         }
         head.insert_header(EVENT_ID_HEADER, event_id.as_str())?;
         let result = self.forward(selected, n, head, report).await;
@@ -176,7 +176,7 @@ impl<A: UpstreamClient> Inbound<A> {
         if window.seen(&digest) {
             replay::metrics().replayed(merchant);
             tracing::info!(content_sha256 = %hex, "exact copy of a notification the app already took; acknowledged without delivering it again");
-            return self.acknowledge(selected, &n.target, report);
+            return self.acknowledge(selected, &n.target, report).await;
         }
         let result = self.forward(selected, n, head, report).await;
         if report

@@ -203,7 +203,7 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
                     keys.merchant_key_version,
                     private.fingerprint(),
                     private.bits(),
-                    private.encoding(),
+                    private.encoding_label(),
                     keys.sources.credential.display()
                 );
             }

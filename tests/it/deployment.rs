@@ -431,6 +431,7 @@ fn exposed_names() -> BTreeSet<String> {
     alipay_sidecar::credentials::metrics().register_merchants(["default"]);
     alipay_sidecar::store::register_metrics();
     alipay_sidecar::retention::register_metrics();
+    alipay_sidecar::signer::register_metrics("default");
     names.extend(sample_names(&alipay_sidecar::metrics::render()));
     names
 }

@@ -18,6 +18,7 @@ mod metrics; // metric families and labels the dashboard and alerts rely on
 mod mock_gateway; // the real binary's `mock-gateway` subcommand (the library's tests: crates/ams-mock-gateway/tests/)
 mod notifications; // notifications under pressure: held bodies, replays, stale ones, concurrent copies
 mod outbound; // the outbound listener: sign, forward over verified TLS, verify the answer
+mod pkcs11; // the merchant key in a real PKCS#11 token (SoftHSM): check-config, pay, ack, reload, budget, CLI
 mod properties; // property tests: round trips, tamper detection, parser robustness
 mod python_sdk; // the official Python SDKs, unmodified, through the sidecar (port 443; api_key: API-key mode)
 mod reconcile; // the missed-notification reconciler against the fake gateway and a real store

@@ -92,6 +92,12 @@ impl ContentDigest {
         Self(super::engine::sha256(content))
     }
 
+    /// The 32 digest bytes: what an external signer (a PKCS#11 token) is given, wrapped in
+    /// the PKCS#1 v1.5 DigestInfo, so the content itself never leaves the process.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
     /// Lowercase hex, as [`sha256_hex`] of the content.
     pub fn to_hex(&self) -> String {
         hex(self.0.as_bytes())

@@ -18,9 +18,15 @@ impl Ctx<'_> {
         let section = raw.span();
         let raw = raw.into_inner();
         let credential = match (&raw.merchant_private_key, &raw.api_key) {
-            (Some(k), None) => CredentialFile::PrivateKey(
-                self.path_value(k, &format!("{at}.merchant_private_key"))?,
-            ),
+            (Some(k), None) if crate::config::pkcs11::is_pkcs11_uri(k.get_ref()) => {
+                CredentialFile::Pkcs11(self.pkcs11_key(k, &raw, at)?)
+            }
+            (Some(k), None) => {
+                self.no_pkcs11_options(&raw, at)?;
+                CredentialFile::PrivateKey(
+                    self.path_value(k, &format!("{at}.merchant_private_key"))?,
+                )
+            }
             (None, Some(k)) => {
                 CredentialFile::ApiKey(self.path_value(k, &format!("{at}.api_key"))?)
             }

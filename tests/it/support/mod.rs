@@ -13,6 +13,7 @@ pub mod raw;
 pub mod rig;
 pub mod sidecar;
 pub mod skip;
+pub mod softhsm;
 
 pub use files::*;
 pub use gateway::*;
@@ -24,4 +25,5 @@ pub use raw::*;
 pub use rig::*;
 pub use sidecar::*;
 pub use skip::*;
+pub use softhsm::*;
 pub use test_support::*;
