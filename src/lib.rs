@@ -30,6 +30,7 @@
 
 pub mod adapter;
 pub mod admin;
+pub mod backfill;
 pub mod budget;
 pub mod cli;
 pub mod config;

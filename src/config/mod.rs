@@ -44,6 +44,7 @@
 //! - Relative paths given by a variable are resolved against the config file's folder, like
 //!   paths written in the file.
 
+mod backfill;
 mod build;
 mod env;
 mod error;
@@ -115,6 +116,8 @@ pub struct Config {
     pub store_options: StoreOptions,
     /// The missed-notification reconciler; `None` unless `[reconcile] enabled = true`.
     pub reconcile: Option<ReconcileConfig>,
+    /// The backfill from Alipay's event log; `None` unless `[reconcile] backfill = true`.
+    pub backfill: Option<BackfillConfig>,
     /// Where each value came from (file line or environment variable), for later error
     /// messages such as a key file that cannot be read.
     origins: BTreeMap<String, Origin>,
