@@ -60,3 +60,49 @@ impl Ctx<'_> {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::Config;
+
+    const BASE: &str = "client_id = \"SANDBOX_5YBZ2Q2ZAB7C01234\"\n[keys]\nmerchant_private_key = \"k.pem\"\nalipay_public_keys = { \"1\" = \"a.pem\" }\n[outbound]\nregion = \"sea\"\n[inbound]\nforward_to = \"http://127.0.0.1:3000\"\n[store]\npath = \"s.db\"\n";
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/sc/sidecar.toml"), Vec::new()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn off_by_default_and_defaults_when_on() {
+        assert_eq!(parse(BASE).unwrap().backfill, None);
+        assert_eq!(parse(&format!("{BASE}[reconcile]\n")).unwrap().backfill, None);
+        let b = parse(&format!("{BASE}[reconcile]\nbackfill = true\n"))
+            .unwrap()
+            .backfill
+            .expect("on without enabled = true");
+        assert_eq!(b.interval, Duration::from_secs(300));
+        assert_eq!(b.window, Duration::from_secs(24 * 3600));
+        assert_eq!(b.deliver_path, None);
+        let b = parse(&format!(
+            "{BASE}[reconcile]\nbackfill = true\nbackfill_window = \"30d\"\ndeliver_path = \"/n\"\n"
+        ))
+        .unwrap()
+        .backfill
+        .unwrap();
+        assert_eq!(b.window, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(b.deliver_path.as_deref(), Some("/n"));
+    }
+
+    #[test]
+    fn refused_values_name_the_key() {
+        let e = parse(&format!("{BASE}[reconcile]\nbackfill = true\nbackfill_window = \"31d\"\n")).unwrap_err();
+        assert!(e.contains("backfill_window") && e.contains("30d"), "{e}");
+        let e = parse(&format!("{BASE}[reconcile]\nbackfill = true\nbackfill_interval = \"0s\"\n")).unwrap_err();
+        assert!(e.contains("backfill_interval"), "{e}");
+        let no_store = BASE.replace("[store]\npath = \"s.db\"\n", "");
+        let e = parse(&format!("{no_store}[reconcile]\nbackfill = true\n")).unwrap_err();
+        assert!(e.contains("backfill") && e.contains("[store]"), "{e}");
+    }
+}

@@ -13,9 +13,9 @@ const NOTIFY_PATH: &str = "/alipay/notify";
 const LIST: &str = "/ams/api/v1/notification/inquireNotificationList";
 const SOURCE: &str = "X-Alipay-Sidecar-Source";
 
-/// Walks every 300 ms; recovered events go to [`NOTIFY_PATH`].
-fn reconcile_section() -> String {
-    format!("[reconcile]\nbackfill = true\nbackfill_interval = \"300ms\"\ndeliver_path = \"{NOTIFY_PATH}\"\n")
+/// Walks every 300 ms (when `on`); recovered events go to [`NOTIFY_PATH`].
+fn reconcile_section(on: bool) -> String {
+    format!("[reconcile]\nbackfill = {on}\nbackfill_interval = \"300ms\"\ndeliver_path = \"{NOTIFY_PATH}\"\n")
 }
 
 struct Setup {
@@ -35,9 +35,13 @@ fn sqlite() -> (StoreConfig, String, tempfile::TempDir) {
 
 impl Setup {
     fn start(page_max: usize) -> Setup {
+        Self::with_worker(page_max, true)
+    }
+
+    fn with_worker(page_max: usize, on: bool) -> Setup {
         let app = App::start(Behaviour::Ack);
         let (config, section, dir) = sqlite();
-        Self::on(app, config, &section, Some(dir), page_max)
+        Self::on(app, config, &section, Some(dir), page_max, on)
     }
 
     fn on(
@@ -46,11 +50,12 @@ impl Setup {
         store_section: &str,
         db: Option<tempfile::TempDir>,
         page_max: usize,
+        on: bool,
     ) -> Setup {
         let toml_tail = format!(
             "{}{store_section}{}\n[log]\nformat = \"json\"\n",
             inbound_section(&app.url()),
-            reconcile_section()
+            reconcile_section(on)
         );
         let rig = Rig::start(
             RigConfig {
@@ -271,7 +276,7 @@ fn two_replicas_on_postgresql_walk_once() {
     let url = create_database(&admin, "backfill_two");
     let section = format!("[store]\nurl = {url:?}\n");
     let app = App::start(Behaviour::Ack);
-    let s = Setup::on(app, StoreConfig::postgres(url.clone()), &section, None, 100);
+    let s = Setup::on(app, StoreConfig::postgres(url.clone()), &section, None, 100, true);
     // a second replica on the same database and gateway
     let gateway = format!("https://127.0.0.1:{}", s.rig.gw.local_addr().port());
     let toml = RigConfig {
@@ -297,4 +302,74 @@ fn two_replicas_on_postgresql_walk_once() {
         events.iter().filter(|e| e.business_id == "bf-pg-refund-1").count(),
         1
     );
+}
+
+/// `notifications <cmd> --merchant default --since 1h --via <outbound>` on the running
+/// sidecar's config: (exit code, stdout, stderr).
+fn cli(s: &Setup, cmd: &str, extra: &[&str]) -> (i32, String, String) {
+    let config = s.rig.sidecar.config_path.display().to_string();
+    let via = s.rig.outbound.to_string();
+    let mut args = vec![
+        "notifications", cmd, "--config", &config, "--merchant", "default", "--since", "1h",
+        "--via", &via,
+    ];
+    args.extend_from_slice(extra);
+    run_bounded(&mut command(&args), Duration::from_secs(120))
+}
+
+#[test]
+fn notifications_backfill_and_audit_against_a_running_sidecar() {
+    let s = Setup::with_worker(100, false);
+    let payment_id = s.pay("bf-cli-1", "immediate");
+    s.rig.eventually("the webhook reaches the app", || {
+        (!s.received("bf-cli-1").is_empty()).then_some(())
+    });
+    s.refund_dropped("bf-cli-refund-1", &payment_id);
+
+    let (code, out, err) = cli(&s, "audit", &[]);
+    assert_eq!(code, 3, "audit: something is missing\n{out}{err}");
+    let line = |out: &str, t: &str| -> Vec<String> {
+        out.lines()
+            .find(|l| l.starts_with(t))
+            .unwrap_or_else(|| panic!("no {t} line in\n{out}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    // TYPE AT-ALIPAY IN-JOURNAL DELIVERED MISSING
+    assert_eq!(line(&out, "PAYMENT_RESULT")[1..], ["1", "1", "1", "0"], "{out}");
+    assert_eq!(line(&out, "REFUND_RESULT")[1..], ["1", "0", "0", "1"], "{out}");
+
+    let (code, out, err) = cli(&s, "backfill", &["--dry-run"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("dry run"), "{out}");
+    let (code, _, _) = cli(&s, "audit", &[]);
+    assert_eq!(code, 3, "the dry run recorded nothing");
+
+    let (code, out, err) = cli(&s, "backfill", &[]);
+    assert_eq!(code, 3, "it was missing\n{out}{err}");
+    // TYPE AT-ALIPAY ALREADY-JOURNALED MISSING RECOVERED FAILED
+    assert_eq!(line(&out, "REFUND_RESULT")[1..], ["1", "0", "1", "1", "0"], "{out}");
+    let got = s.rig.eventually("the running sidecar delivers the recovered event", || {
+        let r = s.received("bf-cli-refund-1");
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(got[0].one(SOURCE), Some("inquireNotificationList"));
+
+    let (code, out, err) = cli(&s, "audit", &[]);
+    assert_eq!(code, 0, "nothing missing now\n{out}{err}");
+    assert!(out.contains("nothing missing"), "{out}");
+    let (code, out, _) = cli(&s, "backfill", &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(s.received("bf-cli-refund-1").len(), 1, "delivered once");
+
+    let config = s.rig.sidecar.config_path.display().to_string();
+    let (code, _, err) = run_bounded(
+        &mut command(&[
+            "notifications", "audit", "--config", &config, "--merchant", "nobody", "--since", "1h",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 2, "an unknown merchant is a usage error: {err}");
+    assert!(err.contains("nobody"), "{err}");
 }
