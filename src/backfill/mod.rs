@@ -39,6 +39,11 @@ pub use walk::{iso_utc, Merchant, Mode, TypeCounts, Walk, Walker, LIST_TAIL, SOU
 /// before that end but listed only later is still seen (the journal de-duplicates).
 pub const OVERLAP: Duration = Duration::from_secs(10 * 60);
 
+/// A walk ends this long (or one interval, when shorter) before now: an event that young is
+/// most likely being delivered by Alipay right now; the next walk sees it (see [`OVERLAP`]), so
+/// a webhook that is merely in flight is not reported `recovered`.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
 /// Antom keeps the event log this long; a window never starts earlier (a minute of margin).
 const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600 - 60);
 
@@ -121,27 +126,29 @@ impl Backfill {
             if let Some(at) = cursor.last_complete_at {
                 metrics::completed(&m.name, at);
             }
-            // Another replica completed a walk within the interval: not due yet.
+            // A walk (this replica's or another's) completed within half an interval: not
+            // due yet.
             if cursor
                 .last_complete_at
-                .is_some_and(|at| now - at < ms(self.config.interval) - 1000)
+                .is_some_and(|at| now - at < ms(self.config.interval) / 2)
             {
                 self.release(m).await;
                 continue;
             }
-            let from = walk_from(cursor.last_complete_to, now, self.config.window);
-            let walk = self.walker.walk(m, from, now, Mode::Recover).await;
+            let to = now - ms(self.config.interval.min(SETTLE));
+            let from = walk_from(cursor.last_complete_to, to, self.config.window);
+            let walk = self.walker.walk(m, from, to, Mode::Recover).await;
             if walk.complete {
                 let (name, owner) = (m.name.clone(), self.owner.clone());
                 let done = now_millis();
                 match self
                     .store
-                    .run(move |s| async move { s.complete_backfill(&name, &owner, now, done).await })
+                    .run(move |s| async move { s.complete_backfill(&name, &owner, to, done).await })
                     .await
                 {
                     Ok(true) => {
                         metrics::completed(&m.name, done);
-                        tracing::info!(merchant = %m.name, from = %iso_utc(from), to = %iso_utc(now), events = walk.by_type.values().map(|c| c.at_alipay).sum::<u64>(), missing = walk.missing(), "backfill: walk complete");
+                        tracing::info!(merchant = %m.name, from = %iso_utc(from), to = %iso_utc(to), events = walk.by_type.values().map(|c| c.at_alipay).sum::<u64>(), missing = walk.missing(), "backfill: walk complete");
                     }
                     Ok(false) => tracing::warn!(merchant = %m.name, "backfill: the lease was lost during the walk; the cursor is not moved"),
                     Err(e) => tracing::warn!(merchant = %m.name, error = %e, "backfill: storing the cursor failed"),

@@ -109,7 +109,9 @@ impl Walker {
         for _ in 0..MAX_PAGES {
             let mut body = serde_json::json!({
                 "eventCreateTimeFrom": iso_utc(from),
-                "eventCreateTimeTo": iso_utc(to),
+                // whole seconds on the wire: round the end up, so an event of the last
+                // second is not left out
+                "eventCreateTimeTo": iso_utc(to.saturating_add(999)),
                 "limit": PAGE_LIMIT,
             });
             if let Some(a) = &after {

@@ -13,9 +13,9 @@ const NOTIFY_PATH: &str = "/alipay/notify";
 const LIST: &str = "/ams/api/v1/notification/inquireNotificationList";
 const SOURCE: &str = "X-Alipay-Sidecar-Source";
 
-/// Walks every 300 ms (when `on`); recovered events go to [`NOTIFY_PATH`].
+/// Walks every second (when `on`); recovered events go to [`NOTIFY_PATH`].
 fn reconcile_section(on: bool) -> String {
-    format!("[reconcile]\nbackfill = {on}\nbackfill_interval = \"300ms\"\ndeliver_path = \"{NOTIFY_PATH}\"\n")
+    format!("[reconcile]\nbackfill = {on}\nbackfill_interval = \"1s\"\ndeliver_path = \"{NOTIFY_PATH}\"\n")
 }
 
 struct Setup {
