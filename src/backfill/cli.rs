@@ -53,6 +53,10 @@ pub struct BackfillArgs {
     /// `[outbound] listen` of the config).
     #[arg(long, value_name = "ADDR")]
     pub via: Option<SocketAddr>,
+    /// Where a recovered event is delivered in the app when its notify path is unknown (no
+    /// recorded pay with a paymentNotifyUrl); default: `[reconcile] deliver_path`.
+    #[arg(long, value_name = "PATH")]
+    pub deliver_path: Option<String>,
 }
 
 fn parse_since(s: &str) -> Result<Duration, String> {
@@ -97,9 +101,15 @@ pub fn run(args: &BackfillArgs, audit: bool, out: &mut dyn Write, err: &mut dyn 
             return EXIT_INVALID;
         }
     };
-    let deliver_path = config.backfill.as_ref().and_then(|b| b.deliver_path.clone()).or_else(|| {
+    if let Some(p) = &args.deliver_path {
+        if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
+            let _ = writeln!(err, "error: --deliver-path {p:?} is not a path; write the app's notify path, e.g. /alipay/notify");
+            return EXIT_USAGE;
+        }
+    }
+    let deliver_path = args.deliver_path.clone().or_else(|| config.backfill.as_ref().and_then(|b| b.deliver_path.clone()).or_else(|| {
         config.reconcile.as_ref().and_then(|r| r.deliver_path.clone())
-    });
+    }));
     let merchant = Merchant {
         name: m.name.clone(),
         client_id: m.client_id.clone(),

@@ -311,7 +311,7 @@ fn cli(s: &Setup, cmd: &str, extra: &[&str]) -> (i32, String, String) {
     let via = s.rig.outbound.to_string();
     let mut args = vec![
         "notifications", cmd, "--config", &config, "--merchant", "default", "--since", "1h",
-        "--via", &via,
+        "--via", &via, "--deliver-path", NOTIFY_PATH,
     ];
     args.extend_from_slice(extra);
     run_bounded(&mut command(&args), Duration::from_secs(120))
