@@ -366,7 +366,13 @@ pub fn build(
             // the backfill's inquireNotificationList calls: the same kind of handler
             let all = (0..config.merchants.len()).map(merchant).collect();
             let handler = Outbound::shared(OutboundPolicy::from_config(&config, &o, &[]), all);
-            server.add_service(crate::backfill::service(&config, b, store, handler, o.request_timeout));
+            server.add_service(crate::backfill::service(
+                &config,
+                b,
+                store,
+                handler,
+                o.request_timeout,
+            ));
         }
         let mut shared_tls: Option<(Arc<ListenerTls>, String, &'static str)> = None;
         for (owner, plain, tls, handler, serves) in groups {

@@ -63,7 +63,9 @@ fn parse_since(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim())
         .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 2h, 7d"))?;
     if d.is_zero() || d > crate::config::MAX_BACKFILL_WINDOW {
-        return Err(format!("{s:?}: from 1s to 30d (Antom keeps its event log 30 days)"));
+        return Err(format!(
+            "{s:?}: from 1s to 30d (Antom keeps its event log 30 days)"
+        ));
     }
     Ok(d)
 }
@@ -79,7 +81,12 @@ pub fn run(args: &BackfillArgs, audit: bool, out: &mut dyn Write, err: &mut dyn 
     };
     let Some(m) = config.merchants.iter().find(|m| m.name == args.merchant) else {
         let names: Vec<&str> = config.merchants.iter().map(|m| m.name.as_str()).collect();
-        let _ = writeln!(err, "error: no merchant {:?} in the config; known: {}", args.merchant, names.join(", "));
+        let _ = writeln!(
+            err,
+            "error: no merchant {:?} in the config; known: {}",
+            args.merchant,
+            names.join(", ")
+        );
         return EXIT_USAGE;
     };
     let Some(store_location) = &config.store else {
@@ -107,19 +114,35 @@ pub fn run(args: &BackfillArgs, audit: bool, out: &mut dyn Write, err: &mut dyn 
             return EXIT_USAGE;
         }
     }
-    let deliver_path = args.deliver_path.clone().or_else(|| config.backfill.as_ref().and_then(|b| b.deliver_path.clone()).or_else(|| {
-        config.reconcile.as_ref().and_then(|r| r.deliver_path.clone())
-    }));
+    let deliver_path = args.deliver_path.clone().or_else(|| {
+        config
+            .backfill
+            .as_ref()
+            .and_then(|b| b.deliver_path.clone())
+            .or_else(|| {
+                config
+                    .reconcile
+                    .as_ref()
+                    .and_then(|r| r.deliver_path.clone())
+            })
+    });
     let merchant = Merchant {
         name: m.name.clone(),
         client_id: m.client_id.clone(),
     };
-    let mode = if audit || args.dry_run { Mode::Look } else { Mode::Recover };
+    let mode = if audit || args.dry_run {
+        Mode::Look
+    } else {
+        Mode::Recover
+    };
     let now = now_millis();
     let from = now - i64::try_from(args.since.as_millis()).unwrap_or(i64::MAX);
     let api: Arc<dyn PayApi> = Arc::new(ListenerApi { addr: via });
     let walker = Walker::new(store.clone(), api, deliver_path);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             let _ = writeln!(err, "error: cannot start a runtime: {e}");
@@ -151,17 +174,41 @@ fn report(walk: &Walk, audit: bool, mode: Mode) -> String {
             .map(String::from)
             .collect::<Vec<_>>()
     } else {
-        vec!["TYPE", "AT ALIPAY", "ALREADY JOURNALED", "MISSING", "RECOVERED", "FAILED"]
-            .into_iter()
-            .map(String::from)
-            .collect()
+        vec![
+            "TYPE",
+            "AT ALIPAY",
+            "ALREADY JOURNALED",
+            "MISSING",
+            "RECOVERED",
+            "FAILED",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
     }];
     for (t, c) in &walk.by_type {
-        let name = if t.is_empty() { "-".to_string() } else { t.clone() };
-        lines.push(if audit {
-            vec![name, c.at_alipay.to_string(), c.journaled.to_string(), c.delivered.to_string(), c.missing.to_string()]
+        let name = if t.is_empty() {
+            "-".to_string()
         } else {
-            vec![name, c.at_alipay.to_string(), c.journaled.to_string(), c.missing.to_string(), c.recovered.to_string(), c.failed.to_string()]
+            t.clone()
+        };
+        lines.push(if audit {
+            vec![
+                name,
+                c.at_alipay.to_string(),
+                c.journaled.to_string(),
+                c.delivered.to_string(),
+                c.missing.to_string(),
+            ]
+        } else {
+            vec![
+                name,
+                c.at_alipay.to_string(),
+                c.journaled.to_string(),
+                c.missing.to_string(),
+                c.recovered.to_string(),
+                c.failed.to_string(),
+            ]
         });
     }
     let widths: Vec<usize> = (0..lines[0].len())
@@ -169,7 +216,11 @@ fn report(walk: &Walk, audit: bool, mode: Mode) -> String {
         .collect();
     let mut text = String::new();
     for l in &lines {
-        let cells: Vec<String> = l.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let cells: Vec<String> = l
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         text.push_str(cells.join("  ").trim_end());
         text.push('\n');
     }
@@ -181,7 +232,9 @@ fn report(walk: &Walk, audit: bool, mode: Mode) -> String {
         (_, _, 0) => "nothing missing\n".to_string(),
         (true, _, n) => format!("{n} event(s) missing from the journal\n"),
         (false, Mode::Look, n) => format!("{n} event(s) missing (dry run: nothing recorded)\n"),
-        (false, Mode::Recover, n) => format!("{n} event(s) were missing; recorded ones are delivered by the running sidecar\n"),
+        (false, Mode::Recover, n) => format!(
+            "{n} event(s) were missing; recorded ones are delivered by the running sidecar\n"
+        ),
     });
     text
 }
@@ -195,7 +248,11 @@ struct ListenerApi {
 #[async_trait]
 impl PayApi for ListenerApi {
     async fn call(&self, merchant: &str, client_id: &str, tail: &str, body: String) -> Called {
-        let base = if client_id.starts_with("SANDBOX_") { "/ams/sandbox/api/" } else { "/ams/api/" };
+        let base = if client_id.starts_with("SANDBOX_") {
+            "/ams/sandbox/api/"
+        } else {
+            "/ams/api/"
+        };
         let request = format!(
             "POST {base}{tail} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json; charset=UTF-8\r\n{MERCHANT_HEADER}: {merchant}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.addr,
@@ -210,8 +267,15 @@ impl PayApi for ListenerApi {
         };
         let answer = match tokio::time::timeout(Duration::from_secs(60), exchange).await {
             Ok(Ok(a)) => a,
-            Ok(Err(e)) => return Called::Failed(format!("calling the sidecar at {}: {e}", self.addr)),
-            Err(_) => return Called::Failed(format!("the sidecar at {} did not answer within 60s", self.addr)),
+            Ok(Err(e)) => {
+                return Called::Failed(format!("calling the sidecar at {}: {e}", self.addr))
+            }
+            Err(_) => {
+                return Called::Failed(format!(
+                    "the sidecar at {} did not answer within 60s",
+                    self.addr
+                ))
+            }
         };
         parse_answer(&answer)
     }
@@ -235,7 +299,9 @@ fn parse_answer(answer: &[u8]) -> Called {
     let mut length: Option<usize> = None;
     let mut error = String::new();
     for l in lines {
-        let Some((n, v)) = l.split_once(':') else { continue };
+        let Some((n, v)) = l.split_once(':') else {
+            continue;
+        };
         let (n, v) = (n.trim().to_ascii_lowercase(), v.trim());
         match n.as_str() {
             "x-alipay-sidecar-verified" => verified = v == "true",
@@ -247,10 +313,13 @@ fn parse_answer(answer: &[u8]) -> Called {
     }
     let body: Vec<u8> = if chunked {
         let mut out = Vec::new();
-        loop {
-            let Some(end) = raw.windows(2).position(|w| w == b"\r\n") else { break };
+        while let Some(end) = raw.windows(2).position(|w| w == b"\r\n") {
             let size_text = String::from_utf8_lossy(&raw[..end]);
-            let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16) else { break };
+            let Ok(size) =
+                usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            else {
+                break;
+            };
             if size == 0 || raw.len() < end + 2 + size {
                 break;
             }
@@ -267,7 +336,11 @@ fn parse_answer(answer: &[u8]) -> Called {
         Called::Failed(format!(
             "the sidecar answered HTTP {status}{}{}",
             if verified { "" } else { ", not verified" },
-            if error.is_empty() { String::new() } else { format!(" ({error})") }
+            if error.is_empty() {
+                String::new()
+            } else {
+                format!(" ({error})")
+            }
         ))
     }
 }
@@ -278,12 +351,18 @@ mod tests {
 
     #[test]
     fn reads_plain_and_chunked_answers() {
-        let a = b"HTTP/1.1 200 OK\r\nX-Alipay-Sidecar-Verified: true\r\nContent-Length: 2\r\n\r\n{}";
+        let a =
+            b"HTTP/1.1 200 OK\r\nX-Alipay-Sidecar-Verified: true\r\nContent-Length: 2\r\n\r\n{}";
         assert_eq!(parse_answer(a), Called::Verified(Bytes::from_static(b"{}")));
         let c = b"HTTP/1.1 200 OK\r\nx-alipay-sidecar-verified: true\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{\"\r\n3\r\na\":\r\n2\r\n1}\r\n0\r\n\r\n";
-        assert_eq!(parse_answer(c), Called::Verified(Bytes::from_static(b"{\"a\":1}")));
+        assert_eq!(
+            parse_answer(c),
+            Called::Verified(Bytes::from_static(b"{\"a\":1}"))
+        );
         let f = b"HTTP/1.1 502 Bad Gateway\r\nX-Alipay-Sidecar-Error: SIDECAR_X\r\nContent-Length: 0\r\n\r\n";
-        assert!(matches!(parse_answer(f), Called::Failed(m) if m.contains("502") && m.contains("SIDECAR_X")));
+        assert!(
+            matches!(parse_answer(f), Called::Failed(m) if m.contains("502") && m.contains("SIDECAR_X"))
+        );
         let u = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
         assert!(matches!(parse_answer(u), Called::Failed(_)));
     }

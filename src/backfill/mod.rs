@@ -150,8 +150,12 @@ impl Backfill {
                         metrics::completed(&m.name, done);
                         tracing::info!(merchant = %m.name, from = %iso_utc(from), to = %iso_utc(to), events = walk.by_type.values().map(|c| c.at_alipay).sum::<u64>(), missing = walk.missing(), "backfill: walk complete");
                     }
-                    Ok(false) => tracing::warn!(merchant = %m.name, "backfill: the lease was lost during the walk; the cursor is not moved"),
-                    Err(e) => tracing::warn!(merchant = %m.name, error = %e, "backfill: storing the cursor failed"),
+                    Ok(false) => {
+                        tracing::warn!(merchant = %m.name, "backfill: the lease was lost during the walk; the cursor is not moved")
+                    }
+                    Err(e) => {
+                        tracing::warn!(merchant = %m.name, error = %e, "backfill: storing the cursor failed")
+                    }
                 }
             } else {
                 tracing::warn!(merchant = %m.name, error = walk.error.as_deref().unwrap_or("-"), "backfill: walk incomplete; the cursor is not moved, the next walk covers this window again");
@@ -201,7 +205,10 @@ mod tests {
         let now = 100 * day;
         let w = Duration::from_secs(24 * 3600);
         assert_eq!(walk_from(None, now, w), now - day);
-        assert_eq!(walk_from(Some(now - 1000), now, w), now - 1000 - ms(OVERLAP));
+        assert_eq!(
+            walk_from(Some(now - 1000), now, w),
+            now - 1000 - ms(OVERLAP)
+        );
         assert_eq!(walk_from(Some(now - 3 * day), now, w), now - day);
         let month = Duration::from_secs(40 * 24 * 3600);
         assert_eq!(walk_from(None, now, month), now - ms(RETENTION));

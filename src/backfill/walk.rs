@@ -82,7 +82,9 @@ impl Walk {
 /// `2026-12-07T05:40:00Z` for UTC milliseconds.
 pub fn iso_utc(ms: i64) -> String {
     let t = crate::protocol::format_iso8601(ms);
-    t.strip_suffix("+00:00").map(|s| format!("{s}Z")).unwrap_or(t)
+    t.strip_suffix("+00:00")
+        .map(|s| format!("{s}Z"))
+        .unwrap_or(t)
 }
 
 /// Walks event logs and records what the journal lacks.
@@ -155,7 +157,14 @@ impl Walker {
         walk
     }
 
-    async fn event(&self, m: &Merchant, notify_type: &str, data: &[u8], mode: Mode, walk: &mut Walk) {
+    async fn event(
+        &self,
+        m: &Merchant,
+        notify_type: &str,
+        data: &[u8],
+        mode: Mode,
+        walk: &mut Walk,
+    ) {
         let counts = walk.by_type.entry(notify_type.to_string()).or_default();
         counts.at_alipay += 1;
         let key = EventKey::from_notification(&m.client_id, "", data);
@@ -210,7 +219,12 @@ impl Walker {
 
     /// Records a missing event for delivery now; `Ok(None)` when it was recorded meanwhile
     /// (by the webhook, the reconciler or another replica).
-    async fn record(&self, m: &Merchant, key: EventKey, data: &[u8]) -> Result<Option<String>, String> {
+    async fn record(
+        &self,
+        m: &Merchant,
+        key: EventKey,
+        data: &[u8],
+    ) -> Result<Option<String>, String> {
         let path = match &self.deliver_path {
             Some(p) => Some(p.clone()),
             None => self.pay_notify_path(m, data).await,
@@ -309,7 +323,10 @@ fn page(answer: &[u8]) -> Result<(Vec<(String, std::ops::Range<usize>)>, Option<
             .to_string();
         events.push((notify_type, data_span));
     }
-    let more = json.get("hasMore").and_then(Value::as_bool).unwrap_or(false);
+    let more = json
+        .get("hasMore")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let next = json
         .get("nextStartingAfter")
         .and_then(Value::as_str)
@@ -332,7 +349,10 @@ mod tests {
         let (ev, next) = page(a).unwrap();
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].0, "REFUND_RESULT");
-        assert_eq!(&a[ev[0].1.clone()], br#"{"notifyType":"REFUND_RESULT","z":"1","a":"2"}"#);
+        assert_eq!(
+            &a[ev[0].1.clone()],
+            br#"{"notifyType":"REFUND_RESULT","z":"1","a":"2"}"#
+        );
         assert_eq!(next.as_deref(), Some("e1"));
         let f = br#"{"result":{"resultCode":"PARAM_ILLEGAL","resultStatus":"F"}}"#;
         assert!(page(f).unwrap_err().contains("PARAM_ILLEGAL"));

@@ -20,7 +20,10 @@ impl Ctx<'_> {
         let Some(raw) = raw else { return Ok(None) };
         let span = raw.span();
         let raw = raw.get_ref();
-        if !raw.backfill.unwrap_or_else(|| default("reconcile.backfill")) {
+        if !raw
+            .backfill
+            .unwrap_or_else(|| default("reconcile.backfill"))
+        {
             return Ok(None);
         }
         if !wired {
@@ -32,10 +35,14 @@ impl Ctx<'_> {
                  recovered notifications to forward_to); add them or set backfill = false",
             );
         }
-        let interval = self.duration(raw.backfill_interval.clone(), "reconcile.backfill_interval")?;
+        let interval =
+            self.duration(raw.backfill_interval.clone(), "reconcile.backfill_interval")?;
         if interval.is_zero() {
             return self.err(
-                raw.backfill_interval.as_ref().map(|v| v.span()).unwrap_or(span),
+                raw.backfill_interval
+                    .as_ref()
+                    .map(|v| v.span())
+                    .unwrap_or(span),
                 "reconcile.backfill_interval",
                 "must be longer than 0s, e.g. \"5m\"",
             );
@@ -71,13 +78,17 @@ mod tests {
     const BASE: &str = "client_id = \"SANDBOX_5YBZ2Q2ZAB7C01234\"\n[keys]\nmerchant_private_key = \"k.pem\"\nalipay_public_keys = { \"1\" = \"a.pem\" }\n[outbound]\nregion = \"sea\"\n[inbound]\nforward_to = \"http://127.0.0.1:3000\"\n[store]\npath = \"s.db\"\n";
 
     fn parse(text: &str) -> Result<Config, String> {
-        Config::parse(text, Path::new("/etc/sc/sidecar.toml"), Vec::new()).map_err(|e| e.to_string())
+        Config::parse(text, Path::new("/etc/sc/sidecar.toml"), Vec::new())
+            .map_err(|e| e.to_string())
     }
 
     #[test]
     fn off_by_default_and_defaults_when_on() {
         assert_eq!(parse(BASE).unwrap().backfill, None);
-        assert_eq!(parse(&format!("{BASE}[reconcile]\n")).unwrap().backfill, None);
+        assert_eq!(
+            parse(&format!("{BASE}[reconcile]\n")).unwrap().backfill,
+            None
+        );
         let b = parse(&format!("{BASE}[reconcile]\nbackfill = true\n"))
             .unwrap()
             .backfill
@@ -97,9 +108,15 @@ mod tests {
 
     #[test]
     fn refused_values_name_the_key() {
-        let e = parse(&format!("{BASE}[reconcile]\nbackfill = true\nbackfill_window = \"31d\"\n")).unwrap_err();
+        let e = parse(&format!(
+            "{BASE}[reconcile]\nbackfill = true\nbackfill_window = \"31d\"\n"
+        ))
+        .unwrap_err();
         assert!(e.contains("backfill_window") && e.contains("30d"), "{e}");
-        let e = parse(&format!("{BASE}[reconcile]\nbackfill = true\nbackfill_interval = \"0s\"\n")).unwrap_err();
+        let e = parse(&format!(
+            "{BASE}[reconcile]\nbackfill = true\nbackfill_interval = \"0s\"\n"
+        ))
+        .unwrap_err();
         assert!(e.contains("backfill_interval"), "{e}");
         let no_store = BASE.replace("[store]\npath = \"s.db\"\n", "");
         let e = parse(&format!("{no_store}[reconcile]\nbackfill = true\n")).unwrap_err();

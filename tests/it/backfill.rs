@@ -90,7 +90,10 @@ impl Setup {
         );
         let r = self.rig.pay(id, &extra);
         r.assert_status(200, "pay");
-        r.json()["paymentId"].as_str().expect("paymentId").to_string()
+        r.json()["paymentId"]
+            .as_str()
+            .expect("paymentId")
+            .to_string()
     }
 
     /// A refund of `payment_id` through the sidecar; its REFUND_RESULT is dropped.
@@ -163,17 +166,23 @@ fn a_dropped_refund_result_is_recovered_and_delivered_once() {
         .iter()
         .find(|e| e.notify_type == "REFUND_RESULT")
         .expect("the gateway logged the REFUND_RESULT");
-    assert_eq!(refund.delivery_status, ams_mock_gateway::DeliveryStatus::Failed);
-    let got = s.rig.eventually("the app receives the recovered REFUND_RESULT", || {
-        let r = s.received("bf-refund-1");
-        (!r.is_empty()).then_some(r)
-    });
+    assert_eq!(
+        refund.delivery_status,
+        ams_mock_gateway::DeliveryStatus::Failed
+    );
+    let got = s
+        .rig
+        .eventually("the app receives the recovered REFUND_RESULT", || {
+            let r = s.received("bf-refund-1");
+            (!r.is_empty()).then_some(r)
+        });
     assert_eq!(got[0].one(SOURCE), Some("inquireNotificationList"));
     assert_eq!(got[0].target, NOTIFY_PATH);
-    assert!(got[0].one("X-Alipay-Sidecar-Event-Id").is_some_and(|e| e.starts_with("evt_")));
+    assert!(got[0]
+        .one("X-Alipay-Sidecar-Event-Id")
+        .is_some_and(|e| e.starts_with("evt_")));
     assert_eq!(
-        got[0].body,
-        refund.notification_data,
+        got[0].body, refund.notification_data,
         "delivered byte for byte as Alipay's log holds it"
     );
     s.two_more_walks();
@@ -181,7 +190,11 @@ fn a_dropped_refund_result_is_recovered_and_delivered_once() {
     let m = s.rig.scrape();
     assert_eq!(recovered(&m, "REFUND_RESULT"), 1.0);
     assert!(
-        s.rig.gw.received().iter().any(|r| r.target == LIST && r.verified),
+        s.rig
+            .gw
+            .received()
+            .iter()
+            .any(|r| r.target == LIST && r.verified),
         "the list calls are signed by the sidecar"
     );
 }
@@ -215,9 +228,10 @@ fn the_walk_pages_through_more_than_one_page() {
     }
     for i in 0..5 {
         let id = format!("bf-page-{i}");
-        s.rig.eventually("every dropped PAYMENT_RESULT is recovered", || {
-            (!s.received(&id).is_empty()).then_some(())
-        });
+        s.rig
+            .eventually("every dropped PAYMENT_RESULT is recovered", || {
+                (!s.received(&id).is_empty()).then_some(())
+            });
     }
     s.two_more_walks();
     for i in 0..5 {
@@ -265,7 +279,10 @@ fn the_cursor_survives_a_restart() {
     let expected = alipay_sidecar::backfill::iso_utc(
         cursor - alipay_sidecar::backfill::OVERLAP.as_millis() as i64,
     );
-    assert_eq!(from, expected, "starts at the stored cursor (minus the overlap), not 24 h back");
+    assert_eq!(
+        from, expected,
+        "starts at the stored cursor (minus the overlap), not 24 h back"
+    );
 }
 
 #[test]
@@ -276,7 +293,14 @@ fn two_replicas_on_postgresql_walk_once() {
     let url = create_database(&admin, "backfill_two");
     let section = format!("[store]\nurl = {url:?}\n");
     let app = App::start(Behaviour::Ack);
-    let s = Setup::on(app, StoreConfig::postgres(url.clone()), &section, None, 100, true);
+    let s = Setup::on(
+        app,
+        StoreConfig::postgres(url.clone()),
+        &section,
+        None,
+        100,
+        true,
+    );
     // a second replica on the same database and gateway
     let gateway = format!("https://127.0.0.1:{}", s.rig.gw.local_addr().port());
     let toml = RigConfig {
@@ -289,17 +313,25 @@ fn two_replicas_on_postgresql_walk_once() {
     let _second = Sidecar::start(dir2.path(), &toml);
     let payment_id = s.pay("bf-pg-1", "immediate");
     s.refund_dropped("bf-pg-refund-1", &payment_id);
-    s.rig.eventually("the app receives the recovered REFUND_RESULT", || {
-        (!s.received("bf-pg-refund-1").is_empty()).then_some(())
-    });
+    s.rig
+        .eventually("the app receives the recovered REFUND_RESULT", || {
+            (!s.received("bf-pg-refund-1").is_empty()).then_some(())
+        });
     s.two_more_walks();
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(s.received("bf-pg-refund-1").len(), 1, "one replica recorded it, delivered once");
+    assert_eq!(
+        s.received("bf-pg-refund-1").len(),
+        1,
+        "one replica recorded it, delivered once"
+    );
     let events = rt()
         .block_on(s.store.list(&sidecar_store::ListFilter::default()))
         .unwrap();
     assert_eq!(
-        events.iter().filter(|e| e.business_id == "bf-pg-refund-1").count(),
+        events
+            .iter()
+            .filter(|e| e.business_id == "bf-pg-refund-1")
+            .count(),
         1
     );
 }
@@ -310,8 +342,18 @@ fn cli(s: &Setup, cmd: &str, extra: &[&str]) -> (i32, String, String) {
     let config = s.rig.sidecar.config_path.display().to_string();
     let via = s.rig.outbound.to_string();
     let mut args = vec![
-        "notifications", cmd, "--config", &config, "--merchant", "default", "--since", "1h",
-        "--via", &via, "--deliver-path", NOTIFY_PATH,
+        "notifications",
+        cmd,
+        "--config",
+        &config,
+        "--merchant",
+        "default",
+        "--since",
+        "1h",
+        "--via",
+        &via,
+        "--deliver-path",
+        NOTIFY_PATH,
     ];
     args.extend_from_slice(extra);
     run_bounded(&mut command(&args), Duration::from_secs(120))
@@ -337,8 +379,16 @@ fn notifications_backfill_and_audit_against_a_running_sidecar() {
             .collect()
     };
     // TYPE AT-ALIPAY IN-JOURNAL DELIVERED MISSING
-    assert_eq!(line(&out, "PAYMENT_RESULT")[1..], ["1", "1", "1", "0"], "{out}");
-    assert_eq!(line(&out, "REFUND_RESULT")[1..], ["1", "0", "0", "1"], "{out}");
+    assert_eq!(
+        line(&out, "PAYMENT_RESULT")[1..],
+        ["1", "1", "1", "0"],
+        "{out}"
+    );
+    assert_eq!(
+        line(&out, "REFUND_RESULT")[1..],
+        ["1", "0", "0", "1"],
+        "{out}"
+    );
 
     let (code, out, err) = cli(&s, "backfill", &["--dry-run"]);
     assert_eq!(code, 3, "{out}{err}");
@@ -349,11 +399,17 @@ fn notifications_backfill_and_audit_against_a_running_sidecar() {
     let (code, out, err) = cli(&s, "backfill", &[]);
     assert_eq!(code, 3, "it was missing\n{out}{err}");
     // TYPE AT-ALIPAY ALREADY-JOURNALED MISSING RECOVERED FAILED
-    assert_eq!(line(&out, "REFUND_RESULT")[1..], ["1", "0", "1", "1", "0"], "{out}");
-    let got = s.rig.eventually("the running sidecar delivers the recovered event", || {
-        let r = s.received("bf-cli-refund-1");
-        (!r.is_empty()).then_some(r)
-    });
+    assert_eq!(
+        line(&out, "REFUND_RESULT")[1..],
+        ["1", "0", "1", "1", "0"],
+        "{out}"
+    );
+    let got = s
+        .rig
+        .eventually("the running sidecar delivers the recovered event", || {
+            let r = s.received("bf-cli-refund-1");
+            (!r.is_empty()).then_some(r)
+        });
     assert_eq!(got[0].one(SOURCE), Some("inquireNotificationList"));
 
     let (code, out, err) = cli(&s, "audit", &[]);
@@ -366,7 +422,14 @@ fn notifications_backfill_and_audit_against_a_running_sidecar() {
     let config = s.rig.sidecar.config_path.display().to_string();
     let (code, _, err) = run_bounded(
         &mut command(&[
-            "notifications", "audit", "--config", &config, "--merchant", "nobody", "--since", "1h",
+            "notifications",
+            "audit",
+            "--config",
+            &config,
+            "--merchant",
+            "nobody",
+            "--since",
+            "1h",
         ]),
         Duration::from_secs(60),
     );

@@ -278,7 +278,10 @@ mod tests {
         );
         assert_eq!(e1.business_id_kind, BusinessIdKind::EventId);
         assert_eq!(e1.business_id, "9b2c1d7e-0000-4000-8000-000000000001");
-        assert_eq!(BusinessIdKind::parse("eventId"), Some(BusinessIdKind::EventId));
+        assert_eq!(
+            BusinessIdKind::parse("eventId"),
+            Some(BusinessIdKind::EventId)
+        );
         let r1 = r#"{"notifyType":"REFUND_RESULT","refundRequestId":"r-1","paymentRequestId":"pay-1","result":{"resultStatus":"S","resultCode":"SUCCESS"}}"#;
         let r2 = r1.replace("r-1", "r-2");
         let k1 = key(r1);

@@ -277,7 +277,7 @@ impl EventLog {
             .filter(|e| types.is_empty() || types.contains(&e.notify_type.as_str()))
             .collect();
         matching.reverse();
-        matching.sort_by(|a, b| b.event_create_time.cmp(&a.event_create_time));
+        matching.sort_by_key(|e| std::cmp::Reverse(e.event_create_time));
         let start = match after {
             None => 0,
             Some(id) => match matching.iter().position(|e| e.event_id == id) {
