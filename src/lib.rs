@@ -34,6 +34,7 @@
 
 pub(crate) mod adapter;
 pub(crate) mod admin;
+pub mod backfill;
 pub(crate) mod budget;
 pub mod cli;
 pub mod config;

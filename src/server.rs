@@ -202,6 +202,17 @@ pub fn build(
             let handler = outbound.own_calls(&config, o, &state);
             server.add_service(crate::reconcile::service(r, handler, o.request_timeout));
         }
+        if let (Some(b), Some(store)) = (&config.backfill, state.store()) {
+            // the backfill's inquireNotificationList calls: the same kind of handler
+            let handler = outbound.own_calls(&config, o, &state);
+            server.add_service(crate::backfill::service(
+                &config,
+                b,
+                store,
+                handler,
+                o.request_timeout,
+            ));
+        }
         server.add_services(outbound.services);
         reload_tls = outbound.reload_tls;
         private_dirs = outbound.private_dirs;

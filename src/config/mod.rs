@@ -45,6 +45,7 @@
 //! - Relative paths given by a variable are resolved against the config file's folder, like
 //!   paths written in the file.
 
+mod backfill;
 mod build;
 mod choice;
 mod env;
@@ -104,6 +105,8 @@ pub struct Config {
     pub store_options: StoreOptions,
     /// The missed-notification reconciler; `None` unless `[reconcile] enabled = true`.
     pub reconcile: Option<ReconcileConfig>,
+    /// The backfill from Alipay's event log; `None` unless `[reconcile] backfill = true`.
+    pub backfill: Option<BackfillConfig>,
     /// Where each value came from (file line or environment variable), for later error
     /// messages such as a key file that cannot be read.
     origins: BTreeMap<String, Origin>,

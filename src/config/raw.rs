@@ -330,6 +330,9 @@ options! {
         default_close_after: Option<Spanned<String>> = Kind::Duration, Some("\"30m\""), Restart;
         cancel_on_expiry: Option<bool> = Kind::Bool, Some("false"), Restart;
         deliver_path: Option<Spanned<String>> = Kind::Str, None, Restart;
+        backfill: Option<bool> = Kind::Bool, Some("false"), Restart;
+        backfill_interval: Option<Spanned<String>> = Kind::Duration, Some("\"5m\""), Restart;
+        backfill_window: Option<Spanned<String>> = Kind::Duration, Some("\"24h\""), Restart;
     }
 }
 

@@ -340,6 +340,22 @@ pub struct ReconcileConfig {
     pub deliver_path: Option<String>,
 }
 
+/// The backfill from Alipay's notification event log (`[reconcile] backfill = true`, issue 22).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackfillConfig {
+    /// Time between walks of each merchant's event log.
+    pub interval: Duration,
+    /// How far back the first walk (and any walk after a long pause) looks; at most 30 days,
+    /// Antom's retention of the event log.
+    pub window: Duration,
+    /// `[reconcile] deliver_path`: where a recovered event goes when its notify path is not
+    /// known from a pay record.
+    pub deliver_path: Option<String>,
+}
+
+/// Longest `[reconcile] backfill_window`: Antom keeps its notification event log 30 days.
+pub const MAX_BACKFILL_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// The app behind the inbound listener (plain HTTP: it runs next to the sidecar).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppUpstream {

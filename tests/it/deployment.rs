@@ -428,6 +428,7 @@ fn exposed_names() -> BTreeSet<String> {
     let mut names = sample_names(&one_of_each());
     alipay_sidecar::journal::metrics().register_merchants(["default"]);
     alipay_sidecar::reconcile::register_metrics();
+    alipay_sidecar::backfill::register_metrics(["default"]);
     alipay_sidecar::credentials::metrics().register_merchants(["default"]);
     alipay_sidecar::store::register_metrics();
     alipay_sidecar::retention::register_metrics();
@@ -539,6 +540,8 @@ fn alert_rules_parse_and_use_only_exposed_metrics() {
         "alipay_sidecar_reconcile_cancels_total",
         "alipay_sidecar_reconcile_inquiries_total",
         "alipay_sidecar_reconcile_conflicts_total",
+        "alipay_sidecar_backfill_events_total",
+        "alipay_sidecar_backfill_last_complete_timestamp_seconds",
     ] {
         assert!(used.contains(required), "no alert on {required}");
     }

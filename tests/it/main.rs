@@ -3,6 +3,7 @@
 //! listeners (see `support/`).
 mod admin; // the admin listener (/healthz, /readyz, /metrics, reload), who may reach it, `healthcheck`
 mod api_keys; // merchant credentials: API-key mode, the app's credential headers, refused-signature warnings
+mod backfill; // the backfill from Alipay's notification event log: dropped notifications recovered once
 mod cli; // the one-shot commands on the vectors: `sign`, `verify`, `keygen`, `check-config`
 mod config; // the config file and key loading through the library: example, env overrides, errors
 mod demo; // `alipay-sidecar demo` killed every way a terminal or harness kills it, nothing left behind

@@ -141,6 +141,7 @@ pub fn cli_main(args: MockGatewayArgs) -> i32 {
         fault: args.fault,
         notify: args.notify,
         outcome: args.outcome.clone(),
+        event_page_max: crate::MAX_EVENT_LIMIT as usize,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

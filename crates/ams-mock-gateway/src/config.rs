@@ -54,6 +54,9 @@ pub struct MockGatewayConfig {
     /// How each pay ends (a pay's `mockOutcome` field overrides it); default
     /// [`PaymentOutcome::Success`].
     pub outcome: PaymentOutcome,
+    /// Most events one `inquireNotificationList` page returns, whatever its `limit` asks (at
+    /// least 1; default [`crate::MAX_EVENT_LIMIT`]): a small value makes a client page.
+    pub event_page_max: usize,
 }
 
 impl MockGatewayConfig {
@@ -74,6 +77,7 @@ impl MockGatewayConfig {
             fault: None,
             notify: NotifyMode::Immediate,
             outcome: PaymentOutcome::Success,
+            event_page_max: crate::MAX_EVENT_LIMIT as usize,
         }
     }
 }
@@ -96,6 +100,7 @@ impl fmt::Debug for MockGatewayConfig {
             .field("fault", &self.fault)
             .field("notify", &self.notify)
             .field("outcome", &self.outcome)
+            .field("event_page_max", &self.event_page_max)
             .finish_non_exhaustive()
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::api::events::NotificationEvent;
 use crate::config::MockGatewayConfig;
 use crate::error::MockGatewayError;
 use crate::state::{NotificationAttempt, ReceivedRequest, Shared};
@@ -136,6 +137,8 @@ impl MockGateway {
             runtime: tokio::runtime::Handle::current(),
             pending_late: Mutex::new(HashMap::new()),
             inquiry_answer: Mutex::new(None),
+            events: Mutex::new(api::events::EventLog::default()),
+            event_page_max: config.event_page_max,
         });
         let accept_task = tokio::spawn(server::accept_loop(listener, acceptor, shared.clone()));
         tracing::info!(%base_url, "mock-gateway: listening");
@@ -188,6 +191,16 @@ impl MockGateway {
             .received
             .lock()
             .map(|log| log.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The notification event log (what `inquireNotificationList` reads), oldest first: every
+    /// notification sent or dropped (notify mode `drop`), with its delivery status.
+    pub fn events(&self) -> Vec<NotificationEvent> {
+        self.shared
+            .events
+            .lock()
+            .map(|log| log.all())
             .unwrap_or_default()
     }
 

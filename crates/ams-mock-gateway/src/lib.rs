@@ -28,6 +28,9 @@ mod state;
 mod switches;
 mod tls;
 
+pub use api::events::{
+    DeliveryStatus, NotificationEvent, EVENT_NOT_EXIST, EVENT_RETENTION_DAYS, MAX_EVENT_LIMIT,
+};
 pub use cli::{cli_main, MockGatewayArgs};
 pub use clock::STALE_RESPONSE_TIME;
 pub use config::{MockGatewayConfig, DEFAULT_NOTIFY_BACKOFF};

@@ -12,6 +12,9 @@ use hyper_util::rt::TokioExecutor;
 
 use tokio::sync::oneshot;
 
+use chrono::Utc;
+
+use super::api::events::DeliveryStatus;
 use super::api::NotifyJob;
 use super::clock::notification_time;
 use super::crypto;
@@ -59,11 +62,40 @@ pub(crate) fn due(shared: &Arc<Shared>, payment_request_id: &str) {
         Ok((NotifyMode::Late(delay), job)) => {
             let _ = spawn(shared, job, Some(delay));
         }
+        Ok((NotifyMode::Drop, job)) => dropped(shared, &job),
         Ok((NotifyMode::Held, _)) => tracing::info!(
             payment_request_id,
             "mock-gateway: notification held (notify mode none); send it with POST /mock/notify/<paymentRequestId>"
         ),
         Err(e) => tracing::debug!(error = %e, "mock-gateway: no notification"),
+    }
+}
+
+/// Notify mode `drop`: the event log records the notification as FAILED; nothing is sent.
+fn dropped(shared: &Shared, job: &NotifyJob) {
+    if let Ok(mut log) = shared.events.lock() {
+        let id = log.open(
+            &job.client_id,
+            &job.body,
+            DeliveryStatus::Failed,
+            Utc::now(),
+        );
+        tracing::info!(
+            payment_request_id = %job.payment_request_id,
+            event_id = %id,
+            "mock-gateway: notification dropped (notify mode drop); logged FAILED in the event log"
+        );
+    }
+}
+
+/// A refund succeeded: sends its REFUND_RESULT now, or only logs it FAILED (`drop`).
+pub(crate) fn refunded(shared: &Arc<Shared>, job: NotifyJob) {
+    if job.dropped {
+        dropped(shared, &job);
+        return;
+    }
+    if let Err(e) = spawn(shared, job, None) {
+        tracing::debug!(error = %e, "mock-gateway: no refund notification");
     }
 }
 
@@ -107,6 +139,18 @@ fn spawn(shared: &Arc<Shared>, job: NotifyJob, late: Option<Duration>) -> Result
     if shared.notify_backoff.is_empty() {
         return Err(ControlError::NotificationsDisabled);
     }
+    let event_id = shared
+        .events
+        .lock()
+        .map(|mut log| {
+            log.open(
+                &job.client_id,
+                &job.body,
+                DeliveryStatus::Pending,
+                Utc::now(),
+            )
+        })
+        .unwrap_or_default();
     let guard = InFlight::start(shared);
     let mut cancelled = None;
     if late.is_some() {
@@ -136,9 +180,12 @@ fn spawn(shared: &Arc<Shared>, job: NotifyJob, late: Option<Duration>) -> Result
                 return;
             }
         }
-        tokio::select! {
-            _ = deliver(&shared, &job, &url) => {}
-            _ = super::state::stopped(&mut shutdown) => {}
+        let status = tokio::select! {
+            delivered = deliver(&shared, &job, &url) => delivered,
+            _ = super::state::stopped(&mut shutdown) => DeliveryStatus::Pending,
+        };
+        if let Ok(mut log) = shared.events.lock() {
+            log.set_status(&event_id, status);
         }
     });
     Ok(())
@@ -150,7 +197,8 @@ fn record(shared: &Shared, attempt: NotificationAttempt) {
     }
 }
 
-async fn deliver(shared: &Arc<Shared>, job: &NotifyJob, url: &str) {
+/// Sends until acknowledged or the back-off is used up; says how it ended for the event log.
+async fn deliver(shared: &Arc<Shared>, job: &NotifyJob, url: &str) -> DeliveryStatus {
     let base = NotificationAttempt {
         url: url.to_string(),
         payment_request_id: job.payment_request_id.clone(),
@@ -170,7 +218,7 @@ async fn deliver(shared: &Arc<Shared>, job: &NotifyJob, url: &str) {
                     ..base
                 },
             );
-            return;
+            return DeliveryStatus::Failed;
         }
     };
     if uri.scheme_str() != Some("http") || uri.authority().is_none() {
@@ -189,7 +237,7 @@ async fn deliver(shared: &Arc<Shared>, job: &NotifyJob, url: &str) {
                 ..base
             },
         );
-        return;
+        return DeliveryStatus::Failed;
     }
     let path = uri
         .path_and_query()
@@ -229,9 +277,10 @@ async fn deliver(shared: &Arc<Shared>, job: &NotifyJob, url: &str) {
             },
         );
         if acknowledged {
-            return;
+            return DeliveryStatus::Delivered;
         }
     }
+    DeliveryStatus::Failed
 }
 
 /// One POST; `Ok((status, acknowledged))` when an HTTP answer came back.

@@ -600,6 +600,17 @@ fn respond(
     }
 
     let path = target.split('?').next().unwrap_or(target);
+    if let Some(answer) = shared.events.lock().ok().and_then(|log| {
+        log.answer(
+            path,
+            &client_id,
+            body,
+            chrono::Utc::now(),
+            shared.event_page_max,
+        )
+    }) {
+        return signed(answer);
+    }
     let route = path
         .strip_prefix("/ams/api/v1/payments/")
         .or_else(|| path.strip_prefix("/ams/sandbox/api/v1/payments/"))
@@ -650,6 +661,7 @@ fn respond(
     // Started before the answer goes out, so notifications_settled() sees them.
     match outcome.effect {
         Some(Effect::Final(request_id)) => notify::due(shared, &request_id),
+        Some(Effect::Refunded(job)) => notify::refunded(shared, *job),
         Some(Effect::SettleAfter {
             request_id,
             after,

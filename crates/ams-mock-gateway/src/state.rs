@@ -97,6 +97,10 @@ pub(crate) struct Shared {
     pub(crate) pending_late: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
     /// A lying inquiryPayment, set by the test ([`crate::MockGateway::set_inquiry_answer`]).
     pub(crate) inquiry_answer: Mutex<Option<InquiryAnswer>>,
+    /// Every notification sent or dropped, for `inquireNotificationList` (issue 22).
+    pub(crate) events: Mutex<api::events::EventLog>,
+    /// Most events one `inquireNotificationList` page returns, whatever `limit` asks.
+    pub(crate) event_page_max: usize,
 }
 
 impl Shared {

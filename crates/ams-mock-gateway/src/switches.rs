@@ -33,6 +33,9 @@ pub enum NotifyMode {
     /// `late:<duration>`: that long after the payment became final, then re-sent with the
     /// usual back-off.
     Late(Duration),
+    /// `drop`: "Alipay's delivery failed for good": the notification is logged in the
+    /// event log as FAILED (so `inquireNotificationList` has it) and never sent on its own.
+    Drop,
 }
 
 impl FromStr for NotifyMode {
@@ -46,8 +49,9 @@ impl FromStr for NotifyMode {
         match s {
             "immediate" => Ok(NotifyMode::Immediate),
             "none" => Ok(NotifyMode::Held),
+            "drop" => Ok(NotifyMode::Drop),
             _ => Err(format!(
-                "unknown notify mode `{s}`; known: immediate, none, late:<duration> (e.g. late:30s)"
+                "unknown notify mode `{s}`; known: immediate, none, drop, late:<duration> (e.g. late:30s)"
             )),
         }
     }
@@ -58,6 +62,7 @@ impl fmt::Display for NotifyMode {
         match self {
             NotifyMode::Immediate => f.write_str("immediate"),
             NotifyMode::Held => f.write_str("none"),
+            NotifyMode::Drop => f.write_str("drop"),
             NotifyMode::Late(d) => write!(f, "late:{}", humantime::format_duration(*d)),
         }
     }
@@ -264,7 +269,7 @@ mod tests {
 
     #[test]
     fn notify_modes_round_trip() {
-        for s in ["immediate", "none", "late:30s", "late:1m 30s"] {
+        for s in ["immediate", "none", "drop", "late:30s", "late:1m 30s"] {
             let m: NotifyMode = s.parse().unwrap();
             assert_eq!(m.to_string(), s);
         }

@@ -14,6 +14,10 @@ const EVENT_ID_DOMAIN: &[u8] = b"alipay-sidecar/event/v1\n";
 /// Which field of the body identifies the business object the notification is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BusinessIdKind {
+    /// `eventId` of the body, when a notification carries one (issue 22): Antom's event log
+    /// says the event id is "shared by the webhook event and query result", so when it is in
+    /// the body it identifies the event, whatever else the body says.
+    EventId,
     /// `paymentRequestId` (PAYMENT_RESULT, PAYMENT_PENDING, ...).
     PaymentRequestId,
     /// `refundRequestId` (REFUND_RESULT).
@@ -32,6 +36,7 @@ impl BusinessIdKind {
     /// The name stored in the journal and shown by `notifications list`.
     pub fn as_str(self) -> &'static str {
         match self {
+            BusinessIdKind::EventId => "eventId",
             BusinessIdKind::PaymentRequestId => "paymentRequestId",
             BusinessIdKind::RefundRequestId => "refundRequestId",
             BusinessIdKind::CaptureRequestId => "captureRequestId",
@@ -43,6 +48,7 @@ impl BusinessIdKind {
     /// Inverse of [`as_str`](Self::as_str).
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
+            "eventId" => BusinessIdKind::EventId,
             "paymentRequestId" => BusinessIdKind::PaymentRequestId,
             "refundRequestId" => BusinessIdKind::RefundRequestId,
             "captureRequestId" => BusinessIdKind::CaptureRequestId,
@@ -110,6 +116,7 @@ impl EventKey {
         };
         let by_kind = |kind: BusinessIdKind| -> Option<String> {
             match kind {
+                BusinessIdKind::EventId => field("eventId").map(str::to_owned),
                 BusinessIdKind::PaymentRequestId => field("paymentRequestId").map(str::to_owned),
                 BusinessIdKind::RefundRequestId => field("refundRequestId").map(str::to_owned),
                 BusinessIdKind::CaptureRequestId => field("captureRequestId").map(str::to_owned),
@@ -137,8 +144,9 @@ impl EventKey {
             BusinessIdKind::DisputeIdAndNotifyTime,
             BusinessIdKind::PaymentRequestId,
         ];
-        let (business_id_kind, business_id) = preferred
+        let (business_id_kind, business_id) = [BusinessIdKind::EventId]
             .into_iter()
+            .chain(preferred)
             .chain(order)
             .find_map(|kind| by_kind(kind).map(|id| (kind, id)))
             .unwrap_or_else(|| (BusinessIdKind::BodySha256, body_sha256(body)));
@@ -263,6 +271,17 @@ mod tests {
 
     #[test]
     fn refund_and_capture_use_their_own_id() {
+        let e1 = EventKey::from_notification(
+            "c",
+            "/n",
+            br#"{"notifyType":"REFUND_RESULT","eventId":"9b2c1d7e-0000-4000-8000-000000000001","refundRequestId":"r-1"}"#,
+        );
+        assert_eq!(e1.business_id_kind, BusinessIdKind::EventId);
+        assert_eq!(e1.business_id, "9b2c1d7e-0000-4000-8000-000000000001");
+        assert_eq!(
+            BusinessIdKind::parse("eventId"),
+            Some(BusinessIdKind::EventId)
+        );
         let r1 = r#"{"notifyType":"REFUND_RESULT","refundRequestId":"r-1","paymentRequestId":"pay-1","result":{"resultStatus":"S","resultCode":"SUCCESS"}}"#;
         let r2 = r1.replace("r-1", "r-2");
         let k1 = key(r1);

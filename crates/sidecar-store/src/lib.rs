@@ -10,6 +10,7 @@
 //! lease model, failure handling and how to run the tests are described in this crate's
 //! `README.md` (`crates/sidecar-store/README.md`); keep that text in step with the code.
 
+mod backfill;
 mod error;
 mod event;
 mod journal;
@@ -17,6 +18,7 @@ mod pays;
 mod retention;
 mod store;
 
+pub use backfill::{BackfillCursor, Journaled};
 pub use error::StoreError;
 pub use event::{body_sha256, BusinessIdKind, EventKey};
 pub use journal::{

@@ -113,6 +113,13 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0002_pay_answers.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            3,
+            "backfill".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/0003_backfill.sql").into_sql_str(),
+            false,
+        ),
     ])
 }
 

@@ -153,6 +153,7 @@ on_both!(
     unknown_ids_are_reported_not_errors,
     prune_removes_only_finished_work,
     pay_answers_and_closed_outcomes,
+    backfill_cursor_lease_and_journal_lookup,
 );
 
 fn pay_body(prid: &str, status: &str, code: &str) -> String {
@@ -1253,4 +1254,82 @@ async fn sqlite_files_are_private() {
     }
     again.close().await;
     store.close().await;
+}
+
+/// Issue 22: the backfill's per-merchant cursor under a lease (one owner at a time, expiry,
+/// only the owner moves the cursor) and the journal lookup by key without the notify path.
+async fn backfill_cursor_lease_and_journal_lookup(db: &TestDb) {
+    let a = db.open().await;
+    let b = db.open().await;
+    assert_eq!(a.backfill_cursor("m").await.unwrap().last_complete_to, None);
+    let c = a.claim_backfill("m", "r1", 1_000, 61_000).await.unwrap();
+    assert_eq!(c.map(|c| c.last_complete_to), Some(None), "free: claimed");
+    assert_eq!(
+        b.claim_backfill("m", "r2", 2_000, 62_000).await.unwrap(),
+        None,
+        "held"
+    );
+    assert!(
+        a.claim_backfill("m", "r1", 2_000, 62_000)
+            .await
+            .unwrap()
+            .is_some(),
+        "the owner again"
+    );
+    assert!(
+        !b.complete_backfill("m", "r2", 5_000, 5_000).await.unwrap(),
+        "not r2's lease"
+    );
+    assert!(a.complete_backfill("m", "r1", 5_000, 6_000).await.unwrap());
+    let c = b
+        .claim_backfill("m", "r2", 7_000, 67_000)
+        .await
+        .unwrap()
+        .expect("released");
+    assert_eq!(
+        (c.last_complete_to, c.last_complete_at),
+        (Some(5_000), Some(6_000))
+    );
+    // r2 dies holding it: after the lease r1 takes over; the cursor is unchanged
+    b.release_backfill("m", "nobody").await.unwrap();
+    assert_eq!(
+        a.claim_backfill("m", "r1", 10_000, 70_000).await.unwrap(),
+        None
+    );
+    let c = a
+        .claim_backfill("m", "r1", 67_000, 127_000)
+        .await
+        .unwrap()
+        .expect("expired");
+    assert_eq!(c.last_complete_to, Some(5_000));
+    a.release_backfill("m", "r1").await.unwrap();
+    assert!(b
+        .claim_backfill("m", "r2", 68_000, 128_000)
+        .await
+        .unwrap()
+        .is_some());
+    // another merchant has its own cursor
+    assert!(a
+        .claim_backfill("other", "r1", 68_000, 128_000)
+        .await
+        .unwrap()
+        .is_some());
+
+    let body = pay_body("bf-1", "S", "SUCCESS");
+    let on_other_path = EventKey::from_notification(CLIENT, "/elsewhere", body.as_bytes());
+    assert_eq!(a.journaled(&on_other_path).await.unwrap(), None);
+    let r = record(&a, "m", body.as_bytes(), 1_000, Some(1_000)).await;
+    let j = b
+        .journaled(&on_other_path)
+        .await
+        .unwrap()
+        .expect("found whatever the path");
+    assert_eq!(j.event_id, r.event_id);
+    assert_eq!(j.status, "pending");
+    let failed = EventKey::from_notification(CLIENT, PATH, pay_body("bf-1", "F", "X").as_bytes());
+    assert_eq!(
+        a.journaled(&failed).await.unwrap(),
+        None,
+        "another result is another event"
+    );
 }

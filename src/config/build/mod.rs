@@ -48,6 +48,10 @@ impl Ctx<'_> {
             None => None,
             Some(i) => Some(self.build_inbound(i, store.is_some())?),
         };
+        let backfill = self.build_backfill(
+            raw.reconcile.as_ref(),
+            store.is_some() && outbound.is_some() && inbound.is_some(),
+        )?;
         let reconcile = match raw.reconcile {
             None => None,
             Some(r) => {
@@ -194,6 +198,7 @@ impl Ctx<'_> {
             store,
             store_options,
             reconcile,
+            backfill,
             origins: BTreeMap::new(),
             settings: Default::default(),
         })

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::switches::{ControlError, NotifyMode, PaymentOutcome, PaymentResult, PaymentStatus};
 
+pub(crate) mod events;
 mod json;
 mod payment;
 #[cfg(test)]
@@ -20,8 +21,8 @@ pub(crate) use json::{envelope, js, obj, success_without_ids, Status};
 use json::{param_illegal, result, str_field, success, switch, Amount};
 use payment::{fail_message, NotifyPlan, Payment, Refund, State, IN_PROCESS_MESSAGE};
 
-/// A PAYMENT_RESULT notification to deliver, built from the payment's final state.
-#[derive(Debug, Clone)]
+/// A PAYMENT_RESULT or REFUND_RESULT notification to deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NotifyJob {
     /// `paymentNotifyUrl` of the pay request, when it had one.
     pub(crate) url_from_request: Option<String>,
@@ -31,6 +32,10 @@ pub(crate) struct NotifyJob {
     pub(crate) client_id: String,
     /// Sign other bytes than the body (fault `notify_tampered`).
     pub(crate) tampered: bool,
+    /// `true` for a REFUND_RESULT (its `payment_request_id` is the refunded payment's).
+    pub(crate) refund: bool,
+    /// Notify mode `drop`: log the event as FAILED, do not send it.
+    pub(crate) dropped: bool,
 }
 
 /// What a new pay leaves for the caller to start once the store is unlocked.
@@ -38,6 +43,9 @@ pub(crate) struct NotifyJob {
 pub(crate) enum Effect {
     /// The payment is final now: its notification is due (per its [`NotifyMode`]).
     Final(String),
+    /// A refund succeeded: its REFUND_RESULT notification is due (sent at once, or only
+    /// logged as FAILED with notify mode `drop`).
+    Refunded(Box<NotifyJob>),
     /// The payment is processing and gets `result` after `after`.
     SettleAfter {
         request_id: String,
@@ -127,7 +135,7 @@ impl Store {
             "pay" => self.pay(&json, stamp, ctx),
             "inquiryPayment" => Outcome::body(self.inquiry_payment(&json)),
             "cancel" => Outcome::body(self.cancel(&json, stamp)),
-            "refund" => Outcome::body(self.refund(&json, stamp)),
+            "refund" => self.refund(&json, stamp, ctx),
             "inquiryRefund" => Outcome::body(self.inquiry_refund(&json)),
             "consult" => Outcome::body(consult()),
             _ => Outcome::body(envelope(
@@ -305,6 +313,8 @@ impl Store {
                 body: obj(&fields).into_bytes(),
                 client_id: p.notify.client_id.clone(),
                 tampered: p.notify.tampered,
+                refund: false,
+                dropped: p.notify.mode == NotifyMode::Drop,
             },
         ))
     }
@@ -396,7 +406,57 @@ impl Store {
         ])
     }
 
-    fn refund(&mut self, json: &Value, stamp: &Stamp) -> String {
+    /// `refund`, plus its REFUND_RESULT notification when the refund is new and has
+    /// somewhere to go (`refundNotifyUrl`, or the gateway's notify URL override): sent at
+    /// once unless its notify mode (`mockNotify` of the refund, else the gateway's) is `none`
+    /// (not sent) or `drop` (logged FAILED in the event log, not sent). `late:` sends at once.
+    fn refund(&mut self, json: &Value, stamp: &Stamp, ctx: &PayContext<'_>) -> Outcome {
+        let mode = match switch(json, "mockNotify", "\"none\" or \"drop\"") {
+            Ok(None) => ctx.notify,
+            Ok(Some(mode)) => mode,
+            Err(e) => return Outcome::body(param_illegal(&e)),
+        };
+        let before = self.refunds.len();
+        let body = self.refund_call(json, stamp);
+        if self.refunds.len() == before || mode == NotifyMode::Held {
+            return Outcome::body(body);
+        }
+        let effect = str_field(json, "refundRequestId")
+            .and_then(|id| self.refunds.get(id))
+            .map(|r| {
+                let payment_request_id = self
+                    .payment_ids
+                    .get(&r.payment_id)
+                    .cloned()
+                    .unwrap_or_default();
+                let notification = obj(&[
+                    ("notifyType", js("REFUND_RESULT")),
+                    ("result", success()),
+                    ("refundStatus", js("SUCCESS")),
+                    ("refundRequestId", js(&r.request_id)),
+                    ("refundId", js(&r.refund_id)),
+                    ("paymentId", js(&r.payment_id)),
+                    ("paymentRequestId", js(&payment_request_id)),
+                    ("refundAmount", r.amount.json()),
+                    ("refundTime", js(&r.time)),
+                ]);
+                Effect::Refunded(Box::new(NotifyJob {
+                    url_from_request: str_field(json, "refundNotifyUrl").map(str::to_string),
+                    payment_request_id,
+                    body: notification.into_bytes(),
+                    client_id: ctx.client_id.to_string(),
+                    tampered: ctx.tampered,
+                    refund: true,
+                    dropped: mode == NotifyMode::Drop,
+                }))
+            });
+        Outcome {
+            body: body.into_bytes(),
+            effect,
+        }
+    }
+
+    fn refund_call(&mut self, json: &Value, stamp: &Stamp) -> String {
         let Some(request_id) = str_field(json, "refundRequestId") else {
             return param_illegal("refundRequestId is required");
         };
