@@ -51,6 +51,7 @@ use crate::handler::{
 };
 use crate::hooks::{NotificationHook, CONFLICT_HEADER};
 use crate::journal::{self, Entry, Journal, DELIVER_QUERY_HEADER, EVENT_ID_HEADER};
+use crate::paylock::{self, Holder, LockError, PaymentLease, PaymentLocks};
 use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
 use crate::metrics::{Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
 use crate::protocol::{
@@ -191,6 +192,9 @@ pub struct Inbound<A> {
     replays: Option<ReplayWindow>,
     /// The deliveries in progress, so a second copy waits for the first.
     in_flight: Arc<InFlight>,
+    /// One lock per payment (issue 22), with a store: held from the closing hook through the
+    /// journal write of a verified PAYMENT_RESULT.
+    locks: Option<Arc<dyn PaymentLocks>>,
 }
 
 /// Why a notification was not accepted: the metric label, the error code and what to do.
@@ -240,6 +244,46 @@ impl<A: UpstreamClient> Inbound<A> {
             merchants,
             reconcile: None,
             journal: None,
+            locks: None,
+        }
+    }
+
+    /// Takes the payment's lock ([`crate::paylock`]) before the closing hook and the journal
+    /// write of a verified PAYMENT_RESULT.
+    pub fn with_payment_locks(mut self, locks: Arc<dyn PaymentLocks>) -> Self {
+        self.locks = Some(locks);
+        self
+    }
+
+    /// The lock of the payment a verified PAYMENT_RESULT is about. `Ok(None)`: no lock
+    /// (another type, no locks configured, or the store cannot be asked: then the journal is
+    /// out of reach too and the notification flows as without it). A lock still busy after
+    /// `forward_timeout` and a little more: 503, so that Alipay re-sends.
+    async fn lock_payment(
+        &self,
+        client_id: &str,
+        body: &[u8],
+    ) -> Result<Option<PaymentLease>, Refusal> {
+        let Some(locks) = &self.locks else {
+            return Ok(None);
+        };
+        let Some(id) = paylock::payment_of(body) else {
+            return Ok(None);
+        };
+        let wait = self.policy.forward_timeout + IN_FLIGHT_MARGIN;
+        match locks.lock(client_id, &id, Holder::Inbound, wait).await {
+            Ok(lease) => Ok(Some(lease)),
+            Err(e @ LockError::Busy { .. }) => {
+                tracing::warn!(payment_request_id = %id, error = %e, "a PAYMENT_RESULT arrived while the sidecar kept working on its payment; not acknowledged, so Alipay re-sends it");
+                let msg = "the sidecar is still working on this payment (a cancel or a delivery \
+                           in flight); the notification was not acknowledged, so Alipay will \
+                           re-send it";
+                Err(Refusal::new(SidecarError::AppUnavailable, msg))
+            }
+            Err(e) => {
+                tracing::warn!(payment_request_id = %id, error = %e, "the payment's lock could not be taken; going on without it");
+                Ok(None)
+            }
         }
     }
 
@@ -481,6 +525,7 @@ impl<A: UpstreamClient> Inbound<A> {
         marker: Marker,
         key_version: Option<&str>,
         conflict: Option<&str>,
+        lease: Option<PaymentLease>,
         report: &mut Report,
     ) -> Result<(ResponseHeader, Bytes), Stop> {
         let merchant = selected.merchant;
@@ -518,7 +563,12 @@ impl<A: UpstreamClient> Inbound<A> {
             deliver_at: after_store.then_some(now),
         };
         let m = journal::metrics();
-        let recorded = match journal.record(entry).await {
+        let recorded = journal.record(entry).await;
+        // the payment's state is written: the lock is not held across the app's answer
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        let recorded = match recorded {
             Ok(r) => r,
             Err(e) => {
                 m.store_error("record");
@@ -795,7 +845,9 @@ impl Inbound<Arc<Upstream>> {
             .collect();
         let handler = Self::shared(InboundPolicy::from_config(config, cfg), merchants);
         match state.store() {
-            Some(store) => handler.with_journal(journal::from_store(store)),
+            Some(store) => handler
+                .with_journal(journal::from_store(store))
+                .with_payment_locks(paylock::for_store(store)),
             None => handler,
         }
     }
@@ -842,11 +894,19 @@ impl<A: UpstreamClient> Handler for Inbound<A> {
         let mut report = Report::new(label, INBOUND_API_LABEL);
         report.request_bytes = Some(request.body.len());
         let mut conflict = None;
+        let mut lease = None;
         let (marker, key_version) = match self.check(&selected, &request, &mut report) {
             Ok(v) => {
                 report.verification = Some(VerificationResult::Valid);
                 report.outcome = Outcome::Verified;
                 report.key_version = Some(v.key_version);
+                match self
+                    .lock_payment(&selected.merchant.client_id, &request.body)
+                    .await
+                {
+                    Ok(l) => lease = l,
+                    Err(refusal) => return Reply::refuse(refusal, report),
+                }
                 if let Some(hook) = &self.reconcile {
                     conflict = hook.verified(&selected.merchant.name, &request.body).await;
                 }
@@ -870,6 +930,7 @@ impl<A: UpstreamClient> Handler for Inbound<A> {
                 marker,
                 key_version.as_deref(),
                 conflict.as_deref(),
+                lease,
                 &mut report,
             )
             .await;

@@ -56,6 +56,7 @@ pub mod merchants;
 pub mod metrics;
 pub mod notifications;
 pub mod outbound;
+pub mod paylock;
 pub mod preflight;
 pub mod reconcile;
 pub mod reload;
