@@ -239,7 +239,7 @@ pub(super) struct ScriptedApi {
     /// A call to this tail waits for [`ScriptedApi::release`] (a gateway holding its answer).
     held: Mutex<Option<String>>,
     reached: tokio::sync::Notify,
-    released: tokio::sync::Semaphore,
+    released: tokio::sync::Notify,
 }
 
 impl ScriptedApi {
@@ -276,7 +276,7 @@ impl ScriptedApi {
 
     /// Lets the held call answer.
     pub(super) fn release(&self) {
-        self.released.add_permits(1);
+        self.released.notify_one();
     }
 }
 
@@ -292,9 +292,7 @@ impl PayApi for ScriptedApi {
         let held = self.held.lock().unwrap().as_deref() == Some(tail);
         if held {
             self.reached.notify_one();
-            if let Ok(permit) = self.released.acquire().await {
-                permit.forget();
-            }
+            self.released.notified().await;
         }
         self.script
             .lock()

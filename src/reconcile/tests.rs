@@ -524,9 +524,13 @@ async fn a_success_arriving_while_the_cancel_is_in_flight_waits_and_is_marked_a_
     api.reached().await;
     // the cancel is in flight under the payment's lock; Alipay's SUCCESS arrives now
     let inbound = tokio::spawn(inbound_success(locks.clone(), store.clone(), "p-21".into()));
-    while locks.contenders("T_1", "p-21") < 2 {
+    for _ in 0..100_000 {
+        if locks.contenders("T_1", "p-21") >= 2 {
+            break;
+        }
         tokio::task::yield_now().await;
     }
+    assert_eq!(locks.contenders("T_1", "p-21"), 2, "the reconciler holds, the SUCCESS waits");
     assert!(!inbound.is_finished(), "the SUCCESS waits for the cancel's answer");
     assert_eq!(store.record("pay_p-21").outcome, None, "not closed by it yet");
     api.release();

@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     pub(crate) pending_late: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
     /// A lying inquiryPayment, set by the test ([`crate::MockGateway::set_inquiry_answer`]).
     pub(crate) inquiry_answer: Mutex<Option<InquiryAnswer>>,
+    /// Holds `payments/cancel` answers while on ([`crate::MockGateway::hold_cancels`]).
+    pub(crate) cancel_hold: crate::switches::CancelHold,
 }
 
 impl Shared {
