@@ -51,9 +51,9 @@ use crate::handler::{
 };
 use crate::hooks::{NotificationHook, CONFLICT_HEADER};
 use crate::journal::{self, Entry, Journal, DELIVER_QUERY_HEADER, EVENT_ID_HEADER};
-use crate::paylock::{self, Holder, LockError, PaymentLease, PaymentLocks};
 use crate::merchants::{unselected_label, KeySource, LiveKeys, Selected};
 use crate::metrics::{Direction, Outcome, VerificationResult, INBOUND_API_LABEL};
+use crate::paylock::{self, Holder, LockError, PaymentLease, PaymentLocks};
 use crate::protocol::{
     ack_signature_headers, content_digest, format_iso8601, parse_request_time, Reason, Verified,
     ACK_BODY,

@@ -191,9 +191,7 @@ impl LocalLocks {
     /// The process's one set (every path of the sidecar must share it).
     fn shared() -> Arc<LocalLocks> {
         static SHARED: OnceLock<Arc<LocalLocks>> = OnceLock::new();
-        SHARED
-            .get_or_init(|| Arc::new(LocalLocks::new()))
-            .clone()
+        SHARED.get_or_init(|| Arc::new(LocalLocks::new())).clone()
     }
 
     /// Payments with a holder or a waiter now (the map's size; tests check it drains).
@@ -403,7 +401,10 @@ mod tests {
     #[tokio::test]
     async fn one_holder_per_payment_and_entries_are_removed_when_free() {
         let locks = Arc::new(LocalLocks::new());
-        let a = locks.lock("T_1", "p-1", Holder::Reconcile, W).await.unwrap();
+        let a = locks
+            .lock("T_1", "p-1", Holder::Reconcile, W)
+            .await
+            .unwrap();
         // another payment, or the same id of another client: not blocked
         let b = locks.lock("T_1", "p-2", Holder::Inbound, W).await.unwrap();
         let c = locks.lock("T_2", "p-1", Holder::Inbound, W).await.unwrap();
@@ -426,10 +427,18 @@ mod tests {
     #[tokio::test]
     async fn a_wait_is_bounded_and_leaves_no_entry() {
         let locks = LocalLocks::new();
-        let held = locks.lock("T_1", "p-1", Holder::Reconcile, W).await.unwrap();
+        let held = locks
+            .lock("T_1", "p-1", Holder::Reconcile, W)
+            .await
+            .unwrap();
         let short = Duration::from_millis(50);
-        let busy = locks.lock("T_1", "p-1", Holder::Inbound, short).await.unwrap_err();
-        assert!(matches!(busy, LockError::Busy { ref payment_request_id, .. } if payment_request_id == "p-1"));
+        let busy = locks
+            .lock("T_1", "p-1", Holder::Inbound, short)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(busy, LockError::Busy { ref payment_request_id, .. } if payment_request_id == "p-1")
+        );
         assert_eq!(locks.entries(), 1);
         drop(held);
         assert_eq!(locks.entries(), 0);
@@ -440,11 +449,25 @@ mod tests {
     #[test]
     fn only_payment_results_name_a_payment_to_lock() {
         let p = |s: &str| payment_of(s.as_bytes());
-        assert_eq!(p(r#"{"notifyType":"PAYMENT_RESULT","paymentRequestId":"p-1","result":{"resultStatus":"U"}}"#), Some("p-1".into()));
-        assert_eq!(p(r#"{"notifyType":"REFUND_RESULT","paymentRequestId":"p-1"}"#), None);
+        assert_eq!(
+            p(
+                r#"{"notifyType":"PAYMENT_RESULT","paymentRequestId":"p-1","result":{"resultStatus":"U"}}"#
+            ),
+            Some("p-1".into())
+        );
+        assert_eq!(
+            p(r#"{"notifyType":"REFUND_RESULT","paymentRequestId":"p-1"}"#),
+            None
+        );
         assert_eq!(p(r#"{"notifyType":"PAYMENT_RESULT"}"#), None);
-        assert_eq!(p(r#"{"notifyType":"PAYMENT_RESULT","paymentRequestId":""}"#), None);
-        let long = format!(r#"{{"notifyType":"PAYMENT_RESULT","paymentRequestId":"{}"}}"#, "x".repeat(300));
+        assert_eq!(
+            p(r#"{"notifyType":"PAYMENT_RESULT","paymentRequestId":""}"#),
+            None
+        );
+        let long = format!(
+            r#"{{"notifyType":"PAYMENT_RESULT","paymentRequestId":"{}"}}"#,
+            "x".repeat(300)
+        );
         assert_eq!(p(&long), None);
         assert_eq!(p("not json"), None);
     }

@@ -259,10 +259,7 @@ impl StateStore {
     /// Unlocks `lease` on the store's runtime (its connection lives there); a failure closes
     /// the connection, which frees the lock too. Awaiting the handle waits for the unlock;
     /// dropping it lets the unlock run on its own (from a `Drop`).
-    pub fn release_lock(
-        &self,
-        lease: sidecar_store::AdvisoryLease,
-    ) -> tokio::task::JoinHandle<()> {
+    pub fn release_lock(&self, lease: sidecar_store::AdvisoryLease) -> tokio::task::JoinHandle<()> {
         self.runtime.spawn(async move {
             if let Err(e) = lease.release().await {
                 tracing::debug!(error = %e, "releasing a payment lock failed; its connection was closed, which frees it");

@@ -452,7 +452,10 @@ fn success_notification(id: &str) -> String {
 
 /// A record past its close time with a verified answer before (a cancel is allowed), the
 /// reconciler on `locks`, the inquiry answering PROCESSING then the cancel succeeding.
-fn racing(id: &str, locks: Arc<LocalLocks>) -> (Arc<FakePayStore>, Arc<ScriptedApi>, Arc<Reconciler>) {
+fn racing(
+    id: &str,
+    locks: Arc<LocalLocks>,
+) -> (Arc<FakePayStore>, Arc<ScriptedApi>, Arc<Reconciler>) {
     let mut open = open_record(id, now_millis() - 1000);
     open.answers = 1;
     let store = Arc::new(FakePayStore::with([open]));
@@ -508,7 +511,10 @@ async fn a_success_recorded_before_the_cancel_means_no_cancel_is_sent() {
     turn.await.unwrap();
     assert_eq!(api.tails(), [INQUIRY_TAIL], "no cancel sent");
     assert_eq!(store.record("pay_p-20").outcome, Some(PayOutcome::Notified));
-    assert!(store.results().is_empty(), "nothing of the sidecar's own delivered");
+    assert!(
+        store.results().is_empty(),
+        "nothing of the sidecar's own delivered"
+    );
     assert_eq!(locks.entries(), 0, "every lock released");
 }
 
@@ -530,18 +536,35 @@ async fn a_success_arriving_while_the_cancel_is_in_flight_waits_and_is_marked_a_
         }
         tokio::task::yield_now().await;
     }
-    assert_eq!(locks.contenders("T_1", "p-21"), 2, "the reconciler holds, the SUCCESS waits");
-    assert!(!inbound.is_finished(), "the SUCCESS waits for the cancel's answer");
-    assert_eq!(store.record("pay_p-21").outcome, None, "not closed by it yet");
+    assert_eq!(
+        locks.contenders("T_1", "p-21"),
+        2,
+        "the reconciler holds, the SUCCESS waits"
+    );
+    assert!(
+        !inbound.is_finished(),
+        "the SUCCESS waits for the cancel's answer"
+    );
+    assert_eq!(
+        store.record("pay_p-21").outcome,
+        None,
+        "not closed by it yet"
+    );
     api.release();
     turn.await.unwrap();
     let conflict = inbound.await.unwrap();
     // the cancel's answer is recorded (and delivered as the sidecar's F)...
     assert_eq!(api.tails(), [INQUIRY_TAIL, CANCEL_TAIL]);
-    assert_eq!(store.record("pay_p-21").outcome, Some(PayOutcome::Cancelled));
+    assert_eq!(
+        store.record("pay_p-21").outcome,
+        Some(PayOutcome::Cancelled)
+    );
     let results = store.results();
     assert_eq!(results.len(), 1);
-    assert_eq!(json(&results[0].body)["result"]["resultCode"], "ORDER_IS_CANCELED");
+    assert_eq!(
+        json(&results[0].body)["result"]["resultCode"],
+        "ORDER_IS_CANCELED"
+    );
     // ...and the SUCCESS goes on to the app marked: it contradicts the recorded cancel
     assert_eq!(conflict.as_deref(), Some("recorded=cancelled"));
     assert_eq!(locks.entries(), 0);
@@ -566,6 +589,9 @@ async fn a_busy_lock_leaves_the_record_claimed_and_sends_nothing() {
     assert_eq!(api.tails(), [INQUIRY_TAIL], "no cancel without the lock");
     let r = store.record("pay_p-22");
     assert_eq!(r.outcome, None);
-    assert!(r.claim_owner.is_some(), "left claimed: worked again after the lease");
+    assert!(
+        r.claim_owner.is_some(),
+        "left claimed: worked again after the lease"
+    );
     drop(held);
 }

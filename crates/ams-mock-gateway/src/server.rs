@@ -346,7 +346,12 @@ pub(crate) async fn handle(
     if let Some(Fault::Delay(d)) = fault {
         tokio::time::sleep(d).await;
     }
-    if target.split('?').next().unwrap_or("").ends_with("/v1/payments/cancel") {
+    if target
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .ends_with("/v1/payments/cancel")
+    {
         let mut stop = shared.shutdown_rx.clone();
         shared
             .cancel_hold

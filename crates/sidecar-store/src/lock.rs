@@ -154,9 +154,18 @@ mod tests {
 
     #[test]
     fn the_key_is_stable_and_separates_client_ids() {
-        assert_eq!(payment_lock_key("T_1", "p-1"), payment_lock_key("T_1", "p-1"));
-        assert_ne!(payment_lock_key("T_1", "p-1"), payment_lock_key("T_2", "p-1"));
-        assert_ne!(payment_lock_key("T_1", "p-1"), payment_lock_key("T_1", "p-2"));
+        assert_eq!(
+            payment_lock_key("T_1", "p-1"),
+            payment_lock_key("T_1", "p-1")
+        );
+        assert_ne!(
+            payment_lock_key("T_1", "p-1"),
+            payment_lock_key("T_2", "p-1")
+        );
+        assert_ne!(
+            payment_lock_key("T_1", "p-1"),
+            payment_lock_key("T_1", "p-2")
+        );
         // the separator: ("T_1", "2p") is not ("T_12", "p")
         assert_ne!(payment_lock_key("T_1", "2p"), payment_lock_key("T_12", "p"));
     }

@@ -28,9 +28,8 @@ fn results(app: &App, id: &str, status: &str) -> Vec<Received> {
     app.received()
         .into_iter()
         .filter(|r| {
-            serde_json::from_slice::<serde_json::Value>(&r.body).is_ok_and(|v| {
-                v["paymentRequestId"] == id && v["result"]["resultStatus"] == status
-            })
+            serde_json::from_slice::<serde_json::Value>(&r.body)
+                .is_ok_and(|v| v["paymentRequestId"] == id && v["result"]["resultStatus"] == status)
         })
         .collect()
 }
@@ -46,7 +45,10 @@ fn a_success_recorded_before_the_close_time_means_no_cancel_is_sent() {
         &crate::journal::post(&s.rig.sidecar, &n),
         "the SUCCESS is acknowledged",
     );
-    assert_eq!(s.closed("rc-lock-first").outcome, Some(PayOutcome::Notified));
+    assert_eq!(
+        s.closed("rc-lock-first").outcome,
+        Some(PayOutcome::Notified)
+    );
     // a second payment closing after the first: once it is cancelled, the reconciler has
     // passed the first one's close time
     s.pay_held("rc-lock-first-later", "never", "");
@@ -54,7 +56,11 @@ fn a_success_recorded_before_the_close_time_means_no_cancel_is_sent() {
         s.closed("rc-lock-first-later").outcome,
         Some(PayOutcome::Cancelled)
     );
-    assert_eq!(calls(&s.rig.gw, CANCEL, "rc-lock-first"), 0, "never cancelled");
+    assert_eq!(
+        calls(&s.rig.gw, CANCEL, "rc-lock-first"),
+        0,
+        "never cancelled"
+    );
     assert_eq!(
         s.rig.gw.payment_status("rc-lock-first"),
         Some(PaymentStatus::Processing)
@@ -71,18 +77,20 @@ fn a_success_sent_while_the_cancel_is_in_flight_waits_and_reaches_the_app_marked
     let s = Setup::start(&format!("{FAST}cancel_on_expiry = true\n"));
     s.rig.gw.hold_cancels(true);
     s.pay_held("rc-lock-race", "never", "");
-    s.rig.eventually("the cancel at the close time is held at the gateway", || {
-        (s.rig.gw.cancels_held() == 1).then_some(())
-    });
+    s.rig.eventually(
+        "the cancel at the close time is held at the gateway",
+        || (s.rig.gw.cancels_held() == 1).then_some(()),
+    );
     // the customer paid at the last moment: Alipay's SUCCESS goes out during the cancel
     s.rig
         .gw
         .complete_payment("rc-lock-race", ams_mock_gateway::PaymentResult::Success)
         .unwrap();
     s.rig.gw.notify_now("rc-lock-race").unwrap();
-    s.rig.eventually("the SUCCESS waits for the payment's lock", || {
-        (s.rig.scrape().sum(WAITING, &[]) >= 1.0).then_some(())
-    });
+    s.rig
+        .eventually("the SUCCESS waits for the payment's lock", || {
+            (s.rig.scrape().sum(WAITING, &[]) >= 1.0).then_some(())
+        });
     assert!(
         results(&s.app, "rc-lock-race", "S").is_empty(),
         "not delivered before the cancel's answer is recorded"
@@ -91,7 +99,10 @@ fn a_success_sent_while_the_cancel_is_in_flight_waits_and_reaches_the_app_marked
 
     s.rig.gw.hold_cancels(false);
     // the cancel's answer is recorded...
-    assert_eq!(s.closed("rc-lock-race").outcome, Some(PayOutcome::Cancelled));
+    assert_eq!(
+        s.closed("rc-lock-race").outcome,
+        Some(PayOutcome::Cancelled)
+    );
     // ...and the SUCCESS delivered, marked as contradicting it
     let got = s.rig.eventually("the SUCCESS reaches the app", || {
         Some(results(&s.app, "rc-lock-race", "S")).filter(|v| !v.is_empty())
@@ -117,7 +128,10 @@ fn a_success_sent_while_the_cancel_is_in_flight_waits_and_reaches_the_app_marked
         Some(results(&s.app, "rc-lock-race", "F")).filter(|v| !v.is_empty())
     });
     for r in results(&s.app, "rc-lock-race", "S") {
-        assert_eq!(r.one("X-Alipay-Sidecar-Conflict"), Some("recorded=cancelled"));
+        assert_eq!(
+            r.one("X-Alipay-Sidecar-Conflict"),
+            Some("recorded=cancelled")
+        );
     }
     assert_eq!(s.rig.scrape().sum(WAITING, &[]), 0.0);
 }
@@ -184,6 +198,9 @@ fn on_postgres_the_lock_holds_across_two_replicas() {
     let got = results(&app, "rc-lock-pg", "S");
     assert!(!got.is_empty(), "the SUCCESS reached the app");
     for r in got {
-        assert_eq!(r.one("X-Alipay-Sidecar-Conflict"), Some("recorded=cancelled"));
+        assert_eq!(
+            r.one("X-Alipay-Sidecar-Conflict"),
+            Some("recorded=cancelled")
+        );
     }
 }
