@@ -197,6 +197,13 @@ pub struct Inbound<A> {
     locks: Option<Arc<dyn PaymentLocks>>,
 }
 
+/// What a verified notification brings to its delivery: the conflict mark the reconciler's
+/// hook returned, and the payment's lock, held until the journal write.
+struct Hooked {
+    conflict: Option<String>,
+    lease: Option<PaymentLease>,
+}
+
 /// Why a notification was not accepted: the metric label, the error code and what to do.
 struct Rejection {
     result: VerificationResult,
@@ -524,10 +531,10 @@ impl<A: UpstreamClient> Inbound<A> {
         n: Request,
         marker: Marker,
         key_version: Option<&str>,
-        conflict: Option<&str>,
-        lease: Option<PaymentLease>,
+        hooked: Hooked,
         report: &mut Report,
     ) -> Result<(ResponseHeader, Bytes), Stop> {
+        let Hooked { conflict, lease } = hooked;
         let merchant = selected.merchant;
         let mut head = self.app_request(
             &merchant.route,
@@ -539,7 +546,7 @@ impl<A: UpstreamClient> Inbound<A> {
         )?;
         // before the journal copies the headers: a queued delivery carries the mark too
         if let Some(c) = conflict {
-            head.insert_header(CONFLICT_HEADER, c)?;
+            head.insert_header(CONFLICT_HEADER, c.as_str())?;
         }
         let journal = match &self.journal {
             Some(j) if marker == Marker::Verified => j,
@@ -929,8 +936,7 @@ impl<A: UpstreamClient> Handler for Inbound<A> {
                 request,
                 marker,
                 key_version.as_deref(),
-                conflict.as_deref(),
-                lease,
+                Hooked { conflict, lease },
                 &mut report,
             )
             .await;

@@ -76,13 +76,16 @@ impl Store {
 
 impl PaymentLockPool {
     /// One try: `Some(lease)` when this session now holds the lock of `key`, `None` when
-    /// another session holds it (the connection goes back to the pool, holding nothing).
+    /// another session holds it (the connection goes back to the pool, holding nothing) or
+    /// when every connection of the pool is holding a lock.
     pub async fn try_lock(&self, key: i64) -> Result<Option<AdvisoryLease>, StoreError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| StoreError::query("payment lock", e))?;
+        let mut conn = match self.pool.acquire().await {
+            Ok(conn) => conn,
+            // every lock connection is holding a payment: busy, not "the store is down"
+            // (which would stop every other store call)
+            Err(sqlx::Error::PoolTimedOut) => return Ok(None),
+            Err(e) => return Err(StoreError::query("payment lock", e)),
+        };
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
             .fetch_one(&mut *conn)
