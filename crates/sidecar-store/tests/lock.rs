@@ -41,7 +41,10 @@ async fn database(test: &str) -> Option<String> {
     let start = admin.find("://").unwrap() + 3;
     let (head, tail) = admin.split_at(start);
     let end = tail.find(['/', '?']).unwrap_or(tail.len());
-    let query = tail[end..].find('?').map(|i| &tail[end + i..]).unwrap_or("");
+    let query = tail[end..]
+        .find('?')
+        .map(|i| &tail[end + i..])
+        .unwrap_or("");
     Some(format!("{head}{}/{name}{query}", &tail[..end]))
 }
 
@@ -68,7 +71,11 @@ async fn the_advisory_lock_holds_across_pools_and_dies_with_its_session() {
         .expect("another payment is free");
     other.release().await.unwrap();
     held.release().await.unwrap();
-    let again = pb.try_lock(key).await.unwrap().expect("released: B takes it");
+    let again = pb
+        .try_lock(key)
+        .await
+        .unwrap()
+        .expect("released: B takes it");
     // dropped without release (a task cancelled mid-cancel): its session ends, the lock frees
     drop(again);
     let mut freed = None;
