@@ -42,6 +42,7 @@ use crate::headers::VERIFIED_HEADER;
 use crate::headers::{DELIVER_PATH_HEADER, DELIVER_QUERY_HEADER, EVENT_ID_HEADER};
 use crate::inbound::{AppRoute, MAX_APP_RESPONSE_BYTES};
 use crate::journal::{self, DeliveryOutcome, DeliveryQueue};
+use crate::paylock::{Holder, LockError, PaymentLease, PaymentLocks, WORKER_WAIT};
 use crate::schedule::{claim_owner, next_attempt_at};
 use crate::store::StateStore;
 use crate::upstream::{Upstream, UpstreamClient, UpstreamRequest};
@@ -86,6 +87,10 @@ struct Inner<A> {
     timeout: Duration,
     owner: String,
     lease: Duration,
+    /// One lock per payment (issue 22): a queued PAYMENT_RESULT is delivered under its
+    /// payment's lock, so the app never gets two results of one payment at the same time and
+    /// no cancel is decided while one is with it.
+    locks: Option<Arc<dyn PaymentLocks>>,
 }
 
 /// The worker's timings (from `[inbound]`).
@@ -139,7 +144,12 @@ impl DeliveryWorker<Arc<Upstream>> {
             max_age: cfg.max_delivery_age,
             timeout: cfg.forward_timeout,
         };
-        Self::new(store, routes, timings)
+        let locks = crate::paylock::for_store(&store);
+        let mut worker = Self::new(store, routes, timings);
+        if let Some(inner) = Arc::get_mut(&mut worker.inner) {
+            inner.locks = Some(locks);
+        }
+        worker
     }
 }
 
@@ -157,8 +167,10 @@ impl<A: UpstreamClient> DeliveryWorker<A> {
                 max_age: timings.max_age,
                 timeout: timings.timeout,
                 owner: claim_owner(),
-                // one turn delivers its rows concurrently, each within forward_timeout
-                lease: timings.timeout + Duration::from_secs(5),
+                // one turn delivers its rows concurrently, each within the wait for its
+                // payment's lock and forward_timeout
+                lease: timings.timeout + WORKER_WAIT + Duration::from_secs(5),
+                locks: None,
             }),
         }
     }
@@ -189,8 +201,48 @@ impl<A: UpstreamClient> DeliveryWorker<A> {
 }
 
 impl<A: UpstreamClient> Inner<A> {
-    /// Delivers one claimed row and records the outcome (which releases the claim).
+    /// The lock of the payment a queued PAYMENT_RESULT is about: `Ok(None)` for other rows
+    /// (or when the store cannot be asked: then the outcome cannot be recorded either), `Err`
+    /// when it stays busy (the row stays claimed and is delivered once its lease runs out).
+    async fn lock(&self, row: &Delivery) -> Result<Option<PaymentLease>, ()> {
+        let Some(locks) = &self.locks else {
+            return Ok(None);
+        };
+        if row.notify_type != "PAYMENT_RESULT" {
+            return Ok(None);
+        }
+        let Some(id) = crate::paylock::payment_of(&row.body) else {
+            return Ok(None);
+        };
+        match locks
+            .lock(&row.client_id, &id, Holder::Delivery, WORKER_WAIT)
+            .await
+        {
+            Ok(lease) => Ok(Some(lease)),
+            Err(e @ LockError::Busy { .. }) => {
+                tracing::info!(event_id = %row.event_id, error = %e, "the payment of a queued result is being worked on; delivering it later");
+                Err(())
+            }
+            Err(e) => {
+                tracing::debug!(event_id = %row.event_id, error = %e, "the payment's lock could not be taken; delivering without it");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Delivers one claimed row and records the outcome (which releases the claim), under its
+    /// payment's lock when it is a PAYMENT_RESULT.
     async fn work(&self, row: Delivery) {
+        let Ok(lease) = self.lock(&row).await else {
+            return;
+        };
+        self.deliver(row).await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+    }
+
+    async fn deliver(&self, row: Delivery) {
         let result = self.attempt(&row).await;
         let now = now_millis();
         let m = journal::metrics();

@@ -52,6 +52,7 @@ use crate::handler::{BodyPolicy, Handler, Marker, Refusal, Reply, Request, Stop}
 use crate::hooks::NotificationHook;
 use crate::journal::Journal;
 use crate::merchants::{unselected_label, KeySource, Selected};
+use crate::paylock::PaymentLocks;
 use crate::protocol::{
     content_digest, content_to_sign, format_iso8601, parse_request_time, ContentDigest, Reason,
     Verified, ACK_BODY, INBOUND_API_LABEL,
@@ -190,6 +191,9 @@ pub struct Inbound<A> {
     replays: Option<ReplayWindow>,
     /// The deliveries in progress, so a second copy waits for the first.
     in_flight: Arc<InFlight>,
+    /// One lock per payment (issue 22), with a store: held from the closing hook through the
+    /// journal write of a verified PAYMENT_RESULT.
+    locks: Option<Arc<dyn PaymentLocks>>,
 }
 
 /// Why a notification was not accepted: the metric label, the error code and what to do.
@@ -239,7 +243,15 @@ impl<A: UpstreamClient> Inbound<A> {
             merchants,
             reconcile: None,
             journal: None,
+            locks: None,
         }
+    }
+
+    /// Takes the payment's lock ([`crate::paylock`]) before the closing hook and the journal
+    /// write of a verified PAYMENT_RESULT.
+    pub fn with_payment_locks(mut self, locks: Arc<dyn PaymentLocks>) -> Self {
+        self.locks = Some(locks);
+        self
     }
 
     /// Tells `hook` of every notification whose signature verified (the reconciler closes
@@ -596,11 +608,19 @@ impl<A: UpstreamClient> Handler for Inbound<A> {
         let mut report = Report::new(label, INBOUND_API_LABEL);
         report.request_bytes = Some(request.body.len());
         let mut conflict = None;
+        let mut lease = None;
         let (marker, key_version) = match self.check(&selected, &request, &mut report) {
             Ok(v) => {
                 report.verification = Some(VerificationResult::Valid);
                 report.outcome = Outcome::Verified;
                 report.key_version = Some(v.key_version);
+                match self
+                    .lock_payment(&selected.merchant.client_id, &request.body)
+                    .await
+                {
+                    Ok(l) => lease = l,
+                    Err(refusal) => return Reply::refuse(refusal, report),
+                }
                 if let Some(hook) = &self.reconcile {
                     conflict = hook.verified(&selected.merchant.name, &request.body).await;
                 }
@@ -623,7 +643,7 @@ impl<A: UpstreamClient> Handler for Inbound<A> {
                 request,
                 marker,
                 key_version.as_deref(),
-                conflict.as_deref(),
+                deliver::Hooked { conflict, lease },
                 &mut report,
             )
             .await;

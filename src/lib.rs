@@ -62,6 +62,7 @@ pub mod merchants;
 pub mod metrics;
 pub(crate) mod notifications;
 pub mod outbound;
+pub mod paylock;
 pub mod preflight;
 pub mod reconcile;
 pub(crate) mod reload;

@@ -56,6 +56,9 @@ struct Inner {
     down: AtomicBool,
     /// The probe task is running.
     probing: AtomicBool,
+    /// PostgreSQL: the connections that hold payment locks (`crate::paylock`), opened on
+    /// first use.
+    lock_pool: OnceLock<Option<sidecar_store::PaymentLockPool>>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -174,6 +177,7 @@ impl StateStore {
                 store: RwLock::new(store),
                 down: AtomicBool::new(false),
                 probing: AtomicBool::new(false),
+                lock_pool: OnceLock::new(),
             }),
             runtime,
         })
@@ -245,7 +249,40 @@ impl StateStore {
         self.inner.store.read().ok().and_then(|g| g.clone())
     }
 
-    fn is_postgres(&self) -> bool {
+    /// One try at the PostgreSQL advisory lock of `key` (`crate::paylock`): `Ok(None)` when
+    /// another session holds it. The lease must be released (or dropped) through
+    /// [`StateStore::release_lock`], on the store's runtime. SQLite: always `Ok(None)`; do
+    /// not call it then.
+    pub async fn try_payment_lock(
+        &self,
+        key: i64,
+    ) -> Result<Option<sidecar_store::AdvisoryLease>, StoreError> {
+        let inner = self.inner.clone();
+        self.run(move |store| async move {
+            let pool = inner
+                .lock_pool
+                .get_or_init(|| store.payment_lock_pool(inner.timeout));
+            match pool {
+                Some(pool) => pool.try_lock(key).await,
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Unlocks `lease` on the store's runtime (its connection lives there); a failure closes
+    /// the connection, which frees the lock too. Awaiting the handle waits for the unlock;
+    /// dropping it lets the unlock run on its own (from a `Drop`).
+    pub fn release_lock(&self, lease: sidecar_store::AdvisoryLease) -> tokio::task::JoinHandle<()> {
+        self.runtime.spawn(async move {
+            if let Err(e) = lease.release().await {
+                tracing::debug!(error = %e, "releasing a payment lock failed; its connection was closed, which frees it");
+            }
+        })
+    }
+
+    /// Whether the store is PostgreSQL (shared by replicas).
+    pub fn is_postgres(&self) -> bool {
         matches!(
             self.inner.config,
             sidecar_store::StoreConfig::Postgres { .. }

@@ -19,11 +19,51 @@ use crate::headers::{
 };
 use crate::journal::{self, Entry};
 use crate::merchants::Selected;
+use crate::paylock::{self, Holder, LockError, PaymentLease};
 use crate::replay::{self, StillInFlight, Turn};
 use crate::report::Report;
 use crate::upstream::UpstreamClient;
 
+/// What a verified notification brings to its delivery: the conflict mark the reconciler's
+/// hook returned, and the payment's lock, held until the journal write.
+pub(super) struct Hooked {
+    pub(super) conflict: Option<String>,
+    pub(super) lease: Option<PaymentLease>,
+}
+
 impl<A: UpstreamClient> Inbound<A> {
+    /// The lock of the payment a verified PAYMENT_RESULT is about. `Ok(None)`: no lock
+    /// (another type, no locks configured, or the store cannot be asked: then the journal is
+    /// out of reach too and the notification flows as without it). A lock still busy after
+    /// `forward_timeout` and a little more: 503, so that Alipay re-sends.
+    pub(super) async fn lock_payment(
+        &self,
+        client_id: &str,
+        body: &[u8],
+    ) -> Result<Option<PaymentLease>, Refusal> {
+        let Some(locks) = &self.locks else {
+            return Ok(None);
+        };
+        let Some(id) = paylock::payment_of(body) else {
+            return Ok(None);
+        };
+        let wait = self.policy.forward_timeout + IN_FLIGHT_MARGIN;
+        match locks.lock(client_id, &id, Holder::Inbound, wait).await {
+            Ok(lease) => Ok(Some(lease)),
+            Err(e @ LockError::Busy { .. }) => {
+                tracing::warn!(payment_request_id = %id, error = %e, "a PAYMENT_RESULT arrived while the sidecar kept working on its payment; not acknowledged, so Alipay re-sends it");
+                let msg = "the sidecar is still working on this payment (a cancel or a delivery \
+                           in flight); the notification was not acknowledged, so Alipay will \
+                           re-send it";
+                Err(Refusal::new(SidecarError::AppUnavailable, msg))
+            }
+            Err(e) => {
+                tracing::warn!(payment_request_id = %id, error = %e, "the payment's lock could not be taken; going on without it");
+                Ok(None)
+            }
+        }
+    }
+
     /// Delivers a notification through the journal (when there is one and it verified):
     /// records it, suppresses a re-send the app already took, acknowledges a stored one in
     /// store-and-forward mode, and marks the in-line delivery's outcome. A store failure
@@ -35,9 +75,10 @@ impl<A: UpstreamClient> Inbound<A> {
         n: Request,
         marker: Marker,
         key_version: Option<&str>,
-        conflict: Option<&str>,
+        hooked: Hooked,
         report: &mut Report,
     ) -> Result<(ResponseHeader, Bytes), Stop> {
+        let Hooked { conflict, lease } = hooked;
         let merchant = selected.merchant;
         let mut head = self.app_request(
             &merchant.route,
@@ -49,7 +90,7 @@ impl<A: UpstreamClient> Inbound<A> {
         )?;
         // before the journal copies the headers: a queued delivery carries the mark too
         if let Some(c) = conflict {
-            head.insert_header(CONFLICT_HEADER, c)?;
+            head.insert_header(CONFLICT_HEADER, c.as_str())?;
         }
         let journal = match &self.journal {
             Some(j) if marker == Marker::Verified => j,
@@ -73,7 +114,12 @@ impl<A: UpstreamClient> Inbound<A> {
             deliver_at: after_store.then_some(now),
         };
         let m = journal::metrics();
-        let recorded = match journal.record(entry).await {
+        let recorded = journal.record(entry).await;
+        // the payment's state is written: the lock is not held across the app's answer
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        let recorded = match recorded {
             Ok(r) => r,
             Err(e) => {
                 m.store_error("record");

@@ -66,7 +66,9 @@ impl Inbound<Arc<Upstream>> {
             .collect();
         let handler = Self::shared(InboundPolicy::from_config(config, cfg), merchants);
         match state.store() {
-            Some(store) => handler.with_journal(journal::from_store(store)),
+            Some(store) => handler
+                .with_journal(journal::from_store(store))
+                .with_payment_locks(crate::paylock::for_store(store)),
             None => handler,
         }
     }

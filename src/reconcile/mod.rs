@@ -65,6 +65,7 @@ use crate::headers::VERIFIED_HEADER;
 use crate::hooks::NotificationHook;
 use crate::journal::Entry;
 use crate::outbound::Outbound;
+use crate::paylock::{self, Holder, LocalLocks, PaymentLease, PaymentLocks, WORKER_WAIT};
 use crate::store::StateStore;
 use crate::upstream::UpstreamClient;
 
@@ -149,7 +150,8 @@ pub fn service<G: UpstreamClient>(
         Arc::new(OutboundApi::new(outbound)),
         r.clone(),
         request_timeout,
-    );
+    )
+    .with_locks(paylock::for_store(&wiring.store));
     tracing::info!(reconcile_after = %humantime::format_duration(r.reconcile_after), default_close_after = %humantime::format_duration(r.default_close_after), cancel_on_expiry = r.cancel_on_expiry, "missed-notification reconciler on");
     background_service("reconciler", reconciler)
 }
@@ -165,6 +167,9 @@ pub struct Reconciler {
     owner: String,
     lease: Duration,
     tick: Duration,
+    /// One lock per payment (issue 22): taken before recording an inquired result and around
+    /// the cancel at the close time.
+    locks: Arc<dyn PaymentLocks>,
 }
 
 /// After the close time, a failed cancel is retried for this many gaps (the last of
@@ -194,8 +199,38 @@ impl Reconciler {
             api,
             config,
             owner: crate::schedule::claim_owner(),
-            lease: request_timeout * 2 + Duration::from_secs(10),
+            // an inquiry, the wait for the payment's lock, a cancel
+            lease: request_timeout * 2 + WORKER_WAIT + Duration::from_secs(10),
             tick,
+            locks: Arc::new(LocalLocks::new()),
+        }
+    }
+
+    /// Takes payments' locks from `locks` (the sidecar's, shared with the inbound handler and
+    /// the delivery worker) instead of a set of its own.
+    pub fn with_locks(mut self, locks: Arc<dyn PaymentLocks>) -> Self {
+        self.locks = locks;
+        self
+    }
+
+    /// The payment's lock, or `None` (logged) when it stays busy or cannot be taken: the
+    /// record stays claimed and is worked again once the claim's lease runs out.
+    async fn lock(&self, rec: &PayRecord) -> Option<PaymentLease> {
+        match self
+            .locks
+            .lock(
+                &rec.client_id,
+                &rec.payment_request_id,
+                Holder::Reconcile,
+                WORKER_WAIT,
+            )
+            .await
+        {
+            Ok(lease) => Some(lease),
+            Err(e) => {
+                tracing::warn!(merchant = %rec.merchant, payment_request_id = %rec.payment_request_id, error = %e, "reconcile: the payment's lock could not be taken; trying again once the claim's lease runs out");
+                None
+            }
         }
     }
 
@@ -249,7 +284,10 @@ impl Reconciler {
                         "fail"
                     };
                     metrics().inquiries.with_label_values(&[label]).inc();
-                    self.conclude(rec, Some(body), outcome).await;
+                    if let Some(lease) = self.lock(rec).await {
+                        self.conclude(rec, Some(body), outcome).await;
+                        lease.release().await;
+                    }
                     return;
                 }
                 Inquired::NotFinal(why) => {
@@ -322,6 +360,34 @@ impl Reconciler {
             tracing::warn!(merchant = %rec.merchant, payment_request_id = %rec.payment_request_id, status = %why, "reconcile: close time passed without a final status; giving up (cancel_on_expiry = false): inquire or cancel it yourself");
             self.conclude(rec, None, PayOutcome::Expired).await;
             return;
+        }
+        // Under the payment's lock from the re-read to the recorded answer: a SUCCESS recorded
+        // before means no cancel; one arriving meanwhile waits for the cancel's answer to be
+        // recorded, then reaches the app marked as a conflict (issue 22).
+        let Some(lease) = self.lock(rec).await else {
+            return;
+        };
+        self.cancel(rec).await;
+        lease.release().await;
+    }
+
+    /// Re-reads the record, then cancels the payment (the caller holds its lock).
+    async fn cancel(&self, rec: &PayRecord) {
+        match self
+            .store
+            .closed_outcome(&rec.merchant, &rec.payment_request_id)
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(outcome)) => {
+                tracing::info!(merchant = %rec.merchant, payment_request_id = %rec.payment_request_id, outcome = outcome.as_str(), "reconcile: the record was closed meanwhile (a result arrived); no cancel sent");
+                return;
+            }
+            Err(e) => {
+                // fail closed: never cancel on a record that could not be read
+                store_error("work", &e);
+                return;
+            }
         }
         let body = serde_json::json!({"paymentRequestId": rec.payment_request_id}).to_string();
         let asked = Asked {

@@ -61,6 +61,14 @@ pub trait PayStore: Send + Sync + 'static {
     /// Records a reconciled result in the notification journal (the delivery worker delivers
     /// it), or finds the same event already recorded.
     async fn record_result(&self, entry: Entry) -> Result<Recorded, StoreError>;
+
+    /// The outcome `merchant`'s record of `payment_request_id` was closed with; `None` while
+    /// it is open (or when there is none). Read under the payment's lock just before a cancel.
+    async fn closed_outcome(
+        &self,
+        merchant: &str,
+        payment_request_id: &str,
+    ) -> Result<Option<PayOutcome>, StoreError>;
 }
 
 #[async_trait]
@@ -128,5 +136,19 @@ impl PayStore for StateStore {
 
     async fn record_result(&self, entry: Entry) -> Result<Recorded, StoreError> {
         Journal::record(self, entry).await
+    }
+
+    async fn closed_outcome(
+        &self,
+        merchant: &str,
+        payment_request_id: &str,
+    ) -> Result<Option<PayOutcome>, StoreError> {
+        let (merchant, key) = (merchant.to_string(), payment_request_id.to_string());
+        self.run(move |store| async move {
+            store
+                .closed_pay_outcome(PayOwner::Merchant(&merchant), &key)
+                .await
+        })
+        .await
     }
 }

@@ -206,6 +206,19 @@ impl PayStore for FakePayStore {
             seen_count: copies + 1,
         })
     }
+
+    async fn closed_outcome(
+        &self,
+        merchant: &str,
+        payment_request_id: &str,
+    ) -> Result<Option<PayOutcome>, StoreError> {
+        self.check()?;
+        let records = self.records.lock().unwrap();
+        Ok(records
+            .iter()
+            .find(|r| r.merchant == merchant && r.payment_request_id == payment_request_id)
+            .and_then(|r| r.outcome))
+    }
 }
 
 /// One call the fake API received.
@@ -223,6 +236,10 @@ pub(super) struct Call {
 pub(super) struct ScriptedApi {
     script: Mutex<VecDeque<Called>>,
     calls: Mutex<Vec<Call>>,
+    /// A call to this tail waits for [`ScriptedApi::release`] (a gateway holding its answer).
+    held: Mutex<Option<String>>,
+    reached: tokio::sync::Notify,
+    released: tokio::sync::Notify,
 }
 
 impl ScriptedApi {
@@ -246,6 +263,21 @@ impl ScriptedApi {
     pub(super) fn tails(&self) -> Vec<String> {
         self.calls().into_iter().map(|c| c.tail).collect()
     }
+
+    /// From now on a call to `tail` holds its answer until [`ScriptedApi::release`].
+    pub(super) fn hold(&self, tail: &str) {
+        *self.held.lock().unwrap() = Some(tail.to_string());
+    }
+
+    /// Returns once a held call has arrived (and waits for its release).
+    pub(super) async fn reached(&self) {
+        self.reached.notified().await;
+    }
+
+    /// Lets the held call answer.
+    pub(super) fn release(&self) {
+        self.released.notify_one();
+    }
 }
 
 #[async_trait]
@@ -257,6 +289,11 @@ impl PayApi for ScriptedApi {
             tail: tail.into(),
             body,
         });
+        let held = self.held.lock().unwrap().as_deref() == Some(tail);
+        if held {
+            self.reached.notify_one();
+            self.released.notified().await;
+        }
         self.script
             .lock()
             .unwrap()

@@ -437,3 +437,161 @@ async fn a_final_notification_closes_the_record_and_flags_a_contradiction() {
         None
     );
 }
+
+// ---- issue 22: one lock per payment, the cancel/SUCCESS race both ways ----
+
+use crate::paylock::{Holder, LocalLocks, PaymentLocks};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn success_notification(id: &str) -> String {
+    format!(
+        r#"{{"notifyType":"PAYMENT_RESULT","result":{{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"}},"paymentRequestId":"{id}","paymentId":"2024X"}}"#
+    )
+}
+
+/// A record past its close time with a verified answer before (a cancel is allowed), the
+/// reconciler on `locks`, the inquiry answering PROCESSING then the cancel succeeding.
+fn racing(
+    id: &str,
+    locks: Arc<LocalLocks>,
+) -> (Arc<FakePayStore>, Arc<ScriptedApi>, Arc<Reconciler>) {
+    let mut open = open_record(id, now_millis() - 1000);
+    open.answers = 1;
+    let store = Arc::new(FakePayStore::with([open]));
+    let api = Arc::new(ScriptedApi::verified([
+        inquiry("PROCESSING", id).as_str(),
+        cancel_ok(id).as_str(),
+    ]));
+    let reconciler = Reconciler::new(
+        store.clone(),
+        api.clone(),
+        config(true, None),
+        Duration::from_secs(5),
+    )
+    .with_locks(locks);
+    (store, api, Arc::new(reconciler))
+}
+
+/// The inbound path of a verified PAYMENT_RESULT: the payment's lock, then the closing hook
+/// (the journal write follows under the same lock); returns the conflict mark.
+async fn inbound_success(
+    locks: Arc<LocalLocks>,
+    store: Arc<FakePayStore>,
+    id: String,
+) -> Option<String> {
+    let lease = locks
+        .lock("T_1", &id, Holder::Inbound, WAIT)
+        .await
+        .expect("the inbound path gets the lock");
+    let conflict = PayCloser::new(store)
+        .verified("sg", success_notification(&id).as_bytes())
+        .await;
+    lease.release().await;
+    conflict
+}
+
+#[tokio::test]
+async fn a_success_recorded_before_the_cancel_means_no_cancel_is_sent() {
+    let locks = Arc::new(LocalLocks::new());
+    let (store, api, reconciler) = racing("p-20", locks.clone());
+    // the inquiry is in flight (the record is claimed) when Alipay's SUCCESS arrives
+    api.hold(INQUIRY_TAIL);
+    let turn = tokio::spawn({
+        let r = reconciler.clone();
+        async move { r.turn().await }
+    });
+    api.reached().await;
+    let conflict = inbound_success(locks.clone(), store.clone(), "p-20".into()).await;
+    assert_eq!(conflict, None, "nothing recorded before: no conflict");
+    assert_eq!(store.record("pay_p-20").outcome, Some(PayOutcome::Notified));
+    // the inquiry answers PROCESSING past the close time: the reconciler would cancel, but
+    // re-reads the record under the lock and finds the SUCCESS
+    api.release();
+    turn.await.unwrap();
+    assert_eq!(api.tails(), [INQUIRY_TAIL], "no cancel sent");
+    assert_eq!(store.record("pay_p-20").outcome, Some(PayOutcome::Notified));
+    assert!(
+        store.results().is_empty(),
+        "nothing of the sidecar's own delivered"
+    );
+    assert_eq!(locks.entries(), 0, "every lock released");
+}
+
+#[tokio::test]
+async fn a_success_arriving_while_the_cancel_is_in_flight_waits_and_is_marked_a_conflict() {
+    let locks = Arc::new(LocalLocks::new());
+    let (store, api, reconciler) = racing("p-21", locks.clone());
+    api.hold(CANCEL_TAIL);
+    let turn = tokio::spawn({
+        let r = reconciler.clone();
+        async move { r.turn().await }
+    });
+    api.reached().await;
+    // the cancel is in flight under the payment's lock; Alipay's SUCCESS arrives now
+    let inbound = tokio::spawn(inbound_success(locks.clone(), store.clone(), "p-21".into()));
+    for _ in 0..100_000 {
+        if locks.contenders("T_1", "p-21") >= 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        locks.contenders("T_1", "p-21"),
+        2,
+        "the reconciler holds, the SUCCESS waits"
+    );
+    assert!(
+        !inbound.is_finished(),
+        "the SUCCESS waits for the cancel's answer"
+    );
+    assert_eq!(
+        store.record("pay_p-21").outcome,
+        None,
+        "not closed by it yet"
+    );
+    api.release();
+    turn.await.unwrap();
+    let conflict = inbound.await.unwrap();
+    // the cancel's answer is recorded (and delivered as the sidecar's F)...
+    assert_eq!(api.tails(), [INQUIRY_TAIL, CANCEL_TAIL]);
+    assert_eq!(
+        store.record("pay_p-21").outcome,
+        Some(PayOutcome::Cancelled)
+    );
+    let results = store.results();
+    assert_eq!(results.len(), 1);
+    assert_eq!(
+        json(&results[0].body)["result"]["resultCode"],
+        "ORDER_IS_CANCELED"
+    );
+    // ...and the SUCCESS goes on to the app marked: it contradicts the recorded cancel
+    assert_eq!(conflict.as_deref(), Some("recorded=cancelled"));
+    assert_eq!(locks.entries(), 0);
+}
+
+#[tokio::test]
+async fn a_busy_lock_leaves_the_record_claimed_and_sends_nothing() {
+    let locks = Arc::new(LocalLocks::new());
+    let (store, api, reconciler) = racing("p-22", locks.clone());
+    // something else holds the payment for longer than the reconciler waits
+    let held = locks
+        .lock("T_1", "p-22", Holder::Delivery, WAIT)
+        .await
+        .unwrap();
+    tokio::time::pause();
+    let turn = tokio::spawn({
+        let r = reconciler.clone();
+        async move { r.turn().await }
+    });
+    turn.await.unwrap();
+    tokio::time::resume();
+    assert_eq!(api.tails(), [INQUIRY_TAIL], "no cancel without the lock");
+    let r = store.record("pay_p-22");
+    assert_eq!(r.outcome, None);
+    assert!(
+        r.claim_owner.is_some(),
+        "left claimed: worked again after the lease"
+    );
+    drop(held);
+}

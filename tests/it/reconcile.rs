@@ -721,3 +721,4 @@ fn a_late_success_after_the_cancel_reaches_the_app_marked_as_a_conflict() {
         Some(PayOutcome::Cancelled)
     );
 }
+mod payment_lock;

@@ -139,6 +139,7 @@ impl MockGateway {
             inquiry_answer: Mutex::new(None),
             events: Mutex::new(api::events::EventLog::default()),
             event_page_max: config.event_page_max,
+            cancel_hold: Default::default(),
         });
         let accept_task = tokio::spawn(server::accept_loop(listener, acceptor, shared.clone()));
         tracing::info!(%base_url, "mock-gateway: listening");
@@ -221,6 +222,19 @@ impl MockGateway {
         if let Ok(mut a) = self.shared.inquiry_answer.lock() {
             *a = answer;
         }
+    }
+
+    /// While `on`, every `payments/cancel` waits before the gateway reads it (its answer is
+    /// held) until this is called with `false`: a cancel kept in flight, so a test can send
+    /// the payment's notification meanwhile ([`MockGateway::complete_payment`]) and see what
+    /// a client does with a result that arrives during its cancel (issue 22).
+    pub fn hold_cancels(&self, on: bool) {
+        self.shared.cancel_hold.set(on);
+    }
+
+    /// How many `payments/cancel` requests [`MockGateway::hold_cancels`] holds now.
+    pub fn cancels_held(&self) -> usize {
+        self.shared.cancel_hold.waiting()
     }
 
     /// Sends the payment's PAYMENT_RESULT notification now (re-sent with the back-off until

@@ -346,6 +346,18 @@ pub(crate) async fn handle(
     if let Some(Fault::Delay(d)) = fault {
         tokio::time::sleep(d).await;
     }
+    if target
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .ends_with("/v1/payments/cancel")
+    {
+        let mut stop = shared.shutdown_rx.clone();
+        shared
+            .cancel_hold
+            .pass(async move { crate::state::stopped(&mut stop).await })
+            .await;
+    }
     match fault {
         Some(Fault::Drop) => {
             tracing::info!(%target, "mock-gateway: fault drop: closing the connection");

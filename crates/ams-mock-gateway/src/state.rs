@@ -101,6 +101,8 @@ pub(crate) struct Shared {
     pub(crate) events: Mutex<api::events::EventLog>,
     /// Most events one `inquireNotificationList` page returns, whatever `limit` asks.
     pub(crate) event_page_max: usize,
+    /// Holds `payments/cancel` answers while on ([`crate::MockGateway::hold_cancels`]).
+    pub(crate) cancel_hold: crate::switches::CancelHold,
 }
 
 impl Shared {

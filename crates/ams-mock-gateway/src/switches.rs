@@ -312,3 +312,49 @@ mod tests {
         }
     }
 }
+
+/// The cancel hold ([`crate::MockGateway::hold_cancels`]): while on, every `payments/cancel`
+/// that arrives waits, before the gateway reads it, until the hold is turned off: a cancel
+/// "in flight" for as long as a test needs, so it can send the payment's SUCCESS notification
+/// meanwhile (issue 22: the cancel/SUCCESS race, tested deterministically).
+#[derive(Debug)]
+pub(crate) struct CancelHold {
+    on: tokio::sync::watch::Sender<bool>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for CancelHold {
+    fn default() -> Self {
+        Self {
+            on: tokio::sync::watch::Sender::new(false),
+            waiting: Default::default(),
+        }
+    }
+}
+
+impl CancelHold {
+    /// Turns the hold on or off (off lets every held cancel through).
+    pub(crate) fn set(&self, on: bool) {
+        self.on.send_replace(on);
+    }
+
+    /// Cancels waiting now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Returns at once when the hold is off, else when it is turned off or `stopped` resolves.
+    pub(crate) async fn pass(&self, stopped: impl std::future::Future<Output = ()>) {
+        use std::sync::atomic::Ordering;
+        let mut rx = self.on.subscribe();
+        if !*rx.borrow_and_update() {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        tokio::select! {
+            _ = rx.wait_for(|on| !*on) => {}
+            _ = stopped => {}
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -14,6 +14,7 @@ mod backfill;
 mod error;
 mod event;
 mod journal;
+mod lock;
 mod pays;
 mod retention;
 mod store;
@@ -24,6 +25,7 @@ pub use event::{body_sha256, BusinessIdKind, EventKey};
 pub use journal::{
     Delivery, ListFilter, NewNotification, NotificationRecord, NotificationStatus, Recorded,
 };
+pub use lock::{payment_lock_key, AdvisoryLease, PaymentLockPool, LOCK_POOL_SIZE};
 pub use pays::{pay_id, NewPay, PayOutcome, PayOwner, PayRecord, PayRecorded};
 pub use retention::{Pruned, BATCH as PRUNE_BATCH};
 pub use store::{check_store, BackendKind, Store, StoreConfig, DEFAULT_TIMEOUT};
