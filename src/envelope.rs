@@ -74,11 +74,19 @@ pub enum SidecarError {
     /// `[outbound] max_response_time_skew` (a replayed or mis-clocked answer); the request may
     /// have reached Alipay, so the outcome is unknown: inquire.
     ResponseStale,
+    /// Outbound, `product/uploadImage`: the body is not the SDKs' multipart (no
+    /// `multipart/form-data` boundary, broken framing, a missing, repeated, unknown or
+    /// oversized part, a `body` part that is not `{"productId","fileSha256"}` JSON); nothing
+    /// was signed or sent.
+    UploadMalformed,
+    /// Outbound, `product/uploadImage`: `fileSha256` in the `body` part is not the SHA-256 of
+    /// the file part; nothing was signed or sent.
+    UploadDigestMismatch,
 }
 
 impl SidecarError {
     /// Every code, for documentation checks and pre-created metric series.
-    pub const ALL: [SidecarError; 23] = [
+    pub const ALL: [SidecarError; 25] = [
         SidecarError::MethodNotAllowed,
         SidecarError::PathNotAllowed,
         SidecarError::BodyTooLarge,
@@ -102,6 +110,8 @@ impl SidecarError {
         SidecarError::StoreUnavailable,
         SidecarError::InboundBusy,
         SidecarError::ResponseStale,
+        SidecarError::UploadMalformed,
+        SidecarError::UploadDigestMismatch,
     ];
 
     /// The `resultCode`, also the metric label.
@@ -130,6 +140,8 @@ impl SidecarError {
             SidecarError::StoreUnavailable => "SIDECAR_STORE_UNAVAILABLE",
             SidecarError::InboundBusy => "SIDECAR_INBOUND_BUSY",
             SidecarError::ResponseStale => "SIDECAR_RESPONSE_STALE",
+            SidecarError::UploadMalformed => "SIDECAR_UPLOAD_MALFORMED",
+            SidecarError::UploadDigestMismatch => "SIDECAR_UPLOAD_DIGEST_MISMATCH",
         }
     }
 
@@ -158,7 +170,10 @@ impl SidecarError {
             SidecarError::HeadersTooLarge => 431,
             SidecarError::RequestTimeout => 408,
             SidecarError::BodyTooLarge => 413,
-            SidecarError::BadRequest | SidecarError::MerchantUnknown => 400,
+            SidecarError::BadRequest
+            | SidecarError::MerchantUnknown
+            | SidecarError::UploadMalformed
+            | SidecarError::UploadDigestMismatch => 400,
             SidecarError::GatewayTimeout => 504,
             SidecarError::NotificationUnverified | SidecarError::NotificationStale => 401,
             SidecarError::AppUnavailable

@@ -69,6 +69,7 @@ pub mod store;
 mod testing;
 pub mod tls;
 pub mod tools;
+pub mod upload;
 pub mod upstream;
 
 /// The fake Alipay gateway (crate `ams-mock-gateway`), under its old path so callers keep

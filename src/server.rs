@@ -318,6 +318,7 @@ pub fn build(
             let m = &config.merchants[i];
             let gateway = m.gateway.as_ref().unwrap_or(&o.gateway);
             OutboundMerchant::from_config(&state, i, m, gateway, upstreams[i].clone())
+                .with_upload_from(&o, gateway)
         };
         let max = o.max_connections;
         // The shared listeners (every merchant; several → by X-Alipay-Sidecar-Merchant), then

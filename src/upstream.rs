@@ -106,6 +106,8 @@ pub struct Upstream {
     port: u16,
     tls: bool,
     connect_timeout: Duration,
+    /// The CA bundle trusted (kept for [`Upstream::sibling`]).
+    ca_file: Option<String>,
     /// The address when `host` is an IP literal (no DNS at all).
     literal: Option<SocketAddr>,
     /// The last resolved address and when; refreshed after [`DNS_TTL`].
@@ -123,9 +125,10 @@ impl Upstream {
         connect_timeout: Duration,
     ) -> Self {
         let mut opts = ConnectorOptions::new(64);
-        opts.ca_file = ca_file;
+        opts.ca_file = ca_file.clone();
         Self {
             connector: Connector::new(Some(opts)),
+            ca_file,
             host: host.to_string(),
             port,
             tls,
@@ -136,6 +139,18 @@ impl Upstream {
                 .map(|ip| SocketAddr::new(ip, port)),
             resolved: Mutex::new(None),
         }
+    }
+
+    /// A client for another host with the same TLS mode, trust and connect timeout (the
+    /// upload gateway beside a merchant's API gateway); its own connection pool.
+    pub fn sibling(&self, host: &str, port: u16) -> Self {
+        Self::new(
+            host,
+            port,
+            self.tls,
+            self.ca_file.clone(),
+            self.connect_timeout,
+        )
     }
 
     /// `host:port` for messages.

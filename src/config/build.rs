@@ -838,6 +838,17 @@ impl Ctx<'_> {
             }
         };
 
+        let upload_gateway = match &raw.upload_gateway {
+            Some(g) => Some(self.gateway(g, "outbound.upload_gateway")?),
+            None => None,
+        };
+        self.upload_gateway_known(
+            upload_gateway.as_ref(),
+            &gateway,
+            &allowed_path_prefixes,
+            "outbound",
+        )?;
+
         let allowed_hosts = self.host_names(raw.allowed_hosts, "outbound.allowed_hosts")?;
         self.agent_token(raw.agent_token.as_deref(), None, "outbound.agent_token")?;
 
@@ -856,6 +867,7 @@ impl Ctx<'_> {
             listen,
             tls,
             gateway,
+            upload_gateway,
             allowed_path_prefixes,
             max_body_bytes: self.positive(raw.max_body_bytes, "outbound.max_body_bytes")?,
             request_time_format: raw
@@ -1101,6 +1113,29 @@ impl Ctx<'_> {
             ));
         }
         Ok(())
+    }
+
+    /// `product/uploadImage` needs an upload gateway where the app may call it: refused when
+    /// `upload_gateway` is unset, the route is inside `allowed_path_prefixes` and `gateway`
+    /// is an Alipay host the SDKs' table does not map ([`crate::upload::derive_upload_gateway`];
+    /// a non-Alipay gateway — the fake one, a proxy — takes uploads itself).
+    pub(super) fn upload_gateway_known(
+        &self,
+        explicit: Option<&Gateway>,
+        gateway: &Gateway,
+        prefixes: &[String],
+        at: &str,
+    ) -> Result<(), ConfigError> {
+        let reachable = crate::upload::UPLOAD_ROUTES
+            .iter()
+            .any(|r| crate::outbound::target_allowed(r, prefixes).is_ok());
+        if explicit.is_some() || !reachable {
+            return Ok(());
+        }
+        match crate::upload::derive_upload_gateway(gateway) {
+            Ok(_) => Ok(()),
+            Err(msg) => Err(self.error_span(None, Some(&format!("{at}.gateway")), msg)),
+        }
     }
 
     pub(super) fn gateway(&self, g: &Spanned<String>, key: &str) -> Result<Gateway, ConfigError> {

@@ -323,7 +323,19 @@ pub(crate) async fn handle(
     }
     let json = serde_json::from_slice::<Value>(&body).ok();
     let (fault, fault_error) = pick_fault(&shared, json.as_ref());
-    let checked = check_request(&shared, &parts, &target, &body);
+    // product/uploadImage: the signature covers the multipart `body` part
+    let path = target.split('?').next().unwrap_or(&target);
+    let upload = api::upload::is_upload(path).then(|| {
+        let host = header(&parts, "host")
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        api::upload::read(host, header(&parts, "content-type").unwrap_or(""), &body)
+    });
+    let signed_body = match &upload {
+        Some(Ok(u)) => &u.part[..],
+        _ => &body[..],
+    };
+    let checked = check_request(&shared, &parts, &target, signed_body);
     let api_key_caller = matches!(&checked, Ok(Caller { api_key: true, .. }));
     shared.record_request(ReceivedRequest {
         method: parts.method.to_string(),
@@ -368,7 +380,15 @@ pub(crate) async fn handle(
     }
 
     let reply = if parts.method == Method::POST {
-        match respond(&shared, checked, &target, &body, fault, fault_error) {
+        match respond(
+            &shared,
+            checked,
+            &target,
+            &body,
+            fault,
+            fault_error,
+            upload.as_ref(),
+        ) {
             // the API-key protocol has no response signature
             Reply::Signed { body, .. } if api_key_caller => Reply::Unsigned(body),
             reply => reply,
@@ -558,7 +578,12 @@ fn respond(
     body: &[u8],
     fault: Option<Fault>,
     fault_error: Option<String>,
+    upload: Option<&Result<api::upload::Upload, api::upload::Refusal>>,
 ) -> Reply {
+    if let Some(Err((code, msg))) = upload {
+        // a malformed upload, or one sent to the API host: nothing to verify it against
+        return Reply::Unsigned(envelope(code, Status::F, msg).into_bytes());
+    }
     let client_id = match checked {
         Ok(caller) => caller.client_id,
         Err(refused) => return refused.reply(),
@@ -591,6 +616,9 @@ fn respond(
         _ => {}
     }
 
+    if let Some(Ok(u)) = upload {
+        return signed(api::upload::answer(u));
+    }
     let path = target.split('?').next().unwrap_or(target);
     let route = path
         .strip_prefix("/ams/api/v1/payments/")

@@ -15,6 +15,7 @@ mod json;
 mod payment;
 #[cfg(test)]
 mod tests;
+pub(crate) mod upload;
 
 pub(crate) use json::{envelope, js, obj, success_without_ids, Status};
 use json::{param_illegal, result, str_field, success, switch, Amount};
