@@ -82,11 +82,14 @@ pub enum SidecarError {
     /// Outbound, `product/uploadImage`: `fileSha256` in the `body` part is not the SHA-256 of
     /// the file part; nothing was signed or sent.
     UploadDigestMismatch,
+    /// Outbound, an unsigned session route (`meter/uploadEvent`): not exactly one non-empty
+    /// `X-Session-Id`; nothing was sent.
+    SessionIdMissing,
 }
 
 impl SidecarError {
     /// Every code, for documentation checks and pre-created metric series.
-    pub const ALL: [SidecarError; 25] = [
+    pub const ALL: [SidecarError; 26] = [
         SidecarError::MethodNotAllowed,
         SidecarError::PathNotAllowed,
         SidecarError::BodyTooLarge,
@@ -112,6 +115,7 @@ impl SidecarError {
         SidecarError::ResponseStale,
         SidecarError::UploadMalformed,
         SidecarError::UploadDigestMismatch,
+        SidecarError::SessionIdMissing,
     ];
 
     /// The `resultCode`, also the metric label.
@@ -142,6 +146,7 @@ impl SidecarError {
             SidecarError::ResponseStale => "SIDECAR_RESPONSE_STALE",
             SidecarError::UploadMalformed => "SIDECAR_UPLOAD_MALFORMED",
             SidecarError::UploadDigestMismatch => "SIDECAR_UPLOAD_DIGEST_MISMATCH",
+            SidecarError::SessionIdMissing => "SIDECAR_SESSION_ID_MISSING",
         }
     }
 
@@ -173,7 +178,8 @@ impl SidecarError {
             SidecarError::BadRequest
             | SidecarError::MerchantUnknown
             | SidecarError::UploadMalformed
-            | SidecarError::UploadDigestMismatch => 400,
+            | SidecarError::UploadDigestMismatch
+            | SidecarError::SessionIdMissing => 400,
             SidecarError::GatewayTimeout => 504,
             SidecarError::NotificationUnverified | SidecarError::NotificationStale => 401,
             SidecarError::AppUnavailable

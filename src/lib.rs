@@ -41,6 +41,7 @@ pub mod encoding;
 pub mod envelope;
 pub mod exchange;
 pub(crate) mod files;
+pub mod h2;
 pub mod handler;
 pub mod hooks;
 #[cfg(test)]

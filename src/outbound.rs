@@ -126,6 +126,8 @@ pub struct OutboundMerchant<G> {
     not_forwarded: Vec<&'static str>,
     /// The upload gateway of `product/uploadImage` and its `Host` (`None`: `gateway`).
     upload: Option<(G, String)>,
+    /// The HTTP/2 client of the API gateway for the unsigned session routes.
+    session: Option<G>,
 }
 
 impl<G: UpstreamClient> OutboundMerchant<G> {
@@ -154,6 +156,7 @@ impl<G: UpstreamClient> OutboundMerchant<G> {
             gateway_authority: exchange::authority(gateway_host, gateway_port, 443),
             not_forwarded,
             upload: None,
+            session: None,
         }
     }
 }
@@ -300,6 +303,11 @@ impl<G: UpstreamClient> Outbound<G> {
         report: &mut Report,
     ) -> Result<(ResponseHeader, Bytes), Stop> {
         let Selected { merchant, keys } = selected;
+        if session_routes::is_session_route(&req.target) {
+            return merchant
+                .session_exchange(req, self.policy.request_timeout, report)
+                .await;
+        }
         if REPLACED.iter().any(|h| req.head.headers.contains_key(*h))
             && !self.app_signature_replaced.swap(true, Ordering::Relaxed)
         {
@@ -813,6 +821,9 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
         .is_ok_and(|ip| ip.is_loopback())
 }
 
+mod session_routes;
 #[cfg(test)]
 mod tests;
 mod upload;
+
+pub use session_routes::{is_session_route, SESSION_HEADER, SESSION_ROUTES};

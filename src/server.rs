@@ -365,10 +365,11 @@ pub fn build(
         }
         let mut shared_tls: Option<(Arc<ListenerTls>, String, &'static str)> = None;
         for (owner, plain, tls, handler, serves) in groups {
-            let proxy = Arc::new(pingora::proxy::http_proxy(
-                &conf,
-                Adapter::new(handler, state.clone()),
-            ));
+            let mut proxy = pingora::proxy::http_proxy(&conf, Adapter::new(handler, state.clone()));
+            // HTTP/2 (ALPN h2 on the HTTPS listener): its limits, crate::h2
+            proxy.h2_options = Some(crate::h2::options(&limits(max)));
+            proxy.server_options = Some(crate::h2::server_options(&limits(max)));
+            let proxy = Arc::new(proxy);
             if plain.is_some() {
                 let name = listener_name("outbound", owner);
                 let mut svc = Service::new(

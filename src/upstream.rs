@@ -108,6 +108,8 @@ pub struct Upstream {
     connect_timeout: Duration,
     /// The CA bundle trusted (kept for [`Upstream::sibling`]).
     ca_file: Option<String>,
+    /// Speak HTTP/2 only (ALPN `h2`): the unsigned session routes ([`Upstream::http2`]).
+    h2: bool,
     /// The address when `host` is an IP literal (no DNS at all).
     literal: Option<SocketAddr>,
     /// The last resolved address and when; refreshed after [`DNS_TTL`].
@@ -129,6 +131,7 @@ impl Upstream {
         Self {
             connector: Connector::new(Some(opts)),
             ca_file,
+            h2: false,
             host: host.to_string(),
             port,
             tls,
@@ -151,6 +154,13 @@ impl Upstream {
             self.ca_file.clone(),
             self.connect_timeout,
         )
+    }
+
+    /// The same client speaking HTTP/2 only (ALPN `h2`, no HTTP/1.1 fallback): the gateway
+    /// takes `meter/uploadEvent` over HTTP/2 only.
+    pub fn http2(mut self) -> Self {
+        self.h2 = true;
+        self
     }
 
     /// `host:port` for messages.
@@ -194,6 +204,9 @@ impl Upstream {
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.total_connection_timeout = Some(self.connect_timeout);
         peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
+        if self.h2 {
+            peer.options.set_http_version(2, 2);
+        }
         peer
     }
 

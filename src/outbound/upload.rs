@@ -53,6 +53,7 @@ impl OutboundMerchant<Arc<Upstream>> {
     /// `gateway`, the API gateway's client is reused. check-config refuses a config whose
     /// gateway has no upload gateway; should one get here, uploads stay on the API gateway
     /// (logged), which refuses an unknown route itself.
+    /// Also gives it the HTTP/2 client of the session routes (`meter/uploadEvent`).
     pub fn with_upload_from(self, cfg: &OutboundConfig, gateway: &Gateway) -> Self {
         let upload = match (&cfg.upload_gateway, derive_upload_gateway(gateway)) {
             (Some(explicit), _) => explicit.clone(),
@@ -62,10 +63,12 @@ impl OutboundMerchant<Arc<Upstream>> {
                 return self;
             }
         };
+        let session = Arc::new(self.gateway.sibling(&gateway.host, gateway.port).http2());
+        let this = self.with_session_gateway(session);
         if upload == *gateway {
-            return self;
+            return this;
         }
-        let client = Arc::new(self.gateway.sibling(&upload.host, upload.port));
-        self.with_upload_gateway(client, (&upload.host, upload.port))
+        let client = Arc::new(this.gateway.sibling(&upload.host, upload.port));
+        this.with_upload_gateway(client, (&upload.host, upload.port))
     }
 }

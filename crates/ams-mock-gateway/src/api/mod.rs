@@ -13,6 +13,7 @@ use crate::switches::{ControlError, NotifyMode, PaymentOutcome, PaymentResult, P
 
 mod json;
 mod payment;
+pub(crate) mod session;
 #[cfg(test)]
 mod tests;
 pub(crate) mod upload;
