@@ -6,10 +6,10 @@
 //! Every other route is handled exactly as over HTTP/1.1 (pingora hands the handler the
 //! same request whatever the protocol).
 //!
-//! The HTTP/1.1 head limits ([`crate::limits::HeadLimited`]) read text heads and cannot
+//! The HTTP/1.1 head limits (`crate::limits::HeadLimited`) read text heads and cannot
 //! apply to frames, so an h2 connection is bounded by these instead:
 //! - **connections**: the listener's `max_connections` slot, taken before the TLS handshake
-//!   ([`crate::limits::Limited`]), as for HTTP/1.1;
+//!   (`crate::limits::Limited`, which wraps the stream in [`Preface`]), as for HTTP/1.1;
 //! - **the preface**: [`Preface`] closes a connection whose client preface and first frame
 //!   header (24 + 9 bytes) do not arrive within `header_read_timeout`;
 //! - **streams per connection**: `SETTINGS_MAX_CONCURRENT_STREAMS` = [`MAX_STREAMS`]; the h2
@@ -41,28 +41,26 @@ use pingora::protocols::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::limits::ListenerLimits;
-
 /// Streams open at once on one h2 connection.
 pub const MAX_STREAMS: u32 = 100;
 
 /// Resets of streams the server has not accepted yet, per connection (h2's default is 20).
 pub const MAX_PENDING_RESETS: usize = 20;
 
-/// The h2 settings of a listener with `limits`.
-pub fn options(limits: &ListenerLimits) -> H2Options {
+/// The h2 settings of a listener whose heads may hold `max_header_bytes`.
+pub fn options(max_header_bytes: usize) -> H2Options {
     let mut o = H2Options::default();
     o.max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(MAX_PENDING_RESETS);
     o
 }
 
-/// pingora's server options of a listener with `limits`: h2 connections without an open
-/// stream close after `idle_timeout`.
-pub fn server_options(limits: &ListenerLimits) -> HttpServerOptions {
+/// pingora's server options of a listener: h2 connections without an open stream close
+/// after `idle_timeout`.
+pub fn server_options(idle_timeout: Duration) -> HttpServerOptions {
     let mut o = HttpServerOptions::default();
-    o.h2_idle_timeout = Some(limits.idle_timeout);
+    o.h2_idle_timeout = Some(idle_timeout);
     o
 }
 

@@ -367,8 +367,8 @@ pub fn build(
         for (owner, plain, tls, handler, serves) in groups {
             let mut proxy = pingora::proxy::http_proxy(&conf, Adapter::new(handler, state.clone()));
             // HTTP/2 (ALPN h2 on the HTTPS listener): its limits, crate::h2
-            proxy.h2_options = Some(crate::h2::options(&limits(max)));
-            proxy.server_options = Some(crate::h2::server_options(&limits(max)));
+            proxy.h2_options = Some(crate::h2::options(config.server.max_header_bytes));
+            proxy.server_options = Some(crate::h2::server_options(config.server.idle_timeout));
             let proxy = Arc::new(proxy);
             if plain.is_some() {
                 let name = listener_name("outbound", owner);

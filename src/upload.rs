@@ -15,8 +15,6 @@
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::config::Gateway;
-
 /// The upload routes (production and sandbox form): the signature covers the `body` part.
 pub const UPLOAD_ROUTES: &[&str] = &[
     "/ams/api/v1/billing/product/uploadImage",
@@ -57,24 +55,32 @@ pub fn is_upload_route(target: &str) -> bool {
 /// itself for a host that is not Alipay's (a fake gateway, a test proxy, 127.0.0.1), which
 /// serves the upload route beside the others. An Alipay host outside the table (e.g.
 /// `open-eu.alipay.com`) has no upload host: `Err` with what to set.
-pub fn derive_upload_gateway(gateway: &Gateway) -> Result<Gateway, String> {
-    let host = gateway.host.trim_end_matches('.').to_ascii_lowercase();
+/// `(host, port)` in, `(host, port)` out (plain values: the config imports this module).
+pub fn derive_upload_gateway((gateway_host, port): (&str, u16)) -> Result<(String, u16), String> {
+    let host = gateway_host.trim_end_matches('.').to_ascii_lowercase();
     if let Some((_, big)) = UPLOAD_HOSTS.iter().find(|(api, _)| *api == host) {
-        return Ok(Gateway {
-            host: (*big).to_string(),
-            port: gateway.port,
-        });
+        return Ok(((*big).to_string(), port));
     }
     if host == "alipay.com" || host.ends_with(".alipay.com") {
         return Err(format!(
-            "the gateway {} has no known upload gateway for product/uploadImage (the SDKs map \
+            "the gateway {gateway_host} has no known upload gateway for product/uploadImage (the SDKs map \
              only open-sea(-global), open-na(-global) and open-de-global); set [outbound] \
              upload_gateway = \"https://open-big-….alipay.com\", or leave the upload route out \
-             of allowed_path_prefixes",
-            gateway.url()
+             of allowed_path_prefixes"
         ));
     }
-    Ok(gateway.clone())
+    Ok((gateway_host.to_string(), port))
+}
+
+/// Whether an upload route lies inside `prefixes` (whole path segments, as
+/// `allowed_path_prefixes` is matched): only then does the upload gateway matter.
+pub fn upload_route_allowed(prefixes: &[String]) -> bool {
+    UPLOAD_ROUTES.iter().any(|route| {
+        prefixes.iter().any(|p| {
+            route.starts_with(p.as_str())
+                && (p.ends_with('/') || route.len() == p.len() || route[p.len()..].starts_with('/'))
+        })
+    })
 }
 
 /// The lower-case hex SHA-256 of `data`, as the SDKs write `fileSha256`.
@@ -274,37 +280,39 @@ mod tests {
 
     #[test]
     fn upload_gateways_follow_the_sdks_table() {
-        let g = |h: &str| Gateway {
-            host: h.into(),
-            port: 443,
-        };
+        let g = |h: &'static str| (h, 443u16);
         assert_eq!(
-            derive_upload_gateway(&g("open-sea-global.alipay.com"))
+            derive_upload_gateway(g("open-sea-global.alipay.com"))
                 .unwrap()
-                .host,
+                .0,
             "open-big-sea.alipay.com"
         );
         assert_eq!(
-            derive_upload_gateway(&g("open-na.alipay.com"))
-                .unwrap()
-                .host,
+            derive_upload_gateway(g("open-na.alipay.com")).unwrap().0,
             "open-big-na.alipay.com"
         );
         assert_eq!(
-            derive_upload_gateway(&g("open-de-global.alipay.com"))
+            derive_upload_gateway(g("open-de-global.alipay.com"))
                 .unwrap()
-                .host,
+                .0,
             "open-big-de-global.alipay.com"
         );
-        assert!(derive_upload_gateway(&g("open-eu.alipay.com")).is_err());
+        assert!(derive_upload_gateway(g("open-eu.alipay.com")).is_err());
         assert_eq!(
-            derive_upload_gateway(&g("127.0.0.1")).unwrap(),
-            g("127.0.0.1")
+            derive_upload_gateway(g("127.0.0.1")).unwrap(),
+            ("127.0.0.1".to_string(), 443)
         );
         assert!(is_upload_route("/ams/api/v1/billing/product/uploadImage"));
         assert!(is_upload_route(
             "/ams/sandbox/api/v1/billing/product/uploadImage?x=1"
         ));
         assert!(!is_upload_route("/ams/api/v1/billing/product/create"));
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(upload_route_allowed(&p(&["/ams/api/"])));
+        assert!(upload_route_allowed(&p(&["/ams/sandbox/api/v1/billing"])));
+        assert!(!upload_route_allowed(&p(&["/ams/api/v1/payments/"])));
+        assert!(!upload_route_allowed(&p(&[
+            "/ams/api/v1/billing/product/upload"
+        ])));
     }
 }

@@ -1126,13 +1126,10 @@ impl Ctx<'_> {
         prefixes: &[String],
         at: &str,
     ) -> Result<(), ConfigError> {
-        let reachable = crate::upload::UPLOAD_ROUTES
-            .iter()
-            .any(|r| crate::outbound::target_allowed(r, prefixes).is_ok());
-        if explicit.is_some() || !reachable {
+        if explicit.is_some() || !crate::upload::upload_route_allowed(prefixes) {
             return Ok(());
         }
-        match crate::upload::derive_upload_gateway(gateway) {
+        match crate::upload::derive_upload_gateway((&gateway.host, gateway.port)) {
             Ok(_) => Ok(()),
             Err(msg) => Err(self.error_span(None, Some(&format!("{at}.gateway")), msg)),
         }

@@ -55,9 +55,12 @@ impl OutboundMerchant<Arc<Upstream>> {
     /// (logged), which refuses an unknown route itself.
     /// Also gives it the HTTP/2 client of the session routes (`meter/uploadEvent`).
     pub fn with_upload_from(self, cfg: &OutboundConfig, gateway: &Gateway) -> Self {
-        let upload = match (&cfg.upload_gateway, derive_upload_gateway(gateway)) {
+        let upload = match (
+            &cfg.upload_gateway,
+            derive_upload_gateway((&gateway.host, gateway.port)),
+        ) {
             (Some(explicit), _) => explicit.clone(),
-            (None, Ok(derived)) => derived,
+            (None, Ok((host, port))) => Gateway { host, port },
             (None, Err(msg)) => {
                 tracing::warn!("{msg}");
                 return self;

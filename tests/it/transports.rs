@@ -563,3 +563,21 @@ fn http2_connections_are_bounded() {
     );
     drop(u);
 }
+
+#[test]
+fn prior_knowledge_http2_on_the_plain_listener_gets_an_http1_refusal() {
+    // no h2c on the plain listener: the h2 preface (`PRI * HTTP/2.0`) is answered in
+    // HTTP/1.1, refused, and nothing reaches the gateway
+    let (u, _tls, _ca) = start_tls("");
+    let mut raw = PREFACE.to_vec();
+    raw.extend_from_slice(EMPTY_SETTINGS);
+    let r = crate::support::raw_request(u.sidecar.addr("outbound"), &raw);
+    match r {
+        Ok(r) => {
+            assert!(r.status >= 400, "status {}", r.status);
+        }
+        // closed without an answer is a refusal too
+        Err(e) => eprintln!("closed: {e}"),
+    }
+    assert!(u.gw.received().is_empty());
+}
