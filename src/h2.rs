@@ -72,15 +72,18 @@ const PREFACE_BYTES: usize = 24 + 9;
 /// has none), then a plain pass-through.
 pub struct Preface {
     inner: Stream,
+    listener: &'static str,
     read: usize,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Preface {
-    /// Wraps `inner`; the preface must arrive within `within`.
-    pub fn new(inner: Stream, within: Duration) -> Self {
+    /// Wraps `inner`, a connection of `listener` (metric label); the preface must arrive
+    /// within `within`.
+    pub fn new(inner: Stream, listener: &'static str, within: Duration) -> Self {
         Self {
             inner,
+            listener,
             read: 0,
             deadline: Some(Box::pin(tokio::time::sleep(within))),
         }
@@ -113,7 +116,7 @@ impl AsyncRead for Preface {
             Poll::Pending => match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
                 Some(Poll::Ready(())) => {
                     crate::metrics::metrics()
-                        .record_connection_closed("outbound_tls", "header_timeout");
+                        .record_connection_closed(this.listener, "header_timeout");
                     Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "the HTTP/2 preface did not arrive within header_read_timeout",

@@ -310,7 +310,11 @@ where
             Some(pingora::protocols::ALPN::H2)
         ) {
             // HTTP/2: frames, not a text head; the h2 settings bound it (crate::h2)
-            let stream = crate::h2::Preface::new(stream, self.shared.limits.header_read_timeout);
+            let stream = crate::h2::Preface::new(
+                stream,
+                self.shared.listener,
+                self.shared.limits.header_read_timeout,
+            );
             let _ = self.inner.process_new(Box::new(stream), shutdown).await;
             drop(slot);
             return None;
