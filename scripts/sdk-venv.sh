@@ -2,7 +2,8 @@
 # Builds the two virtual environments with the official Alipay Python SDKs that
 # tests/it/python_sdk.rs drives (one run builds both; .ci/run calls it):
 #   target/sdk-venv       global-alipay-sdk-python 1.0.1 (what legacy apps run), or $1
-#   target/sdk-venv-open  global-open-sdk-python 1.7.1 (the current release), or $2
+#   target/sdk-venv-open  global-open-sdk-python[http2] 1.7.1 (the current release, with the
+#                         `http2` extra: httpx + h2, which meter/uploadEvent needs), or $2
 # Needs python3 with venv and pip (Debian: python3-venv).
 #
 # global-alipay-sdk-python 1.0.1 declares `enum34`, which breaks every Python >= 3.6, and
@@ -29,6 +30,7 @@ open_ready() {
   [ -x "$open/bin/python" ] && "$open/bin/python" - <<'PY' 2>/dev/null
 import importlib.metadata, sys
 import com.alipay.ams.api.default_alipay_client
+import h2, httpx  # the [http2] extra (meter/uploadEvent)
 sys.exit(importlib.metadata.version("global-open-sdk-python") != "1.7.1")
 PY
 }
@@ -36,7 +38,7 @@ if open_ready; then
   echo "sdk venv ready: $open"
 else
   python3 -m venv "$open"
-  "$open/bin/pip" install -q --disable-pip-version-check global-open-sdk-python==1.7.1
-  open_ready || { echo "global-open-sdk-python 1.7.1 did not install into $open" >&2; exit 1; }
+  "$open/bin/pip" install -q --disable-pip-version-check 'global-open-sdk-python[http2]==1.7.1'
+  open_ready || { echo "global-open-sdk-python[http2] 1.7.1 did not install into $open" >&2; exit 1; }
   echo "sdk venv ready: $open"
 fi

@@ -78,11 +78,22 @@ pub enum SidecarError {
     /// out (`[keys] sign_timeout`), every sign slot was busy, or its circuit breaker is open.
     /// Nothing was sent to Alipay; retry later with the same request id.
     SignerUnavailable,
+    /// Outbound, `product/uploadImage`: the body is not the SDKs' multipart (no
+    /// `multipart/form-data` boundary, broken framing, a missing, repeated, unknown or
+    /// oversized part, a `body` part that is not `{"productId","fileSha256"}` JSON); nothing
+    /// was signed or sent.
+    UploadMalformed,
+    /// Outbound, `product/uploadImage`: `fileSha256` in the `body` part is not the SHA-256 of
+    /// the file part; nothing was signed or sent.
+    UploadDigestMismatch,
+    /// Outbound, an unsigned session route (`meter/uploadEvent`): not exactly one non-empty
+    /// `X-Session-Id`; nothing was sent.
+    SessionIdMissing,
 }
 
 impl SidecarError {
     /// Every code, for documentation checks and pre-created metric series.
-    pub const ALL: [SidecarError; 24] = [
+    pub const ALL: [SidecarError; 27] = [
         SidecarError::MethodNotAllowed,
         SidecarError::PathNotAllowed,
         SidecarError::BodyTooLarge,
@@ -107,6 +118,9 @@ impl SidecarError {
         SidecarError::InboundBusy,
         SidecarError::ResponseStale,
         SidecarError::SignerUnavailable,
+        SidecarError::UploadMalformed,
+        SidecarError::UploadDigestMismatch,
+        SidecarError::SessionIdMissing,
     ];
 
     /// The `resultCode`, also the metric label.
@@ -136,6 +150,9 @@ impl SidecarError {
             SidecarError::InboundBusy => "SIDECAR_INBOUND_BUSY",
             SidecarError::ResponseStale => "SIDECAR_RESPONSE_STALE",
             SidecarError::SignerUnavailable => "SIDECAR_SIGNER_UNAVAILABLE",
+            SidecarError::UploadMalformed => "SIDECAR_UPLOAD_MALFORMED",
+            SidecarError::UploadDigestMismatch => "SIDECAR_UPLOAD_DIGEST_MISMATCH",
+            SidecarError::SessionIdMissing => "SIDECAR_SESSION_ID_MISSING",
         }
     }
 
@@ -165,7 +182,11 @@ impl SidecarError {
             SidecarError::HeadersTooLarge => 431,
             SidecarError::RequestTimeout => 408,
             SidecarError::BodyTooLarge => 413,
-            SidecarError::BadRequest | SidecarError::MerchantUnknown => 400,
+            SidecarError::BadRequest
+            | SidecarError::MerchantUnknown
+            | SidecarError::UploadMalformed
+            | SidecarError::UploadDigestMismatch
+            | SidecarError::SessionIdMissing => 400,
             SidecarError::GatewayTimeout => 504,
             SidecarError::NotificationUnverified | SidecarError::NotificationStale => 401,
             SidecarError::AppUnavailable

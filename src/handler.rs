@@ -171,6 +171,9 @@ pub enum Marker {
     /// Outbound, API-key mode: an unsigned answer, relayed because the API-key protocol has
     /// no response signature (`unsigned-api-key`).
     UnsignedApiKey,
+    /// Outbound, an unsigned session route (`meter/uploadEvent`): forwarded unsigned over
+    /// HTTP/2 and relayed unverified, as the protocol has it (`unsigned-session`).
+    UnsignedSession,
 }
 
 impl Marker {
@@ -183,6 +186,7 @@ impl Marker {
             Marker::UnverifiedStatus => "unverified-status",
             Marker::UnsignedFailure => "unsigned-failure",
             Marker::UnsignedApiKey => "unsigned-api-key",
+            Marker::UnsignedSession => "unsigned-session",
         }
     }
 }
@@ -340,6 +344,7 @@ mod tests {
             (Marker::UnverifiedStatus, "unverified-status"),
             (Marker::UnsignedFailure, "unsigned-failure"),
             (Marker::UnsignedApiKey, "unsigned-api-key"),
+            (Marker::UnsignedSession, "unsigned-session"),
         ];
         let readme = [
             include_str!("../docs/outbound.md"),

@@ -46,6 +46,7 @@ pub(crate) mod encoding;
 pub(crate) mod envelope;
 pub(crate) mod exchange;
 pub(crate) mod files;
+pub(crate) mod h2;
 pub mod handler;
 pub(crate) mod headers;
 pub(crate) mod hooks;
@@ -79,6 +80,7 @@ pub mod store;
 mod testing;
 pub mod tls;
 pub(crate) mod tools;
+pub mod upload;
 pub mod upstream;
 pub(crate) mod wiring;
 

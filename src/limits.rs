@@ -305,6 +305,20 @@ where
                 }
             }
         };
+        if matches!(
+            stream.selected_alpn_proto(),
+            Some(pingora::protocols::ALPN::H2)
+        ) {
+            // HTTP/2: frames, not a text head; the h2 settings bound it (crate::h2)
+            let stream = crate::h2::Preface::new(
+                stream,
+                self.shared.listener,
+                self.shared.limits.header_read_timeout,
+            );
+            let _ = self.inner.process_new(Box::new(stream), shutdown).await;
+            drop(slot);
+            return None;
+        }
         let limited = HeadLimited::new(stream, self.shared.clone());
         // The connection is not handed back for reuse: pingora's HTTP/1 loop keeps it for
         // keep-alive itself and returns None when it is done.

@@ -81,6 +81,10 @@ pub struct OutboundMerchant<G> {
     /// App headers the sidecar sets itself (built once: `REPLACED`, `ALSO_REPLACED`, plus
     /// `agent-token` when one is configured).
     not_forwarded: Vec<&'static str>,
+    /// The upload gateway of `product/uploadImage` and its `Host` (`None`: `gateway`).
+    upload: Option<(G, String)>,
+    /// The HTTP/2 client of the API gateway for the unsigned session routes.
+    session: Option<G>,
 }
 
 impl<G: UpstreamClient> OutboundMerchant<G> {
@@ -108,6 +112,8 @@ impl<G: UpstreamClient> OutboundMerchant<G> {
             gateway,
             gateway_authority: exchange::authority(gateway_host, gateway_port, 443),
             not_forwarded,
+            upload: None,
+            session: None,
         }
     }
 }
@@ -252,6 +258,11 @@ impl<G: UpstreamClient> Outbound<G> {
         report: &mut Report,
     ) -> Result<(ResponseHeader, Bytes), Stop> {
         let Selected { merchant, keys } = selected;
+        if session_routes::is_session_route(&req.target) {
+            return merchant
+                .session_exchange(req, self.policy.request_timeout, report)
+                .await;
+        }
         if REPLACED.iter().any(|h| req.head.headers.contains_key(*h))
             && !self.app_signature_replaced.swap(true, Ordering::Relaxed)
         {
@@ -265,6 +276,11 @@ impl<G: UpstreamClient> Outbound<G> {
         // sign exactly those bytes with one snapshot of the keys (or, in API-key mode, send
         // the merchant's key instead of a signature)
         let signed_target = self.signed_target(&merchant.client_id, &keys, &req.target);
+        // product/uploadImage: the signature covers the multipart `body` part (checked
+        // against the file), and the call goes to the upload gateway
+        let upload = crate::upload::is_upload_route(&signed_target);
+        let signed_body = upload::signed_body(&req, upload).await?;
+        let (gateway, gateway_authority) = merchant.gateway_for(upload);
         let time;
         let signature;
         let auth = match &keys.credential {
@@ -277,7 +293,7 @@ impl<G: UpstreamClient> Outbound<G> {
                     &signed_target,
                     &merchant.client_id,
                     &time,
-                    &req.body,
+                    &signed_body,
                 );
                 let sign_start = Instant::now();
                 signature = private
@@ -314,15 +330,21 @@ impl<G: UpstreamClient> Outbound<G> {
         };
 
         // forward the same bytes, read the whole answer
-        let head =
-            self.gateway_request(merchant, &req.head, &signed_target, auth, req.body.len())?;
+        let head = self.gateway_request(
+            merchant,
+            gateway_authority,
+            &req.head,
+            &signed_target,
+            auth,
+            req.body.len(),
+        )?;
         let gateway_req = UpstreamRequest {
             head,
             body: req.body,
             max_response: MAX_RESPONSE_BYTES,
             timeout: self.policy.request_timeout,
         };
-        let response = merchant.gateway.send(&gateway_req).await.map_err(|e| {
+        let response = gateway.send(&gateway_req).await.map_err(|e| {
             let code = match &e {
                 UpstreamError::Connect { .. } => SidecarError::GatewayUnreachable,
                 UpstreamError::Tls { .. } => SidecarError::GatewayTlsError,
@@ -535,6 +557,7 @@ impl<G: UpstreamClient> Outbound<G> {
     fn gateway_request(
         &self,
         merchant: &OutboundMerchant<G>,
+        gateway_authority: &str,
         app: &RequestHeader,
         target: &str,
         auth: Auth<'_>,
@@ -542,7 +565,7 @@ impl<G: UpstreamClient> Outbound<G> {
     ) -> pingora::Result<RequestHeader> {
         let mut req = RequestHeader::build("POST", target.as_bytes(), Some(app.headers.len() + 6))?;
         exchange::forward_request_headers(app, &mut req, &merchant.not_forwarded)?;
-        req.insert_header("Host", merchant.gateway_authority.as_str())?;
+        req.insert_header("Host", gateway_authority)?;
         if !app.headers.contains_key("content-type") {
             req.insert_header("Content-Type", "application/json; charset=UTF-8")?;
         }
@@ -674,5 +697,9 @@ mod service;
 pub use policy::{host_allowed, host_name, target_allowed, OutboundPolicy};
 pub use service::{listeners, services, OutboundServices};
 
+mod session_routes;
 #[cfg(test)]
 mod tests;
+mod upload;
+
+pub use session_routes::{is_session_route, SESSION_HEADER, SESSION_ROUTES};

@@ -131,7 +131,9 @@ fn server_config(
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // h2 first: the SDKs' meter/uploadEvent client (httpx, http1=False) refuses HTTP/1.1;
+    // every other client keeps HTTP/1.1 (crate::h2 has the h2 limits)
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -116,6 +116,10 @@ pub struct Upstream {
     port: u16,
     tls: bool,
     connect_timeout: Duration,
+    /// The CA bundle trusted (kept for [`Upstream::sibling`]).
+    ca_file: Option<String>,
+    /// Speak HTTP/2 only (ALPN `h2`): the unsigned session routes ([`Upstream::http2`]).
+    h2: bool,
     /// The address when `host` is an IP literal (no DNS at all).
     literal: Option<SocketAddr>,
     /// The last resolved address and when; refreshed after [`DNS_TTL`].
@@ -133,9 +137,11 @@ impl Upstream {
         connect_timeout: Duration,
     ) -> Self {
         let mut opts = ConnectorOptions::new(64);
-        opts.ca_file = ca_file;
+        opts.ca_file = ca_file.clone();
         Self {
             connector: Connector::new(Some(opts)),
+            ca_file,
+            h2: false,
             host: host.to_string(),
             port,
             tls,
@@ -146,6 +152,25 @@ impl Upstream {
                 .map(|ip| SocketAddr::new(ip, port)),
             resolved: Mutex::new(None),
         }
+    }
+
+    /// A client for another host with the same TLS mode, trust and connect timeout (the
+    /// upload gateway beside a merchant's API gateway); its own connection pool.
+    pub fn sibling(&self, host: &str, port: u16) -> Self {
+        Self::new(
+            host,
+            port,
+            self.tls,
+            self.ca_file.clone(),
+            self.connect_timeout,
+        )
+    }
+
+    /// The same client speaking HTTP/2 only (ALPN `h2`, no HTTP/1.1 fallback): the gateway
+    /// takes `meter/uploadEvent` over HTTP/2 only.
+    pub fn http2(mut self) -> Self {
+        self.h2 = true;
+        self
     }
 
     /// `host:port` for messages.
@@ -189,6 +214,9 @@ impl Upstream {
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.total_connection_timeout = Some(self.connect_timeout);
         peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
+        if self.h2 {
+            peer.options.set_http_version(2, 2);
+        }
         peer
     }
 

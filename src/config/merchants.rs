@@ -215,6 +215,12 @@ impl Ctx<'_> {
                 };
                 let section = key("outbound");
                 if let Some(g) = self.gateway_or_region(o.gateway, o.region, &section)? {
+                    self.upload_gateway_known(
+                        shared.upload_gateway.as_ref(),
+                        &g,
+                        &shared.allowed_path_prefixes,
+                        &section,
+                    )?;
                     m.gateway = Some(g);
                 }
                 if let Some(ca) = &o.ca_file {

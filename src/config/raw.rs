@@ -267,6 +267,7 @@ options! {
         tls_trust_out: Option<Spanned<String>> = Kind::Path, None, Restart;
         gateway: Option<Spanned<String>> = Kind::Url, None, Restart;
         region: Option<Spanned<String>> = Kind::Choice(Region::NAMES), None, Restart;
+        upload_gateway: Option<Spanned<String>> = Kind::Url, None, Restart;
         allowed_path_prefixes: Option<Spanned<Vec<Spanned<String>>>> = Kind::List, Some("[\"/ams/api/\", \"/ams/sandbox/api/\"]"), Restart;
         max_body_bytes: Option<Spanned<i64>> = Kind::Int, Some("1048576"), Restart;
         request_time_format: Option<RequestTimeFormat> = Kind::Choice(RequestTimeFormat::NAMES), Some("\"epoch_millis\""), Restart;

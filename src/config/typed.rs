@@ -85,6 +85,9 @@ pub struct OutboundConfig {
     pub tls: Option<OutboundTls>,
     /// The Alipay gateway, always HTTPS.
     pub gateway: Gateway,
+    /// `upload_gateway`: where `product/uploadImage` goes (every merchant); `None` = derived
+    /// from each merchant's gateway ([`crate::upload::derive_upload_gateway`]).
+    pub upload_gateway: Option<Gateway>,
     /// Request paths the proxy forwards; anything else is refused.
     pub allowed_path_prefixes: Vec<String>,
     /// Largest request body accepted from the app (default 1 MiB).

@@ -87,6 +87,7 @@ fn merchant(
     let m = &config.merchants[index];
     let gateway = m.gateway.as_ref().unwrap_or(&o.gateway);
     OutboundMerchant::from_config(state, index, m, gateway, upstreams[index].clone())
+        .with_upload_from(o, gateway)
 }
 
 /// The services of `[outbound]` (`o`): every outbound listener of [`listeners`], each with
@@ -177,10 +178,12 @@ pub fn services<P: PayHook + Clone>(
     let mut reload_tls = None;
     let mut shared_tls: Option<(Arc<ListenerTls>, String, &'static str)> = None;
     for (owner, plain, tls, handler, serves) in groups {
-        let proxy = Arc::new(pingora::proxy::http_proxy(
-            &wiring.conf,
-            Adapter::new(handler, state.clone()),
-        ));
+        let mut proxy =
+            pingora::proxy::http_proxy(&wiring.conf, Adapter::new(handler, state.clone()));
+        // HTTP/2 (ALPN h2 on the HTTPS listener): its limits, crate::h2
+        proxy.h2_options = Some(crate::h2::options(config.server.max_header_bytes));
+        proxy.server_options = Some(crate::h2::server_options(config.server.idle_timeout));
+        let proxy = Arc::new(proxy);
         if plain.is_some() {
             let name = listener_name("outbound", owner);
             let mut svc = Service::new(

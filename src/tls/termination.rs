@@ -48,7 +48,8 @@ pub enum Handshake {
     TimedOut,
 }
 
-/// A TLS-terminated connection as pingora's stream type (HTTP/1.1 only: no ALPN `h2`).
+/// A TLS-terminated connection as pingora's stream type; reports the ALPN protocol the
+/// client chose, so pingora serves `h2` connections with its HTTP/2 server.
 struct TlsConn(tokio_rustls::server::TlsStream<Stream>);
 
 impl fmt::Debug for TlsConn {
@@ -96,7 +97,15 @@ impl UniqueID for TlsConn {
     }
 }
 
-impl Ssl for TlsConn {}
+impl Ssl for TlsConn {
+    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+        match self.0.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Some(pingora::protocols::ALPN::H2),
+            Some(_) => Some(pingora::protocols::ALPN::H1),
+            None => None,
+        }
+    }
+}
 
 impl GetTimingDigest for TlsConn {
     fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {

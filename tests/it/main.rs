@@ -30,4 +30,5 @@ mod startup; // a first deploy: exit codes, the ready file, key-file and client-
 mod store; // the store's files and servers: private SQLite files, retention, PostgreSQL down and back
 mod support; // shared helpers: the rig, the sidecar process, the fake gateway, the app stand-in, HTTP
 mod tls; // TLS files: the CA bundle's folder, the local CA, generated certificates, the trust bundle
+mod transports; // the SDKs' other transports: multipart uploadImage (signed over its `body` part, upload host)
 mod vectors; // every published vector through the library

@@ -76,6 +76,9 @@ async fn serve(tcp: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>, shared: A
         None => serve_io(tcp, shared).await,
         Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
         {
+            Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                serve_h2(stream, shared).await
+            }
             Ok(Ok(stream)) => serve_io(stream, shared).await,
             Ok(Err(e)) => tracing::debug!(error = %e, "mock-gateway: TLS handshake failed"),
             Err(_) => tracing::debug!("mock-gateway: TLS handshake timed out"),
@@ -98,6 +101,31 @@ where
         res = conn.as_mut() => {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "mock-gateway: connection ended with an error");
+            }
+        }
+        _ = stopped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// An HTTP/2 connection (ALPN `h2`): the same service.
+async fn serve_h2<I>(io: I, shared: Arc<Shared>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut shutdown = shared.shutdown_rx.clone();
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| handle(svc_shared.clone(), req));
+    let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "mock-gateway: h2 connection ended with an error");
             }
         }
         _ = stopped(&mut shutdown) => {
@@ -323,7 +351,19 @@ pub(crate) async fn handle(
     }
     let json = serde_json::from_slice::<Value>(&body).ok();
     let (fault, fault_error) = pick_fault(&shared, json.as_ref());
-    let checked = check_request(&shared, &parts, &target, &body);
+    // product/uploadImage: the signature covers the multipart `body` part
+    let path = target.split('?').next().unwrap_or(&target);
+    let upload = api::upload::is_upload(path).then(|| {
+        let host = header(&parts, "host")
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        api::upload::read(host, header(&parts, "content-type").unwrap_or(""), &body)
+    });
+    let signed_body = match &upload {
+        Some(Ok(u)) => &u.part[..],
+        _ => &body[..],
+    };
+    let checked = check_request(&shared, &parts, &target, signed_body);
     let api_key_caller = matches!(&checked, Ok(Caller { api_key: true, .. }));
     shared.record_request(ReceivedRequest {
         method: parts.method.to_string(),
@@ -343,6 +383,14 @@ pub(crate) async fn handle(
         fault,
     });
 
+    if api::session::is_session_route(path) {
+        let (status, answer) = api::session::answer(
+            parts.version == hyper::Version::HTTP_2,
+            header(&parts, "x-session-id"),
+        );
+        tracing::info!(%target, status = status.as_u16(), "mock-gateway: session route");
+        return Ok(json_response(status, answer.into_bytes()));
+    }
     if let Some(Fault::Delay(d)) = fault {
         tokio::time::sleep(d).await;
     }
@@ -380,7 +428,15 @@ pub(crate) async fn handle(
     }
 
     let reply = if parts.method == Method::POST {
-        match respond(&shared, checked, &target, &body, fault, fault_error) {
+        match respond(
+            &shared,
+            checked,
+            &target,
+            &body,
+            fault,
+            fault_error,
+            upload.as_ref(),
+        ) {
             // the API-key protocol has no response signature
             Reply::Signed { body, .. } if api_key_caller => Reply::Unsigned(body),
             reply => reply,
@@ -578,7 +634,12 @@ fn respond(
     body: &[u8],
     fault: Option<Fault>,
     fault_error: Option<String>,
+    upload: Option<&Result<api::upload::Upload, api::upload::Refusal>>,
 ) -> Reply {
+    if let Some(Err((code, msg))) = upload {
+        // a malformed upload, or one sent to the API host: nothing to verify it against
+        return Reply::Unsigned(envelope(code, Status::F, msg).into_bytes());
+    }
     let client_id = match checked {
         Ok(caller) => caller.client_id,
         Err(refused) => return refused.reply(),
@@ -611,6 +672,12 @@ fn respond(
         _ => {}
     }
 
+    if let Some(Ok(u)) = upload {
+        return signed(api::upload::answer(u));
+    }
+    if api::session::is_create_session(target.split('?').next().unwrap_or(target)) {
+        return signed(api::session::create());
+    }
     let path = target.split('?').next().unwrap_or(target);
     if let Some(answer) = shared.events.lock().ok().and_then(|log| {
         log.answer(

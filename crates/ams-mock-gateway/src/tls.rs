@@ -61,7 +61,8 @@ pub(crate) fn generate(extra_ip: Option<IpAddr>) -> Result<TlsIdentity, String> 
         .with_no_client_auth()
         .with_single_cert(vec![leaf_cert.der().clone()], key)
         .map_err(|e| format!("TLS server config: {e}"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // h2 for meter/uploadEvent (HTTP/2 only, as Alipay serves it); http/1.1 for the rest
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsIdentity {
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
         ca_pem,

@@ -86,6 +86,17 @@ impl Ctx<'_> {
             }
         };
 
+        let upload_gateway = match &raw.upload_gateway {
+            Some(g) => Some(self.gateway(g, "outbound.upload_gateway")?),
+            None => None,
+        };
+        self.upload_gateway_known(
+            upload_gateway.as_ref(),
+            &gateway,
+            &allowed_path_prefixes,
+            "outbound",
+        )?;
+
         let allowed_hosts = self.host_names(raw.allowed_hosts, "outbound.allowed_hosts")?;
         self.agent_token(raw.agent_token.as_deref(), None, "outbound.agent_token")?;
 
@@ -104,6 +115,7 @@ impl Ctx<'_> {
             listen,
             tls,
             gateway,
+            upload_gateway,
             allowed_path_prefixes,
             max_body_bytes: self.positive(raw.max_body_bytes, "outbound.max_body_bytes")?,
             request_time_format: raw
@@ -284,6 +296,26 @@ impl Ctx<'_> {
                 }
             },
         }))
+    }
+
+    /// `product/uploadImage` needs an upload gateway where the app may call it: refused when
+    /// `upload_gateway` is unset, the route is inside `allowed_path_prefixes` and `gateway`
+    /// is an Alipay host the SDKs' table does not map ([`crate::upload::derive_upload_gateway`];
+    /// a non-Alipay gateway — the fake one, a proxy — takes uploads itself).
+    pub(in crate::config) fn upload_gateway_known(
+        &self,
+        explicit: Option<&Gateway>,
+        gateway: &Gateway,
+        prefixes: &[String],
+        at: &str,
+    ) -> Result<(), ConfigError> {
+        if explicit.is_some() || !crate::upload::upload_route_allowed(prefixes) {
+            return Ok(());
+        }
+        match crate::upload::derive_upload_gateway((&gateway.host, gateway.port)) {
+            Ok(_) => Ok(()),
+            Err(msg) => Err(self.error_span(None, Some(&format!("{at}.gateway")), msg)),
+        }
     }
 
     pub(in crate::config) fn gateway(

@@ -17,6 +17,7 @@
 //! ([`PORT_443`]).
 
 mod api_key;
+mod transports; // issue 24: meter/uploadEvent over HTTP/2, multipart uploadImage
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

@@ -14,8 +14,10 @@ use crate::switches::{ControlError, NotifyMode, PaymentOutcome, PaymentResult, P
 pub(crate) mod events;
 mod json;
 mod payment;
+pub(crate) mod session;
 #[cfg(test)]
 mod tests;
+pub(crate) mod upload;
 
 pub(crate) use json::{envelope, js, obj, success_without_ids, Status};
 use json::{param_illegal, result, str_field, success, switch, Amount};
