@@ -37,7 +37,7 @@ use crate::handler::{BodyPolicy, Handler, Marker, Refusal, Reply, Request, Stop}
 use crate::headers::{KEY_VERSION_HEADER, VERIFIED_HEADER};
 use crate::hooks::PayHook;
 use crate::keyset::{Credential, KeySet};
-use crate::merchants::{unselected_label, KeySource, Selected};
+use crate::merchants::{unselected_label, Selected};
 use crate::metrics;
 use crate::protocol::{
     content_digest, format_epoch_millis, format_iso8601, parse_request_time, ApiKeyEnv, Reason,
@@ -47,15 +47,6 @@ use crate::upstream::{UpstreamClient, UpstreamError, UpstreamRequest, UpstreamRe
 
 /// Responses larger than this are refused (Alipay's answers are a few KiB).
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
-
-/// App headers never forwarded to the gateway besides hop-by-hop ones: the signature headers,
-/// which the sidecar always sets itself.
-const REPLACED: &[&str] = &["client-id", "request-time", "signature"];
-
-/// App headers the sidecar sets itself besides those: `Accept-Encoding` (the sidecar asks for
-/// `identity`, so what it verifies is what was signed) and the Go SDK's `Key-Version`
-/// (signing metadata, set to the sidecar's own key version when the app sent one).
-const ALSO_REPLACED: &[&str] = &["accept-encoding", "key-version"];
 
 /// How one request authenticates to the gateway, from the key snapshot.
 enum Auth<'a> {
@@ -69,56 +60,6 @@ enum Auth<'a> {
     Bearer(String),
 }
 
-/// One merchant as the outbound handler needs it.
-pub struct OutboundMerchant<G> {
-    name: Arc<str>,
-    client_id: String,
-    agent_token: Option<String>,
-    keys: Arc<dyn KeySource>,
-    gateway: G,
-    /// `Host` of the gateway requests.
-    gateway_authority: String,
-    /// App headers the sidecar sets itself (built once: `REPLACED`, `ALSO_REPLACED`, plus
-    /// `agent-token` when one is configured).
-    not_forwarded: Vec<&'static str>,
-    /// The upload gateway of `product/uploadImage` and its `Host` (`None`: `gateway`).
-    upload: Option<(G, String)>,
-    /// The HTTP/2 client of the API gateway for the unsigned session routes.
-    session: Option<G>,
-}
-
-impl<G: UpstreamClient> OutboundMerchant<G> {
-    /// A merchant called `name` signing as `client_id` with the keys of `keys`, through
-    /// `gateway` at `gateway_host:gateway_port`.
-    pub fn new(
-        name: &str,
-        client_id: &str,
-        agent_token: Option<String>,
-        keys: Arc<dyn KeySource>,
-        gateway: G,
-        (gateway_host, gateway_port): (&str, u16),
-    ) -> Self {
-        let mut not_forwarded = REPLACED.to_vec();
-        not_forwarded.extend_from_slice(ALSO_REPLACED);
-        not_forwarded.extend_from_slice(&crate::credentials::APP_CREDENTIAL_HEADERS);
-        if agent_token.is_some() {
-            not_forwarded.push("agent-token");
-        }
-        Self {
-            name: Arc::from(name),
-            client_id: client_id.to_string(),
-            agent_token,
-            keys,
-            gateway,
-            gateway_authority: exchange::authority(gateway_host, gateway_port, 443),
-            not_forwarded,
-            upload: None,
-            session: None,
-        }
-    }
-}
-
-// re-exported for the reconciler, which names it here; the name lives in crate::headers
 use crate::headers::MERCHANT_HEADER;
 
 /// The outbound signing handler.
@@ -691,8 +632,12 @@ impl<G: UpstreamClient> Handler for Outbound<G> {
     }
 }
 
+mod merchant;
 mod policy;
 mod service;
+
+pub use merchant::OutboundMerchant;
+use merchant::REPLACED;
 
 pub use policy::{host_allowed, host_name, target_allowed, OutboundPolicy};
 pub use service::{listeners, services, OutboundServices};

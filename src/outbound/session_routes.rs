@@ -10,7 +10,8 @@
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use super::{OutboundMerchant, MAX_RESPONSE_BYTES, REPLACED};
+use super::merchant::REPLACED;
+use super::{OutboundMerchant, MAX_RESPONSE_BYTES};
 use crate::envelope::SidecarError;
 use crate::exchange;
 use crate::handler::{Marker, Refusal, Request, Stop};

@@ -2,7 +2,7 @@
 //! the shared builders are here.
 
 use super::*;
-use crate::merchants::{DEFAULT_MERCHANT, UNSELECTED_MERCHANT};
+use crate::merchants::{KeySource, DEFAULT_MERCHANT, UNSELECTED_MERCHANT};
 use crate::testing::*;
 use crate::upstream::UpstreamError;
 use std::io::Write;
