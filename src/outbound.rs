@@ -285,19 +285,10 @@ impl<G: UpstreamClient> Outbound<G> {
             max_response: MAX_RESPONSE_BYTES,
             timeout: self.policy.request_timeout,
         };
-        let response = gateway.send(&gateway_req).await.map_err(|e| {
-            let code = match &e {
-                UpstreamError::Connect { .. } => SidecarError::GatewayUnreachable,
-                UpstreamError::Tls { .. } => SidecarError::GatewayTlsError,
-                UpstreamError::Timeout { .. } | UpstreamError::ConnectTimeout { .. } => {
-                    SidecarError::GatewayTimeout
-                }
-                UpstreamError::Protocol { .. } => SidecarError::GatewayProtocolError,
-                UpstreamError::TooLarge { .. } => SidecarError::GatewayResponseTooLarge,
-            };
-            tracing::warn!(error = %e, code = code.code(), "gateway exchange failed");
-            Refusal::new(code, e.to_string())
-        })?;
+        let response = gateway
+            .send(&gateway_req)
+            .await
+            .map_err(|e| gateway_refusal(e, "gateway exchange failed"))?;
         report.upstream = Some(UpstreamTiming {
             elapsed: response.elapsed,
             status: response.header.status.as_u16(),
@@ -549,6 +540,22 @@ impl<G: UpstreamClient> Outbound<G> {
         }
         Ok(req)
     }
+}
+
+/// The refusal for a gateway exchange that failed (one mapping for every outbound route: the
+/// signed JSON calls, uploads and the HTTP/2 session routes), logged with `what`.
+pub(super) fn gateway_refusal(e: UpstreamError, what: &'static str) -> Refusal {
+    let code = match &e {
+        UpstreamError::Connect { .. } => SidecarError::GatewayUnreachable,
+        UpstreamError::Tls { .. } => SidecarError::GatewayTlsError,
+        UpstreamError::Timeout { .. } | UpstreamError::ConnectTimeout { .. } => {
+            SidecarError::GatewayTimeout
+        }
+        UpstreamError::Protocol { .. } => SidecarError::GatewayProtocolError,
+        UpstreamError::TooLarge { .. } => SidecarError::GatewayResponseTooLarge,
+    };
+    tracing::warn!(error = %e, code = code.code(), "{what}");
+    Refusal::new(code, e.to_string())
 }
 
 impl<G: UpstreamClient> Handler for Outbound<G> {

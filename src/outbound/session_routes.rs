@@ -11,14 +11,14 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::merchant::REPLACED;
-use super::{OutboundMerchant, MAX_RESPONSE_BYTES};
+use super::{gateway_refusal, OutboundMerchant, MAX_RESPONSE_BYTES};
 use crate::envelope::SidecarError;
 use crate::exchange;
 use crate::handler::{Marker, Refusal, Request, Stop};
 use crate::headers::VERIFIED_HEADER;
 use crate::metrics::Outcome;
 use crate::report::{Report, UpstreamTiming};
-use crate::upstream::{UpstreamClient, UpstreamError, UpstreamRequest};
+use crate::upstream::{UpstreamClient, UpstreamRequest};
 
 /// The routes that go unsigned over HTTP/2 (the SDKs' `_SESSION_HTTP2_ROUTES`; POST only,
 /// like every route). The sandbox form is not listed: the SDKs never rewrite it.
@@ -82,19 +82,10 @@ impl<G: UpstreamClient> OutboundMerchant<G> {
             max_response: MAX_RESPONSE_BYTES,
             timeout,
         };
-        let response = gateway.send(&up).await.map_err(|e| {
-            let code = match &e {
-                UpstreamError::Connect { .. } => SidecarError::GatewayUnreachable,
-                UpstreamError::Tls { .. } => SidecarError::GatewayTlsError,
-                UpstreamError::Timeout { .. } | UpstreamError::ConnectTimeout { .. } => {
-                    SidecarError::GatewayTimeout
-                }
-                UpstreamError::Protocol { .. } => SidecarError::GatewayProtocolError,
-                UpstreamError::TooLarge { .. } => SidecarError::GatewayResponseTooLarge,
-            };
-            tracing::warn!(error = %e, code = code.code(), "gateway exchange (session route, HTTP/2) failed");
-            Refusal::new(code, e.to_string())
-        })?;
+        let response = gateway
+            .send(&up)
+            .await
+            .map_err(|e| gateway_refusal(e, "gateway exchange (session route, HTTP/2) failed"))?;
         report.upstream = Some(UpstreamTiming {
             elapsed: response.elapsed,
             status: response.header.status.as_u16(),
