@@ -76,6 +76,7 @@ pub(crate) mod shutdown;
 pub mod signer;
 pub(crate) mod state;
 pub mod store;
+pub(crate) mod table;
 #[cfg(test)]
 mod testing;
 pub mod tls;

@@ -211,19 +211,7 @@ fn report(walk: &Walk, audit: bool, mode: Mode) -> String {
             ]
         });
     }
-    let widths: Vec<usize> = (0..lines[0].len())
-        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut text = String::new();
-    for l in &lines {
-        let cells: Vec<String> = l
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        text.push_str(cells.join("  ").trim_end());
-        text.push('\n');
-    }
+    let mut text = crate::table::render(&lines);
     if walk.by_type.is_empty() {
         text.push_str("(no events at Alipay in this window)\n");
     }
