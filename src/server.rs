@@ -211,6 +211,7 @@ pub fn build(
                 store,
                 handler,
                 o.request_timeout,
+                reconcile.as_ref().map(|r| r.notification_hook()),
             ));
         }
         server.add_services(outbound.services);

@@ -72,11 +72,43 @@ fn parse_since(s: &str) -> Result<Duration, String> {
 
 /// Runs `backfill` (`audit = false`) or `audit`; returns the exit code.
 pub fn run(args: &BackfillArgs, audit: bool, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    match execute(args, audit, err) {
+        Ok(o) => {
+            let _ = out.write_all(o.table.as_bytes());
+            if let Some(e) = &o.incomplete {
+                let _ = writeln!(
+                    err,
+                    "error: the walk did not reach the end of the list: {e}"
+                );
+            }
+            o.code
+        }
+        Err(code) => code,
+    }
+}
+
+/// What one on-demand walk found: the walk, its table as `notifications backfill|audit`
+/// prints it, and the exit code. The demo ends with the same audit.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The counts by notify type.
+    pub walk: Walk,
+    /// The table and its closing line.
+    pub table: String,
+    /// Why the walk did not reach the end of the list (exit code 1).
+    pub incomplete: Option<String>,
+    /// The exit code (see the module doc).
+    pub code: i32,
+}
+
+/// One walk as `run` does it; a usage or setup error is written to `err` and is `Err(code)`.
+/// Call it outside a tokio runtime (it runs its own).
+pub fn execute(args: &BackfillArgs, audit: bool, err: &mut dyn Write) -> Result<Outcome, i32> {
     let config = match Config::load(&args.config.config) {
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
-            return EXIT_USAGE;
+            return Err(EXIT_USAGE);
         }
     };
     let Some(m) = config.merchants.iter().find(|m| m.name == args.merchant) else {
@@ -87,11 +119,11 @@ pub fn run(args: &BackfillArgs, audit: bool, out: &mut dyn Write, err: &mut dyn 
             args.merchant,
             names.join(", ")
         );
-        return EXIT_USAGE;
+        return Err(EXIT_USAGE);
     };
     let Some(store_location) = &config.store else {
         let _ = writeln!(err, "error: the config has no [store] section, so there is no notification journal to compare with");
-        return EXIT_USAGE;
+        return Err(EXIT_USAGE);
     };
     let via = args
         .via
@@ -99,19 +131,19 @@ pub fn run(args: &BackfillArgs, audit: bool, out: &mut dyn Write, err: &mut dyn 
         .or_else(|| config.outbound.as_ref().and_then(|o| o.listen));
     let Some(via) = via else {
         let _ = writeln!(err, "error: no plain outbound listener to call through; give --via ADDR (the running sidecar's [outbound] listen)");
-        return EXIT_USAGE;
+        return Err(EXIT_USAGE);
     };
     let store = match StateStore::open(store_location, config.store_options.timeout) {
         Ok(s) => s,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
-            return EXIT_INVALID;
+            return Err(EXIT_INVALID);
         }
     };
     if let Some(p) = &args.deliver_path {
         if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
             let _ = writeln!(err, "error: --deliver-path {p:?} is not a path; write the app's notify path, e.g. /alipay/notify");
-            return EXIT_USAGE;
+            return Err(EXIT_USAGE);
         }
     }
     let deliver_path = args.deliver_path.clone().or_else(|| {
@@ -138,7 +170,10 @@ pub fn run(args: &BackfillArgs, audit: bool, out: &mut dyn Write, err: &mut dyn 
     let now = now_millis();
     let from = now - i64::try_from(args.since.as_millis()).unwrap_or(i64::MAX);
     let api: Arc<dyn PayApi> = Arc::new(ListenerApi { addr: via });
-    let walker = Walker::new(store.clone(), api, deliver_path);
+    // under the payments' locks like the running sidecar's walk (across processes with
+    // PostgreSQL; with SQLite only this process's)
+    let walker =
+        Walker::new(store.clone(), api, deliver_path).with_locks(crate::paylock::for_store(&store));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -146,24 +181,27 @@ pub fn run(args: &BackfillArgs, audit: bool, out: &mut dyn Write, err: &mut dyn 
         Ok(r) => r,
         Err(e) => {
             let _ = writeln!(err, "error: cannot start a runtime: {e}");
-            return EXIT_INVALID;
+            return Err(EXIT_INVALID);
         }
     };
     let walk = runtime.block_on(walker.walk(&merchant, from, now, mode));
-    let _ = out.write_all(report(&walk, audit, mode).as_bytes());
-    if !walk.complete {
-        let _ = writeln!(
-            err,
-            "error: the walk did not reach the end of the list: {}",
-            walk.error.as_deref().unwrap_or("-")
-        );
-        return EXIT_INVALID;
-    }
-    if walk.missing() > 0 {
-        EXIT_MISSING
+    let table = report(&walk, audit, mode);
+    let (incomplete, code) = if !walk.complete {
+        (
+            Some(walk.error.clone().unwrap_or_else(|| "-".into())),
+            EXIT_INVALID,
+        )
+    } else if walk.missing() > 0 {
+        (None, EXIT_MISSING)
     } else {
-        EXIT_OK
-    }
+        (None, EXIT_OK)
+    };
+    Ok(Outcome {
+        walk,
+        table,
+        incomplete,
+        code,
+    })
 }
 
 /// The table: one line per notify type.

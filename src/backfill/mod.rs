@@ -22,6 +22,7 @@ use pingora::services::background::{background_service, BackgroundService, GenBa
 
 use crate::config::{BackfillConfig, Config};
 use crate::exchange::now_millis;
+use crate::hooks::NotificationHook;
 use crate::outbound::Outbound;
 use crate::reconcile::{OutboundApi, PayApi};
 use crate::store::StateStore;
@@ -73,29 +74,35 @@ pub struct Backfill {
 }
 
 /// The backfill as a background service of the server; its calls go through `outbound` (a
-/// handler of every merchant, as the reconciler's).
+/// handler of every merchant, as the reconciler's). It walks the merchants the backfill is on
+/// for (`[reconcile] backfill`, or the merchant's `[merchants.reconcile] backfill`); `hook` is
+/// the reconciler's closing hook when the reconciler is on.
 pub fn service<G: UpstreamClient>(
     config: &Config,
     backfill: &BackfillConfig,
     store: &Arc<StateStore>,
     outbound: Outbound<G>,
     request_timeout: Duration,
+    hook: Option<Arc<dyn NotificationHook>>,
 ) -> GenBackgroundService<Backfill> {
     let api: Arc<dyn PayApi> = Arc::new(OutboundApi::new(outbound));
     let merchants: Vec<Merchant> = config
         .merchants
         .iter()
+        .filter(|m| backfill.merchants.contains(&m.name))
         .map(|m| Merchant {
             name: m.name.clone(),
             client_id: m.client_id.clone(),
         })
         .collect();
     register_metrics(merchants.iter().map(|m| m.name.as_str()));
-    tracing::info!(interval = %humantime::format_duration(backfill.interval), window = %humantime::format_duration(backfill.window), "backfill from Alipay's notification event log on");
+    tracing::info!(interval = %humantime::format_duration(backfill.interval), window = %humantime::format_duration(backfill.window), merchants = %backfill.merchants.join(","), "backfill from Alipay's notification event log on");
     background_service(
         "backfill",
         Backfill {
-            walker: Walker::new(store.clone(), api, backfill.deliver_path.clone()),
+            walker: Walker::new(store.clone(), api, backfill.deliver_path.clone())
+                .with_locks(crate::paylock::for_store(store))
+                .with_hook(hook),
             store: store.clone(),
             merchants,
             config: backfill.clone(),

@@ -2,6 +2,13 @@
 //! (`startingAfter` = the last page's `nextStartingAfter`) through [`PayApi`] (signed, answer
 //! verified, like the reconciler's inquiries); each event's journal key is computed from
 //! `notificationData` and an event the journal lacks is recorded for the delivery worker.
+//!
+//! A recovered PAYMENT_RESULT changes its payment's state (the journal, and the reconciler's
+//! pay record through its closing hook), so it is recorded under the payment's lock
+//! ([`crate::paylock`], holder `backfill`), like the inbound handler's write of the same
+//! notification: never while a cancel of that payment is in flight. A lock still busy after
+//! [`WORKER_WAIT`] leaves the event for the next walk (this walk ends incomplete, so the
+//! cursor does not move past it).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,8 +19,10 @@ use sidecar_store::{pay_id, EventKey};
 use super::raw;
 use crate::exchange::now_millis;
 use crate::handler::Marker;
-use crate::headers::{DELIVER_PATH_HEADER, VERIFIED_HEADER};
+use crate::headers::{CONFLICT_HEADER, DELIVER_PATH_HEADER, VERIFIED_HEADER};
+use crate::hooks::NotificationHook;
 use crate::journal::{Entry, Journal};
+use crate::paylock::{payment_of, Holder, LockError, PaymentLocks, WORKER_WAIT};
 use crate::reconcile::{notify_path, Called, PayApi, SOURCE_HEADER};
 use crate::store::StateStore;
 
@@ -69,8 +78,10 @@ pub struct Walk {
     pub by_type: BTreeMap<String, TypeCounts>,
     /// The walk reached the list's end (`hasMore` false).
     pub complete: bool,
-    /// Why it stopped early.
+    /// Why it stopped early, or why it must be walked again (a payment's lock was busy).
     pub error: Option<String>,
+    /// An event to try again on the next walk (its payment's lock stayed busy).
+    retry: Option<String>,
 }
 
 impl Walk {
@@ -93,6 +104,16 @@ pub struct Walker {
     store: Arc<StateStore>,
     api: Arc<dyn PayApi>,
     deliver_path: Option<String>,
+    locks: Option<Arc<dyn PaymentLocks>>,
+    hook: Option<Arc<dyn NotificationHook>>,
+}
+
+/// Why a missing event was not recorded.
+enum NotRecorded {
+    /// Its payment's lock stayed busy: tried again on the next walk.
+    Busy(String),
+    /// It cannot be recorded (counted `failed`).
+    Failed(String),
 }
 
 impl Walker {
@@ -102,7 +123,24 @@ impl Walker {
             store,
             api,
             deliver_path,
+            locks: None,
+            hook: None,
         }
+    }
+
+    /// Records a recovered PAYMENT_RESULT under its payment's lock (see the module doc).
+    pub fn with_locks(mut self, locks: Arc<dyn PaymentLocks>) -> Self {
+        self.locks = Some(locks);
+        self
+    }
+
+    /// Calls the reconciler's closing hook for a recovered notification (under its payment's
+    /// lock), as the inbound handler does for one that arrived: a recovered SUCCESS closes the
+    /// pay record, so no cancel is sent for it; a contradiction is delivered marked
+    /// `X-Alipay-Sidecar-Conflict`.
+    pub fn with_hook(mut self, hook: Option<Arc<dyn NotificationHook>>) -> Self {
+        self.hook = hook;
+        self
     }
 
     /// Walks `m`'s events created from `from` to `to` (UTC ms), newest first.
@@ -149,7 +187,10 @@ impl Walker {
                     return walk;
                 }
                 None => {
-                    walk.complete = true;
+                    // reached the end; with an event left for later, not complete: the
+                    // cursor stays and the next walk covers it again
+                    walk.complete = walk.retry.is_none();
+                    walk.error = walk.retry.take();
                     return walk;
                 }
             }
@@ -210,7 +251,12 @@ impl Walker {
                 counts.journaled += 1;
                 super::metrics::count(&m.name, notify_type, "journaled");
             }
-            Err(why) => {
+            Err(NotRecorded::Busy(why)) => {
+                counts.failed += 1;
+                tracing::warn!(merchant = %m.name, notify_type, error = %why, "backfill: the payment of a missing notification is being worked on; the next walk records it");
+                walk.retry.get_or_insert(why);
+            }
+            Err(NotRecorded::Failed(why)) => {
                 counts.failed += 1;
                 super::metrics::count(&m.name, notify_type, "failed");
                 tracing::error!(merchant = %m.name, notify_type, error = %why, "backfill: a missing notification could not be recorded");
@@ -218,20 +264,59 @@ impl Walker {
         }
     }
 
-    /// Records a missing event for delivery now; `Ok(None)` when it was recorded meanwhile
-    /// (by the webhook, the reconciler or another replica).
+    /// Records a missing event for delivery now, under its payment's lock when it is a
+    /// PAYMENT_RESULT; `Ok(None)` when it was recorded meanwhile (by the webhook, the
+    /// reconciler or another replica).
     async fn record(
         &self,
         m: &Merchant,
         key: EventKey,
         data: &[u8],
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, NotRecorded> {
         let path = match &self.deliver_path {
             Some(p) => Some(p.clone()),
             None => self.pay_notify_path(m, data).await,
         };
         let Some(path) = path else {
-            return Err("its notify path is unknown (no pay record with a paymentNotifyUrl); set [reconcile] deliver_path".into());
+            return Err(NotRecorded::Failed("its notify path is unknown (no pay record with a paymentNotifyUrl); set [reconcile] deliver_path".into()));
+        };
+        let lease = match (&self.locks, payment_of(data)) {
+            (Some(locks), Some(id)) => {
+                match locks
+                    .lock(&m.client_id, &id, Holder::Backfill, WORKER_WAIT)
+                    .await
+                {
+                    Ok(lease) => Some(lease),
+                    Err(e @ LockError::Busy { .. }) => {
+                        return Err(NotRecorded::Busy(e.to_string()))
+                    }
+                    // the store cannot be asked: the journal write below fails the same way
+                    Err(e) => {
+                        tracing::debug!(payment_request_id = %id, error = %e, "backfill: the payment's lock could not be taken; recording without it");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let recorded = self.record_locked(m, key, path, data).await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        recorded.map_err(NotRecorded::Failed)
+    }
+
+    /// The journal write of [`Walker::record`] (with the payment's lock held, when it has one).
+    async fn record_locked(
+        &self,
+        m: &Merchant,
+        key: EventKey,
+        path: String,
+        data: &[u8],
+    ) -> Result<Option<String>, String> {
+        let conflict = match &self.hook {
+            Some(h) => h.verified(&m.name, data).await,
+            None => None,
         };
         let key = EventKey { path, ..key };
         let now = now_millis();
@@ -248,6 +333,9 @@ impl Walker {
         ];
         if let Some(p) = &self.deliver_path {
             headers.push((DELIVER_PATH_HEADER.to_string(), p.clone()));
+        }
+        if let Some(c) = conflict {
+            headers.push((CONFLICT_HEADER.to_string(), c));
         }
         let entry = Entry {
             merchant: m.name.clone(),

@@ -1,40 +1,70 @@
-//! `[reconcile] backfill`, `backfill_interval`, `backfill_window` (issue 22): the backfill
-//! from Alipay's notification event log, built apart from the reconciler's options because it
-//! does not need the reconciler (`enabled`) to be on.
+//! `[reconcile] backfill`, `backfill_interval`, `backfill_window` and the per-merchant
+//! `[merchants.reconcile] backfill` (issue 22): the backfill from Alipay's notification event
+//! log, built apart from the reconciler's options because it does not need the reconciler
+//! (`enabled`) to be on.
 
 use toml::Spanned;
 
 use super::error::{ConfigError, Ctx};
+use super::merchants::Draft;
 use super::raw::{default, RawReconcile};
 use super::typed::{BackfillConfig, MAX_BACKFILL_WINDOW};
 
 impl Ctx<'_> {
-    /// `None` unless `[reconcile] backfill = true`. `wired`: the config has `[store]` (the
-    /// cursor and the journal), `[outbound]` (the signed inquiries) and `[inbound]` (the app
-    /// the recovered events go to).
+    /// `None` unless the backfill is on for at least one merchant: `[reconcile] backfill` is
+    /// every merchant's default, a merchant's `[merchants.reconcile] backfill` overrides it
+    /// (the way `[merchants.outbound]` and `[merchants.inbound]` override the shared
+    /// sections). Per merchant because turning it on is the operator's decision for each
+    /// Alipay account (its event log is inquired with that merchant's key). `wired`: the
+    /// config has `[store]` (the cursor and the journal), `[outbound]` (the signed inquiries)
+    /// and `[inbound]` (the app the recovered events go to).
     pub(super) fn build_backfill(
         &self,
         raw: Option<&Spanned<RawReconcile>>,
+        drafts: &[Draft],
         wired: bool,
     ) -> Result<Option<BackfillConfig>, ConfigError> {
-        let Some(raw) = raw else { return Ok(None) };
-        let span = raw.span();
-        let raw = raw.get_ref();
-        if !raw
-            .backfill
-            .unwrap_or_else(|| default("reconcile.backfill"))
-        {
+        let shared = raw
+            .and_then(|r| r.get_ref().backfill)
+            .unwrap_or_else(|| default("reconcile.backfill"));
+        let mut merchants = Vec::new();
+        // where the first "on" is written, for an error about a missing section
+        let mut first_on: Option<(String, std::ops::Range<usize>)> = None;
+        for d in drafts {
+            let on = match d.backfill_override() {
+                Some((on, key, span)) => {
+                    if on && first_on.is_none() {
+                        first_on = Some((key, span));
+                    }
+                    on
+                }
+                None => shared,
+            };
+            if on {
+                merchants.push(d.name().to_string());
+            }
+        }
+        if merchants.is_empty() {
             return Ok(None);
         }
+        let (key, span) = match raw {
+            Some(r) if shared => ("reconcile.backfill".to_string(), r.span()),
+            _ => first_on.unwrap_or_else(|| ("reconcile.backfill".to_string(), 0..0)),
+        };
         if !wired {
             return self.err(
                 span,
-                "reconcile.backfill",
+                &key,
                 "the backfill needs [store] (its cursor and the journal), [outbound] (it inquires \
                  Alipay's event log through the merchant's gateway) and [inbound] (it delivers \
                  recovered notifications to forward_to); add them or set backfill = false",
             );
         }
+        let none = RawReconcile::default();
+        let (raw, span) = match raw {
+            Some(r) => (r.get_ref(), r.span()),
+            None => (&none, span),
+        };
         let interval =
             self.duration(raw.backfill_interval.clone(), "reconcile.backfill_interval")?;
         if interval.is_zero() {
@@ -64,6 +94,7 @@ impl Ctx<'_> {
             interval,
             window,
             deliver_path,
+            merchants,
         }))
     }
 }
@@ -96,6 +127,7 @@ mod tests {
         assert_eq!(b.interval, Duration::from_secs(300));
         assert_eq!(b.window, Duration::from_secs(24 * 3600));
         assert_eq!(b.deliver_path, None);
+        assert_eq!(b.merchants, ["default"]);
         let b = parse(&format!(
             "{BASE}[reconcile]\nbackfill = true\nbackfill_window = \"30d\"\ndeliver_path = \"/n\"\n"
         ))
@@ -121,5 +153,67 @@ mod tests {
         let no_store = BASE.replace("[store]\npath = \"s.db\"\n", "");
         let e = parse(&format!("{no_store}[reconcile]\nbackfill = true\n")).unwrap_err();
         assert!(e.contains("backfill") && e.contains("[store]"), "{e}");
+    }
+
+    const TWO: &str = "[outbound]\nregion = \"sea\"\n[inbound]\nforward_to = \"http://127.0.0.1:3000\"\n[store]\npath = \"s.db\"\n";
+
+    fn merchant(name: &str, client_id: &str, reconcile: &str) -> String {
+        format!(
+            "[[merchants]]\nname = \"{name}\"\nclient_id = \"{client_id}\"\n[merchants.keys]\nmerchant_private_key = \"k.pem\"\nalipay_public_keys = {{ \"1\" = \"a.pem\" }}\n{reconcile}"
+        )
+    }
+
+    #[test]
+    fn per_merchant_override_of_the_shared_default() {
+        let on = "[merchants.reconcile]\nbackfill = true\n";
+        let off = "[merchants.reconcile]\nbackfill = false\n";
+        // off by default; one merchant turns it on, without a [reconcile] section
+        let text = format!(
+            "{TWO}{}{}",
+            merchant("sg", "T_1", ""),
+            merchant("eu", "T_2", on)
+        );
+        let b = parse(&text).unwrap().backfill.expect("on for eu");
+        assert_eq!(b.merchants, ["eu"]);
+        assert_eq!(b.interval, Duration::from_secs(300), "shared defaults");
+        // on for all by [reconcile]; one merchant turns it off
+        let text = format!(
+            "{TWO}[reconcile]\nbackfill = true\nbackfill_interval = \"1m\"\n{}{}",
+            merchant("sg", "T_1", off),
+            merchant("eu", "T_2", "")
+        );
+        let b = parse(&text).unwrap().backfill.expect("on for eu");
+        assert_eq!(b.merchants, ["eu"]);
+        assert_eq!(b.interval, Duration::from_secs(60));
+        // every merchant off: no worker
+        let text = format!(
+            "{TWO}[reconcile]\nbackfill = true\n{}{}",
+            merchant("sg", "T_1", off),
+            merchant("eu", "T_2", off)
+        );
+        assert_eq!(parse(&text).unwrap().backfill, None);
+        // a merchant's "on" needs the sections too, and the error names its key
+        let text = format!(
+            "{}{}",
+            TWO.replace("[store]\npath = \"s.db\"\n", ""),
+            merchant("sg", "T_1", on)
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(
+            e.contains("merchants.0.reconcile.backfill") && e.contains("[store]"),
+            "{e}"
+        );
+        // unknown keys in the merchant's table are refused
+        let text = format!(
+            "{TWO}{}",
+            merchant("sg", "T_1", "[merchants.reconcile]\nbackfil = true\n")
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(e.contains("backfil"), "{e}");
+        let text = format!(
+            "{TWO}{}",
+            merchant("sg", "T_1", "[merchants.reconcile]\nbackfill = \"yes\"\n")
+        );
+        assert!(parse(&text).is_err(), "backfill takes true or false");
     }
 }

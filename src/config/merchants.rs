@@ -11,7 +11,9 @@ use std::ops::Range;
 use toml::Spanned;
 
 use super::error::{ConfigError, Ctx};
-use super::raw::{RawKeys, RawMerchant, RawMerchantInbound, RawMerchantOutbound};
+use super::raw::{
+    RawKeys, RawMerchant, RawMerchantInbound, RawMerchantOutbound, RawMerchantReconcile,
+};
 use super::typed::{InboundConfig, KeysConfig, MerchantConfig, OutboundConfig, DEFAULT_MERCHANT};
 
 /// Longest merchant name: it is a metrics label and a header value.
@@ -25,6 +27,7 @@ pub(super) struct Draft {
     keys: KeysConfig,
     outbound: Option<Spanned<RawMerchantOutbound>>,
     inbound: Option<Spanned<RawMerchantInbound>>,
+    reconcile: Option<Spanned<RawMerchantReconcile>>,
     /// `""` (single-merchant form) or `merchants.N`.
     at: String,
 }
@@ -44,6 +47,20 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+impl Draft {
+    /// The merchant's name.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `[merchants.reconcile] backfill` when set, with its dotted key for errors.
+    pub(super) fn backfill_override(&self) -> Option<(bool, String, Range<usize>)> {
+        let r = self.reconcile.as_ref()?;
+        let b = r.get_ref().backfill.as_ref()?;
+        Some((*b.get_ref(), at(&self.at, "reconcile.backfill"), b.span()))
+    }
 }
 
 impl Ctx<'_> {
@@ -83,6 +100,7 @@ impl Ctx<'_> {
                 keys: self.build_keys(keys, "keys")?,
                 outbound: None,
                 inbound: None,
+                reconcile: None,
                 at: String::new(),
             }]);
         };
@@ -156,6 +174,7 @@ impl Ctx<'_> {
                 keys,
                 outbound: m.outbound,
                 inbound: m.inbound,
+                reconcile: m.reconcile,
                 at: prefix,
             });
         }

@@ -210,6 +210,7 @@ options! {
         keys: Spanned<RawKeys> => RawKeys,
         outbound: Option<Spanned<RawMerchantOutbound>> => RawMerchantOutbound,
         inbound: Option<Spanned<RawMerchantInbound>> => RawMerchantInbound,
+        reconcile: Option<Spanned<RawMerchantReconcile>> => RawMerchantReconcile,
     }
 }
 
@@ -231,6 +232,15 @@ options! {
     struct RawMerchantInbound {
         forward_to: Option<Spanned<String>> = Kind::Url, None, Restart;
         path_map: Option<BTreeMap<Spanned<String>, Spanned<String>>> = Kind::Table, None, Restart;
+    }
+}
+
+options! {
+    /// `[merchants.reconcile]`: what a merchant may override of the shared `[reconcile]`
+    /// (unset: the shared value).
+    #[derive(Default)]
+    struct RawMerchantReconcile {
+        backfill: Option<Spanned<bool>> = Kind::Bool, None, Restart;
     }
 }
 
@@ -324,6 +334,7 @@ options! {
 
 options! {
     /// `[reconcile]`: the missed-notification reconciler (inquiryPayment, then cancel).
+    #[derive(Default)]
     struct RawReconcile {
         enabled: Option<bool> = Kind::Bool, Some("false"), Restart;
         reconcile_after: Option<Spanned<String>> = Kind::Duration, Some("\"60s\""), Restart;

@@ -354,6 +354,9 @@ pub struct BackfillConfig {
     /// `[reconcile] deliver_path`: where a recovered event goes when its notify path is not
     /// known from a pay record.
     pub deliver_path: Option<String>,
+    /// The merchants whose log the worker walks, in config order: `[reconcile] backfill`, or
+    /// the merchant's own `[merchants.reconcile] backfill` where set. Never empty.
+    pub merchants: Vec<String>,
 }
 
 /// Longest `[reconcile] backfill_window`: Antom keeps its notification event log 30 days.

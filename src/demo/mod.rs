@@ -5,7 +5,9 @@
 //! in for the merchant app, and the real sidecar (`alipay-sidecar run`, as a child process).
 //! Then it runs one pay → inquiry round trip through the sidecar and waits for the gateway's
 //! signed PAYMENT_RESULT notification to pass the sidecar's inbound verifier and reach the
-//! receiver. Every exchange is shown as it happens, the user's own curl requests included:
+//! receiver, a missed notification reconciled, and a dropped one recovered by the backfill
+//! from the gateway's event log; it ends with the audit of that log against the journal
+//! (`notifications audit`). Every exchange is shown as it happens, the user's own curl requests included:
 //! `[gateway]` lines (the headers the sidecar signed, notifications sent), `[sidecar]` lines
 //! (the sidecar's JSON log, piped through the demo: each exchange's verdict) and `[app]` lines
 //! (notifications delivered).
@@ -29,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::mock_gateway::{MockGateway, MockGatewayConfig};
-use flows::sample_traffic;
+use flows::{sample_traffic, AuditTarget};
 use receiver::{start_receiver, Delivered};
 use report::{print_listening, print_try_it, GatewayView};
 use setup::{
@@ -232,7 +234,11 @@ async fn demo_in(dir: &Path, args: &DemoArgs, traffic_done: Arc<AtomicBool>) -> 
     print_listening(&gw, &ca, child.pid(), &listeners, app, client_id);
     let out = format!("http://{}", listeners.outbound);
     let inbound = format!("http://{}", listeners.inbound);
-    let traffic = sample_traffic(&out, &inbound, &view, &received, &exchanges).await;
+    let audit = AuditTarget {
+        config: config_path.clone(),
+        via: listeners.outbound,
+    };
+    let traffic = sample_traffic(&out, &inbound, &view, &received, &exchanges, audit).await;
     if let Err(e) = &traffic {
         eprintln!(
             "   sample traffic failed: {e}\n   the sidecar's last log lines:\n{}",

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,9 +65,13 @@ pub(super) fn print_try_it(listeners: &Listeners) {
 /// whether the gateway could verify them) and each notification it delivers, once each:
 /// polled in the background, and right after each scripted request so the output keeps its
 /// order.
+///
+/// The backfill's `inquireNotificationList` calls (every few seconds, for as long as the demo
+/// runs) are shown only while [`GatewayView::show_walks`] is on, one line each.
 pub(super) struct GatewayView {
     pub(super) gw: Arc<MockGateway>,
     seen: Mutex<(Option<ReceivedRequest>, usize)>,
+    walks: AtomicBool,
 }
 
 impl GatewayView {
@@ -74,7 +79,13 @@ impl GatewayView {
         GatewayView {
             gw,
             seen: Mutex::default(),
+            walks: AtomicBool::new(false),
         }
+    }
+
+    /// Shows (or hides) the backfill's walks of the event log.
+    pub(super) fn show_walks(&self, on: bool) {
+        self.walks.store(on, Ordering::SeqCst);
     }
 
     pub(super) fn print_new(&self) {
@@ -87,6 +98,16 @@ impl GatewayView {
             None => 0,
         };
         for r in &all[start..] {
+            if r.target.ends_with(crate::backfill::walk::LIST_TAIL) {
+                if self.walks.load(Ordering::SeqCst) {
+                    println!(
+                        "   [gateway] received POST {} ({}): the sidecar's backfill reads the notification event log",
+                        r.target,
+                        if r.verified { "signature valid" } else { "signature INVALID" },
+                    );
+                }
+                continue;
+            }
             let signature = r.header("signature").unwrap_or("(none)");
             println!(
                 "   [gateway] received {} {} as signed by the sidecar ({}):\n               client-id: {}\n               request-time: {}\n               signature: {}",

@@ -146,6 +146,11 @@ enabled = true
 reconcile_after = "1s"
 inquiry_schedule = ["500ms"]
 default_close_after = "30s"
+# the backfill from Alipay's notification event log (inquireNotificationList): every 3s for
+# the demo (default 5m); it recovers a notification whose delivery failed
+backfill = true
+backfill_interval = "3s"
+deliver_path = "/alipay/notify"
 [log]
 # JSON, read by the demo to show each exchange
 format = "json"

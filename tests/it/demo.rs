@@ -272,6 +272,7 @@ fn sigkill_takes_the_sidecar_along_and_the_next_demo_removes_the_folder() {
     }
     assert!(!stdout.contains("try it yourself"), "{stdout}");
     assert!(!stdout.contains("curl "), "{stdout}");
+    assert_demo_ends_with_the_audit(&stdout);
     assert!(
         !stdout.contains(" /ams/api/"),
         "a SANDBOX_ id uses sandbox paths: {stdout}"
@@ -326,5 +327,65 @@ fn a_busy_port_is_named() {
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains("listening"),
         "nothing was started"
+    );
+}
+
+/// The demo drops a REFUND_RESULT on purpose, its backfill recovers it from the gateway's
+/// event log, and it ends with `notifications audit`'s table: every type in the journal and
+/// delivered, nothing missing, then the success line.
+fn assert_demo_ends_with_the_audit(stdout: &str) {
+    let line = |prefix: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?}:\n{stdout}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    assert!(
+        stdout.contains("X-Alipay-Sidecar-Source: inquireNotificationList"),
+        "the dropped REFUND_RESULT reached the app through the backfill:\n{stdout}"
+    );
+    let recovered = stdout
+        .lines()
+        .position(|l| l.contains("X-Alipay-Sidecar-Source: inquireNotificationList"))
+        .unwrap();
+    assert!(
+        stdout
+            .lines()
+            .nth(recovered + 1)
+            .is_some_and(|l| l.contains("REFUND_RESULT")),
+        "the recovered one is the REFUND_RESULT:\n{stdout}"
+    );
+    // TYPE AT-ALIPAY IN-JOURNAL DELIVERED MISSING
+    assert_eq!(
+        line("TYPE"),
+        [
+            "TYPE",
+            "AT",
+            "ALIPAY",
+            "IN",
+            "JOURNAL",
+            "DELIVERED",
+            "MISSING"
+        ],
+        "{stdout}"
+    );
+    assert_eq!(line("REFUND_RESULT")[1..], ["1", "1", "1", "0"], "{stdout}");
+    assert_eq!(
+        line("PAYMENT_RESULT")[1..],
+        ["2", "2", "2", "0"],
+        "{stdout}"
+    );
+    let audit = stdout.find("== 7. the audit").expect("the audit step");
+    let nothing = stdout[audit..]
+        .find("nothing missing")
+        .expect("the audit says nothing is missing");
+    let done = stdout.find("== done:").expect("the success line");
+    assert!(
+        audit + nothing < done,
+        "the audit comes before the success line:\n{stdout}"
     );
 }

@@ -50,6 +50,7 @@ impl Ctx<'_> {
         };
         let backfill = self.build_backfill(
             raw.reconcile.as_ref(),
+            &drafts,
             store.is_some() && outbound.is_some() && inbound.is_some(),
         )?;
         let reconcile = match raw.reconcile {
