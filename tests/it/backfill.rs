@@ -2,7 +2,7 @@
 //! the fake gateway (its event log and `inquireNotificationList`, notifications dropped on
 //! purpose with notify mode `drop`), a real SQLite file; the app stand-in counts what it gets.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sidecar_store::{Store, StoreConfig};
 
@@ -13,9 +13,9 @@ const NOTIFY_PATH: &str = "/alipay/notify";
 const LIST: &str = "/ams/api/v1/notification/inquireNotificationList";
 const SOURCE: &str = "X-Alipay-Sidecar-Source";
 
-/// Walks every second (when `on`); recovered events go to [`NOTIFY_PATH`].
-fn reconcile_section(on: bool) -> String {
-    format!("[reconcile]\nbackfill = {on}\nbackfill_interval = \"1s\"\ndeliver_path = \"{NOTIFY_PATH}\"\n")
+/// Walks every `interval` (when `on`); recovered events go to [`NOTIFY_PATH`].
+fn reconcile_section(on: bool, interval: &str) -> String {
+    format!("[reconcile]\nbackfill = {on}\nbackfill_interval = \"{interval}\"\ndeliver_path = \"{NOTIFY_PATH}\"\n")
 }
 
 struct Setup {
@@ -41,7 +41,7 @@ impl Setup {
     fn with_worker(page_max: usize, on: bool) -> Setup {
         let app = App::start(Behaviour::Ack);
         let (config, section, dir) = sqlite();
-        Self::on(app, config, &section, Some(dir), page_max, on)
+        Self::on(app, config, &section, Some(dir), page_max, on, "1s")
     }
 
     fn on(
@@ -51,11 +51,12 @@ impl Setup {
         db: Option<tempfile::TempDir>,
         page_max: usize,
         on: bool,
+        interval: &str,
     ) -> Setup {
         let toml_tail = format!(
             "{}{store_section}{}\n[log]\nformat = \"json\"\n",
             inbound_section(&app.url()),
-            reconcile_section(on)
+            reconcile_section(on, interval)
         );
         let rig = Rig::start(
             RigConfig {
@@ -285,6 +286,21 @@ fn the_cursor_survives_a_restart() {
     );
 }
 
+/// The walks the gateway saw, in the order they came: (`eventCreateTimeFrom`,
+/// `eventCreateTimeTo`) of each walk's first page (one page per walk here).
+fn walks(gw: &ams_mock_gateway::MockGateway) -> Vec<(SystemTime, SystemTime)> {
+    gw.received()
+        .iter()
+        .filter(|r| r.target == LIST)
+        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap())
+        .filter(|b| b.get("startingAfter").is_none())
+        .map(|b| {
+            let t = |k: &str| humantime::parse_rfc3339(b[k].as_str().unwrap()).unwrap();
+            (t("eventCreateTimeFrom"), t("eventCreateTimeTo"))
+        })
+        .collect()
+}
+
 #[test]
 fn two_replicas_on_postgresql_walk_once() {
     let Some(admin) = pg_admin_url("two_replicas_on_postgresql_walk_once") else {
@@ -293,6 +309,8 @@ fn two_replicas_on_postgresql_walk_once() {
     let url = create_database(&admin, "backfill_two");
     let section = format!("[store]\nurl = {url:?}\n");
     let app = App::start(Behaviour::Ack);
+    // 4s: two walks due in one interval would start from one cursor at least 2s (half an
+    // interval) apart, more than the wire's whole-second rounding hides
     let s = Setup::on(
         app,
         StoreConfig::postgres(url.clone()),
@@ -300,6 +318,7 @@ fn two_replicas_on_postgresql_walk_once() {
         None,
         100,
         true,
+        "4s",
     );
     // a second replica on the same database and gateway
     let gateway = format!("https://127.0.0.1:{}", s.rig.gw.local_addr().port());
@@ -310,15 +329,48 @@ fn two_replicas_on_postgresql_walk_once() {
     .toml(&gateway, s.rig.gw.ca_file());
     let dir2 = tempfile::tempdir().unwrap();
     write_vector_keys(dir2.path());
-    let _second = Sidecar::start(dir2.path(), &toml);
+    let second = Sidecar::start(dir2.path(), &toml);
     let payment_id = s.pay("bf-pg-1", "immediate");
     s.refund_dropped("bf-pg-refund-1", &payment_id);
     s.rig
         .eventually("the app receives the recovered REFUND_RESULT", || {
             (!s.received("bf-pg-refund-1").is_empty()).then_some(())
         });
+    // both replicas take part: each claims the lease between walks and reads the shared
+    // cursor (the gauge is set from the cursor when the claim succeeds)
+    for (name, sidecar) in [("first", &s.rig.sidecar), ("second", &second)] {
+        sidecar.eventually(
+            &format!("the {name} replica reads the shared cursor"),
+            || {
+                let v = sidecar.metrics().sum(
+                    "alipay_sidecar_backfill_last_complete_timestamp_seconds",
+                    &[("merchant", "default")],
+                );
+                (v > 0.0).then_some(())
+            },
+        );
+    }
+    s.rig.eventually("at least four walks", || {
+        (walks(&s.rig.gw).len() >= 4).then_some(())
+    });
     s.two_more_walks();
-    std::thread::sleep(Duration::from_secs(1));
+    // One walk at a time, over one cursor: each walk starts where the one before it ended
+    // (minus the overlap), so no two walks started from the same cursor (as two replicas
+    // walking at once, or both in one interval, would).
+    let w = walks(&s.rig.gw);
+    let overlap = alipay_sidecar::backfill::OVERLAP;
+    for (i, pair) in w.windows(2).enumerate() {
+        let ((_, to), (from, _)) = (pair[0], pair[1]);
+        let start = from + overlap;
+        // the end goes on the wire rounded up to the second, the start rounded down
+        assert!(
+            start <= to && start + Duration::from_secs(1) >= to,
+            "walk {} starts at {:?} + overlap, not at the end {:?} of walk {i}: two walks from one cursor\n{w:?}",
+            i + 1,
+            from,
+            to
+        );
+    }
     assert_eq!(
         s.received("bf-pg-refund-1").len(),
         1,
@@ -334,6 +386,218 @@ fn two_replicas_on_postgresql_walk_once() {
             .count(),
         1
     );
+}
+
+/// A payment lock held by the test; dropped (a failed assertion) inside the runtime, which
+/// closing its connection needs.
+struct Held(Option<(sidecar_store::PaymentLockPool, sidecar_store::AdvisoryLease)>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _in = rt().enter();
+        self.0.take();
+    }
+}
+
+/// A recovered PAYMENT_RESULT is recorded under its payment's lock: while another holder
+/// (here the test, through the same PostgreSQL advisory lock every replica takes) holds it,
+/// the backfill waits, gives up (`alipay_sidecar_payment_lock_busy_total{holder="backfill"}`)
+/// and records nothing; once the lock is free, a later walk recovers it, once.
+#[test]
+fn the_backfill_records_a_payment_result_under_the_payments_lock() {
+    let Some(admin) = pg_admin_url("the_backfill_records_a_payment_result_under_the_payments_lock")
+    else {
+        return;
+    };
+    let url = create_database(&admin, "backfill_lock");
+    let section = format!("[store]\nurl = {url:?}\n");
+    let app = App::start(Behaviour::Ack);
+    let s = Setup::on(
+        app,
+        StoreConfig::postgres(url.clone()),
+        &section,
+        None,
+        100,
+        true,
+        "1s",
+    );
+    let id = "bf-lock-1";
+    let key = sidecar_store::payment_lock_key(CLIENT_ID, id);
+    let mut held = Held(Some(rt().block_on(async {
+        let pool = s
+            .store
+            .payment_lock_pool(Duration::from_secs(10))
+            .expect("a PostgreSQL store has a lock pool");
+        let lease = pool.try_lock(key).await.unwrap().expect("the lock is free");
+        (pool, lease)
+    })));
+    s.pay(id, "drop");
+    let busy = |m: &Metrics| {
+        m.sum(
+            "alipay_sidecar_payment_lock_busy_total",
+            &[("holder", "backfill")],
+        )
+    };
+    s.rig
+        .eventually("the backfill gives up on the held lock", || {
+            (busy(&s.rig.scrape()) >= 1.0).then_some(())
+        });
+    let m = s.rig.scrape();
+    assert_eq!(recovered(&m, "PAYMENT_RESULT"), 0.0);
+    assert!(s.received(id).is_empty(), "nothing delivered while locked");
+    let journaled = rt()
+        .block_on(s.store.list(&sidecar_store::ListFilter::default()))
+        .unwrap();
+    assert!(
+        journaled.iter().all(|e| e.business_id != id),
+        "nothing recorded while locked"
+    );
+
+    let (_pool, lease) = held.0.take().unwrap();
+    rt().block_on(lease.release()).unwrap();
+    let got = s.rig.eventually(
+        "the PAYMENT_RESULT is recovered once the lock is free",
+        || {
+            let r = s.received(id);
+            (!r.is_empty()).then_some(r)
+        },
+    );
+    assert_eq!(got[0].one(SOURCE), Some("inquireNotificationList"));
+    s.two_more_walks();
+    assert_eq!(s.received(id).len(), 1, "delivered once");
+    assert_eq!(recovered(&s.rig.scrape(), "PAYMENT_RESULT"), 1.0);
+}
+
+/// `[merchants.reconcile] backfill` turns the backfill on for one merchant of two: only its
+/// log is walked (list calls, cursor, metrics); the other's dropped notification stays
+/// missing (its audit still shows it).
+#[test]
+fn the_backfill_walks_only_the_merchants_it_is_on_for() {
+    const QUIET: &str = "T_999888777";
+    let dir = tempfile::tempdir().unwrap();
+    write_vector_keys(dir.path());
+    let gw = vector_gateway(dir.path(), |cfg| {
+        cfg.notify_backoff = vec![Duration::ZERO];
+    });
+    let app = App::start(Behaviour::Ack);
+    let db = dir.path().join("state.db");
+    let merchant = |name: &str, client_id: &str, reconcile: &str| {
+        format!("[[merchants]]\nname = \"{name}\"\nclient_id = \"{client_id}\"\n[merchants.keys]\n{VECTOR_KEYS}{reconcile}")
+    };
+    let toml = format!(
+        "[outbound]\nlisten = \"127.0.0.1:0\"\ngateway = \"https://127.0.0.1:{}\"\nca_file = {:?}\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n{}[store]\npath = {:?}\n{}[log]\nformat = \"json\"\n{}{}",
+        gw.local_addr().port(),
+        gw.ca_file().unwrap().display().to_string(),
+        inbound_section(&app.url()),
+        db.display().to_string(),
+        reconcile_section(false, "1s"),
+        merchant("walked", CLIENT_ID, "[merchants.reconcile]\nbackfill = true\n"),
+        merchant("quiet", QUIET, ""),
+    );
+    let sidecar = Sidecar::start(dir.path(), &toml);
+    let outbound = sidecar.addr("outbound");
+    let pay = |merchant: &str, id: &str| {
+        let r = request(
+            outbound,
+            "POST",
+            PAY,
+            &[
+                ("Content-Type", "application/json; charset=UTF-8"),
+                ("X-Alipay-Sidecar-Merchant", merchant),
+            ],
+            pay_body(id, "5800", r#","mockNotify":"drop""#).as_bytes(),
+        )
+        .unwrap();
+        r.assert_status(200, "pay");
+    };
+    pay("walked", "bf-walked-1");
+    pay("quiet", "bf-quiet-1");
+    let received = |needle: &str| {
+        app.received()
+            .into_iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains(needle))
+            .count()
+    };
+    sidecar.eventually(
+        "the walked merchant's dropped PAYMENT_RESULT is recovered",
+        || (received("bf-walked-1") == 1).then_some(()),
+    );
+    // two more complete walks of the walked merchant
+    let last = || {
+        sidecar.metrics().sum(
+            "alipay_sidecar_backfill_last_complete_timestamp_seconds",
+            &[("merchant", "walked")],
+        )
+    };
+    for _ in 0..2 {
+        let t = last();
+        sidecar.eventually("a walk completes", || (last() > t).then_some(()));
+    }
+    assert_eq!(
+        received("bf-quiet-1"),
+        0,
+        "the quiet merchant's log is not walked"
+    );
+    let lists: Vec<_> = gw
+        .received()
+        .into_iter()
+        .filter(|r| r.target == LIST)
+        .collect();
+    assert!(lists.len() >= 3, "{}", lists.len());
+    assert!(
+        lists
+            .iter()
+            .all(|r| r.header("client-id") == Some(CLIENT_ID)),
+        "only the walked merchant's client id asks for its event log"
+    );
+    let m = sidecar.metrics();
+    assert!(
+        m.matching(
+            "alipay_sidecar_backfill_last_complete_timestamp_seconds",
+            &[("merchant", "quiet")]
+        )
+        .next()
+        .is_none(),
+        "no backfill series for the quiet merchant:\n{}",
+        m.text
+    );
+    let store = rt()
+        .block_on(Store::open(&StoreConfig::sqlite(db.clone())))
+        .unwrap();
+    assert!(rt()
+        .block_on(store.backfill_cursor("walked"))
+        .unwrap()
+        .last_complete_to
+        .is_some());
+    assert_eq!(
+        rt().block_on(store.backfill_cursor("quiet")).unwrap(),
+        sidecar_store::BackfillCursor::default(),
+        "no cursor for the quiet merchant"
+    );
+    // the on-demand audit still reads a merchant whose backfill is off
+    let config = sidecar.config_path.display().to_string();
+    let via = outbound.to_string();
+    let (code, out, err) = run_bounded(
+        &mut command(&[
+            "notifications",
+            "audit",
+            "--config",
+            &config,
+            "--merchant",
+            "quiet",
+            "--since",
+            "1h",
+            "--via",
+            &via,
+        ]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        code, 3,
+        "the quiet merchant's dropped one is missing\n{out}{err}"
+    );
+    assert!(out.contains("PAYMENT_RESULT"), "{out}");
 }
 
 /// `notifications <cmd> --merchant default --since 1h --via <outbound>` on the running
