@@ -72,6 +72,22 @@ pub use typed::*;
 use error::{Ctx, EXAMPLE_CONFIG_HINT};
 use raw::RawConfig;
 
+/// The config path when neither `--config` nor `ALIPAY_SIDECAR_CONFIG` names one: where the
+/// container image mounts it (config and keys under `/etc/alipay-sidecar/`).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/alipay-sidecar/sidecar.toml";
+
+/// Checks a log filter (`[log] level`, `run --log-level`): what is wrong and what to write.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "\"{filter}\" is not a log filter ({e}); write \"error\", \"warn\", \"info\", \
+                 \"debug\" or \"trace\", or a filter such as \"alipay_sidecar=debug,info\""
+            )
+        })
+}
+
 /// Prefix of every environment variable that overrides a config value.
 pub const ENV_PREFIX: &str = "ALIPAY_SIDECAR_";
 
@@ -130,6 +146,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            advice: error::read_advice(
+                &path,
+                source.kind(),
+                std::env::var_os("ALIPAY_SIDECAR_CONFIG").as_deref(),
+            ),
             path: path.clone(),
             source,
         })?;
