@@ -672,4 +672,56 @@ region = "sea"
             assert!(parse(&text).is_err(), "{bad}");
         }
     }
+
+    /// A misspelt section gets "did you mean" with the section's own spelling (issue 20):
+    /// `[outbond]` → `[outbound]`, `[[merchant]]` → `[[merchants]]`, a nested one with its
+    /// path; a misspelt key still gets the key.
+    #[test]
+    fn misspelt_sections_get_did_you_mean() {
+        for (text, want) in [
+            (
+                BASE.replace("[outbound]", "[outbond]"),
+                "did you mean `[outbound]`?",
+            ),
+            (
+                format!("{BASE}[[merchant]]\nname = \"a\"\n"),
+                "did you mean `[[merchants]]`?",
+            ),
+            (
+                format!("{BASE}[sever]\nthreads = 2\n"),
+                "did you mean `[server]`?",
+            ),
+            (
+                "[[merchants]]\nname = \"a\"\nclient_id = \"T_1\"\n[merchants.key]\nx = 1\n"
+                    .to_string(),
+                "did you mean `[merchants.keys]`?",
+            ),
+            (format!("{BASE}regon = \"na\"\n"), "did you mean `region`?"),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    /// A config that cannot be read at the default path says it is the default path and how
+    /// to make a config; another path is blamed on --config or on ALIPAY_SIDECAR_CONFIG.
+    #[test]
+    fn unreadable_config_advice_names_where_the_path_came_from() {
+        use std::ffi::OsStr;
+        use std::io::ErrorKind::NotFound;
+        let default = Path::new(DEFAULT_CONFIG_PATH);
+        let a = error::read_advice(default, NotFound, None);
+        assert!(
+            a.contains("is the default config path")
+                && a.contains("cp config/sidecar.example.toml"),
+            "{a}"
+        );
+        let a = error::read_advice(default, NotFound, Some(OsStr::new(DEFAULT_CONFIG_PATH)));
+        assert!(a.contains("ALIPAY_SIDECAR_CONFIG"), "{a}");
+        let other = Path::new("/srv/x.toml");
+        let a = error::read_advice(other, NotFound, None);
+        assert!(a.contains("given with --config"), "{a}");
+        let a = error::read_advice(other, NotFound, Some(OsStr::new("/srv/x.toml")));
+        assert!(a.contains("check the path in ALIPAY_SIDECAR_CONFIG"), "{a}");
+    }
 }
