@@ -181,13 +181,18 @@ pub fn main() -> i32 {
     // Before pingora builds any TLS config, so the gateway TLS runs on aws-lc-rs like the
     // signatures (why and what else stays linked: src/tls.rs).
     crate::tls::install_tls_provider();
-    let cli = match command()
+    let parsed = command()
         .try_get_matches()
-        .and_then(|m| Cli::from_arg_matches(&m))
-    {
-        Ok(cli) => cli,
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
-            let _ = e.print();
+            match invalid_env_value(&e, std::env::args_os().skip(1)) {
+                Some(message) => eprintln!("error: {message}"),
+                None => {
+                    let _ = e.print();
+                }
+            }
             return e.exit_code();
         }
     };
@@ -198,7 +203,20 @@ pub fn main() -> i32 {
             // The command-line options go through the same override path as the environment
             // (validated and reported like any other ALIPAY_SIDECAR_* value). Setting them here
             // is sound: no other thread exists yet.
+            // A bad --log-level is reported as the flag's: passed on through the variable, the
+            // config would blame ALIPAY_SIDECAR_LOG_LEVEL, which the user never set (issue 20).
+            // A value that did come from the variable is left to the config, which names it.
             if let Some(level) = &args.log_level {
+                let from_flag = matches
+                    .subcommand_matches("run")
+                    .and_then(|m| m.value_source("log_level"))
+                    == Some(clap::parser::ValueSource::CommandLine);
+                if from_flag {
+                    if let Err(message) = crate::config::check_log_filter(level) {
+                        eprintln!("error: --log-level: {message}");
+                        return exit::EXIT_USAGE;
+                    }
+                }
                 std::env::set_var("ALIPAY_SIDECAR_LOG_LEVEL", level);
             }
             if let Some(format) = args.log_format {
@@ -269,6 +287,51 @@ pub fn main() -> i32 {
     }
 }
 
+/// clap blames the flag (`invalid value 'xml' for '--log-format <FORMAT>'`) also when the value
+/// came from the option's environment variable; then this names the variable instead, since
+/// the command line the user typed holds no such flag (issue 20). `None`: clap's own message
+/// is right.
+fn invalid_env_value(
+    e: &clap::Error,
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::InvalidValue {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.to_string();
+    let args: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+    if args
+        .iter()
+        .any(|a| *a == long || a.starts_with(&format!("{long}=")))
+    {
+        return None;
+    }
+    let flag = long.trim_start_matches('-');
+    let env = env_of(&command(), flag)?;
+    let value = std::env::var(&env).ok()?;
+    let valid = match e.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(values)) => format!(": one of {}", values.join(", ")),
+        _ => String::new(),
+    };
+    Some(format!(
+        "environment variable {env} is {value:?}, which is not a valid value for {long}{valid}; \
+         fix or unset the variable"
+    ))
+}
+
+/// The environment variable of the long option `flag` anywhere in `cmd`'s subcommands.
+fn env_of(cmd: &clap::Command, flag: &str) -> Option<String> {
+    cmd.get_arguments()
+        .find(|a| a.get_long() == Some(flag))
+        .and_then(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned())
+        .or_else(|| cmd.get_subcommands().find_map(|sub| env_of(sub, flag)))
+}
+
 /// Writes generated text to stdout; a closed pipe (`| head`) is not an error.
 fn write_out(bytes: &[u8], what: &str) -> i32 {
     use std::io::Write;
@@ -286,6 +349,10 @@ fn healthcheck(args: &HealthcheckArgs) -> i32 {
     let url = match (&args.url, &args.config) {
         (Some(url), _) => url.clone(),
         (None, Some(path)) => match crate::config::Config::load(path) {
+            Ok(config) if config.admin.listen.port() == 0 => {
+                eprintln!("error: {}", ephemeral_admin_port(path, config.admin.listen));
+                return exit::EXIT_USAGE;
+            }
             Ok(config) => readyz_url(config.admin.listen),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -295,6 +362,19 @@ fn healthcheck(args: &HealthcheckArgs) -> i32 {
         (None, None) => "http://127.0.0.1:9090/readyz".to_string(),
     };
     crate::admin::healthcheck(&url, args.timeout)
+}
+
+/// Why `healthcheck --config` cannot probe an admin listener on port 0: the port is picked
+/// when the sidecar binds it, so the config does not know it (probing `127.0.0.1:0` only ever
+/// says "connection refused", issue 20). Names the ways to learn the port.
+fn ephemeral_admin_port(config: &std::path::Path, listen: std::net::SocketAddr) -> String {
+    format!(
+        "{}: `[admin] listen = \"{listen}\"` has port 0 (ephemeral): the sidecar picks the \
+         port when it starts, so healthcheck cannot know it from the config. Pass the address \
+         instead, --url http://127.0.0.1:PORT/readyz (`run --ready-file FILE` writes the bound \
+         address of each listener to FILE), or give [admin] listen a fixed port",
+        config.display()
+    )
 }
 
 /// `/readyz` on the admin listener; a wildcard listen address is probed on loopback.

@@ -123,40 +123,56 @@ pub fn permission_denied_hint(path: &Path) -> String {
         use std::os::unix::fs::MetadataExt;
         // SAFETY: geteuid/getegid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        let owner = std::fs::metadata(path)
-            .map(|m| {
-                format!(
-                    " (the file is owned by {}:{} with mode {:04o})",
-                    m.uid(),
-                    m.gid(),
-                    m.mode() & 0o7777
-                )
-            })
-            .unwrap_or_default();
-        let container = if uid == CONTAINER_UID {
-            format!(
-                "; in the container image the sidecar is uid:gid {CONTAINER_UID}:{CONTAINER_UID}: \
-                 on the host, `sudo chown {CONTAINER_UID}:{CONTAINER_UID}` the key files with \
-                 mode 0400 (or `chgrp {CONTAINER_UID}` with mode 0440) before mounting them; in \
-                 Kubernetes set fsGroup: {CONTAINER_UID} and defaultMode: 0440 on the Secret \
-                 volume (see config/kubernetes/deployment.yaml)"
-            )
-        } else {
-            format!(
-                "; `chown {uid}` the file (mode 0600), or run the sidecar as its owner (in the \
-                 container image the sidecar is uid:gid {CONTAINER_UID}:{CONTAINER_UID})"
-            )
-        };
-        format!(
-            "permission denied: the sidecar runs as uid {uid}, gid {gid}{owner} and must be \
-             able to read the file (and every folder above it){container}"
-        )
+        let file = std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.uid(), m.gid(), m.mode() & 0o7777));
+        permission_advice(path, uid, gid, file)
     }
     #[cfg(not(unix))]
     {
         let _ = path;
         "permission denied; give the user the sidecar runs as read access to the file".into()
     }
+}
+
+/// [`permission_denied_hint`] for a sidecar running as `uid`:`gid` and a file with `file` =
+/// (owner uid, owner gid, mode) when its metadata could be read (pure, for the tests). The fix
+/// depends on why: a file the sidecar owns but whose mode forbids reading needs `chmod`, not
+/// `chown` (issue 20: a mode-0000 key got "chown" advice); someone else's file needs
+/// `chown`; a readable file behind a closed folder needs the folder fixed.
+pub fn permission_advice(path: &Path, uid: u32, gid: u32, file: Option<(u32, u32, u32)>) -> String {
+    let shown = path.display();
+    let owner = file
+        .map(|(fuid, fgid, mode)| {
+            format!(" (the file is owned by {fuid}:{fgid} with mode {mode:04o})")
+        })
+        .unwrap_or_default();
+    let advice = match file {
+        Some((fuid, _, mode)) if fuid == uid && mode & 0o400 == 0 => format!(
+            "; the sidecar owns the file, but its mode lets no one read it: `chmod 600 {shown}`"
+        ),
+        Some((fuid, _, _)) if fuid == uid => format!(
+            "; the file itself is readable by its owner, the sidecar, so a folder above it is \
+             closed to uid {uid}: give that folder execute (search) permission (`namei -l \
+             {shown}` shows which one)"
+        ),
+        _ if uid == CONTAINER_UID => format!(
+            "; in the container image the sidecar is uid:gid {CONTAINER_UID}:{CONTAINER_UID}: \
+             on the host, `sudo chown {CONTAINER_UID}:{CONTAINER_UID}` the key files with \
+             mode 0400 (or `chgrp {CONTAINER_UID}` with mode 0440) before mounting them; in \
+             Kubernetes set fsGroup: {CONTAINER_UID} and defaultMode: 0440 on the Secret \
+             volume (see config/kubernetes/deployment.yaml)"
+        ),
+        _ => format!(
+            "; `sudo chown {uid} {shown} && chmod 600 {shown}`, or run the sidecar as the \
+             file's owner (in the container image the sidecar is uid:gid \
+             {CONTAINER_UID}:{CONTAINER_UID})"
+        ),
+    };
+    format!(
+        "permission denied: the sidecar runs as uid {uid}, gid {gid}{owner} and must be able \
+         to read the file (and every folder above it){advice}"
+    )
 }
 
 #[cfg(test)]
@@ -175,6 +191,38 @@ mod tests {
         assert!(access(0o644, 7).too_open(), "others can read");
         assert!(access(0o640, 0).too_open(), "another group can read");
         assert!(!access(0o440, 7).too_open(), "the sidecar's own group");
+    }
+
+    /// The advice fits the cause: the owner's own unreadable file gets `chmod 600`, never
+    /// `chown` (issue 20); someone else's file gets `chown`; the container's uid its recipe.
+    #[test]
+    fn permission_advice_fits_the_cause() {
+        let path = Path::new("/k/merchant_private_key.pem");
+        let own = permission_advice(path, 1000, 1000, Some((1000, 1000, 0o000)));
+        assert!(
+            own.contains("`chmod 600 /k/merchant_private_key.pem`"),
+            "{own}"
+        );
+        assert!(!own.contains("chown"), "{own}");
+        let folder = permission_advice(path, 1000, 1000, Some((1000, 1000, 0o600)));
+        assert!(
+            folder.contains("a folder above it") && !folder.contains("chown"),
+            "{folder}"
+        );
+        let other = permission_advice(path, 1000, 1000, Some((0, 0, 0o600)));
+        assert!(
+            other.contains("sudo chown 1000 /k/merchant_private_key.pem"),
+            "{other}"
+        );
+        let container = permission_advice(path, CONTAINER_UID, CONTAINER_UID, Some((0, 0, 0o600)));
+        assert!(container.contains("fsGroup: 65532"), "{container}");
+        let container_own = permission_advice(
+            path,
+            CONTAINER_UID,
+            CONTAINER_UID,
+            Some((CONTAINER_UID, 0, 0)),
+        );
+        assert!(container_own.contains("chmod 600"), "{container_own}");
     }
 
     #[test]

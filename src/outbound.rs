@@ -124,6 +124,19 @@ impl<G: UpstreamClient> Outbound<G> {
         self
     }
 
+    /// The merchant a request head is for, when it can be told before the body is read (the
+    /// only one, or the one [`MERCHANT_HEADER`] names), for messages; [`Self::select`] decides.
+    fn head_merchant(&self, header: &RequestHeader) -> Option<&OutboundMerchant<G>> {
+        match self.merchants.as_slice() {
+            [only] => Some(only),
+            several => {
+                let value = header.headers.get(MERCHANT_HEADER)?;
+                let name = String::from_utf8_lossy(value.as_bytes());
+                several.iter().find(|m| m.name.as_ref() == name.trim())
+            }
+        }
+    }
+
     /// The merchant a request is for, with its key snapshot: the only one, or the one the
     /// request names in [`MERCHANT_HEADER`] (400 `SIDECAR_MERCHANT_UNKNOWN` naming the
     /// configured merchants when it names none or an unknown one).
@@ -576,12 +589,16 @@ impl<G: UpstreamClient> Handler for Outbound<G> {
     /// The request head before the body is read: not from a browser, addressed to this
     /// sidecar (DNS rebinding), and a target inside the allowed prefixes.
     fn check_head(&self, header: &RequestHeader, target: &str) -> Result<(), Refusal> {
-        if let Some(name) = ["origin", "sec-fetch-site", "sec-fetch-mode"]
-            .into_iter()
-            .find(|h| header.headers.contains_key(*h))
+        if let Some(name) = [
+            ("origin", "an Origin"),
+            ("sec-fetch-site", "a Sec-Fetch-Site"),
+            ("sec-fetch-mode", "a Sec-Fetch-Mode"),
+        ]
+        .into_iter()
+        .find_map(|(h, name)| header.headers.contains_key(h).then_some(name))
         {
             let msg = format!(
-                "the request carries a {name} header, so a web browser sent it; the signing \
+                "the request carries {name} header, so a web browser sent it; the signing \
                  proxy only takes calls from the app's server-side SDK (a web page must never \
                  get requests signed with the merchant key)"
             );
@@ -602,8 +619,16 @@ impl<G: UpstreamClient> Handler for Outbound<G> {
                 }
             }
         }
-        target_allowed(target, &self.policy.allowed_path_prefixes)
-            .map_err(|msg| Refusal::new(SidecarError::PathNotAllowed, msg))
+        target_allowed(target, &self.policy.allowed_path_prefixes).map_err(|msg| {
+            let hint = self.head_merchant(header).and_then(|m| {
+                environment_hint(&m.client_id, target, &self.policy.allowed_path_prefixes)
+            });
+            let msg = match hint {
+                Some(hint) => format!("{msg}. {hint}"),
+                None => msg,
+            };
+            Refusal::new(SidecarError::PathNotAllowed, msg)
+        })
     }
 
     async fn handle(&self, request: Request) -> Reply {
@@ -646,7 +671,7 @@ mod service;
 pub use merchant::OutboundMerchant;
 use merchant::REPLACED;
 
-pub use policy::{host_allowed, host_name, target_allowed, OutboundPolicy};
+pub use policy::{environment_hint, host_allowed, host_name, target_allowed, OutboundPolicy};
 pub use service::{listeners, services, OutboundServices};
 
 mod session_routes;

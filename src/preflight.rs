@@ -124,7 +124,7 @@ fn checked(mut keys: KeySet, findings: Vec<Finding>) -> Result<KeySet, KeySetErr
 }
 
 /// Client ids that are obviously the placeholder of an example config, not a real id.
-fn is_placeholder_client_id(id: &str) -> bool {
+pub fn is_placeholder_client_id(id: &str) -> bool {
     let upper = id.to_ascii_uppercase();
     let squeezed: String = upper
         .chars()
@@ -181,7 +181,11 @@ pub fn merchant(config: &Config, merchant: &MerchantConfig, keys: &KeySet) -> Ve
     };
 
     // 0. The example config's placeholder client id, and a private key others can read.
-    if is_placeholder_client_id(client_id) {
+    // A placeholder says nothing about sandbox or live, nor which client an API key belongs
+    // to: the checks of the client id below are left out, so the one error that matters is
+    // not followed by a misleading "live client id" one (issue 20).
+    let placeholder = is_placeholder_client_id(client_id);
+    if placeholder {
         out.push(error(format!(
             "{}: \"{}\" is a placeholder, not a client id: every request would be signed for \
              a merchant that does not exist. Put the Client ID from the Alipay (Antom) developer \
@@ -209,7 +213,13 @@ pub fn merchant(config: &Config, merchant: &MerchantConfig, keys: &KeySet) -> Ve
 
     // API-key mode: the key's client id and environment against the merchant's settings.
     if let Credential::ApiKey(api_key) = &keys.credential {
-        out.extend(api_key_mode(config, merchant, api_key, &credential_key));
+        out.extend(api_key_mode(
+            config,
+            merchant,
+            api_key,
+            &credential_key,
+            placeholder,
+        ));
     }
 
     // 1. The merchant's own public key configured as Alipay's.
@@ -263,9 +273,9 @@ pub fn merchant(config: &Config, merchant: &MerchantConfig, keys: &KeySet) -> Ve
         )));
     }
 
-    // 4. SANDBOX_ client id against live settings, and the reverse.
+    // 4. SANDBOX_ client id against live settings, and the reverse (not for a placeholder).
     let sandbox = merchant.is_sandbox();
-    if let Some(o) = &config.outbound {
+    if let Some(o) = config.outbound.as_ref().filter(|_| !placeholder) {
         let has_sandbox_prefix = o
             .allowed_path_prefixes
             .iter()
@@ -334,9 +344,10 @@ fn api_key_mode(
     merchant: &MerchantConfig,
     api_key: &ApiKey,
     key: &str,
+    placeholder_client_id: bool,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    if api_key.client_id() != merchant.client_id {
+    if api_key.client_id() != merchant.client_id && !placeholder_client_id {
         out.push(error(format!(
             "{}: the API key ({}) was issued for client id \"{}\", but this merchant's \
              client_id is \"{}\": Alipay refuses a key used for another client. Put this \
@@ -669,5 +680,24 @@ mod tests {
             .contains("sandbox one"));
         c.outbound.as_mut().unwrap().sandbox_path_rewrite = true;
         assert!(load_first(&c).is_ok());
+    }
+
+    /// A placeholder client id is one error; the sandbox/live checks of that "client id"
+    /// would only add a misleading second one (issue 20).
+    #[test]
+    fn a_placeholder_client_id_is_one_error_without_follow_ons() {
+        let (_d, mut c) = setup(
+            "allowed_path_prefixes = [\"/ams/sandbox/api/\"]\nsandbox_path_rewrite = true\n",
+            "private_pkcs8_pem",
+            "alipay.public_spki_pem",
+        );
+        c.merchants[0].client_id = "YOUR_CLIENT_ID".into();
+        let k = load_first(&c).unwrap_err();
+        let KeySetError::Preflight { findings } = &k else {
+            panic!("{k}");
+        };
+        assert_eq!(findings.len(), 1, "{k}");
+        assert!(findings[0].message.contains("is a placeholder"), "{k}");
+        assert!(!k.to_string().contains("live"), "{k}");
     }
 }

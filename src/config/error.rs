@@ -56,12 +56,14 @@ impl fmt::Display for Origin {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file itself could not be read.
-    #[error("cannot read config file {}: {source}; check the path given with --config (or ALIPAY_SIDECAR_CONFIG)", path.display())]
+    #[error("cannot read config file {}: {source}; {advice}", path.display())]
     Read {
         /// The path that was tried.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+        /// What to do: [`read_advice`].
+        advice: String,
     },
     /// A value (or the TOML syntax) is wrong.
     #[error("{0}")]
@@ -127,6 +129,44 @@ fn render_invalid(
     out.push_str(": ");
     out.push_str(message);
     out
+}
+
+/// What to do about a config file that cannot be read at `path`. The default path
+/// ([`super::DEFAULT_CONFIG_PATH`], where the container image expects the file) is named as
+/// such: a newcomer who ran `check-config` without `--config` never typed it, so "check the
+/// path given with --config" would send them looking for a flag they did not give (issue 20).
+/// `config_env` is the value of `ALIPAY_SIDECAR_CONFIG`, if set.
+pub(super) fn read_advice(
+    path: &Path,
+    kind: std::io::ErrorKind,
+    config_env: Option<&std::ffi::OsStr>,
+) -> String {
+    let named_by_env = config_env
+        .map(|v| std::path::absolute(Path::new(v)).unwrap_or_else(|_| PathBuf::from(v)))
+        .is_some_and(|v| v == path);
+    if path == Path::new(super::DEFAULT_CONFIG_PATH) && !named_by_env {
+        let missing = if kind == std::io::ErrorKind::NotFound {
+            "there is no file there"
+        } else {
+            "it cannot be read"
+        };
+        return format!(
+            "{} is the default config path (the container image's), used when neither \
+             --config nor ALIPAY_SIDECAR_CONFIG names a file, and {missing}. Pass your file \
+             with --config FILE, or make one: `alipay-sidecar keygen --out keys/`, then \
+             `cp config/sidecar.example.toml sidecar.toml`, edit it (README, \"Running it for \
+             real\") and run `alipay-sidecar check-config --config sidecar.toml`; \
+             `alipay-sidecar demo` runs without any config",
+            path.display()
+        );
+    }
+    if named_by_env {
+        "check the path in ALIPAY_SIDECAR_CONFIG (it names this file; --config would win over \
+         it)"
+        .to_string()
+    } else {
+        "check the path given with --config (or ALIPAY_SIDECAR_CONFIG)".to_string()
+    }
 }
 
 /// Where the documented example config is, in the repository and in the container image.
@@ -353,7 +393,23 @@ fn did_you_mean(at: Option<&str>, field: &str) -> Option<String> {
         })
         // on a tie, a key of a related table (`merchants.keys` → `merchants`) wins
         .min_by_key(|(d, k)| (*d, k.section.split('.').next() != table.split('.').next()))?;
-    if distance > (field.chars().count() / 3).max(2) {
+    let limit = (field.chars().count() / 3).max(2);
+    // A misspelt section (`[outbond]`) is an unknown field of the table above it: compare it
+    // with the sections that table holds, too; a section wins a tie over a key.
+    if let Some(section) = sections_in(table)
+        .map(|s| (strsim::damerau_levenshtein(field, s.name), s))
+        .min_by_key(|(d, _)| *d)
+        .filter(|(d, _)| *d <= distance && *d <= limit)
+        .map(|(_, s)| s)
+    {
+        let header = if section.array {
+            format!("[[{}]]", section.dotted)
+        } else {
+            format!("[{}]", section.dotted)
+        };
+        return Some(format!(" did you mean `{header}`? Otherwise"));
+    }
+    if distance > limit {
         return None;
     }
     Some(if best.section == table {
@@ -370,4 +426,35 @@ fn did_you_mean(at: Option<&str>, field: &str) -> Option<String> {
             best.section
         )
     })
+}
+
+/// A section the schema knows, as a candidate for "did you mean".
+struct KnownSection {
+    /// Its last name (`outbound`).
+    name: &'static str,
+    /// Its dotted path without array indices (`merchants.outbound`).
+    dotted: &'static str,
+    /// Written `[[name]]` (an array of tables).
+    array: bool,
+}
+
+/// The sections directly inside `table` (`""`: the top level), from the declared options.
+fn sections_in(table: &str) -> impl Iterator<Item = KnownSection> {
+    let mut out: Vec<KnownSection> = Vec::new();
+    for k in declared().iter().filter(|k| !k.section.is_empty()) {
+        let dotted: &'static str = k.section.as_str();
+        let (parent, name) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+        if parent != table || out.iter().any(|s| s.dotted == dotted) {
+            continue;
+        }
+        // an array's own options are `in_array`; so are those of the sections inside it
+        // (`merchants.keys`), which are written `[merchants.keys]`
+        let parent_in_array = declared().iter().any(|d| d.section == parent && d.in_array);
+        out.push(KnownSection {
+            name,
+            dotted,
+            array: k.in_array && !parent_in_array,
+        });
+    }
+    out.into_iter()
 }

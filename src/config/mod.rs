@@ -72,6 +72,22 @@ pub use typed::*;
 use error::{Ctx, EXAMPLE_CONFIG_HINT};
 use raw::RawConfig;
 
+/// The config path when neither `--config` nor `ALIPAY_SIDECAR_CONFIG` names one: where the
+/// container image mounts it (config and keys under `/etc/alipay-sidecar/`).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/alipay-sidecar/sidecar.toml";
+
+/// Checks a log filter (`[log] level`, `run --log-level`): what is wrong and what to write.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "\"{filter}\" is not a log filter ({e}); write \"error\", \"warn\", \"info\", \
+                 \"debug\" or \"trace\", or a filter such as \"alipay_sidecar=debug,info\""
+            )
+        })
+}
+
 /// Prefix of every environment variable that overrides a config value.
 pub const ENV_PREFIX: &str = "ALIPAY_SIDECAR_";
 
@@ -130,6 +146,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            advice: error::read_advice(
+                &path,
+                source.kind(),
+                std::env::var_os("ALIPAY_SIDECAR_CONFIG").as_deref(),
+            ),
             path: path.clone(),
             source,
         })?;
@@ -650,5 +671,57 @@ region = "sea"
             let text = format!("{BASE}{INBOUND}[store]\npath = \"s.db\"\n{bad}");
             assert!(parse(&text).is_err(), "{bad}");
         }
+    }
+
+    /// A misspelt section gets "did you mean" with the section's own spelling (issue 20):
+    /// `[outbond]` → `[outbound]`, `[[merchant]]` → `[[merchants]]`, a nested one with its
+    /// path; a misspelt key still gets the key.
+    #[test]
+    fn misspelt_sections_get_did_you_mean() {
+        for (text, want) in [
+            (
+                BASE.replace("[outbound]", "[outbond]"),
+                "did you mean `[outbound]`?",
+            ),
+            (
+                format!("{BASE}[[merchant]]\nname = \"a\"\n"),
+                "did you mean `[[merchants]]`?",
+            ),
+            (
+                format!("{BASE}[sever]\nthreads = 2\n"),
+                "did you mean `[server]`?",
+            ),
+            (
+                "[[merchants]]\nname = \"a\"\nclient_id = \"T_1\"\n[merchants.key]\nx = 1\n"
+                    .to_string(),
+                "did you mean `[merchants.keys]`?",
+            ),
+            (format!("{BASE}regon = \"na\"\n"), "did you mean `region`?"),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    /// A config that cannot be read at the default path says it is the default path and how
+    /// to make a config; another path is blamed on --config or on ALIPAY_SIDECAR_CONFIG.
+    #[test]
+    fn unreadable_config_advice_names_where_the_path_came_from() {
+        use std::ffi::OsStr;
+        use std::io::ErrorKind::NotFound;
+        let default = Path::new(DEFAULT_CONFIG_PATH);
+        let a = error::read_advice(default, NotFound, None);
+        assert!(
+            a.contains("is the default config path")
+                && a.contains("cp config/sidecar.example.toml"),
+            "{a}"
+        );
+        let a = error::read_advice(default, NotFound, Some(OsStr::new(DEFAULT_CONFIG_PATH)));
+        assert!(a.contains("ALIPAY_SIDECAR_CONFIG"), "{a}");
+        let other = Path::new("/srv/x.toml");
+        let a = error::read_advice(other, NotFound, None);
+        assert!(a.contains("given with --config"), "{a}");
+        let a = error::read_advice(other, NotFound, Some(OsStr::new("/srv/x.toml")));
+        assert!(a.contains("check the path in ALIPAY_SIDECAR_CONFIG"), "{a}");
     }
 }

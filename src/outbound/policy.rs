@@ -95,6 +95,50 @@ pub fn target_allowed(target: &str, prefixes: &[String]) -> Result<(), String> {
     }
 }
 
+/// Live and sandbox API paths: a `SANDBOX_` client id is answered only on the sandbox ones.
+const LIVE_API: &str = "/ams/api/";
+const SANDBOX_API: &str = "/ams/sandbox/api/";
+
+/// A refused path that only the other environment would take, told in the client id's terms:
+/// "your client id is a sandbox one: use /ams/sandbox/api/…" with the exact path to send
+/// (the refusal alone, "not allowed", sent newcomers looking at the policy instead of at
+/// their SDK's sandbox setting, issue 20). `None` when the client id is not the cause.
+pub fn environment_hint(client_id: &str, target: &str, prefixes: &[String]) -> Option<String> {
+    let path = target.split('?').next().unwrap_or("");
+    let sandbox = client_id.starts_with("SANDBOX_");
+    let (kind, from, to, rule) = if sandbox && path.starts_with(LIVE_API) {
+        (
+            "a sandbox one",
+            LIVE_API,
+            SANDBOX_API,
+            "Alipay answers SANDBOX_ client ids only on /ams/sandbox/api/…",
+        )
+    } else if !sandbox && path.starts_with(SANDBOX_API) {
+        (
+            "a live one (it does not start with SANDBOX_)",
+            SANDBOX_API,
+            LIVE_API,
+            "Alipay rejects sandbox paths for live client ids",
+        )
+    } else {
+        return None;
+    };
+    let suggested = target.replacen(from, to, 1);
+    // a path refused for its spelling (dot segments, encoded slashes) is not about the
+    // environment
+    target_allowed(&suggested, &[to.to_string()]).ok()?;
+    let allow = if target_allowed(&suggested, prefixes).is_ok() {
+        String::new()
+    } else {
+        format!(", and allow \"{to}\" in [outbound] allowed_path_prefixes")
+    };
+    Some(format!(
+        "Your client id \"{}\" is {kind}: use {}{allow} ({rule})",
+        exchange::echo(client_id),
+        exchange::echo(&suggested)
+    ))
+}
+
 /// The host of a `Host` header value, without its port and IPv6 brackets.
 pub fn host_name(host: &str) -> &str {
     let host = host.trim();

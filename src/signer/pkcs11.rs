@@ -359,7 +359,7 @@ pub fn public_half(session: &Session, handle: ObjectHandle) -> Result<PublicKey,
     }
     if kind != Some(KeyType::RSA) {
         return Err(TokenError(format!(
-            "key not RSA: the object is a {} key; Alipay signs with RSA (2048–4096 bits): \
+            "key not RSA: the object's key type is {}; Alipay signs with RSA (2048–4096 bits): \
              make an RSA key in the token (`alipay-sidecar pkcs11 keygen`)",
             kind.map(|k| k.to_string())
                 .unwrap_or_else(|| "unknown".into())

@@ -10,7 +10,7 @@ use crate::keyset::{Credential, KeySet, Severity};
 
 /// Default config path (the container image mounts config and keys under
 /// `/etc/alipay-sidecar/`).
-pub const DEFAULT_CONFIG: &str = "/etc/alipay-sidecar/sidecar.toml";
+pub const DEFAULT_CONFIG: &str = crate::config::DEFAULT_CONFIG_PATH;
 
 /// Options of the commands that read the config file (`check-config`, `run`).
 #[derive(clap::Args, Debug, Clone)]
@@ -146,7 +146,13 @@ pub fn check_config(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write)
     let several = sets.len() > 1;
     if !several {
         let m = &config.merchants[0];
-        let kind = if m.is_sandbox() { "sandbox" } else { "live" };
+        let kind = if crate::preflight::is_placeholder_client_id(&m.client_id) {
+            "a placeholder, neither sandbox nor live"
+        } else if m.is_sandbox() {
+            "sandbox"
+        } else {
+            "live"
+        };
         let _ = writeln!(out, "client id: {} ({kind})", m.client_id);
     }
     match &config.outbound {

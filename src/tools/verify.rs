@@ -134,6 +134,9 @@ pub fn verify(
             header = header[10..].trim_start();
         }
     }
+    if let Some(e) = bare_signature(header) {
+        return usage(err, e);
+    }
     let content = content_to_sign("POST", &args.path, &args.client_id, &args.time, &body);
     match verifier.verify(&content, header) {
         Ok(v) => {
@@ -145,7 +148,11 @@ pub fn verify(
             EXIT_OK
         }
         Err(e) => {
-            let _ = writeln!(err, "invalid: {}: {e}", e.kind().words());
+            let _ = writeln!(
+                err,
+                "invalid: {}",
+                prefixed(e.kind().words(), &e.to_string())
+            );
             let _ = writeln!(err, "content sha256: {}", sha256_hex(&content));
             if let Ok(h) = parse_signature_header(header) {
                 let _ = writeln!(
@@ -163,22 +170,128 @@ pub fn verify(
                 );
             }
             if matches!(e, VerifyError::Mismatch { .. }) {
-                let _ = writeln!(
-                    err,
-                    "hint: compare the content sha256 with the sender's; the usual causes are a \
-                     different path (trailing slash, proxy rewrite, sandbox path), a reformatted \
-                     time or body (CRLF, pretty-printed JSON), another client id, or the wrong \
-                     public key"
-                );
+                let what = if args.body_file.is_some() {
+                    "the body file"
+                } else {
+                    "the body read from stdin"
+                };
+                let unsigned_newline = trailing_newline(&body).filter(|stripped| {
+                    let content =
+                        content_to_sign("POST", &args.path, &args.client_id, &args.time, stripped);
+                    verifier.verify(&content, header).is_ok()
+                });
+                if let Some(stripped) = unsigned_newline {
+                    let ending = if body.len() - stripped.len() == 2 {
+                        "a CRLF line ending"
+                    } else {
+                        "a newline"
+                    };
+                    let _ = writeln!(
+                        err,
+                        "hint: {what} ends with {ending} that was not signed: without it the \
+                         signature verifies. Save the body exactly as received, without the \
+                         added line ending (editors and `echo` add one; `printf '%s'` and \
+                         `truncate -s -{} FILE` do not)",
+                        body.len() - stripped.len()
+                    );
+                } else {
+                    let _ = writeln!(
+                        err,
+                        "hint: compare the content sha256 with the sender's; the usual causes \
+                         are a different path (trailing slash, proxy rewrite, sandbox path), a \
+                         reformatted time or body (CRLF, pretty-printed JSON, a trailing newline \
+                         added by an editor or `echo`), another client id, or the wrong public \
+                         key"
+                    );
+                }
             }
             EXIT_INVALID
         }
     }
 }
 
+/// "`words`: `detail`", unless `detail` already starts with those words (a [`VerifyError`]'s
+/// own text often does: "signature mismatch with keyVersion 1 …"), so a message never reads
+/// "signature mismatch: signature mismatch …" (issue 20).
+fn prefixed(words: &str, detail: &str) -> String {
+    let starts = detail
+        .get(..words.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(words));
+    if starts {
+        detail.to_string()
+    } else {
+        format!("{words}: {detail}")
+    }
+}
+
+/// The body without one trailing `\r\n` or `\n`, when it ends with one.
+fn trailing_newline(body: &[u8]) -> Option<&[u8]> {
+    body.strip_suffix(b"\r\n")
+        .or_else(|| body.strip_suffix(b"\n"))
+}
+
+/// A usage error when `--signature` holds only the signature (base64, possibly
+/// percent-encoded) instead of the whole header value: nothing was captured wrongly, the
+/// argument is, so it is not reported as an invalid signature (exit 2, not 1).
+fn bare_signature(header: &str) -> Option<String> {
+    let lower = header.to_ascii_lowercase();
+    let base64ish = !header.is_empty()
+        && header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=%-_".contains(&b));
+    if lower.contains("signature=") || header.contains(',') || !base64ish {
+        return None;
+    }
+    Some(
+        "--signature takes the whole Signature header value, not the signature alone: pass the \
+         whole header value, e.g. --signature 'algorithm=RSA256,keyVersion=1,signature=…' \
+         (copy it from the Signature header as received)"
+            .to_string(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_doubled_prefixes() {
+        assert_eq!(
+            prefixed("signature mismatch", "signature mismatch with keyVersion 1"),
+            "signature mismatch with keyVersion 1"
+        );
+        assert_eq!(
+            prefixed(
+                "malformed Signature header",
+                "malformed Signature header: x"
+            ),
+            "malformed Signature header: x"
+        );
+        assert_eq!(
+            prefixed(
+                "missing signature",
+                "no Signature header: the message is unsigned"
+            ),
+            "missing signature: no Signature header: the message is unsigned"
+        );
+    }
+
+    #[test]
+    fn bare_signatures_are_told_apart_from_headers() {
+        assert!(bare_signature("BMZZ5qy6Fzl27lF0imNw%2FnsT7orN%2BSYo%3D%3D").is_some());
+        assert!(bare_signature("BMZZ5qy6Fzl27lF0imNw/nsT7orN+SYo==").is_some());
+        assert!(bare_signature("algorithm=RSA256,keyVersion=1,signature=AAAA").is_none());
+        assert!(bare_signature("signature=AAAA").is_none());
+        assert!(bare_signature("algorithm=RSA256,keyVersion=1").is_none());
+        assert!(bare_signature("").is_none());
+    }
+
+    #[test]
+    fn trailing_newlines() {
+        assert_eq!(trailing_newline(b"{}\n"), Some(&b"{}"[..]));
+        assert_eq!(trailing_newline(b"{}\r\n"), Some(&b"{}"[..]));
+        assert_eq!(trailing_newline(b"{}"), None);
+    }
 
     #[test]
     fn key_args() {

@@ -15,6 +15,7 @@ mod limits; // what a peer can make a listener hold, smuggling shapes, non-file 
 mod listeners; // keep-alive, framing errors, slots per peer, only configured listeners, a 128 MiB crowd
 mod logs; // what the logs never show: key material, Signature values, at any level
 mod merchants; // several merchants in one sidecar: routing by listener, header and client-id
+mod messages; // the messages a newcomer's mistakes get: each names the cause and the fix, once
 mod metrics; // metric families and labels the dashboard and alerts rely on
 mod mock_gateway; // the real binary's `mock-gateway` subcommand (the library's tests: crates/ams-mock-gateway/tests/)
 mod notifications; // notifications under pressure: held bodies, replays, stale ones, concurrent copies

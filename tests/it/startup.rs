@@ -359,15 +359,20 @@ fn an_unreadable_key_names_the_uid_and_the_containers_ownership() {
         "permission denied",
         "merchant_private_key.pem",
         "the sidecar runs as uid",
-        "uid:gid 65532:65532",
     ] {
         assert!(err.contains(needle), "missing {needle:?}: {err}");
     }
     if root {
+        // someone else's file: chown, and the container's uid
         assert!(
-            err.contains("uid 65534") && err.contains("owned by 0:0 with mode 0600"),
+            err.contains("uid 65534")
+                && err.contains("owned by 0:0 with mode 0600")
+                && err.contains("uid:gid 65532:65532"),
             "{err}"
         );
+    } else {
+        // the sidecar's own file with mode 0000: chmod, not chown (issue 20)
+        assert!(err.contains("chmod 600") && !err.contains("chown"), "{err}");
     }
 }
 

@@ -73,7 +73,7 @@ impl EngineSigner {
         let pair = RsaKeyPair::from_der(pkcs1_der).map_err(|e| e.to_string())?;
         if pair.public_modulus_len() != modulus_bytes {
             return Err(format!(
-                "{ENGINE} sees a {}-byte modulus, expected {modulus_bytes}",
+                "{ENGINE} sees a modulus of {} bytes, expected {modulus_bytes}",
                 pair.public_modulus_len()
             ));
         }

@@ -113,17 +113,8 @@ impl Ctx<'_> {
                 let level = match l.level {
                     None => default("log.level"),
                     Some(level) => {
-                        if let Err(e) = tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
-                            return self.err(
-                                level.span(),
-                                "log.level",
-                                format!(
-                                    "\"{}\" is not a log filter ({e}); write \"error\", \"warn\", \
-                                     \"info\", \"debug\" or \"trace\", or a filter such as \
-                                     \"alipay_sidecar=debug,info\"",
-                                    level.get_ref()
-                                ),
-                            );
+                        if let Err(message) = super::check_log_filter(level.get_ref()) {
+                            return self.err(level.span(), "log.level", message);
                         }
                         level.into_inner()
                     }

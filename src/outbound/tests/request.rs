@@ -25,7 +25,59 @@ fn head_refuses_browsers() {
         let req = pay(&[(name, "x")]);
         let r = h.check_head(&req.head, PAY).unwrap_err();
         assert_eq!(r.error, SidecarError::BrowserRequestRefused, "{name}");
+        // "an Origin header", "a Sec-Fetch-Site header": the article fits (issue 20)
+        let article = if name == "Origin" { "an" } else { "a" };
+        assert!(
+            r.message
+                .contains(&format!("carries {article} {name} header")),
+            "{}",
+            r.message
+        );
     }
+}
+
+/// A path refused because it belongs to the other environment says so, with the exact path
+/// to send; other refusals get no such hint (issue 20).
+#[test]
+fn refused_paths_of_the_other_environment_name_the_path_to_use() {
+    let sandbox_only = prefixes(&["/ams/sandbox/api/"]);
+    let hint = environment_hint("SANDBOX_1", "/ams/api/v1/payments/pay?x=1", &sandbox_only)
+        .expect("a sandbox id on a live path");
+    assert!(
+        hint.contains("is a sandbox one: use /ams/sandbox/api/v1/payments/pay?x=1 (")
+            && !hint.contains("allowed_path_prefixes"),
+        "{hint}"
+    );
+    let live_only = prefixes(&["/ams/api/"]);
+    let hint = environment_hint(
+        "2188120000000001",
+        "/ams/sandbox/api/v1/payments/pay",
+        &live_only,
+    )
+    .expect("a live id on a sandbox path");
+    assert!(
+        hint.contains("is a live one") && hint.contains("use /ams/api/v1/payments/pay"),
+        "{hint}"
+    );
+    // the suggested path is refused too: say what to allow
+    let hint = environment_hint("SANDBOX_1", "/ams/api/v1/payments/pay", &live_only).unwrap();
+    assert!(
+        hint.contains("allow \"/ams/sandbox/api/\" in [outbound] allowed_path_prefixes"),
+        "{hint}"
+    );
+    assert_eq!(
+        environment_hint("SANDBOX_1", "/ams/sandbox/api/v1/x", &live_only),
+        None
+    );
+    assert_eq!(
+        environment_hint("2188", "/ams/api/v1/x", &sandbox_only),
+        None
+    );
+    assert_eq!(
+        environment_hint("SANDBOX_1", "/ams/api/v1/../x", &sandbox_only),
+        None
+    );
+    assert_eq!(environment_hint("SANDBOX_1", "/other", &sandbox_only), None);
 }
 
 #[test]
