@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::receiver::Delivered;
+use crate::mock_gateway::Delivered;
 use super::report::{shorten, GatewayView};
 
 /// Waits (up to 5 s) until the sidecar has logged `n` outbound exchanges, so its `[sidecar]`

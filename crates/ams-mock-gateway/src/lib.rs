@@ -23,6 +23,8 @@ mod error;
 mod fault;
 mod gateway;
 mod notify;
+mod out_dir;
+mod receiver;
 mod server;
 mod state;
 mod switches;
@@ -37,6 +39,8 @@ pub use config::{MockGatewayConfig, DEFAULT_NOTIFY_BACKOFF};
 pub use error::MockGatewayError;
 pub use fault::Fault;
 pub use gateway::MockGateway;
+pub use out_dir::SidecarToml;
+pub use receiver::{start_receiver, Delivered};
 pub use state::{NotificationAttempt, ReceivedRequest, RECEIVED_LOG_LIMIT};
 pub use switches::{
     ControlError, InquiryAnswer, NotifyMode, PaymentOutcome, PaymentResult, PaymentStatus,
