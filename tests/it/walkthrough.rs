@@ -148,7 +148,11 @@ fn pay(sidecar: &Sidecar, id: &str) -> Response {
 
 fn assert_verified(r: &Response, what: &str) {
     r.assert_status(200, what);
-    assert_eq!(r.header("x-alipay-sidecar-verified"), Some("true"), "{what}");
+    assert_eq!(
+        r.header("x-alipay-sidecar-verified"),
+        Some("true"),
+        "{what}"
+    );
     assert_eq!(r.result_code(), ("S".into(), "SUCCESS".into()), "{what}");
 }
 
@@ -393,7 +397,10 @@ fn the_readme_walkthrough_runs_as_pasted() {
     }
     let (code, _, _) = run_bounded(&mut bash, Duration::from_secs(600));
     let log = std::fs::read_to_string(&out).unwrap_or_default();
-    assert_eq!(code, 0, "the walkthrough failed:\n{wrapped}\n--- output ---\n{log}");
+    assert_eq!(
+        code, 0,
+        "the walkthrough failed:\n{wrapped}\n--- output ---\n{log}"
+    );
     assert!(log.contains("HTTP/1.1 200 OK"), "{log}");
     assert!(log.contains("X-Alipay-Sidecar-Verified: true"), "{log}");
     assert!(log.contains(r#""resultStatus":"S""#), "{log}");
@@ -402,6 +409,9 @@ fn the_readme_walkthrough_runs_as_pasted() {
         .lines()
         .find(|l| l.starts_with("mock-gateway: receiver: "))
         .unwrap_or_else(|| panic!("no notification reached the receiver:\n{log}"));
-    assert!(line.starts_with(claimed), "README says {claimed:?}, got {line:?}");
+    assert!(
+        line.starts_with(claimed),
+        "README says {claimed:?}, got {line:?}"
+    );
     assert!(line.contains(r#""paymentRequestId":"try-1""#), "{line}");
 }

@@ -23,11 +23,12 @@ pub struct MockGatewayArgs {
     /// OUT_DIR/ca.pem for the sidecar's `ca_file`.
     #[arg(long)]
     pub tls: bool,
-    /// Keep everything in DIR across restarts (implies --tls): the CA (ca.pem, ca_key.pem),
-    /// the Alipay key pair and a merchant key pair, each reused when present and created when
-    /// absent (private keys mode 0600), and a complete DIR/sidecar.toml (rewritten at each
-    /// start) for `alipay-sidecar run --config DIR/sidecar.toml`. Without it the files go to
-    /// ./mock-gateway and the CA and the Alipay key are new at every start.
+    /// Keep the gateway's files in DIR across restarts: the CA (ca.pem, ca_key.pem) and the
+    /// Alipay key pair, and (without --merchant-public-key) a merchant key pair, each reused
+    /// when present and created when absent (private keys mode 0600); then also a complete
+    /// DIR/sidecar.toml (rewritten at each start) for `alipay-sidecar run --config
+    /// DIR/sidecar.toml`, TLS on (implies --tls) and the receiver. Without it the files go
+    /// to ./mock-gateway and the CA and the Alipay key are new at every start.
     #[arg(long = "out-dir", visible_alias = "tls-dir", value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
     /// Merchant public key file (SPKI/PKCS#1 PEM or one-line base64 DER) used to verify
@@ -193,7 +194,8 @@ pub fn cli_main(args: MockGatewayArgs) -> i32 {
     let config = MockGatewayConfig {
         listen: args.listen,
         api_key,
-        tls: (args.tls || args.out_dir.is_some()).then(|| dir.clone()),
+        // the sidecar reaches a gateway over https only: a sidecar.toml needs TLS
+        tls: (args.tls || writes_config).then(|| dir.clone()),
         keep_ca: args.out_dir.is_some(),
         merchant_public_key,
         alipay_private_key,
@@ -223,7 +225,12 @@ pub fn cli_main(args: MockGatewayArgs) -> i32 {
     runtime.block_on(run_cli(config, args, dir, kept))
 }
 
-async fn run_cli(config: MockGatewayConfig, args: MockGatewayArgs, dir: PathBuf, kept: Kept) -> i32 {
+async fn run_cli(
+    config: MockGatewayConfig,
+    args: MockGatewayArgs,
+    dir: PathBuf,
+    kept: Kept,
+) -> i32 {
     let generated = config.alipay_private_key.is_none();
     let client_id = config.expected_client_id.clone();
     let gateway = match MockGateway::start(config).await {
@@ -265,7 +272,12 @@ async fn run_cli(config: MockGatewayConfig, args: MockGatewayArgs, dir: PathBuf,
             }
         };
         let path = dir.join(out_dir::SIDECAR_TOML);
-        let toml = sidecar_toml_text(&args, &gateway, client_id.as_deref().unwrap_or(OUT_DIR_CLIENT_ID), forward_to);
+        let toml = sidecar_toml_text(
+            &args,
+            &gateway,
+            client_id.as_deref().unwrap_or(OUT_DIR_CLIENT_ID),
+            forward_to,
+        );
         if let Err(e) = out_dir::write_public(&path, &toml) {
             eprintln!("mock-gateway: {e}");
             gateway.shutdown().await;
@@ -281,7 +293,10 @@ async fn run_cli(config: MockGatewayConfig, args: MockGatewayArgs, dir: PathBuf,
         } else {
             ""
         };
-        println!("mock-gateway: wrote {} (the CA to trust{kept_note})", ca.display());
+        println!(
+            "mock-gateway: wrote {} (the CA to trust{kept_note})",
+            ca.display()
+        );
     }
     println!(
         "mock-gateway: wrote {} (Alipay public key, keyVersion {}{})",
@@ -296,7 +311,10 @@ async fn run_cli(config: MockGatewayConfig, args: MockGatewayArgs, dir: PathBuf,
         }
     );
     for (file, what) in &kept.generated {
-        println!("mock-gateway: generated {} ({what})", dir.join(file).display());
+        println!(
+            "mock-gateway: generated {} ({what})",
+            dir.join(file).display()
+        );
     }
     println!(
         "mock-gateway: verifying requests with {} (client id: {})",

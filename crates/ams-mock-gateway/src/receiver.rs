@@ -27,7 +27,8 @@ pub struct Delivered {
 }
 
 /// The app's acknowledgement, as Alipay expects it.
-const ACK: &str = r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"}}"#;
+const ACK: &str =
+    r#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"}}"#;
 
 /// Listens on `addr` (port 0: a free port), passes every request to `on_delivery` and answers
 /// it 200 with the acknowledgement; returns the accept task and the address it is bound to.

@@ -59,7 +59,8 @@ pub(crate) fn new_ca() -> Result<Ca, String> {
 /// chain to the certificate the sidecar trusts.
 pub(crate) fn load_ca(cert_pem: String, key_pem: &str) -> Result<Ca, String> {
     use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
-    let key = KeyPair::from_pem(key_pem).map_err(|e| format!("the CA key is not a PEM key ({e})"))?;
+    let key =
+        KeyPair::from_pem(key_pem).map_err(|e| format!("the CA key is not a PEM key ({e})"))?;
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
         .map_err(|e| format!("the CA certificate is not a PEM certificate ({e:?})"))?;
     let spki = key.subject_public_key_info();
