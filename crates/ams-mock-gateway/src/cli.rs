@@ -34,7 +34,7 @@ pub struct MockGatewayArgs {
     /// Merchant public key file (SPKI/PKCS#1 PEM or one-line base64 DER) used to verify
     /// request signatures. Required without --out-dir; with it, DIR's own merchant key pair is
     /// used when this is not given (and no sidecar.toml is written when it is).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", required_unless_present = "out_dir")]
     pub merchant_public_key: Option<PathBuf>,
     /// The gateway's "Alipay" private key file; when absent a key pair is generated (kept in
     /// DIR with --out-dir). The public half is always written to OUT_DIR/alipay_public_key.pem.
