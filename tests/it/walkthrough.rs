@@ -182,6 +182,18 @@ fn received(gw: &Gateway, id: &str) -> bool {
     })
 }
 
+/// A verified pay through the sidecar, then its notification (sent with `/mock/notify`)
+/// verified by the sidecar and received by the gateway's receiver.
+fn round_trip(gw: &Gateway, sidecar: &Sidecar, dir: &Path, gateway_port: u16, id: &str) {
+    assert_verified(&pay(sidecar, id), &format!("pay {id} through the sidecar"));
+    notify(dir, gateway_port, id);
+    eventually(
+        &format!("the notification of {id} verified at the receiver"),
+        || received(gw, id),
+        || format!("{}\n{}", gw.output(), sidecar.logs()),
+    );
+}
+
 /// `mock-gateway --out-dir` keeps its CA and Alipay key in DIR: a sidecar started on the
 /// written sidecar.toml gets verified answers and verified notifications, keeps getting them
 /// from a gateway restarted on the same DIR, and, when the gateway restarts WITHOUT
@@ -225,13 +237,7 @@ fn a_restarted_fake_gateway_keeps_a_running_sidecar_working() {
     }
     let sidecar = Sidecar::launch(&dir.join("sidecar.toml"), &[], &[]);
 
-    assert_verified(&pay(&sidecar, "try-1"), "pay through the sidecar");
-    notify(&dir, gateway_port, "try-1");
-    eventually(
-        "the notification of try-1 verified at the receiver",
-        || received(&gw, "try-1"),
-        || format!("{}\n{}", gw.output(), sidecar.logs()),
-    );
+    round_trip(&gw, &sidecar, &dir, gateway_port, "try-1");
 
     // restart on the same DIR and ports: same CA, same Alipay key, nothing generated
     let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
@@ -265,13 +271,7 @@ fn a_restarted_fake_gateway_keeps_a_running_sidecar_working() {
         std::fs::read_to_string(dir.join("sidecar.toml")).unwrap(),
         toml
     );
-    assert_verified(&pay(&sidecar, "try-2"), "pay after the gateway restarted");
-    notify(&dir, gateway_port, "try-2");
-    eventually(
-        "the notification of try-2 verified at the receiver",
-        || received(&gw, "try-2"),
-        || format!("{}\n{}", gw.output(), sidecar.logs()),
-    );
+    round_trip(&gw, &sidecar, &dir, gateway_port, "try-2");
     gw.stop();
 
     // today's behaviour without --out-dir: a new CA, so the sidecar's TLS fails, and says why
