@@ -9,6 +9,10 @@
 //! code (the `rsa` crate, ring for TLS), never the sidecar's, so a bug in the sidecar's signer
 //! is caught here instead of being mirrored.
 //!
+//! Around it, what a local setup needs: [`start_receiver`], a stand-in for the merchant app
+//! that takes the notifications a sidecar forwards (the demo's and `mock-gateway --out-dir`'s),
+//! and [`SidecarToml`], the sidecar config both write.
+//!
 //! What it checks and answers (requests, routes and state, notifications, the payment-outcome
 //! and fault switches) is described in `docs/mock-gateway.md` at the repository root; keep that
 //! text in step with this crate.
