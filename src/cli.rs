@@ -133,7 +133,7 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Run a fake Alipay gateway that verifies and signs like the real one (tests, demos).
     #[cfg(feature = "mock-gateway")]
-    MockGateway(crate::mock_gateway::MockGatewayArgs),
+    MockGateway(Box<crate::mock_gateway::MockGatewayArgs>),
     /// Start a throw-away fake gateway and sidecar and show a signed round trip.
     #[cfg(feature = "mock-gateway")]
     Demo(crate::demo::DemoArgs),
@@ -255,7 +255,7 @@ pub fn main() -> i32 {
             tools::check_config(&args, &mut stdout.lock(), &mut stderr.lock())
         }
         #[cfg(feature = "mock-gateway")]
-        Command::MockGateway(args) => crate::mock_gateway::cli_main(args),
+        Command::MockGateway(args) => crate::mock_gateway::cli_main(*args),
         #[cfg(feature = "mock-gateway")]
         Command::Demo(args) => crate::demo::run(args),
         Command::Notifications(command) => {

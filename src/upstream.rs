@@ -39,12 +39,16 @@ pub enum UpstreamError {
         detail: String,
     },
     /// TLS handshake or certificate verification failed.
-    #[error("TLS with {target} failed: {detail} (is the gateway's certificate issued by a trusted CA? set [outbound] ca_file for a private CA)")]
+    #[error("TLS with {target} failed: {detail} ({})", tls_hint(detail, *private_ca))]
     Tls {
         /// host:port
         target: String,
         /// what failed
         detail: String,
+        /// whether `[outbound] ca_file` is set: then a certificate no trusted CA signed
+        /// means that file holds the wrong CA (or the gateway's CA changed), not that one
+        /// is missing
+        private_ca: bool,
     },
     /// No connection (TCP connect and TLS handshake) within the connect timeout. Told apart
     /// from [`UpstreamError::Timeout`] because the remedy differs: a slow handshake points
@@ -83,6 +87,30 @@ pub enum UpstreamError {
         /// the limit
         limit: usize,
     },
+}
+
+/// What to check after a failed handshake. A certificate that no trusted CA signed (rustls:
+/// `UnknownIssuer`; `BadSignature` when a CA of the same name signed it, as a fake gateway
+/// restarted with a new CA does) is told apart, because the generic advice, "set ca_file",
+/// misleads someone who has set it.
+fn tls_hint(detail: &str, private_ca: bool) -> &'static str {
+    let not_signed = detail.contains("UnknownIssuer") || detail.contains("BadSignature");
+    match (not_signed, private_ca) {
+        (true, true) => {
+            "the gateway's certificate is not signed by the CA in [outbound] ca_file: that file \
+             holds another CA, or the gateway's CA changed (a `mock-gateway` restarted without \
+             --out-dir makes a new one: point ca_file at its new ca.pem, or keep its CA with \
+             --out-dir DIR)"
+        }
+        (true, false) => {
+            "the gateway's certificate is not signed by a CA in the system roots: set [outbound] \
+             ca_file to the CA that signed it"
+        }
+        (false, _) => {
+            "is the gateway's certificate issued by a trusted CA? set [outbound] ca_file for a \
+             private CA"
+        }
+    }
 }
 
 /// One request to an upstream: the head and exact body to send, and the bounds of the answer.
@@ -373,6 +401,7 @@ impl Upstream {
             | ErrorType::TLSWantX509Lookup => UpstreamError::Tls {
                 target: self.target(),
                 detail,
+                private_ca: self.ca_file.is_some(),
             },
             ErrorType::ConnectTimedout => UpstreamError::ConnectTimeout {
                 target: self.target(),
@@ -385,6 +414,7 @@ impl Upstream {
                 UpstreamError::Tls {
                     target: self.target(),
                     detail,
+                    private_ca: self.ca_file.is_some(),
                 }
             }
             _ => UpstreamError::Connect {
@@ -415,5 +445,30 @@ pub trait UpstreamClient: Send + Sync + 'static {
 impl UpstreamClient for std::sync::Arc<Upstream> {
     async fn send(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
         self.exchange(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With ca_file set, a certificate its CA did not sign is blamed on that CA, not on a
+    /// missing ca_file (issue 20, item 5: a fake gateway restarted with a new CA).
+    #[test]
+    fn a_certificate_not_signed_by_the_configured_ca_says_so() {
+        let e = |detail: &str, private_ca| {
+            UpstreamError::Tls {
+                target: "127.0.0.1:8443".into(),
+                detail: detail.into(),
+                private_ca,
+            }
+            .to_string()
+        };
+        let bad = "invalid peer certificate: BadSignature";
+        assert!(e(bad, true).contains("not signed by the CA in [outbound] ca_file"));
+        assert!(!e(bad, true).contains("set [outbound] ca_file for a private CA"));
+        assert!(e("invalid peer certificate: UnknownIssuer", false)
+            .contains("not signed by a CA in the system roots"));
+        assert!(e("handshake failure", true).contains("set [outbound] ca_file for a private CA"));
     }
 }

@@ -14,8 +14,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::receiver::Delivered;
 use super::report::{shorten, GatewayView};
+use crate::mock_gateway::Delivered;
 
 /// Waits (up to 5 s) until the sidecar has logged `n` outbound exchanges, so its `[sidecar]`
 /// line is printed before the answer the app got.

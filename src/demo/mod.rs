@@ -19,7 +19,6 @@
 //! then is removed by the next demo.
 
 mod flows;
-mod receiver;
 mod report;
 mod setup;
 mod sidecar;
@@ -30,10 +29,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::mock_gateway::{MockGateway, MockGatewayConfig};
+use crate::mock_gateway::{start_receiver, Delivered, MockGateway, MockGatewayConfig};
 use flows::{sample_traffic, AuditTarget};
-use receiver::{start_receiver, Delivered};
-use report::{print_listening, print_try_it, GatewayView};
+use report::{print_delivered, print_listening, print_try_it, GatewayView};
 use setup::{
     check_ports_free, create_private_dir, demo_config, remove_stale_folders, write_private, Ports,
     DIR_PREFIX,
@@ -199,11 +197,20 @@ async fn demo_in(dir: &Path, args: &DemoArgs, traffic_done: Arc<AtomicBool>) -> 
 
     // 3. the "app" that receives verified notifications
     let received: Arc<Mutex<Vec<Delivered>>> = Arc::default();
-    let (receiver, app) = start_receiver(
-        SocketAddr::from(([127, 0, 0, 1], ports.app)),
-        received.clone(),
-    )
-    .await?;
+    let (receiver, app) = {
+        let received = received.clone();
+        start_receiver(
+            SocketAddr::from(([127, 0, 0, 1], ports.app)),
+            move |delivered| {
+                print_delivered(&delivered);
+                if let Ok(mut r) = received.lock() {
+                    r.push(delivered);
+                }
+            },
+        )
+        .await
+        .map_err(|e| format!("demo app: {e}"))?
+    };
 
     // 4. the sidecar itself, its JSON log piped through the demo to show each exchange; it
     //    names the addresses it listens on in its ready file

@@ -149,6 +149,20 @@ impl GatewayView {
     }
 }
 
+/// The `[app]` line for a notification the demo's app received.
+pub(super) fn print_delivered(d: &crate::mock_gateway::Delivered) {
+    let from = match &d.source {
+        Some(s) => format!(", X-Alipay-Sidecar-Source: {s}"),
+        None => String::new(),
+    };
+    println!(
+        "   [app] notification delivered to POST {}, X-Alipay-Sidecar-Verified: {}{from}\n         {}",
+        d.path,
+        d.verified,
+        shorten(&d.body)
+    );
+}
+
 pub(super) fn shorten(s: &str) -> String {
     shorten_to(s, 200)
 }

@@ -33,3 +33,4 @@ mod support; // shared helpers: the rig, the sidecar process, the fake gateway, 
 mod tls; // TLS files: the CA bundle's folder, the local CA, generated certificates, the trust bundle
 mod transports; // the SDKs' other transports: multipart uploadImage (signed over its `body` part, upload host)
 mod vectors; // every published vector through the library
+mod walkthrough; // the README's fake-gateway walkthrough run as pasted; `mock-gateway --out-dir` restarted under a sidecar

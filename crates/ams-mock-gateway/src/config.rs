@@ -27,6 +27,10 @@ pub struct MockGatewayConfig {
     /// `Some(dir)`: serve HTTPS with a generated CA and server certificate and write the CA
     /// as `dir/ca.pem` (created if missing) for the sidecar's `ca_file`. `None`: plain HTTP.
     pub tls: Option<PathBuf>,
+    /// With `tls`: keep the CA in `dir` (`ca.pem` and `ca_key.pem`, mode 0600): reused when
+    /// both are there, created when neither is, so a sidecar trusting `ca.pem` keeps working
+    /// when the gateway restarts. `false`: a new CA at every start.
+    pub keep_ca: bool,
     /// The merchant public key Alipay would hold: SPKI or PKCS#1 PEM, or one-line base64 DER.
     pub merchant_public_key: String,
     /// The gateway's "Alipay" private key (PEM or base64 DER); `None` generates an RSA-2048
@@ -67,6 +71,7 @@ impl MockGatewayConfig {
         MockGatewayConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             tls: None,
+            keep_ca: false,
             merchant_public_key: merchant_public_key.into(),
             alipay_private_key: None,
             alipay_key_version: "1".into(),
@@ -88,6 +93,7 @@ impl fmt::Debug for MockGatewayConfig {
         f.debug_struct("MockGatewayConfig")
             .field("listen", &self.listen)
             .field("tls", &self.tls)
+            .field("keep_ca", &self.keep_ca)
             .field(
                 "alipay_private_key",
                 &self.alipay_private_key.as_ref().map(|_| "<set>"),

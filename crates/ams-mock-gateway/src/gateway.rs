@@ -14,7 +14,7 @@ use crate::config::MockGatewayConfig;
 use crate::error::MockGatewayError;
 use crate::state::{NotificationAttempt, ReceivedRequest, Shared};
 use crate::switches::{ControlError, InquiryAnswer, PaymentResult, PaymentStatus};
-use crate::{api, control, crypto, notify, server, tls};
+use crate::{api, control, crypto, notify, out_dir, server, tls};
 
 /// A running fake gateway. Dropping it stops it too (without waiting); prefer
 /// [`MockGateway::shutdown`].
@@ -96,10 +96,17 @@ impl MockGateway {
         let (acceptor, ca_file) = match &config.tls {
             None => (None, None),
             Some(dir) => {
-                let identity = tls::generate(Some(local_addr.ip()))
-                    .map_err(|reason| MockGatewayError::Tls { reason })?;
+                let tls_error = |reason| MockGatewayError::Tls { reason };
+                let ca = if config.keep_ca {
+                    out_dir::load_or_create_ca(dir).map_err(tls_error)?
+                } else {
+                    tls::new_ca().map_err(tls_error)?
+                };
+                let identity = tls::identity(ca, Some(local_addr.ip())).map_err(tls_error)?;
                 let path = dir.join("ca.pem");
-                write_file(&path, &identity.ca_pem)?;
+                if !config.keep_ca {
+                    write_file(&path, &identity.ca_pem)?;
+                }
                 (Some(identity.acceptor), Some(path))
             }
         };

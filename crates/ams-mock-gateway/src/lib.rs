@@ -9,6 +9,10 @@
 //! code (the `rsa` crate, ring for TLS), never the sidecar's, so a bug in the sidecar's signer
 //! is caught here instead of being mirrored.
 //!
+//! Around it, what a local setup needs: [`start_receiver`], a stand-in for the merchant app
+//! that takes the notifications a sidecar forwards (the demo's and `mock-gateway --out-dir`'s),
+//! and [`SidecarToml`], the sidecar config both write.
+//!
 //! What it checks and answers (requests, routes and state, notifications, the payment-outcome
 //! and fault switches) is described in `docs/mock-gateway.md` at the repository root; keep that
 //! text in step with this crate.
@@ -23,6 +27,8 @@ mod error;
 mod fault;
 mod gateway;
 mod notify;
+mod out_dir;
+mod receiver;
 mod server;
 mod state;
 mod switches;
@@ -37,6 +43,8 @@ pub use config::{MockGatewayConfig, DEFAULT_NOTIFY_BACKOFF};
 pub use error::MockGatewayError;
 pub use fault::Fault;
 pub use gateway::MockGateway;
+pub use out_dir::SidecarToml;
+pub use receiver::{start_receiver, Delivered};
 pub use state::{NotificationAttempt, ReceivedRequest, RECEIVED_LOG_LIMIT};
 pub use switches::{
     ControlError, InquiryAnswer, NotifyMode, PaymentOutcome, PaymentResult, PaymentStatus,

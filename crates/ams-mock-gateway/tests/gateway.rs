@@ -920,7 +920,11 @@ fn cli_flags_parse() {
     assert!(!cli.args.tls);
     assert_eq!(cli.args.key_version, "1");
     assert_eq!(cli.args.notify_backoff.len(), 5);
-    assert_eq!(cli.args.out_dir, std::path::PathBuf::from("mock-gateway"));
+    // no --out-dir: today's throw-away files in ./mock-gateway; the walkthrough defaults
+    assert_eq!(cli.args.out_dir, None);
+    assert_eq!(cli.args.receiver.to_string(), "127.0.0.1:3000");
+    assert_eq!(cli.args.sidecar_ports, vec![8080, 8081, 9090]);
+    assert!(!cli.args.no_receiver);
     assert_eq!(cli.args.notify, NotifyMode::Immediate);
     assert_eq!(cli.args.outcome, PaymentOutcome::Success);
 
@@ -966,7 +970,7 @@ fn cli_flags_parse() {
         assert!(Cli::try_parse_from(["x", "--merchant-public-key", "m", flag, bad]).is_err());
     }
     assert!(cli.args.tls);
-    assert_eq!(cli.args.out_dir, std::path::PathBuf::from("/tmp/x"));
+    assert_eq!(cli.args.out_dir, Some(std::path::PathBuf::from("/tmp/x")));
     assert_eq!(
         cli.args.notify_backoff,
         vec![Duration::from_secs(1), Duration::from_millis(250)]
@@ -979,6 +983,10 @@ fn cli_flags_parse() {
     assert!(
         Cli::try_parse_from(["x"]).is_err(),
         "--merchant-public-key is required"
+    );
+    assert!(
+        Cli::try_parse_from(["x", "--out-dir", "d"]).is_ok(),
+        "--out-dir keeps a merchant key pair in DIR"
     );
 }
 

@@ -19,6 +19,7 @@ async fn gateway_failures_become_envelope_errors() {
             UpstreamError::Tls {
                 target: t(),
                 detail: "unknown issuer".into(),
+                private_ca: false,
             },
             SidecarError::GatewayTlsError,
         ),
