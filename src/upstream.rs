@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
-use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as H1Session};
-use std::io::IoSlice;
-use tokio::io::AsyncWriteExt;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as H1Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
+use std::io::IoSlice;
+use tokio::io::AsyncWriteExt;
 
 /// How long a resolved gateway address is reused before DNS is asked again.
 const DNS_TTL: Duration = Duration::from_secs(30);
@@ -444,7 +444,11 @@ async fn send_request(
                 .await
                 .map_err(|e| (e, true))?;
         }
-        return session.finish_request_body().await.map(|_| ()).map_err(|e| (e, true));
+        return session
+            .finish_request_body()
+            .await
+            .map(|_| ())
+            .map_err(|e| (e, true));
     }
     let Some(mut head) = http_req_header_to_wire(req) else {
         let e = pingora::Error::explain(
