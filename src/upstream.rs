@@ -501,8 +501,8 @@ fn single_write_safe(req: &RequestHeader, body_len: usize) -> bool {
 
 /// Writes `a` then `b` whole, as one vectored write when the stream takes it; the error
 /// carries how many bytes had been written.
-async fn write_all(
-    stream: &mut pingora::protocols::Stream,
+async fn write_all<S: tokio::io::AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
     a: &[u8],
     b: &[u8],
 ) -> Result<(), (std::io::Error, usize)> {
@@ -544,5 +544,59 @@ pub trait UpstreamClient: Send + Sync + 'static {
 impl UpstreamClient for std::sync::Arc<Upstream> {
     async fn send(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
         self.exchange(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("POST", b"/ams/api/v1/payments/pay", None).unwrap();
+        for (name, value) in headers {
+            req.append_header(name.to_string(), *value).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn one_write_only_for_a_post_framed_by_its_content_length() {
+        assert!(single_write_safe(&post(&[("Content-Length", "5")]), 5));
+        assert!(!single_write_safe(&post(&[("Content-Length", "5")]), 6));
+        assert!(!single_write_safe(&post(&[]), 0), "no Content-Length");
+        assert!(!single_write_safe(
+            &post(&[("Content-Length", "5"), ("Content-Length", "5")]),
+            5
+        ));
+        // what the answer's reading depends on: left to pingora's own writer
+        for extra in [
+            ("Connection", "close"),
+            ("Upgrade", "websocket"),
+            ("Transfer-Encoding", "chunked"),
+        ] {
+            let req = post(&[("Content-Length", "5"), extra]);
+            assert!(!single_write_safe(&req, 5), "{extra:?}");
+        }
+        let mut head = post(&[("Content-Length", "5")]);
+        head.set_method(http::Method::HEAD);
+        assert!(!single_write_safe(&head, 5));
+    }
+
+    /// A stream that takes at most 3 bytes per write: the head and body still arrive whole
+    /// and in order.
+    #[tokio::test]
+    async fn partial_writes_send_the_head_and_body_whole() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, mut server) = tokio::io::duplex(3);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        write_all(&mut client, b"HEAD\r\n\r\n", b"body bytes")
+            .await
+            .unwrap();
+        drop(client);
+        assert_eq!(reader.await.unwrap(), b"HEAD\r\n\r\nbody bytes");
     }
 }
