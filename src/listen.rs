@@ -32,10 +32,18 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::listeners::TcpSocketOptions;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::listening::Service;
+
+/// The write buffer of a plain listener's connections. pingora buffers the answer's head
+/// (it does not flush a `Content-Length` head) and the body write flushes both, so an answer
+/// that fits goes out in one `sendto`; with pingora's default (1,460 bytes) any answer over
+/// it went out as two writes, the head and then the body (issue 23). 8 KiB holds the AMS
+/// answers the sidecar relays (a pay or inquiry answer is 0.5-3 KiB with its head); only
+/// what an answer writes into it is touched.
+const ANSWER_WRITE_BUFFER: usize = 8 * 1024;
 
 /// One listener: its name (the metrics `listener` label, e.g. `outbound`, `outbound_tls`,
 /// `inbound`, `admin`; room for per-merchant names such as `outbound:sg`) and the address
@@ -59,14 +67,28 @@ impl Reserved {
     }
 
     /// Adds this listener to a pingora service, so that its bind joins the reservation.
-    pub fn add_to<A>(&self, service: &mut Service<A>) {
+    ///
+    /// `plain`: the service reads plain HTTP from the socket (not TLS terminated on top of
+    /// it). Such a listener gets no L4 read buffer: pingora reads the request head into its
+    /// own buffer and the body into the body reader's, so its 64 KiB buffer in front of the
+    /// socket only added a copy of every body and 64 KiB resident per connection (6 % of
+    /// each 1 MiB body in flight: issue 23). Small requests still arrive in one `recvfrom`.
+    /// TLS keeps the buffer: rustls reads in 4 KiB steps, and the buffer turns those into
+    /// one read of up to 64 KiB. The write buffer is [`ANSWER_WRITE_BUFFER`].
+    pub fn add_to<A>(&self, service: &mut Service<A>, plain: bool) {
+        let mut endpoint = ListenerConfig::tcp(self.addr.to_string());
         if self.hold.is_some() {
             let mut options = TcpSocketOptions::default();
             options.so_reuseport = Some(true);
-            service.add_tcp_with_settings(&self.addr.to_string(), options);
-        } else {
-            service.add_tcp(&self.addr.to_string());
+            endpoint = endpoint.tcp_socket_options(options);
         }
+        if plain {
+            endpoint = endpoint.l4_buffer(L4BufferSettings {
+                read: Some(0),
+                write: Some(ANSWER_WRITE_BUFFER),
+            });
+        }
+        service.add_listener(endpoint);
     }
 }
 

@@ -15,8 +15,12 @@ use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as H1Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
+use std::io::IoSlice;
+use tokio::io::AsyncWriteExt;
 
 /// How long a resolved gateway address is reused before DNS is asked again.
 const DNS_TTL: Duration = Duration::from_secs(30);
@@ -321,25 +325,14 @@ impl Upstream {
             detail,
             maybe_delivered: true,
         };
-        session
-            .write_request_header(Box::new(req.clone()))
+        send_request(&mut session, peer, req, body)
             .await
-            .map_err(|e| UpstreamError::Protocol {
+            .map_err(|(e, sent)| UpstreamError::Protocol {
                 target: self.target(),
                 detail: e.to_string(),
                 // nothing left on a connection the other side had closed: safe to retry
-                maybe_delivered: !reused,
+                maybe_delivered: sent || !reused,
             })?;
-        if !body.is_empty() {
-            session
-                .write_request_body(body.clone(), true)
-                .await
-                .map_err(|e| proto(e.to_string()))?;
-        }
-        session
-            .finish_request_body()
-            .await
-            .map_err(|e| proto(e.to_string()))?;
         // skip interim 1xx answers (we never forward Expect, but be safe)
         let mut interim = 0;
         loop {
@@ -361,28 +354,48 @@ impl Upstream {
             .response_header()
             .cloned()
             .ok_or_else(|| proto("no response header".into()))?;
+        // The announced size (bounded by the limit) is reserved once; a body that arrives in
+        // one piece (the usual case) is kept as pingora hands it over, without a copy.
+        let declared = header
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(max_response);
+        let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
         loop {
             match session.read_response_body().await {
                 Ok(Some(chunk)) => {
-                    if buf.len() + chunk.len() > max_response {
+                    let so_far = first.as_ref().map_or(0, Bytes::len) + buf.len();
+                    if so_far + chunk.len() > max_response {
                         return Err(UpstreamError::TooLarge {
                             target: self.target(),
                             limit: max_response,
                         });
                     }
-                    buf.extend_from_slice(&chunk);
+                    match first.take() {
+                        None if buf.is_empty() => first = Some(chunk),
+                        Some(f) => {
+                            buf.reserve(declared.max(f.len() + chunk.len()));
+                            buf.extend_from_slice(&f);
+                            buf.extend_from_slice(&chunk);
+                        }
+                        None => buf.extend_from_slice(&chunk),
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => return Err(proto(e.to_string())),
             }
         }
+        let body = first.unwrap_or_else(|| buf.freeze());
         if session.response_done() {
             self.connector
                 .release_http_session(session, peer, Some(POOL_IDLE_TIMEOUT))
                 .await;
         }
-        Ok((header, buf.freeze()))
+        Ok((header, body))
     }
 
     fn fresh_peer(&self, peer: &HttpPeer) -> HttpPeer {
@@ -423,6 +436,122 @@ impl Upstream {
             },
         }
     }
+}
+
+/// Largest body sent in the same buffer as the request head: below it, one copy of the body
+/// is cheaper than a second write (and, over TLS, a second record); above it the head and the
+/// body go out in one vectored write, without a copy.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+/// Writes the request head and body in one write (one `writev`, or one buffer), so the other
+/// side gets them in one segment (over TLS: one write of records) instead of pingora's client
+/// flushing the head on its own and the body after it (two sends per request: issue 23).
+///
+/// pingora's HTTP/1 client has no way to hold back the head's flush, so on an HTTP/1
+/// connection the request is serialised with pingora's own `http_req_header_to_wire`, written
+/// on the connection's stream, and the stream is wrapped in a new client session that reads
+/// the answer exactly as before. That session does not know the request it answers; what the
+/// client reads from it (a `HEAD` request has no answer body, `Connection: close` in the
+/// request ends keep-alive, an `Upgrade`) is therefore ruled out: every other request (and
+/// HTTP/2) goes through pingora's own two writes.
+///
+/// The error's flag says whether any byte of the request may have left (see `attempt`).
+async fn send_request(
+    session: &mut HttpSession,
+    peer: &HttpPeer,
+    req: &RequestHeader,
+    body: &Bytes,
+) -> Result<(), (pingora::BError, bool)> {
+    let one_write = matches!(session, HttpSession::H1(_)) && single_write_safe(req, body.len());
+    if !one_write {
+        session
+            .write_request_header(Box::new(req.clone()))
+            .await
+            .map_err(|e| (e, false))?;
+        if !body.is_empty() {
+            session
+                .write_request_body(body.clone(), true)
+                .await
+                .map_err(|e| (e, true))?;
+        }
+        return session
+            .finish_request_body()
+            .await
+            .map(|_| ())
+            .map_err(|e| (e, true));
+    }
+    let Some(mut head) = http_req_header_to_wire(req) else {
+        let e = pingora::Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "request-line contains forbidden delimiter bytes or unsupported HTTP version",
+        );
+        return Err((e, false));
+    };
+    // take the stream out of the session (a placeholder session stands in meanwhile)
+    let HttpSession::H1(h1) = std::mem::replace(session, HttpSession::Custom(())) else {
+        unreachable!("checked above")
+    };
+    let mut stream = h1.into_inner();
+    let result = if body.len() <= COALESCE_LIMIT {
+        head.extend_from_slice(body);
+        write_all(&mut stream, &head, &[]).await
+    } else {
+        write_all(&mut stream, &head, body).await
+    };
+    let sent = match result {
+        Ok(()) => match stream.flush().await {
+            Ok(()) => None,
+            Err(e) => Some((e, true)),
+        },
+        Err((e, written)) => Some((e, written > 0)),
+    };
+    if let Some((e, sent)) = sent {
+        let e = pingora::Error::because(ErrorType::WriteError, "while writing the request", e);
+        return Err((e, sent));
+    }
+    *session = HttpSession::H1(H1Session::new_with_options(stream, peer));
+    Ok(())
+}
+
+/// Whether a request may skip pingora's client writer: an HTTP/1.1 `POST` framed by a
+/// `Content-Length` equal to the body, without the headers the answer's reading depends on.
+fn single_write_safe(req: &RequestHeader, body_len: usize) -> bool {
+    let h = &req.headers;
+    req.method == http::Method::POST
+        && req.version == http::Version::HTTP_11
+        && h.get(http::header::CONNECTION).is_none()
+        && h.get(http::header::UPGRADE).is_none()
+        && h.get(http::header::TRANSFER_ENCODING).is_none()
+        && h.get_all(http::header::CONTENT_LENGTH).iter().count() == 1
+        && h.get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            == Some(body_len)
+}
+
+/// Writes `a` then `b` whole, as one vectored write when the stream takes it; the error
+/// carries how many bytes had been written.
+async fn write_all<S: tokio::io::AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    a: &[u8],
+    b: &[u8],
+) -> Result<(), (std::io::Error, usize)> {
+    let total = a.len() + b.len();
+    let mut done = 0;
+    while done < total {
+        let bufs = if done < a.len() {
+            [IoSlice::new(&a[done..]), IoSlice::new(b)]
+        } else {
+            [IoSlice::new(&b[done - a.len()..]), IoSlice::new(&[])]
+        };
+        match stream.write_vectored(&bufs).await {
+            Ok(0) => return Err((std::io::ErrorKind::WriteZero.into(), done)),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((e, done)),
+        }
+    }
+    Ok(())
 }
 
 /// The one upstream trait of the handlers and the delivery worker: one request out (signed
@@ -470,5 +599,54 @@ mod tests {
         assert!(e("invalid peer certificate: UnknownIssuer", false)
             .contains("not signed by a CA in the system roots"));
         assert!(e("handshake failure", true).contains("set [outbound] ca_file for a private CA"));
+    }
+
+    fn post(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("POST", b"/ams/api/v1/payments/pay", None).unwrap();
+        for (name, value) in headers {
+            req.append_header(name.to_string(), *value).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn one_write_only_for_a_post_framed_by_its_content_length() {
+        assert!(single_write_safe(&post(&[("Content-Length", "5")]), 5));
+        assert!(!single_write_safe(&post(&[("Content-Length", "5")]), 6));
+        assert!(!single_write_safe(&post(&[]), 0), "no Content-Length");
+        assert!(!single_write_safe(
+            &post(&[("Content-Length", "5"), ("Content-Length", "5")]),
+            5
+        ));
+        // what the answer's reading depends on: left to pingora's own writer
+        for extra in [
+            ("Connection", "close"),
+            ("Upgrade", "websocket"),
+            ("Transfer-Encoding", "chunked"),
+        ] {
+            let req = post(&[("Content-Length", "5"), extra]);
+            assert!(!single_write_safe(&req, 5), "{extra:?}");
+        }
+        let mut head = post(&[("Content-Length", "5")]);
+        head.set_method(http::Method::HEAD);
+        assert!(!single_write_safe(&head, 5));
+    }
+
+    /// A stream that takes at most 3 bytes per write: the head and body still arrive whole
+    /// and in order.
+    #[tokio::test]
+    async fn partial_writes_send_the_head_and_body_whole() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, mut server) = tokio::io::duplex(3);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        write_all(&mut client, b"HEAD\r\n\r\n", b"body bytes")
+            .await
+            .unwrap();
+        drop(client);
+        assert_eq!(reader.await.unwrap(), b"HEAD\r\n\r\nbody bytes");
     }
 }

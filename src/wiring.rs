@@ -67,11 +67,19 @@ impl Wiring {
             .expect("every configured listener is reserved")
     }
 
-    /// Puts the reserved listener called `name` on `service`; returns the address it is
-    /// bound to (a configured port 0 is a picked port).
+    /// Puts the reserved listener called `name` on `service` (plain HTTP); returns the
+    /// address it is bound to (a configured port 0 is a picked port).
     pub fn listen<A>(&self, name: &str, service: &mut Service<A>) -> SocketAddr {
         let reserved = self.bound(name);
-        reserved.add_to(service);
+        reserved.add_to(service, true);
+        reserved.addr()
+    }
+
+    /// [`Wiring::listen`] for a service that terminates TLS on the accepted stream (it keeps
+    /// pingora's read buffer under the TLS reads: see [`Reserved::add_to`]).
+    pub fn listen_tls<A>(&self, name: &str, service: &mut Service<A>) -> SocketAddr {
+        let reserved = self.bound(name);
+        reserved.add_to(service, false);
         reserved.addr()
     }
 

@@ -251,7 +251,7 @@ pub fn services<P: PayHook + Clone>(
             name.to_string(),
             Limited::shared(proxy, name, wiring.limits(max), Some(listener_tls)),
         );
-        let listen: SocketAddr = wiring.listen(name, &mut svc);
+        let listen: SocketAddr = wiring.listen_tls(name, &mut svc);
         services.push(Box::new(svc));
         tracing::info!(
             %listen,
