@@ -103,7 +103,8 @@ used_ports=" "
 port() {
   local p
   while :; do
-    p=$((20000 + RANDOM % 40000))
+    # below the ephemeral range (32768+): a port some client holds cannot be bound
+    p=$((20000 + RANDOM % 12000))
     case "$used_ports" in *" $p "*) continue ;; esac
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       used_ports+="$p "
@@ -234,6 +235,10 @@ TOML
   # The log goes to its own folder: the sidecar watches the config's folder for changes,
   # and a log file there would wake the watcher on every request.
   mkdir -p logs
+  # Drop the binary from the page cache first: a freshly built (fully cached) binary starts
+  # with ≈ 2 MiB more file-backed RSS (the kernel maps cached neighbours of each touched page),
+  # which would make idle RSS depend on when the binary was built rather than on its code.
+  dd if="$bin" iflag=nocache count=0 status=none 2>/dev/null || true
   taskset -c "$3" "$bin" run --config "$1.toml" >"logs/$1.log" 2>&1 &
   pids+=($!)
   sidecar_pid=$!

@@ -39,10 +39,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Lines the log queue holds before it drops (≈ 4 MiB of JSON request lines): enough for
-/// bursts far above a stalled second of traffic at the sidecar's rate, small against the
-/// memory target.
-pub const LOG_QUEUE_LINES: usize = 8192;
+/// Lines the log queue holds before it drops (≈ 1 MiB of JSON request lines at most, 64 KiB
+/// of slots held from the start): ≈ 0.4 s of stalled stdout at the inbound listener's full
+/// rate on one core, small against the idle-memory target.
+pub const LOG_QUEUE_LINES: usize = 2048;
 
 /// Keeps the log writer thread alive; dropping it writes out what is still queued (waiting at
 /// most a second). `None` when a subscriber was already installed.
@@ -72,10 +72,10 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
         Some(LogFormat::Text) => false,
         None => !std::io::stdout().is_terminal(),
     };
-    // A 64 KiB buffer in front of stdout: the writer thread writes a batch of queued lines
-    // with one `write` (it flushes whenever the queue is empty).
+    // A buffer in front of stdout: the writer thread writes a batch of queued lines with one
+    // `write` (it flushes whenever the queue is empty).
     let (queue, guard) = queued_writer(
-        std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+        std::io::BufWriter::with_capacity(16 * 1024, std::io::stdout()),
         LOG_QUEUE_LINES,
     );
     let dropped = queue.error_counter();
@@ -377,7 +377,10 @@ mod tests {
     /// A writer that blocks every write until its gate opens (stdout stalled), then keeps
     /// what it was given.
     #[derive(Clone, Default)]
-    struct Gated(std::sync::Arc<(Mutex<(bool, Vec<u8>)>, std::sync::Condvar)>);
+    struct Gated(std::sync::Arc<(Mutex<GateState>, std::sync::Condvar)>);
+
+    /// Whether the gate is open, and what was written.
+    type GateState = (bool, Vec<u8>);
 
     impl Gated {
         fn open(&self) {

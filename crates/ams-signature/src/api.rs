@@ -237,7 +237,7 @@ mod tests {
             .iter()
             .copied()
             .chain([OTHER_API_LABEL, INBOUND_API_LABEL]);
-        let mut seen = vec![false; API_LABEL_COUNT];
+        let mut seen = [false; API_LABEL_COUNT];
         for label in labels {
             let i = api_label_index(label).expect(label);
             assert!(!seen[i], "{label} shares index {i}");
