@@ -23,9 +23,9 @@
 //! then fails gets the sidecar's own line with the real cause.
 //!
 //! Off the request path: a log line is formatted by tracing's fmt layer into its reused
-//! per-thread buffer, redacted, and handed to a bounded queue ([`LOG_QUEUE_LINES`] lines);
-//! one writer thread (`tracing-appender`'s non-blocking writer) drains it into a buffered
-//! stdout, one `write` per batch. A worker thread never waits on stdout: when the queue is full
+//! per-thread buffer and handed to a bounded queue ([`LOG_QUEUE_LINES`] lines); one writer
+//! thread (`tracing-appender`'s non-blocking writer) redacts each line and drains them into a
+//! buffered stdout, one `write` per batch. A worker thread never waits on stdout: when the queue is full
 //! (stdout blocked or far slower than the traffic) the line is dropped and counted in
 //! `alipay_sidecar_log_lines_dropped_total`, not queued without bound. The queue is flushed
 //! when the [`LogGuard`] that [`init`] returns is dropped: keep it until the process exits.
@@ -74,14 +74,18 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
     };
     // A buffer in front of stdout: the writer thread writes a batch of queued lines with one
     // `write` (it flushes whenever the queue is empty).
+    // Redaction runs there too, off the worker (the queue passes one line per write).
     let (queue, guard) = queued_writer(
-        std::io::BufWriter::with_capacity(16 * 1024, std::io::stdout()),
+        Redacting(std::io::BufWriter::with_capacity(
+            16 * 1024,
+            std::io::stdout(),
+        )),
         LOG_QUEUE_LINES,
     );
     let dropped = queue.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(move || Redacting(queue.clone()))
+        .with_writer(move || queue.clone())
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal());
     let installed = if json {
@@ -207,16 +211,21 @@ pub fn redact_signatures(buf: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     ];
     let is_token = |b: u8| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'\'' | b',' | b'}');
     let is_text = |b: u8| (b.is_ascii_graphic() || b == b' ') && !matches!(b, b'"' | b'\\');
+    // One pass over the line, trying the needles only where one could start (no two start at
+    // the same place): eight scans of every line were ≈ 3 % of the inbound CPU.
     let find = |from: usize| {
-        NEEDLES
-            .iter()
-            .filter_map(|(needle, text)| {
-                buf[from..]
-                    .windows(needle.len())
-                    .position(|w| w.eq_ignore_ascii_case(needle))
-                    .map(|p| (p + from, needle.len(), *text))
-            })
-            .min()
+        (from..buf.len()).find_map(|at| {
+            if !matches!(buf[at] | 0x20, b's' | b'b' | b'i' | b'c') {
+                return None;
+            }
+            let rest = &buf[at..];
+            NEEDLES
+                .iter()
+                .find(|(needle, _)| {
+                    rest.len() >= needle.len() && rest[..needle.len()].eq_ignore_ascii_case(needle)
+                })
+                .map(|(needle, text)| (at, needle.len(), *text))
+        })
     };
     let Some((mut at, mut len, mut text)) = find(0) else {
         return std::borrow::Cow::Borrowed(buf);
