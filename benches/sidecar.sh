@@ -18,13 +18,27 @@
 # from VmHWM (reset through /proc/<pid>/clear_refs) under 64 connections sending ~1 MiB
 # bodies. The 2-thread phase runs a second sidecar on both CPUs (see its note).
 #
-# It installs nothing: it needs the Debian packages nginx-light, wrk and openssl (and
-# util-linux's taskset), and exits 2 naming the missing ones.
+# Counting (issue 23), in the same run: syscalls per request of the sidecar (outbound and
+# inbound) and of nginx as the plain proxy, from `strace -c -f` attached over a bounded
+# phase at SYS_CONNS connections, divided by the requests wrk completed (strace slows the
+# traced process: its phases count, they are not timed); with COUNT=1, heap allocations and
+# bytes per request (a `count-allocs` build, read from /metrics before and after a phase);
+# p99 ÷ p50 at CONNS connections on one thread. The closing SUMMARY lists every target of
+# issue 23 with the measured value and met / NOT met.
+#
+# It installs nothing: it needs the Debian packages nginx-light, wrk, openssl and strace
+# (and util-linux's taskset), and exits 2 naming the missing ones.
 #
 # usage: benches/sidecar.sh [SECONDS=10]
 #   SIDECAR_BIN=path  use this binary instead of building target/release/alipay-sidecar
 #   CONNS=16          connections for the throughput phases
 #   LOG_LEVEL=info    the sidecar's log level (info, the default, logs one JSON line per request)
+#   SYS_CONNS=1       connections of the syscall-counting phases (1: one request's own
+#                     syscalls, no batching of several connections' events per wake-up)
+#   SYS_SECS=4        length of each syscall-counting phase (at most SECONDS)
+#   COUNT=1           also allocations per request: builds the binary with
+#                     `--features count-allocs` (with SIDECAR_BIN, that binary must have been
+#                     built so; otherwise the allocation lines say "not counted")
 #   KEEP=1            keep the work folder (configs, logs) and print its path
 #   PERF=1            also record a perf profile (linux-perf) of each phase into the work
 #                     folder (implies KEEP; perf's own CPU inflates that run's figures)
@@ -49,6 +63,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-li
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bench-sidecar: missing Debian packages: ${missing[*]}" >&2
   echo "  install them with: apt-get install -y ${missing[*]}" >&2
@@ -61,7 +76,11 @@ fi
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 
 if [ -z "${SIDECAR_BIN:-}" ]; then
-  cargo build --release --quiet --bin alipay-sidecar
+  if [ -n "${COUNT:-}" ]; then
+    cargo build --release --quiet --bin alipay-sidecar --features count-allocs
+  else
+    cargo build --release --quiet --bin alipay-sidecar
+  fi
   SIDECAR_BIN=target/release/alipay-sidecar
 fi
 bin=$(realpath "$SIDECAR_BIN")
@@ -84,7 +103,8 @@ used_ports=" "
 port() {
   local p
   while :; do
-    p=$((20000 + RANDOM % 40000))
+    # below the ephemeral range (32768+): a port some client holds cannot be bound
+    p=$((20000 + RANDOM % 12000))
     case "$used_ports" in *" $p "*) continue ;; esac
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       used_ports+="$p "
@@ -215,6 +235,10 @@ TOML
   # The log goes to its own folder: the sidecar watches the config's folder for changes,
   # and a log file there would wake the watcher on every request.
   mkdir -p logs
+  # Drop the binary from the page cache first: a freshly built (fully cached) binary starts
+  # with ≈ 2 MiB more file-backed RSS (the kernel maps cached neighbours of each touched page),
+  # which would make idle RSS depend on when the binary was built rather than on its code.
+  dd if="$bin" iflag=nocache count=0 status=none 2>/dev/null || true
   taskset -c "$3" "$bin" run --config "$1.toml" >"logs/$1.log" 2>&1 &
   pids+=($!)
   sidecar_pid=$!
@@ -222,6 +246,7 @@ TOML
   "$bin" healthcheck --url "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 || { echo "sidecar did not start: $(tail -5 "logs/$1.log")" >&2; KEEP=1; exit 1; }
   out_url="http://127.0.0.1:$out"
   in_url="http://127.0.0.1:$in"
+  admin_port=$admin
 }
 stop_sidecar() { kill -TERM "$sidecar_pid" 2>/dev/null; wait "$sidecar_pid" 2>/dev/null || true; }
 
@@ -321,6 +346,60 @@ run_wrk() {
   printf '%-44s %8s req/s  CPU %7s µs/req  p50 %6s ms  p99 %6s ms  non-2xx %s\n' \
     "$label" "$rps" "$cpu_us" "$p50" "$p99" "$bad"
 }
+# --- counting (issue 23) ------------------------------------------------------------------
+sys_conns=${SYS_CONNS:-1}
+sys_secs=${SYS_SECS:-4}
+[ "$sys_secs" -gt "$secs" ] && sys_secs=$secs
+# count_syscalls LABEL SCRIPT URL PID...: strace -c -f on the PIDs (all their threads) while
+# wrk runs SYS_SECS at SYS_CONNS connections; prints syscalls per request (total and the top
+# six) and sets sys_total.
+count_syscalls() {
+  local label=$1 script=$2 url=$3 out line req
+  shift 3
+  out="$dir/strace-$(echo "$label" | tr -c 'a-z0-9' '-').txt"
+  local attach=()
+  for p in "$@"; do attach+=(-p "$p"); done
+  taskset -c 1 timeout $((sys_secs + 60)) strace -c -f -o "$out" "${attach[@]}" 2>"$out.err" &
+  local st=$!
+  sleep 1
+  line=$(taskset -c 1 wrk -t1 -c"$sys_conns" -d"${sys_secs}s" --timeout 10s -s "$script" "$url" | grep '^RESULT')
+  kill -INT "$st" 2>/dev/null || true
+  wait "$st" 2>/dev/null || true
+  req=$(echo "$line" | sed -n 's/.*requests=\([0-9]*\).*/\1/p')
+  if [ ! -s "$out" ] || [ -z "$req" ] || [ "$req" -eq 0 ]; then
+    sys_total=nan
+    printf '%-44s not counted (strace: %s)\n' "syscalls/req, $label" "$(head -c 200 "$out.err" | tr '\n' ' ')"
+    return
+  fi
+  sys_total=$(awk -v r="$req" '$NF=="total"{printf "%.1f", $4/r}' "$out")
+  local top
+  top=$(awk -v r="$req" '$1 ~ /^[0-9.]+$/ && $NF != "total" {printf "%s %.2f\n", $NF, $4/r}' "$out" |
+    sort -k2 -g -r | head -6 | awk '{printf "%s%s %s", (NR>1?", ":""), $1, $2}')
+  printf '%-44s %6s  (%s requests at %s conn; top: %s)\n' "syscalls/req, $label" "$sys_total" "$req" "$sys_conns" "$top"
+}
+
+# The allocation counters of a count-allocs build, "allocations bytes" ("" without them).
+scrape_allocs() {
+  local text
+  text=$( (exec 3<>"/dev/tcp/127.0.0.1/$admin_port" && printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && cat <&3) 2>/dev/null) || return 0
+  echo "$text" | awk '/^alipay_sidecar_allocations_total /{a=$2} /^alipay_sidecar_allocated_bytes_total /{b=$2} END{if (a != "") printf "%.0f %.0f", a, b}'
+}
+# alloc_phase LABEL SCRIPT CONNS URL: one run_wrk phase with the allocations it made; sets
+# alloc_n, alloc_b (per request; "n/a" without counters)
+alloc_phase() {
+  local label=$1 script=$2 c=$3 url=$4 a0 a1
+  a0=$(scrape_allocs)
+  run_wrk "$label" ticks "$sidecar_pid" "$script" "$c" "$url"
+  a1=$(scrape_allocs)
+  if [ -n "$a0" ] && [ -n "$a1" ] && [ "$req" -gt 0 ]; then
+    alloc_n=$(awk -v a="${a0% *}" -v b="${a1% *}" -v r="$req" 'BEGIN{printf "%.1f", (b-a)/r}')
+    alloc_b=$(awk -v a="${a0#* }" -v b="${a1#* }" -v r="$req" 'BEGIN{printf "%.0f", (b-a)/r}')
+    printf '%-44s %6s allocations, %s bytes per request\n' "allocations/req, $label" "$alloc_n" "$alloc_b"
+  else
+    alloc_n="n/a"; alloc_b="n/a"
+  fi
+}
+
 total_bad=0
 perf_n=0
 verdict() { awk -v v="$1" -v t="$2" 'BEGIN{ print (v <= t) ? "met" : "NOT met" }'; }
@@ -412,10 +491,13 @@ fi
 
 start_sidecar one 1 0
 idle_kb=$(awk '/VmRSS/{print $2}' "/proc/$sidecar_pid/status")
-run_wrk "outbound, 1 thread, $conns conns" ticks "$sidecar_pid" outbound.lua "$conns" "$out_url$api"
-out_cpu=$cpu_us; out_rps1=$rps
-run_wrk "inbound, 1 thread, $conns conns" ticks "$sidecar_pid" notify.lua "$conns" "$in_url$notify"
-in_cpu=$cpu_us
+if [ -n "${COUNT:-}" ] && [ -z "$(scrape_allocs)" ]; then
+  echo "COUNT=1: $bin has no allocation counters (build it with --features count-allocs); allocations not counted"
+fi
+alloc_phase "outbound, 1 thread, $conns conns" outbound.lua "$conns" "$out_url$api"
+out_cpu=$cpu_us; out_rps1=$rps; out_p50=$p50; out_p99=$p99; out_alloc_n=$alloc_n; out_alloc_b=$alloc_b
+alloc_phase "inbound, 1 thread, $conns conns" notify.lua "$conns" "$in_url$notify"
+in_cpu=$cpu_us; in_alloc_n=$alloc_n; in_alloc_b=$alloc_b
 run_wrk "nginx plain proxy (CPU 0), $conns conns" nginx_ticks "$proxy_master" notify.lua "$conns" "http://127.0.0.1:$proxy$notify"
 nginx_cpu=$cpu_us
 run_wrk "gateway directly over TLS, 1 conn" ticks "$sidecar_pid" plain.lua 1 "https://127.0.0.1:$gw$api"
@@ -425,6 +507,14 @@ low_p50=$p50
 echo 5 >"/proc/$sidecar_pid/clear_refs" 2>/dev/null || true
 run_wrk "outbound 1 MiB bodies, 64 conns" ticks "$sidecar_pid" big.lua 64 "$out_url$api"
 peak_kb=$(awk '/VmHWM/{print $2}' "/proc/$sidecar_pid/status")
+count_syscalls "outbound sidecar" outbound.lua "$out_url$api" "$sidecar_pid"
+sys_out=$sys_total
+count_syscalls "inbound sidecar" notify.lua "$in_url$notify" "$sidecar_pid"
+sys_in=$sys_total
+# nginx: the master and its worker (the worker does the proxying)
+count_syscalls "inbound nginx plain proxy" notify.lua "http://127.0.0.1:$proxy$notify" \
+  "$proxy_master" $(cat "/proc/$proxy_master/task/$proxy_master/children" 2>/dev/null || ps -o pid= --ppid "$proxy_master")
+sys_nginx=$sys_total
 stop_sidecar
 
 # 2 threads: the sidecar may use both CPUs, so wrk and nginx compete with it. The fair figure
@@ -441,7 +531,7 @@ sign_avg=$(awk -v a="$sign1" -v b="$sign_us" 'BEGIN{printf "%.1f", (a+b)/2}')
 verify_avg=$(awk -v a="$verify1" -v b="$verify_us" 'BEGIN{printf "%.1f", (a+b)/2}')
 
 echo
-echo "== summary (OpenSSL: mean of the runs before and after: sign $sign_avg µs, verify $verify_avg µs)"
+echo "== SUMMARY (issue 23 targets; OpenSSL: mean of the runs before and after: sign $sign_avg µs, verify $verify_avg µs; load average at the end $(cut -d' ' -f1-3 /proc/loadavg))"
 r=$(awk -v a="$out_cpu" -v b="$sign_avg" 'BEGIN{printf "%.2f", a/b}')
 echo "outbound CPU per signed + verified request: $out_cpu µs = ${r}× OpenSSL sign (target ≤ 1.15×: $(verdict "$r" 1.15))"
 lim=$(awk -v v="$verify_avg" -v n="$nginx_cpu" 'BEGIN{printf "%.1f", v + 1.5*n}')
@@ -450,11 +540,18 @@ echo "inbound CPU per verified + forwarded notification: $in_cpu µs = ${r}× (O
 added=$(awk -v a="$low_p50" -v b="$direct_p50" 'BEGIN{printf "%.2f", a-b}')
 lim=$(awk -v s="$sign_avg" 'BEGIN{printf "%.2f", s/1000 + 0.3}')
 echo "added latency at 1 connection, p50: $low_p50 − $direct_p50 (gateway direct) = $added ms; target ≤ sign + 0.3 ms = $lim ms: $(verdict "$added" "$lim")"
+r=$(awk -v a="$out_p99" -v b="$out_p50" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "nan"}')
+echo "outbound p99 ÷ p50 at $conns conns, 1 thread: $out_p99 / $out_p50 ms = ${r}× (target ≤ 2×: $(verdict "$r" 2))"
 grow=$(awk -v p="$peak_kb" -v i="$idle_kb" 'BEGIN{printf "%.1f", (p-i)/1024}')
 r=$(awk -v g="$grow" 'BEGIN{printf "%.2f", g/64}')
-echo "RSS: idle $(awk -v i="$idle_kb" 'BEGIN{printf "%.1f", i/1024}') MiB (target ≤ 20: $(verdict "$idle_kb" 20480)), peak $(awk -v p="$peak_kb" 'BEGIN{printf "%.1f", p/1024}') MiB under 64 × 1 MiB in flight: +$grow MiB = ${r}× (target ≤ 1.1×: $(verdict "$r" 1.1))"
+echo "peak − idle RSS under 64 × 1 MiB in flight: +$grow MiB = ${r}× bytes in flight (target ≤ 1.1×: $(verdict "$r" 1.1))"
+echo "idle RSS: $(awk -v i="$idle_kb" 'BEGIN{printf "%.1f", i/1024}') MiB (target ≤ 20 MiB: $(verdict "$idle_kb" 20480))"
 r=$(awk -v a="$out_cpu" -v b="$out_cpu2" 'BEGIN{printf "%.2f", 2*a/b}')
 r2=$(awk -v a="$out_rps2" -v b="$out_rps1" 'BEGIN{printf "%.2f", a/b}')
 echo "2 threads: $out_cpu2 µs CPU/request (1 thread: $out_cpu) → 2 CPUs would do ${r}× one thread (target ≥ 1.8×: $(verdict 1.8 "$r")); measured with wrk and nginx on the same 2 CPUs: $out_rps2 vs $out_rps1 req/s = ${r2}×"
+echo "syscalls per request at $sys_conns conn (counted, no target): outbound $sys_out; inbound $sys_in vs nginx plain proxy $sys_nginx"
+if [ -n "${COUNT:-}" ]; then
+  echo "allocations per request at $conns conns (counted, no target): outbound $out_alloc_n ($out_alloc_b bytes); inbound $in_alloc_n ($in_alloc_b bytes)"
+fi
 echo "non-2xx / unverified / socket errors over all phases: $total_bad (target 0: $(verdict "$total_bad" 0))"
 [ "$total_bad" -eq 0 ]

@@ -33,7 +33,7 @@ use crate::envelope::SidecarError;
 use crate::exchange::{echo, origin_form};
 use crate::handler::{BodyPolicy, Handler, Refusal, Reply, Request};
 use crate::logging::Throttle;
-use crate::metrics::{self, BodyKind};
+use crate::metrics;
 use crate::report::{Direction, Report};
 use crate::state::SidecarState;
 
@@ -228,37 +228,10 @@ pub(crate) fn record(direction: Direction, start: Instant, report: &Report) {
 }
 
 /// Records what the handler did (everything but the request count): called once per
-/// request, before the reply is written.
+/// request, before the reply is written. No label lookup (handles resolved once, see
+/// `metrics::Metrics::record_handled`).
 fn observe(direction: Direction, r: &Report) {
-    let m = metrics::metrics();
-    if let Some(n) = r.request_bytes {
-        m.observe_body_size(direction, BodyKind::Request, n);
-    }
-    if let Some(t) = r.sign_time {
-        m.observe_sign(t);
-    }
-    if let Some(t) = r.verify_time {
-        m.observe_verify(direction, t);
-    }
-    if let Some(v) = r.verification {
-        m.record_verification(direction, v);
-    }
-    if let Some(u) = r.upstream {
-        m.observe_upstream(direction, &r.merchant, r.api, u.elapsed);
-        m.observe_body_size(direction, BodyKind::Response, u.body_bytes);
-    }
-    if let Some(status) = r.gateway_result_status {
-        m.record_gateway_result_status(&r.merchant, r.api, Some(status));
-    }
-    if let Some(ms) = r.time_skew_ms {
-        m.observe_notification_skew_ms(ms);
-    }
-    if let Some(e) = r.error {
-        m.record_error(e.code());
-    }
-    if r.ack_signing_failed {
-        m.record_error(SidecarError::SigningFailed.code());
-    }
+    metrics::metrics().record_handled(direction, r);
 }
 
 /// Counts the request and writes its log line; called once, from the `logging` hook.
@@ -272,7 +245,8 @@ fn finish(
     // 499: the client went away before an answer was written
     let status = if r.status == 0 { 499 } else { r.status };
     let elapsed = start.elapsed();
-    metrics::metrics().record_request(direction, &r.merchant, r.api, r.outcome, status, elapsed);
+    // the request's one label lookup (its status label is open)
+    metrics::metrics().record_finished(direction, r, status, elapsed);
     tracing::info!(
         direction = direction.as_str(),
         merchant = &*r.merchant,

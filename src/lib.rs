@@ -34,6 +34,8 @@
 
 pub(crate) mod adapter;
 pub(crate) mod admin;
+#[cfg(feature = "count-allocs")]
+pub(crate) mod alloc_count;
 pub mod backfill;
 pub(crate) mod budget;
 pub mod cli;

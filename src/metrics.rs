@@ -17,19 +17,86 @@
 //! that is born at 1) are created at zero up front: key reloads and every verification
 //! failure reason.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus::core::{MetricVec, MetricVecBuilder};
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::envelope::SidecarError;
+
+mod fn_counter;
+mod series;
+pub use fn_counter::FnCounter;
 
 // The AMS domain data behind the labels lives with the protocol (crate `ams-signature`), one
 // list each; re-exported here because it is what callers label metrics with.
 pub use crate::protocol::{api_label, INBOUND_API_LABEL, OTHER_API_LABEL};
 // re-exported: tests/ and the files that label with them name them here
+use crate::report::Report;
 pub use crate::report::{Direction, Outcome, VerificationResult};
+
+#[cfg(test)]
+thread_local! {
+    /// `with_label_values` calls made on this thread (tests count them per request).
+    static LOOKUPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// `with_label_values` calls made on this thread so far (test builds only).
+#[cfg(test)]
+pub(crate) fn label_lookups() -> usize {
+    LOOKUPS.with(|n| n.get())
+}
+
+/// `vec.with_label_values(labels)`, counted in test builds: every label lookup of this file
+/// goes through here, so a test can check how many one request makes.
+fn labelled<T: MetricVecBuilder>(vec: &MetricVec<T>, labels: &[&str]) -> T::M {
+    #[cfg(test)]
+    LOOKUPS.with(|n| n.set(n.get() + 1));
+    vec.with_label_values(labels)
+}
+
+/// The handle in `slot`, looked up on first use.
+fn once<T: MetricVecBuilder>(slot: &OnceLock<T::M>, vec: &MetricVec<T>, labels: &[&str]) -> T::M
+where
+    T::M: Clone,
+{
+    slot.get_or_init(|| labelled(vec, labels)).clone()
+}
+
+/// A direction's index in the per-direction handle arrays.
+fn dir(direction: Direction) -> usize {
+    usize::from(direction == Direction::Inbound)
+}
+
+/// The index of a result status label in [`series::Series::result_status`].
+fn result_status_index(label: &str) -> usize {
+    match label {
+        "S" => 0,
+        "F" => 1,
+        "U" => 2,
+        _ => 3,
+    }
+}
+
+/// `status` as decimal text without an allocation.
+fn status_text(status: u16, buf: &mut [u8; 5]) -> &str {
+    let mut n = status;
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // only ASCII digits were written
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
 
 /// Whole-request and upstream latency buckets (seconds): sub-millisecond sidecar refusals up
 /// to the 15 s default gateway timeout and a bit beyond.
@@ -156,7 +223,6 @@ pub struct Metrics {
     verifications: IntCounterVec,
     errors: IntCounterVec,
     body_size: HistogramVec,
-    in_flight: IntGaugeVec,
     key_reloads: IntCounterVec,
     key_info: IntGaugeVec,
     /// Label sets currently present in `key_info`, so a new set can replace it without a
@@ -168,6 +234,16 @@ pub struct Metrics {
     connections_refused: IntCounterVec,
     open_connections: IntGaugeVec,
     connections_closed: IntCounterVec,
+    /// The per-request handles, resolved once (see [`series`]).
+    series: series::SeriesTable,
+    in_flight_by: [IntGauge; 2],
+    verify_by: [OnceLock<Histogram>; 2],
+    /// `[direction][request, response]`.
+    body_size_by: [[OnceLock<Histogram>; 2]; 2],
+    /// Every fixed result's counter per direction (they exist at zero from the start).
+    verifications_by: [Vec<(VerificationResult, IntCounter)>; 2],
+    /// By the position of the code in [`SidecarError::ALL`].
+    errors_by: Box<[OnceLock<IntCounter>]>,
 }
 
 fn histogram_opts(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
@@ -332,6 +408,19 @@ impl Metrics {
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
         registry.register(Box::new(connections_closed.clone()))?;
+        #[cfg(feature = "count-allocs")]
+        {
+            registry.register(Box::new(FnCounter::new(
+                "alipay_sidecar_allocations_total",
+                "Heap allocation calls since start (count-allocs builds only, for the benchmark harness).",
+                crate::alloc_count::allocations,
+            )?))?;
+            registry.register(Box::new(FnCounter::new(
+                "alipay_sidecar_allocated_bytes_total",
+                "Bytes asked for by those allocation calls (count-allocs builds only).",
+                crate::alloc_count::allocated_bytes,
+            )?))?;
+        }
 
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), git_commit()])
@@ -339,12 +428,17 @@ impl Metrics {
         for result in [ReloadResult::Success, ReloadResult::Failure] {
             key_reloads.with_label_values(&[result.as_str()]);
         }
-        for direction in Direction::ALL {
-            in_flight.with_label_values(&[direction.as_str()]);
-            for result in VerificationResult::fixed() {
-                verifications.with_label_values(&[direction.as_str(), result.as_str()]);
-            }
-        }
+        let in_flight_by = Direction::ALL.map(|d| in_flight.with_label_values(&[d.as_str()]));
+        let verifications_by = Direction::ALL.map(|d| {
+            VerificationResult::fixed()
+                .map(|r| {
+                    (
+                        r,
+                        verifications.with_label_values(&[d.as_str(), r.as_str()]),
+                    )
+                })
+                .collect()
+        });
 
         Ok(Metrics {
             registry,
@@ -356,7 +450,6 @@ impl Metrics {
             verifications,
             errors,
             body_size,
-            in_flight,
             key_reloads,
             key_info,
             key_info_labels: Mutex::new(Vec::new()),
@@ -366,6 +459,12 @@ impl Metrics {
             connections_refused,
             open_connections,
             connections_closed,
+            series: series::SeriesTable::default(),
+            in_flight_by,
+            verify_by: Default::default(),
+            body_size_by: Default::default(),
+            verifications_by,
+            errors_by: SidecarError::ALL.iter().map(|_| OnceLock::new()).collect(),
         })
     }
 
@@ -436,19 +535,145 @@ impl Metrics {
         status: u16,
         duration: Duration,
     ) {
-        let status = status.to_string();
-        self.requests
-            .with_label_values(&[
+        self.record_request_of(
+            direction,
+            merchant,
+            || merchant.into(),
+            api,
+            outcome,
+            status,
+            duration,
+        );
+    }
+
+    /// [`Metrics::record_request`] for a handled request's report (`status` is the one
+    /// answered, `duration` the whole request's).
+    pub fn record_finished(
+        &self,
+        direction: Direction,
+        r: &Report,
+        status: u16,
+        duration: Duration,
+    ) {
+        self.record_request_of(
+            direction,
+            &r.merchant,
+            || r.merchant.clone(),
+            r.api,
+            r.outcome,
+            status,
+            duration,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_request_of(
+        &self,
+        direction: Direction,
+        merchant: &str,
+        owned: impl FnOnce() -> Arc<str>,
+        api: &'static str,
+        outcome: Outcome,
+        status: u16,
+        duration: Duration,
+    ) {
+        let mut buf = [0; 5];
+        // the one lookup per request: `status` is an open label
+        labelled(
+            &self.requests,
+            &[
                 direction.as_str(),
                 merchant,
                 api,
                 outcome.as_str(),
-                status.as_str(),
-            ])
-            .inc();
-        self.request_duration
-            .with_label_values(&[direction.as_str(), merchant, api])
-            .observe(duration.as_secs_f64());
+                status_text(status, &mut buf),
+            ],
+        )
+        .inc();
+        let labels = [direction.as_str(), merchant, api];
+        let duration = duration.as_secs_f64();
+        match self.series.merchant(merchant, owned) {
+            Some(row) => match row.get(direction, api) {
+                Some(s) => once(&s.request_duration, &self.request_duration, &labels),
+                None => labelled(&self.request_duration, &labels),
+            },
+            None => labelled(&self.request_duration, &labels),
+        }
+        .observe(duration);
+    }
+
+    /// Records what a handler did for one request (everything but the request count and its
+    /// duration, see [`Metrics::record_finished`]): body sizes, sign and verify times, the
+    /// verification result, the upstream exchange, the gateway's result status, the skew of
+    /// a notification's time and the error code. Through handles resolved once: no label
+    /// lookup once the request's (direction, merchant, API) has been seen.
+    pub fn record_handled(&self, direction: Direction, r: &Report) {
+        let d = dir(direction);
+        if let Some(n) = r.request_bytes {
+            self.body_size(d, BodyKind::Request).observe(n as f64);
+        }
+        if let Some(t) = r.sign_time {
+            self.observe_sign(t);
+        }
+        if let Some(t) = r.verify_time {
+            self.observe_verify(direction, t);
+        }
+        if let Some(v) = r.verification {
+            self.record_verification(direction, v);
+        }
+        if r.upstream.is_some() || r.gateway_result_status.is_some() {
+            let row = self.series.merchant(&r.merchant, || r.merchant.clone());
+            let series = row.as_deref().and_then(|row| row.get(direction, r.api));
+            let labels = [direction.as_str(), &*r.merchant, r.api];
+            if let Some(u) = r.upstream {
+                match series {
+                    Some(s) => once(&s.upstream_duration, &self.upstream_duration, &labels),
+                    None => labelled(&self.upstream_duration, &labels),
+                }
+                .observe(u.elapsed.as_secs_f64());
+                self.body_size(d, BodyKind::Response)
+                    .observe(u.body_bytes as f64);
+            }
+            if let Some(status) = r.gateway_result_status {
+                let label = result_status_label(Some(status));
+                let labels = [&*r.merchant, r.api, label];
+                match series {
+                    Some(s) => once(
+                        &s.result_status[result_status_index(label)],
+                        &self.gateway_result_status,
+                        &labels,
+                    ),
+                    None => labelled(&self.gateway_result_status, &labels),
+                }
+                .inc();
+            }
+        }
+        if let Some(ms) = r.time_skew_ms {
+            self.observe_notification_skew_ms(ms);
+        }
+        if let Some(e) = r.error {
+            self.record_sidecar_error(e);
+        }
+        if r.ack_signing_failed {
+            self.record_sidecar_error(SidecarError::SigningFailed);
+        }
+    }
+
+    /// Counts one error the sidecar answered itself, through its resolved handle.
+    pub fn record_sidecar_error(&self, error: SidecarError) {
+        match SidecarError::ALL.iter().position(|e| *e == error) {
+            Some(i) => once(&self.errors_by[i], &self.errors, &[error.code()]).inc(),
+            None => self.record_error(error.code()),
+        }
+    }
+
+    fn body_size(&self, d: usize, kind: BodyKind) -> Histogram {
+        let k = usize::from(kind == BodyKind::Response);
+        once(
+            &self.body_size_by[d][k],
+            &self.body_size,
+            &[Direction::ALL[d].as_str(), kind.as_str()],
+        )
     }
 
     /// Observes how long the upstream (gateway outbound, app inbound) took for one exchange.
@@ -459,9 +684,13 @@ impl Metrics {
         api: &'static str,
         duration: Duration,
     ) {
-        self.upstream_duration
-            .with_label_values(&[direction.as_str(), merchant, api])
-            .observe(duration.as_secs_f64());
+        let labels = [direction.as_str(), merchant, api];
+        let row = self.series.merchant(merchant, || merchant.into());
+        match row.as_deref().and_then(|row| row.get(direction, api)) {
+            Some(s) => once(&s.upstream_duration, &self.upstream_duration, &labels),
+            None => labelled(&self.upstream_duration, &labels),
+        }
+        .observe(duration.as_secs_f64());
     }
 
     /// Observes the time one signing operation took (requests outbound, acknowledgements
@@ -472,35 +701,40 @@ impl Metrics {
 
     /// Observes the time one signature verification took.
     pub fn observe_verify(&self, direction: Direction, duration: Duration) {
-        self.verify_duration
-            .with_label_values(&[direction.as_str()])
-            .observe(duration.as_secs_f64());
+        once(
+            &self.verify_by[dir(direction)],
+            &self.verify_duration,
+            &[direction.as_str()],
+        )
+        .observe(duration.as_secs_f64());
     }
 
     /// Counts one signature check by its result.
     pub fn record_verification(&self, direction: Direction, result: VerificationResult) {
-        self.verifications
-            .with_label_values(&[direction.as_str(), result.as_str()])
-            .inc();
+        match self.verifications_by[dir(direction)]
+            .iter()
+            .find(|(r, _)| *r == result)
+        {
+            Some((_, counter)) => counter.inc(),
+            None => labelled(&self.verifications, &[direction.as_str(), result.as_str()]).inc(),
+        }
     }
 
     /// Counts one error the sidecar answered itself. `code` is the `SIDECAR_…` resultCode from
     /// the caller's closed set — never text from a request.
     pub fn record_error(&self, code: &str) {
-        self.errors.with_label_values(&[code]).inc();
+        labelled(&self.errors, &[code]).inc();
     }
 
     /// Observes the size of one body.
     pub fn observe_body_size(&self, direction: Direction, kind: BodyKind, bytes: usize) {
-        self.body_size
-            .with_label_values(&[direction.as_str(), kind.as_str()])
-            // Precision loss only above 2^53 bytes.
-            .observe(bytes as f64);
+        // Precision loss only above 2^53 bytes.
+        self.body_size(dir(direction), kind).observe(bytes as f64);
     }
 
     /// Raises the in-flight gauge until the returned guard is dropped.
     pub fn in_flight(&self, direction: Direction) -> InFlightGuard {
-        let gauge = self.in_flight.with_label_values(&[direction.as_str()]);
+        let gauge = self.in_flight_by[dir(direction)].clone();
         gauge.inc();
         InFlightGuard { gauge }
     }
@@ -577,9 +811,21 @@ impl Metrics {
         api: &'static str,
         result_status: Option<&str>,
     ) {
-        self.gateway_result_status
-            .with_label_values(&[merchant, api, result_status_label(result_status)])
-            .inc();
+        let label = result_status_label(result_status);
+        let labels = [merchant, api, label];
+        let row = self.series.merchant(merchant, || merchant.into());
+        match row
+            .as_deref()
+            .and_then(|row| row.get(Direction::Outbound, api))
+        {
+            Some(s) => once(
+                &s.result_status[result_status_index(label)],
+                &self.gateway_result_status,
+                &labels,
+            ),
+            None => labelled(&self.gateway_result_status, &labels),
+        }
+        .inc();
     }
 }
 

@@ -67,7 +67,9 @@ pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
             return crate::cli::exit::EXIT_INVALID;
         }
     }
-    crate::logging::init(&config.log);
+    // held until the function returns: dropping it writes out the queued log lines
+    let _log = crate::logging::init(&config.log);
+    crate::tls::seed_random();
     if let Some((before, after)) = open_files {
         if after < 2048 {
             tracing::warn!(open_files = after, "the open-files limit (ulimit -n) is low for the listeners' connection caps; raise it to at least 2048");

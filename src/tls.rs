@@ -61,6 +61,28 @@ pub fn install_tls_provider() -> bool {
     tls_provider_is_aws_lc()
 }
 
+/// Seeds aws-lc's random generator now, before the listeners open, instead of on the first
+/// request.
+///
+/// aws-lc (aws-lc-sys 0.47) seeds one process-wide seed DRBG from CPU Jitter Entropy when any
+/// thread first asks for random bytes (≈ 35 ms of CPU here, most of it Jitter Entropy's FIPS
+/// start-up health test); every thread's own DRBG is then seeded from that one, and Jitter
+/// Entropy runs again only after 2^24 seed requests or a fork / VM snapshot. So it does not
+/// run per signature (a profile shows `jent_*` only in the first phase of each process), but
+/// without this the first signed request (RSA blinding) or the first gateway handshake paid
+/// it. Nothing to configure beyond that: the jitter source stays (aws-lc's default, the one it
+/// documents for servers); `DISABLE_CPU_JITTER_ENTROPY` would only move the seed to the OS.
+pub fn seed_random() {
+    let mut byte = [0u8; 1];
+    if rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut byte)
+        .is_err()
+    {
+        tracing::warn!("seeding the random generator at start failed; the first request will");
+    }
+}
+
 /// Whether the rustls process-default provider is aws-lc-rs's. A `CryptoProvider` carries
 /// no name; its `Debug` form names the implementations (e.g. `secure_random: AwsLcRs`).
 pub fn tls_provider_is_aws_lc() -> bool {

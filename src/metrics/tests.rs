@@ -1,6 +1,7 @@
 //! The metric set's unit tests (kept beside `metrics.rs` so that file stays the definitions).
 
 use super::*;
+use std::sync::Arc;
 
 #[test]
 fn isolated_sets_can_coexist() {
@@ -98,4 +99,108 @@ fn failure_reasons_and_reload_results_exist_at_zero() {
     ));
     assert!(text.contains("alipay_sidecar_key_reloads_total{result=\"failure\"} 0"));
     assert!(text.contains("alipay_sidecar_build_info{git_commit="));
+}
+
+/// A handled outbound request as the adapter records it: what the handler saw, the count and
+/// duration, the in-flight gauge.
+fn one_request(m: &Metrics, direction: Direction, r: &Report) {
+    let _in_flight = m.in_flight(direction);
+    m.record_handled(direction, r);
+    m.record_finished(direction, r, r.status, Duration::from_millis(3));
+}
+
+fn outbound_report() -> Report {
+    let mut r = Report::new(Arc::from("default"), "payments/pay");
+    r.outcome = Outcome::Verified;
+    r.status = 200;
+    r.request_bytes = Some(300);
+    r.sign_time = Some(Duration::from_micros(800));
+    r.verify_time = Some(Duration::from_micros(20));
+    r.verification = Some(VerificationResult::Valid);
+    r.upstream = Some(crate::report::UpstreamTiming {
+        elapsed: Duration::from_millis(2),
+        status: 200,
+        body_bytes: 200,
+    });
+    r.gateway_result_status = Some("S");
+    r
+}
+
+#[test]
+fn a_request_makes_one_label_lookup_once_its_handles_are_resolved() {
+    let m = Metrics::new().expect("metrics");
+    let out = outbound_report();
+    let mut refused = Report::new(Arc::from("default"), INBOUND_API_LABEL);
+    refused.outcome = Outcome::Rejected;
+    refused.status = 401;
+    refused.request_bytes = Some(10);
+    refused.verification = Some(VerificationResult::WrongClientId);
+    refused.error = Some(SidecarError::NotificationUnverified);
+    for (direction, r) in [(Direction::Outbound, &out), (Direction::Inbound, &refused)] {
+        let first = label_lookups();
+        one_request(&m, direction, r);
+        let resolving = label_lookups() - first;
+        let before = label_lookups();
+        one_request(&m, direction, r);
+        one_request(&m, direction, r);
+        assert_eq!(
+            label_lookups() - before,
+            2,
+            "{direction:?}: one lookup per request (the request counter's open status label); \
+             the first request resolved {resolving}"
+        );
+    }
+    // the handles record into the same series the lookups did
+    let text = m.render();
+    for line in [
+        "alipay_sidecar_requests_total{api=\"payments/pay\",direction=\"outbound\",merchant=\"default\",outcome=\"verified\",status=\"200\"} 3",
+        "alipay_sidecar_request_duration_seconds_count{api=\"payments/pay\",direction=\"outbound\",merchant=\"default\"} 3",
+        "alipay_sidecar_upstream_duration_seconds_count{api=\"payments/pay\",direction=\"outbound\",merchant=\"default\"} 3",
+        "alipay_sidecar_gateway_result_status_total{api=\"payments/pay\",merchant=\"default\",result_status=\"S\"} 3",
+        "alipay_sidecar_body_size_bytes_count{direction=\"outbound\",kind=\"request\"} 3",
+        "alipay_sidecar_body_size_bytes_count{direction=\"outbound\",kind=\"response\"} 3",
+        "alipay_sidecar_verify_duration_seconds_count{direction=\"outbound\"} 3",
+        "alipay_sidecar_signature_verifications_total{direction=\"outbound\",result=\"valid\"} 3",
+        "alipay_sidecar_requests_total{api=\"notify\",direction=\"inbound\",merchant=\"default\",outcome=\"rejected\",status=\"401\"} 3",
+        "alipay_sidecar_signature_verifications_total{direction=\"inbound\",result=\"wrong_client_id\"} 3",
+        "alipay_sidecar_errors_total{code=\"SIDECAR_NOTIFICATION_UNVERIFIED\"} 3",
+        "alipay_sidecar_in_flight_requests{direction=\"outbound\"} 0",
+    ] {
+        assert!(text.contains(line), "missing {line}\n{text}");
+    }
+    // a handle is resolved on first use: no series appears before it is recorded
+    assert!(!text.contains("result_status=\"F\""), "{text}");
+    assert!(
+        !text.contains("direction=\"inbound\",kind=\"response\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn another_merchant_or_api_gets_its_own_series() {
+    let m = Metrics::new().expect("metrics");
+    let mut r = outbound_report();
+    one_request(&m, Direction::Outbound, &r);
+    r.merchant = Arc::from("second");
+    r.api = OTHER_API_LABEL;
+    one_request(&m, Direction::Outbound, &r);
+    // a label outside the API list still records, through the lookup
+    r.api = "not/a/label";
+    one_request(&m, Direction::Outbound, &r);
+    let text = m.render();
+    for line in [
+        "alipay_sidecar_request_duration_seconds_count{api=\"payments/pay\",direction=\"outbound\",merchant=\"default\"} 1",
+        "alipay_sidecar_request_duration_seconds_count{api=\"other\",direction=\"outbound\",merchant=\"second\"} 1",
+        "alipay_sidecar_request_duration_seconds_count{api=\"not/a/label\",direction=\"outbound\",merchant=\"second\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line}\n{text}");
+    }
+}
+
+#[test]
+fn status_text_is_decimal() {
+    let mut buf = [0; 5];
+    for n in [0u16, 7, 200, 499, 65535] {
+        assert_eq!(status_text(n, &mut buf), n.to_string());
+    }
 }

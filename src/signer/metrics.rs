@@ -4,7 +4,9 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
 
 use super::{Backend, FailureReason, SignFailure};
 
@@ -89,17 +91,19 @@ pub(crate) fn announce(merchant: &str, backend: Backend) {
     }
 }
 
+/// Records one sign; `seconds` caches the merchant's histogram handle (one label lookup per
+/// key, not per sign).
 pub(crate) fn observe(
     merchant: &str,
     backend: Backend,
+    seconds: &OnceLock<Histogram>,
     elapsed: Duration,
     failure: Option<&SignFailure>,
 ) {
     let m = get();
     match failure {
-        None => m
-            .seconds
-            .with_label_values(&[merchant, backend.label()])
+        None => seconds
+            .get_or_init(|| m.seconds.with_label_values(&[merchant, backend.label()]))
             .observe(elapsed.as_secs_f64()),
         Some(f) => m
             .errors

@@ -15,10 +15,11 @@ mod metrics;
 pub mod pkcs11;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use prometheus::Histogram;
 
 use crate::protocol::{format_signature_header, ContentDigest, PrivateKey, PublicKey};
 
@@ -124,6 +125,9 @@ pub struct SigningKey {
     /// For a token key: where it is (the URI), for messages.
     location: Option<String>,
     merchant: Arc<str>,
+    /// `alipay_sidecar_signer_seconds{merchant, backend}`, looked up on the first sign
+    /// instead of on every one (shared by the clones).
+    seconds: Arc<OnceLock<Histogram>>,
 }
 
 impl fmt::Debug for SigningKey {
@@ -144,6 +148,7 @@ impl SigningKey {
             file: Some(key),
             location: None,
             merchant: merchant.into(),
+            seconds: Arc::default(),
         }
     }
 
@@ -160,6 +165,7 @@ impl SigningKey {
             file: None,
             location: Some(location),
             merchant: merchant.into(),
+            seconds: Arc::default(),
         }
     }
 
@@ -206,6 +212,7 @@ impl SigningKey {
         metrics::observe(
             &self.merchant,
             backend,
+            &self.seconds,
             start.elapsed(),
             result.as_ref().err(),
         );

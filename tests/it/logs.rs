@@ -3,7 +3,7 @@
 use crate::inbound::fresh;
 use std::time::Duration;
 
-use crate::support::{assert_verified_ok, start, FLAT_KEYS};
+use crate::support::{assert_verified_ok, start, DEADLINE, FLAT_KEYS, JSON_LOGS};
 use crate::support::{key, request, rt, App, Behaviour, Rig, RigConfig};
 
 // ---------------------------------------------------------------- 7. logs without secrets
@@ -180,5 +180,39 @@ fn signature_values_never_reach_the_logs_even_at_trace() {
     assert!(
         logs.contains("signature=<redacted>"),
         "pingora's header dumps are redacted"
+    );
+}
+
+/// The log lines leave the request path through a bounded queue (issue 23): they still arrive
+/// while the sidecar runs, the dropped-lines counter is exported, and the lines written last
+/// (after the server stopped) are flushed before the process exits.
+#[test]
+fn log_lines_arrive_through_the_queue_and_are_flushed_at_exit() {
+    let mut rig = start(FLAT_KEYS, JSON_LOGS, |_| {}, |_| {});
+    assert_verified_ok(&rig.pay("pay_log_queue_1", ""), "pay", &rig.sidecar);
+    rig.eventually("the request's log line, while the sidecar runs", || {
+        rig.sidecar
+            .logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|v| v["direction"] == "outbound" && v["api"] == "payments/pay")
+            .then_some(())
+    });
+    let text = String::from_utf8(rig.sidecar.admin_get("/metrics").body).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "alipay_sidecar_log_lines_dropped_total 0"),
+        "the dropped-lines counter is exported, at zero: {text}"
+    );
+
+    rig.sidecar.signal("TERM");
+    let code = rig.sidecar.wait_exit(DEADLINE);
+    assert_eq!(code, Some(0), "graceful exit\n{}", rig.sidecar.logs());
+    let logs = rig.sidecar.logs();
+    assert!(
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|v| v["message"] == "stopped"),
+        "the last line (after the server stopped) was flushed before exit: {logs}"
     );
 }

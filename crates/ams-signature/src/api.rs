@@ -192,6 +192,20 @@ const KNOWN_APIS: &[&str] = &[
     "vaults/vaultPaymentMethod",
 ];
 
+/// How many API labels [`api_label_index`] numbers: the known APIs, `other` and `notify`.
+pub const API_LABEL_COUNT: usize = KNOWN_APIS.len() + 2;
+
+/// A dense number (`0..API_LABEL_COUNT`) for each API label, so a caller can keep per-API data
+/// in an array instead of hashing the label on every request (the sidecar's metric handles);
+/// `None` for a string that is no API label.
+pub fn api_label_index(label: &str) -> Option<usize> {
+    match label {
+        OTHER_API_LABEL => Some(KNOWN_APIS.len()),
+        INBOUND_API_LABEL => Some(KNOWN_APIS.len() + 1),
+        _ => KNOWN_APIS.binary_search(&label).ok(),
+    }
+}
+
 /// Maps a request path to a low-cardinality API label such as `"payments/pay"`: a known AMS
 /// path (live or sandbox form, query ignored) gives its label from a static list, anything
 /// else gives `"other"`. The result is always a `&'static str` from this module, so request
@@ -216,6 +230,26 @@ pub fn api_label(path: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_label_has_its_own_index() {
+        let labels = KNOWN_APIS
+            .iter()
+            .copied()
+            .chain([OTHER_API_LABEL, INBOUND_API_LABEL]);
+        let mut seen = [false; API_LABEL_COUNT];
+        for label in labels {
+            let i = api_label_index(label).expect(label);
+            assert!(!seen[i], "{label} shares index {i}");
+            seen[i] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
+        assert_eq!(api_label_index("/ams/api/v1/payments/pay"), None);
+        assert_eq!(
+            api_label_index(api_label("/ams/api/v1/payments/pay")),
+            api_label_index("payments/pay")
+        );
+    }
 
     #[test]
     fn known_api_list_is_sorted_and_unique() {

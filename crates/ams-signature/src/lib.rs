@@ -36,7 +36,7 @@ mod time;
 mod verify;
 
 pub use ack::{ack_signature_headers, ACK_BODY};
-pub use api::{api_label, INBOUND_API_LABEL, OTHER_API_LABEL};
+pub use api::{api_label, api_label_index, API_LABEL_COUNT, INBOUND_API_LABEL, OTHER_API_LABEL};
 pub use api_key::{ApiKey, ApiKeyEnv, ApiKeyError, ApiKeyKind, MAX_API_KEY_LEN};
 pub use content::{content_digest, content_to_sign, sha256_hex, ContentDigest, ContentHasher};
 pub use rejection::{
