@@ -23,9 +23,9 @@
 //! then fails gets the sidecar's own line with the real cause.
 //!
 //! Off the request path: a log line is formatted by tracing's fmt layer into its reused
-//! per-thread buffer and handed to a bounded queue ([`LOG_QUEUE_LINES`] lines); one writer
-//! thread (`tracing-appender`'s non-blocking writer) redacts each line and drains them into a
-//! buffered stdout, one `write` per batch. A worker thread never waits on stdout: when the queue is full
+//! per-thread buffer and copied into a bounded queue ([`LOG_QUEUE_BYTES`]); one writer
+//! thread ([`queue`]) redacts them and writes them to stdout, one `write` per batch of
+//! lines. A worker thread never waits on stdout: when the queue is full
 //! (stdout blocked or far slower than the traffic) the line is dropped and counted in
 //! `alipay_sidecar_log_lines_dropped_total`, not queued without bound. The queue is flushed
 //! when the [`LogGuard`] that [`init`] returns is dropped: keep it until the process exits.
@@ -34,36 +34,26 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Lines the log queue holds before it drops (≈ 1 MiB of JSON request lines at most, 64 KiB
-/// of slots held from the start): ≈ 0.4 s of stalled stdout at the inbound listener's full
-/// rate on one core, small against the idle-memory target.
-pub const LOG_QUEUE_LINES: usize = 2048;
+pub mod queue;
+use queue::{LogQueue, QueueGuard};
+
+/// Bytes the log queue holds before it drops lines (≈ 2,000 JSON request lines, ≈ 0.4 s of
+/// stalled stdout at the inbound listener's full rate on one core); allocated only as lines
+/// arrive, so idle memory does not pay for it.
+pub const LOG_QUEUE_BYTES: usize = 1024 * 1024;
 
 /// Keeps the log writer thread alive; dropping it writes out what is still queued (waiting at
 /// most a second). `None` when a subscriber was already installed.
 #[must_use = "dropping the guard stops the log writer: keep it until the process exits"]
-pub struct LogGuard(#[allow(dead_code)] Option<WorkerGuard>);
+pub struct LogGuard(#[allow(dead_code)] Option<QueueGuard>);
 
-/// The bounded, lossy writer in front of `out`: what [`init`] logs through (the tests give
-/// it a small `lines` bound).
-pub fn queued_writer<W: Write + Send + 'static>(
-    out: W,
-    lines: usize,
-) -> (NonBlocking, WorkerGuard) {
-    NonBlockingBuilder::default()
-        .buffered_lines_limit(lines)
-        .lossy(true)
-        .thread_name("alipay-sidecar-log")
-        .finish(out)
-}
-
-/// Installs the global subscriber once; later calls are no-ops.
-pub fn init(cfg: &LogConfig) -> LogGuard {
+/// Installs the global subscriber once; later calls are no-ops. Fails only when the log
+/// writer thread cannot be started (the process is out of threads or memory).
+pub fn init(cfg: &LogConfig) -> std::io::Result<LogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!("{},pingora_core=warn,pingora_proxy=off", cfg.level))
     });
@@ -72,17 +62,10 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
         Some(LogFormat::Text) => false,
         None => !std::io::stdout().is_terminal(),
     };
-    // A buffer in front of stdout: the writer thread writes a batch of queued lines with one
-    // `write` (it flushes whenever the queue is empty).
-    // Redaction runs there too, off the worker (the queue passes one line per write).
-    let (queue, guard) = queued_writer(
-        Redacting(std::io::BufWriter::with_capacity(
-            16 * 1024,
-            std::io::stdout(),
-        )),
-        LOG_QUEUE_LINES,
-    );
-    let dropped = queue.error_counter();
+    // Redaction runs on the writer thread, off the worker, over each batch (a value never
+    // runs past the end of its line: see `redact_signatures`).
+    let (queue, guard) = LogQueue::start(Redacting(std::io::stdout()), LOG_QUEUE_BYTES)?;
+    let dropped = queue.clone();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(move || queue.clone())
@@ -103,7 +86,7 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
         let counter = crate::metrics::FnCounter::new(
             "alipay_sidecar_log_lines_dropped_total",
             "Log lines dropped because the log queue was full (stdout blocked or slower than the traffic).",
-            move || dropped.dropped_lines() as u64,
+            move || dropped.dropped(),
         );
         match counter.map(|c| crate::metrics::metrics().register(Box::new(c))) {
             Ok(Ok(())) => {}
@@ -112,9 +95,9 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
             }
             Err(error) => tracing::error!(%error, "registering the dropped-lines counter failed"),
         }
-        LogGuard(Some(guard))
+        Ok(LogGuard(Some(guard)))
     } else {
-        LogGuard(None)
+        Ok(LogGuard(None))
     }
 }
 
@@ -418,17 +401,17 @@ mod tests {
     #[test]
     fn a_stalled_output_drops_and_counts_lines_instead_of_blocking_or_growing() {
         let out = Gated::default();
-        let (mut queue, guard) = queued_writer(out.clone(), 4);
-        let dropped = queue.error_counter();
-        // the writer thread takes at most one line into its stalled write; the queue holds 4
+        // "line N\n" is 7 or 8 bytes: the queue holds 4 lines; the writer thread takes at most
+        // one batch (≤ 4 lines) into its stalled write
+        let (mut queue, guard) = LogQueue::start(out.clone(), 32).unwrap();
         for i in 0..50 {
             // returns at once whatever the output does (this test would hang otherwise)
             queue.write_all(format!("line {i}\n").as_bytes()).unwrap();
         }
-        let lost = dropped.dropped_lines();
+        let lost = queue.dropped() as usize;
         assert!(
-            (45..50).contains(&lost),
-            "at most 4 queued + 1 in hand, the rest dropped and counted: {lost} dropped"
+            (42..=46).contains(&lost),
+            "at most 4 queued + 4 in hand, the rest dropped and counted: {lost} dropped"
         );
         out.open();
         drop(guard); // writes out what was queued

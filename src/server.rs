@@ -68,7 +68,13 @@ pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
         }
     }
     // held until the function returns: dropping it writes out the queued log lines
-    let _log = crate::logging::init(&config.log);
+    let _log = match crate::logging::init(&config.log) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: cannot start: cannot start the log writer thread: {e}");
+            return crate::cli::exit::EXIT_INVALID;
+        }
+    };
     crate::tls::seed_random();
     if let Some((before, after)) = open_files {
         if after < 2048 {
