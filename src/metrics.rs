@@ -635,17 +635,7 @@ impl Metrics {
                     .observe(u.body_bytes as f64);
             }
             if let Some(status) = r.gateway_result_status {
-                let label = result_status_label(Some(status));
-                let labels = [&*r.merchant, r.api, label];
-                match series {
-                    Some(s) => once(
-                        &s.result_status[result_status_index(label)],
-                        &self.gateway_result_status,
-                        &labels,
-                    ),
-                    None => labelled(&self.gateway_result_status, &labels),
-                }
-                .inc();
+                self.count_result_status(series, &r.merchant, r.api, Some(status));
             }
         }
         if let Some(ms) = r.time_skew_ms {
@@ -811,13 +801,25 @@ impl Metrics {
         api: &'static str,
         result_status: Option<&str>,
     ) {
+        let row = self.series.merchant(merchant, || merchant.into());
+        let series = row
+            .as_deref()
+            .and_then(|row| row.get(Direction::Outbound, api));
+        self.count_result_status(series, merchant, api, result_status);
+    }
+
+    /// One gateway answer counted by its result status, through the request's resolved
+    /// handles when there are any.
+    fn count_result_status(
+        &self,
+        series: Option<&series::Series>,
+        merchant: &str,
+        api: &str,
+        result_status: Option<&str>,
+    ) {
         let label = result_status_label(result_status);
         let labels = [merchant, api, label];
-        let row = self.series.merchant(merchant, || merchant.into());
-        match row
-            .as_deref()
-            .and_then(|row| row.get(Direction::Outbound, api))
-        {
+        match series {
             Some(s) => once(
                 &s.result_status[result_status_index(label)],
                 &self.gateway_result_status,

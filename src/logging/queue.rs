@@ -169,11 +169,14 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
 
-    /// An output whose writes wait until its gate opens, telling when one is waiting, and
-    /// keeping each `write` call's bytes apart.
+    /// Whether the gate is open, and the bytes of each `write` call.
+    type Gate = (Mutex<(bool, Vec<Vec<u8>>)>, Condvar);
+
+    /// An output (stdout stand-in) whose writes wait until its gate opens, telling when one
+    /// is waiting, and keeping each `write` call's bytes apart.
     #[derive(Clone, Default)]
     struct Recorder {
-        state: Arc<(Mutex<(bool, Vec<Vec<u8>>)>, Condvar)>,
+        state: Arc<Gate>,
         waiting: Arc<AtomicBool>,
     }
 
@@ -243,5 +246,30 @@ mod tests {
         }
         drop(guard);
         assert_eq!(out.writes().concat(), "one\ntwo\n");
+    }
+
+    /// A stalled stdout: the worker's writes return at once, the queue keeps at most its
+    /// byte limit, the rest is dropped and counted, and what was kept is written in order
+    /// once stdout moves again.
+    #[test]
+    fn a_stalled_output_drops_and_counts_lines_instead_of_blocking_or_growing() {
+        let out = Recorder::default();
+        // "line N\n" is 7 or 8 bytes: the queue holds 4 lines; the writer thread takes at most
+        // one batch (≤ 4 lines) into its stalled write
+        let (mut queue, guard) = LogQueue::start(out.clone(), 32).unwrap();
+        for i in 0..50 {
+            // returns at once whatever the output does (this test would hang otherwise)
+            queue.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        let lost = queue.dropped() as usize;
+        assert!(
+            (42..=46).contains(&lost),
+            "at most 4 queued + 4 in hand, the rest dropped and counted: {lost} dropped"
+        );
+        out.open();
+        drop(guard); // writes out what was queued
+        let written = out.writes().concat();
+        assert_eq!(written.lines().count(), 50 - lost, "{written}");
+        assert!(written.starts_with("line 0\n"), "{written}");
     }
 }
