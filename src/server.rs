@@ -71,7 +71,11 @@ pub fn run(config_path: &Path, ready_file: Option<&Path>) -> i32 {
     let _log = match crate::logging::init(&config.log) {
         Ok(guard) => guard,
         Err(e) => {
-            eprintln!("error: cannot start: cannot start the log writer thread: {e}");
+            eprintln!(
+                "error: cannot start: cannot start the log writer thread: {e}; the process is \
+                 out of threads or memory: check `ulimit -u` and the container's pids and \
+                 memory limits"
+            );
             return crate::cli::exit::EXIT_INVALID;
         }
     };

@@ -488,10 +488,15 @@ async fn send_request(
         return Err((e, false));
     };
     // take the stream out of the session (a placeholder session stands in meanwhile)
-    let HttpSession::H1(h1) = std::mem::replace(session, HttpSession::Custom(())) else {
-        unreachable!("checked above")
+    let mut stream = match std::mem::replace(session, HttpSession::Custom(())) {
+        HttpSession::H1(h1) => h1.into_inner(),
+        other => {
+            // not HTTP/1 after all (ruled out by `one_write`): put it back, refuse untouched
+            *session = other;
+            let e = pingora::Error::explain(ErrorType::InternalError, "not an HTTP/1 session");
+            return Err((e, false));
+        }
     };
-    let mut stream = h1.into_inner();
     let result = if body.len() <= COALESCE_LIMIT {
         head.extend_from_slice(body);
         write_all(&mut stream, &head, &[]).await

@@ -79,6 +79,25 @@ impl Setup {
         }
     }
 
+    /// The backfill on (every `interval`) with a fresh PostgreSQL database `db_name`; `None`
+    /// (after `SKIPPED`, outside CI only: under CI=true a missing server fails) when there
+    /// is no server.
+    fn on_postgres(test: &str, db_name: &str, interval: &str) -> Option<Setup> {
+        let admin = pg_admin_url(test)?;
+        let url = create_database(&admin, db_name);
+        let section = format!("[store]\nurl = {url:?}\n");
+        let app = App::start(Behaviour::Ack);
+        Some(Setup::on(
+            app,
+            StoreConfig::postgres(url),
+            &section,
+            None,
+            100,
+            true,
+            interval,
+        ))
+    }
+
     fn notify_url(&self) -> String {
         format!("http://{}{NOTIFY_PATH}", self.rig.sidecar.addr("inbound"))
     }
@@ -303,23 +322,12 @@ fn walks(gw: &ams_mock_gateway::MockGateway) -> Vec<(SystemTime, SystemTime)> {
 
 #[test]
 fn two_replicas_on_postgresql_walk_once() {
-    let Some(admin) = pg_admin_url("two_replicas_on_postgresql_walk_once") else {
-        return;
-    };
-    let url = create_database(&admin, "backfill_two");
-    let section = format!("[store]\nurl = {url:?}\n");
-    let app = App::start(Behaviour::Ack);
     // 4s: two walks due in one interval would start from one cursor at least 2s (half an
     // interval) apart, more than the wire's whole-second rounding hides
-    let s = Setup::on(
-        app,
-        StoreConfig::postgres(url.clone()),
-        &section,
-        None,
-        100,
-        true,
-        "4s",
-    );
+    let Some(s) = Setup::on_postgres("two_replicas_on_postgresql_walk_once", "backfill_two", "4s")
+    else {
+        return;
+    };
     // a second replica on the same database and gateway
     let gateway = format!("https://127.0.0.1:{}", s.rig.gw.local_addr().port());
     let toml = RigConfig {
@@ -405,22 +413,13 @@ impl Drop for Held {
 /// and records nothing; once the lock is free, a later walk recovers it, once.
 #[test]
 fn the_backfill_records_a_payment_result_under_the_payments_lock() {
-    let Some(admin) = pg_admin_url("the_backfill_records_a_payment_result_under_the_payments_lock")
-    else {
+    let Some(s) = Setup::on_postgres(
+        "the_backfill_records_a_payment_result_under_the_payments_lock",
+        "backfill_lock",
+        "1s",
+    ) else {
         return;
     };
-    let url = create_database(&admin, "backfill_lock");
-    let section = format!("[store]\nurl = {url:?}\n");
-    let app = App::start(Behaviour::Ack);
-    let s = Setup::on(
-        app,
-        StoreConfig::postgres(url.clone()),
-        &section,
-        None,
-        100,
-        true,
-        "1s",
-    );
     let id = "bf-lock-1";
     let key = sidecar_store::payment_lock_key(CLIENT_ID, id);
     let mut held = Held(Some(rt().block_on(async {

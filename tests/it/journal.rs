@@ -254,7 +254,7 @@ fn past_max_delivery_age_a_notification_is_dead_until_retried() {
         let first = v.as_array()?.first()?.clone();
         Some(first["event_id"].as_str().unwrap().to_string())
     });
-    assert!(s.logs().contains("marked dead"), "a warn line says so");
+    assert!(s.logged("marked dead"), "a warn line says so");
     assert_eq!(deliveries(&s, "dead"), 1.0);
     assert!(app.received().is_empty());
 
@@ -535,5 +535,5 @@ fn a_store_that_goes_away_never_loses_a_notification() {
         2,
         "not delivered by the store-and-forward sidecar"
     );
-    assert!(saf.logs().contains(&format!("127.0.0.1:{port}")));
+    assert!(saf.logged(&format!("127.0.0.1:{port}")));
 }

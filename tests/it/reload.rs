@@ -123,7 +123,7 @@ alipay_public_keys = { "1" = "keys/alipay_public_key.pem" }"#;
         rig.last_pay().verified,
         "the gateway verified the request signature"
     );
-    assert!(rig.sidecar.logs().contains("key reload succeeded"));
+    assert!(rig.sidecar.logged("key reload succeeded"));
 }
 
 // ---------------------------------------------------------------- 3. broken keys never go live

@@ -161,7 +161,7 @@ fn port_0_listeners_are_bound_by_the_sidecar_and_named_in_the_ready_file() {
     }
     // readiness probes the ports actually bound
     assert_eq!(sidecar.admin_get("/readyz").status, 200);
-    assert!(sidecar.logs().contains("ready file written"));
+    assert!(sidecar.logged("ready file written"));
     drop(sidecar);
 
     // a ready file that cannot be written: exit 1 before anything starts

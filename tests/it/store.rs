@@ -251,7 +251,7 @@ fn a_sidecar_started_while_postgresql_is_down_starts_and_recovers() {
     );
     for s in [&inline, &saf] {
         assert!(
-            s.logs().contains("unreachable at start"),
+            s.logged("unreachable at start"),
             "a warn line says it started without the store:\n{}",
             s.logs()
         );

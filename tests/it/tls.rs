@@ -260,7 +260,7 @@ fn the_trust_bundle_holds_the_system_roots_and_the_ca_and_follows_the_served_cha
     r.eventually("the bundle names the new root", || {
         (certs_in(&std::fs::read(&trust).unwrap()) == expect(&ca2)).then_some(())
     });
-    assert!(r.sidecar.logs().contains("trust bundle rewritten"));
+    assert!(r.sidecar.logged("trust bundle rewritten"));
     assert_eq!(mode(&trust), 0o644);
 }
 

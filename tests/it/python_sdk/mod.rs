@@ -199,7 +199,7 @@ fn the_official_python_sdk_works_through_the_sidecar() {
     assert_eq!(steps[6]["sdk"], "global-alipay-sdk-python 1.0.1");
     assert_gateway_verified_all(&rig, 2);
     assert!(
-        rig.sidecar.logs().contains("absolute-form"),
+        rig.sidecar.logged("absolute-form"),
         "the SDK's absolute-form target was seen and logged once"
     );
 }

@@ -190,6 +190,22 @@ impl Sidecar {
         }
     }
 
+    /// Whether the log shows `needle`, waiting for it up to 10 s: log lines reach stdout
+    /// from the sidecar's log queue a few milliseconds after the event (batched), so a line
+    /// is looked for, not expected at once.
+    pub fn logged(&self, needle: &str) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything the process printed so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
