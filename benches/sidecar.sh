@@ -23,7 +23,10 @@
 # phase at SYS_CONNS connections, divided by the requests wrk completed (strace slows the
 # traced process: its phases count, they are not timed); with COUNT=1, heap allocations and
 # bytes per request (a `count-allocs` build, read from /metrics before and after a phase);
-# p99 ÷ p50 at CONNS connections on one thread. The closing SUMMARY lists every target of
+# p99 ÷ p50 at CONNS connections on one thread; and pingora's own floor (benches/pingora_floor.rs:
+# a stock pingora-proxy with the sidecar's listener settings and nothing else, on CPU 0 like
+# the sidecar) proxying the same notification to the app and the same call to the gateway
+# over TLS, so that what pingora costs and what the sidecar adds are told apart. The closing SUMMARY lists every target of
 # issue 23 with the measured value and met / NOT met.
 #
 # It installs nothing: it needs the Debian packages nginx-light, wrk, openssl and strace
@@ -36,6 +39,8 @@
 #   SYS_CONNS=1       connections of the syscall-counting phases (1: one request's own
 #                     syscalls, no batching of several connections' events per wake-up)
 #   SYS_SECS=4        length of each syscall-counting phase (at most SECONDS)
+#   FLOOR_BIN=path    pingora's floor (benches/pingora_floor.rs) instead of building it with
+#                     `cargo bench --no-run --bench pingora_floor`
 #   COUNT=1           also allocations per request: builds the binary with
 #                     `--features count-allocs` (with SIDECAR_BIN, that binary must have been
 #                     built so; otherwise the allocation lines say "not counted")
@@ -48,6 +53,11 @@
 #                     would be), then with duplicates = "suppress" (every copy after the
 #                     first is acknowledged from the journal), at 1 connection and at CONNS;
 #                     prints the p50 each adds over no store (target ≤ 1 ms at 1 connection)
+#   INSNS=1           only instructions per request (valgrind's callgrind, deterministic where
+#                     CPU time is not): the sidecar and pingora's floor, each under callgrind,
+#                     INSNS_SECS (8) of wrk at 1 connection after a 2 s warm-up, inbound and
+#                     outbound; prints each split into RSA, the rest of aws-lc and everything
+#                     else, with the top functions of everything else (needs valgrind)
 #   TOKEN=1           only the signer's cost (issue 21): the outbound phases with the merchant
 #                     key in a file (in-process aws-lc), then in a SoftHSM 2 token made in the
 #                     work folder (PKCS#11; SoftHSM runs inside the sidecar's process, so its
@@ -64,6 +74,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+if [ -n "${INSNS:-}" ]; then command -v valgrind >/dev/null 2>&1 || missing+=(valgrind); fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bench-sidecar: missing Debian packages: ${missing[*]}" >&2
   echo "  install them with: apt-get install -y ${missing[*]}" >&2
@@ -84,6 +95,15 @@ if [ -z "${SIDECAR_BIN:-}" ]; then
   SIDECAR_BIN=target/release/alipay-sidecar
 fi
 bin=$(realpath "$SIDECAR_BIN")
+if [ -z "${FLOOR_BIN:-}" ]; then
+  FLOOR_BIN=$(cargo bench --no-run --bench pingora_floor --message-format=json 2>/dev/null |
+    sed -n 's/.*"executable":"\([^"]*pingora_floor[^"]*\)".*/\1/p' | tail -1)
+  if [ -z "$FLOOR_BIN" ] || [ ! -x "$FLOOR_BIN" ]; then
+    echo "bench-sidecar: could not build pingora's floor: cargo bench --no-run --bench pingora_floor" >&2
+    exit 2
+  fi
+fi
+floor_bin=$(realpath "$FLOOR_BIN")
 
 dir=$(mktemp -d /tmp/bench-sidecar.XXXXXX)
 if [ -n "${PERF:-}" ]; then
@@ -119,12 +139,13 @@ wait_port() {
   KEEP=1
   exit 1
 }
-gw=$(port); app=$(port); proxy=$(port)
+gw=$(port); app=$(port); proxy=$(port); floor_in=$(port); floor_out=$(port)
 
 client_id=BENCH_CLIENT_ID
 api=/ams/api/v1/payments/pay
 notify=/alipay/notify
 fixed_time=1714538096000
+repo=$(pwd)
 cd "$dir"
 
 # --- keys, certificate and signed messages, all made here -------------------------------
@@ -197,6 +218,13 @@ taskset -c 0 "$nginx" -p "$dir/proxy" -c "$dir/proxy/nginx.conf" -e "$dir/proxy/
 pids+=($!)
 proxy_master=$!
 wait_port "$gw"; wait_port "$app"; wait_port "$proxy"
+# pingora's floor on CPU 0 (idle while the sidecar is measured, and the other way round)
+mkdir -p floor
+taskset -c 0 "$floor_bin" "127.0.0.1:$floor_in" "127.0.0.1:$app" "127.0.0.1:$floor_out" \
+  "127.0.0.1:$gw" "$dir/ca.pem" >floor/floor.log 2>&1 &
+pids+=($!)
+floor_pid=$!
+wait_port "$floor_in"; wait_port "$floor_out"
 
 # --- the sidecar --------------------------------------------------------------------------
 # The merchant key lines of [keys] (TOKEN=1 swaps in a PKCS#11 URI).
@@ -239,10 +267,10 @@ TOML
   # with ≈ 2 MiB more file-backed RSS (the kernel maps cached neighbours of each touched page),
   # which would make idle RSS depend on when the binary was built rather than on its code.
   dd if="$bin" iflag=nocache count=0 status=none 2>/dev/null || true
-  taskset -c "$3" "$bin" run --config "$1.toml" >"logs/$1.log" 2>&1 &
+  taskset -c "$3" ${launcher:-} "$bin" run --config "$1.toml" >"logs/$1.log" 2>&1 &
   pids+=($!)
   sidecar_pid=$!
-  for _ in $(seq 200); do "$bin" healthcheck --url "http://127.0.0.1:$admin/readyz" 2>/dev/null && break; sleep 0.05; done
+  for _ in $(seq "${ready_tries:-200}"); do "$bin" healthcheck --url "http://127.0.0.1:$admin/readyz" 2>/dev/null && break; sleep 0.05; done
   "$bin" healthcheck --url "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 || { echo "sidecar did not start: $(tail -5 "logs/$1.log")" >&2; KEEP=1; exit 1; }
   out_url="http://127.0.0.1:$out"
   in_url="http://127.0.0.1:$in"
@@ -313,6 +341,20 @@ wrk.headers["signature"] = "$notify_sig"
 wrk.body = "$(lua_str "$(cat notify.json)")"
 $(cat count.lua)
 LUA
+# the outbound call to pingora's floor, which adds no X-Alipay-Sidecar-Verified
+sed 's/^want_verified = true$/want_verified = false/' outbound.lua >floor.lua
+# paced SCRIPT RPS: a copy of SCRIPT whose connections wait between requests so that CONNS of
+# them send about RPS requests a second (wrk's delay() hook, whole milliseconds); prints its
+# name. The proxies compared at the sidecar's own rate: on this machine a send that wakes an
+# idle peer costs the sender ≈ 10 µs of kernel time (an IPI on KVM), and a proxy running at
+# 10,000 requests a second finds its peers awake far more often than one running at 800.
+paced() {
+  local name delay
+  delay=$(awk -v c="$conns" -v r="$2" 'BEGIN{d=int(c*1000/r - 0.3 + 0.5); if (d<1) d=1; print d}')
+  name="${1%.lua}-paced-$delay.lua"
+  { cat "$1"; printf 'function delay() return %s end\n' "$delay"; } >"$name"
+  echo "$name"
+}
 cat >plain.lua <<LUA
 want_verified = false
 $(cat count.lua)
@@ -404,13 +446,18 @@ total_bad=0
 perf_n=0
 verdict() { awk -v v="$1" -v t="$2" 'BEGIN{ print (v <= t) ? "met" : "NOT met" }'; }
 
-# openssl speed on CPU 0 while nothing else runs there: sets sign_us, verify_us.
+# openssl speed on CPU 0 while nothing else runs there, then the sidecar's own engine
+# (aws-lc, benches/pingora_floor.rs speed) on the same CPU: sets sign_us, verify_us,
+# esign_us, everify_us.
 openssl_speed() {
   local line
   line=$(taskset -c 0 openssl speed -seconds 3 rsa2048 2>/dev/null | grep '^rsa 2048 bits')
   sign_us=$(echo "$line" | awk '{printf "%.1f", 1e6/$6}')
   verify_us=$(echo "$line" | awk '{printf "%.1f", 1e6/$7}')
-  echo "openssl speed rsa2048 (CPU 0): sign $sign_us µs, verify $verify_us µs"
+  line=$(taskset -c 0 "$floor_bin" speed merchant/merchant_private_key.pem 3)
+  esign_us=$(echo "$line" | awk '{print $3}')
+  everify_us=$(echo "$line" | awk '{print $5}')
+  echo "openssl speed rsa2048 (CPU 0): sign $sign_us µs, verify $verify_us µs; the sidecar's engine (aws-lc): sign $esign_us µs, verify $everify_us µs"
 }
 
 cpu_kind="family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs) model $(grep -m1 '^model[[:space:]]*:' /proc/cpuinfo | cut -d: -f2 | xargs)"
@@ -418,7 +465,7 @@ ifma=$(grep -qw avx512ifma /proc/cpuinfo && echo "AVX-512 IFMA" || echo "no AVX-
 echo "== bench-sidecar: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($cpu_kind, $ifma)," \
   "$(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), ${secs}s per phase, $("$bin" --version)"
 openssl_speed
-sign1=$sign_us; verify1=$verify_us
+sign1=$sign_us; verify1=$verify_us; esign1=$esign_us; everify1=$everify_us
 
 if [ -n "${JOURNAL:-}" ]; then
   # the same notification every time (wrk cannot sign): with "forward" each copy costs what a
@@ -444,6 +491,47 @@ if [ -n "${JOURNAL:-}" ]; then
     echo "store, duplicates = $m: p50 at 1 conn $a1 ms (no store $p50_1_nostore ms: +$add1 ms, target ≤ 1 ms: $(verdict "$add1" 1)); at $conns conns $an ms (+$addn ms); CPU $c µs/notification (no store $cpu_nostore)"
   done
   echo "non-2xx / socket errors over all phases: $total_bad (target 0: $(verdict "$total_bad" 0))"
+  [ "$total_bad" -eq 0 ]
+  exit
+fi
+
+if [ -n "${INSNS:-}" ]; then
+  insns_secs=${INSNS_SECS:-8}
+  # callgrind_phase LABEL PID SCRIPT URL: warm up, zero the counters, INSNS_SECS of wrk at
+  # 1 connection, dump; prints the instructions per request
+  callgrind_phase() {
+    local label=$1 pid=$2 script=$3 url=$4 n dump line
+    taskset -c 1 wrk -t1 -c1 -d2s --timeout 30s -s "$script" "$url" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    line=$(taskset -c 1 wrk -t1 -c1 -d"${insns_secs}s" --timeout 30s -s "$script" "$url" | grep '^RESULT')
+    n=$(echo "$line" | sed -n 's/.*requests=\([0-9]*\).*/\1/p')
+    total_bad=$((total_bad + $(echo "$line" | sed -n 's/.* bad=\([0-9]*\) errors=\([0-9]*\).*/\1 + \2/p')))
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    dump=$(ls -t "$dir"/cg-"$label".*.[0-9]* 2>/dev/null | head -1)
+    echo "== $label ($n requests at 1 conn under callgrind)"
+    if [ -z "$dump" ] || [ -z "$n" ] || [ "$n" -eq 0 ]; then echo "not counted"; KEEP=1; return; fi
+    python3 "$repo/benches/callgrind_self.py" "$dump" "$n" "${TOP:-12}"
+    rm -f "$dir"/cg-"$label".*
+  }
+  ready_tries=1200 # valgrind starts slowly
+  launcher="valgrind --tool=callgrind --callgrind-out-file=$dir/cg-sidecar.%p"
+  start_sidecar one 1 0
+  callgrind_phase sidecar "$sidecar_pid" notify.lua "$in_url$notify"
+  mv "$dir/logs/one.log" "$dir/logs/one-inbound.log"
+  stop_sidecar
+  start_sidecar one 1 0
+  callgrind_phase sidecar "$sidecar_pid" outbound.lua "$out_url$api"
+  stop_sidecar
+  launcher=""
+  fin=$(port); fout=$(port)
+  taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$dir/cg-floor.%p" "$floor_bin" \
+    "127.0.0.1:$fin" "127.0.0.1:$app" "127.0.0.1:$fout" "127.0.0.1:$gw" "$dir/ca.pem" >floor/cg.log 2>&1 &
+  pids+=($!)
+  cg_floor=$!
+  for _ in $(seq 1200); do (exec 3<>"/dev/tcp/127.0.0.1/$fout") 2>/dev/null && break; sleep 0.05; done
+  callgrind_phase floor "$cg_floor" notify.lua "http://127.0.0.1:$fin$notify"
+  callgrind_phase floor "$cg_floor" floor.lua "http://127.0.0.1:$fout$api"
+  echo "(the sidecar's inbound first, then its outbound; pingora's floor inbound, then outbound)"
   [ "$total_bad" -eq 0 ]
   exit
 fi
@@ -497,9 +585,22 @@ fi
 alloc_phase "outbound, 1 thread, $conns conns" outbound.lua "$conns" "$out_url$api"
 out_cpu=$cpu_us; out_rps1=$rps; out_p50=$p50; out_p99=$p99; out_alloc_n=$alloc_n; out_alloc_b=$alloc_b
 alloc_phase "inbound, 1 thread, $conns conns" notify.lua "$conns" "$in_url$notify"
-in_cpu=$cpu_us; in_alloc_n=$alloc_n; in_alloc_b=$alloc_b
+in_cpu=$cpu_us; in_rps=$rps; in_alloc_n=$alloc_n; in_alloc_b=$alloc_b
 run_wrk "nginx plain proxy (CPU 0), $conns conns" nginx_ticks "$proxy_master" notify.lua "$conns" "http://127.0.0.1:$proxy$notify"
 nginx_cpu=$cpu_us
+run_wrk "pingora plain proxy (CPU 0), $conns conns" ticks "$floor_pid" notify.lua "$conns" "http://127.0.0.1:$floor_in$notify"
+floor_in_cpu=$cpu_us
+run_wrk "pingora TLS proxy to the gateway, $conns conns" ticks "$floor_pid" floor.lua "$conns" "http://127.0.0.1:$floor_out$api"
+floor_out_cpu=$cpu_us
+run_wrk "pingora TLS proxy to the gateway, 1 conn" ticks "$floor_pid" floor.lua 1 "http://127.0.0.1:$floor_out$api"
+floor_p50=$p50
+# the same proxies at the sidecar's rate of the phases above (see paced)
+run_wrk "pingora TLS proxy at ≈ the sidecar's rate" ticks "$floor_pid" "$(paced floor.lua "$out_rps1")" "$conns" "http://127.0.0.1:$floor_out$api"
+floor_out_paced=$cpu_us; floor_out_paced_rps=$rps
+run_wrk "pingora plain proxy at ≈ the sidecar's rate" ticks "$floor_pid" "$(paced notify.lua "$in_rps")" "$conns" "http://127.0.0.1:$floor_in$notify"
+floor_in_paced=$cpu_us; floor_in_paced_rps=$rps
+run_wrk "nginx plain proxy at ≈ the sidecar's rate" nginx_ticks "$proxy_master" "$(paced notify.lua "$in_rps")" "$conns" "http://127.0.0.1:$proxy$notify"
+nginx_paced=$cpu_us; nginx_paced_rps=$rps
 run_wrk "gateway directly over TLS, 1 conn" ticks "$sidecar_pid" plain.lua 1 "https://127.0.0.1:$gw$api"
 direct_p50=$p50
 run_wrk "outbound, 1 thread, 1 conn" ticks "$sidecar_pid" outbound.lua 1 "$out_url$api"
@@ -515,6 +616,8 @@ sys_in=$sys_total
 count_syscalls "inbound nginx plain proxy" notify.lua "http://127.0.0.1:$proxy$notify" \
   "$proxy_master" $(cat "/proc/$proxy_master/task/$proxy_master/children" 2>/dev/null || ps -o pid= --ppid "$proxy_master")
 sys_nginx=$sys_total
+count_syscalls "inbound pingora plain proxy" notify.lua "http://127.0.0.1:$floor_in$notify" "$floor_pid"
+sys_floor=$sys_total
 stop_sidecar
 
 # 2 threads: the sidecar may use both CPUs, so wrk and nginx compete with it. The fair figure
@@ -529,6 +632,8 @@ stop_sidecar
 openssl_speed
 sign_avg=$(awk -v a="$sign1" -v b="$sign_us" 'BEGIN{printf "%.1f", (a+b)/2}')
 verify_avg=$(awk -v a="$verify1" -v b="$verify_us" 'BEGIN{printf "%.1f", (a+b)/2}')
+esign_avg=$(awk -v a="$esign1" -v b="$esign_us" 'BEGIN{printf "%.1f", (a+b)/2}')
+everify_avg=$(awk -v a="$everify1" -v b="$everify_us" 'BEGIN{printf "%.1f", (a+b)/2}')
 
 echo
 echo "== SUMMARY (issue 23 targets; OpenSSL: mean of the runs before and after: sign $sign_avg µs, verify $verify_avg µs; load average at the end $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -549,7 +654,33 @@ echo "idle RSS: $(awk -v i="$idle_kb" 'BEGIN{printf "%.1f", i/1024}') MiB (targe
 r=$(awk -v a="$out_cpu" -v b="$out_cpu2" 'BEGIN{printf "%.2f", 2*a/b}')
 r2=$(awk -v a="$out_rps2" -v b="$out_rps1" 'BEGIN{printf "%.2f", a/b}')
 echo "2 threads: $out_cpu2 µs CPU/request (1 thread: $out_cpu) → 2 CPUs would do ${r}× one thread (target ≥ 1.8×: $(verdict 1.8 "$r")); measured with wrk and nginx on the same 2 CPUs: $out_rps2 vs $out_rps1 req/s = ${r2}×"
-echo "syscalls per request at $sys_conns conn (counted, no target): outbound $sys_out; inbound $sys_in vs nginx plain proxy $sys_nginx"
+echo "syscalls per request at $sys_conns conn (counted, no target): outbound $sys_out; inbound $sys_in vs nginx plain proxy $sys_nginx, pingora plain proxy $sys_floor"
+# pingora's floor: the least a request can cost on pingora (a stock proxy, no sidecar work),
+# plus the cryptography the request cannot do without; "reachable on pingora" compares that
+# least with the target.
+reachable() { verdict "$1" "$2" | sed 's/NOT met/no/; s/met/yes/'; }
+# floor_lines OUTBOUND_FLOOR INBOUND_FLOOR NGINX (µs per request): the least on pingora each
+# way beside its target, and what the sidecar adds above that least
+floor_lines() {
+  local least r own lim
+  least=$(awk -v s="$esign_avg" -v v="$everify_avg" -v f="$1" 'BEGIN{printf "%.1f", s + v + f}')
+  r=$(awk -v l="$least" -v s="$sign_avg" 'BEGIN{printf "%.2f", l/s}')
+  own=$(awk -v a="$out_cpu" -v l="$least" 'BEGIN{printf "%.1f", a - l}')
+  echo "outbound: engine sign + verify + pingora TLS proxy $1 µs = $least µs = ${r}× OpenSSL sign (≤ 1.15× reachable on pingora with this engine: $(reachable "$r" 1.15)); the sidecar adds $own µs above that"
+  least=$(awk -v v="$everify_avg" -v f="$2" 'BEGIN{printf "%.1f", v + f}')
+  lim=$(awk -v v="$verify_avg" -v n="$3" 'BEGIN{printf "%.1f", v + 1.5*n}')
+  own=$(awk -v a="$in_cpu" -v l="$least" 'BEGIN{printf "%.1f", a - l}')
+  r=$(awk -v f="$2" -v n="$3" 'BEGIN{ if (n>0) printf "%.2f", f/n; else print "nan"}')
+  echo "inbound: engine verify + pingora plain proxy $2 µs (${r}× nginx's $3 µs) = $least µs (≤ verify + 1.5 × nginx = $lim µs reachable on pingora: $(reachable "$least" "$lim")); the sidecar adds $own µs above that"
+}
+echo "-- pingora's floor (stock pingora-proxy, same settings, same run) and the sidecar's engine (aws-lc: sign $esign_avg µs = $(awk -v a="$esign_avg" -v b="$sign_avg" 'BEGIN{printf "%.2f", a/b}')× OpenSSL's, verify $everify_avg µs): what the targets leave and what the sidecar adds"
+floor_lines "$floor_out_cpu" "$floor_in_cpu" "$nginx_cpu"
+echo "-- the same at the sidecar's own rate (pingora TLS proxy at $floor_out_paced_rps req/s vs the sidecar's $out_rps1; pingora and nginx plain proxies at $floor_in_paced_rps and $nginx_paced_rps vs $in_rps)"
+floor_lines "$floor_out_paced" "$floor_in_paced" "$nginx_paced"
+fadd=$(awk -v a="$floor_p50" -v b="$direct_p50" 'BEGIN{printf "%.2f", a-b}')
+least=$(awk -v s="$esign_avg" -v f="$fadd" 'BEGIN{printf "%.2f", s/1000 + f}')
+lim=$(awk -v s="$sign_avg" 'BEGIN{printf "%.2f", s/1000 + 0.3}')
+echo "p50 at 1 conn: pingora TLS proxy adds $floor_p50 − $direct_p50 = $fadd ms; engine sign + that = $least ms (≤ $lim ms reachable on pingora: $(reachable "$least" "$lim"))"
 if [ -n "${COUNT:-}" ]; then
   echo "allocations per request at $conns conns (counted, no target): outbound $out_alloc_n ($out_alloc_b bytes); inbound $in_alloc_n ($in_alloc_b bytes)"
 fi
