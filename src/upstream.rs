@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::{v1::Connector as H1Connector, Connector};
 use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
@@ -143,6 +143,13 @@ pub struct UpstreamResponse {
 
 /// A pooled client for one upstream host.
 pub struct Upstream {
+    /// The HTTP/1.1 pool (every signed call and every notification): a pooled connection is
+    /// taken with a small future, and only a new connection's (≈ 9 KB, TLS handshake
+    /// included) is boxed, so that every request's futures, which embed this one, stay small
+    /// (issue 23: pingora's `get_http_session` future made each request's state ≈ 20 KB,
+    /// copied several times per request).
+    h1: H1Connector,
+    /// The pool of [`Upstream::http2`] clients (HTTP/2 only).
     connector: Connector,
     host: String,
     port: u16,
@@ -171,6 +178,7 @@ impl Upstream {
         let mut opts = ConnectorOptions::new(64);
         opts.ca_file = ca_file.clone();
         Self {
+            h1: H1Connector::new(Some(opts.clone())),
             connector: Connector::new(Some(opts)),
             ca_file,
             h2: false,
@@ -306,20 +314,7 @@ impl Upstream {
         max_response: usize,
         fresh: bool,
     ) -> Result<(ResponseHeader, Bytes), UpstreamError> {
-        let (mut session, reused) = if fresh {
-            // bypass the pool: a brand-new connection
-            let (s, _) = self
-                .connector
-                .get_http_session(&self.fresh_peer(peer))
-                .await
-                .map_err(|e| self.connect_error(&e))?;
-            (s, false)
-        } else {
-            self.connector
-                .get_http_session(peer)
-                .await
-                .map_err(|e| self.connect_error(&e))?
-        };
+        let (mut session, reused) = self.session(peer, fresh).await?;
         let proto = |detail: String| UpstreamError::Protocol {
             target: self.target(),
             detail,
@@ -391,11 +386,48 @@ impl Upstream {
         }
         let body = first.unwrap_or_else(|| buf.freeze());
         if session.response_done() {
-            self.connector
-                .release_http_session(session, peer, Some(POOL_IDLE_TIMEOUT))
-                .await;
+            match session {
+                HttpSession::H1(h1) if !self.h2 => {
+                    self.h1
+                        .release_http_session(h1, peer, Some(POOL_IDLE_TIMEOUT))
+                        .await
+                }
+                other => {
+                    self.connector
+                        .release_http_session(other, peer, Some(POOL_IDLE_TIMEOUT))
+                        .await
+                }
+            }
         }
         Ok((header, body))
+    }
+
+    /// A connection to `peer`: a pooled one when there is one (and `fresh` is not asked),
+    /// otherwise a new one; `true` with a pooled one. Connecting is boxed (see
+    /// [`Upstream::h1`]): it happens once per connection, not once per request.
+    async fn session(
+        &self,
+        peer: &HttpPeer,
+        fresh: bool,
+    ) -> Result<(HttpSession, bool), UpstreamError> {
+        // bypass the pool for a fresh one: a different group key misses it
+        let fresh_peer = fresh.then(|| self.fresh_peer(peer));
+        let target = fresh_peer.as_ref().unwrap_or(peer);
+        if self.h2 {
+            let (s, reused) = Box::pin(self.connector.get_http_session(target))
+                .await
+                .map_err(|e| self.connect_error(&e))?;
+            return Ok((s, reused && !fresh));
+        }
+        if !fresh {
+            if let Some(s) = self.h1.reused_http_session(peer).await {
+                return Ok((HttpSession::H1(s), true));
+            }
+        }
+        let (s, reused) = Box::pin(self.h1.get_http_session(target))
+            .await
+            .map_err(|e| self.connect_error(&e))?;
+        Ok((HttpSession::H1(s), reused && !fresh))
     }
 
     fn fresh_peer(&self, peer: &HttpPeer) -> HttpPeer {
