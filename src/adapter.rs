@@ -76,8 +76,14 @@ impl<H: Handler> Adapter<H> {
             let msg = "only POST is accepted: every AMS API call and every notification is a POST";
             return refuse(SidecarError::MethodNotAllowed, msg);
         }
+        // pingora keeps Transfer-Encoding and drops a Content-Length beside it, so only a
+        // request with Transfer-Encoding (rare: no SDK sends one) needs the raw head scanned
+        let chunked = session
+            .req_header()
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING);
         if let pingora::protocols::http::ServerSession::H1(h1) = &*session.downstream_session {
-            if framing_conflict(&h1.get_headers_raw_bytes()) {
+            if chunked && framing_conflict(&h1.get_headers_raw_bytes()) {
                 let msg = "the request has both Content-Length and Transfer-Encoding; one framing \
                            per request (a request that two parsers could read differently is \
                            refused)";

@@ -43,10 +43,10 @@ pub fn digest_from_hex(hex: &str) -> Option<Digest> {
     if bytes.len() != 64 {
         return None;
     }
+    let nibble = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(s, 16).ok()?;
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
     }
     Some(out)
 }
