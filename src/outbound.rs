@@ -334,11 +334,10 @@ impl<G: UpstreamClient> Outbound<G> {
         // (an unsigned F means "not authenticated" only in signing mode: in API-key mode
         // every answer may come unsigned, business failures included)
         let unsigned = verdict.marker == Marker::UnsignedFailure;
-        if let Some(rejection) = crate::credentials::classify(
-            exchange::result_code(answer).as_deref(),
-            exchange::result_status(answer).as_deref(),
-            unsigned,
-        ) {
+        let fields = exchange::result_fields(answer);
+        if let Some(rejection) =
+            crate::credentials::classify(fields.code.as_deref(), fields.status.as_deref(), unsigned)
+        {
             crate::credentials::record_rejection(
                 &merchant.name,
                 &merchant.client_id,
