@@ -23,11 +23,13 @@
 # phase at SYS_CONNS connections, divided by the requests wrk completed (strace slows the
 # traced process: its phases count, they are not timed); with COUNT=1, heap allocations and
 # bytes per request (a `count-allocs` build, read from /metrics before and after a phase);
-# p99 ÷ p50 at CONNS connections on one thread; and pingora's own floor (benches/pingora_floor.rs:
-# a stock pingora-proxy with the sidecar's listener settings and nothing else, on CPU 0 like
-# the sidecar) proxying the same notification to the app and the same call to the gateway
-# over TLS, so that what pingora costs and what the sidecar adds are told apart. The closing SUMMARY lists every target of
-# issue 23 with the measured value and met / NOT met.
+# p99 ÷ p50 at CONNS connections on one thread; and pingora's own floor
+# (benches/pingora_floor.rs: a stock pingora-proxy with the sidecar's listener settings and
+# nothing else, on CPU 0 like the sidecar) proxying the same notification to the app and the
+# same call to the gateway over TLS, at full rate and at the sidecar's rate, beside the
+# sidecar's engine timed next to `openssl speed`, so that what pingora costs and what the
+# sidecar adds are told apart. The closing SUMMARY lists every target of issue 23 with the
+# measured value and met / NOT met, and the least each could be on pingora.
 #
 # It installs nothing: it needs the Debian packages nginx-light, wrk, openssl and strace
 # (and util-linux's taskset), and exits 2 naming the missing ones.
@@ -497,10 +499,10 @@ fi
 
 if [ -n "${INSNS:-}" ]; then
   insns_secs=${INSNS_SECS:-8}
-  # callgrind_phase LABEL PID SCRIPT URL: warm up, zero the counters, INSNS_SECS of wrk at
-  # 1 connection, dump; prints the instructions per request
+  # callgrind_phase LABEL PID SCRIPT URL TITLE: warm up, zero the counters, INSNS_SECS of
+  # wrk at 1 connection, dump (cg-LABEL.*); prints the instructions per request under TITLE
   callgrind_phase() {
-    local label=$1 pid=$2 script=$3 url=$4 n dump line
+    local label=$1 pid=$2 script=$3 url=$4 title=$5 n dump line
     taskset -c 1 wrk -t1 -c1 -d2s --timeout 30s -s "$script" "$url" >/dev/null
     callgrind_control -z "$pid" >/dev/null 2>&1
     line=$(taskset -c 1 wrk -t1 -c1 -d"${insns_secs}s" --timeout 30s -s "$script" "$url" | grep '^RESULT')
@@ -508,7 +510,7 @@ if [ -n "${INSNS:-}" ]; then
     total_bad=$((total_bad + $(echo "$line" | sed -n 's/.* bad=\([0-9]*\) errors=\([0-9]*\).*/\1 + \2/p')))
     callgrind_control -d "$pid" >/dev/null 2>&1
     dump=$(ls -t "$dir"/cg-"$label".*.[0-9]* 2>/dev/null | head -1)
-    echo "== $label ($n requests at 1 conn under callgrind)"
+    echo "== $title ($n requests at 1 conn under callgrind)"
     if [ -z "$dump" ] || [ -z "$n" ] || [ "$n" -eq 0 ]; then echo "not counted"; KEEP=1; return; fi
     python3 "$repo/benches/callgrind_self.py" "$dump" "$n" "${TOP:-12}"
     rm -f "$dir"/cg-"$label".*
@@ -516,11 +518,11 @@ if [ -n "${INSNS:-}" ]; then
   ready_tries=1200 # valgrind starts slowly
   launcher="valgrind --tool=callgrind --callgrind-out-file=$dir/cg-sidecar.%p"
   start_sidecar one 1 0
-  callgrind_phase sidecar "$sidecar_pid" notify.lua "$in_url$notify"
+  callgrind_phase sidecar "$sidecar_pid" notify.lua "$in_url$notify" "the sidecar, inbound"
   mv "$dir/logs/one.log" "$dir/logs/one-inbound.log"
   stop_sidecar
   start_sidecar one 1 0
-  callgrind_phase sidecar "$sidecar_pid" outbound.lua "$out_url$api"
+  callgrind_phase sidecar "$sidecar_pid" outbound.lua "$out_url$api" "the sidecar, outbound"
   stop_sidecar
   launcher=""
   fin=$(port); fout=$(port)
@@ -529,9 +531,8 @@ if [ -n "${INSNS:-}" ]; then
   pids+=($!)
   cg_floor=$!
   for _ in $(seq 1200); do (exec 3<>"/dev/tcp/127.0.0.1/$fout") 2>/dev/null && break; sleep 0.05; done
-  callgrind_phase floor "$cg_floor" notify.lua "http://127.0.0.1:$fin$notify"
-  callgrind_phase floor "$cg_floor" floor.lua "http://127.0.0.1:$fout$api"
-  echo "(the sidecar's inbound first, then its outbound; pingora's floor inbound, then outbound)"
+  callgrind_phase floor "$cg_floor" notify.lua "http://127.0.0.1:$fin$notify" "pingora's floor, inbound"
+  callgrind_phase floor "$cg_floor" floor.lua "http://127.0.0.1:$fout$api" "pingora's floor, outbound (TLS)"
   [ "$total_bad" -eq 0 ]
   exit
 fi
