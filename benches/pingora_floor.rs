@@ -93,7 +93,11 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [mode, key, seconds] = args.as_slice() {
         if mode == "speed" {
-            speed(key, seconds.parse().unwrap_or(3.0));
+            let Ok(seconds) = seconds.parse::<f64>() else {
+                eprintln!("pingora_floor speed: SECONDS must be a number, not {seconds:?}");
+                std::process::exit(2);
+            };
+            speed(key, seconds);
             return;
         }
     }

@@ -686,4 +686,89 @@ mod tests {
         drop(client);
         assert_eq!(reader.await.unwrap(), b"HEAD\r\n\r\nbody bytes");
     }
+
+    /// An HTTP/1.1 peer that answers every request on a connection with a keep-alive 200,
+    /// counting the connections it accepts.
+    async fn keep_alive_peer() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    while let Ok(n) = conn.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        // one answer per complete request (head + 2-byte body)
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            if seen.len() < end + 4 + 2 {
+                                break;
+                            }
+                            seen.drain(..end + 4 + 2);
+                            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                            if conn.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    /// The pooled connection is taken back for the next request (no new connection), and
+    /// `fresh` (the retry after a stale pooled connection) bypasses the pool.
+    #[tokio::test]
+    async fn a_pooled_connection_is_reused_and_fresh_bypasses_the_pool() {
+        use std::sync::atomic::Ordering;
+        let (port, accepted) = keep_alive_peer().await;
+        let upstream = Upstream::new("127.0.0.1", port, false, None, Duration::from_secs(2));
+        let mut head = RequestHeader::build("POST", b"/notify", None).unwrap();
+        head.insert_header("Host", "127.0.0.1").unwrap();
+        head.insert_header("Content-Length", "2").unwrap();
+        let request = UpstreamRequest {
+            head,
+            body: Bytes::from_static(b"{}"),
+            max_response: 1024,
+            timeout: Duration::from_secs(5),
+        };
+        for _ in 0..3 {
+            let answer = upstream.exchange(&request).await.unwrap();
+            assert_eq!(
+                (answer.header.status.as_u16(), &answer.body[..]),
+                (200, &b"ok"[..])
+            );
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "three requests, one connection"
+        );
+        let peer = upstream.peer(SocketAddr::from(([127, 0, 0, 1], port)));
+        let (_, reused) = upstream.session(&peer, false).await.unwrap();
+        assert!(reused, "the pooled connection is handed out");
+        let (_, reused) = upstream.session(&peer, true).await.unwrap();
+        assert!(!reused, "a fresh connection is never a pooled one");
+        // the connect completes before the peer's task has counted the accept
+        for _ in 0..500 {
+            if accepted.load(Ordering::SeqCst) == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "fresh opened a new connection"
+        );
+    }
 }

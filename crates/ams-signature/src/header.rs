@@ -63,32 +63,25 @@ impl SignatureHeader {
 /// Without a `%` the input comes back as it is.
 fn percent_decode(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16)).map(|d| d as u8);
-    let Some(first) = input.iter().position(|b| *b == b'%') else {
+    if !input.contains(&b'%') {
         return input.into();
-    };
+    }
     let mut out = Vec::with_capacity(input.len());
-    out.extend_from_slice(&input[..first]);
-    let mut at = first;
-    while at < input.len() {
-        let next = input[at..]
-            .iter()
-            .position(|b| *b == b'%')
-            .map_or(input.len(), |p| at + p);
-        out.extend_from_slice(&input[at..next]);
-        if next == input.len() {
-            break;
-        }
-        match (hex(input.get(next + 1)), hex(input.get(next + 2))) {
+    let mut rest = input;
+    while let Some(at) = rest.iter().position(|b| *b == b'%') {
+        out.extend_from_slice(&rest[..at]);
+        match (hex(rest.get(at + 1)), hex(rest.get(at + 2))) {
             (Some(high), Some(low)) => {
                 out.push(high << 4 | low);
-                at = next + 3;
+                rest = &rest[at + 3..];
             }
             _ => {
                 out.push(b'%');
-                at = next + 1;
+                rest = &rest[at + 1..];
             }
         }
     }
+    out.extend_from_slice(rest);
     out.into()
 }
 
